@@ -1,0 +1,432 @@
+//! `raftq`: the command-line tool for raftq queues, jobs and clusters.
+
+use std::io::{BufRead, Write};
+use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use raftq_client::proto as pb;
+use raftq_client::{Client, JobSpec, Worker};
+use tokio::io::AsyncWriteExt;
+
+#[derive(Debug, Parser)]
+#[command(name = "raftq", version, about = "Command-line tool for raftq, the replicated job queue")]
+struct Cli {
+    /// Address of any raftq node.
+    #[arg(long, global = true, env = "RAFTQ_ADDR", default_value = "http://127.0.0.1:7400")]
+    addr: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Enqueue jobs: each PAYLOAD argument, or else each line of stdin, is one job.
+    Enqueue(EnqueueArgs),
+    /// Run a shell command for each job: payload on stdin; exit 0 acks, anything else nacks.
+    Work(WorkArgs),
+    /// Show queue depths (one queue, or all).
+    Stats { queue: Option<String> },
+    /// Inspect or cancel one job.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// The dead-letter set of a queue.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Pause, resume or purge a queue, or change its defaults.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Cluster membership and Raft status.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Args)]
+struct EnqueueArgs {
+    queue: String,
+    payloads: Vec<String>,
+    #[arg(long, default_value_t = 0)]
+    priority: i32,
+    /// Delay before the job becomes ready, in ms.
+    #[arg(long)]
+    delay_ms: Option<u64>,
+    #[arg(long, default_value_t = 0)]
+    max_attempts: u32,
+    /// Only with a single job: dedup key.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// KEY=VALUE, repeatable.
+    #[arg(long = "header", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// Jobs per request when reading stdin.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+}
+
+#[derive(Debug, Args)]
+struct WorkArgs {
+    queue: String,
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: u32,
+    /// Lease per job, in ms (default: the queue's).
+    #[arg(long)]
+    lease_ms: Option<u64>,
+    /// Stop after this many jobs finished.
+    #[arg(long)]
+    max_jobs: Option<u64>,
+    /// Command run by `sh -c`; gets RAFTQ_JOB_ID, RAFTQ_QUEUE and RAFTQ_ATTEMPT.
+    #[arg(required = true, last = true)]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum JobCommand {
+    Get { id: String },
+    Cancel { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    List {
+        queue: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Move dead jobs back to ready (all of the queue's when no ids are given).
+    Requeue { queue: String, ids: Vec<String> },
+    /// Delete dead jobs (all of the queue's when no ids are given).
+    Purge { queue: String, ids: Vec<String> },
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    Pause { queue: String },
+    Resume { queue: String },
+    /// Delete every ready and scheduled job of the queue.
+    Purge { queue: String },
+    /// Change the queue's defaults.
+    Config {
+        queue: String,
+        #[arg(long)]
+        lease_ms: Option<i64>,
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        #[arg(long)]
+        dedup_window_ms: Option<i64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    Status,
+    /// Add a node as a learner (waits until it caught up).
+    AddLearner { node_id: u64, addr: String },
+    /// Set the voters, e.g. `1 2 3`.
+    ChangeMembership {
+        voters: Vec<u64>,
+        /// Keep removed voters as learners.
+        #[arg(long)]
+        retain: bool,
+    },
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))
+}
+
+fn spec(args: &EnqueueArgs, payload: String) -> JobSpec {
+    let mut job = JobSpec::new(payload).priority(args.priority).max_attempts(args.max_attempts);
+    if let Some(d) = args.delay_ms {
+        job = job.delay(Duration::from_millis(d));
+    }
+    for (k, v) in &args.headers {
+        job = job.header(k.clone(), v.clone());
+    }
+    job
+}
+
+async fn enqueue(client: &Client, args: EnqueueArgs) -> anyhow::Result<()> {
+    let producer = client.producer();
+    if !args.payloads.is_empty() {
+        if args.idempotency_key.is_some() && args.payloads.len() > 1 {
+            bail!("--idempotency-key needs exactly one payload");
+        }
+        let jobs = args
+            .payloads
+            .iter()
+            .map(|p| {
+                let job = spec(&args, p.clone());
+                match &args.idempotency_key {
+                    Some(k) => job.idempotency_key(k.clone()),
+                    None => job,
+                }
+            })
+            .collect();
+        for id in producer.enqueue_batch(&args.queue, jobs).await? {
+            println!("{id}");
+        }
+        return Ok(());
+    }
+    if args.idempotency_key.is_some() {
+        bail!("--idempotency-key needs exactly one payload argument");
+    }
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    let mut batch = Vec::new();
+    let mut total = 0u64;
+    let batch_size = args.batch.clamp(1, raftq_api::limits::MAX_ENQUEUE_BATCH);
+    let mut lines = stdin.lock().lines();
+    loop {
+        let line = lines.next().transpose().context("reading stdin")?;
+        if let Some(line) = &line {
+            batch.push(spec(&args, line.clone()));
+        }
+        if batch.len() >= batch_size || (line.is_none() && !batch.is_empty()) {
+            let ids = producer.enqueue_batch(&args.queue, std::mem::take(&mut batch)).await?;
+            total += ids.len() as u64;
+            for id in ids {
+                writeln!(out, "{id}")?;
+            }
+            eprint!("\renqueued {total} jobs");
+        }
+        if line.is_none() {
+            break;
+        }
+    }
+    if total > 0 {
+        eprintln!();
+    }
+    Ok(())
+}
+
+async fn work(client: Client, args: WorkArgs) -> anyhow::Result<()> {
+    let command = Arc::new(args.command.join(" "));
+    let done = Arc::new(AtomicU64::new(0));
+    let limit_reached = Arc::new(tokio::sync::Notify::new());
+    let mut worker = Worker::new(client, args.queue.clone()).concurrency(args.concurrency);
+    if let Some(l) = args.lease_ms {
+        worker = worker.lease(Duration::from_millis(l));
+    }
+    let max_jobs = args.max_jobs;
+    let (done2, limit2) = (done.clone(), limit_reached.clone());
+    let handler = move |job: raftq_client::Job| {
+        let command = command.clone();
+        let done = done2.clone();
+        let limit = limit2.clone();
+        async move {
+            let result = run_command(&command, &job).await;
+            let n = done.fetch_add(1, Ordering::SeqCst) + 1;
+            match &result {
+                Ok(()) => eprintln!("job {} ok (attempt {})", job.id, job.attempt),
+                Err(e) => eprintln!("job {} failed (attempt {}): {e}", job.id, job.attempt),
+            }
+            if max_jobs.is_some_and(|m| n >= m) {
+                limit.notify_one();
+            }
+            result
+        }
+    };
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = limit_reached.notified() => {}
+        }
+    };
+    worker.run_until(handler, shutdown).await?;
+    eprintln!("processed {} jobs", done.load(Ordering::SeqCst));
+    Ok(())
+}
+
+async fn run_command(command: &str, job: &raftq_client::Job) -> Result<(), String> {
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .env("RAFTQ_JOB_ID", &job.id)
+        .env("RAFTQ_QUEUE", &job.queue)
+        .env("RAFTQ_ATTEMPT", job.attempt.to_string())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run `sh -c {command}`: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A command that ignores its input closes the pipe early: not an error.
+        let _ = stdin.write_all(&job.payload).await;
+    }
+    let output = child.wait_with_output().await.map_err(|e| format!("waiting for the command: {e}"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let tail: String = stderr.trim().chars().rev().take(1000).collect::<Vec<_>>().into_iter().rev().collect();
+    Err(format!("command exited with {}: {tail}", output.status))
+}
+
+fn print_job(job: &pb::Job) {
+    let state = pb::JobState::try_from(job.state).map(|s| s.as_str_name()).unwrap_or("?");
+    println!("id:           {}", job.id);
+    println!("queue:        {}", job.queue);
+    println!("state:        {}", state.trim_start_matches("JOB_STATE_").to_lowercase());
+    println!("attempt:      {}/{}", job.attempt, job.max_attempts);
+    println!("priority:     {}", job.priority);
+    println!("due at (ms):  {}", job.due_at_ms);
+    if !job.last_error.is_empty() {
+        println!("last error:   {}", job.last_error);
+    }
+    if !job.worker_id.is_empty() {
+        println!("worker:       {}", job.worker_id);
+    }
+    println!("payload:      {}", String::from_utf8_lossy(&job.payload));
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::connect(&cli.addr).await?;
+    match cli.command {
+        Command::Enqueue(args) => enqueue(&client, args).await?,
+        Command::Work(args) => work(client, args).await?,
+        Command::Stats { queue } => {
+            let response = client
+                .admin()
+                .stats(pb::StatsRequest {
+                    queue: queue.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            println!(
+                "{:<32} {:>10} {:>10} {:>10} {:>10}  {}",
+                "QUEUE", "READY", "SCHEDULED", "LEASED", "DEAD", "STATE"
+            );
+            for q in response.queues {
+                let state = if q.paused { "paused" } else { "active" };
+                println!(
+                    "{:<32} {:>10} {:>10} {:>10} {:>10}  {state}",
+                    q.queue, q.ready, q.scheduled, q.leased, q.dead
+                );
+            }
+        }
+        Command::Job(JobCommand::Get { id }) => {
+            let job = client.admin().get_job(pb::JobRef { job_id: id }).await?.into_inner();
+            print_job(&job);
+        }
+        Command::Job(JobCommand::Cancel { id }) => {
+            client.admin().cancel_job(pb::JobRef { job_id: id.clone() }).await?;
+            println!("cancelled {id}");
+        }
+        Command::Dlq(DlqCommand::List { queue, limit }) => {
+            let mut after = String::new();
+            let mut shown = 0u32;
+            loop {
+                let page = client
+                    .admin()
+                    .list_dead(pb::ListDeadRequest {
+                        queue: queue.clone(),
+                        limit: limit.min(1000),
+                        after: after.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                for job in &page.jobs {
+                    println!("{}\tattempt {}\t{}", job.id, job.attempt, job.last_error);
+                }
+                shown += page.jobs.len() as u32;
+                if page.next_after.is_empty() || shown >= limit {
+                    break;
+                }
+                after = page.next_after;
+            }
+        }
+        Command::Dlq(DlqCommand::Requeue { queue, ids }) => {
+            let n = client.admin().requeue_dead(pb::DeadSelector { queue, job_ids: ids }).await?;
+            println!("requeued {} jobs", n.into_inner().count);
+        }
+        Command::Dlq(DlqCommand::Purge { queue, ids }) => {
+            let n = client.admin().purge_dead(pb::DeadSelector { queue, job_ids: ids }).await?;
+            println!("purged {} dead jobs", n.into_inner().count);
+        }
+        Command::Queue(QueueCommand::Pause { queue }) => {
+            client.admin().pause_queue(pb::QueueRef { queue: queue.clone() }).await?;
+            println!("paused {queue}");
+        }
+        Command::Queue(QueueCommand::Resume { queue }) => {
+            client.admin().resume_queue(pb::QueueRef { queue: queue.clone() }).await?;
+            println!("resumed {queue}");
+        }
+        Command::Queue(QueueCommand::Purge { queue }) => {
+            let r = client.admin().purge_queue(pb::QueueRef { queue: queue.clone() }).await?;
+            println!("purged {} jobs from {queue}", r.into_inner().removed);
+        }
+        Command::Queue(QueueCommand::Config {
+            queue,
+            lease_ms,
+            max_attempts,
+            dedup_window_ms,
+        }) => {
+            let info = client
+                .admin()
+                .set_queue_config(pb::SetQueueConfigRequest {
+                    queue,
+                    default_lease_ms: lease_ms,
+                    default_max_attempts: max_attempts,
+                    default_backoff: None,
+                    dedup_window_ms,
+                })
+                .await?
+                .into_inner();
+            println!("{info:?}");
+        }
+        Command::Cluster(ClusterCommand::Status) => {
+            let s = client.cluster().status(pb::ClusterStatusRequest {}).await?.into_inner();
+            println!("node {} at {}", s.node_id, s.addr);
+            for shard in s.shards {
+                let leader = if shard.has_leader { shard.leader_id.to_string() } else { "none".into() };
+                println!(
+                    "shard {}: role {}, leader {leader}, term {}, commit {}, applied {}, last log {}",
+                    shard.shard, shard.role, shard.term, shard.commit_index, shard.applied_index, shard.last_log_index
+                );
+                for m in shard.members {
+                    println!("  node {} {} {}", m.node_id, m.addr, if m.voter { "voter" } else { "learner" });
+                }
+            }
+        }
+        Command::Cluster(ClusterCommand::AddLearner { node_id, addr }) => {
+            eprintln!("adding node {node_id} ({addr}) as a learner; waiting for it to catch up...");
+            client.cluster().add_learner(pb::AddLearnerRequest { node_id, addr }).await?;
+            println!("node {node_id} is a learner");
+        }
+        Command::Cluster(ClusterCommand::ChangeMembership { voters, retain }) => {
+            client
+                .cluster()
+                .change_membership(pb::ChangeMembershipRequest { voters: voters.clone(), retain })
+                .await?;
+            println!("voters are now {voters:?}");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RAFTQ_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("raftq: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raftq: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

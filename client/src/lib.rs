@@ -1,0 +1,38 @@
+//! The raftq Rust SDK.
+//!
+//! - [`Client`]: a connection to any raftq node (it forwards to leaders).
+//! - [`Producer`]: enqueue jobs, one at a time or in batches.
+//! - [`Worker`]: one stream per worker process that receives leased jobs,
+//!   runs a handler on each with bounded concurrency, extends leases while
+//!   handlers run, and acks on `Ok` / nacks on `Err`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), raftq_client::Error> {
+//! use raftq_client::{Client, JobSpec, Worker};
+//!
+//! let client = Client::connect("http://127.0.0.1:7400").await?;
+//! let id = client.producer().enqueue("emails", JobSpec::new("hello")).await?;
+//! println!("enqueued {id}");
+//!
+//! Worker::new(client, "emails")
+//!     .concurrency(8)
+//!     .run(|job| async move {
+//!         println!("got {:?}", job.payload);
+//!         Ok::<(), String>(())
+//!     })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! This crate depends on the wire protocol only: no storage code.
+
+mod client;
+mod error;
+mod producer;
+mod worker;
+
+pub use client::Client;
+pub use error::Error;
+pub use producer::{JobSpec, Producer};
+pub use raftq_api::v1 as proto;
+pub use worker::{Job, Worker};

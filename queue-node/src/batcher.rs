@@ -1,0 +1,245 @@
+//! The shard's write pipeline. Request handlers submit groups of ops; the
+//! batcher packs groups into one Raft entry, proposes it, and hands each
+//! group its results once the entry is applied.
+//!
+//! Flushing: when nothing is in flight a batch goes out at once (no timer
+//! at low load). While batches are in flight it lingers up to `linger_min`
+//! to let the batch grow, and keeps growing it up to `linger_max` while it
+//! waits for an in-flight slot. A group is never split, so the acks and the
+//! claim of one worker frame share one Raft round-trip.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
+
+use crate::ops::{Batch, Op, OpResult, QueueDefaults};
+use crate::raft_types::{NodeId, Raft};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most ops in one Raft entry.
+    pub max_batch_ops: usize,
+    /// Most payload bytes in one Raft entry.
+    pub max_batch_bytes: usize,
+    /// How long a batch waits for company while others are in flight.
+    pub linger_min_micros: u64,
+    /// The longest a batch waits, in all.
+    pub linger_max_micros: u64,
+    /// Batches proposed but not yet applied, at most.
+    pub max_in_flight: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_batch_ops: 4096,
+            max_batch_bytes: 8 << 20,
+            linger_min_micros: 200,
+            linger_max_micros: 2000,
+            max_in_flight: 4,
+        }
+    }
+}
+
+impl BatchConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_batch_ops == 0 || self.max_batch_bytes == 0 || self.max_in_flight == 0 {
+            return Err("batching: max_batch_ops, max_batch_bytes and max_in_flight must be > 0".into());
+        }
+        if self.linger_min_micros > self.linger_max_micros {
+            return Err(format!(
+                "batching: linger_min_micros ({}) must not exceed linger_max_micros ({})",
+                self.linger_min_micros, self.linger_max_micros
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SubmitError {
+    #[error("this node is not the leader of the shard")]
+    NotLeader { leader: Option<(NodeId, String)> },
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("the node is shutting down")]
+    Closed,
+}
+
+type Reply = oneshot::Sender<Result<Vec<OpResult>, SubmitError>>;
+
+struct Group {
+    ops: Vec<Op>,
+    bytes: usize,
+    reply: Reply,
+}
+
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<Group>,
+    last_proposal_ms: Arc<AtomicU64>,
+}
+
+impl Batcher {
+    pub fn spawn(raft: Raft, config: BatchConfig, defaults: QueueDefaults) -> Batcher {
+        let (tx, rx) = mpsc::channel(16 * 1024);
+        let last_proposal_ms = Arc::new(AtomicU64::new(0));
+        tokio::spawn(run(rx, raft, config, defaults, last_proposal_ms.clone()));
+        Batcher { tx, last_proposal_ms }
+    }
+
+    /// Proposes `ops` (in one entry, never split) and waits for their results.
+    pub async fn submit(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        let bytes = ops.iter().map(Op::size_hint).sum();
+        self.tx
+            .send(Group { ops, bytes, reply })
+            .await
+            .map_err(|_| SubmitError::Closed)?;
+        rx.await.map_err(|_| SubmitError::Closed)?
+    }
+
+    /// Unix ms of the newest proposal.
+    pub fn last_proposal_ms(&self) -> u64 {
+        self.last_proposal_ms.load(Ordering::Relaxed)
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct Pending {
+    groups: Vec<Group>,
+    ops: usize,
+    bytes: usize,
+}
+
+impl Pending {
+    fn fits(&self, g: &Group, config: &BatchConfig) -> bool {
+        self.groups.is_empty()
+            || (self.ops + g.ops.len() <= config.max_batch_ops && self.bytes + g.bytes <= config.max_batch_bytes)
+    }
+
+    fn full(&self, config: &BatchConfig) -> bool {
+        self.ops >= config.max_batch_ops || self.bytes >= config.max_batch_bytes
+    }
+
+    fn push(&mut self, g: Group) {
+        self.ops += g.ops.len();
+        self.bytes += g.bytes;
+        self.groups.push(g);
+    }
+}
+
+async fn run(
+    mut rx: mpsc::Receiver<Group>,
+    raft: Raft,
+    config: BatchConfig,
+    defaults: QueueDefaults,
+    last_proposal_ms: Arc<AtomicU64>,
+) {
+    let slots = Arc::new(Semaphore::new(config.max_in_flight));
+    let linger_min = Duration::from_micros(config.linger_min_micros);
+    let linger_max = Duration::from_micros(config.linger_max_micros);
+    let mut carry: Option<Group> = None;
+    loop {
+        let first = match carry.take() {
+            Some(g) => g,
+            None => match rx.recv().await {
+                Some(g) => g,
+                None => return,
+            },
+        };
+        let started = Instant::now();
+        let mut pending = Pending {
+            groups: Vec::new(),
+            ops: 0,
+            bytes: 0,
+        };
+        pending.push(first);
+        // Take whatever is already queued.
+        while carry.is_none() && !pending.full(&config) {
+            match rx.try_recv() {
+                Ok(g) if pending.fits(&g, &config) => pending.push(g),
+                Ok(g) => carry = Some(g),
+                Err(_) => break,
+            }
+        }
+        let busy = slots.available_permits() < config.max_in_flight;
+        // Linger while others are in flight, so batches grow under load.
+        if busy {
+            let until = started + linger_min;
+            while carry.is_none() && !pending.full(&config) {
+                tokio::select! {
+                    g = rx.recv() => match g {
+                        Some(g) if pending.fits(&g, &config) => pending.push(g),
+                        Some(g) => carry = Some(g),
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(until) => break,
+                }
+            }
+        }
+        // Wait for a slot, still growing the batch until linger_max.
+        let give_up = started + linger_max;
+        let permit = loop {
+            let can_grow = carry.is_none() && !pending.full(&config) && Instant::now() < give_up;
+            tokio::select! {
+                permit = slots.clone().acquire_owned() => break permit,
+                g = rx.recv(), if can_grow => match g {
+                    Some(g) if pending.fits(&g, &config) => pending.push(g),
+                    Some(g) => carry = Some(g),
+                    None => {}
+                },
+                _ = tokio::time::sleep_until(give_up), if can_grow => {}
+            }
+        };
+        let Ok(permit) = permit else { return };
+        let now = unix_ms();
+        last_proposal_ms.store(now, Ordering::Relaxed);
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            propose(raft, pending.groups, now, defaults).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn propose(raft: Raft, groups: Vec<Group>, time_ms: u64, defaults: QueueDefaults) {
+    let mut ops = Vec::with_capacity(groups.iter().map(|g| g.ops.len()).sum());
+    let mut replies = Vec::with_capacity(groups.len());
+    for g in groups {
+        replies.push((g.ops.len(), g.reply));
+        ops.extend(g.ops);
+    }
+    let batch = Batch { time_ms, defaults, ops };
+    match raft.client_write(batch).await {
+        Ok(response) => {
+            let mut results = response.data.0.into_iter();
+            for (n, reply) in replies {
+                let _ = reply.send(Ok(results.by_ref().take(n).collect()));
+            }
+        }
+        Err(e) => {
+            let error = match e {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => SubmitError::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                },
+                other => SubmitError::Raft(other.to_string()),
+            };
+            for (_, reply) in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Node configuration: a YAML file (the operator renders one into a
+//! ConfigMap) and command-line flags that override it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::batcher::BatchConfig;
+use crate::ops::{BackoffPolicy, QueueDefaults};
+use crate::raft_types::NodeId;
+use crate::store::Durability;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    /// Address the gRPC server binds (port 0 = any free port).
+    pub listen: String,
+    /// Address peers and forwarded clients use; defaults to the bound address.
+    pub advertise: Option<String>,
+    /// The voters of a new cluster, node id → address. Empty: a one-node
+    /// cluster of this node. The lowest id initialises the cluster.
+    pub initial_members: BTreeMap<NodeId, String>,
+    /// Never initialise a cluster; wait to be added by an existing one.
+    pub join: bool,
+    pub durability: Durability,
+    pub batching: BatchConfig,
+    pub raft: RaftTimings,
+    pub queue_defaults: QueueDefaultsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftTimings {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Take a snapshot (and purge the log behind it) every this many entries.
+    pub snapshot_every_entries: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueDefaultsConfig {
+    pub lease_ms: u64,
+    pub max_attempts: u32,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub backoff_multiplier: f64,
+    pub dedup_window_ms: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: 1,
+            data_dir: PathBuf::from("raftq-data"),
+            listen: "127.0.0.1:7400".into(),
+            advertise: None,
+            initial_members: BTreeMap::new(),
+            join: false,
+            durability: Durability::Fsync,
+            batching: BatchConfig::default(),
+            raft: RaftTimings::default(),
+            queue_defaults: QueueDefaultsConfig::default(),
+        }
+    }
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        RaftTimings {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_every_entries: 20_000,
+        }
+    }
+}
+
+impl Default for QueueDefaultsConfig {
+    fn default() -> Self {
+        let d = QueueDefaults::default();
+        QueueDefaultsConfig {
+            lease_ms: d.lease_ms,
+            max_attempts: d.max_attempts,
+            backoff_initial_ms: d.backoff.initial_ms,
+            backoff_max_ms: d.backoff.max_ms,
+            backoff_multiplier: d.backoff.multiplier,
+            dedup_window_ms: d.dedup_window_ms,
+        }
+    }
+}
+
+impl QueueDefaultsConfig {
+    pub fn to_defaults(&self) -> QueueDefaults {
+        QueueDefaults {
+            lease_ms: self.lease_ms,
+            max_attempts: self.max_attempts,
+            backoff: BackoffPolicy {
+                initial_ms: self.backoff_initial_ms,
+                max_ms: self.backoff_max_ms,
+                multiplier: self.backoff_multiplier,
+            },
+            dedup_window_ms: self.dedup_window_ms,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path} is not valid: {source}")]
+    Parse { path: String, source: serde_yaml::Error },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl NodeConfig {
+    pub fn from_file(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        self.batching.validate().map_err(ConfigError::Invalid)?;
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_ms {
+            return invalid(format!(
+                "raft: election_timeout_min_ms ({}) must be greater than heartbeat_ms ({}) and both > 0",
+                r.election_timeout_min_ms, r.heartbeat_ms
+            ));
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return invalid("raft: election_timeout_max_ms must be greater than election_timeout_min_ms".into());
+        }
+        if !self.initial_members.is_empty() && !self.initial_members.contains_key(&self.node_id) {
+            return invalid(format!(
+                "initial_members does not list this node (node_id {}); list every voter, this node included",
+                self.node_id
+            ));
+        }
+        let q = &self.queue_defaults;
+        if q.lease_ms == 0 || q.max_attempts == 0 || q.backoff_initial_ms == 0 || q.backoff_max_ms < q.backoff_initial_ms {
+            return invalid("queue_defaults: lease_ms, max_attempts and backoff_initial_ms must be > 0 and backoff_max_ms >= backoff_initial_ms".into());
+        }
+        if !(q.backoff_multiplier.is_finite() && q.backoff_multiplier >= 1.0) {
+            return invalid("queue_defaults: backoff_multiplier must be >= 1.0".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_round_trip_and_partial_files() {
+        let yaml = "node_id: 2\ninitial_members: {1: '127.0.0.1:1', 2: '127.0.0.1:2'}\nbatching: {max_batch_ops: 64}\ndurability: async\n";
+        let c: NodeConfig = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(c.node_id, 2);
+        assert_eq!(c.batching.max_batch_ops, 64);
+        assert_eq!(c.batching.max_in_flight, BatchConfig::default().max_in_flight);
+        assert_eq!(c.durability, Durability::Async);
+        c.validate().unwrap();
+        let back: NodeConfig = serde_yaml::from_str(&serde_yaml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_bad_values() {
+        assert!(serde_yaml::from_str::<NodeConfig>("nodeid: 1\n").is_err());
+        let c = NodeConfig {
+            initial_members: [(5, "x:1".to_string())].into(),
+            ..NodeConfig::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("does not list this node"));
+        let mut c = NodeConfig::default();
+        c.batching.linger_min_micros = 10_000;
+        assert!(c.validate().is_err());
+    }
+}

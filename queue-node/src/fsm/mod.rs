@@ -1,0 +1,345 @@
+//! The job-queue state machine of one shard.
+//!
+//! [`ShardState`] is the working set: every live job (body and status) and
+//! the indexes apply needs — ready jobs by priority then age, leases by
+//! expiry, scheduled jobs by run time, idempotency keys by expiry. Apply
+//! ([`ShardState::apply_batch`]) is a pure function of the batch and this
+//! state; it records what changed into a [`keys::WriteSink`] and never reads
+//! RocksDB. The state is rebuilt from the written keys at start and after a
+//! snapshot install ([`ShardState::load`]).
+//!
+//! This module owns no I/O, no locks and no clocks.
+
+mod apply;
+pub mod keys;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use raftq_api::JobId;
+use serde::{Deserialize, Serialize};
+
+use crate::ops::{JobBody, JobState, JobStatus, JobView, QueueConfigPatch, QueueDefaults, QueueView};
+
+/// Where a ready job sorts: highest priority first, then oldest.
+type ReadyKey = (Reverse<i32>, u64, JobId);
+
+#[derive(Debug, Clone)]
+struct Job {
+    body: Arc<JobBody>,
+    status: JobStatus,
+}
+
+impl Job {
+    fn ready_key(&self, id: JobId) -> ReadyKey {
+        (Reverse(self.body.priority), self.status.due_at_ms, id)
+    }
+
+    fn view(&self, id: JobId) -> JobView {
+        JobView {
+            id,
+            body: self.body.clone(),
+            status: self.status.clone(),
+        }
+    }
+}
+
+/// What is persisted of a queue (only once a user changed something).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct QueueMeta {
+    paused: bool,
+    config: QueueConfigPatch,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Queue {
+    meta: QueueMeta,
+    ready: BTreeSet<ReadyKey>,
+    scheduled: u64,
+    leased: u64,
+    dead: BTreeSet<JobId>,
+    totals: QueueTotals,
+}
+
+/// Counters since this node started (not replicated state).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueTotals {
+    pub enqueued: u64,
+    pub acked: u64,
+    pub nacked: u64,
+    pub expired: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueStats {
+    pub queue: String,
+    pub ready: u64,
+    pub scheduled: u64,
+    pub leased: u64,
+    pub dead: u64,
+    pub paused: bool,
+    pub totals: QueueTotals,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct DedupEntry {
+    id: JobId,
+    expires_at_ms: u64,
+}
+
+#[derive(Debug)]
+pub struct ShardState {
+    shard: u32,
+    /// The newest batch time applied: the shard's clock, never going back.
+    now_ms: u64,
+    jobs: HashMap<JobId, Job>,
+    queues: HashMap<Arc<str>, Queue>,
+    leases: BTreeSet<(u64, JobId)>,
+    scheduled: BTreeSet<(u64, JobId)>,
+    dedup: HashMap<(Arc<str>, String), DedupEntry>,
+    dedup_expiry: BTreeSet<(u64, Arc<str>, String)>,
+    /// Queues that gained ready jobs since the last [`ShardState::take_woken`].
+    woken: Vec<Arc<str>>,
+}
+
+/// Why persisted state could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("corrupt state record at key {key:02x?}: {source}")]
+    Decode {
+        key: Vec<u8>,
+        source: postcard::Error,
+    },
+    #[error("status record {0:02x?} has no job body")]
+    OrphanStatus(Vec<u8>),
+}
+
+impl ShardState {
+    pub fn new(shard: u32) -> ShardState {
+        ShardState {
+            shard,
+            now_ms: 0,
+            jobs: HashMap::new(),
+            queues: HashMap::new(),
+            leases: BTreeSet::new(),
+            scheduled: BTreeSet::new(),
+            dedup: HashMap::new(),
+            dedup_expiry: BTreeSet::new(),
+            woken: Vec::new(),
+        }
+    }
+
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Rebuilds the state from its keys, in key order (as RocksDB iterates
+    /// them). Meta keys are the store's and are skipped here.
+    pub fn load<'a>(
+        shard: u32,
+        now_ms: u64,
+        records: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> Result<ShardState, LoadError> {
+        fn decode<'v, T: Deserialize<'v>>(key: &[u8], value: &'v [u8]) -> Result<T, LoadError> {
+            postcard::from_bytes(value).map_err(|source| LoadError::Decode {
+                key: key.to_vec(),
+                source,
+            })
+        }
+        let mut state = ShardState::new(shard);
+        state.now_ms = now_ms;
+        for (key, value) in records {
+            let kind = key.get(4).copied();
+            match kind {
+                Some(keys::JOB) => {
+                    let id = keys::job_id_of(key).ok_or_else(|| LoadError::OrphanStatus(key.to_vec()))?;
+                    let (body, status): (JobBody, JobStatus) = decode(key, value)?;
+                    state.queue_mut(&body.queue);
+                    let body = state.intern_body(body);
+                    state.jobs.insert(id, Job { body, status });
+                }
+                Some(keys::STATUS) => {
+                    let id = keys::job_id_of(key).ok_or_else(|| LoadError::OrphanStatus(key.to_vec()))?;
+                    let status: JobStatus = decode(key, value)?;
+                    let job = state
+                        .jobs
+                        .get_mut(&id)
+                        .ok_or_else(|| LoadError::OrphanStatus(key.to_vec()))?;
+                    job.status = status;
+                }
+                Some(keys::QUEUE) => {
+                    let name = String::from_utf8_lossy(&key[5..]).into_owned();
+                    let meta: QueueMeta = decode(key, value)?;
+                    state.queue_mut(&name).meta = meta;
+                }
+                Some(keys::DEDUP) => {
+                    let rest = &key[5..];
+                    let split = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+                    let queue = String::from_utf8_lossy(&rest[..split]).into_owned();
+                    let idem = String::from_utf8_lossy(rest.get(split + 1..).unwrap_or_default()).into_owned();
+                    let entry: DedupEntry = decode(key, value)?;
+                    let queue = state.queue_name(&queue);
+                    state
+                        .dedup_expiry
+                        .insert((entry.expires_at_ms, queue.clone(), idem.clone()));
+                    state.dedup.insert((queue, idem), entry);
+                }
+                _ => {}
+            }
+        }
+        state.rebuild_indexes();
+        Ok(state)
+    }
+
+    fn intern_body(&mut self, mut body: JobBody) -> Arc<JobBody> {
+        body.queue = self.queue_name(&body.queue);
+        Arc::new(body)
+    }
+
+    fn rebuild_indexes(&mut self) {
+        let mut ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let job = &self.jobs[&id];
+            let queue = job.body.queue.clone();
+            let status = job.status.clone();
+            let ready_key = job.ready_key(id);
+            let q = self.queue_mut(&queue);
+            match status.state {
+                JobState::Ready => {
+                    q.ready.insert(ready_key);
+                }
+                JobState::Scheduled => {
+                    q.scheduled += 1;
+                    self.scheduled.insert((status.due_at_ms, id));
+                }
+                JobState::Leased => {
+                    q.leased += 1;
+                    self.leases.insert((status.due_at_ms, id));
+                }
+                JobState::Dead => {
+                    q.dead.insert(id);
+                }
+            }
+        }
+    }
+
+    /// The shared name of a queue (so a million jobs share one allocation).
+    fn queue_name(&mut self, name: &str) -> Arc<str> {
+        match self.queues.get_key_value(name) {
+            Some((key, _)) => key.clone(),
+            None => {
+                let key: Arc<str> = Arc::from(name);
+                self.queues.insert(key.clone(), Queue::default());
+                key
+            }
+        }
+    }
+
+    fn queue_mut(&mut self, name: &str) -> &mut Queue {
+        let key = self.queue_name(name);
+        self.queues.entry(key).or_default()
+    }
+
+    /// Queues that gained ready jobs since the last call (for waking fetchers).
+    pub fn take_woken(&mut self) -> Vec<Arc<str>> {
+        std::mem::take(&mut self.woken)
+    }
+
+    /// The earliest time a timer (scheduled job, lease, idempotency key) is due.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        [
+            self.scheduled.first().map(|(t, _)| *t),
+            self.leases.first().map(|(t, _)| *t),
+            self.dedup_expiry.first().map(|(t, _, _)| *t),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    pub fn job(&self, id: JobId) -> Option<JobView> {
+        self.jobs.get(&id).map(|job| job.view(id))
+    }
+
+    pub fn queue_view(&self, name: &str, defaults: &QueueDefaults) -> QueueView {
+        let meta = self.queues.get(name).map(|q| q.meta.clone()).unwrap_or_default();
+        queue_view(name, &meta, defaults)
+    }
+
+    pub fn stats(&self, name: &str) -> Option<QueueStats> {
+        self.queues.get(name).map(|q| QueueStats {
+            queue: name.to_string(),
+            ready: q.ready.len() as u64,
+            scheduled: q.scheduled,
+            leased: q.leased,
+            dead: q.dead.len() as u64,
+            paused: q.meta.paused,
+            totals: q.totals,
+        })
+    }
+
+    pub fn all_stats(&self) -> Vec<QueueStats> {
+        let mut names: Vec<&Arc<str>> = self.queues.keys().collect();
+        names.sort();
+        names.into_iter().filter_map(|n| self.stats(n)).collect()
+    }
+
+    /// One page of a queue's dead jobs, in id order, after `after`.
+    pub fn dead_page(&self, queue: &str, after: Option<JobId>, limit: usize) -> Vec<JobView> {
+        let Some(q) = self.queues.get(queue) else {
+            return Vec::new();
+        };
+        let range = match after {
+            Some(after) => q.dead.range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            None => q.dead.range(..),
+        };
+        range
+            .take(limit)
+            .filter_map(|id| self.jobs.get(id).map(|job| job.view(*id)))
+            .collect()
+    }
+
+    /// A canonical dump of the replicated state, for comparing replicas and
+    /// rebuilds in tests. Excludes node-local counters.
+    pub fn digest(&self) -> String {
+        let mut jobs: Vec<_> = self.jobs.iter().collect();
+        jobs.sort_by_key(|(id, _)| **id);
+        let mut out = format!("now={}\n", self.now_ms);
+        for (id, job) in jobs {
+            out.push_str(&format!("{id} {:?} {:?}\n", job.body, job.status));
+        }
+        let mut queues: Vec<_> = self.queues.iter().collect();
+        queues.sort_by_key(|(name, _)| name.clone());
+        for (name, q) in queues {
+            out.push_str(&format!(
+                "queue {name} {:?} ready={:?} scheduled={} leased={} dead={:?}\n",
+                q.meta, q.ready, q.scheduled, q.leased, q.dead
+            ));
+        }
+        let mut dedup: Vec<_> = self.dedup.iter().collect();
+        dedup.sort_by(|a, b| a.0.cmp(b.0));
+        out.push_str(&format!("dedup {dedup:?}\nleases {:?}\nscheduled {:?}\n", self.leases, self.scheduled));
+        out
+    }
+}
+
+fn queue_view(name: &str, meta: &QueueMeta, defaults: &QueueDefaults) -> QueueView {
+    let c = &meta.config;
+    QueueView {
+        name: name.to_string(),
+        paused: meta.paused,
+        lease_ms: c.lease_ms.unwrap_or(defaults.lease_ms),
+        max_attempts: c.max_attempts.unwrap_or(defaults.max_attempts),
+        backoff: c.backoff.unwrap_or(defaults.backoff),
+        dedup_window_ms: c.dedup_window_ms.unwrap_or(defaults.dedup_window_ms),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,18 @@
+//! raftq's queue node: the gRPC API, one Raft group per shard (openraft),
+//! the batched write pipeline and the job-queue state machine over RocksDB.
+//!
+//! Data flows one way: [`service`] validates requests and submits ops to the
+//! shard's [`batcher`]; the batcher proposes one Raft entry per batch; the
+//! [`store`] applies committed entries through the pure [`fsm`] and writes
+//! the result in one RocksDB batch; results flow back to the handlers.
+
+pub mod batcher;
+pub mod config;
+pub mod fsm;
+pub mod network;
+pub mod node;
+pub mod ops;
+pub mod raft_types;
+pub mod service;
+pub mod shard;
+pub mod store;

@@ -1,0 +1,135 @@
+//! `queue-node`: runs one raftq node.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use raftq_node::config::NodeConfig;
+use raftq_node::store::Durability;
+
+/// Runs a raftq queue node. With no flags: a one-node cluster on
+/// 127.0.0.1:7400 with its data in ./raftq-data.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// YAML config file; flags override its values.
+    #[arg(long, env = "RAFTQ_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's id (unique in the cluster, > 0).
+    #[arg(long, env = "RAFTQ_NODE_ID")]
+    node_id: Option<u64>,
+    /// Data directory (RocksDB).
+    #[arg(long, env = "RAFTQ_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address.
+    #[arg(long, env = "RAFTQ_LISTEN")]
+    listen: Option<String>,
+    /// Address other nodes and forwarded clients use to reach this node.
+    #[arg(long, env = "RAFTQ_ADVERTISE")]
+    advertise: Option<String>,
+    /// Initial voters of a new cluster: `1=127.0.0.1:7401,2=127.0.0.1:7402,...`.
+    #[arg(long, value_delimiter = ',', value_parser = parse_member)]
+    initial_members: Vec<(u64, String)>,
+    /// Wait to be added to an existing cluster instead of creating one.
+    #[arg(long)]
+    join: bool,
+    /// fsync (default) or async.
+    #[arg(long, value_enum)]
+    durability: Option<Durability>,
+    #[arg(long)]
+    max_batch_ops: Option<usize>,
+    #[arg(long)]
+    max_batch_bytes: Option<usize>,
+    #[arg(long)]
+    linger_min_micros: Option<u64>,
+    #[arg(long)]
+    linger_max_micros: Option<u64>,
+    #[arg(long)]
+    max_in_flight: Option<usize>,
+    /// Log filter, e.g. `info` or `raftq_node=debug,openraft=warn`.
+    #[arg(long, env = "RAFTQ_LOG", default_value = "info,openraft=warn")]
+    log: String,
+}
+
+fn parse_member(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected <node id>=<host:port>, e.g. 1=127.0.0.1:7401"))?;
+    let id = id.parse().map_err(|_| format!("{s:?}: node id {id:?} is not a number"))?;
+    Ok((id, addr.to_string()))
+}
+
+fn config_from(args: &Args) -> anyhow::Result<NodeConfig> {
+    let mut c = match &args.config {
+        Some(path) => NodeConfig::from_file(path)?,
+        None => NodeConfig::default(),
+    };
+    if let Some(v) = args.node_id {
+        c.node_id = v;
+    }
+    if let Some(v) = &args.data_dir {
+        c.data_dir = v.clone();
+    }
+    if let Some(v) = &args.listen {
+        c.listen = v.clone();
+    }
+    if let Some(v) = &args.advertise {
+        c.advertise = Some(v.clone());
+    }
+    if !args.initial_members.is_empty() {
+        c.initial_members = args.initial_members.iter().cloned().collect::<BTreeMap<_, _>>();
+    }
+    c.join |= args.join;
+    if let Some(v) = args.durability {
+        c.durability = v;
+    }
+    let b = &mut c.batching;
+    b.max_batch_ops = args.max_batch_ops.unwrap_or(b.max_batch_ops);
+    b.max_batch_bytes = args.max_batch_bytes.unwrap_or(b.max_batch_bytes);
+    b.linger_min_micros = args.linger_min_micros.unwrap_or(b.linger_min_micros);
+    b.linger_max_micros = args.linger_max_micros.unwrap_or(b.linger_max_micros);
+    b.max_in_flight = args.max_in_flight.unwrap_or(b.max_in_flight);
+    c.validate()?;
+    Ok(c)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = config_from(&args)?;
+    let mut node = raftq_node::node::start(config).await?;
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    #[cfg(unix)]
+    let terminated = term.recv();
+    #[cfg(not(unix))]
+    let terminated = std::future::pending::<Option<()>>();
+    tokio::select! {
+        result = node.wait() => return result,
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+        _ = terminated => tracing::info!("SIGTERM; shutting down"),
+    }
+    node.shutdown().await
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("queue-node: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("queue-node: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Raft messages between nodes, over the `RaftTransport` gRPC service. The
+//! openraft request and response structs travel postcard-encoded inside a
+//! `RaftMessage` that names the shard.
+
+use std::sync::Arc;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::BasicNode;
+use raftq_api::v1::raft_transport_client::RaftTransportClient;
+use raftq_api::v1::raft_transport_server::RaftTransport;
+use raftq_api::v1::RaftMessage;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::raft_types::{NodeId, Raft, TypeConfig};
+
+/// A lazily connected channel to a peer, shared by every shard.
+pub fn peer_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_adaptive_window(true)
+        .connect_lazy())
+}
+
+#[derive(Clone)]
+pub struct NetworkFactory {
+    pub shard: u32,
+}
+
+pub struct PeerClient {
+    shard: u32,
+    target: NodeId,
+    client: Option<RaftTransportClient<Channel>>,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        let client = peer_channel(&node.addr).ok().map(|ch| {
+            RaftTransportClient::new(ch)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX)
+        });
+        PeerClient {
+            shard: self.shard,
+            target,
+            client,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(&mut self, kind: RpcKind, req: &Req) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let unreachable = |msg: String| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg)));
+        let Some(client) = self.client.as_mut() else {
+            return Err(unreachable(format!("bad address {:?} for node {}", self.addr, self.target)));
+        };
+        let data = postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let msg = RaftMessage {
+            shard: self.shard,
+            data: data.into(),
+        };
+        let reply = match kind {
+            RpcKind::Append => client.append_entries(msg).await,
+            RpcKind::Vote => client.vote(msg).await,
+            RpcKind::Snapshot => client.install_snapshot(msg).await,
+        }
+        .map_err(|status| unreachable(format!("node {} at {}: {}", self.target, self.addr, status.message())))?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            postcard::from_bytes(&reply.into_inner().data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
+    }
+}
+
+enum RpcKind {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.call(RpcKind::Append, &rpc).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(RpcKind::Snapshot, &rpc).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.call(RpcKind::Vote, &rpc).await
+    }
+}
+
+/// The receiving side: hands each message to the named shard's Raft.
+pub struct TransportService {
+    pub shards: Arc<Vec<Raft>>,
+}
+
+fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T, Status> {
+    postcard::from_bytes(data).map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
+    let data = postcard::to_allocvec(value).map_err(|e| Status::internal(format!("encoding raft reply: {e}")))?;
+    Ok(Response::new(RaftMessage {
+        shard: 0,
+        data: data.into(),
+    }))
+}
+
+impl TransportService {
+    fn shard(&self, msg: &RaftMessage) -> Result<&Raft, Status> {
+        self.shards
+            .get(msg.shard as usize)
+            .ok_or_else(|| Status::not_found(format!("this node has no shard {}", msg.shard)))
+    }
+}
+
+#[tonic::async_trait]
+impl RaftTransport for TransportService {
+    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let msg = request.into_inner();
+        let raft = self.shard(&msg)?;
+        let req: AppendEntriesRequest<TypeConfig> = decode(&msg.data)?;
+        encode(&raft.append_entries(req).await)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let msg = request.into_inner();
+        let raft = self.shard(&msg)?;
+        let req: VoteRequest<NodeId> = decode(&msg.data)?;
+        encode(&raft.vote(req).await)
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let msg = request.into_inner();
+        let raft = self.shard(&msg)?;
+        let req: InstallSnapshotRequest<TypeConfig> = decode(&msg.data)?;
+        encode(&raft.install_snapshot(req).await)
+    }
+}

@@ -1,0 +1,237 @@
+//! Wires a node together: storage, one Raft group per shard, the batchers,
+//! the timer ticker and the gRPC server; and shuts it down.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::BasicNode;
+use raftq_api::limits::MAX_MESSAGE_BYTES;
+use raftq_api::v1::cluster_admin_server::ClusterAdminServer;
+use raftq_api::v1::queue_admin_server::QueueAdminServer;
+use raftq_api::v1::queue_server::QueueServer;
+use raftq_api::v1::raft_transport_server::RaftTransportServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use crate::batcher::{unix_ms, Batcher};
+use crate::config::NodeConfig;
+use crate::network::{peer_channel, NetworkFactory, TransportService};
+use crate::ops::{Op, QueueDefaults};
+use crate::raft_types::{NodeId, Raft};
+use crate::service::{ClusterService, QueueAdminService, QueueService};
+use crate::shard::ShardShared;
+use crate::store::log_store::LogStore;
+use crate::store::state_machine::StateMachineStore;
+use crate::store::Store;
+
+/// One shard as the request handlers see it.
+pub struct ShardHandle {
+    pub id: u32,
+    pub raft: Raft,
+    pub batcher: Batcher,
+    pub shared: Arc<ShardShared>,
+}
+
+/// Everything the gRPC services share.
+pub struct NodeContext {
+    pub id: NodeId,
+    pub addr: String,
+    pub shards: Vec<ShardHandle>,
+    pub defaults: QueueDefaults,
+    peers: Mutex<HashMap<String, Channel>>,
+}
+
+impl NodeContext {
+    /// A (cached) channel to another node, for forwarding.
+    pub fn peer(&self, addr: &str) -> Result<Channel, tonic::Status> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = peers.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = peer_channel(addr)
+            .map_err(|e| tonic::Status::unavailable(format!("bad leader address {addr:?}: {e}")))?;
+        peers.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+}
+
+/// A running node.
+pub struct NodeHandle {
+    pub addr: SocketAddr,
+    pub context: Arc<NodeContext>,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl NodeHandle {
+    /// Stops serving, then stops Raft.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let served = (&mut self.server).await;
+        for shard in &self.context.shards {
+            let _ = shard.raft.shutdown().await;
+        }
+        served.context("gRPC server task")?.context("gRPC server")?;
+        Ok(())
+    }
+
+    /// Runs until the server stops by itself (it only stops on error).
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        (&mut self.server).await.context("gRPC server task")?.context("gRPC server")
+    }
+}
+
+pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
+    config.validate()?;
+    let store = Store::open(&config.data_dir, config.durability)?;
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let defaults = config.queue_defaults.to_defaults();
+
+    let raft_config = Arc::new(
+        openraft::Config {
+            cluster_name: "raftq".into(),
+            heartbeat_interval: config.raft.heartbeat_ms,
+            election_timeout_min: config.raft.election_timeout_min_ms,
+            election_timeout_max: config.raft.election_timeout_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.raft.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        }
+        .validate()
+        .context("raft settings")?,
+    );
+
+    let mut shards = Vec::new();
+    let shard_count = 1u32;
+    for id in 0..shard_count {
+        let (sm, shared) = StateMachineStore::open(store.clone(), id).context("loading the state machine")?;
+        let log = LogStore::new(store.clone(), id);
+        let raft = Raft::new(config.node_id, raft_config.clone(), NetworkFactory { shard: id }, log, sm)
+            .await
+            .with_context(|| format!("starting raft for shard {id}"))?;
+        let batcher = Batcher::spawn(raft.clone(), config.batching.clone(), defaults);
+        tokio::spawn(run_ticker(raft.clone(), config.node_id, batcher.clone(), shared.clone()));
+        shards.push(ShardHandle {
+            id,
+            raft,
+            batcher,
+            shared,
+        });
+    }
+
+    let context = Arc::new(NodeContext {
+        id: config.node_id,
+        addr: advertise.clone(),
+        shards,
+        defaults,
+        peers: Mutex::new(HashMap::new()),
+    });
+
+    let rafts = Arc::new(context.shards.iter().map(|s| s.raft.clone()).collect::<Vec<_>>());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_adaptive_window(Some(true))
+        .add_service(
+            QueueServer::new(QueueService::new(context.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            QueueAdminServer::new(QueueAdminService::new(context.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(ClusterAdminServer::new(ClusterService::new(context.clone())))
+        .add_service(
+            RaftTransportServer::new(TransportService { shards: rafts })
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+        );
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = stopped.await;
+    }));
+
+    if !config.join {
+        bootstrap(&context, &config, &advertise).await?;
+    }
+    tracing::info!(node_id = config.node_id, %addr, advertise, data_dir = %config.data_dir.display(), "queue-node started");
+    Ok(NodeHandle {
+        addr,
+        context,
+        stop: Some(stop),
+        server,
+    })
+}
+
+/// Initialises a brand-new cluster exactly once: from the lowest-id member
+/// of `initial_members`, or from this node alone when none are given.
+async fn bootstrap(context: &NodeContext, config: &NodeConfig, advertise: &str) -> anyhow::Result<()> {
+    let members: BTreeMap<NodeId, BasicNode> = if config.initial_members.is_empty() {
+        [(config.node_id, BasicNode::new(advertise))].into()
+    } else {
+        config
+            .initial_members
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect()
+    };
+    if members.keys().next() != Some(&config.node_id) {
+        return Ok(());
+    }
+    for shard in &context.shards {
+        if shard.raft.is_initialized().await? {
+            continue;
+        }
+        match shard.raft.initialize(members.clone()).await {
+            Ok(()) => tracing::info!(shard = shard.id, members = ?members.keys(), "initialised cluster"),
+            Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+            Err(e) => return Err(e).context("initialising the cluster"),
+        }
+    }
+    Ok(())
+}
+
+/// Fires due timers on an idle shard: when a lease or delay is due and no
+/// batch carried the time forward, the leader proposes a tiny tick.
+async fn run_ticker(raft: Raft, me: NodeId, batcher: Batcher, shared: Arc<ShardShared>) {
+    let mut metrics = raft.metrics();
+    loop {
+        let applied = shared.applied.notified();
+        tokio::pin!(applied);
+        applied.as_mut().enable();
+        let is_leader = metrics.borrow().current_leader == Some(me);
+        let next = shared.state().next_deadline_ms();
+        let now = unix_ms();
+        match next {
+            Some(due) if due <= now && is_leader => {
+                if batcher.submit(vec![Op::Tick]).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let wait = match next {
+            Some(due) if is_leader => Duration::from_millis(due.saturating_sub(now).clamp(1, 1000)),
+            _ => Duration::from_secs(1),
+        };
+        tokio::select! {
+            _ = &mut applied => {}
+            _ = tokio::time::sleep(wait) => {}
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+    }
+}

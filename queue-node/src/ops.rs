@@ -1,0 +1,284 @@
+//! The replicated commands. Every mutation of a shard is an [`Op`]; the
+//! batcher packs many ops into one [`Batch`], which is one Raft entry. The
+//! leader stamps the batch with its clock and the queue defaults in force, so
+//! applying a batch depends only on the batch and the state: every replica
+//! computes the same result.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use raftq_api::JobId;
+use serde::{Deserialize, Serialize};
+
+/// Retry delay policy: `initial * multiplier^(retry-1)`, capped at `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BackoffPolicy {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+    pub multiplier: f64,
+}
+
+impl BackoffPolicy {
+    /// Delay before retry number `retry` (1-based). Integer-stepped so every
+    /// replica gets the same number.
+    pub fn delay_ms(&self, retry: u32) -> u64 {
+        let mut delay = self.initial_ms as f64;
+        for _ in 1..retry {
+            delay *= self.multiplier;
+            if delay >= self.max_ms as f64 {
+                return self.max_ms;
+            }
+        }
+        (delay as u64).min(self.max_ms)
+    }
+}
+
+/// Queue settings used where a queue has no value of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct QueueDefaults {
+    pub lease_ms: u64,
+    pub max_attempts: u32,
+    pub backoff: BackoffPolicy,
+    pub dedup_window_ms: u64,
+}
+
+impl Default for QueueDefaults {
+    fn default() -> Self {
+        QueueDefaults {
+            lease_ms: 30_000,
+            max_attempts: 10,
+            backoff: BackoffPolicy {
+                initial_ms: 1_000,
+                max_ms: 300_000,
+                multiplier: 2.0,
+            },
+            dedup_window_ms: 3_600_000,
+        }
+    }
+}
+
+/// A job as the enqueue op carries it (already validated).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewJob {
+    pub payload: Bytes,
+    pub headers: Vec<(String, String)>,
+    pub priority: i32,
+    pub when: When,
+    /// 0 = queue default.
+    pub max_attempts: u32,
+    pub backoff: Option<BackoffPolicy>,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum When {
+    Now,
+    /// Relative to the batch time, so the delay is measured on the leader's clock.
+    Delay(u64),
+    At(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Nack {
+    pub id: JobId,
+    pub attempt: u32,
+    pub retry_delay_ms: Option<u64>,
+    pub error: String,
+    pub dead: bool,
+}
+
+/// Per-queue settings a user changed; `None` keeps the current value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueueConfigPatch {
+    pub lease_ms: Option<u64>,
+    pub max_attempts: Option<u32>,
+    pub backoff: Option<BackoffPolicy>,
+    pub dedup_window_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    Enqueue {
+        queue: String,
+        jobs: Vec<NewJob>,
+    },
+    /// Lease up to `max` ready jobs of `queue` to `worker`.
+    Claim {
+        queue: String,
+        worker: String,
+        max: u32,
+        lease_ms: Option<u64>,
+    },
+    Ack {
+        tokens: Vec<(JobId, u32)>,
+    },
+    Nack {
+        items: Vec<Nack>,
+    },
+    Extend {
+        tokens: Vec<(JobId, u32)>,
+        lease_ms: Option<u64>,
+    },
+    SetPaused {
+        queue: String,
+        paused: bool,
+    },
+    PurgeQueue {
+        queue: String,
+    },
+    SetQueueConfig {
+        queue: String,
+        patch: QueueConfigPatch,
+    },
+    Cancel {
+        id: JobId,
+    },
+    /// Dead jobs back to ready; empty `ids` = all of the queue's.
+    RequeueDead {
+        queue: String,
+        ids: Vec<JobId>,
+    },
+    PurgeDead {
+        queue: String,
+        ids: Vec<JobId>,
+    },
+    /// Carries only the batch time: lets due timers fire on an idle shard.
+    Tick,
+}
+
+impl Op {
+    /// Rough encoded size, for the batcher's byte limit.
+    pub fn size_hint(&self) -> usize {
+        match self {
+            Op::Enqueue { queue, jobs } => {
+                queue.len()
+                    + jobs
+                        .iter()
+                        .map(|j| 32 + j.payload.len() + j.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>())
+                        .sum::<usize>()
+            }
+            Op::Ack { tokens } | Op::Extend { tokens, .. } => 16 + tokens.len() * 20,
+            Op::Nack { items } => items.iter().map(|n| 32 + n.error.len()).sum(),
+            _ => 64,
+        }
+    }
+}
+
+/// One Raft entry's worth of ops.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The leader's clock (unix ms) when it proposed the batch.
+    pub time_ms: u64,
+    pub defaults: QueueDefaults,
+    pub ops: Vec<Op>,
+}
+
+impl std::fmt::Display for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Batch(t={}, ops={})", self.time_ms, self.ops.len())
+    }
+}
+
+/// Why one op (or one token of it) was refused. Maps to a gRPC status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpError {
+    NotFound(String),
+    FailedPrecondition(String),
+    InvalidArgument(String),
+}
+
+/// The outcome of one token of an ack / nack / extend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenOutcome {
+    pub id: JobId,
+    pub attempt: u32,
+    pub result: Result<Option<u64>, OpError>,
+}
+
+/// A job as the state machine shows it to readers and lease holders.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: JobId,
+    pub body: Arc<JobBody>,
+    pub status: JobStatus,
+}
+
+/// The immutable part of a job, written once at enqueue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobBody {
+    pub queue: Arc<str>,
+    pub payload: Bytes,
+    pub headers: Vec<(String, String)>,
+    pub priority: i32,
+    pub max_attempts: u32,
+    pub backoff: BackoffPolicy,
+    pub enqueued_at_ms: u64,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    Scheduled,
+    Ready,
+    Leased,
+    Dead,
+}
+
+/// The mutable part of a job, rewritten on every state change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub state: JobState,
+    pub attempt: u32,
+    /// Scheduled: run time. Ready: when it became ready (orders FIFO).
+    /// Leased: lease expiry. Dead: when it died.
+    pub due_at_ms: u64,
+    pub last_error: Option<String>,
+    pub worker: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueView {
+    pub name: String,
+    pub paused: bool,
+    pub lease_ms: u64,
+    pub max_attempts: u32,
+    pub backoff: BackoffPolicy,
+    pub dedup_window_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OpResult {
+    Enqueued(Vec<(JobId, bool)>),
+    Claimed(Vec<JobView>),
+    Tokens(Vec<TokenOutcome>),
+    Queue(QueueView),
+    Count(u64),
+    Job(JobView),
+    Ticked,
+    Failed(OpError),
+}
+
+/// The state machine's answer to one batch: one result per op, in order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchResult(pub Vec<OpResult>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let b = BackoffPolicy {
+            initial_ms: 100,
+            max_ms: 1000,
+            multiplier: 2.0,
+        };
+        let delays: Vec<u64> = (1..=6).map(|r| b.delay_ms(r)).collect();
+        assert_eq!(delays, vec![100, 200, 400, 800, 1000, 1000]);
+        let fixed = BackoffPolicy {
+            multiplier: 1.0,
+            ..b
+        };
+        assert_eq!(fixed.delay_ms(50), 100);
+    }
+}

@@ -1,0 +1,25 @@
+//! The openraft type configuration of a raftq shard.
+
+use std::io::Cursor;
+
+use crate::ops::{Batch, BatchResult};
+
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// One shard's Raft: entries carry op batches, replies carry their results.
+    pub TypeConfig:
+        D = Batch,
+        R = BatchResult,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;

@@ -1,0 +1,240 @@
+//! The `QueueAdmin` service: stats, pause / resume / purge, per-queue
+//! settings, job lookup and cancel, and the dead-letter set. Reads are
+//! served from the leader's applied state.
+
+use raftq_api::limits::{MAX_DELAY_MS, MAX_LEASE_MS};
+use raftq_api::v1 as pb;
+use raftq_api::v1::queue_admin_client::QueueAdminClient;
+use raftq_api::validate;
+use tonic::{Request, Response, Status};
+
+use super::{convert, forwarded, invalid, submit_one, unexpected, Ctx, Route};
+use crate::node::ShardHandle;
+use crate::ops::{Op, OpResult, QueueConfigPatch};
+
+pub struct QueueAdminService {
+    ctx: Ctx,
+}
+
+impl QueueAdminService {
+    pub fn new(ctx: Ctx) -> QueueAdminService {
+        QueueAdminService { ctx }
+    }
+
+    /// The leader-side shard of `queue`, or the leader to forward to.
+    fn queue_route<T>(&self, queue: &str, request: &Request<T>) -> Result<Route<'_>, Status> {
+        validate::queue_name(queue).map_err(invalid)?;
+        self.ctx.route(self.ctx.shard_of_queue(queue), request)
+    }
+
+    async fn queue_op(&self, shard: &ShardHandle, op: Op) -> Result<Response<pb::QueueInfo>, Status> {
+        match submit_one(shard, op).await? {
+            OpResult::Queue(view) => Ok(Response::new(convert::queue_info(&view))),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn count_op(&self, shard: &ShardHandle, op: Op) -> Result<u64, Status> {
+        match submit_one(shard, op).await? {
+            OpResult::Count(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn stats(s: crate::fsm::QueueStats) -> pb::QueueStats {
+    pb::QueueStats {
+        queue: s.queue,
+        ready: s.ready,
+        scheduled: s.scheduled,
+        leased: s.leased,
+        dead: s.dead,
+        paused: s.paused,
+        enqueued_total: s.totals.enqueued,
+        acked_total: s.totals.acked,
+        nacked_total: s.totals.nacked,
+        expired_total: s.totals.expired,
+    }
+}
+
+fn dead_ids(ids: &[String]) -> Result<Vec<raftq_api::JobId>, Status> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| validate::job_id(&format!("job_ids[{i}]"), id))
+        .collect::<Result<_, _>>()
+        .map_err(invalid)
+}
+
+#[tonic::async_trait]
+impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
+    async fn stats(&self, request: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+        let queue = request.get_ref().queue.clone();
+        if queue.is_empty() {
+            // Every shard's queues, each from its leader.
+            let mut queues = Vec::new();
+            for shard in &self.ctx.shards {
+                match self.ctx.route(shard.id, &request)? {
+                    Route::Local(shard) => queues.extend(shard.shared.state().all_stats().into_iter().map(stats)),
+                    Route::Leader(ch) => {
+                        let remote = QueueAdminClient::new(ch).stats(forwarded(pb::StatsRequest::default())).await?;
+                        let remote_shard = |q: &pb::QueueStats| self.ctx.shard_of_queue(&q.queue) == shard.id;
+                        queues.extend(remote.into_inner().queues.into_iter().filter(remote_shard));
+                    }
+                }
+            }
+            return Ok(Response::new(pb::StatsResponse { queues }));
+        }
+        match self.queue_route(&queue, &request)? {
+            Route::Leader(ch) => QueueAdminClient::new(ch).stats(forwarded(request.into_inner())).await,
+            Route::Local(shard) => {
+                let found = shard.shared.state().stats(&queue);
+                let stats = found.map(stats).unwrap_or(pb::QueueStats {
+                    queue,
+                    ..Default::default()
+                });
+                Ok(Response::new(pb::StatsResponse { queues: vec![stats] }))
+            }
+        }
+    }
+
+    async fn pause_queue(&self, request: Request<pb::QueueRef>) -> Result<Response<pb::QueueInfo>, Status> {
+        match self.queue_route(&request.get_ref().queue, &request)? {
+            Route::Leader(ch) => QueueAdminClient::new(ch).pause_queue(forwarded(request.into_inner())).await,
+            Route::Local(shard) => {
+                let queue = request.into_inner().queue;
+                self.queue_op(shard, Op::SetPaused { queue, paused: true }).await
+            }
+        }
+    }
+
+    async fn resume_queue(&self, request: Request<pb::QueueRef>) -> Result<Response<pb::QueueInfo>, Status> {
+        match self.queue_route(&request.get_ref().queue, &request)? {
+            Route::Leader(ch) => QueueAdminClient::new(ch).resume_queue(forwarded(request.into_inner())).await,
+            Route::Local(shard) => {
+                let queue = request.into_inner().queue;
+                self.queue_op(shard, Op::SetPaused { queue, paused: false }).await
+            }
+        }
+    }
+
+    async fn purge_queue(&self, request: Request<pb::QueueRef>) -> Result<Response<pb::PurgeResponse>, Status> {
+        match self.queue_route(&request.get_ref().queue, &request)? {
+            Route::Leader(ch) => QueueAdminClient::new(ch).purge_queue(forwarded(request.into_inner())).await,
+            Route::Local(shard) => {
+                let queue = request.into_inner().queue;
+                let removed = self.count_op(shard, Op::PurgeQueue { queue }).await?;
+                Ok(Response::new(pb::PurgeResponse { removed }))
+            }
+        }
+    }
+
+    async fn set_queue_config(
+        &self,
+        request: Request<pb::SetQueueConfigRequest>,
+    ) -> Result<Response<pb::QueueInfo>, Status> {
+        let req = request.get_ref();
+        validate::optional_duration("default_lease_ms", req.default_lease_ms, MAX_LEASE_MS).map_err(invalid)?;
+        validate::optional_duration("dedup_window_ms", req.dedup_window_ms, MAX_DELAY_MS).map_err(invalid)?;
+        if let Some(b) = &req.default_backoff {
+            validate::backoff("default_backoff", b).map_err(invalid)?;
+        }
+        if let Some(n) = req.default_max_attempts {
+            if n == 0 || n > 1000 {
+                return Err(Status::invalid_argument(format!(
+                    "default_max_attempts must be in 1..=1000 (got {n})"
+                )));
+            }
+        }
+        match self.queue_route(&req.queue, &request)? {
+            Route::Leader(ch) => QueueAdminClient::new(ch).set_queue_config(forwarded(request.into_inner())).await,
+            Route::Local(shard) => {
+                let req = request.into_inner();
+                let patch = QueueConfigPatch {
+                    lease_ms: req.default_lease_ms.map(|v| v as u64),
+                    max_attempts: req.default_max_attempts,
+                    backoff: req.default_backoff.as_ref().map(convert::backoff_from),
+                    dedup_window_ms: req.dedup_window_ms.map(|v| v as u64),
+                };
+                self.queue_op(shard, Op::SetQueueConfig { queue: req.queue, patch }).await
+            }
+        }
+    }
+
+    async fn get_job(&self, request: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
+        let id = validate::job_id("job_id", &request.get_ref().job_id).map_err(invalid)?;
+        match self.ctx.route(id.shard, &request)? {
+            Route::Leader(ch) => QueueAdminClient::new(ch).get_job(forwarded(request.into_inner())).await,
+            Route::Local(shard) => {
+                let view = shard.shared.state().job(id);
+                view.map(|v| Response::new(convert::job(&v))).ok_or_else(|| {
+                    Status::not_found(format!("job {id} not found: it was acked, cancelled or purged, or never existed"))
+                })
+            }
+        }
+    }
+
+    async fn cancel_job(&self, request: Request<pb::JobRef>) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let id = validate::job_id("job_id", &request.get_ref().job_id).map_err(invalid)?;
+        match self.ctx.route(id.shard, &request)? {
+            Route::Leader(ch) => QueueAdminClient::new(ch).cancel_job(forwarded(request.into_inner())).await,
+            Route::Local(shard) => match submit_one(shard, Op::Cancel { id }).await? {
+                OpResult::Job(view) => Ok(Response::new(pb::CancelJobResponse {
+                    job: Some(convert::job(&view)),
+                })),
+                other => Err(unexpected(other)),
+            },
+        }
+    }
+
+    async fn list_dead(&self, request: Request<pb::ListDeadRequest>) -> Result<Response<pb::ListDeadResponse>, Status> {
+        let req = request.get_ref();
+        let limit = match req.limit {
+            0 => 100,
+            n @ 1..=1000 => n as usize,
+            n => return Err(Status::invalid_argument(format!("limit must be in 1..=1000 (got {n})"))),
+        };
+        let after = match req.after.as_str() {
+            "" => None,
+            id => Some(validate::job_id("after", id).map_err(invalid)?),
+        };
+        match self.queue_route(&req.queue, &request)? {
+            Route::Leader(ch) => QueueAdminClient::new(ch).list_dead(forwarded(request.into_inner())).await,
+            Route::Local(shard) => {
+                let jobs = shard.shared.state().dead_page(&req.queue, after, limit);
+                let next_after = if jobs.len() == limit {
+                    jobs.last().map(|j| j.id.to_string()).unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                Ok(Response::new(pb::ListDeadResponse {
+                    jobs: jobs.iter().map(convert::job).collect(),
+                    next_after,
+                }))
+            }
+        }
+    }
+
+    async fn requeue_dead(&self, request: Request<pb::DeadSelector>) -> Result<Response<pb::CountResponse>, Status> {
+        let ids = dead_ids(&request.get_ref().job_ids)?;
+        match self.queue_route(&request.get_ref().queue, &request)? {
+            Route::Leader(ch) => QueueAdminClient::new(ch).requeue_dead(forwarded(request.into_inner())).await,
+            Route::Local(shard) => {
+                let queue = request.into_inner().queue;
+                let count = self.count_op(shard, Op::RequeueDead { queue, ids }).await?;
+                Ok(Response::new(pb::CountResponse { count }))
+            }
+        }
+    }
+
+    async fn purge_dead(&self, request: Request<pb::DeadSelector>) -> Result<Response<pb::CountResponse>, Status> {
+        let ids = dead_ids(&request.get_ref().job_ids)?;
+        match self.queue_route(&request.get_ref().queue, &request)? {
+            Route::Leader(ch) => QueueAdminClient::new(ch).purge_dead(forwarded(request.into_inner())).await,
+            Route::Local(shard) => {
+                let queue = request.into_inner().queue;
+                let count = self.count_op(shard, Op::PurgeDead { queue, ids }).await?;
+                Ok(Response::new(pb::CountResponse { count }))
+            }
+        }
+    }
+}

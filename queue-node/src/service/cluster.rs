@@ -1,0 +1,159 @@
+//! The `ClusterAdmin` service: each shard's Raft status as this node sees
+//! it, and membership changes (forwarded to each shard's leader).
+
+use std::collections::BTreeSet;
+
+use openraft::{BasicNode, ServerState};
+use raftq_api::v1 as pb;
+use raftq_api::v1::cluster_admin_client::ClusterAdminClient;
+use tonic::{Request, Response, Status};
+
+use super::{forwarded, Ctx, Route};
+use crate::node::ShardHandle;
+
+pub struct ClusterService {
+    ctx: Ctx,
+}
+
+impl ClusterService {
+    pub fn new(ctx: Ctx) -> ClusterService {
+        ClusterService { ctx }
+    }
+
+    fn status(&self) -> pb::ClusterStatus {
+        pb::ClusterStatus {
+            node_id: self.ctx.id,
+            addr: self.ctx.addr.clone(),
+            shards: self.ctx.shards.iter().map(shard_status).collect(),
+        }
+    }
+}
+
+fn shard_status(shard: &ShardHandle) -> pb::ShardStatus {
+    let m = shard.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let members = membership
+        .nodes()
+        .map(|(id, node)| pb::Member {
+            node_id: *id,
+            addr: node.addr.clone(),
+            voter: voters.contains(id),
+        })
+        .collect();
+    let role = match m.state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    };
+    pb::ShardStatus {
+        shard: shard.id,
+        leader_id: m.current_leader.unwrap_or(0),
+        has_leader: m.current_leader.is_some(),
+        term: m.current_term,
+        commit_index: commit_index(&m, &voters),
+        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        last_log_index: m.last_log_index.unwrap_or(0),
+        members,
+        role: role.into(),
+    }
+}
+
+/// On the leader: the highest index a majority of voters has. Elsewhere the
+/// applied index, a lower bound of it.
+fn commit_index(m: &openraft::RaftMetrics<u64, BasicNode>, voters: &BTreeSet<u64>) -> u64 {
+    let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+    let Some(replication) = &m.replication else {
+        return applied;
+    };
+    let mut matched: Vec<u64> = voters
+        .iter()
+        .map(|id| match replication.get(id) {
+            Some(Some(log_id)) => log_id.index,
+            _ if *id == m.id => m.last_log_index.unwrap_or(0),
+            _ => 0,
+        })
+        .collect();
+    matched.sort_unstable_by(|a, b| b.cmp(a));
+    matched.get(voters.len() / 2).copied().unwrap_or(0).max(applied)
+}
+
+fn raft_status<E: std::fmt::Display>(what: &str, e: E) -> Status {
+    Status::failed_precondition(format!("{what}: {e}"))
+}
+
+#[tonic::async_trait]
+impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
+    async fn status(&self, _request: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+        Ok(Response::new(self.status()))
+    }
+
+    async fn initialize(&self, _request: Request<pb::InitializeRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+        for shard in &self.ctx.shards {
+            let initialized = shard
+                .raft
+                .is_initialized()
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            if !initialized {
+                let me = [(self.ctx.id, BasicNode::new(&self.ctx.addr))].into_iter().collect::<std::collections::BTreeMap<_, _>>();
+                shard
+                    .raft
+                    .initialize(me)
+                    .await
+                    .map_err(|e| raft_status("initialize", e))?;
+            }
+        }
+        Ok(Response::new(self.status()))
+    }
+
+    async fn add_learner(&self, request: Request<pb::AddLearnerRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+        let req = request.get_ref().clone();
+        if req.addr.is_empty() {
+            return Err(Status::invalid_argument("addr is empty: give the new node's host:port"));
+        }
+        for shard in &self.ctx.shards {
+            match self.ctx.route(shard.id, &request)? {
+                Route::Leader(ch) => {
+                    return ClusterAdminClient::new(ch).add_learner(forwarded(req)).await;
+                }
+                Route::Local(shard) => {
+                    shard
+                        .raft
+                        .add_learner(req.node_id, BasicNode::new(&req.addr), true)
+                        .await
+                        .map_err(|e| raft_status(&format!("add learner {} to shard {}", req.node_id, shard.id), e))?;
+                }
+            }
+        }
+        Ok(Response::new(self.status()))
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<pb::ChangeMembershipRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let req = request.get_ref().clone();
+        if req.voters.is_empty() {
+            return Err(Status::invalid_argument("voters is empty: a cluster needs at least one voter"));
+        }
+        let voters: BTreeSet<u64> = req.voters.iter().copied().collect();
+        for shard in &self.ctx.shards {
+            match self.ctx.route(shard.id, &request)? {
+                Route::Leader(ch) => {
+                    return ClusterAdminClient::new(ch).change_membership(forwarded(req)).await;
+                }
+                Route::Local(shard) => {
+                    shard
+                        .raft
+                        .change_membership(voters.clone(), req.retain)
+                        .await
+                        .map_err(|e| raft_status(&format!("change membership of shard {}", shard.id), e))?;
+                }
+            }
+        }
+        Ok(Response::new(self.status()))
+    }
+}

@@ -1,0 +1,342 @@
+//! The `Queue` service: enqueue, fetch, ack / nack / extend, and the
+//! worker stream.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use raftq_api::limits::{MAX_ENQUEUE_BATCH, MAX_FETCH_JOBS, MAX_KEY_BYTES, MAX_LEASE_MS, MAX_WAIT_MS};
+use raftq_api::v1 as pb;
+use raftq_api::v1::queue_client::QueueClient;
+use raftq_api::validate;
+use raftq_api::JobId;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{convert, forwarded, invalid, submit, submit_one, unexpected, Ctx, Route};
+use crate::node::ShardHandle;
+use crate::ops::{Op, OpResult};
+
+/// Most jobs a worker stream may ask for ahead.
+const MAX_CREDIT: u32 = 10_000;
+/// A worker stream with credit re-checks its queue at least this often, in
+/// case a wake-up was missed (e.g. across a leader change).
+const RECHECK: Duration = Duration::from_secs(1);
+
+pub struct QueueService {
+    ctx: Ctx,
+}
+
+impl QueueService {
+    pub fn new(ctx: Ctx) -> QueueService {
+        QueueService { ctx }
+    }
+
+    /// The one shard every token of a request lives on.
+    fn shard_of_tokens<'a>(&self, ids: impl IntoIterator<Item = &'a JobId>) -> Result<u32, Status> {
+        let mut shard = None;
+        for id in ids {
+            match shard {
+                None => shard = Some(id.shard),
+                Some(s) if s != id.shard => {
+                    return Err(Status::invalid_argument(format!(
+                        "tokens belong to shards {s} and {}; send one request per shard",
+                        id.shard
+                    )))
+                }
+                _ => {}
+            }
+        }
+        Ok(shard.unwrap_or(0))
+    }
+}
+
+/// The per-token results, or the single token's failure as the status.
+fn token_results(results: Vec<OpResult>) -> Result<Vec<pb::TokenResult>, Status> {
+    let outcomes = match results.into_iter().next() {
+        Some(OpResult::Tokens(outcomes)) => outcomes,
+        Some(other) => return Err(unexpected(other)),
+        None => return Err(Status::internal("no result")),
+    };
+    if let [only] = outcomes.as_slice() {
+        if let Err(e) = &only.result {
+            return Err(super::op_status(e.clone()));
+        }
+    }
+    Ok(outcomes.iter().map(convert::token_result).collect())
+}
+
+fn worker_id(field: &str, id: &str) -> Result<(), Status> {
+    validate::short_text(field, id, MAX_KEY_BYTES).map_err(invalid)
+}
+
+#[tonic::async_trait]
+impl pb::queue_server::Queue for QueueService {
+    async fn enqueue(&self, request: Request<pb::EnqueueRequest>) -> Result<Response<pb::EnqueueResponse>, Status> {
+        let req = request.get_ref();
+        validate::queue_name(&req.queue).map_err(invalid)?;
+        validate::batch_len("jobs", req.jobs.len(), MAX_ENQUEUE_BATCH).map_err(invalid)?;
+        let shard = match self.ctx.route(self.ctx.shard_of_queue(&req.queue), &request)? {
+            Route::Leader(ch) => return QueueClient::new(ch).enqueue(forwarded(request.into_inner())).await,
+            Route::Local(shard) => shard,
+        };
+        let req = request.into_inner();
+        let jobs = req
+            .jobs
+            .into_iter()
+            .enumerate()
+            .map(|(i, j)| convert::new_job(i, j))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        match submit_one(shard, Op::Enqueue { queue: req.queue, jobs }).await? {
+            OpResult::Enqueued(ids) => Ok(Response::new(pb::EnqueueResponse {
+                job_ids: ids.iter().map(|(id, _)| id.to_string()).collect(),
+                duplicate: ids.iter().map(|(_, dup)| *dup).collect(),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
+        let req = request.get_ref();
+        validate::queue_name(&req.queue).map_err(invalid)?;
+        worker_id("worker_id", &req.worker_id)?;
+        if req.max_jobs == 0 || req.max_jobs > MAX_FETCH_JOBS {
+            return Err(Status::invalid_argument(format!(
+                "max_jobs must be in 1..={MAX_FETCH_JOBS} (got {})",
+                req.max_jobs
+            )));
+        }
+        let lease_ms = convert::lease_ms("lease_ms", req.lease_ms).map_err(invalid)?;
+        if !(0..=MAX_WAIT_MS).contains(&req.wait_ms) {
+            return Err(Status::invalid_argument(format!(
+                "wait_ms must be in 0..={MAX_WAIT_MS} (got {})",
+                req.wait_ms
+            )));
+        }
+        let shard = match self.ctx.route(self.ctx.shard_of_queue(&req.queue), &request)? {
+            Route::Leader(ch) => return QueueClient::new(ch).fetch(forwarded(request.into_inner())).await,
+            Route::Local(shard) => shard,
+        };
+        let req = request.into_inner();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms as u64);
+        let waiter = shard.shared.waiter(&req.queue);
+        loop {
+            let notified = waiter.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let op = Op::Claim {
+                queue: req.queue.clone(),
+                worker: req.worker_id.clone(),
+                max: req.max_jobs,
+                lease_ms,
+            };
+            let jobs = match submit_one(shard, op).await? {
+                OpResult::Claimed(jobs) => jobs,
+                other => return Err(unexpected(other)),
+            };
+            if !jobs.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(Response::new(pb::FetchResponse {
+                    jobs: jobs.iter().map(convert::leased_job).collect(),
+                }));
+            }
+            let recheck = deadline.min(tokio::time::Instant::now() + RECHECK);
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(recheck) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, request: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let tokens = convert::tokens("tokens", &request.get_ref().tokens).map_err(invalid)?;
+        let shard_id = self.shard_of_tokens(tokens.iter().map(|(id, _)| id))?;
+        let shard = match self.ctx.route(shard_id, &request)? {
+            Route::Leader(ch) => return QueueClient::new(ch).ack(forwarded(request.into_inner())).await,
+            Route::Local(shard) => shard,
+        };
+        let results = token_results(submit(shard, vec![Op::Ack { tokens }]).await?)?;
+        Ok(Response::new(pb::AckResponse { results }))
+    }
+
+    async fn nack(&self, request: Request<pb::NackRequest>) -> Result<Response<pb::NackResponse>, Status> {
+        let items = convert::nacks("items", request.get_ref().items.clone()).map_err(invalid)?;
+        let shard_id = self.shard_of_tokens(items.iter().map(|n| &n.id))?;
+        let shard = match self.ctx.route(shard_id, &request)? {
+            Route::Leader(ch) => return QueueClient::new(ch).nack(forwarded(request.into_inner())).await,
+            Route::Local(shard) => shard,
+        };
+        let results = token_results(submit(shard, vec![Op::Nack { items }]).await?)?;
+        Ok(Response::new(pb::NackResponse { results }))
+    }
+
+    async fn extend_lease(
+        &self,
+        request: Request<pb::ExtendLeaseRequest>,
+    ) -> Result<Response<pb::ExtendLeaseResponse>, Status> {
+        let req = request.get_ref();
+        let tokens = convert::tokens("tokens", &req.tokens).map_err(invalid)?;
+        let lease_ms = convert::lease_ms("lease_ms", req.lease_ms).map_err(invalid)?;
+        let shard_id = self.shard_of_tokens(tokens.iter().map(|(id, _)| id))?;
+        let shard = match self.ctx.route(shard_id, &request)? {
+            Route::Leader(ch) => return QueueClient::new(ch).extend_lease(forwarded(request.into_inner())).await,
+            Route::Local(shard) => shard,
+        };
+        let results = token_results(submit(shard, vec![Op::Extend { tokens, lease_ms }]).await?)?;
+        Ok(Response::new(pb::ExtendLeaseResponse { results }))
+    }
+
+    type WorkerStreamStream = Pin<Box<dyn Stream<Item = Result<pb::ServerFrame, Status>> + Send>>;
+
+    async fn worker_stream(
+        &self,
+        request: Request<Streaming<pb::WorkerFrame>>,
+    ) -> Result<Response<Self::WorkerStreamStream>, Status> {
+        let forwarded_already = request.metadata().contains_key(super::FORWARDED);
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("worker stream closed before its first frame"))?;
+        let open = first
+            .open
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("the first worker frame must carry `open` (queue, worker_id)"))?;
+        validate::queue_name(&open.queue).map_err(invalid)?;
+        worker_id("open.worker_id", &open.worker_id)?;
+        validate::optional_duration("open.lease_ms", open.lease_ms, MAX_LEASE_MS).map_err(invalid)?;
+        let shard_id = self.ctx.shard_of_queue(&open.queue);
+        let mut probe = Request::new(());
+        if forwarded_already {
+            probe = forwarded(());
+        }
+        match self.ctx.route(shard_id, &probe)? {
+            Route::Leader(ch) => {
+                let frames = futures::stream::once(async move { first })
+                    .chain(inbound.filter_map(|f| async move { f.ok() }));
+                let upstream = QueueClient::new(ch).worker_stream(forwarded(frames)).await?;
+                Ok(Response::new(Box::pin(upstream.into_inner())))
+            }
+            Route::Local(_) => {
+                let (tx, rx) = mpsc::channel(16);
+                let ctx = self.ctx.clone();
+                tokio::spawn(async move {
+                    if let Ok(shard) = ctx.shard(shard_id) {
+                        run_worker_session(shard, open, first, inbound, tx).await;
+                    }
+                });
+                Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+            }
+        }
+    }
+}
+
+/// Serves one worker stream on the leader. Each inbound frame becomes one
+/// group of ops (its acks, nacks, extends and a claim for the credit), so
+/// it costs one Raft round-trip; jobs that become ready later are pushed
+/// while credit remains.
+async fn run_worker_session(
+    shard: &ShardHandle,
+    open: pb::WorkerOpen,
+    first: pb::WorkerFrame,
+    mut inbound: Streaming<pb::WorkerFrame>,
+    tx: mpsc::Sender<Result<pb::ServerFrame, Status>>,
+) {
+    let lease_ms = open.lease_ms.map(|l| l as u64);
+    let waiter = shard.shared.waiter(&open.queue);
+    let mut credit: u32 = 0;
+    let mut frame = Some(first);
+    loop {
+        let notified = waiter.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(f) = frame.take() {
+            credit = credit.saturating_add(f.credit).min(MAX_CREDIT);
+            let ops = match frame_ops(f, &open, lease_ms, credit) {
+                Ok(ops) => ops,
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            };
+            if ops.is_empty() {
+                continue;
+            }
+            let wanted = credit.min(MAX_FETCH_JOBS);
+            let results = match submit(shard, ops).await {
+                Ok(results) => results,
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            };
+            let mut out = pb::ServerFrame::default();
+            let mut claimed = 0;
+            for result in results {
+                match result {
+                    OpResult::Tokens(outcomes) => out.results.extend(
+                        outcomes
+                            .iter()
+                            .filter(|o| o.result != Ok(None))
+                            .map(convert::token_result),
+                    ),
+                    OpResult::Claimed(jobs) => {
+                        claimed = jobs.len() as u32;
+                        out.jobs.extend(jobs.iter().map(convert::leased_job));
+                    }
+                    _ => {}
+                }
+            }
+            credit -= claimed.min(credit);
+            if (!out.jobs.is_empty() || !out.results.is_empty()) && tx.send(Ok(out)).await.is_err() {
+                return;
+            }
+            // The queue had more than we took: keep claiming without waiting.
+            if credit > 0 && claimed == wanted && wanted > 0 {
+                frame = Some(pb::WorkerFrame::default());
+            }
+            continue;
+        }
+        tokio::select! {
+            next = inbound.message() => match next {
+                Ok(Some(f)) => frame = Some(f),
+                Ok(None) | Err(_) => return,
+            },
+            _ = &mut notified, if credit > 0 => frame = Some(pb::WorkerFrame::default()),
+            _ = tokio::time::sleep(RECHECK), if credit > 0 => frame = Some(pb::WorkerFrame::default()),
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// The ops of one worker frame, validated; the claim goes last so the
+/// frame's acks free capacity before it.
+fn frame_ops(f: pb::WorkerFrame, open: &pb::WorkerOpen, lease_ms: Option<u64>, credit: u32) -> Result<Vec<Op>, Status> {
+    let mut ops = Vec::new();
+    if !f.acks.is_empty() {
+        ops.push(Op::Ack {
+            tokens: convert::tokens("acks", &f.acks).map_err(invalid)?,
+        });
+    }
+    if !f.nacks.is_empty() {
+        ops.push(Op::Nack {
+            items: convert::nacks("nacks", f.nacks).map_err(invalid)?,
+        });
+    }
+    if !f.extends.is_empty() {
+        ops.push(Op::Extend {
+            tokens: convert::tokens("extends", &f.extends).map_err(invalid)?,
+            lease_ms,
+        });
+    }
+    if credit > 0 {
+        ops.push(Op::Claim {
+            queue: open.queue.clone(),
+            worker: open.worker_id.clone(),
+            max: credit.min(MAX_FETCH_JOBS),
+            lease_ms,
+        });
+    }
+    Ok(ops)
+}

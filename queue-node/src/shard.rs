@@ -1,0 +1,68 @@
+//! What a shard's request handlers share with its state machine: the
+//! in-memory [`ShardState`] (read by stats and job lookups, written only by
+//! apply) and the wake-ups of long-polling fetchers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::fsm::ShardState;
+
+pub struct ShardShared {
+    state: Mutex<ShardState>,
+    waiters: Mutex<HashMap<Arc<str>, Arc<Notify>>>,
+    /// Signalled after every apply, so the ticker re-reads the next deadline.
+    pub applied: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves the state as apply left it;
+    // carrying on with it is no worse than the panic itself.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl ShardShared {
+    pub fn new(state: ShardState) -> ShardShared {
+        ShardShared {
+            state: Mutex::new(state),
+            waiters: Mutex::new(HashMap::new()),
+            applied: Notify::new(),
+        }
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, ShardState> {
+        lock(&self.state)
+    }
+
+    pub fn replace_state(&self, state: ShardState) {
+        *lock(&self.state) = state;
+        let waiters: Vec<Arc<Notify>> = lock(&self.waiters).values().cloned().collect();
+        for w in waiters {
+            w.notify_waiters();
+        }
+    }
+
+    /// The notifier that fires when `queue` gains ready jobs.
+    pub fn waiter(&self, queue: &str) -> Arc<Notify> {
+        let mut waiters = lock(&self.waiters);
+        if let Some(n) = waiters.get(queue) {
+            return n.clone();
+        }
+        let n = Arc::new(Notify::new());
+        waiters.insert(Arc::from(queue), n.clone());
+        n
+    }
+
+    pub fn wake(&self, queues: &[Arc<str>]) {
+        if queues.is_empty() {
+            return;
+        }
+        let waiters = lock(&self.waiters);
+        for q in queues {
+            if let Some(n) = waiters.get(q) {
+                n.notify_waiters();
+            }
+        }
+    }
+}

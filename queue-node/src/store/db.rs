@@ -1,0 +1,126 @@
+//! Opens the node's RocksDB and runs the group-commit thread.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use openraft::storage::LogFlushed;
+use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::raft_types::TypeConfig;
+
+pub const CF_LOG: &str = "raft_log";
+pub const CF_RAFT: &str = "raft_meta";
+pub const CF_STATE: &str = "state";
+
+/// When an appended Raft entry counts as written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// fsync before the entry counts as appended: an acknowledged write
+    /// survives power loss.
+    #[default]
+    Fsync,
+    /// Written to the OS, fsynced in the background: survives a process
+    /// crash, not a machine crash.
+    Async,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create data directory {path}: {source}")]
+    CreateDir { path: String, source: std::io::Error },
+    #[error("cannot open RocksDB in {path}: {source} (is another queue-node using this data dir, or is it damaged?)")]
+    Open { path: String, source: rocksdb::Error },
+}
+
+/// The node's database plus its fsync thread.
+#[derive(Clone)]
+pub struct Store {
+    pub db: Arc<DB>,
+    pub durability: Durability,
+    syncer: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+impl Store {
+    pub fn open(dir: &Path, durability: Durability) -> Result<Store, OpenError> {
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.increase_parallelism(2);
+        opts.set_max_background_jobs(2);
+        opts.set_bytes_per_sync(1 << 20);
+        opts.set_wal_bytes_per_sync(1 << 20);
+        opts.set_keep_log_file_num(3);
+        let mut log_opts = Options::default();
+        log_opts.set_compression_type(rocksdb::DBCompressionType::None);
+        let mut state_opts = Options::default();
+        state_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_LOG, log_opts),
+            ColumnFamilyDescriptor::new(CF_RAFT, Options::default()),
+            ColumnFamilyDescriptor::new(CF_STATE, state_opts),
+        ];
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| OpenError::Open {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let db = Arc::new(db);
+        let (syncer, pending) = mpsc::channel();
+        let sync_db = db.clone();
+        std::thread::Builder::new()
+            .name("raftq-wal-sync".into())
+            .spawn(move || run_syncer(sync_db, pending, durability))
+            .map_err(|source| OpenError::CreateDir {
+                path: "wal sync thread".into(),
+                source,
+            })?;
+        Ok(Store {
+            db,
+            durability,
+            syncer,
+        })
+    }
+
+    pub fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        // The three families are created at open; a missing one is a bug.
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| panic!("column family {name} was created at open"))
+    }
+
+    /// Reports `callback` once everything written so far is durable.
+    pub fn after_sync(&self, callback: LogFlushed<TypeConfig>) {
+        if let Err(mpsc::SendError(callback)) = self.syncer.send(callback) {
+            callback.log_io_completed(Err(std::io::Error::other("WAL sync thread stopped")));
+        }
+    }
+}
+
+/// Group commit: every callback queued while one fsync runs is answered by
+/// the next one, so many appends (of every shard) share one fsync.
+fn run_syncer(db: Arc<DB>, pending: mpsc::Receiver<LogFlushed<TypeConfig>>, durability: Durability) {
+    while let Ok(first) = pending.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(pending.try_iter());
+        let result = match durability {
+            Durability::Fsync => db.flush_wal(true),
+            Durability::Async => Ok(()),
+        };
+        for callback in waiting {
+            let outcome = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::other(format!("WAL fsync failed: {e}"))),
+            };
+            callback.log_io_completed(outcome);
+        }
+        if let Err(e) = result {
+            tracing::error!(error = %e, "WAL fsync failed");
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! openraft's log storage for one shard: entries in `raft_log` under
+//! `shard | index`, vote / committed / purged marks in `raft_meta`.
+//!
+//! Appends are written without waiting for the disk; the fsync thread
+//! reports them durable (see [`super::db`]).
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{Entry, ErrorSubject, ErrorVerb, RaftLogId, Vote};
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::db::{Durability, Store, CF_LOG, CF_RAFT};
+use super::io_err;
+use crate::raft_types::{LogId, NodeId, StorageError, TypeConfig};
+
+#[derive(Clone)]
+pub struct LogStore {
+    store: Store,
+    shard: u32,
+}
+
+fn log_key(shard: u32, index: u64) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..4].copy_from_slice(&shard.to_be_bytes());
+    key[4..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn index_of(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(4..12)?.try_into().ok()?))
+}
+
+fn meta_key(shard: u32, name: &str) -> Vec<u8> {
+    let mut key = shard.to_be_bytes().to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+impl LogStore {
+    pub fn new(store: Store, shard: u32) -> LogStore {
+        LogStore { store, shard }
+    }
+
+    fn get_meta<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StorageError> {
+        let cf = self.store.cf(CF_RAFT);
+        let Some(bytes) = self
+            .store
+            .db
+            .get_cf(cf, meta_key(self.shard, name))
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?
+        else {
+            return Ok(None);
+        };
+        postcard::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))
+    }
+
+    fn put_meta<T: Serialize>(&self, name: &str, value: &T, sync: bool) -> Result<(), StorageError> {
+        let bytes = postcard::to_allocvec(value).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync && self.store.durability == Durability::Fsync);
+        self.store
+            .db
+            .put_cf_opt(self.store.cf(CF_RAFT), meta_key(self.shard, name), bytes, &opts)
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
+    }
+
+    fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        let cf = self.store.cf(CF_LOG);
+        let end = log_key(self.shard, u64::MAX);
+        let mut iter = self.store.db.iterator_cf(cf, IteratorMode::From(&end, Direction::Reverse));
+        match iter.next() {
+            Some(Ok((key, value))) if key.starts_with(&self.shard.to_be_bytes()) => {
+                let entry: Entry<TypeConfig> = postcard::from_bytes(&value)
+                    .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+                Ok(Some(*entry.get_log_id()))
+            }
+            Some(Err(e)) => Err(io_err(ErrorSubject::Logs, ErrorVerb::Read, e)),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let cf = self.store.cf(CF_LOG);
+        let from = log_key(self.shard, start);
+        let mut entries = Vec::new();
+        for item in self.store.db.iterator_cf(cf, IteratorMode::From(&from, Direction::Forward)) {
+            let (key, value) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            let Some(index) = index_of(&key).filter(|_| key.starts_with(&self.shard.to_be_bytes())) else {
+                break;
+            };
+            if !range.contains(&index) {
+                break;
+            }
+            let entry = postcard::from_bytes(&value).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.get_meta("purged")?;
+        let last = self.last_entry_log_id()?.or(last_purged);
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        self.put_meta("vote", vote, true)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.get_meta("vote")
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.put_meta("committed", &committed, false)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_meta::<Option<LogId>>("committed")?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let cf = self.store.cf(CF_LOG);
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            let bytes = postcard::to_allocvec(&entry).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            batch.put_cf(cf, log_key(self.shard, entry.get_log_id().index), bytes);
+        }
+        self.store
+            .db
+            .write(batch)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        self.store.after_sync(callback);
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let cf = self.store.cf(CF_LOG);
+        self.store
+            .db
+            .delete_range_cf(cf, log_key(self.shard, log_id.index), log_key(self.shard, u64::MAX))
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        // The tail must be gone for good before a new entry can take its place.
+        self.store
+            .db
+            .flush_wal(self.store.durability == Durability::Fsync)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.put_meta("purged", &log_id, true)?;
+        let cf = self.store.cf(CF_LOG);
+        self.store
+            .db
+            .delete_range_cf(cf, log_key(self.shard, 0), log_key(self.shard, log_id.index + 1))
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+}

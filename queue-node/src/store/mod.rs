@@ -1,0 +1,25 @@
+//! Durable storage of a node: one RocksDB holding every shard's Raft log,
+//! Raft metadata and state-machine records, in three column families, keys
+//! prefixed by shard. One WAL for the whole node, so one fsync makes many
+//! appended batches (of any shard) durable at once.
+//!
+//! - [`db`]: opening RocksDB and the group-commit fsync thread.
+//! - [`log_store`]: openraft's `RaftLogStorage`.
+//! - [`state_machine`]: openraft's `RaftStateMachine` over [`crate::fsm`].
+
+pub mod db;
+pub mod log_store;
+pub mod state_machine;
+
+pub use db::{Durability, Store};
+
+use crate::raft_types::StorageError;
+
+/// Wraps a RocksDB or decoding failure as an openraft storage error.
+pub(crate) fn io_err(
+    subject: openraft::ErrorSubject<crate::raft_types::NodeId>,
+    verb: openraft::ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
+    openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
+}

@@ -1,0 +1,270 @@
+//! openraft's state machine for one shard: applies entries through
+//! [`crate::fsm`] and writes each call's changes, plus the applied log id,
+//! in one RocksDB `WriteBatch`. Snapshots are the shard's key range.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+use serde::{Deserialize, Serialize};
+
+use super::db::{Store, CF_STATE};
+use super::io_err;
+use crate::fsm::keys::{self, WriteSink};
+use crate::fsm::ShardState;
+use crate::ops::BatchResult;
+use crate::raft_types::{LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::shard::ShardShared;
+
+/// Persisted next to the state: how far it reflects the log.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct AppliedMeta {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    now_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotPayload {
+    now_ms: u64,
+    records: Vec<(Bytes, Bytes)>,
+}
+
+struct BatchSink<'a> {
+    batch: WriteBatch,
+    cf: &'a rocksdb::ColumnFamily,
+    error: Option<postcard::Error>,
+}
+
+impl WriteSink for BatchSink<'_> {
+    fn put_raw(&mut self, key: &[u8], value: Vec<u8>) {
+        self.batch.put_cf(self.cf, key, value);
+    }
+    fn delete(&mut self, key: &[u8]) {
+        self.batch.delete_cf(self.cf, key);
+    }
+    fn encoding_failed(&mut self, error: postcard::Error) {
+        self.error.get_or_insert(error);
+    }
+}
+
+pub struct StateMachineStore {
+    store: Store,
+    shard: u32,
+    shared: Arc<ShardShared>,
+    meta: AppliedMeta,
+    current_snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    snapshots_built: u64,
+}
+
+/// Why a shard's persisted state could not be read at start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadStateError {
+    #[error("reading shard {shard} state from RocksDB: {source}")]
+    Read { shard: u32, source: rocksdb::Error },
+    #[error("shard {shard} applied-state record is corrupt: {source}")]
+    Meta { shard: u32, source: postcard::Error },
+    #[error("shard {shard}: {source}")]
+    Records { shard: u32, source: crate::fsm::LoadError },
+}
+
+fn meta_key(shard: u32) -> Vec<u8> {
+    keys::named_key(shard, keys::META, b"applied")
+}
+
+impl StateMachineStore {
+    /// Loads the shard's state and indexes from RocksDB.
+    pub fn open(store: Store, shard: u32) -> Result<(StateMachineStore, Arc<ShardShared>), LoadStateError> {
+        let cf = store.cf(CF_STATE);
+        let meta: AppliedMeta = match store
+            .db
+            .get_cf(cf, meta_key(shard))
+            .map_err(|source| LoadStateError::Read { shard, source })?
+        {
+            Some(bytes) => postcard::from_bytes(&bytes).map_err(|source| LoadStateError::Meta { shard, source })?,
+            None => AppliedMeta::default(),
+        };
+        let records = read_shard(&store, shard).map_err(|source| LoadStateError::Read { shard, source })?;
+        let state = ShardState::load(shard, meta.now_ms, records.iter().map(|(k, v)| (&k[..], &v[..])))
+            .map_err(|source| LoadStateError::Records { shard, source })?;
+        let shared = Arc::new(ShardShared::new(state));
+        Ok((
+            StateMachineStore {
+                store,
+                shard,
+                shared: shared.clone(),
+                meta,
+                current_snapshot: None,
+                snapshots_built: 0,
+            },
+            shared,
+        ))
+    }
+
+    fn build_snapshot_now(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let records = read_shard(&self.store, self.shard)
+            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?
+            .into_iter()
+            .filter(|(k, _)| k.get(4) != Some(&keys::META))
+            .map(|(k, v)| (Bytes::from(k), Bytes::from(v)))
+            .collect();
+        let data = postcard::to_allocvec(&SnapshotPayload {
+            now_ms: self.meta.now_ms,
+            records,
+        })
+            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+        self.snapshots_built += 1;
+        let meta = SnapshotMeta {
+            last_log_id: self.meta.last_applied,
+            last_membership: self.meta.membership.clone(),
+            snapshot_id: format!(
+                "{}-{}-{}",
+                self.shard,
+                self.meta.last_applied.map(|l| l.index).unwrap_or(0),
+                self.snapshots_built
+            ),
+        };
+        self.current_snapshot = Some((meta.clone(), data.clone()));
+        tracing::info!(shard = self.shard, snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+/// Every state key of a shard, in key order.
+fn read_shard(store: &Store, shard: u32) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>, rocksdb::Error> {
+    let cf = store.cf(CF_STATE);
+    let prefix = keys::shard_prefix(shard);
+    let mut out = Vec::new();
+    for item in store.db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+        let (key, value) = item?;
+        if !key.starts_with(&prefix) {
+            break;
+        }
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+/// Snapshots are built eagerly in `get_snapshot_builder`, on the state
+/// machine's own task, so they match the applied state exactly.
+pub struct PreparedSnapshot(Option<Result<Snapshot<TypeConfig>, StorageError>>);
+
+impl RaftSnapshotBuilder<TypeConfig> for PreparedSnapshot {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        self.0.take().unwrap_or_else(|| {
+            Err(io_err(
+                ErrorSubject::StateMachine,
+                ErrorVerb::Read,
+                std::io::Error::other("snapshot builder used twice"),
+            ))
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = PreparedSnapshot;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.meta.last_applied, self.meta.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResult>, StorageError>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let cf = self.store.cf(CF_STATE);
+        let mut sink = BatchSink {
+            batch: WriteBatch::default(),
+            cf,
+            error: None,
+        };
+        let mut results = Vec::new();
+        let woken = {
+            let mut state = self.shared.state();
+            for entry in entries {
+                self.meta.last_applied = Some(entry.log_id);
+                results.push(match entry.payload {
+                    EntryPayload::Blank => BatchResult::default(),
+                    EntryPayload::Normal(batch) => state.apply_batch(entry.log_id.index, &batch, &mut sink),
+                    EntryPayload::Membership(m) => {
+                        self.meta.membership = StoredMembership::new(Some(entry.log_id), m);
+                        BatchResult::default()
+                    }
+                });
+            }
+            self.meta.now_ms = state.now_ms();
+            state.take_woken()
+        };
+        sink.put(&meta_key(self.shard), &self.meta);
+        if let Some(e) = sink.error {
+            return Err(io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e));
+        }
+        self.store
+            .db
+            .write(sink.batch)
+            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+        self.shared.wake(&woken);
+        self.shared.applied.notify_waiters();
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        PreparedSnapshot(Some(self.build_snapshot_now()))
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
+        let payload: SnapshotPayload =
+            postcard::from_bytes(&data).map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
+        let cf = self.store.cf(CF_STATE);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf, keys::shard_prefix(self.shard), keys::shard_end(self.shard));
+        for (k, v) in &payload.records {
+            batch.put_cf(cf, k, v);
+        }
+        let state = ShardState::load(self.shard, payload.now_ms, payload.records.iter().map(|(k, v)| (&k[..], &v[..])))
+            .map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
+        let applied = AppliedMeta {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            now_ms: payload.now_ms,
+        };
+        let applied_bytes = postcard::to_allocvec(&applied).map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
+        batch.put_cf(cf, meta_key(self.shard), applied_bytes);
+        self.store
+            .db
+            .write(batch)
+            .map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
+        self.meta = applied;
+        self.shared.replace_state(state);
+        self.current_snapshot = Some((meta.clone(), data));
+        tracing::info!(shard = self.shard, snapshot = %meta.snapshot_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        if let Some((meta, data)) = &self.current_snapshot {
+            return Ok(Some(Snapshot {
+                meta: meta.clone(),
+                snapshot: Box::new(Cursor::new(data.clone())),
+            }));
+        }
+        if self.meta.last_applied.is_none() {
+            return Ok(None);
+        }
+        // After a restart nothing is cached: a fresh one is as good.
+        self.build_snapshot_now().map(Some)
+    }
+}

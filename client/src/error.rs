@@ -27,10 +27,25 @@ impl Error {
         }
     }
 
-    /// True for failures a retry may fix (no leader yet, node restarting).
+    /// False for failures that repeating the same request cannot fix (bad
+    /// input, unknown job, stale lease); true for the rest (no leader yet, a
+    /// node restarting, a broken connection).
     pub fn is_retryable(&self) -> bool {
-        matches!(self.code(), Some(Code::Unavailable) | Some(Code::Unknown))
-            || matches!(self, Error::Connect { .. })
+        match self {
+            Error::Connect { .. } => true,
+            Error::BadAddress { .. } | Error::Invalid(_) => false,
+            Error::Status(s) => !matches!(
+                s.code(),
+                Code::InvalidArgument
+                    | Code::NotFound
+                    | Code::FailedPrecondition
+                    | Code::PermissionDenied
+                    | Code::Unauthenticated
+                    | Code::Unimplemented
+                    | Code::OutOfRange
+                    | Code::AlreadyExists
+            ),
+        }
     }
 }
 

@@ -19,7 +19,8 @@ pub struct Job {
     pub payload: Bytes,
     pub headers: HashMap<String, String>,
     pub priority: i32,
-    /// 1 on the first delivery, 2 on the first retry, ...
+    /// 1 on the first delivery, 2 on the first retry, ... (counted afresh
+    /// after a requeue from the dead-letter set)
     pub attempt: u32,
     pub max_attempts: u32,
     /// The error the previous attempt reported, if any.
@@ -38,7 +39,7 @@ impl Job {
                 payload: job.payload,
                 headers: job.headers,
                 priority: job.priority,
-                attempt: token.attempt,
+                attempt: job.attempt,
                 max_attempts: job.max_attempts,
                 last_error: job.last_error,
                 lease_expires_at_ms: leased.lease_expires_at_ms,
@@ -155,6 +156,11 @@ impl Worker {
             };
             loop {
                 if stopping && in_flight == 0 {
+                    // Close our side and let the node apply what we sent:
+                    // dropping the stream now could lose the last acks.
+                    drop(frames);
+                    let drained = async { while let Ok(Some(_)) = inbound.message().await {} };
+                    let _ = tokio::time::timeout(Duration::from_secs(5), drained).await;
                     return Ok(());
                 }
                 tokio::select! {

@@ -63,6 +63,7 @@ impl NodeContext {
 /// A running node.
 pub struct NodeHandle {
     pub addr: SocketAddr,
+    db: std::sync::Weak<rocksdb::DB>,
     pub context: Arc<NodeContext>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -77,6 +78,17 @@ impl NodeHandle {
         let served = (&mut self.server).await;
         for shard in &self.context.shards {
             let _ = shard.raft.shutdown().await;
+        }
+        drop(self.context);
+        // openraft's storage tasks wind down on their own after shutdown;
+        // the data dir is free once the last of them dropped the database.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.db.strong_count() > 0 {
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!("storage still open 10s after shutdown");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         served.context("gRPC server task")?.context("gRPC server")?;
         Ok(())
@@ -170,6 +182,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     tracing::info!(node_id = config.node_id, %addr, advertise, data_dir = %config.data_dir.display(), "queue-node started");
     Ok(NodeHandle {
         addr,
+        db: store.weak(),
         context,
         stop: Some(stop),
         server,

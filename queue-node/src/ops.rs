@@ -228,12 +228,23 @@ pub enum JobState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobStatus {
     pub state: JobState,
+    /// Deliveries so far. Never goes down, so it fences lease tokens.
     pub attempt: u32,
+    /// `attempt` when the job was last requeued from the dead-letter set;
+    /// retries are counted from here.
+    pub retry_base: u32,
     /// Scheduled: run time. Ready: when it became ready (orders FIFO).
     /// Leased: lease expiry. Dead: when it died.
     pub due_at_ms: u64,
     pub last_error: Option<String>,
     pub worker: Option<String>,
+}
+
+impl JobStatus {
+    /// Attempts counted against `max_attempts`.
+    pub fn attempts_used(&self) -> u32 {
+        self.attempt.saturating_sub(self.retry_base)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -163,12 +163,13 @@ impl ShardState {
             self.leases.pop_first();
             let Some(job) = self.jobs.get(&id) else { continue };
             let queue = job.body.queue.clone();
+            let attempt = job.status.attempts_used();
+            let out_of_attempts = attempt >= job.body.max_attempts;
             let q = self.queue_mut(&queue);
             q.leased -= 1;
             q.totals.expired += 1;
-            let attempt = job.status.attempt;
             let error = format!("lease expired (attempt {attempt})");
-            if attempt >= job.body.max_attempts {
+            if out_of_attempts {
                 self.make_dead(id, Some(error), sink);
             } else {
                 self.make_ready(id, due, Some(error), sink);
@@ -227,6 +228,7 @@ impl ShardState {
         let status = JobStatus {
             state,
             attempt: 0,
+            retry_base: 0,
             due_at_ms: run_at,
             last_error: None,
             worker: None,
@@ -317,10 +319,10 @@ impl ShardState {
     fn nack(&mut self, nack: &Nack, sink: &mut impl WriteSink) -> Result<(), OpError> {
         let job = self.leased_job(nack.id, nack.attempt)?;
         let (due, queue) = (job.status.due_at_ms, job.body.queue.clone());
-        let out_of_attempts = job.status.attempt >= job.body.max_attempts;
+        let out_of_attempts = job.status.attempts_used() >= job.body.max_attempts;
         let delay = nack
             .retry_delay_ms
-            .unwrap_or_else(|| job.body.backoff.delay_ms(job.status.attempt));
+            .unwrap_or_else(|| job.body.backoff.delay_ms(job.status.attempts_used()));
         self.leases.remove(&(due, nack.id));
         let q = self.queue_mut(&queue);
         q.leased -= 1;
@@ -445,7 +447,9 @@ impl ShardState {
 
     fn requeue_dead(&mut self, id: JobId, sink: &mut impl WriteSink) {
         let Some(job) = self.jobs.get_mut(&id) else { return };
-        job.status.attempt = 0;
+        // Retries count afresh; the attempt number itself keeps growing so
+        // tokens of earlier deliveries stay stale.
+        job.status.retry_base = job.status.attempt;
         let queue = job.body.queue.clone();
         let error = job.status.last_error.clone();
         self.queue_mut(&queue).dead.remove(&id);

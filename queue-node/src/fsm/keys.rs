@@ -31,8 +31,8 @@ pub fn shard_end(shard: u32) -> Vec<u8> {
     }
 }
 
-pub fn job_key(kind: u8, id: JobId) -> [u8; 21] {
-    let mut key = [0u8; 21];
+pub fn job_key(kind: u8, id: JobId) -> [u8; 17] {
+    let mut key = [0u8; 17];
     let bytes = id.to_bytes();
     key[..4].copy_from_slice(&bytes[..4]);
     key[4] = kind;
@@ -42,7 +42,7 @@ pub fn job_key(kind: u8, id: JobId) -> [u8; 21] {
 
 /// Inverse of [`job_key`].
 pub fn job_id_of(key: &[u8]) -> Option<JobId> {
-    if key.len() != 21 {
+    if key.len() != 17 {
         return None;
     }
     let mut bytes = [0u8; 16];

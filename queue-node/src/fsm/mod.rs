@@ -314,8 +314,14 @@ impl ShardState {
         for (id, job) in jobs {
             out.push_str(&format!("{id} {:?} {:?}\n", job.body, job.status));
         }
-        let mut queues: Vec<_> = self.queues.iter().collect();
-        queues.sort_by_key(|(name, _)| name.clone());
+        // Queues with nothing in them and default settings exist only in
+        // memory (a name was used); they carry no replicated state.
+        let mut queues: Vec<_> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| q.meta != QueueMeta::default() || !q.ready.is_empty() || q.scheduled + q.leased > 0 || !q.dead.is_empty())
+            .collect();
+        queues.sort_by(|a, b| a.0.cmp(b.0));
         for (name, q) in queues {
             out.push_str(&format!(
                 "queue {name} {:?} ready={:?} scheduled={} leased={} dead={:?}\n",

@@ -1,0 +1,511 @@
+//! State machine tests: behaviour of each op, rebuild from the written
+//! keys, and property tests over random op sequences.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use raftq_api::JobId;
+
+use super::keys::MapSink;
+use super::ShardState;
+use crate::ops::*;
+
+struct Harness {
+    state: ShardState,
+    sink: MapSink,
+    index: u64,
+    now: u64,
+    defaults: QueueDefaults,
+}
+
+fn job(payload: &str) -> NewJob {
+    NewJob {
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        headers: vec![],
+        priority: 0,
+        when: When::Now,
+        max_attempts: 0,
+        backoff: None,
+        idempotency_key: None,
+    }
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness {
+            state: ShardState::new(0),
+            sink: MapSink::default(),
+            index: 0,
+            now: 1_000_000,
+            defaults: QueueDefaults {
+                lease_ms: 1_000,
+                max_attempts: 3,
+                backoff: BackoffPolicy {
+                    initial_ms: 100,
+                    max_ms: 1_000,
+                    multiplier: 2.0,
+                },
+                dedup_window_ms: 10_000,
+            },
+        }
+    }
+
+    fn apply(&mut self, ops: Vec<Op>) -> Vec<OpResult> {
+        self.index += 1;
+        let batch = Batch {
+            time_ms: self.now,
+            defaults: self.defaults,
+            ops,
+        };
+        let results = self.state.apply_batch(self.index, &batch, &mut self.sink).0;
+        assert_eq!(self.sink.error, None);
+        results
+    }
+
+    fn one(&mut self, op: Op) -> OpResult {
+        self.apply(vec![op]).remove(0)
+    }
+
+    fn enqueue(&mut self, queue: &str, jobs: Vec<NewJob>) -> Vec<(JobId, bool)> {
+        match self.one(Op::Enqueue {
+            queue: queue.into(),
+            jobs,
+        }) {
+            OpResult::Enqueued(ids) => ids,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn claim(&mut self, queue: &str, worker: &str, max: u32) -> Vec<JobView> {
+        match self.one(Op::Claim {
+            queue: queue.into(),
+            worker: worker.into(),
+            max,
+            lease_ms: None,
+        }) {
+            OpResult::Claimed(jobs) => jobs,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn tokens(&mut self, op: Op) -> Vec<Result<Option<u64>, OpError>> {
+        match self.one(op) {
+            OpResult::Tokens(t) => t.into_iter().map(|t| t.result).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn ack(&mut self, id: JobId, attempt: u32) -> Result<Option<u64>, OpError> {
+        self.tokens(Op::Ack {
+            tokens: vec![(id, attempt)],
+        })
+        .remove(0)
+    }
+
+    fn nack(&mut self, id: JobId, attempt: u32, dead: bool) -> Result<Option<u64>, OpError> {
+        self.tokens(Op::Nack {
+            items: vec![Nack {
+                id,
+                attempt,
+                retry_delay_ms: None,
+                error: "boom".into(),
+                dead,
+            }],
+        })
+        .remove(0)
+    }
+
+    fn stats(&self, queue: &str) -> (u64, u64, u64, u64) {
+        let s = self.state.stats(queue).expect("queue exists");
+        (s.ready, s.scheduled, s.leased, s.dead)
+    }
+
+    /// The state rebuilt from what apply wrote must equal the live one.
+    fn assert_rebuilds(&self) {
+        let records = self.sink.map.iter().map(|(k, v)| (&k[..], &v[..]));
+        let rebuilt = ShardState::load(0, self.state.now_ms(), records).expect("load");
+        assert_eq!(rebuilt.digest(), self.state.digest());
+    }
+}
+
+#[test]
+fn enqueue_claim_ack_removes_the_job_and_its_keys() {
+    let mut h = Harness::new();
+    let ids = h.enqueue("q", vec![job("a"), job("b")]);
+    assert_eq!(ids.len(), 2);
+    assert_ne!(ids[0].0, ids[1].0);
+    assert_eq!(h.stats("q"), (2, 0, 0, 0));
+    let claimed = h.claim("q", "w1", 10);
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(claimed[0].body.payload, Bytes::from_static(b"a"), "FIFO order");
+    assert_eq!(claimed[0].status.attempt, 1);
+    assert_eq!(claimed[0].status.due_at_ms, h.now + 1_000);
+    assert_eq!(h.stats("q"), (0, 0, 2, 0));
+    assert_eq!(h.ack(ids[0].0, 1), Ok(None));
+    assert_eq!(h.ack(ids[1].0, 1), Ok(None));
+    assert_eq!(h.stats("q"), (0, 0, 0, 0));
+    assert!(h.state.job(ids[0].0).is_none());
+    assert!(h.sink.map.keys().all(|k| k[4] != super::keys::JOB), "job keys deleted");
+    assert!(matches!(h.ack(ids[0].0, 1), Err(OpError::NotFound(_))));
+    h.assert_rebuilds();
+}
+
+#[test]
+fn expired_lease_is_redelivered_and_the_stale_token_fenced() {
+    let mut h = Harness::new();
+    let id = h.enqueue("q", vec![job("x")])[0].0;
+    assert_eq!(h.claim("q", "w1", 1).len(), 1);
+    h.now += 1_001;
+    let again = h.claim("q", "w2", 1);
+    assert_eq!(again.len(), 1, "expired lease goes back to ready");
+    assert_eq!(again[0].status.attempt, 2);
+    assert_eq!(again[0].status.last_error.as_deref(), Some("lease expired (attempt 1)"));
+    match h.ack(id, 1) {
+        Err(OpError::FailedPrecondition(m)) => assert!(m.starts_with("lease lost"), "{m}"),
+        other => panic!("stale ack accepted: {other:?}"),
+    }
+    assert!(matches!(h.nack(id, 1, false), Err(OpError::FailedPrecondition(_))));
+    assert_eq!(h.stats("q"), (0, 0, 1, 0), "stale token changed nothing");
+    assert_eq!(h.ack(id, 2), Ok(None));
+    h.assert_rebuilds();
+}
+
+#[test]
+fn extend_pushes_the_expiry() {
+    let mut h = Harness::new();
+    let id = h.enqueue("q", vec![job("x")])[0].0;
+    h.claim("q", "w", 1);
+    h.now += 900;
+    let expiry = h.tokens(Op::Extend {
+        tokens: vec![(id, 1)],
+        lease_ms: Some(5_000),
+    });
+    assert_eq!(expiry, vec![Ok(Some(h.now + 5_000))]);
+    h.now += 2_000;
+    assert!(h.claim("q", "w2", 1).is_empty(), "extended lease still held");
+    assert_eq!(h.ack(id, 1), Ok(None));
+}
+
+#[test]
+fn nack_backs_off_then_dead_letters_after_max_attempts() {
+    let mut h = Harness::new();
+    let id = h.enqueue("q", vec![job("x")])[0].0;
+    for attempt in 1..=3u32 {
+        let claimed = h.claim("q", "w", 1);
+        assert_eq!(claimed.len(), 1, "attempt {attempt}");
+        assert_eq!(claimed[0].status.attempt, attempt);
+        assert_eq!(h.nack(id, attempt, false), Ok(None));
+        if attempt < 3 {
+            assert_eq!(h.stats("q"), (0, 1, 0, 0));
+            assert!(h.claim("q", "w", 1).is_empty(), "backoff not over");
+            h.now += 100 * 2u64.pow(attempt - 1);
+        }
+    }
+    assert_eq!(h.stats("q"), (0, 0, 0, 1));
+    let dead = h.state.dead_page("q", None, 10);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].status.last_error.as_deref(), Some("boom"));
+    h.assert_rebuilds();
+    assert_eq!(h.one(Op::RequeueDead { queue: "q".into(), ids: vec![] }), OpResult::Count(1));
+    let claimed = h.claim("q", "w", 1);
+    assert_eq!(claimed[0].status.attempts_used(), 1, "requeue resets the retry count");
+    assert_eq!(claimed[0].status.attempt, 4, "but not the fencing attempt");
+    assert!(matches!(h.ack(id, 1), Err(OpError::FailedPrecondition(_))), "old token stays stale");
+    assert_eq!(h.nack(id, 4, true), Ok(None), "nack with dead=true");
+    assert_eq!(h.stats("q"), (0, 0, 0, 1));
+    let missing = JobId { shard: 0, index: 999, position: 0 };
+    assert!(matches!(
+        h.one(Op::PurgeDead { queue: "q".into(), ids: vec![missing] }),
+        OpResult::Failed(OpError::NotFound(_))
+    ));
+    assert_eq!(h.stats("q"), (0, 0, 0, 1), "a bad id purges nothing");
+    assert_eq!(h.one(Op::PurgeDead { queue: "q".into(), ids: vec![id] }), OpResult::Count(1));
+    assert_eq!(h.stats("q"), (0, 0, 0, 0));
+    h.assert_rebuilds();
+}
+
+#[test]
+fn lease_expiry_on_the_last_attempt_dead_letters() {
+    let mut h = Harness::new();
+    let mut j = job("x");
+    j.max_attempts = 1;
+    h.enqueue("q", vec![j]);
+    h.claim("q", "w", 1);
+    h.now += 5_000;
+    h.one(Op::Tick);
+    assert_eq!(h.stats("q"), (0, 0, 0, 1));
+}
+
+#[test]
+fn delayed_jobs_become_ready_at_their_time() {
+    let mut h = Harness::new();
+    let mut later = job("later");
+    later.when = When::Delay(500);
+    let mut at = job("at");
+    at.when = When::At(h.now + 200);
+    h.enqueue("q", vec![later, at]);
+    assert_eq!(h.stats("q"), (0, 2, 0, 0));
+    assert_eq!(h.state.next_deadline_ms(), Some(h.now + 200));
+    h.now += 200;
+    h.one(Op::Tick);
+    assert_eq!(h.stats("q"), (1, 1, 0, 0));
+    assert_eq!(h.state.take_woken().len(), 1, "fetchers are woken");
+    h.now += 300;
+    let claimed = h.claim("q", "w", 10);
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(claimed[0].body.payload, Bytes::from_static(b"at"), "earlier run time first");
+}
+
+#[test]
+fn higher_priority_first_then_fifo() {
+    let mut h = Harness::new();
+    let mut jobs = vec![job("low1"), job("high"), job("low2")];
+    jobs[1].priority = 5;
+    h.enqueue("q", jobs);
+    let order: Vec<Bytes> = h.claim("q", "w", 3).into_iter().map(|j| j.body.payload.clone()).collect();
+    assert_eq!(order, vec![Bytes::from("high"), Bytes::from("low1"), Bytes::from("low2")]);
+}
+
+#[test]
+fn idempotency_key_dedups_within_the_window() {
+    let mut h = Harness::new();
+    let mut a = job("a");
+    a.idempotency_key = Some("k".into());
+    let first = h.enqueue("q", vec![a.clone()])[0];
+    assert!(!first.1);
+    let again = h.enqueue("q", vec![a.clone(), a.clone()]);
+    assert_eq!(again, vec![(first.0, true), (first.0, true)]);
+    assert_eq!(h.stats("q").0, 1);
+    let other_queue = h.enqueue("other", vec![a.clone()])[0];
+    assert!(!other_queue.1, "keys are per queue");
+    h.assert_rebuilds();
+    h.now += 10_000;
+    let fresh = h.enqueue("q", vec![a])[0];
+    assert!(!fresh.1);
+    assert_ne!(fresh.0, first.0);
+    h.assert_rebuilds();
+}
+
+#[test]
+fn paused_queue_leases_nothing_until_resumed() {
+    let mut h = Harness::new();
+    h.enqueue("q", vec![job("x")]);
+    h.state.take_woken();
+    h.one(Op::SetPaused { queue: "q".into(), paused: true });
+    assert!(h.claim("q", "w", 1).is_empty());
+    h.assert_rebuilds();
+    h.one(Op::SetPaused { queue: "q".into(), paused: false });
+    assert_eq!(h.state.take_woken().len(), 1);
+    assert_eq!(h.claim("q", "w", 1).len(), 1);
+}
+
+#[test]
+fn cancel_and_purge() {
+    let mut h = Harness::new();
+    let ids = h.enqueue("q", vec![job("a"), job("b"), job("c")]);
+    let mut later = job("later");
+    later.when = When::Delay(10_000);
+    h.enqueue("q", vec![later]);
+    let leased = h.claim("q", "w", 1)[0].id;
+    assert!(matches!(h.one(Op::Cancel { id: leased }), OpResult::Failed(OpError::FailedPrecondition(_))));
+    assert!(matches!(h.one(Op::Cancel { id: ids[1].0 }), OpResult::Job(_)));
+    assert!(matches!(h.one(Op::Cancel { id: ids[1].0 }), OpResult::Failed(OpError::NotFound(_))));
+    assert_eq!(h.one(Op::PurgeQueue { queue: "q".into() }), OpResult::Count(2));
+    assert_eq!(h.stats("q"), (0, 0, 1, 0), "the leased job survives a purge");
+    h.assert_rebuilds();
+}
+
+#[test]
+fn set_queue_config_changes_new_leases() {
+    let mut h = Harness::new();
+    let patch = QueueConfigPatch {
+        lease_ms: Some(60_000),
+        ..Default::default()
+    };
+    match h.one(Op::SetQueueConfig { queue: "q".into(), patch }) {
+        OpResult::Queue(v) => {
+            assert_eq!(v.lease_ms, 60_000);
+            assert_eq!(v.max_attempts, 3, "others keep the default");
+        }
+        other => panic!("{other:?}"),
+    }
+    h.enqueue("q", vec![job("x")]);
+    assert_eq!(h.claim("q", "w", 1)[0].status.due_at_ms, h.now + 60_000);
+    h.assert_rebuilds();
+}
+
+#[test]
+fn time_never_goes_backwards() {
+    let mut h = Harness::new();
+    h.enqueue("q", vec![job("x")]);
+    h.claim("q", "w", 1);
+    let t = h.now;
+    h.now -= 10_000; // a new leader with a slower clock
+    h.one(Op::Tick);
+    assert_eq!(h.state.now_ms(), t);
+}
+
+// ---- property tests -------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Step {
+    Enqueue { queue: usize, n: usize, key: Option<u8>, delay: u64 },
+    Claim { queue: usize, worker: usize, max: u32 },
+    AckHeld { pick: usize },
+    NackHeld { pick: usize, dead: bool },
+    ExtendHeld { pick: usize },
+    AckStale { pick: usize },
+    Advance { ms: u64 },
+    RequeueDead { queue: usize },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0..2usize, 1..4usize, prop::option::of(0..4u8), prop_oneof![Just(0u64), 1..300u64])
+            .prop_map(|(queue, n, key, delay)| Step::Enqueue { queue, n, key, delay }),
+        (0..2usize, 0..3usize, 1..4u32).prop_map(|(queue, worker, max)| Step::Claim { queue, worker, max }),
+        any::<usize>().prop_map(|pick| Step::AckHeld { pick }),
+        (any::<usize>(), any::<bool>()).prop_map(|(pick, dead)| Step::NackHeld { pick, dead }),
+        any::<usize>().prop_map(|pick| Step::ExtendHeld { pick }),
+        any::<usize>().prop_map(|pick| Step::AckStale { pick }),
+        (1..1500u64).prop_map(|ms| Step::Advance { ms }),
+        (0..2usize).prop_map(|queue| Step::RequeueDead { queue }),
+    ]
+}
+
+const QUEUES: [&str; 2] = ["alpha", "beta"];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, .. ProptestConfig::default() })]
+
+    /// Random histories: no job is lost, none is leased twice at once, stale
+    /// tokens are always refused, attempts and dead-lettering add up, two
+    /// replicas applying the same entries agree byte for byte, and a
+    /// rebuild from the written keys equals the live state.
+    #[test]
+    fn random_histories_keep_every_invariant(steps in prop::collection::vec(step(), 1..80)) {
+        let mut a = Harness::new();
+        let mut b = Harness::new();
+        // id -> (attempt, lease expiry) of the lease we believe is current
+        let mut held: HashMap<JobId, (u32, u64)> = HashMap::new();
+        let mut stale: Vec<(JobId, u32)> = Vec::new();
+        let mut live: std::collections::BTreeSet<JobId> = Default::default();
+        let mut acked: std::collections::BTreeSet<JobId> = Default::default();
+        let mut seq = 0u64;
+        for s in steps {
+            let ops = match &s {
+                Step::Enqueue { queue, n, key, delay } => {
+                    let jobs = (0..*n).map(|_| {
+                        seq += 1;
+                        let mut j = job(&format!("job{seq}"));
+                        j.idempotency_key = key.map(|k| format!("key{k}"));
+                        if *delay > 0 { j.when = When::Delay(*delay); }
+                        j
+                    }).collect();
+                    vec![Op::Enqueue { queue: QUEUES[*queue].into(), jobs }]
+                }
+                Step::Claim { queue, worker, max } => vec![Op::Claim {
+                    queue: QUEUES[*queue].into(), worker: format!("w{worker}"), max: *max, lease_ms: None,
+                }],
+                Step::AckHeld { pick } | Step::NackHeld { pick, .. } | Step::ExtendHeld { pick } => {
+                    let mut ids: Vec<_> = held.iter().map(|(id, (att, _))| (*id, *att)).collect();
+                    ids.sort();
+                    let Some(&(id, attempt)) = ids.get(pick % ids.len().max(1)) else { continue };
+                    match s {
+                        Step::AckHeld { .. } => vec![Op::Ack { tokens: vec![(id, attempt)] }],
+                        Step::NackHeld { dead, .. } => vec![Op::Nack { items: vec![Nack {
+                            id, attempt, retry_delay_ms: None, error: "e".into(), dead,
+                        }] }],
+                        _ => vec![Op::Extend { tokens: vec![(id, attempt)], lease_ms: None }],
+                    }
+                }
+                Step::AckStale { pick } => {
+                    let Some(&(id, attempt)) = stale.get(pick % stale.len().max(1)) else { continue };
+                    vec![Op::Ack { tokens: vec![(id, attempt)] }]
+                }
+                Step::Advance { ms } => { a.now += ms; b.now += ms; vec![Op::Tick] }
+                Step::RequeueDead { queue } => vec![Op::RequeueDead { queue: QUEUES[*queue].into(), ids: vec![] }],
+            };
+            let now = a.now;
+            // Leases we hold that expire by this batch's time are lost.
+            for (id, (attempt, expiry)) in held.clone() {
+                if expiry <= now {
+                    held.remove(&id);
+                    stale.push((id, attempt));
+                }
+            }
+            let ra = a.apply(ops.clone());
+            let rb = b.apply(ops.clone());
+            prop_assert_eq!(&ra, &rb, "replicas disagree on results");
+            prop_assert_eq!(&a.sink, &b.sink, "replicas disagree on stored state");
+            for (op, result) in ops.iter().zip(&ra) {
+                match (op, result) {
+                    (Op::Enqueue { .. }, OpResult::Enqueued(ids)) => {
+                        for (id, dup) in ids {
+                            if *dup {
+                                // The key still names the first job, even once acked.
+                                prop_assert!(live.contains(id) || acked.contains(id));
+                            } else {
+                                prop_assert!(!acked.contains(id) && !live.contains(id), "job id {} reused", id);
+                                live.insert(*id);
+                            }
+                        }
+                    }
+                    (Op::Claim { .. }, OpResult::Claimed(jobs)) => {
+                        for j in jobs {
+                            prop_assert!(!held.contains_key(&j.id), "job {} leased twice at once", j.id);
+                            prop_assert!(j.status.attempts_used() <= j.body.max_attempts);
+                            prop_assert!(live.contains(&j.id));
+                            held.insert(j.id, (j.status.attempt, j.status.due_at_ms));
+                        }
+                    }
+                    (Op::Ack { tokens }, OpResult::Tokens(out)) => {
+                        let (id, attempt) = tokens[0];
+                        if matches!(s, Step::AckStale { .. }) {
+                            let current = held.get(&id).map(|h| h.0);
+                            if current != Some(attempt) {
+                                prop_assert!(out[0].result.is_err(), "stale ack of {} accepted", id);
+                            }
+                        } else {
+                            prop_assert_eq!(&out[0].result, &Ok(None));
+                        }
+                        if out[0].result.is_ok() {
+                            held.remove(&id);
+                            live.remove(&id);
+                            acked.insert(id);
+                        }
+                    }
+                    (Op::Nack { items }, OpResult::Tokens(out)) => {
+                        prop_assert_eq!(&out[0].result, &Ok(None));
+                        held.remove(&items[0].id);
+                    }
+                    (Op::Extend { tokens, .. }, OpResult::Tokens(out)) => {
+                        let expiry = out[0].result.clone();
+                        prop_assert!(matches!(expiry, Ok(Some(_))));
+                        if let Ok(Some(e)) = expiry { held.insert(tokens[0].0, (tokens[0].1, e)); }
+                    }
+                    (Op::Tick, OpResult::Ticked) | (Op::RequeueDead { .. }, OpResult::Count(_)) => {}
+                    (op, result) => prop_assert!(false, "unexpected {:?} -> {:?}", op, result),
+                }
+            }
+            // No job lost, nothing acked comes back, counts add up.
+            for id in &live {
+                let view = a.state.job(*id);
+                prop_assert!(view.is_some(), "job {} lost", id);
+                if let Some(v) = view {
+                    prop_assert!(v.status.attempts_used() <= v.body.max_attempts);
+                    if v.status.state == JobState::Dead {
+                        prop_assert!(v.status.attempt >= 1);
+                    }
+                }
+            }
+            for id in &acked {
+                prop_assert!(a.state.job(*id).is_none(), "acked job {} came back", id);
+            }
+            let total: u64 = QUEUES.iter().filter_map(|q| a.state.stats(q)).map(|s| s.ready + s.scheduled + s.leased + s.dead).sum();
+            prop_assert_eq!(total, live.len() as u64);
+        }
+        a.assert_rebuilds();
+    }
+}

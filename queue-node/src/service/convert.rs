@@ -102,7 +102,7 @@ pub fn job(view: &JobView) -> pb::Job {
         headers: b.headers.iter().cloned().collect(),
         priority: b.priority,
         state: job_state(s.state) as i32,
-        attempt: s.attempt,
+        attempt: s.attempts_used(),
         max_attempts: b.max_attempts,
         enqueued_at_ms: b.enqueued_at_ms as i64,
         due_at_ms: s.due_at_ms as i64,

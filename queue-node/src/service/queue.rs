@@ -214,7 +214,7 @@ impl pb::queue_server::Queue for QueueService {
         match self.ctx.route(shard_id, &probe)? {
             Route::Leader(ch) => {
                 let frames = futures::stream::once(async move { first })
-                    .chain(inbound.filter_map(|f| async move { f.ok() }));
+                    .chain(inbound.filter_map(|f| futures::future::ready(f.ok())));
                 let upstream = QueueClient::new(ch).worker_stream(forwarded(frames)).await?;
                 Ok(Response::new(Box::pin(upstream.into_inner())))
             }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use openraft::storage::LogFlushed;
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
@@ -22,7 +22,8 @@ pub enum Durability {
     /// survives power loss.
     #[default]
     Fsync,
-    /// Written to the OS, fsynced in the background: survives a process
+    /// Written to the OS before it counts as appended; the disk catches up
+    /// on its own (RocksDB syncs the WAL every MiB). Survives a process
     /// crash, not a machine crash.
     Async,
 }
@@ -72,7 +73,9 @@ impl Store {
         })?;
         let db = Arc::new(db);
         let (syncer, pending) = mpsc::channel();
-        let sync_db = db.clone();
+        // A weak handle: the thread must not keep the database open once
+        // every shard has let go of it.
+        let sync_db = Arc::downgrade(&db);
         std::thread::Builder::new()
             .name("raftq-wal-sync".into())
             .spawn(move || run_syncer(sync_db, pending, durability))
@@ -85,6 +88,11 @@ impl Store {
             durability,
             syncer,
         })
+    }
+
+    /// A handle that does not keep the database open (to wait for it to close).
+    pub fn weak(&self) -> Weak<DB> {
+        Arc::downgrade(&self.db)
     }
 
     pub fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -104,13 +112,14 @@ impl Store {
 
 /// Group commit: every callback queued while one fsync runs is answered by
 /// the next one, so many appends (of every shard) share one fsync.
-fn run_syncer(db: Arc<DB>, pending: mpsc::Receiver<LogFlushed<TypeConfig>>, durability: Durability) {
+fn run_syncer(db: Weak<DB>, pending: mpsc::Receiver<LogFlushed<TypeConfig>>, durability: Durability) {
     while let Ok(first) = pending.recv() {
         let mut waiting = vec![first];
         waiting.extend(pending.try_iter());
-        let result = match durability {
-            Durability::Fsync => db.flush_wal(true),
-            Durability::Async => Ok(()),
+        let result = match (durability, db.upgrade()) {
+            (Durability::Fsync, Some(db)) => db.flush_wal(true).map_err(|e| e.to_string()),
+            (Durability::Fsync, None) => Err("database closed".to_string()),
+            (Durability::Async, _) => Ok(()),
         };
         for callback in waiting {
             let outcome = match &result {

@@ -230,7 +230,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             postcard::from_bytes(&data).map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
         let cf = self.store.cf(CF_STATE);
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(cf, keys::shard_prefix(self.shard), keys::shard_end(self.shard));
+        batch.delete_range_cf(cf, keys::shard_prefix(self.shard).to_vec(), keys::shard_end(self.shard));
         for (k, v) in &payload.records {
             batch.put_cf(cf, k, v);
         }

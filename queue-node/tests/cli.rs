@@ -1,0 +1,119 @@
+//! The `raftq` CLI against a real `queue-node` process: the quickstart tour,
+//! and clear errors with a non-zero exit for bad input.
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{free_port, wait_for, ProcNode};
+
+fn raftq_bin() -> PathBuf {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_queue-node")).with_file_name("raftq");
+    assert!(bin.exists(), "{} missing: build the workspace (cargo test --workspace)", bin.display());
+    bin
+}
+
+fn raftq(addr: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(raftq_bin())
+        .arg("--addr")
+        .arg(addr)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run raftq");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("write stdin");
+    }
+    drop(input);
+    child.wait_with_output().expect("raftq output")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "raftq failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn cli_tour() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _node = ProcNode::spawn(1, &addr, &dir.path().join("n1"), &format!("1={addr}"));
+    wait_for("the node to lead", Duration::from_secs(30), || async {
+        let out = raftq(&addr, &["cluster", "status"], None);
+        String::from_utf8_lossy(&out.stdout).contains("role leader").then_some(())
+    })
+    .await;
+
+    let ids = ok(&raftq(&addr, &["enqueue", "tour", "hello", "world"], None));
+    assert_eq!(ids.lines().count(), 2);
+    let more = ok(&raftq(&addr, &["enqueue", "tour"], Some("line1\nline2\nfail\n")));
+    assert_eq!(more.lines().count(), 3);
+    let stats = ok(&raftq(&addr, &["stats", "tour"], None));
+    assert!(stats.lines().nth(1).unwrap().split_whitespace().nth(1) == Some("5"), "{stats}");
+
+    let first_id = ids.lines().next().unwrap();
+    let job = ok(&raftq(&addr, &["job", "get", first_id], None));
+    assert!(job.contains("payload:      hello"), "{job}");
+
+    // `work` pipes each payload to the command; "fail" exits 1 and is nacked.
+    let out_file = dir.path().join("out.txt");
+    let command = format!("p=$(cat); echo \"$p\" >> {}; [ \"$p\" != fail ]", out_file.display());
+    ok(&raftq(&addr, &["queue", "config", "tour", "--max-attempts", "1"], None));
+    let work = raftq(&addr, &["work", "tour", "--concurrency", "2", "--max-jobs", "5", "--", &command], None);
+    ok(&work);
+    let processed = std::fs::read_to_string(&out_file).unwrap();
+    let mut lines: Vec<_> = processed.lines().collect();
+    lines.sort();
+    assert_eq!(lines, vec!["fail", "hello", "line1", "line2", "world"]);
+
+    let dead = ok(&raftq(&addr, &["dlq", "list", "tour"], None));
+    assert_eq!(dead.lines().count(), 1, "{dead}");
+    assert!(dead.contains("command exited"), "{dead}");
+    let requeued = ok(&raftq(&addr, &["dlq", "requeue", "tour"], None));
+    assert!(requeued.contains("requeued 1"), "{requeued}");
+    ok(&raftq(&addr, &["queue", "pause", "tour"], None));
+    let purged = ok(&raftq(&addr, &["queue", "purge", "tour"], None));
+    assert!(purged.contains("purged 1"), "{purged}");
+    let stats = ok(&raftq(&addr, &["stats"], None));
+    assert!(stats.contains("paused"), "{stats}");
+}
+
+#[tokio::test]
+async fn cli_errors_are_clear_and_exit_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    // No node yet: connection refused.
+    let out = raftq(&addr, &["stats"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"), "{out:?}");
+
+    let _node = ProcNode::spawn(1, &addr, &dir.path().join("n1"), &format!("1={addr}"));
+    wait_for("the node to lead", Duration::from_secs(30), || async {
+        let out = raftq(&addr, &["cluster", "status"], None);
+        String::from_utf8_lossy(&out.stdout).contains("role leader").then_some(())
+    })
+    .await;
+    for (args, needle) in [
+        (vec!["enqueue", "bad/name", "x"], "contains '/'"),
+        (vec!["enqueue", "q", ""], "payload is empty"),
+        (vec!["job", "get", "not-an-id"], "malformed job id"),
+        (vec!["job", "get", "0-12345-0"], "not found"),
+        (vec!["dlq", "requeue", "q", "0-1-1"], "not a dead job"),
+    ] {
+        let out = raftq(&addr, &args, None);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.starts_with("raftq: error:") && stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}

@@ -1,0 +1,132 @@
+//! Test helpers: in-process nodes on loopback, real `queue-node` processes,
+//! and waiting on conditions with deadlines.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use raftq_client::{proto as pb, Client};
+use raftq_node::config::NodeConfig;
+use raftq_node::node::{self, NodeHandle};
+
+/// Polls `check` until it returns `Some`, or panics after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn fast_config(dir: &Path) -> NodeConfig {
+    let mut c = NodeConfig {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".into(),
+        ..NodeConfig::default()
+    };
+    c.raft.heartbeat_ms = 50;
+    c.raft.election_timeout_min_ms = 300;
+    c.raft.election_timeout_max_ms = 600;
+    c
+}
+
+/// Starts a one-node cluster in this process and waits until it leads.
+pub async fn start_single(dir: &Path) -> (NodeHandle, Client) {
+    start_with(fast_config(dir)).await
+}
+
+pub async fn start_with(config: NodeConfig) -> (NodeHandle, Client) {
+    let handle = node::start(config).await.unwrap_or_else(|e| panic!("node failed to start: {e:#}"));
+    let client = Client::connect(&handle.addr.to_string()).await.expect("connect");
+    wait_for_leader(&client).await;
+    (handle, client)
+}
+
+pub async fn wait_for_leader(client: &Client) -> u64 {
+    wait_for("a shard leader", Duration::from_secs(20), || async {
+        let status = client.cluster().status(pb::ClusterStatusRequest {}).await.ok()?.into_inner();
+        let shard = status.shards.first()?;
+        shard.has_leader.then_some(shard.leader_id)
+    })
+    .await
+}
+
+/// A free loopback port (bound then released; fine for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A `queue-node` process.
+pub struct ProcNode {
+    pub id: u64,
+    pub addr: String,
+    pub dir: PathBuf,
+    pub members: String,
+    child: Option<Child>,
+}
+
+impl ProcNode {
+    pub fn spawn(id: u64, addr: &str, dir: &Path, members: &str) -> ProcNode {
+        let mut node = ProcNode {
+            id,
+            addr: addr.to_string(),
+            dir: dir.to_path_buf(),
+            members: members.to_string(),
+            child: None,
+        };
+        node.start();
+        node
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.with_extension("log"))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_queue-node"))
+            .args(["--node-id", &self.id.to_string()])
+            .args(["--listen", &self.addr])
+            .args(["--data-dir", &self.dir.display().to_string()])
+            .args(["--initial-members", &self.members])
+            .env("RAFTQ_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn queue-node");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ProcNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

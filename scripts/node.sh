@@ -4,4 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-exec cargo run --release -p raftq-node --bin queue-node -- "$@"
+# Build the whole workspace's binaries (also the `raftq` CLI) in one go, so
+# RocksDB is compiled once for every binary.
+cargo build --release --workspace --bins
+exec "${CARGO_TARGET_DIR:-target}/release/queue-node" "$@"

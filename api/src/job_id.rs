@@ -93,8 +93,16 @@ mod tests {
 
     #[test]
     fn byte_order_matches_id_order() {
-        let a = JobId { shard: 0, index: 255, position: 9 };
-        let b = JobId { shard: 0, index: 256, position: 0 };
+        let a = JobId {
+            shard: 0,
+            index: 255,
+            position: 9,
+        };
+        let b = JobId {
+            shard: 0,
+            index: 256,
+            position: 0,
+        };
         assert!(a < b);
         assert!(a.to_bytes() < b.to_bytes());
     }

@@ -43,7 +43,9 @@ pub fn queue_name(name: &str) -> Result<(), Invalid> {
 pub fn optional_duration(field: &str, value: Option<i64>, max: i64) -> Result<(), Invalid> {
     match value {
         None => Ok(()),
-        Some(ms) if ms <= 0 => invalid!("{field} must be > 0 ms (got {ms}); omit it for the default"),
+        Some(ms) if ms <= 0 => {
+            invalid!("{field} must be > 0 ms (got {ms}); omit it for the default")
+        }
         Some(ms) if ms > max => invalid!("{field} is {ms} ms; the limit is {max} ms"),
         Some(_) => Ok(()),
     }
@@ -51,7 +53,10 @@ pub fn optional_duration(field: &str, value: Option<i64>, max: i64) -> Result<()
 
 pub fn backoff(field: &str, b: &Backoff) -> Result<(), Invalid> {
     if b.initial_ms <= 0 || b.initial_ms > MAX_DELAY_MS {
-        return invalid!("{field}.initial_ms must be in 1..={MAX_DELAY_MS} (got {})", b.initial_ms);
+        return invalid!(
+            "{field}.initial_ms must be in 1..={MAX_DELAY_MS} (got {})",
+            b.initial_ms
+        );
     }
     if b.max_ms < b.initial_ms || b.max_ms > MAX_DELAY_MS {
         return invalid!(
@@ -60,7 +65,10 @@ pub fn backoff(field: &str, b: &Backoff) -> Result<(), Invalid> {
         );
     }
     if !(b.multiplier.is_finite() && (1.0..=100.0).contains(&b.multiplier)) {
-        return invalid!("{field}.multiplier must be in 1.0..=100.0 (got {})", b.multiplier);
+        return invalid!(
+            "{field}.multiplier must be in 1.0..=100.0 (got {})",
+            b.multiplier
+        );
     }
     Ok(())
 }
@@ -86,11 +94,18 @@ pub fn new_job(index: usize, job: &NewJob) -> Result<(), Invalid> {
         );
     }
     if job.headers.len() > MAX_HEADERS {
-        return invalid!("{} has {} entries; the limit is {MAX_HEADERS}", at("headers"), job.headers.len());
+        return invalid!(
+            "{} has {} entries; the limit is {MAX_HEADERS}",
+            at("headers"),
+            job.headers.len()
+        );
     }
     let header_bytes: usize = job.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
     if header_bytes > MAX_HEADER_BYTES {
-        return invalid!("{} total {header_bytes} bytes; the limit is {MAX_HEADER_BYTES}", at("headers"));
+        return invalid!(
+            "{} total {header_bytes} bytes; the limit is {MAX_HEADER_BYTES}",
+            at("headers")
+        );
     }
     if job.delay_ms.is_some() && job.run_at_ms.is_some() {
         return invalid!("{}: give delay_ms or run_at_ms, not both", at("delay_ms"));
@@ -102,20 +117,28 @@ pub fn new_job(index: usize, job: &NewJob) -> Result<(), Invalid> {
     }
     if let Some(t) = job.run_at_ms {
         if t < 0 {
-            return invalid!("{} must be a unix time in ms, >= 0 (got {t})", at("run_at_ms"));
+            return invalid!(
+                "{} must be a unix time in ms, >= 0 (got {t})",
+                at("run_at_ms")
+            );
         }
     }
     if let Some(b) = &job.backoff {
         backoff(&at("backoff"), b)?;
     }
     if job.max_attempts > 1000 {
-        return invalid!("{} is {}; the limit is 1000", at("max_attempts"), job.max_attempts);
+        return invalid!(
+            "{} is {}; the limit is 1000",
+            at("max_attempts"),
+            job.max_attempts
+        );
     }
     short_text(&at("idempotency_key"), &job.idempotency_key, MAX_KEY_BYTES)
 }
 
 pub fn job_id(field: &str, id: &str) -> Result<JobId, Invalid> {
-    id.parse::<JobId>().map_err(|e| Invalid(format!("{field}: {e}")))
+    id.parse::<JobId>()
+        .map_err(|e| Invalid(format!("{field}: {e}")))
 }
 
 pub fn lease_token(field: &str, token: Option<&LeaseToken>) -> Result<(JobId, u32), Invalid> {
@@ -145,10 +168,23 @@ mod tests {
 
     #[test]
     fn queue_names() {
-        for good in ["a", "emails", "jobs.high-prio_2", &"x".repeat(MAX_QUEUE_NAME)] {
+        for good in [
+            "a",
+            "emails",
+            "jobs.high-prio_2",
+            &"x".repeat(MAX_QUEUE_NAME),
+        ] {
             assert_eq!(queue_name(good), Ok(()), "{good}");
         }
-        for bad in ["", "-x", ".x", "a b", "a/b", "é", &"x".repeat(MAX_QUEUE_NAME + 1)] {
+        for bad in [
+            "",
+            "-x",
+            ".x",
+            "a b",
+            "a/b",
+            "é",
+            &"x".repeat(MAX_QUEUE_NAME + 1),
+        ] {
             assert!(queue_name(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -165,17 +201,35 @@ mod tests {
 
     #[test]
     fn jobs() {
-        let ok = NewJob { payload: "x".into(), ..Default::default() };
+        let ok = NewJob {
+            payload: "x".into(),
+            ..Default::default()
+        };
         assert!(new_job(0, &ok).is_ok());
         let empty = NewJob::default();
-        assert!(new_job(3, &empty).unwrap_err().0.starts_with("jobs[3].payload is empty"));
-        let big = NewJob { payload: vec![0u8; MAX_PAYLOAD_BYTES + 1].into(), ..Default::default() };
+        assert!(new_job(3, &empty)
+            .unwrap_err()
+            .0
+            .starts_with("jobs[3].payload is empty"));
+        let big = NewJob {
+            payload: vec![0u8; MAX_PAYLOAD_BYTES + 1].into(),
+            ..Default::default()
+        };
         assert!(new_job(0, &big).unwrap_err().0.contains("limit is 1048576"));
-        let both = NewJob { payload: "x".into(), delay_ms: Some(1), run_at_ms: Some(1), ..Default::default() };
+        let both = NewJob {
+            payload: "x".into(),
+            delay_ms: Some(1),
+            run_at_ms: Some(1),
+            ..Default::default()
+        };
         assert!(new_job(0, &both).is_err());
         let bad_backoff = NewJob {
             payload: "x".into(),
-            backoff: Some(Backoff { initial_ms: 10, max_ms: 5, multiplier: 2.0 }),
+            backoff: Some(Backoff {
+                initial_ms: 10,
+                max_ms: 5,
+                multiplier: 2.0,
+            }),
             ..Default::default()
         };
         assert!(new_job(0, &bad_backoff).is_err());

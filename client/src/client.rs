@@ -18,7 +18,11 @@ pub struct Client {
 impl Client {
     /// Connects to `addr` (`http://host:port`, or `host:port`).
     pub async fn connect(addr: &str) -> Result<Client, Error> {
-        let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+        let uri = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
         let endpoint = Endpoint::from_shared(uri.clone())
             .map_err(|e| Error::BadAddress {
                 addr: addr.to_string(),
@@ -27,7 +31,10 @@ impl Client {
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_adaptive_window(true);
-        let channel = endpoint.connect().await.map_err(|source| Error::Connect { addr: uri, source })?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| Error::Connect { addr: uri, source })?;
         Ok(Client { channel })
     }
 

@@ -47,7 +47,10 @@ impl JobSpec {
 
     /// Becomes ready at `at`.
     pub fn run_at(mut self, at: SystemTime) -> JobSpec {
-        let ms = at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        let ms = at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
         self.job.run_at_ms = Some(ms);
         self.job.delay_ms = None;
         self
@@ -94,12 +97,17 @@ impl Producer {
     /// Enqueues one job and returns its id.
     pub async fn enqueue(&self, queue: &str, job: JobSpec) -> Result<String, Error> {
         let mut ids = self.enqueue_batch(queue, vec![job]).await?;
-        ids.pop().ok_or_else(|| Error::Invalid("server returned no job id".into()))
+        ids.pop()
+            .ok_or_else(|| Error::Invalid("server returned no job id".into()))
     }
 
     /// Enqueues up to 10,000 jobs in one request (all or nothing) and
     /// returns their ids in order.
-    pub async fn enqueue_batch(&self, queue: &str, jobs: Vec<JobSpec>) -> Result<Vec<String>, Error> {
+    pub async fn enqueue_batch(
+        &self,
+        queue: &str,
+        jobs: Vec<JobSpec>,
+    ) -> Result<Vec<String>, Error> {
         let request = pb::EnqueueRequest {
             queue: queue.to_string(),
             jobs: jobs.into_iter().map(JobSpec::into_proto).collect(),

@@ -112,7 +112,11 @@ impl Worker {
 
     /// Runs until `shutdown` completes, then stops asking for jobs, lets
     /// running handlers finish, reports their results and returns.
-    pub async fn run_until<F, Fut, E>(self, handler: F, shutdown: impl Future<Output = ()>) -> Result<(), Error>
+    pub async fn run_until<F, Fut, E>(
+        self,
+        handler: F,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error>
     where
         F: Fn(Job) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), E>> + Send + 'static,
@@ -133,7 +137,11 @@ impl Worker {
                     worker_id: self.worker_id.clone(),
                     lease_ms: self.lease.map(|l| l.as_millis() as i64),
                 }),
-                credit: if stopping { 0 } else { self.concurrency.saturating_sub(in_flight) },
+                credit: if stopping {
+                    0
+                } else {
+                    self.concurrency.saturating_sub(in_flight)
+                },
                 ..Default::default()
             };
             for o in unsent.drain(..) {
@@ -141,7 +149,12 @@ impl Worker {
             }
             // The channel is fresh and has room: this cannot fail.
             let _ = frames.try_send(open);
-            let mut inbound = match self.client.queue().worker_stream(ReceiverStream::new(frames_rx)).await {
+            let mut inbound = match self
+                .client
+                .queue()
+                .worker_stream(ReceiverStream::new(frames_rx))
+                .await
+            {
                 Ok(response) => response.into_inner(),
                 Err(status) => {
                     let error = Error::from(status);
@@ -239,8 +252,12 @@ fn add_outcome(frame: &mut pb::WorkerFrame, outcome: Outcome, finished: &mut u32
     }
 }
 
-async fn run_job<F, Fut, E>(handler: Arc<F>, job: Job, token: pb::LeaseToken, outcomes: mpsc::UnboundedSender<Outcome>)
-where
+async fn run_job<F, Fut, E>(
+    handler: Arc<F>,
+    job: Job,
+    token: pb::LeaseToken,
+    outcomes: mpsc::UnboundedSender<Outcome>,
+) where
     F: Fn(Job) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Display + Send + 'static,

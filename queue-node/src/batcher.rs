@@ -50,7 +50,9 @@ impl Default for BatchConfig {
 impl BatchConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_batch_ops == 0 || self.max_batch_bytes == 0 || self.max_in_flight == 0 {
-            return Err("batching: max_batch_ops, max_batch_bytes and max_in_flight must be > 0".into());
+            return Err(
+                "batching: max_batch_ops, max_batch_bytes and max_in_flight must be > 0".into(),
+            );
         }
         if self.linger_min_micros > self.linger_max_micros {
             return Err(format!(
@@ -91,7 +93,10 @@ impl Batcher {
         let (tx, rx) = mpsc::channel(16 * 1024);
         let last_proposal_ms = Arc::new(AtomicU64::new(0));
         tokio::spawn(run(rx, raft, config, defaults, last_proposal_ms.clone()));
-        Batcher { tx, last_proposal_ms }
+        Batcher {
+            tx,
+            last_proposal_ms,
+        }
     }
 
     /// Proposes `ops` (in one entry, never split) and waits for their results.
@@ -127,7 +132,8 @@ struct Pending {
 impl Pending {
     fn fits(&self, g: &Group, config: &BatchConfig) -> bool {
         self.groups.is_empty()
-            || (self.ops + g.ops.len() <= config.max_batch_ops && self.bytes + g.bytes <= config.max_batch_bytes)
+            || (self.ops + g.ops.len() <= config.max_batch_ops
+                && self.bytes + g.bytes <= config.max_batch_bytes)
     }
 
     fn full(&self, config: &BatchConfig) -> bool {
@@ -222,7 +228,11 @@ async fn propose(raft: Raft, groups: Vec<Group>, time_ms: u64, defaults: QueueDe
         replies.push((g.ops.len(), g.reply));
         ops.extend(g.ops);
     }
-    let batch = Batch { time_ms, defaults, ops };
+    let batch = Batch {
+        time_ms,
+        defaults,
+        ops,
+    };
     match raft.client_write(batch).await {
         Ok(response) => {
             let mut results = response.data.0.into_iter();
@@ -232,9 +242,11 @@ async fn propose(raft: Raft, groups: Vec<Group>, time_ms: u64, defaults: QueueDe
         }
         Err(e) => {
             let error = match e {
-                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => SubmitError::NotLeader {
-                    leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
-                },
+                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                    SubmitError::NotLeader {
+                        leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                    }
+                }
                 other => SubmitError::Raft(other.to_string()),
             };
             for (_, reply) in replies {

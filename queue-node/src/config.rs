@@ -25,6 +25,9 @@ pub struct NodeConfig {
     pub initial_members: BTreeMap<NodeId, String>,
     /// Never initialise a cluster; wait to be added by an existing one.
     pub join: bool,
+    /// Raft groups per node (1..=64). Queues are spread over them by a hash
+    /// of their name, so this is fixed when the data dir is created.
+    pub shards: u32,
     pub durability: Durability,
     pub batching: BatchConfig,
     pub raft: RaftTimings,
@@ -39,6 +42,9 @@ pub struct RaftTimings {
     pub election_timeout_max_ms: u64,
     /// Take a snapshot (and purge the log behind it) every this many entries.
     pub snapshot_every_entries: u64,
+    /// Log entries kept behind a snapshot, so a briefly lagging follower
+    /// can catch up from the log instead of a whole snapshot.
+    pub logs_kept_after_snapshot: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +67,7 @@ impl Default for NodeConfig {
             advertise: None,
             initial_members: BTreeMap::new(),
             join: false,
+            shards: 1,
             durability: Durability::Fsync,
             batching: BatchConfig::default(),
             raft: RaftTimings::default(),
@@ -76,6 +83,7 @@ impl Default for RaftTimings {
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1000,
             snapshot_every_entries: 20_000,
+            logs_kept_after_snapshot: 1_000,
         }
     }
 }
@@ -112,9 +120,15 @@ impl QueueDefaultsConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid: {source}")]
-    Parse { path: String, source: serde_yaml::Error },
+    Parse {
+        path: String,
+        source: serde_yaml::Error,
+    },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -134,6 +148,9 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         self.batching.validate().map_err(ConfigError::Invalid)?;
+        if !(1..=64).contains(&self.shards) {
+            return invalid(format!("shards must be in 1..=64 (got {})", self.shards));
+        }
         let r = &self.raft;
         if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_ms {
             return invalid(format!(
@@ -142,7 +159,9 @@ impl NodeConfig {
             ));
         }
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
-            return invalid("raft: election_timeout_max_ms must be greater than election_timeout_min_ms".into());
+            return invalid(
+                "raft: election_timeout_max_ms must be greater than election_timeout_min_ms".into(),
+            );
         }
         if !self.initial_members.is_empty() && !self.initial_members.contains_key(&self.node_id) {
             return invalid(format!(
@@ -151,7 +170,11 @@ impl NodeConfig {
             ));
         }
         let q = &self.queue_defaults;
-        if q.lease_ms == 0 || q.max_attempts == 0 || q.backoff_initial_ms == 0 || q.backoff_max_ms < q.backoff_initial_ms {
+        if q.lease_ms == 0
+            || q.max_attempts == 0
+            || q.backoff_initial_ms == 0
+            || q.backoff_max_ms < q.backoff_initial_ms
+        {
             return invalid("queue_defaults: lease_ms, max_attempts and backoff_initial_ms must be > 0 and backoff_max_ms >= backoff_initial_ms".into());
         }
         if !(q.backoff_multiplier.is_finite() && q.backoff_multiplier >= 1.0) {
@@ -171,7 +194,10 @@ mod tests {
         let c: NodeConfig = serde_yaml::from_str(yaml).unwrap();
         assert_eq!(c.node_id, 2);
         assert_eq!(c.batching.max_batch_ops, 64);
-        assert_eq!(c.batching.max_in_flight, BatchConfig::default().max_in_flight);
+        assert_eq!(
+            c.batching.max_in_flight,
+            BatchConfig::default().max_in_flight
+        );
         assert_eq!(c.durability, Durability::Async);
         c.validate().unwrap();
         let back: NodeConfig = serde_yaml::from_str(&serde_yaml::to_string(&c).unwrap()).unwrap();
@@ -185,7 +211,11 @@ mod tests {
             initial_members: [(5, "x:1".to_string())].into(),
             ..NodeConfig::default()
         };
-        assert!(c.validate().unwrap_err().to_string().contains("does not list this node"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("does not list this node"));
         let mut c = NodeConfig::default();
         c.batching.linger_min_micros = 10_000;
         assert!(c.validate().is_err());

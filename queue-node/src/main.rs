@@ -34,6 +34,9 @@ struct Args {
     /// Wait to be added to an existing cluster instead of creating one.
     #[arg(long)]
     join: bool,
+    /// Raft groups per node (fixed when the data dir is created).
+    #[arg(long, env = "RAFTQ_SHARDS")]
+    shards: Option<u32>,
     /// fsync (default) or async.
     #[arg(long, value_enum)]
     durability: Option<Durability>,
@@ -56,7 +59,9 @@ fn parse_member(s: &str) -> Result<(u64, String), String> {
     let (id, addr) = s
         .split_once('=')
         .ok_or_else(|| format!("{s:?}: expected <node id>=<host:port>, e.g. 1=127.0.0.1:7401"))?;
-    let id = id.parse().map_err(|_| format!("{s:?}: node id {id:?} is not a number"))?;
+    let id = id
+        .parse()
+        .map_err(|_| format!("{s:?}: node id {id:?} is not a number"))?;
     Ok((id, addr.to_string()))
 }
 
@@ -78,9 +83,16 @@ fn config_from(args: &Args) -> anyhow::Result<NodeConfig> {
         c.advertise = Some(v.clone());
     }
     if !args.initial_members.is_empty() {
-        c.initial_members = args.initial_members.iter().cloned().collect::<BTreeMap<_, _>>();
+        c.initial_members = args
+            .initial_members
+            .iter()
+            .cloned()
+            .collect::<BTreeMap<_, _>>();
     }
     c.join |= args.join;
+    if let Some(v) = args.shards {
+        c.shards = v;
+    }
     if let Some(v) = args.durability {
         c.durability = v;
     }
@@ -115,7 +127,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {

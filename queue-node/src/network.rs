@@ -7,8 +7,8 @@ use std::sync::Arc;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
 use raftq_api::v1::raft_transport_client::RaftTransportClient;
@@ -69,11 +69,16 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let unreachable = |msg: String| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg)));
+        let unreachable =
+            |msg: String| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg)));
         let Some(client) = self.client.as_mut() else {
-            return Err(unreachable(format!("bad address {:?} for node {}", self.addr, self.target)));
+            return Err(unreachable(format!(
+                "bad address {:?} for node {}",
+                self.addr, self.target
+            )));
         };
-        let data = postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let data =
+            postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let msg = RaftMessage {
             shard: self.shard,
             data: data.into(),
@@ -83,9 +88,17 @@ impl PeerClient {
             RpcKind::Vote => client.vote(msg).await,
             RpcKind::Snapshot => client.install_snapshot(msg).await,
         }
-        .map_err(|status| unreachable(format!("node {} at {}: {}", self.target, self.addr, status.message())))?;
+        .map_err(|status| {
+            unreachable(format!(
+                "node {} at {}: {}",
+                self.target,
+                self.addr,
+                status.message()
+            ))
+        })?;
         let result: Result<Resp, RaftError<NodeId, E>> =
-            postcard::from_bytes(&reply.into_inner().data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            postcard::from_bytes(&reply.into_inner().data)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
     }
 }
@@ -128,11 +141,13 @@ pub struct TransportService {
 }
 
 fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T, Status> {
-    postcard::from_bytes(data).map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+    postcard::from_bytes(data)
+        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
-    let data = postcard::to_allocvec(value).map_err(|e| Status::internal(format!("encoding raft reply: {e}")))?;
+    let data = postcard::to_allocvec(value)
+        .map_err(|e| Status::internal(format!("encoding raft reply: {e}")))?;
     Ok(Response::new(RaftMessage {
         shard: 0,
         data: data.into(),
@@ -149,7 +164,10 @@ impl TransportService {
 
 #[tonic::async_trait]
 impl RaftTransport for TransportService {
-    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let msg = request.into_inner();
         let raft = self.shard(&msg)?;
         let req: AppendEntriesRequest<TypeConfig> = decode(&msg.data)?;
@@ -163,7 +181,10 @@ impl RaftTransport for TransportService {
         encode(&raft.vote(req).await)
     }
 
-    async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let msg = request.into_inner();
         let raft = self.shard(&msg)?;
         let req: InstallSnapshotRequest<TypeConfig> = decode(&msg.data)?;

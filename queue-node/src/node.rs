@@ -96,7 +96,10 @@ impl NodeHandle {
 
     /// Runs until the server stops by itself (it only stops on error).
     pub async fn wait(&mut self) -> anyhow::Result<()> {
-        (&mut self.server).await.context("gRPC server task")?.context("gRPC server")
+        (&mut self.server)
+            .await
+            .context("gRPC server task")?
+            .context("gRPC server")
     }
 }
 
@@ -110,30 +113,29 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
     let defaults = config.queue_defaults.to_defaults();
 
-    let raft_config = Arc::new(
-        openraft::Config {
-            cluster_name: "raftq".into(),
-            heartbeat_interval: config.raft.heartbeat_ms,
-            election_timeout_min: config.raft.election_timeout_min_ms,
-            election_timeout_max: config.raft.election_timeout_max_ms,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.raft.snapshot_every_entries),
-            max_in_snapshot_log_to_keep: 1000,
-            ..Default::default()
-        }
-        .validate()
-        .context("raft settings")?,
-    );
-
+    store.check_shard_count(config.shards)?;
     let mut shards = Vec::new();
-    let shard_count = 1u32;
-    for id in 0..shard_count {
-        let (sm, shared) = StateMachineStore::open(store.clone(), id).context("loading the state machine")?;
+    for id in 0..config.shards {
+        let raft_config = Arc::new(shard_raft_config(&config, id)?);
+        let (sm, shared) =
+            StateMachineStore::open(store.clone(), id).context("loading the state machine")?;
         let log = LogStore::new(store.clone(), id);
-        let raft = Raft::new(config.node_id, raft_config.clone(), NetworkFactory { shard: id }, log, sm)
-            .await
-            .with_context(|| format!("starting raft for shard {id}"))?;
+        let raft = Raft::new(
+            config.node_id,
+            raft_config,
+            NetworkFactory { shard: id },
+            log,
+            sm,
+        )
+        .await
+        .with_context(|| format!("starting raft for shard {id}"))?;
         let batcher = Batcher::spawn(raft.clone(), config.batching.clone(), defaults);
-        tokio::spawn(run_ticker(raft.clone(), config.node_id, batcher.clone(), shared.clone()));
+        tokio::spawn(run_ticker(
+            raft.clone(),
+            config.node_id,
+            batcher.clone(),
+            shared.clone(),
+        ));
         shards.push(ShardHandle {
             id,
             raft,
@@ -150,7 +152,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         peers: Mutex::new(HashMap::new()),
     });
 
-    let rafts = Arc::new(context.shards.iter().map(|s| s.raft.clone()).collect::<Vec<_>>());
+    let rafts = Arc::new(
+        context
+            .shards
+            .iter()
+            .map(|s| s.raft.clone())
+            .collect::<Vec<_>>(),
+    );
     let (stop, stopped) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -165,7 +173,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_service(ClusterAdminServer::new(ClusterService::new(context.clone())))
+        .add_service(ClusterAdminServer::new(ClusterService::new(
+            context.clone(),
+        )))
         .add_service(
             RaftTransportServer::new(TransportService { shards: rafts })
                 .max_decoding_message_size(usize::MAX)
@@ -189,9 +199,44 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     })
 }
 
+/// Raft settings of one shard. Shard `s` prefers the `s % n`-th initial
+/// member as its leader: that node's election timeout is shorter, so it
+/// usually wins, and the leaders of many shards spread over the nodes.
+fn shard_raft_config(config: &NodeConfig, shard: u32) -> anyhow::Result<openraft::Config> {
+    let (min, max) = (
+        config.raft.election_timeout_min_ms,
+        config.raft.election_timeout_max_ms,
+    );
+    let members: Vec<NodeId> = config.initial_members.keys().copied().collect();
+    let (min, max) = match members.iter().position(|id| *id == config.node_id) {
+        Some(me) if members.len() > 1 && me == shard as usize % members.len() => {
+            (min, (min + max) / 2)
+        }
+        Some(_) if members.len() > 1 => (max, max + (max - min)),
+        _ => (min, max),
+    };
+    openraft::Config {
+        cluster_name: format!("raftq-shard-{shard}"),
+        heartbeat_interval: config.raft.heartbeat_ms,
+        election_timeout_min: min,
+        election_timeout_max: max,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+            config.raft.snapshot_every_entries,
+        ),
+        max_in_snapshot_log_to_keep: config.raft.logs_kept_after_snapshot,
+        ..Default::default()
+    }
+    .validate()
+    .with_context(|| format!("raft settings of shard {shard}"))
+}
+
 /// Initialises a brand-new cluster exactly once: from the lowest-id member
 /// of `initial_members`, or from this node alone when none are given.
-async fn bootstrap(context: &NodeContext, config: &NodeConfig, advertise: &str) -> anyhow::Result<()> {
+async fn bootstrap(
+    context: &NodeContext,
+    config: &NodeConfig,
+    advertise: &str,
+) -> anyhow::Result<()> {
     let members: BTreeMap<NodeId, BasicNode> = if config.initial_members.is_empty() {
         [(config.node_id, BasicNode::new(advertise))].into()
     } else {
@@ -209,8 +254,12 @@ async fn bootstrap(context: &NodeContext, config: &NodeConfig, advertise: &str) 
             continue;
         }
         match shard.raft.initialize(members.clone()).await {
-            Ok(()) => tracing::info!(shard = shard.id, members = ?members.keys(), "initialised cluster"),
-            Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+            Ok(()) => {
+                tracing::info!(shard = shard.id, members = ?members.keys(), "initialised cluster")
+            }
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(_),
+            )) => {}
             Err(e) => return Err(e).context("initialising the cluster"),
         }
     }

@@ -154,7 +154,13 @@ impl Op {
                 queue.len()
                     + jobs
                         .iter()
-                        .map(|j| 32 + j.payload.len() + j.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>())
+                        .map(|j| {
+                            32 + j.payload.len()
+                                + j.headers
+                                    .iter()
+                                    .map(|(k, v)| k.len() + v.len())
+                                    .sum::<usize>()
+                        })
                         .sum::<usize>()
             }
             Op::Ack { tokens } | Op::Extend { tokens, .. } => 16 + tokens.len() * 20,
@@ -201,6 +207,8 @@ pub struct JobView {
     pub id: JobId,
     pub body: Arc<JobBody>,
     pub status: JobStatus,
+    /// The job's own limit, or else its queue's.
+    pub max_attempts: u32,
 }
 
 /// The immutable part of a job, written once at enqueue.
@@ -210,8 +218,10 @@ pub struct JobBody {
     pub payload: Bytes,
     pub headers: Vec<(String, String)>,
     pub priority: i32,
+    /// 0 = the queue's current default.
     pub max_attempts: u32,
-    pub backoff: BackoffPolicy,
+    /// `None` = the queue's current default.
+    pub backoff: Option<BackoffPolicy>,
     pub enqueued_at_ms: u64,
     pub idempotency_key: Option<String>,
 }

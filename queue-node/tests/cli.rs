@@ -12,7 +12,11 @@ use common::{free_port, wait_for, ProcNode};
 
 fn raftq_bin() -> PathBuf {
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_queue-node")).with_file_name("raftq");
-    assert!(bin.exists(), "{} missing: build the workspace (cargo test --workspace)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: build the workspace (cargo test --workspace)",
+        bin.display()
+    );
     bin
 }
 
@@ -51,16 +55,25 @@ async fn cli_tour() {
     let _node = ProcNode::spawn(1, &addr, &dir.path().join("n1"), &format!("1={addr}"));
     wait_for("the node to lead", Duration::from_secs(30), || async {
         let out = raftq(&addr, &["cluster", "status"], None);
-        String::from_utf8_lossy(&out.stdout).contains("role leader").then_some(())
+        String::from_utf8_lossy(&out.stdout)
+            .contains("role leader")
+            .then_some(())
     })
     .await;
 
     let ids = ok(&raftq(&addr, &["enqueue", "tour", "hello", "world"], None));
     assert_eq!(ids.lines().count(), 2);
-    let more = ok(&raftq(&addr, &["enqueue", "tour"], Some("line1\nline2\nfail\n")));
+    let more = ok(&raftq(
+        &addr,
+        &["enqueue", "tour"],
+        Some("line1\nline2\nfail\n"),
+    ));
     assert_eq!(more.lines().count(), 3);
     let stats = ok(&raftq(&addr, &["stats", "tour"], None));
-    assert!(stats.lines().nth(1).unwrap().split_whitespace().nth(1) == Some("5"), "{stats}");
+    assert!(
+        stats.lines().nth(1).unwrap().split_whitespace().nth(1) == Some("5"),
+        "{stats}"
+    );
 
     let first_id = ids.lines().next().unwrap();
     let job = ok(&raftq(&addr, &["job", "get", first_id], None));
@@ -68,9 +81,29 @@ async fn cli_tour() {
 
     // `work` pipes each payload to the command; "fail" exits 1 and is nacked.
     let out_file = dir.path().join("out.txt");
-    let command = format!("p=$(cat); echo \"$p\" >> {}; [ \"$p\" != fail ]", out_file.display());
-    ok(&raftq(&addr, &["queue", "config", "tour", "--max-attempts", "1"], None));
-    let work = raftq(&addr, &["work", "tour", "--concurrency", "2", "--max-jobs", "5", "--", &command], None);
+    let command = format!(
+        "p=$(cat); echo \"$p\" >> {}; [ \"$p\" != fail ]",
+        out_file.display()
+    );
+    ok(&raftq(
+        &addr,
+        &["queue", "config", "tour", "--max-attempts", "1"],
+        None,
+    ));
+    let work = raftq(
+        &addr,
+        &[
+            "work",
+            "tour",
+            "--concurrency",
+            "2",
+            "--max-jobs",
+            "5",
+            "--",
+            &command,
+        ],
+        None,
+    );
     ok(&work);
     let processed = std::fs::read_to_string(&out_file).unwrap();
     let mut lines: Vec<_> = processed.lines().collect();
@@ -96,12 +129,17 @@ async fn cli_errors_are_clear_and_exit_non_zero() {
     // No node yet: connection refused.
     let out = raftq(&addr, &["stats"], None);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot connect"),
+        "{out:?}"
+    );
 
     let _node = ProcNode::spawn(1, &addr, &dir.path().join("n1"), &format!("1={addr}"));
     wait_for("the node to lead", Duration::from_secs(30), || async {
         let out = raftq(&addr, &["cluster", "status"], None);
-        String::from_utf8_lossy(&out.stdout).contains("role leader").then_some(())
+        String::from_utf8_lossy(&out.stdout)
+            .contains("role leader")
+            .then_some(())
     })
     .await;
     for (args, needle) in [
@@ -114,6 +152,9 @@ async fn cli_errors_are_clear_and_exit_non_zero() {
         let out = raftq(&addr, &args, None);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.starts_with("raftq: error:") && stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("raftq: error:") && stderr.contains(needle),
+            "{args:?}: {stderr}"
+        );
     }
 }

@@ -17,7 +17,12 @@ const JOBS: usize = 3000;
 const BATCH: usize = 50;
 
 async fn connect(addr: &str) -> Client {
-    wait_for("node accepts connections", Duration::from_secs(30), || async { Client::connect(addr).await.ok() }).await
+    wait_for(
+        "node accepts connections",
+        Duration::from_secs(30),
+        || async { Client::connect(addr).await.ok() },
+    )
+    .await
 }
 
 /// The leader's id, as a node that currently sees one reports it.
@@ -39,12 +44,26 @@ async fn leader_of(clients: &[Client]) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_crash_under_load_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-    let members = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let members = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
     let mut nodes: Vec<ProcNode> = addrs
         .iter()
         .enumerate()
-        .map(|(i, a)| ProcNode::spawn(i as u64 + 1, a, &dir.path().join(format!("n{}", i + 1)), &members))
+        .map(|(i, a)| {
+            ProcNode::spawn(
+                i as u64 + 1,
+                a,
+                &dir.path().join(format!("n{}", i + 1)),
+                &members,
+            )
+        })
         .collect();
     let mut clients = Vec::new();
     for a in &addrs {
@@ -71,7 +90,10 @@ async fn leader_crash_under_load_loses_nothing() {
                 let handled = handled.clone();
                 async move {
                     let payload = String::from_utf8_lossy(&job.payload).into_owned();
-                    delivered.lock().unwrap().push((job.id.clone(), job.attempt));
+                    delivered
+                        .lock()
+                        .unwrap()
+                        .push((job.id.clone(), job.attempt));
                     handled.lock().unwrap().insert(payload);
                     Ok::<(), String>(())
                 }
@@ -102,7 +124,10 @@ async fn leader_crash_under_load_loses_nothing() {
         let ids = wait_for("an enqueue to succeed", Duration::from_secs(60), || {
             attempts_by_node += 1;
             let client = clients[attempts_by_node % clients.len()].clone();
-            let jobs: Vec<JobSpec> = payloads.iter().map(|p| JobSpec::new(p.clone()).idempotency_key(p.clone())).collect();
+            let jobs: Vec<JobSpec> = payloads
+                .iter()
+                .map(|p| JobSpec::new(p.clone()).idempotency_key(p.clone()))
+                .collect();
             async move { client.producer().enqueue_batch(QUEUE, jobs).await.ok() }
         })
         .await;
@@ -112,17 +137,35 @@ async fn leader_crash_under_load_loses_nothing() {
     }
     assert_eq!(acknowledged.len(), JOBS);
     let unique_ids: BTreeSet<&String> = acknowledged.values().collect();
-    assert_eq!(unique_ids.len(), JOBS, "idempotent retries created no duplicate jobs");
+    assert_eq!(
+        unique_ids.len(),
+        JOBS,
+        "idempotent retries created no duplicate jobs"
+    );
 
     // Every acknowledged job is handled, and the queue drains.
-    wait_for("every acknowledged job handled", Duration::from_secs(120), || async {
-        let handled = handled.lock().unwrap();
-        acknowledged.keys().all(|p| handled.contains(p)).then_some(())
-    })
+    wait_for(
+        "every acknowledged job handled",
+        Duration::from_secs(120),
+        || async {
+            let handled = handled.lock().unwrap();
+            acknowledged
+                .keys()
+                .all(|p| handled.contains(p))
+                .then_some(())
+        },
+    )
     .await;
     wait_for("the queue to drain", Duration::from_secs(60), || async {
         for c in &clients {
-            if let Ok(r) = c.admin().stats(pb::StatsRequest { queue: QUEUE.into() }).await {
+            if let Ok(r) = c
+                .admin()
+                .stats(pb::StatsRequest {
+                    queue: QUEUE.into(),
+                    ..Default::default()
+                })
+                .await
+            {
                 let s = &r.into_inner().queues[0];
                 return (s.ready + s.scheduled + s.leased + s.dead == 0).then_some(());
             }
@@ -136,7 +179,7 @@ async fn leader_crash_under_load_loses_nothing() {
     }
 
     // No lease was granted twice: each (job, attempt) was delivered once.
-    let delivered = delivered.lock().unwrap();
+    let delivered = delivered.lock().unwrap().clone();
     let mut per_lease: HashMap<(String, u32), usize> = HashMap::new();
     for d in delivered.iter() {
         *per_lease.entry(d.clone()).or_default() += 1;
@@ -148,13 +191,23 @@ async fn leader_crash_under_load_loses_nothing() {
     wait_for("replicas converge", Duration::from_secs(30), || async {
         let mut applied = Vec::new();
         for c in &clients {
-            let s = c.cluster().status(pb::ClusterStatusRequest {}).await.ok()?.into_inner();
+            let s = c
+                .cluster()
+                .status(pb::ClusterStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
             applied.push(s.shards[0].applied_index);
         }
         applied.windows(2).all(|w| w[0] == w[1]).then_some(())
     })
     .await;
     for n in &nodes {
-        assert!(!n.log().contains("panicked"), "node {} panicked:\n{}", n.id, n.log());
+        assert!(
+            !n.log().contains("panicked"),
+            "node {} panicked:\n{}",
+            n.id,
+            n.log()
+        );
     }
 }

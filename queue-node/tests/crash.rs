@@ -17,13 +17,21 @@ async fn sigkill_mid_write_loses_no_acknowledged_job() {
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let mut node = ProcNode::spawn(1, &addr, &dir.path().join("n1"), &format!("1={addr}"));
-    let client = wait_for("connect", Duration::from_secs(30), || async { Client::connect(&addr).await.ok() }).await;
+    let client = wait_for("connect", Duration::from_secs(30), || async {
+        Client::connect(&addr).await.ok()
+    })
+    .await;
     wait_for_leader(&client).await;
 
     // Lease some jobs with a short lease, then keep writing while we kill.
     client
         .producer()
-        .enqueue_batch("crash", (0..10).map(|i| JobSpec::new(format!("leased-{i}"))).collect())
+        .enqueue_batch(
+            "crash",
+            (0..10)
+                .map(|i| JobSpec::new(format!("leased-{i}")))
+                .collect(),
+        )
         .await
         .unwrap();
     let leased = client
@@ -57,9 +65,11 @@ async fn sigkill_mid_write_loses_no_acknowledged_job() {
             }
         }));
     }
-    wait_for("some acknowledged writes", Duration::from_secs(30), || async {
-        (acknowledged.lock().unwrap().len() >= 400).then_some(())
-    })
+    wait_for(
+        "some acknowledged writes",
+        Duration::from_secs(30),
+        || async { (acknowledged.lock().unwrap().len() >= 400).then_some(()) },
+    )
     .await;
     node.kill();
     for w in writers {
@@ -68,7 +78,10 @@ async fn sigkill_mid_write_loses_no_acknowledged_job() {
     let acknowledged = acknowledged.lock().unwrap().clone();
 
     node.start();
-    let client = wait_for("reconnect", Duration::from_secs(30), || async { Client::connect(&addr).await.ok() }).await;
+    let client = wait_for("reconnect", Duration::from_secs(30), || async {
+        Client::connect(&addr).await.ok()
+    })
+    .await;
     wait_for_leader(&client).await;
 
     // Drain everything; the 10 old leases come back as attempt 2 once expired.
@@ -100,7 +113,11 @@ async fn sigkill_mid_write_loses_no_acknowledged_job() {
             let job = j.job.as_ref().unwrap();
             let payload = String::from_utf8_lossy(&job.payload).into_owned();
             if payload.starts_with("leased-") {
-                assert_eq!(j.token.as_ref().unwrap().attempt, 2, "in-flight lease redelivered as attempt 2");
+                assert_eq!(
+                    j.token.as_ref().unwrap().attempt,
+                    2,
+                    "in-flight lease redelivered as attempt 2"
+                );
                 redelivered += 1;
             }
             seen.insert(payload);

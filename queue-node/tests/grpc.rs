@@ -14,7 +14,11 @@ fn new_job(payload: &str) -> pb::NewJob {
     JobSpec::new(payload.to_string()).into_proto()
 }
 
-async fn enqueue(client: &Client, queue: &str, jobs: Vec<pb::NewJob>) -> Result<pb::EnqueueResponse, tonic::Status> {
+async fn enqueue(
+    client: &Client,
+    queue: &str,
+    jobs: Vec<pb::NewJob>,
+) -> Result<pb::EnqueueResponse, tonic::Status> {
     client
         .queue()
         .enqueue(pb::EnqueueRequest {
@@ -44,7 +48,10 @@ async fn fetch(client: &Client, queue: &str, max: u32) -> Vec<pb::LeasedJob> {
 async fn stats(client: &Client, queue: &str) -> pb::QueueStats {
     client
         .admin()
-        .stats(pb::StatsRequest { queue: queue.into() })
+        .stats(pb::StatsRequest {
+            queue: queue.into(),
+            ..Default::default()
+        })
         .await
         .expect("stats")
         .into_inner()
@@ -61,10 +68,14 @@ async fn job_lifecycle_over_grpc() {
     let dir = tempfile::tempdir().unwrap();
     let (node, client) = start_single(dir.path()).await;
 
-    let ids = enqueue(&client, "emails", vec![new_job("a"), new_job("b"), new_job("c")])
-        .await
-        .unwrap()
-        .job_ids;
+    let ids = enqueue(
+        &client,
+        "emails",
+        vec![new_job("a"), new_job("b"), new_job("c")],
+    )
+    .await
+    .unwrap()
+    .job_ids;
     assert_eq!(ids.len(), 3);
     let s = stats(&client, "emails").await;
     assert_eq!((s.ready, s.leased), (3, 0));
@@ -77,7 +88,9 @@ async fn job_lifecycle_over_grpc() {
     // Ack one, nack one (immediate retry), extend nothing stale.
     let acked = client
         .queue()
-        .ack(pb::AckRequest { tokens: vec![token(&jobs[0])] })
+        .ack(pb::AckRequest {
+            tokens: vec![token(&jobs[0])],
+        })
         .await
         .unwrap()
         .into_inner();
@@ -95,12 +108,18 @@ async fn job_lifecycle_over_grpc() {
         .await
         .unwrap();
     let s = stats(&client, "emails").await;
-    assert_eq!((s.ready, s.leased, s.acked_total, s.nacked_total), (2, 0, 1, 1));
+    assert_eq!(
+        (s.ready, s.leased, s.acked_total, s.nacked_total),
+        (2, 0, 1, 1)
+    );
 
     // The retried job comes back with attempt 2 and its error.
     let again = fetch(&client, "emails", 10).await;
     assert_eq!(again.len(), 2);
-    let retried = again.iter().find(|j| j.job.as_ref().unwrap().id == ids[1]).unwrap();
+    let retried = again
+        .iter()
+        .find(|j| j.job.as_ref().unwrap().id == ids[1])
+        .unwrap();
     assert_eq!(retried.token.as_ref().unwrap().attempt, 2);
     assert_eq!(retried.job.as_ref().unwrap().last_error, "flaky");
 
@@ -117,19 +136,38 @@ async fn job_lifecycle_over_grpc() {
     assert!(ext.results[0].lease_expires_at_ms > retried.lease_expires_at_ms);
 
     // Job lookup and cancel of a leased job.
-    let job = client.admin().get_job(pb::JobRef { job_id: ids[1].clone() }).await.unwrap().into_inner();
+    let job = client
+        .admin()
+        .get_job(pb::JobRef {
+            job_id: ids[1].clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(job.state, pb::JobState::Leased as i32);
-    let err = client.admin().cancel_job(pb::JobRef { job_id: ids[1].clone() }).await.unwrap_err();
+    let err = client
+        .admin()
+        .cancel_job(pb::JobRef {
+            job_id: ids[1].clone(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 
     // A stale token (old attempt) is fenced with FAILED_PRECONDITION.
     let stale = client
         .queue()
-        .ack(pb::AckRequest { tokens: vec![token(&jobs[1])] })
+        .ack(pb::AckRequest {
+            tokens: vec![token(&jobs[1])],
+        })
         .await
         .unwrap_err();
     assert_eq!(stale.code(), Code::FailedPrecondition);
-    assert!(stale.message().contains("lease lost"), "{}", stale.message());
+    assert!(
+        stale.message().contains("lease lost"),
+        "{}",
+        stale.message()
+    );
 
     // In a batch, each token gets its own answer.
     let mixed = client
@@ -153,10 +191,17 @@ async fn admin_operations() {
 
     // Pause: nothing is leased; resume: it is.
     enqueue(&client, "q", vec![new_job("x")]).await.unwrap();
-    let info = admin.pause_queue(pb::QueueRef { queue: "q".into() }).await.unwrap().into_inner();
+    let info = admin
+        .pause_queue(pb::QueueRef { queue: "q".into() })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(info.paused);
     assert!(fetch(&client, "q", 1).await.is_empty());
-    admin.resume_queue(pb::QueueRef { queue: "q".into() }).await.unwrap();
+    admin
+        .resume_queue(pb::QueueRef { queue: "q".into() })
+        .await
+        .unwrap();
     let leased = fetch(&client, "q", 1).await;
     assert_eq!(leased.len(), 1);
 
@@ -172,7 +217,9 @@ async fn admin_operations() {
         .unwrap()
         .into_inner();
     assert_eq!(info.config.unwrap().default_max_attempts, 1);
-    enqueue(&client, "dl", vec![new_job("d1"), new_job("d2")]).await.unwrap();
+    enqueue(&client, "dl", vec![new_job("d1"), new_job("d2")])
+        .await
+        .unwrap();
     let jobs = fetch(&client, "dl", 2).await;
     for j in &jobs {
         client
@@ -235,20 +282,49 @@ async fn admin_operations() {
     assert_eq!((s.ready, s.dead), (1, 0));
 
     // Cancel a ready job; purge a queue.
-    let id = enqueue(&client, "p", vec![new_job("1"), new_job("2")]).await.unwrap().job_ids;
-    admin.cancel_job(pb::JobRef { job_id: id[0].clone() }).await.unwrap();
-    let err = admin.get_job(pb::JobRef { job_id: id[0].clone() }).await.unwrap_err();
+    let id = enqueue(&client, "p", vec![new_job("1"), new_job("2")])
+        .await
+        .unwrap()
+        .job_ids;
+    admin
+        .cancel_job(pb::JobRef {
+            job_id: id[0].clone(),
+        })
+        .await
+        .unwrap();
+    let err = admin
+        .get_job(pb::JobRef {
+            job_id: id[0].clone(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let purged = admin.purge_queue(pb::QueueRef { queue: "p".into() }).await.unwrap().into_inner();
+    let purged = admin
+        .purge_queue(pb::QueueRef { queue: "p".into() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(purged.removed, 1);
 
     // All-queue stats list every queue.
-    let all = admin.stats(pb::StatsRequest::default()).await.unwrap().into_inner();
+    let all = admin
+        .stats(pb::StatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     let names: Vec<_> = all.queues.iter().map(|q| q.queue.as_str()).collect();
-    assert!(names.contains(&"q") && names.contains(&"dl") && names.contains(&"p"), "{names:?}");
+    assert!(
+        names.contains(&"q") && names.contains(&"dl") && names.contains(&"p"),
+        "{names:?}"
+    );
 
     // Cluster status.
-    let status = client.cluster().status(pb::ClusterStatusRequest {}).await.unwrap().into_inner();
+    let status = client
+        .cluster()
+        .status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(status.shards[0].role, "leader");
     assert!(status.shards[0].applied_index > 0);
     assert_eq!(status.shards[0].members.len(), 1);
@@ -290,10 +366,14 @@ async fn delays_idempotency_and_long_poll() {
     assert_eq!(got.len(), 1, "long poll returned the delayed job");
 
     // Its short lease expires on an idle shard and the job is redelivered.
-    let redelivered = wait_for("lease expiry redelivery", Duration::from_secs(10), || async {
-        let jobs = fetch(&client, "delay", 1).await;
-        jobs.into_iter().next()
-    })
+    let redelivered = wait_for(
+        "lease expiry redelivery",
+        Duration::from_secs(10),
+        || async {
+            let jobs = fetch(&client, "delay", 1).await;
+            jobs.into_iter().next()
+        },
+    )
     .await;
     assert_eq!(redelivered.token.unwrap().attempt, 2);
     node.shutdown().await.unwrap();
@@ -304,7 +384,13 @@ async fn worker_sdk_processes_acks_and_retries() {
     let dir = tempfile::tempdir().unwrap();
     let (node, client) = start_single(dir.path()).await;
     let jobs: Vec<JobSpec> = (0..50)
-        .map(|i| JobSpec::new(format!("{i}")).backoff(Duration::from_millis(10), Duration::from_millis(10), 1.0))
+        .map(|i| {
+            JobSpec::new(format!("{i}")).backoff(
+                Duration::from_millis(10),
+                Duration::from_millis(10),
+                1.0,
+            )
+        })
         .collect();
     client.producer().enqueue_batch("work", jobs).await.unwrap();
 
@@ -325,7 +411,7 @@ async fn worker_sdk_processes_acks_and_retries() {
                     done.notify_one();
                 }
                 // Every 5th job fails its first attempt.
-                if n % 5 == 0 && job.attempt == 1 {
+                if n.is_multiple_of(5) && job.attempt == 1 {
                     return Err(format!("job {n} failed on purpose"));
                 }
                 Ok(())
@@ -342,8 +428,12 @@ async fn worker_sdk_processes_acks_and_retries() {
     assert_eq!(s.acked_total, 50);
     assert_eq!(s.nacked_total, 10);
     assert_eq!(s.dead, 0);
-    let seen = seen.lock().unwrap();
-    assert!(seen.iter().any(|(n, a)| n % 5 == 0 && *a == 2), "retries were delivered as attempt 2");
+    let retried = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(n, a)| n.is_multiple_of(5) && *a == 2);
+    assert!(retried, "retries were delivered as attempt 2");
     node.shutdown().await.unwrap();
 }
 
@@ -370,7 +460,13 @@ async fn worker_stream_pushes_jobs_and_batches_acks_with_claims() {
         .unwrap()
         .into_inner();
     // Nothing is ready; a job enqueued later is pushed.
-    enqueue(&client, "stream", vec![new_job("one"), new_job("two"), new_job("three")]).await.unwrap();
+    enqueue(
+        &client,
+        "stream",
+        vec![new_job("one"), new_job("two"), new_job("three")],
+    )
+    .await
+    .unwrap();
     let mut got = Vec::new();
     while got.len() < 2 {
         let frame = inbound.message().await.unwrap().unwrap();
@@ -418,23 +514,59 @@ async fn bad_input_is_rejected_with_clear_errors_and_harms_nothing() {
     let check = |r: Result<pb::EnqueueResponse, tonic::Status>, code: Code, needle: &str| {
         let e = r.expect_err("must fail");
         assert_eq!(e.code(), code, "{}", e.message());
-        assert!(e.message().contains(needle), "{:?} lacks {needle:?}", e.message());
+        assert!(
+            e.message().contains(needle),
+            "{:?} lacks {needle:?}",
+            e.message()
+        );
     };
-    check(enqueue(&client, "safe", vec![new_job("")]).await, Code::InvalidArgument, "payload is empty");
+    check(
+        enqueue(&client, "safe", vec![new_job("")]).await,
+        Code::InvalidArgument,
+        "payload is empty",
+    );
     let big = pb::NewJob {
         payload: vec![0u8; raftq_api::limits::MAX_PAYLOAD_BYTES + 1].into(),
         ..Default::default()
     };
-    check(enqueue(&client, "safe", vec![new_job("ok"), big]).await, Code::InvalidArgument, "jobs[1].payload is 1048577 bytes");
-    check(enqueue(&client, "", vec![new_job("x")]).await, Code::InvalidArgument, "queue name is empty");
-    check(enqueue(&client, &"x".repeat(129), vec![new_job("x")]).await, Code::InvalidArgument, "limit is 128");
-    check(enqueue(&client, "bad name!", vec![new_job("x")]).await, Code::InvalidArgument, "contains ' '");
-    check(enqueue(&client, "safe", vec![]).await, Code::InvalidArgument, "jobs is empty");
+    check(
+        enqueue(&client, "safe", vec![new_job("ok"), big]).await,
+        Code::InvalidArgument,
+        "jobs[1].payload is 1048577 bytes",
+    );
+    check(
+        enqueue(&client, "", vec![new_job("x")]).await,
+        Code::InvalidArgument,
+        "queue name is empty",
+    );
+    check(
+        enqueue(&client, &"x".repeat(129), vec![new_job("x")]).await,
+        Code::InvalidArgument,
+        "limit is 128",
+    );
+    check(
+        enqueue(&client, "bad name!", vec![new_job("x")]).await,
+        Code::InvalidArgument,
+        "contains ' '",
+    );
+    check(
+        enqueue(&client, "safe", vec![]).await,
+        Code::InvalidArgument,
+        "jobs is empty",
+    );
     let too_many = vec![new_job("x"); raftq_api::limits::MAX_ENQUEUE_BATCH + 1];
-    check(enqueue(&client, "safe", too_many).await, Code::InvalidArgument, "limit is 10000");
+    check(
+        enqueue(&client, "safe", too_many).await,
+        Code::InvalidArgument,
+        "limit is 10000",
+    );
     let mut negative = new_job("x");
     negative.delay_ms = Some(-5);
-    check(enqueue(&client, "safe", vec![negative]).await, Code::InvalidArgument, "delay_ms");
+    check(
+        enqueue(&client, "safe", vec![negative]).await,
+        Code::InvalidArgument,
+        "delay_ms",
+    );
 
     let fetch_err = |max_jobs, lease_ms, wait_ms| pb::FetchRequest {
         queue: "safe".into(),
@@ -468,19 +600,36 @@ async fn bad_input_is_rejected_with_clear_errors_and_harms_nothing() {
     let e = q.clone().ack(bad_token(&ids[0], 0)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = q.clone().ack(bad_token(&ids[0], 1)).await.unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition, "a ready job holds no lease");
-    let e = q.clone().ack(pb::AckRequest { tokens: vec![] }).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::FailedPrecondition,
+        "a ready job holds no lease"
+    );
+    let e = q
+        .clone()
+        .ack(pb::AckRequest { tokens: vec![] })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = q
         .clone()
         .extend_lease(pb::ExtendLeaseRequest {
-            tokens: vec![pb::LeaseToken { job_id: ids[0].clone(), attempt: 1 }],
+            tokens: vec![pb::LeaseToken {
+                job_id: ids[0].clone(),
+                attempt: 1,
+            }],
             lease_ms: Some(-10),
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = client.admin().get_job(pb::JobRef { job_id: "7-1-1".into() }).await.unwrap_err();
+    let e = client
+        .admin()
+        .get_job(pb::JobRef {
+            job_id: "7-1-1".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
     assert!(e.message().contains("shard 7 does not exist"));
     let e = client
@@ -505,8 +654,17 @@ async fn bad_input_is_rejected_with_clear_errors_and_harms_nothing() {
 
     // A worker stream must open with `open`.
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(pb::WorkerFrame { credit: 1, ..Default::default() }).await.unwrap();
-    let e = q.clone().worker_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap_err();
+    tx.send(pb::WorkerFrame {
+        credit: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let e = q
+        .clone()
+        .worker_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("open"), "{}", e.message());
 
@@ -514,7 +672,10 @@ async fn bad_input_is_rejected_with_clear_errors_and_harms_nothing() {
     let s = stats(&client, "safe").await;
     assert_eq!((s.ready, s.leased, s.dead), (2, 0, 0));
     let jobs = fetch(&client, "safe", 10).await;
-    let payloads: Vec<_> = jobs.iter().map(|j| j.job.as_ref().unwrap().payload.clone()).collect();
+    let payloads: Vec<_> = jobs
+        .iter()
+        .map(|j| j.job.as_ref().unwrap().payload.clone())
+        .collect();
     assert_eq!(payloads, vec!["keep1".as_bytes(), "keep2".as_bytes()]);
     node.shutdown().await.unwrap();
 }
@@ -525,12 +686,22 @@ async fn bad_input_is_rejected_with_clear_errors_and_harms_nothing() {
 async fn restart_rebuilds_state_from_rocksdb() {
     let dir = tempfile::tempdir().unwrap();
     let (node, client) = start_single(dir.path()).await;
-    let ids = enqueue(&client, "r", (0..20).map(|i| new_job(&format!("{i}"))).collect())
-        .await
-        .unwrap()
-        .job_ids;
+    let ids = enqueue(
+        &client,
+        "r",
+        (0..20).map(|i| new_job(&format!("{i}"))).collect(),
+    )
+    .await
+    .unwrap()
+    .job_ids;
     let leased = fetch(&client, "r", 5).await;
-    client.admin().pause_queue(pb::QueueRef { queue: "other".into() }).await.unwrap();
+    client
+        .admin()
+        .pause_queue(pb::QueueRef {
+            queue: "other".into(),
+        })
+        .await
+        .unwrap();
     node.shutdown().await.unwrap();
 
     let (node, client) = start_single(dir.path()).await;
@@ -547,7 +718,14 @@ async fn restart_rebuilds_state_from_rocksdb() {
         .unwrap()
         .into_inner();
     assert!(acked.results.iter().all(|r| r.code == 0));
-    let job = client.admin().get_job(pb::JobRef { job_id: ids[19].clone() }).await.unwrap().into_inner();
+    let job = client
+        .admin()
+        .get_job(pb::JobRef {
+            job_id: ids[19].clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(job.payload, "19".as_bytes());
     node.shutdown().await.unwrap();
 }

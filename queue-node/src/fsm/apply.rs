@@ -9,15 +9,20 @@ use raftq_api::JobId;
 use super::keys::{self, WriteSink};
 use super::{queue_view, DedupEntry, Job, ShardState};
 use crate::ops::{
-    Batch, BatchResult, JobBody, JobState, JobStatus, Nack, NewJob, Op, OpError, OpResult, QueueDefaults,
-    TokenOutcome, When,
+    Batch, BatchResult, JobBody, JobState, JobStatus, Nack, NewJob, Op, OpError, OpResult,
+    QueueDefaults, TokenOutcome, When,
 };
 
 impl ShardState {
     /// Applies the batch committed at log `index`.
-    pub fn apply_batch(&mut self, index: u64, batch: &Batch, sink: &mut impl WriteSink) -> BatchResult {
+    pub fn apply_batch(
+        &mut self,
+        index: u64,
+        batch: &Batch,
+        sink: &mut impl WriteSink,
+    ) -> BatchResult {
         self.now_ms = self.now_ms.max(batch.time_ms);
-        self.fire_timers(sink);
+        self.fire_timers(&batch.defaults, sink);
         let mut position = 0u32;
         let results = batch
             .ops
@@ -73,7 +78,7 @@ impl ShardState {
                     .map(|nack| TokenOutcome {
                         id: nack.id,
                         attempt: nack.attempt,
-                        result: self.nack(nack, sink).map(|()| None),
+                        result: self.nack(nack, defaults, sink).map(|()| None),
                     })
                     .collect(),
             ),
@@ -83,7 +88,9 @@ impl ShardState {
                     .map(|&(id, attempt)| TokenOutcome {
                         id,
                         attempt,
-                        result: self.extend(id, attempt, *lease_ms, defaults, sink).map(Some),
+                        result: self
+                            .extend(id, attempt, *lease_ms, defaults, sink)
+                            .map(Some),
                     })
                     .collect(),
             ),
@@ -92,7 +99,10 @@ impl ShardState {
                 q.meta.paused = *paused;
                 let woke = !paused && !q.ready.is_empty();
                 let meta = q.meta.clone();
-                sink.put(&keys::named_key(self.shard, keys::QUEUE, queue.as_bytes()), &meta);
+                sink.put(
+                    &keys::named_key(self.shard, keys::QUEUE, queue.as_bytes()),
+                    &meta,
+                );
                 if woke {
                     self.wake(queue);
                 }
@@ -106,11 +116,14 @@ impl ShardState {
                 c.backoff = patch.backoff.or(c.backoff);
                 c.dedup_window_ms = patch.dedup_window_ms.or(c.dedup_window_ms);
                 let meta = q.meta.clone();
-                sink.put(&keys::named_key(self.shard, keys::QUEUE, queue.as_bytes()), &meta);
+                sink.put(
+                    &keys::named_key(self.shard, keys::QUEUE, queue.as_bytes()),
+                    &meta,
+                );
                 OpResult::Queue(queue_view(queue, &meta, defaults))
             }
             Op::PurgeQueue { queue } => OpResult::Count(self.purge_queue(queue, sink)),
-            Op::Cancel { id } => match self.cancel(*id, sink) {
+            Op::Cancel { id } => match self.cancel(*id, defaults, sink) {
                 Ok(view) => OpResult::Job(view),
                 Err(e) => OpResult::Failed(e),
             },
@@ -139,14 +152,16 @@ impl ShardState {
         }
     }
 
-    fn fire_timers(&mut self, sink: &mut impl WriteSink) {
+    fn fire_timers(&mut self, defaults: &QueueDefaults, sink: &mut impl WriteSink) {
         let now = self.now_ms;
         while let Some(&(due, id)) = self.scheduled.first() {
             if due > now {
                 break;
             }
             self.scheduled.pop_first();
-            let Some(job) = self.jobs.get_mut(&id) else { continue };
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
             job.status.state = JobState::Ready;
             let queue = job.body.queue.clone();
             let key = job.ready_key(id);
@@ -161,10 +176,12 @@ impl ShardState {
                 break;
             }
             self.leases.pop_first();
-            let Some(job) = self.jobs.get(&id) else { continue };
+            let Some(job) = self.jobs.get(&id) else {
+                continue;
+            };
             let queue = job.body.queue.clone();
             let attempt = job.status.attempts_used();
-            let out_of_attempts = attempt >= job.body.max_attempts;
+            let out_of_attempts = attempt >= job.max_attempts(&self.queue_view(&queue, defaults));
             let q = self.queue_mut(&queue);
             q.leased -= 1;
             q.totals.expired += 1;
@@ -179,7 +196,9 @@ impl ShardState {
             if *due > now {
                 break;
             }
-            let Some((_, queue, key)) = self.dedup_expiry.pop_first() else { break };
+            let Some((_, queue, key)) = self.dedup_expiry.pop_first() else {
+                break;
+            };
             sink.delete(&keys::dedup_key(self.shard, &queue, &key));
             self.dedup.remove(&(queue, key));
         }
@@ -214,14 +233,18 @@ impl ShardState {
             When::Delay(ms) => now.saturating_add(ms),
             When::At(at) => at.max(now),
         };
-        let state = if run_at > now { JobState::Scheduled } else { JobState::Ready };
+        let state = if run_at > now {
+            JobState::Scheduled
+        } else {
+            JobState::Ready
+        };
         let body = Arc::new(JobBody {
             queue: queue.clone(),
             payload: job.payload.clone(),
             headers: job.headers.clone(),
             priority: job.priority,
-            max_attempts: if job.max_attempts == 0 { config.max_attempts } else { job.max_attempts },
-            backoff: job.backoff.unwrap_or(config.backoff),
+            max_attempts: job.max_attempts,
+            backoff: job.backoff,
             enqueued_at_ms: now,
             idempotency_key: job.idempotency_key.clone(),
         });
@@ -266,12 +289,17 @@ impl ShardState {
         if q.meta.paused {
             return Vec::new();
         }
-        let lease = lease_ms.unwrap_or_else(|| q.meta.config.lease_ms.unwrap_or(defaults.lease_ms));
+        let limits = super::queue_view(queue, &q.meta, defaults);
+        let lease = lease_ms.unwrap_or(limits.lease_ms);
         let expires = self.now_ms.saturating_add(lease);
         let mut claimed = Vec::with_capacity(max.min(q.ready.len() as u32) as usize);
         while claimed.len() < max as usize {
-            let Some((_, _, id)) = q.ready.pop_first() else { break };
-            let Some(job) = self.jobs.get_mut(&id) else { continue };
+            let Some((_, _, id)) = q.ready.pop_first() else {
+                break;
+            };
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
             job.status.state = JobState::Leased;
             job.status.attempt += 1;
             job.status.due_at_ms = expires;
@@ -279,7 +307,7 @@ impl ShardState {
             sink.put(&keys::job_key(keys::STATUS, id), &job.status);
             self.leases.insert((expires, id));
             q.leased += 1;
-            claimed.push(job.view(id));
+            claimed.push(job.view(id, &limits));
         }
         claimed
     }
@@ -316,13 +344,19 @@ impl ShardState {
         Ok(())
     }
 
-    fn nack(&mut self, nack: &Nack, sink: &mut impl WriteSink) -> Result<(), OpError> {
+    fn nack(
+        &mut self,
+        nack: &Nack,
+        defaults: &QueueDefaults,
+        sink: &mut impl WriteSink,
+    ) -> Result<(), OpError> {
         let job = self.leased_job(nack.id, nack.attempt)?;
         let (due, queue) = (job.status.due_at_ms, job.body.queue.clone());
-        let out_of_attempts = job.status.attempts_used() >= job.body.max_attempts;
+        let limits = self.queue_view(&queue, defaults);
+        let out_of_attempts = job.status.attempts_used() >= job.max_attempts(&limits);
         let delay = nack
             .retry_delay_ms
-            .unwrap_or_else(|| job.body.backoff.delay_ms(job.status.attempts_used()));
+            .unwrap_or_else(|| job.backoff(&limits).delay_ms(job.status.attempts_used()));
         self.leases.remove(&(due, nack.id));
         let q = self.queue_mut(&queue);
         q.leased -= 1;
@@ -374,27 +408,31 @@ impl ShardState {
         Ok(expires)
     }
 
-    fn cancel(&mut self, id: JobId, sink: &mut impl WriteSink) -> Result<super::JobView, OpError> {
-        let job = self
-            .jobs
-            .get(&id)
+    fn cancel(
+        &mut self,
+        id: JobId,
+        defaults: &QueueDefaults,
+        sink: &mut impl WriteSink,
+    ) -> Result<super::JobView, OpError> {
+        let view = self
+            .job(id, defaults)
             .ok_or_else(|| OpError::NotFound(format!("job {id} not found")))?;
-        let view = job.view(id);
-        let queue = job.body.queue.clone();
-        let ready_key = job.ready_key(id);
-        match job.status.state {
+        let status = &view.status;
+        let queue = view.body.queue.clone();
+        match status.state {
             JobState::Leased => {
                 return Err(OpError::FailedPrecondition(format!(
                     "job {id} is leased to worker {:?} (attempt {}); cancel it after the worker finishes or the lease expires",
-                    job.status.worker.as_deref().unwrap_or(""),
-                    job.status.attempt
+                    status.worker.as_deref().unwrap_or(""),
+                    status.attempt
                 )))
             }
             JobState::Ready => {
-                self.queue_mut(&queue).ready.remove(&ready_key);
+                let key = (std::cmp::Reverse(view.body.priority), status.due_at_ms, id);
+                self.queue_mut(&queue).ready.remove(&key);
             }
             JobState::Scheduled => {
-                self.scheduled.remove(&(view.status.due_at_ms, id));
+                self.scheduled.remove(&(status.due_at_ms, id));
                 self.queue_mut(&queue).scheduled -= 1;
             }
             JobState::Dead => {
@@ -406,8 +444,13 @@ impl ShardState {
     }
 
     fn purge_queue(&mut self, queue: &str, sink: &mut impl WriteSink) -> u64 {
-        let Some(q) = self.queues.get_mut(queue) else { return 0 };
-        let mut victims: Vec<JobId> = std::mem::take(&mut q.ready).into_iter().map(|(_, _, id)| id).collect();
+        let Some(q) = self.queues.get_mut(queue) else {
+            return 0;
+        };
+        let mut victims: Vec<JobId> = std::mem::take(&mut q.ready)
+            .into_iter()
+            .map(|(_, _, id)| id)
+            .collect();
         q.scheduled = 0;
         let scheduled: Vec<(u64, JobId)> = self
             .scheduled
@@ -430,7 +473,9 @@ impl ShardState {
     fn dead_selection(&self, queue: &str, ids: &[JobId]) -> Result<Vec<JobId>, OpError> {
         let dead = self.queues.get(queue).map(|q| &q.dead);
         if ids.is_empty() {
-            return Ok(dead.map(|d| d.iter().copied().collect()).unwrap_or_default());
+            return Ok(dead
+                .map(|d| d.iter().copied().collect())
+                .unwrap_or_default());
         }
         for id in ids {
             if !dead.is_some_and(|d| d.contains(id)) {
@@ -446,7 +491,9 @@ impl ShardState {
     }
 
     fn requeue_dead(&mut self, id: JobId, sink: &mut impl WriteSink) {
-        let Some(job) = self.jobs.get_mut(&id) else { return };
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
         // Retries count afresh; the attempt number itself keeps growing so
         // tokens of earlier deliveries stay stale.
         job.status.retry_base = job.status.attempt;
@@ -456,8 +503,16 @@ impl ShardState {
         self.make_ready(id, self.now_ms, error, sink);
     }
 
-    fn make_ready(&mut self, id: JobId, since_ms: u64, error: Option<String>, sink: &mut impl WriteSink) {
-        let Some(job) = self.jobs.get_mut(&id) else { return };
+    fn make_ready(
+        &mut self,
+        id: JobId,
+        since_ms: u64,
+        error: Option<String>,
+        sink: &mut impl WriteSink,
+    ) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
         job.status.state = JobState::Ready;
         job.status.due_at_ms = since_ms;
         job.status.worker = None;
@@ -473,7 +528,9 @@ impl ShardState {
 
     fn make_dead(&mut self, id: JobId, error: Option<String>, sink: &mut impl WriteSink) {
         let now = self.now_ms;
-        let Some(job) = self.jobs.get_mut(&id) else { return };
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
         job.status.state = JobState::Dead;
         job.status.due_at_ms = now;
         job.status.worker = None;

@@ -108,7 +108,11 @@ mod tests {
 
     #[test]
     fn job_keys_round_trip_and_group_by_shard() {
-        let id = JobId { shard: 7, index: 99, position: 3 };
+        let id = JobId {
+            shard: 7,
+            index: 99,
+            position: 3,
+        };
         let key = job_key(JOB, id);
         assert_eq!(job_id_of(&key), Some(id));
         assert!(key.starts_with(&shard_prefix(7)));

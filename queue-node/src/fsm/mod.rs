@@ -20,7 +20,9 @@ use std::sync::Arc;
 use raftq_api::JobId;
 use serde::{Deserialize, Serialize};
 
-use crate::ops::{JobBody, JobState, JobStatus, JobView, QueueConfigPatch, QueueDefaults, QueueView};
+use crate::ops::{
+    JobBody, JobState, JobStatus, JobView, QueueConfigPatch, QueueDefaults, QueueView,
+};
 
 /// Where a ready job sorts: highest priority first, then oldest.
 type ReadyKey = (Reverse<i32>, u64, JobId);
@@ -36,12 +38,24 @@ impl Job {
         (Reverse(self.body.priority), self.status.due_at_ms, id)
     }
 
-    fn view(&self, id: JobId) -> JobView {
+    fn view(&self, id: JobId, limits: &QueueView) -> JobView {
         JobView {
             id,
             body: self.body.clone(),
             status: self.status.clone(),
+            max_attempts: self.max_attempts(limits),
         }
+    }
+
+    fn max_attempts(&self, limits: &QueueView) -> u32 {
+        match self.body.max_attempts {
+            0 => limits.max_attempts,
+            n => n,
+        }
+    }
+
+    fn backoff(&self, limits: &QueueView) -> crate::ops::BackoffPolicy {
+        self.body.backoff.unwrap_or(limits.backoff)
     }
 }
 
@@ -157,14 +171,16 @@ impl ShardState {
             let kind = key.get(4).copied();
             match kind {
                 Some(keys::JOB) => {
-                    let id = keys::job_id_of(key).ok_or_else(|| LoadError::OrphanStatus(key.to_vec()))?;
+                    let id = keys::job_id_of(key)
+                        .ok_or_else(|| LoadError::OrphanStatus(key.to_vec()))?;
                     let (body, status): (JobBody, JobStatus) = decode(key, value)?;
                     state.queue_mut(&body.queue);
                     let body = state.intern_body(body);
                     state.jobs.insert(id, Job { body, status });
                 }
                 Some(keys::STATUS) => {
-                    let id = keys::job_id_of(key).ok_or_else(|| LoadError::OrphanStatus(key.to_vec()))?;
+                    let id = keys::job_id_of(key)
+                        .ok_or_else(|| LoadError::OrphanStatus(key.to_vec()))?;
                     let status: JobStatus = decode(key, value)?;
                     let job = state
                         .jobs
@@ -181,7 +197,8 @@ impl ShardState {
                     let rest = &key[5..];
                     let split = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
                     let queue = String::from_utf8_lossy(&rest[..split]).into_owned();
-                    let idem = String::from_utf8_lossy(rest.get(split + 1..).unwrap_or_default()).into_owned();
+                    let idem = String::from_utf8_lossy(rest.get(split + 1..).unwrap_or_default())
+                        .into_owned();
                     let entry: DedupEntry = decode(key, value)?;
                     let queue = state.queue_name(&queue);
                     state
@@ -263,12 +280,17 @@ impl ShardState {
         .min()
     }
 
-    pub fn job(&self, id: JobId) -> Option<JobView> {
-        self.jobs.get(&id).map(|job| job.view(id))
+    pub fn job(&self, id: JobId, defaults: &QueueDefaults) -> Option<JobView> {
+        let job = self.jobs.get(&id)?;
+        Some(job.view(id, &self.queue_view(&job.body.queue, defaults)))
     }
 
     pub fn queue_view(&self, name: &str, defaults: &QueueDefaults) -> QueueView {
-        let meta = self.queues.get(name).map(|q| q.meta.clone()).unwrap_or_default();
+        let meta = self
+            .queues
+            .get(name)
+            .map(|q| q.meta.clone())
+            .unwrap_or_default();
         queue_view(name, &meta, defaults)
     }
 
@@ -291,17 +313,26 @@ impl ShardState {
     }
 
     /// One page of a queue's dead jobs, in id order, after `after`.
-    pub fn dead_page(&self, queue: &str, after: Option<JobId>, limit: usize) -> Vec<JobView> {
+    pub fn dead_page(
+        &self,
+        queue: &str,
+        after: Option<JobId>,
+        limit: usize,
+        defaults: &QueueDefaults,
+    ) -> Vec<JobView> {
+        let limits = self.queue_view(queue, defaults);
         let Some(q) = self.queues.get(queue) else {
             return Vec::new();
         };
         let range = match after {
-            Some(after) => q.dead.range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            Some(after) => q
+                .dead
+                .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
             None => q.dead.range(..),
         };
         range
             .take(limit)
-            .filter_map(|id| self.jobs.get(id).map(|job| job.view(*id)))
+            .filter_map(|id| self.jobs.get(id).map(|job| job.view(*id, &limits)))
             .collect()
     }
 
@@ -319,7 +350,12 @@ impl ShardState {
         let mut queues: Vec<_> = self
             .queues
             .iter()
-            .filter(|(_, q)| q.meta != QueueMeta::default() || !q.ready.is_empty() || q.scheduled + q.leased > 0 || !q.dead.is_empty())
+            .filter(|(_, q)| {
+                q.meta != QueueMeta::default()
+                    || !q.ready.is_empty()
+                    || q.scheduled + q.leased > 0
+                    || !q.dead.is_empty()
+            })
             .collect();
         queues.sort_by(|a, b| a.0.cmp(b.0));
         for (name, q) in queues {
@@ -330,7 +366,10 @@ impl ShardState {
         }
         let mut dedup: Vec<_> = self.dedup.iter().collect();
         dedup.sort_by(|a, b| a.0.cmp(b.0));
-        out.push_str(&format!("dedup {dedup:?}\nleases {:?}\nscheduled {:?}\n", self.leases, self.scheduled));
+        out.push_str(&format!(
+            "dedup {dedup:?}\nleases {:?}\nscheduled {:?}\n",
+            self.leases, self.scheduled
+        ));
         out
     }
 }

@@ -138,15 +138,22 @@ fn enqueue_claim_ack_removes_the_job_and_its_keys() {
     assert_eq!(h.stats("q"), (2, 0, 0, 0));
     let claimed = h.claim("q", "w1", 10);
     assert_eq!(claimed.len(), 2);
-    assert_eq!(claimed[0].body.payload, Bytes::from_static(b"a"), "FIFO order");
+    assert_eq!(
+        claimed[0].body.payload,
+        Bytes::from_static(b"a"),
+        "FIFO order"
+    );
     assert_eq!(claimed[0].status.attempt, 1);
     assert_eq!(claimed[0].status.due_at_ms, h.now + 1_000);
     assert_eq!(h.stats("q"), (0, 0, 2, 0));
     assert_eq!(h.ack(ids[0].0, 1), Ok(None));
     assert_eq!(h.ack(ids[1].0, 1), Ok(None));
     assert_eq!(h.stats("q"), (0, 0, 0, 0));
-    assert!(h.state.job(ids[0].0).is_none());
-    assert!(h.sink.map.keys().all(|k| k[4] != super::keys::JOB), "job keys deleted");
+    assert!(h.state.job(ids[0].0, &h.defaults).is_none());
+    assert!(
+        h.sink.map.keys().all(|k| k[4] != super::keys::JOB),
+        "job keys deleted"
+    );
     assert!(matches!(h.ack(ids[0].0, 1), Err(OpError::NotFound(_))));
     h.assert_rebuilds();
 }
@@ -160,12 +167,18 @@ fn expired_lease_is_redelivered_and_the_stale_token_fenced() {
     let again = h.claim("q", "w2", 1);
     assert_eq!(again.len(), 1, "expired lease goes back to ready");
     assert_eq!(again[0].status.attempt, 2);
-    assert_eq!(again[0].status.last_error.as_deref(), Some("lease expired (attempt 1)"));
+    assert_eq!(
+        again[0].status.last_error.as_deref(),
+        Some("lease expired (attempt 1)")
+    );
     match h.ack(id, 1) {
         Err(OpError::FailedPrecondition(m)) => assert!(m.starts_with("lease lost"), "{m}"),
         other => panic!("stale ack accepted: {other:?}"),
     }
-    assert!(matches!(h.nack(id, 1, false), Err(OpError::FailedPrecondition(_))));
+    assert!(matches!(
+        h.nack(id, 1, false),
+        Err(OpError::FailedPrecondition(_))
+    ));
     assert_eq!(h.stats("q"), (0, 0, 1, 0), "stale token changed nothing");
     assert_eq!(h.ack(id, 2), Ok(None));
     h.assert_rebuilds();
@@ -183,7 +196,10 @@ fn extend_pushes_the_expiry() {
     });
     assert_eq!(expiry, vec![Ok(Some(h.now + 5_000))]);
     h.now += 2_000;
-    assert!(h.claim("q", "w2", 1).is_empty(), "extended lease still held");
+    assert!(
+        h.claim("q", "w2", 1).is_empty(),
+        "extended lease still held"
+    );
     assert_eq!(h.ack(id, 1), Ok(None));
 }
 
@@ -203,24 +219,50 @@ fn nack_backs_off_then_dead_letters_after_max_attempts() {
         }
     }
     assert_eq!(h.stats("q"), (0, 0, 0, 1));
-    let dead = h.state.dead_page("q", None, 10);
+    let dead = h.state.dead_page("q", None, 10, &h.defaults);
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].status.last_error.as_deref(), Some("boom"));
     h.assert_rebuilds();
-    assert_eq!(h.one(Op::RequeueDead { queue: "q".into(), ids: vec![] }), OpResult::Count(1));
+    assert_eq!(
+        h.one(Op::RequeueDead {
+            queue: "q".into(),
+            ids: vec![]
+        }),
+        OpResult::Count(1)
+    );
     let claimed = h.claim("q", "w", 1);
-    assert_eq!(claimed[0].status.attempts_used(), 1, "requeue resets the retry count");
+    assert_eq!(
+        claimed[0].status.attempts_used(),
+        1,
+        "requeue resets the retry count"
+    );
     assert_eq!(claimed[0].status.attempt, 4, "but not the fencing attempt");
-    assert!(matches!(h.ack(id, 1), Err(OpError::FailedPrecondition(_))), "old token stays stale");
+    assert!(
+        matches!(h.ack(id, 1), Err(OpError::FailedPrecondition(_))),
+        "old token stays stale"
+    );
     assert_eq!(h.nack(id, 4, true), Ok(None), "nack with dead=true");
     assert_eq!(h.stats("q"), (0, 0, 0, 1));
-    let missing = JobId { shard: 0, index: 999, position: 0 };
+    let missing = JobId {
+        shard: 0,
+        index: 999,
+        position: 0,
+    };
     assert!(matches!(
-        h.one(Op::PurgeDead { queue: "q".into(), ids: vec![missing] }),
+        h.one(Op::PurgeDead {
+            queue: "q".into(),
+            ids: vec![missing]
+        }),
         OpResult::Failed(OpError::NotFound(_))
     ));
     assert_eq!(h.stats("q"), (0, 0, 0, 1), "a bad id purges nothing");
-    assert_eq!(h.one(Op::PurgeDead { queue: "q".into(), ids: vec![id] }), OpResult::Count(1));
+    assert_eq!(
+        h.one(Op::PurgeDead {
+            queue: "q".into(),
+            ids: vec![id]
+        }),
+        OpResult::Count(1)
+    );
     assert_eq!(h.stats("q"), (0, 0, 0, 0));
     h.assert_rebuilds();
 }
@@ -254,7 +296,11 @@ fn delayed_jobs_become_ready_at_their_time() {
     h.now += 300;
     let claimed = h.claim("q", "w", 10);
     assert_eq!(claimed.len(), 2);
-    assert_eq!(claimed[0].body.payload, Bytes::from_static(b"at"), "earlier run time first");
+    assert_eq!(
+        claimed[0].body.payload,
+        Bytes::from_static(b"at"),
+        "earlier run time first"
+    );
 }
 
 #[test]
@@ -263,8 +309,19 @@ fn higher_priority_first_then_fifo() {
     let mut jobs = vec![job("low1"), job("high"), job("low2")];
     jobs[1].priority = 5;
     h.enqueue("q", jobs);
-    let order: Vec<Bytes> = h.claim("q", "w", 3).into_iter().map(|j| j.body.payload.clone()).collect();
-    assert_eq!(order, vec![Bytes::from("high"), Bytes::from("low1"), Bytes::from("low2")]);
+    let order: Vec<Bytes> = h
+        .claim("q", "w", 3)
+        .into_iter()
+        .map(|j| j.body.payload.clone())
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            Bytes::from("high"),
+            Bytes::from("low1"),
+            Bytes::from("low2")
+        ]
+    );
 }
 
 #[test]
@@ -292,10 +349,16 @@ fn paused_queue_leases_nothing_until_resumed() {
     let mut h = Harness::new();
     h.enqueue("q", vec![job("x")]);
     h.state.take_woken();
-    h.one(Op::SetPaused { queue: "q".into(), paused: true });
+    h.one(Op::SetPaused {
+        queue: "q".into(),
+        paused: true,
+    });
     assert!(h.claim("q", "w", 1).is_empty());
     h.assert_rebuilds();
-    h.one(Op::SetPaused { queue: "q".into(), paused: false });
+    h.one(Op::SetPaused {
+        queue: "q".into(),
+        paused: false,
+    });
     assert_eq!(h.state.take_woken().len(), 1);
     assert_eq!(h.claim("q", "w", 1).len(), 1);
 }
@@ -308,11 +371,27 @@ fn cancel_and_purge() {
     later.when = When::Delay(10_000);
     h.enqueue("q", vec![later]);
     let leased = h.claim("q", "w", 1)[0].id;
-    assert!(matches!(h.one(Op::Cancel { id: leased }), OpResult::Failed(OpError::FailedPrecondition(_))));
-    assert!(matches!(h.one(Op::Cancel { id: ids[1].0 }), OpResult::Job(_)));
-    assert!(matches!(h.one(Op::Cancel { id: ids[1].0 }), OpResult::Failed(OpError::NotFound(_))));
-    assert_eq!(h.one(Op::PurgeQueue { queue: "q".into() }), OpResult::Count(2));
-    assert_eq!(h.stats("q"), (0, 0, 1, 0), "the leased job survives a purge");
+    assert!(matches!(
+        h.one(Op::Cancel { id: leased }),
+        OpResult::Failed(OpError::FailedPrecondition(_))
+    ));
+    assert!(matches!(
+        h.one(Op::Cancel { id: ids[1].0 }),
+        OpResult::Job(_)
+    ));
+    assert!(matches!(
+        h.one(Op::Cancel { id: ids[1].0 }),
+        OpResult::Failed(OpError::NotFound(_))
+    ));
+    assert_eq!(
+        h.one(Op::PurgeQueue { queue: "q".into() }),
+        OpResult::Count(2)
+    );
+    assert_eq!(
+        h.stats("q"),
+        (0, 0, 1, 0),
+        "the leased job survives a purge"
+    );
     h.assert_rebuilds();
 }
 
@@ -323,15 +402,29 @@ fn set_queue_config_changes_new_leases() {
         lease_ms: Some(60_000),
         ..Default::default()
     };
-    match h.one(Op::SetQueueConfig { queue: "q".into(), patch }) {
+    match h.one(Op::SetQueueConfig {
+        queue: "q".into(),
+        patch,
+    }) {
         OpResult::Queue(v) => {
             assert_eq!(v.lease_ms, 60_000);
             assert_eq!(v.max_attempts, 3, "others keep the default");
         }
         other => panic!("{other:?}"),
     }
-    h.enqueue("q", vec![job("x")]);
+    let id = h.enqueue("q", vec![job("x")])[0].0;
     assert_eq!(h.claim("q", "w", 1)[0].status.due_at_ms, h.now + 60_000);
+    // A lower max-attempts applies to jobs already in the queue.
+    let patch = QueueConfigPatch {
+        max_attempts: Some(1),
+        ..Default::default()
+    };
+    h.one(Op::SetQueueConfig {
+        queue: "q".into(),
+        patch,
+    });
+    assert_eq!(h.nack(id, 1, false), Ok(None));
+    assert_eq!(h.stats("q"), (0, 0, 0, 1), "dead after its only attempt");
     h.assert_rebuilds();
 }
 
@@ -350,21 +443,57 @@ fn time_never_goes_backwards() {
 
 #[derive(Debug, Clone)]
 enum Step {
-    Enqueue { queue: usize, n: usize, key: Option<u8>, delay: u64 },
-    Claim { queue: usize, worker: usize, max: u32 },
-    AckHeld { pick: usize },
-    NackHeld { pick: usize, dead: bool },
-    ExtendHeld { pick: usize },
-    AckStale { pick: usize },
-    Advance { ms: u64 },
-    RequeueDead { queue: usize },
+    Enqueue {
+        queue: usize,
+        n: usize,
+        key: Option<u8>,
+        delay: u64,
+    },
+    Claim {
+        queue: usize,
+        worker: usize,
+        max: u32,
+    },
+    AckHeld {
+        pick: usize,
+    },
+    NackHeld {
+        pick: usize,
+        dead: bool,
+    },
+    ExtendHeld {
+        pick: usize,
+    },
+    AckStale {
+        pick: usize,
+    },
+    Advance {
+        ms: u64,
+    },
+    RequeueDead {
+        queue: usize,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        (0..2usize, 1..4usize, prop::option::of(0..4u8), prop_oneof![Just(0u64), 1..300u64])
-            .prop_map(|(queue, n, key, delay)| Step::Enqueue { queue, n, key, delay }),
-        (0..2usize, 0..3usize, 1..4u32).prop_map(|(queue, worker, max)| Step::Claim { queue, worker, max }),
+        (
+            0..2usize,
+            1..4usize,
+            prop::option::of(0..4u8),
+            prop_oneof![Just(0u64), 1..300u64]
+        )
+            .prop_map(|(queue, n, key, delay)| Step::Enqueue {
+                queue,
+                n,
+                key,
+                delay
+            }),
+        (0..2usize, 0..3usize, 1..4u32).prop_map(|(queue, worker, max)| Step::Claim {
+            queue,
+            worker,
+            max
+        }),
         any::<usize>().prop_map(|pick| Step::AckHeld { pick }),
         (any::<usize>(), any::<bool>()).prop_map(|(pick, dead)| Step::NackHeld { pick, dead }),
         any::<usize>().prop_map(|pick| Step::ExtendHeld { pick }),
@@ -455,7 +584,7 @@ proptest! {
                     (Op::Claim { .. }, OpResult::Claimed(jobs)) => {
                         for j in jobs {
                             prop_assert!(!held.contains_key(&j.id), "job {} leased twice at once", j.id);
-                            prop_assert!(j.status.attempts_used() <= j.body.max_attempts);
+                            prop_assert!(j.status.attempts_used() <= j.max_attempts);
                             prop_assert!(live.contains(&j.id));
                             held.insert(j.id, (j.status.attempt, j.status.due_at_ms));
                         }
@@ -491,17 +620,17 @@ proptest! {
             }
             // No job lost, nothing acked comes back, counts add up.
             for id in &live {
-                let view = a.state.job(*id);
+                let view = a.state.job(*id, &a.defaults);
                 prop_assert!(view.is_some(), "job {} lost", id);
                 if let Some(v) = view {
-                    prop_assert!(v.status.attempts_used() <= v.body.max_attempts);
+                    prop_assert!(v.status.attempts_used() <= v.max_attempts);
                     if v.status.state == JobState::Dead {
                         prop_assert!(v.status.attempt >= 1);
                     }
                 }
             }
             for id in &acked {
-                prop_assert!(a.state.job(*id).is_none(), "acked job {} came back", id);
+                prop_assert!(a.state.job(*id, &a.defaults).is_none(), "acked job {} came back", id);
             }
             let total: u64 = QUEUES.iter().filter_map(|q| a.state.stats(q)).map(|s| s.ready + s.scheduled + s.leased + s.dead).sum();
             prop_assert_eq!(total, live.len() as u64);

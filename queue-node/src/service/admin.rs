@@ -27,7 +27,11 @@ impl QueueAdminService {
         self.ctx.route(self.ctx.shard_of_queue(queue), request)
     }
 
-    async fn queue_op(&self, shard: &ShardHandle, op: Op) -> Result<Response<pb::QueueInfo>, Status> {
+    async fn queue_op(
+        &self,
+        shard: &ShardHandle,
+        op: Op,
+    ) -> Result<Response<pb::QueueInfo>, Status> {
         match submit_one(shard, op).await? {
             OpResult::Queue(view) => Ok(Response::new(convert::queue_info(&view))),
             other => Err(unexpected(other)),
@@ -67,17 +71,37 @@ fn dead_ids(ids: &[String]) -> Result<Vec<raftq_api::JobId>, Status> {
 
 #[tonic::async_trait]
 impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
-    async fn stats(&self, request: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+    async fn stats(
+        &self,
+        request: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
         let queue = request.get_ref().queue.clone();
+        if request.get_ref().local {
+            let mut queues = Vec::new();
+            for shard in &self.ctx.shards {
+                let state = shard.shared.state();
+                if queue.is_empty() {
+                    queues.extend(state.all_stats().into_iter().map(stats));
+                } else if let Some(s) = state.stats(&queue) {
+                    queues.push(stats(s));
+                }
+            }
+            return Ok(Response::new(pb::StatsResponse { queues }));
+        }
         if queue.is_empty() {
             // Every shard's queues, each from its leader.
             let mut queues = Vec::new();
             for shard in &self.ctx.shards {
                 match self.ctx.route(shard.id, &request)? {
-                    Route::Local(shard) => queues.extend(shard.shared.state().all_stats().into_iter().map(stats)),
+                    Route::Local(shard) => {
+                        queues.extend(shard.shared.state().all_stats().into_iter().map(stats))
+                    }
                     Route::Leader(ch) => {
-                        let remote = QueueAdminClient::new(ch).stats(forwarded(pb::StatsRequest::default())).await?;
-                        let remote_shard = |q: &pb::QueueStats| self.ctx.shard_of_queue(&q.queue) == shard.id;
+                        let remote = QueueAdminClient::new(ch)
+                            .stats(forwarded(pb::StatsRequest::default()))
+                            .await?;
+                        let remote_shard =
+                            |q: &pb::QueueStats| self.ctx.shard_of_queue(&q.queue) == shard.id;
                         queues.extend(remote.into_inner().queues.into_iter().filter(remote_shard));
                     }
                 }
@@ -85,41 +109,82 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
             return Ok(Response::new(pb::StatsResponse { queues }));
         }
         match self.queue_route(&queue, &request)? {
-            Route::Leader(ch) => QueueAdminClient::new(ch).stats(forwarded(request.into_inner())).await,
+            Route::Leader(ch) => {
+                QueueAdminClient::new(ch)
+                    .stats(forwarded(request.into_inner()))
+                    .await
+            }
             Route::Local(shard) => {
                 let found = shard.shared.state().stats(&queue);
                 let stats = found.map(stats).unwrap_or(pb::QueueStats {
                     queue,
                     ..Default::default()
                 });
-                Ok(Response::new(pb::StatsResponse { queues: vec![stats] }))
+                Ok(Response::new(pb::StatsResponse {
+                    queues: vec![stats],
+                }))
             }
         }
     }
 
-    async fn pause_queue(&self, request: Request<pb::QueueRef>) -> Result<Response<pb::QueueInfo>, Status> {
+    async fn pause_queue(
+        &self,
+        request: Request<pb::QueueRef>,
+    ) -> Result<Response<pb::QueueInfo>, Status> {
         match self.queue_route(&request.get_ref().queue, &request)? {
-            Route::Leader(ch) => QueueAdminClient::new(ch).pause_queue(forwarded(request.into_inner())).await,
+            Route::Leader(ch) => {
+                QueueAdminClient::new(ch)
+                    .pause_queue(forwarded(request.into_inner()))
+                    .await
+            }
             Route::Local(shard) => {
                 let queue = request.into_inner().queue;
-                self.queue_op(shard, Op::SetPaused { queue, paused: true }).await
+                self.queue_op(
+                    shard,
+                    Op::SetPaused {
+                        queue,
+                        paused: true,
+                    },
+                )
+                .await
             }
         }
     }
 
-    async fn resume_queue(&self, request: Request<pb::QueueRef>) -> Result<Response<pb::QueueInfo>, Status> {
+    async fn resume_queue(
+        &self,
+        request: Request<pb::QueueRef>,
+    ) -> Result<Response<pb::QueueInfo>, Status> {
         match self.queue_route(&request.get_ref().queue, &request)? {
-            Route::Leader(ch) => QueueAdminClient::new(ch).resume_queue(forwarded(request.into_inner())).await,
+            Route::Leader(ch) => {
+                QueueAdminClient::new(ch)
+                    .resume_queue(forwarded(request.into_inner()))
+                    .await
+            }
             Route::Local(shard) => {
                 let queue = request.into_inner().queue;
-                self.queue_op(shard, Op::SetPaused { queue, paused: false }).await
+                self.queue_op(
+                    shard,
+                    Op::SetPaused {
+                        queue,
+                        paused: false,
+                    },
+                )
+                .await
             }
         }
     }
 
-    async fn purge_queue(&self, request: Request<pb::QueueRef>) -> Result<Response<pb::PurgeResponse>, Status> {
+    async fn purge_queue(
+        &self,
+        request: Request<pb::QueueRef>,
+    ) -> Result<Response<pb::PurgeResponse>, Status> {
         match self.queue_route(&request.get_ref().queue, &request)? {
-            Route::Leader(ch) => QueueAdminClient::new(ch).purge_queue(forwarded(request.into_inner())).await,
+            Route::Leader(ch) => {
+                QueueAdminClient::new(ch)
+                    .purge_queue(forwarded(request.into_inner()))
+                    .await
+            }
             Route::Local(shard) => {
                 let queue = request.into_inner().queue;
                 let removed = self.count_op(shard, Op::PurgeQueue { queue }).await?;
@@ -133,8 +198,10 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
         request: Request<pb::SetQueueConfigRequest>,
     ) -> Result<Response<pb::QueueInfo>, Status> {
         let req = request.get_ref();
-        validate::optional_duration("default_lease_ms", req.default_lease_ms, MAX_LEASE_MS).map_err(invalid)?;
-        validate::optional_duration("dedup_window_ms", req.dedup_window_ms, MAX_DELAY_MS).map_err(invalid)?;
+        validate::optional_duration("default_lease_ms", req.default_lease_ms, MAX_LEASE_MS)
+            .map_err(invalid)?;
+        validate::optional_duration("dedup_window_ms", req.dedup_window_ms, MAX_DELAY_MS)
+            .map_err(invalid)?;
         if let Some(b) = &req.default_backoff {
             validate::backoff("default_backoff", b).map_err(invalid)?;
         }
@@ -146,7 +213,11 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
             }
         }
         match self.queue_route(&req.queue, &request)? {
-            Route::Leader(ch) => QueueAdminClient::new(ch).set_queue_config(forwarded(request.into_inner())).await,
+            Route::Leader(ch) => {
+                QueueAdminClient::new(ch)
+                    .set_queue_config(forwarded(request.into_inner()))
+                    .await
+            }
             Route::Local(shard) => {
                 let req = request.into_inner();
                 let patch = QueueConfigPatch {
@@ -155,7 +226,14 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
                     backoff: req.default_backoff.as_ref().map(convert::backoff_from),
                     dedup_window_ms: req.dedup_window_ms.map(|v| v as u64),
                 };
-                self.queue_op(shard, Op::SetQueueConfig { queue: req.queue, patch }).await
+                self.queue_op(
+                    shard,
+                    Op::SetQueueConfig {
+                        queue: req.queue,
+                        patch,
+                    },
+                )
+                .await
             }
         }
     }
@@ -163,9 +241,13 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
     async fn get_job(&self, request: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
         let id = validate::job_id("job_id", &request.get_ref().job_id).map_err(invalid)?;
         match self.ctx.route(id.shard, &request)? {
-            Route::Leader(ch) => QueueAdminClient::new(ch).get_job(forwarded(request.into_inner())).await,
+            Route::Leader(ch) => {
+                QueueAdminClient::new(ch)
+                    .get_job(forwarded(request.into_inner()))
+                    .await
+            }
             Route::Local(shard) => {
-                let view = shard.shared.state().job(id);
+                let view = shard.shared.state().job(id, &self.ctx.defaults);
                 view.map(|v| Response::new(convert::job(&v))).ok_or_else(|| {
                     Status::not_found(format!("job {id} not found: it was acked, cancelled or purged, or never existed"))
                 })
@@ -173,10 +255,17 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
         }
     }
 
-    async fn cancel_job(&self, request: Request<pb::JobRef>) -> Result<Response<pb::CancelJobResponse>, Status> {
+    async fn cancel_job(
+        &self,
+        request: Request<pb::JobRef>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
         let id = validate::job_id("job_id", &request.get_ref().job_id).map_err(invalid)?;
         match self.ctx.route(id.shard, &request)? {
-            Route::Leader(ch) => QueueAdminClient::new(ch).cancel_job(forwarded(request.into_inner())).await,
+            Route::Leader(ch) => {
+                QueueAdminClient::new(ch)
+                    .cancel_job(forwarded(request.into_inner()))
+                    .await
+            }
             Route::Local(shard) => match submit_one(shard, Op::Cancel { id }).await? {
                 OpResult::Job(view) => Ok(Response::new(pb::CancelJobResponse {
                     job: Some(convert::job(&view)),
@@ -186,21 +275,36 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
         }
     }
 
-    async fn list_dead(&self, request: Request<pb::ListDeadRequest>) -> Result<Response<pb::ListDeadResponse>, Status> {
+    async fn list_dead(
+        &self,
+        request: Request<pb::ListDeadRequest>,
+    ) -> Result<Response<pb::ListDeadResponse>, Status> {
         let req = request.get_ref();
         let limit = match req.limit {
             0 => 100,
             n @ 1..=1000 => n as usize,
-            n => return Err(Status::invalid_argument(format!("limit must be in 1..=1000 (got {n})"))),
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "limit must be in 1..=1000 (got {n})"
+                )))
+            }
         };
         let after = match req.after.as_str() {
             "" => None,
             id => Some(validate::job_id("after", id).map_err(invalid)?),
         };
         match self.queue_route(&req.queue, &request)? {
-            Route::Leader(ch) => QueueAdminClient::new(ch).list_dead(forwarded(request.into_inner())).await,
+            Route::Leader(ch) => {
+                QueueAdminClient::new(ch)
+                    .list_dead(forwarded(request.into_inner()))
+                    .await
+            }
             Route::Local(shard) => {
-                let jobs = shard.shared.state().dead_page(&req.queue, after, limit);
+                let jobs =
+                    shard
+                        .shared
+                        .state()
+                        .dead_page(&req.queue, after, limit, &self.ctx.defaults);
                 let next_after = if jobs.len() == limit {
                     jobs.last().map(|j| j.id.to_string()).unwrap_or_default()
                 } else {
@@ -214,10 +318,17 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
         }
     }
 
-    async fn requeue_dead(&self, request: Request<pb::DeadSelector>) -> Result<Response<pb::CountResponse>, Status> {
+    async fn requeue_dead(
+        &self,
+        request: Request<pb::DeadSelector>,
+    ) -> Result<Response<pb::CountResponse>, Status> {
         let ids = dead_ids(&request.get_ref().job_ids)?;
         match self.queue_route(&request.get_ref().queue, &request)? {
-            Route::Leader(ch) => QueueAdminClient::new(ch).requeue_dead(forwarded(request.into_inner())).await,
+            Route::Leader(ch) => {
+                QueueAdminClient::new(ch)
+                    .requeue_dead(forwarded(request.into_inner()))
+                    .await
+            }
             Route::Local(shard) => {
                 let queue = request.into_inner().queue;
                 let count = self.count_op(shard, Op::RequeueDead { queue, ids }).await?;
@@ -226,10 +337,17 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
         }
     }
 
-    async fn purge_dead(&self, request: Request<pb::DeadSelector>) -> Result<Response<pb::CountResponse>, Status> {
+    async fn purge_dead(
+        &self,
+        request: Request<pb::DeadSelector>,
+    ) -> Result<Response<pb::CountResponse>, Status> {
         let ids = dead_ids(&request.get_ref().job_ids)?;
         match self.queue_route(&request.get_ref().queue, &request)? {
-            Route::Leader(ch) => QueueAdminClient::new(ch).purge_dead(forwarded(request.into_inner())).await,
+            Route::Leader(ch) => {
+                QueueAdminClient::new(ch)
+                    .purge_dead(forwarded(request.into_inner()))
+                    .await
+            }
             Route::Local(shard) => {
                 let queue = request.into_inner().queue;
                 let count = self.count_op(shard, Op::PurgeDead { queue, ids }).await?;

@@ -20,6 +20,14 @@ impl ClusterService {
         ClusterService { ctx }
     }
 
+    /// The shards a membership request applies to.
+    fn target_shards(&self, shard: Option<u32>) -> Result<Vec<u32>, Status> {
+        match shard {
+            Some(id) => Ok(vec![self.ctx.shard(id)?.id]),
+            None => Ok(self.ctx.shards.iter().map(|s| s.id).collect()),
+        }
+    }
+
     fn status(&self) -> pb::ClusterStatus {
         pb::ClusterStatus {
             node_id: self.ctx.id,
@@ -77,7 +85,11 @@ fn commit_index(m: &openraft::RaftMetrics<u64, BasicNode>, voters: &BTreeSet<u64
         })
         .collect();
     matched.sort_unstable_by(|a, b| b.cmp(a));
-    matched.get(voters.len() / 2).copied().unwrap_or(0).max(applied)
+    matched
+        .get(voters.len() / 2)
+        .copied()
+        .unwrap_or(0)
+        .max(applied)
 }
 
 fn raft_status<E: std::fmt::Display>(what: &str, e: E) -> Status {
@@ -86,11 +98,17 @@ fn raft_status<E: std::fmt::Display>(what: &str, e: E) -> Status {
 
 #[tonic::async_trait]
 impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
-    async fn status(&self, _request: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+    async fn status(
+        &self,
+        _request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
         Ok(Response::new(self.status()))
     }
 
-    async fn initialize(&self, _request: Request<pb::InitializeRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+    async fn initialize(
+        &self,
+        _request: Request<pb::InitializeRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
         for shard in &self.ctx.shards {
             let initialized = shard
                 .raft
@@ -98,7 +116,9 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
             if !initialized {
-                let me = [(self.ctx.id, BasicNode::new(&self.ctx.addr))].into_iter().collect::<std::collections::BTreeMap<_, _>>();
+                let me = [(self.ctx.id, BasicNode::new(&self.ctx.addr))]
+                    .into_iter()
+                    .collect::<std::collections::BTreeMap<_, _>>();
                 shard
                     .raft
                     .initialize(me)
@@ -109,22 +129,35 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
         Ok(Response::new(self.status()))
     }
 
-    async fn add_learner(&self, request: Request<pb::AddLearnerRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+    async fn add_learner(
+        &self,
+        request: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
         let req = request.get_ref().clone();
         if req.addr.is_empty() {
-            return Err(Status::invalid_argument("addr is empty: give the new node's host:port"));
+            return Err(Status::invalid_argument(
+                "addr is empty: give the new node's host:port",
+            ));
         }
-        for shard in &self.ctx.shards {
-            match self.ctx.route(shard.id, &request)? {
+        for shard in self.target_shards(req.shard)? {
+            match self.ctx.route(shard, &request)? {
                 Route::Leader(ch) => {
-                    return ClusterAdminClient::new(ch).add_learner(forwarded(req)).await;
+                    let one = pb::AddLearnerRequest {
+                        shard: Some(shard),
+                        ..req.clone()
+                    };
+                    ClusterAdminClient::new(ch)
+                        .add_learner(forwarded(one))
+                        .await?;
                 }
-                Route::Local(shard) => {
-                    shard
+                Route::Local(handle) => {
+                    handle
                         .raft
                         .add_learner(req.node_id, BasicNode::new(&req.addr), true)
                         .await
-                        .map_err(|e| raft_status(&format!("add learner {} to shard {}", req.node_id, shard.id), e))?;
+                        .map_err(|e| {
+                            raft_status(&format!("add learner {} to shard {shard}", req.node_id), e)
+                        })?;
                 }
             }
         }
@@ -137,20 +170,30 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let req = request.get_ref().clone();
         if req.voters.is_empty() {
-            return Err(Status::invalid_argument("voters is empty: a cluster needs at least one voter"));
+            return Err(Status::invalid_argument(
+                "voters is empty: a cluster needs at least one voter",
+            ));
         }
         let voters: BTreeSet<u64> = req.voters.iter().copied().collect();
-        for shard in &self.ctx.shards {
-            match self.ctx.route(shard.id, &request)? {
+        for shard in self.target_shards(req.shard)? {
+            match self.ctx.route(shard, &request)? {
                 Route::Leader(ch) => {
-                    return ClusterAdminClient::new(ch).change_membership(forwarded(req)).await;
+                    let one = pb::ChangeMembershipRequest {
+                        shard: Some(shard),
+                        ..req.clone()
+                    };
+                    ClusterAdminClient::new(ch)
+                        .change_membership(forwarded(one))
+                        .await?;
                 }
-                Route::Local(shard) => {
-                    shard
+                Route::Local(handle) => {
+                    handle
                         .raft
                         .change_membership(voters.clone(), req.retain)
                         .await
-                        .map_err(|e| raft_status(&format!("change membership of shard {}", shard.id), e))?;
+                        .map_err(|e| {
+                            raft_status(&format!("change membership of shard {shard}"), e)
+                        })?;
                 }
             }
         }

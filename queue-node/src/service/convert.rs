@@ -4,7 +4,9 @@ use raftq_api::limits::{MAX_DELAY_MS, MAX_ERROR_BYTES, MAX_LEASE_MS};
 use raftq_api::v1 as pb;
 use raftq_api::validate::{self, Invalid};
 
-use crate::ops::{BackoffPolicy, JobState, JobView, Nack, NewJob, OpError, QueueView, TokenOutcome, When};
+use crate::ops::{
+    BackoffPolicy, JobState, JobView, Nack, NewJob, OpError, QueueView, TokenOutcome, When,
+};
 
 pub fn backoff_from(b: &pb::Backoff) -> BackoffPolicy {
     BackoffPolicy {
@@ -49,7 +51,10 @@ pub fn lease_ms(field: &str, value: Option<i64>) -> Result<Option<u64>, Invalid>
     Ok(value.map(|v| v as u64))
 }
 
-pub fn tokens(field: &str, tokens: &[pb::LeaseToken]) -> Result<Vec<(raftq_api::JobId, u32)>, Invalid> {
+pub fn tokens(
+    field: &str,
+    tokens: &[pb::LeaseToken],
+) -> Result<Vec<(raftq_api::JobId, u32)>, Invalid> {
     validate::batch_len(field, tokens.len(), raftq_api::limits::MAX_TOKEN_BATCH)?;
     tokens
         .iter()
@@ -68,7 +73,9 @@ pub fn nacks(field: &str, items: Vec<pb::NackItem>) -> Result<Vec<Nack>, Invalid
             let (id, attempt) = validate::lease_token(&format!("{at}.token"), item.token.as_ref())?;
             if let Some(d) = item.retry_delay_ms {
                 if !(0..=MAX_DELAY_MS).contains(&d) {
-                    return Err(Invalid(format!("{at}.retry_delay_ms must be in 0..={MAX_DELAY_MS} (got {d})")));
+                    return Err(Invalid(format!(
+                        "{at}.retry_delay_ms must be in 0..={MAX_DELAY_MS} (got {d})"
+                    )));
                 }
             }
             validate::short_text(&format!("{at}.error"), &item.error, MAX_ERROR_BYTES)?;
@@ -103,7 +110,7 @@ pub fn job(view: &JobView) -> pb::Job {
         priority: b.priority,
         state: job_state(s.state) as i32,
         attempt: s.attempts_used(),
-        max_attempts: b.max_attempts,
+        max_attempts: view.max_attempts,
         enqueued_at_ms: b.enqueued_at_ms as i64,
         due_at_ms: s.due_at_ms as i64,
         last_error: s.last_error.clone().unwrap_or_default(),

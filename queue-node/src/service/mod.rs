@@ -65,7 +65,12 @@ impl NodeContext {
         let (leader, addr) = {
             let m = metrics.borrow();
             let leader = m.current_leader;
-            let addr = leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+            let addr = leader.and_then(|l| {
+                m.membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.addr.clone())
+            });
             (leader, addr)
         };
         match (leader, addr) {
@@ -88,7 +93,9 @@ impl NodeContext {
 /// Builds the forwarded copy of a request.
 pub(crate) fn forwarded<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
-    request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    request
+        .metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
     request
 }
 
@@ -98,23 +105,35 @@ pub(crate) async fn submit(shard: &ShardHandle, ops: Vec<Op>) -> Result<Vec<OpRe
     let results = match tokio::time::timeout(COMMIT_TIMEOUT, shard.batcher.submit(ops)).await {
         Err(_) => {
             return Err(Status::unavailable(format!(
-                "shard {} did not commit within {}s (quorum lost?); the request may still take effect",
-                shard.id,
-                COMMIT_TIMEOUT.as_secs()
-            )))
+            "shard {} did not commit within {}s (quorum lost?); the request may still take effect",
+            shard.id,
+            COMMIT_TIMEOUT.as_secs()
+        )))
         }
         Ok(Err(SubmitError::NotLeader { leader })) => {
             return Err(Status::unavailable(match leader {
-                Some((id, addr)) => format!("shard {}: leadership moved to node {id} ({addr}); retry", shard.id),
+                Some((id, addr)) => format!(
+                    "shard {}: leadership moved to node {id} ({addr}); retry",
+                    shard.id
+                ),
                 None => format!("shard {}: leadership is changing; retry", shard.id),
             }))
         }
-        Ok(Err(SubmitError::Closed)) => return Err(Status::unavailable("the node is shutting down; retry on another node")),
-        Ok(Err(SubmitError::Raft(e))) => return Err(Status::unavailable(format!("shard {}: {e}", shard.id))),
+        Ok(Err(SubmitError::Closed)) => {
+            return Err(Status::unavailable(
+                "the node is shutting down; retry on another node",
+            ))
+        }
+        Ok(Err(SubmitError::Raft(e))) => {
+            return Err(Status::unavailable(format!("shard {}: {e}", shard.id)))
+        }
         Ok(Ok(results)) => results,
     };
     if results.len() != n {
-        return Err(Status::internal(format!("expected {n} results, got {}", results.len())));
+        return Err(Status::internal(format!(
+            "expected {n} results, got {}",
+            results.len()
+        )));
     }
     Ok(results)
 }

@@ -5,7 +5,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use raftq_api::limits::{MAX_ENQUEUE_BATCH, MAX_FETCH_JOBS, MAX_KEY_BYTES, MAX_LEASE_MS, MAX_WAIT_MS};
+use raftq_api::limits::{
+    MAX_ENQUEUE_BATCH, MAX_FETCH_JOBS, MAX_KEY_BYTES, MAX_LEASE_MS, MAX_WAIT_MS,
+};
 use raftq_api::v1 as pb;
 use raftq_api::v1::queue_client::QueueClient;
 use raftq_api::validate;
@@ -73,12 +75,22 @@ fn worker_id(field: &str, id: &str) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl pb::queue_server::Queue for QueueService {
-    async fn enqueue(&self, request: Request<pb::EnqueueRequest>) -> Result<Response<pb::EnqueueResponse>, Status> {
+    async fn enqueue(
+        &self,
+        request: Request<pb::EnqueueRequest>,
+    ) -> Result<Response<pb::EnqueueResponse>, Status> {
         let req = request.get_ref();
         validate::queue_name(&req.queue).map_err(invalid)?;
         validate::batch_len("jobs", req.jobs.len(), MAX_ENQUEUE_BATCH).map_err(invalid)?;
-        let shard = match self.ctx.route(self.ctx.shard_of_queue(&req.queue), &request)? {
-            Route::Leader(ch) => return QueueClient::new(ch).enqueue(forwarded(request.into_inner())).await,
+        let shard = match self
+            .ctx
+            .route(self.ctx.shard_of_queue(&req.queue), &request)?
+        {
+            Route::Leader(ch) => {
+                return QueueClient::new(ch)
+                    .enqueue(forwarded(request.into_inner()))
+                    .await
+            }
             Route::Local(shard) => shard,
         };
         let req = request.into_inner();
@@ -89,7 +101,15 @@ impl pb::queue_server::Queue for QueueService {
             .map(|(i, j)| convert::new_job(i, j))
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
-        match submit_one(shard, Op::Enqueue { queue: req.queue, jobs }).await? {
+        match submit_one(
+            shard,
+            Op::Enqueue {
+                queue: req.queue,
+                jobs,
+            },
+        )
+        .await?
+        {
             OpResult::Enqueued(ids) => Ok(Response::new(pb::EnqueueResponse {
                 job_ids: ids.iter().map(|(id, _)| id.to_string()).collect(),
                 duplicate: ids.iter().map(|(_, dup)| *dup).collect(),
@@ -98,7 +118,10 @@ impl pb::queue_server::Queue for QueueService {
         }
     }
 
-    async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
+    async fn fetch(
+        &self,
+        request: Request<pb::FetchRequest>,
+    ) -> Result<Response<pb::FetchResponse>, Status> {
         let req = request.get_ref();
         validate::queue_name(&req.queue).map_err(invalid)?;
         worker_id("worker_id", &req.worker_id)?;
@@ -115,8 +138,15 @@ impl pb::queue_server::Queue for QueueService {
                 req.wait_ms
             )));
         }
-        let shard = match self.ctx.route(self.ctx.shard_of_queue(&req.queue), &request)? {
-            Route::Leader(ch) => return QueueClient::new(ch).fetch(forwarded(request.into_inner())).await,
+        let shard = match self
+            .ctx
+            .route(self.ctx.shard_of_queue(&req.queue), &request)?
+        {
+            Route::Leader(ch) => {
+                return QueueClient::new(ch)
+                    .fetch(forwarded(request.into_inner()))
+                    .await
+            }
             Route::Local(shard) => shard,
         };
         let req = request.into_inner();
@@ -149,22 +179,36 @@ impl pb::queue_server::Queue for QueueService {
         }
     }
 
-    async fn ack(&self, request: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+    async fn ack(
+        &self,
+        request: Request<pb::AckRequest>,
+    ) -> Result<Response<pb::AckResponse>, Status> {
         let tokens = convert::tokens("tokens", &request.get_ref().tokens).map_err(invalid)?;
         let shard_id = self.shard_of_tokens(tokens.iter().map(|(id, _)| id))?;
         let shard = match self.ctx.route(shard_id, &request)? {
-            Route::Leader(ch) => return QueueClient::new(ch).ack(forwarded(request.into_inner())).await,
+            Route::Leader(ch) => {
+                return QueueClient::new(ch)
+                    .ack(forwarded(request.into_inner()))
+                    .await
+            }
             Route::Local(shard) => shard,
         };
         let results = token_results(submit(shard, vec![Op::Ack { tokens }]).await?)?;
         Ok(Response::new(pb::AckResponse { results }))
     }
 
-    async fn nack(&self, request: Request<pb::NackRequest>) -> Result<Response<pb::NackResponse>, Status> {
+    async fn nack(
+        &self,
+        request: Request<pb::NackRequest>,
+    ) -> Result<Response<pb::NackResponse>, Status> {
         let items = convert::nacks("items", request.get_ref().items.clone()).map_err(invalid)?;
         let shard_id = self.shard_of_tokens(items.iter().map(|n| &n.id))?;
         let shard = match self.ctx.route(shard_id, &request)? {
-            Route::Leader(ch) => return QueueClient::new(ch).nack(forwarded(request.into_inner())).await,
+            Route::Leader(ch) => {
+                return QueueClient::new(ch)
+                    .nack(forwarded(request.into_inner()))
+                    .await
+            }
             Route::Local(shard) => shard,
         };
         let results = token_results(submit(shard, vec![Op::Nack { items }]).await?)?;
@@ -180,7 +224,11 @@ impl pb::queue_server::Queue for QueueService {
         let lease_ms = convert::lease_ms("lease_ms", req.lease_ms).map_err(invalid)?;
         let shard_id = self.shard_of_tokens(tokens.iter().map(|(id, _)| id))?;
         let shard = match self.ctx.route(shard_id, &request)? {
-            Route::Leader(ch) => return QueueClient::new(ch).extend_lease(forwarded(request.into_inner())).await,
+            Route::Leader(ch) => {
+                return QueueClient::new(ch)
+                    .extend_lease(forwarded(request.into_inner()))
+                    .await
+            }
             Route::Local(shard) => shard,
         };
         let results = token_results(submit(shard, vec![Op::Extend { tokens, lease_ms }]).await?)?;
@@ -195,17 +243,16 @@ impl pb::queue_server::Queue for QueueService {
     ) -> Result<Response<Self::WorkerStreamStream>, Status> {
         let forwarded_already = request.metadata().contains_key(super::FORWARDED);
         let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("worker stream closed before its first frame"))?;
-        let open = first
-            .open
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("the first worker frame must carry `open` (queue, worker_id)"))?;
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument("worker stream closed before its first frame")
+        })?;
+        let open = first.open.clone().ok_or_else(|| {
+            Status::invalid_argument("the first worker frame must carry `open` (queue, worker_id)")
+        })?;
         validate::queue_name(&open.queue).map_err(invalid)?;
         worker_id("open.worker_id", &open.worker_id)?;
-        validate::optional_duration("open.lease_ms", open.lease_ms, MAX_LEASE_MS).map_err(invalid)?;
+        validate::optional_duration("open.lease_ms", open.lease_ms, MAX_LEASE_MS)
+            .map_err(invalid)?;
         let shard_id = self.ctx.shard_of_queue(&open.queue);
         let mut probe = Request::new(());
         if forwarded_already {
@@ -215,7 +262,9 @@ impl pb::queue_server::Queue for QueueService {
             Route::Leader(ch) => {
                 let frames = futures::stream::once(async move { first })
                     .chain(inbound.filter_map(|f| futures::future::ready(f.ok())));
-                let upstream = QueueClient::new(ch).worker_stream(forwarded(frames)).await?;
+                let upstream = QueueClient::new(ch)
+                    .worker_stream(forwarded(frames))
+                    .await?;
                 Ok(Response::new(Box::pin(upstream.into_inner())))
             }
             Route::Local(_) => {
@@ -289,7 +338,8 @@ async fn run_worker_session(
                 }
             }
             credit -= claimed.min(credit);
-            if (!out.jobs.is_empty() || !out.results.is_empty()) && tx.send(Ok(out)).await.is_err() {
+            if (!out.jobs.is_empty() || !out.results.is_empty()) && tx.send(Ok(out)).await.is_err()
+            {
                 return;
             }
             // The queue had more than we took: keep claiming without waiting.
@@ -312,7 +362,12 @@ async fn run_worker_session(
 
 /// The ops of one worker frame, validated; the claim goes last so the
 /// frame's acks free capacity before it.
-fn frame_ops(f: pb::WorkerFrame, open: &pb::WorkerOpen, lease_ms: Option<u64>, credit: u32) -> Result<Vec<Op>, Status> {
+fn frame_ops(
+    f: pb::WorkerFrame,
+    open: &pb::WorkerOpen,
+    lease_ms: Option<u64>,
+    credit: u32,
+) -> Result<Vec<Op>, Status> {
     let mut ops = Vec::new();
     if !f.acks.is_empty() {
         ops.push(Op::Ack {

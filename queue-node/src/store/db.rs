@@ -31,10 +31,23 @@ pub enum Durability {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("cannot create data directory {path}: {source}")]
-    CreateDir { path: String, source: std::io::Error },
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot open RocksDB in {path}: {source} (is another queue-node using this data dir, or is it damaged?)")]
-    Open { path: String, source: rocksdb::Error },
+    Open {
+        path: String,
+        source: rocksdb::Error,
+    },
+    #[error("this data dir was created with {stored} shard(s) but the node was started with {configured}; the shard count of a cluster cannot change (queues are placed by it)")]
+    ShardCount { stored: u32, configured: u32 },
+    #[error("reading or writing the node record: {0}")]
+    NodeRecord(String),
 }
+
+/// Node-wide records in `raft_meta` sort after every shard's (all-ones prefix).
+const NODE_SHARDS_KEY: &[u8] = b"\xff\xff\xff\xffshards";
 
 /// The node's database plus its fsync thread.
 #[derive(Clone)]
@@ -90,6 +103,31 @@ impl Store {
         })
     }
 
+    /// Records the shard count on first start; refuses a different one later.
+    pub fn check_shard_count(&self, configured: u32) -> Result<(), OpenError> {
+        let cf = self.cf(CF_RAFT);
+        let record = |e: rocksdb::Error| OpenError::NodeRecord(e.to_string());
+        match self.db.get_cf(cf, NODE_SHARDS_KEY).map_err(record)? {
+            Some(bytes) => {
+                let stored = bytes
+                    .as_slice()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| {
+                        OpenError::NodeRecord(format!("corrupt shard count record {bytes:02x?}"))
+                    })?;
+                if stored != configured {
+                    return Err(OpenError::ShardCount { stored, configured });
+                }
+                Ok(())
+            }
+            None => self
+                .db
+                .put_cf(cf, NODE_SHARDS_KEY, configured.to_be_bytes())
+                .map_err(record),
+        }
+    }
+
     /// A handle that does not keep the database open (to wait for it to close).
     pub fn weak(&self) -> Weak<DB> {
         Arc::downgrade(&self.db)
@@ -112,7 +150,11 @@ impl Store {
 
 /// Group commit: every callback queued while one fsync runs is answered by
 /// the next one, so many appends (of every shard) share one fsync.
-fn run_syncer(db: Weak<DB>, pending: mpsc::Receiver<LogFlushed<TypeConfig>>, durability: Durability) {
+fn run_syncer(
+    db: Weak<DB>,
+    pending: mpsc::Receiver<LogFlushed<TypeConfig>>,
+    durability: Durability,
+) {
     while let Ok(first) = pending.recv() {
         let mut waiting = vec![first];
         waiting.extend(pending.try_iter());

@@ -60,20 +60,34 @@ impl LogStore {
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))
     }
 
-    fn put_meta<T: Serialize>(&self, name: &str, value: &T, sync: bool) -> Result<(), StorageError> {
-        let bytes = postcard::to_allocvec(value).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+    fn put_meta<T: Serialize>(
+        &self,
+        name: &str,
+        value: &T,
+        sync: bool,
+    ) -> Result<(), StorageError> {
+        let bytes = postcard::to_allocvec(value)
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         let mut opts = WriteOptions::default();
         opts.set_sync(sync && self.store.durability == Durability::Fsync);
         self.store
             .db
-            .put_cf_opt(self.store.cf(CF_RAFT), meta_key(self.shard, name), bytes, &opts)
+            .put_cf_opt(
+                self.store.cf(CF_RAFT),
+                meta_key(self.shard, name),
+                bytes,
+                &opts,
+            )
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
     fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
         let cf = self.store.cf(CF_LOG);
         let end = log_key(self.shard, u64::MAX);
-        let mut iter = self.store.db.iterator_cf(cf, IteratorMode::From(&end, Direction::Reverse));
+        let mut iter = self
+            .store
+            .db
+            .iterator_cf(cf, IteratorMode::From(&end, Direction::Reverse));
         match iter.next() {
             Some(Ok((key, value))) if key.starts_with(&self.shard.to_be_bytes()) => {
                 let entry: Entry<TypeConfig> = postcard::from_bytes(&value)
@@ -99,15 +113,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let cf = self.store.cf(CF_LOG);
         let from = log_key(self.shard, start);
         let mut entries = Vec::new();
-        for item in self.store.db.iterator_cf(cf, IteratorMode::From(&from, Direction::Forward)) {
+        for item in self
+            .store
+            .db
+            .iterator_cf(cf, IteratorMode::From(&from, Direction::Forward))
+        {
             let (key, value) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-            let Some(index) = index_of(&key).filter(|_| key.starts_with(&self.shard.to_be_bytes())) else {
+            let Some(index) = index_of(&key).filter(|_| key.starts_with(&self.shard.to_be_bytes()))
+            else {
                 break;
             };
             if !range.contains(&index) {
                 break;
             }
-            let entry = postcard::from_bytes(&value).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            let entry = postcard::from_bytes(&value)
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
             entries.push(entry);
         }
         Ok(entries)
@@ -146,7 +166,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_meta::<Option<LogId>>("committed")?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
@@ -154,7 +178,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let cf = self.store.cf(CF_LOG);
         let mut batch = WriteBatch::default();
         for entry in entries {
-            let bytes = postcard::to_allocvec(&entry).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            let bytes = postcard::to_allocvec(&entry)
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
             batch.put_cf(cf, log_key(self.shard, entry.get_log_id().index), bytes);
         }
         self.store
@@ -169,7 +194,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let cf = self.store.cf(CF_LOG);
         self.store
             .db
-            .delete_range_cf(cf, log_key(self.shard, log_id.index), log_key(self.shard, u64::MAX))
+            .delete_range_cf(
+                cf,
+                log_key(self.shard, log_id.index),
+                log_key(self.shard, u64::MAX),
+            )
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
         // The tail must be gone for good before a new entry can take its place.
         self.store
@@ -183,7 +212,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let cf = self.store.cf(CF_LOG);
         self.store
             .db
-            .delete_range_cf(cf, log_key(self.shard, 0), log_key(self.shard, log_id.index + 1))
+            .delete_range_cf(
+                cf,
+                log_key(self.shard, 0),
+                log_key(self.shard, log_id.index + 1),
+            )
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 }

@@ -7,6 +7,10 @@
 //! - [`log_store`]: openraft's `RaftLogStorage`.
 //! - [`state_machine`]: openraft's `RaftStateMachine` over [`crate::fsm`].
 
+// openraft's trait methods return its `StorageError` (large); our helpers
+// return the same type so `?` works without conversions.
+#![allow(clippy::result_large_err)]
+
 pub mod db;
 pub mod log_store;
 pub mod state_machine;

@@ -68,7 +68,10 @@ pub enum LoadStateError {
     #[error("shard {shard} applied-state record is corrupt: {source}")]
     Meta { shard: u32, source: postcard::Error },
     #[error("shard {shard}: {source}")]
-    Records { shard: u32, source: crate::fsm::LoadError },
+    Records {
+        shard: u32,
+        source: crate::fsm::LoadError,
+    },
 }
 
 fn meta_key(shard: u32) -> Vec<u8> {
@@ -77,19 +80,28 @@ fn meta_key(shard: u32) -> Vec<u8> {
 
 impl StateMachineStore {
     /// Loads the shard's state and indexes from RocksDB.
-    pub fn open(store: Store, shard: u32) -> Result<(StateMachineStore, Arc<ShardShared>), LoadStateError> {
+    pub fn open(
+        store: Store,
+        shard: u32,
+    ) -> Result<(StateMachineStore, Arc<ShardShared>), LoadStateError> {
         let cf = store.cf(CF_STATE);
         let meta: AppliedMeta = match store
             .db
             .get_cf(cf, meta_key(shard))
             .map_err(|source| LoadStateError::Read { shard, source })?
         {
-            Some(bytes) => postcard::from_bytes(&bytes).map_err(|source| LoadStateError::Meta { shard, source })?,
+            Some(bytes) => postcard::from_bytes(&bytes)
+                .map_err(|source| LoadStateError::Meta { shard, source })?,
             None => AppliedMeta::default(),
         };
-        let records = read_shard(&store, shard).map_err(|source| LoadStateError::Read { shard, source })?;
-        let state = ShardState::load(shard, meta.now_ms, records.iter().map(|(k, v)| (&k[..], &v[..])))
-            .map_err(|source| LoadStateError::Records { shard, source })?;
+        let records =
+            read_shard(&store, shard).map_err(|source| LoadStateError::Read { shard, source })?;
+        let state = ShardState::load(
+            shard,
+            meta.now_ms,
+            records.iter().map(|(k, v)| (&k[..], &v[..])),
+        )
+        .map_err(|source| LoadStateError::Records { shard, source })?;
         let shared = Arc::new(ShardShared::new(state));
         Ok((
             StateMachineStore {
@@ -115,7 +127,7 @@ impl StateMachineStore {
             now_ms: self.meta.now_ms,
             records,
         })
-            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+        .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
         self.snapshots_built += 1;
         let meta = SnapshotMeta {
             last_log_id: self.meta.last_applied,
@@ -136,12 +148,18 @@ impl StateMachineStore {
     }
 }
 
+/// One key and its value, as RocksDB hands them out.
+type Record = (Box<[u8]>, Box<[u8]>);
+
 /// Every state key of a shard, in key order.
-fn read_shard(store: &Store, shard: u32) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>, rocksdb::Error> {
+fn read_shard(store: &Store, shard: u32) -> Result<Vec<Record>, rocksdb::Error> {
     let cf = store.cf(CF_STATE);
     let prefix = keys::shard_prefix(shard);
     let mut out = Vec::new();
-    for item in store.db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+    for item in store
+        .db
+        .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward))
+    {
         let (key, value) = item?;
         if !key.starts_with(&prefix) {
             break;
@@ -192,7 +210,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 self.meta.last_applied = Some(entry.log_id);
                 results.push(match entry.payload {
                     EntryPayload::Blank => BatchResult::default(),
-                    EntryPayload::Normal(batch) => state.apply_batch(entry.log_id.index, &batch, &mut sink),
+                    EntryPayload::Normal(batch) => {
+                        state.apply_batch(entry.log_id.index, &batch, &mut sink)
+                    }
                     EntryPayload::Membership(m) => {
                         self.meta.membership = StoredMembership::new(Some(entry.log_id), m);
                         BatchResult::default()
@@ -223,25 +243,38 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
         let payload: SnapshotPayload =
             postcard::from_bytes(&data).map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
         let cf = self.store.cf(CF_STATE);
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(cf, keys::shard_prefix(self.shard).to_vec(), keys::shard_end(self.shard));
+        batch.delete_range_cf(
+            cf,
+            keys::shard_prefix(self.shard).to_vec(),
+            keys::shard_end(self.shard),
+        );
         for (k, v) in &payload.records {
             batch.put_cf(cf, k, v);
         }
-        let state = ShardState::load(self.shard, payload.now_ms, payload.records.iter().map(|(k, v)| (&k[..], &v[..])))
-            .map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
+        let state = ShardState::load(
+            self.shard,
+            payload.now_ms,
+            payload.records.iter().map(|(k, v)| (&k[..], &v[..])),
+        )
+        .map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
         let applied = AppliedMeta {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
             now_ms: payload.now_ms,
         };
-        let applied_bytes = postcard::to_allocvec(&applied).map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
+        let applied_bytes =
+            postcard::to_allocvec(&applied).map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
         batch.put_cf(cf, meta_key(self.shard), applied_bytes);
         self.store
             .db

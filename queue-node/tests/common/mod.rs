@@ -48,15 +48,24 @@ pub async fn start_single(dir: &Path) -> (NodeHandle, Client) {
 }
 
 pub async fn start_with(config: NodeConfig) -> (NodeHandle, Client) {
-    let handle = node::start(config).await.unwrap_or_else(|e| panic!("node failed to start: {e:#}"));
-    let client = Client::connect(&handle.addr.to_string()).await.expect("connect");
+    let handle = node::start(config)
+        .await
+        .unwrap_or_else(|e| panic!("node failed to start: {e:#}"));
+    let client = Client::connect(&handle.addr.to_string())
+        .await
+        .expect("connect");
     wait_for_leader(&client).await;
     (handle, client)
 }
 
 pub async fn wait_for_leader(client: &Client) -> u64 {
     wait_for("a shard leader", Duration::from_secs(20), || async {
-        let status = client.cluster().status(pb::ClusterStatusRequest {}).await.ok()?.into_inner();
+        let status = client
+            .cluster()
+            .status(pb::ClusterStatusRequest {})
+            .await
+            .ok()?
+            .into_inner();
         let shard = status.shards.first()?;
         shard.has_leader.then_some(shard.leader_id)
     })
@@ -77,16 +86,29 @@ pub struct ProcNode {
     pub addr: String,
     pub dir: PathBuf,
     pub members: String,
+    /// Extra command-line arguments (e.g. `--config file.yaml`).
+    pub extra_args: Vec<String>,
     child: Option<Child>,
 }
 
 impl ProcNode {
     pub fn spawn(id: u64, addr: &str, dir: &Path, members: &str) -> ProcNode {
+        ProcNode::spawn_with(id, addr, dir, members, Vec::new())
+    }
+
+    pub fn spawn_with(
+        id: u64,
+        addr: &str,
+        dir: &Path,
+        members: &str,
+        extra_args: Vec<String>,
+    ) -> ProcNode {
         let mut node = ProcNode {
             id,
             addr: addr.to_string(),
             dir: dir.to_path_buf(),
             members: members.to_string(),
+            extra_args,
             child: None,
         };
         node.start();
@@ -104,6 +126,7 @@ impl ProcNode {
             .args(["--listen", &self.addr])
             .args(["--data-dir", &self.dir.display().to_string()])
             .args(["--initial-members", &self.members])
+            .args(&self.extra_args)
             .env("RAFTQ_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log)

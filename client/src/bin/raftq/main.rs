@@ -1,5 +1,7 @@
 //! `raftq`: the command-line tool for raftq queues, jobs and clusters.
 
+mod bench;
+
 use std::io::{BufRead, Write};
 use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,10 +15,19 @@ use raftq_client::{Client, JobSpec, Worker};
 use tokio::io::AsyncWriteExt;
 
 #[derive(Debug, Parser)]
-#[command(name = "raftq", version, about = "Command-line tool for raftq, the replicated job queue")]
+#[command(
+    name = "raftq",
+    version,
+    about = "Command-line tool for raftq, the replicated job queue"
+)]
 struct Cli {
     /// Address of any raftq node.
-    #[arg(long, global = true, env = "RAFTQ_ADDR", default_value = "http://127.0.0.1:7400")]
+    #[arg(
+        long,
+        global = true,
+        env = "RAFTQ_ADDR",
+        default_value = "http://127.0.0.1:7400"
+    )]
     addr: String,
     #[command(subcommand)]
     command: Command,
@@ -29,7 +40,12 @@ enum Command {
     /// Run a shell command for each job: payload on stdin; exit 0 acks, anything else nacks.
     Work(WorkArgs),
     /// Show queue depths (one queue, or all).
-    Stats { queue: Option<String> },
+    Stats {
+        queue: Option<String>,
+        /// Ask the node's own (possibly lagging) state instead of the leader's.
+        #[arg(long)]
+        local: bool,
+    },
     /// Inspect or cancel one job.
     #[command(subcommand)]
     Job(JobCommand),
@@ -42,6 +58,8 @@ enum Command {
     /// Cluster membership and Raft status.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Measure throughput and latency (optionally against nodes it starts).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -104,10 +122,16 @@ enum DlqCommand {
 
 #[derive(Debug, Subcommand)]
 enum QueueCommand {
-    Pause { queue: String },
-    Resume { queue: String },
+    Pause {
+        queue: String,
+    },
+    Resume {
+        queue: String,
+    },
     /// Delete every ready and scheduled job of the queue.
-    Purge { queue: String },
+    Purge {
+        queue: String,
+    },
     /// Change the queue's defaults.
     Config {
         queue: String,
@@ -124,7 +148,10 @@ enum QueueCommand {
 enum ClusterCommand {
     Status,
     /// Add a node as a learner (waits until it caught up).
-    AddLearner { node_id: u64, addr: String },
+    AddLearner {
+        node_id: u64,
+        addr: String,
+    },
     /// Set the voters, e.g. `1 2 3`.
     ChangeMembership {
         voters: Vec<u64>,
@@ -141,7 +168,9 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
 }
 
 fn spec(args: &EnqueueArgs, payload: String) -> JobSpec {
-    let mut job = JobSpec::new(payload).priority(args.priority).max_attempts(args.max_attempts);
+    let mut job = JobSpec::new(payload)
+        .priority(args.priority)
+        .max_attempts(args.max_attempts);
     if let Some(d) = args.delay_ms {
         job = job.delay(Duration::from_millis(d));
     }
@@ -188,7 +217,9 @@ async fn enqueue(client: &Client, args: EnqueueArgs) -> anyhow::Result<()> {
             batch.push(spec(&args, line.clone()));
         }
         if batch.len() >= batch_size || (line.is_none() && !batch.is_empty()) {
-            let ids = producer.enqueue_batch(&args.queue, std::mem::take(&mut batch)).await?;
+            let ids = producer
+                .enqueue_batch(&args.queue, std::mem::take(&mut batch))
+                .await?;
             total += ids.len() as u64;
             for id in ids {
                 writeln!(out, "{id}")?;
@@ -258,20 +289,36 @@ async fn run_command(command: &str, job: &raftq_client::Job) -> Result<(), Strin
         // A command that ignores its input closes the pipe early: not an error.
         let _ = stdin.write_all(&job.payload).await;
     }
-    let output = child.wait_with_output().await.map_err(|e| format!("waiting for the command: {e}"))?;
+    let output = child
+        .wait_with_output()
+        .await
+        .map_err(|e| format!("waiting for the command: {e}"))?;
     if output.status.success() {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let tail: String = stderr.trim().chars().rev().take(1000).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = stderr
+        .trim()
+        .chars()
+        .rev()
+        .take(1000)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     Err(format!("command exited with {}: {tail}", output.status))
 }
 
 fn print_job(job: &pb::Job) {
-    let state = pb::JobState::try_from(job.state).map(|s| s.as_str_name()).unwrap_or("?");
+    let state = pb::JobState::try_from(job.state)
+        .map(|s| s.as_str_name())
+        .unwrap_or("?");
     println!("id:           {}", job.id);
     println!("queue:        {}", job.queue);
-    println!("state:        {}", state.trim_start_matches("JOB_STATE_").to_lowercase());
+    println!(
+        "state:        {}",
+        state.trim_start_matches("JOB_STATE_").to_lowercase()
+    );
     println!("attempt:      {}/{}", job.attempt, job.max_attempts);
     println!("priority:     {}", job.priority);
     println!("due at (ms):  {}", job.due_at_ms);
@@ -285,21 +332,25 @@ fn print_job(job: &pb::Job) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Bench(args) = cli.command {
+        return bench::run(args, &cli.addr).await;
+    }
     let client = Client::connect(&cli.addr).await?;
     match cli.command {
         Command::Enqueue(args) => enqueue(&client, args).await?,
         Command::Work(args) => work(client, args).await?,
-        Command::Stats { queue } => {
+        Command::Stats { queue, local } => {
             let response = client
                 .admin()
                 .stats(pb::StatsRequest {
                     queue: queue.unwrap_or_default(),
+                    local,
                 })
                 .await?
                 .into_inner();
             println!(
-                "{:<32} {:>10} {:>10} {:>10} {:>10}  {}",
-                "QUEUE", "READY", "SCHEDULED", "LEASED", "DEAD", "STATE"
+                "{:<32} {:>10} {:>10} {:>10} {:>10}  STATE",
+                "QUEUE", "READY", "SCHEDULED", "LEASED", "DEAD"
             );
             for q in response.queues {
                 let state = if q.paused { "paused" } else { "active" };
@@ -310,11 +361,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Job(JobCommand::Get { id }) => {
-            let job = client.admin().get_job(pb::JobRef { job_id: id }).await?.into_inner();
+            let job = client
+                .admin()
+                .get_job(pb::JobRef { job_id: id })
+                .await?
+                .into_inner();
             print_job(&job);
         }
         Command::Job(JobCommand::Cancel { id }) => {
-            client.admin().cancel_job(pb::JobRef { job_id: id.clone() }).await?;
+            client
+                .admin()
+                .cancel_job(pb::JobRef { job_id: id.clone() })
+                .await?;
             println!("cancelled {id}");
         }
         Command::Dlq(DlqCommand::List { queue, limit }) => {
@@ -341,23 +399,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Dlq(DlqCommand::Requeue { queue, ids }) => {
-            let n = client.admin().requeue_dead(pb::DeadSelector { queue, job_ids: ids }).await?;
+            let n = client
+                .admin()
+                .requeue_dead(pb::DeadSelector {
+                    queue,
+                    job_ids: ids,
+                })
+                .await?;
             println!("requeued {} jobs", n.into_inner().count);
         }
         Command::Dlq(DlqCommand::Purge { queue, ids }) => {
-            let n = client.admin().purge_dead(pb::DeadSelector { queue, job_ids: ids }).await?;
+            let n = client
+                .admin()
+                .purge_dead(pb::DeadSelector {
+                    queue,
+                    job_ids: ids,
+                })
+                .await?;
             println!("purged {} dead jobs", n.into_inner().count);
         }
         Command::Queue(QueueCommand::Pause { queue }) => {
-            client.admin().pause_queue(pb::QueueRef { queue: queue.clone() }).await?;
+            client
+                .admin()
+                .pause_queue(pb::QueueRef {
+                    queue: queue.clone(),
+                })
+                .await?;
             println!("paused {queue}");
         }
         Command::Queue(QueueCommand::Resume { queue }) => {
-            client.admin().resume_queue(pb::QueueRef { queue: queue.clone() }).await?;
+            client
+                .admin()
+                .resume_queue(pb::QueueRef {
+                    queue: queue.clone(),
+                })
+                .await?;
             println!("resumed {queue}");
         }
         Command::Queue(QueueCommand::Purge { queue }) => {
-            let r = client.admin().purge_queue(pb::QueueRef { queue: queue.clone() }).await?;
+            let r = client
+                .admin()
+                .purge_queue(pb::QueueRef {
+                    queue: queue.clone(),
+                })
+                .await?;
             println!("purged {} jobs from {queue}", r.into_inner().removed);
         }
         Command::Queue(QueueCommand::Config {
@@ -380,28 +465,53 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{info:?}");
         }
         Command::Cluster(ClusterCommand::Status) => {
-            let s = client.cluster().status(pb::ClusterStatusRequest {}).await?.into_inner();
+            let s = client
+                .cluster()
+                .status(pb::ClusterStatusRequest {})
+                .await?
+                .into_inner();
             println!("node {} at {}", s.node_id, s.addr);
             for shard in s.shards {
-                let leader = if shard.has_leader { shard.leader_id.to_string() } else { "none".into() };
+                let leader = if shard.has_leader {
+                    shard.leader_id.to_string()
+                } else {
+                    "none".into()
+                };
                 println!(
                     "shard {}: role {}, leader {leader}, term {}, commit {}, applied {}, last log {}",
                     shard.shard, shard.role, shard.term, shard.commit_index, shard.applied_index, shard.last_log_index
                 );
                 for m in shard.members {
-                    println!("  node {} {} {}", m.node_id, m.addr, if m.voter { "voter" } else { "learner" });
+                    println!(
+                        "  node {} {} {}",
+                        m.node_id,
+                        m.addr,
+                        if m.voter { "voter" } else { "learner" }
+                    );
                 }
             }
         }
         Command::Cluster(ClusterCommand::AddLearner { node_id, addr }) => {
             eprintln!("adding node {node_id} ({addr}) as a learner; waiting for it to catch up...");
-            client.cluster().add_learner(pb::AddLearnerRequest { node_id, addr }).await?;
+            client
+                .cluster()
+                .add_learner(pb::AddLearnerRequest {
+                    node_id,
+                    addr,
+                    shard: None,
+                })
+                .await?;
             println!("node {node_id} is a learner");
         }
+        Command::Bench(_) => bail!("bench runs before connecting; this line is never reached"),
         Command::Cluster(ClusterCommand::ChangeMembership { voters, retain }) => {
             client
                 .cluster()
-                .change_membership(pb::ChangeMembershipRequest { voters: voters.clone(), retain })
+                .change_membership(pb::ChangeMembershipRequest {
+                    voters: voters.clone(),
+                    retain,
+                    shard: None,
+                })
                 .await?;
             println!("voters are now {voters:?}");
         }
@@ -412,7 +522,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RAFTQ_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RAFTQ_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {

@@ -1,0 +1,664 @@
+//! `raftq bench`: the reference workload. Producers enqueue in batches;
+//! workers hold worker streams, acking in batches and asking for more in
+//! the same frame. With `--spawn N` it starts N local nodes in a temp dir
+//! and also reports their CPU time per job.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use raftq_client::proto as pb;
+use raftq_client::Client;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Producers only.
+    Enqueue,
+    /// Workers only, over prefilled jobs: fetch → ack cycles.
+    Lifecycle,
+    /// Producers and workers at once.
+    Mixed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Durability {
+    Fsync,
+    Async,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "lifecycle")]
+    scenario: Scenario,
+    /// Queues the load is spread over.
+    #[arg(long, default_value_t = 1)]
+    queues: usize,
+    /// Concurrent producers.
+    #[arg(long, default_value_t = 4)]
+    producers: usize,
+    /// Worker processes simulated (each holds `--concurrency` streams).
+    #[arg(long, default_value_t = 32)]
+    workers: usize,
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+    /// Jobs a stream asks for at a time.
+    #[arg(long, default_value_t = 64)]
+    fetch_batch: u32,
+    /// Acks sent together.
+    #[arg(long, default_value_t = 64)]
+    ack_batch: usize,
+    /// Jobs per enqueue request.
+    #[arg(long, default_value_t = 64)]
+    enqueue_batch: usize,
+    /// Payload bytes per job.
+    #[arg(long, default_value_t = 256)]
+    payload: usize,
+    /// How long to measure, e.g. 30s or 2m.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Jobs enqueued before measuring (lifecycle default: 1,000,000).
+    #[arg(long)]
+    prefill: Option<u64>,
+    /// Start this many local nodes (1, 3 or 5) instead of using --addr.
+    #[arg(long)]
+    spawn: Option<usize>,
+    /// With --spawn: shards per node.
+    #[arg(long, default_value_t = 1)]
+    shards: u32,
+    /// With --spawn: durability mode.
+    #[arg(long, value_enum, default_value = "fsync")]
+    durability: Durability,
+    /// With --spawn: batcher settings passed to the nodes.
+    #[arg(long)]
+    max_batch_ops: Option<usize>,
+    #[arg(long)]
+    linger_min_micros: Option<u64>,
+    #[arg(long)]
+    linger_max_micros: Option<u64>,
+    #[arg(long)]
+    max_in_flight: Option<usize>,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration like 30s, 2m or 500ms"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?}; use ms, s or m")),
+    }
+}
+
+/// Local nodes started for the run; killed and removed on drop.
+struct Spawned {
+    children: Vec<Child>,
+    addrs: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Spawned {
+    /// User + system CPU seconds the nodes used so far (Linux /proc).
+    fn cpu_seconds(&self) -> Option<f64> {
+        let mut total = 0.0;
+        for child in &self.children {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).ok()?;
+            // Fields after the parenthesised command name; utime and stime
+            // are the 14th and 15th fields, in clock ticks (100 per second).
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks: f64 =
+                fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            total += ticks / 100.0;
+        }
+        Some(total)
+    }
+}
+
+fn free_addr() -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+fn spawn_nodes(args: &BenchArgs, count: usize) -> anyhow::Result<Spawned> {
+    if !matches!(count, 1 | 3 | 5) {
+        bail!("--spawn takes 1, 3 or 5 (got {count})");
+    }
+    let exe = std::env::current_exe()
+        .context("locating the raftq binary")?
+        .with_file_name("queue-node");
+    if !exe.exists() {
+        bail!(
+            "{} not found: build it next to raftq with `cargo build --release --workspace --bins`",
+            exe.display()
+        );
+    }
+    let dir = tempfile::tempdir().context("creating a temp dir for the nodes")?;
+    let addrs = (0..count)
+        .map(|_| free_addr())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let members = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut children = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let data: PathBuf = dir.path().join(format!("node{}", i + 1));
+        let log = std::fs::File::create(dir.path().join(format!("node{}.log", i + 1)))?;
+        let mut cmd = Command::new(&exe);
+        cmd.args(["--node-id", &(i + 1).to_string(), "--listen", addr])
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--initial-members",
+                &members,
+                "--shards",
+                &args.shards.to_string(),
+            ])
+            .args([
+                "--durability",
+                match args.durability {
+                    Durability::Fsync => "fsync",
+                    Durability::Async => "async",
+                },
+            ])
+            .args(["--log", "warn"])
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(v) = args.max_batch_ops {
+            cmd.args(["--max-batch-ops", &v.to_string()]);
+        }
+        if let Some(v) = args.linger_min_micros {
+            cmd.args(["--linger-min-micros", &v.to_string()]);
+        }
+        if let Some(v) = args.linger_max_micros {
+            cmd.args(["--linger-max-micros", &v.to_string()]);
+        }
+        if let Some(v) = args.max_in_flight {
+            cmd.args(["--max-in-flight", &v.to_string()]);
+        }
+        children.push(
+            cmd.spawn()
+                .with_context(|| format!("starting {}", exe.display()))?,
+        );
+    }
+    Ok(Spawned {
+        children,
+        addrs,
+        _dir: dir,
+    })
+}
+
+/// Connections to the leader of each shard, so the load goes straight there.
+struct Router {
+    shards: u32,
+    leaders: Vec<Client>,
+}
+
+impl Router {
+    async fn discover(addr: &str) -> anyhow::Result<Router> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(router) = Router::try_discover(addr).await {
+                return Ok(router);
+            }
+            if Instant::now() > deadline {
+                bail!("no leader for every shard at {addr} within 60s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn try_discover(addr: &str) -> Option<Router> {
+        let client = Client::connect(addr).await.ok()?;
+        let status = client
+            .cluster()
+            .status(pb::ClusterStatusRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        let mut by_addr: HashMap<String, Client> = HashMap::new();
+        let mut leaders = Vec::new();
+        for shard in &status.shards {
+            if !shard.has_leader {
+                return None;
+            }
+            let leader_addr = shard
+                .members
+                .iter()
+                .find(|m| m.node_id == shard.leader_id)?
+                .addr
+                .clone();
+            if !by_addr.contains_key(&leader_addr) {
+                by_addr.insert(
+                    leader_addr.clone(),
+                    Client::connect(&leader_addr).await.ok()?,
+                );
+            }
+            leaders.push(by_addr[&leader_addr].clone());
+        }
+        if leaders.is_empty() {
+            return None;
+        }
+        Some(Router {
+            shards: status.shards.len() as u32,
+            leaders,
+        })
+    }
+
+    fn for_queue(&self, queue: &str) -> Client {
+        self.leaders[raftq_api::shard_of(queue, self.shards) as usize].clone()
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    enqueued: AtomicU64,
+    acked: AtomicU64,
+    errors: AtomicU64,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs .. 60 s at 3 significant digits: constant, valid bounds.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+fn record(h: &mut Histogram<u64>, since: Instant) {
+    let _ = h.record((since.elapsed().as_micros() as u64).max(1));
+}
+
+fn queue_names(n: usize) -> Vec<String> {
+    (0..n.max(1)).map(|i| format!("bench-{i}")).collect()
+}
+
+async fn producer(
+    router: Arc<Router>,
+    queue: String,
+    payload: Bytes,
+    batch: usize,
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+    limit: Option<Arc<AtomicU64>>,
+) -> Histogram<u64> {
+    let mut latency = histogram();
+    let mut client = router.for_queue(&queue).queue();
+    while !stop.load(Ordering::Relaxed) {
+        let n = match &limit {
+            Some(left) => {
+                let take = left.fetch_sub(batch as u64, Ordering::Relaxed);
+                if take == 0 || take > u64::MAX / 2 {
+                    break;
+                }
+                take.min(batch as u64) as usize
+            }
+            None => batch,
+        };
+        let jobs = (0..n)
+            .map(|_| pb::NewJob {
+                payload: payload.clone(),
+                ..Default::default()
+            })
+            .collect();
+        let started = Instant::now();
+        match client
+            .enqueue(pb::EnqueueRequest {
+                queue: queue.clone(),
+                jobs,
+            })
+            .await
+        {
+            Ok(_) => {
+                record(&mut latency, started);
+                counters.enqueued.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(_) => {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    latency
+}
+
+/// One worker stream: keeps `fetch_batch` jobs asked for, acks in batches
+/// of `ack_batch` together with the request for more. The cycle latency is
+/// from sending a frame to receiving the next jobs.
+async fn worker_stream(
+    client: Client,
+    queue: String,
+    worker_id: String,
+    fetch_batch: u32,
+    ack_batch: usize,
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+) -> Histogram<u64> {
+    let mut cycle = histogram();
+    let (tx, rx) = mpsc::channel(8);
+    let open = pb::WorkerFrame {
+        open: Some(pb::WorkerOpen {
+            queue,
+            worker_id,
+            lease_ms: Some(60_000),
+        }),
+        credit: fetch_batch,
+        ..Default::default()
+    };
+    if tx.send(open).await.is_err() {
+        return cycle;
+    }
+    let mut inbound = match client.queue().worker_stream(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(_) => {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            return cycle;
+        }
+    };
+    let mut held = Vec::new();
+    let mut outstanding = fetch_batch as usize;
+    let mut sent_at = Some(Instant::now());
+    while !stop.load(Ordering::Relaxed) {
+        let frame = match tokio::time::timeout(Duration::from_millis(200), inbound.message()).await
+        {
+            Ok(Ok(Some(frame))) => frame,
+            Ok(_) => {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            Err(_) => continue,
+        };
+        if frame.jobs.is_empty() {
+            continue;
+        }
+        if let Some(t) = sent_at.take() {
+            record(&mut cycle, t);
+        }
+        outstanding -= frame.jobs.len().min(outstanding);
+        held.extend(frame.jobs.into_iter().filter_map(|j| j.token));
+        if held.len() >= ack_batch || outstanding == 0 {
+            let acks: Vec<_> = std::mem::take(&mut held);
+            let n = acks.len();
+            let credit = n as u32;
+            outstanding += n;
+            sent_at = Some(Instant::now());
+            if tx
+                .send(pb::WorkerFrame {
+                    acks,
+                    credit,
+                    ..Default::default()
+                })
+                .await
+                .is_err()
+            {
+                break;
+            }
+            counters.acked.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+    if !held.is_empty() {
+        let n = held.len() as u64;
+        if tx
+            .send(pb::WorkerFrame {
+                acks: held,
+                ..Default::default()
+            })
+            .await
+            .is_ok()
+        {
+            counters.acked.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+    drop(tx);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = inbound.message().await {}
+    })
+    .await;
+    cycle
+}
+
+struct Percentiles {
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    samples: u64,
+}
+
+fn percentiles(h: &Histogram<u64>) -> Percentiles {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Percentiles {
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        samples: h.len(),
+    }
+}
+
+async fn prefill(
+    router: &Arc<Router>,
+    queues: &[String],
+    payload: &Bytes,
+    total: u64,
+    producers: usize,
+) -> anyhow::Result<()> {
+    if total == 0 {
+        return Ok(());
+    }
+    let counters = Arc::new(Counters::default());
+    let left = Arc::new(AtomicU64::new(total));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..producers.max(4) {
+        let queue = queues[i % queues.len()].clone();
+        tasks.push(tokio::spawn(producer(
+            router.clone(),
+            queue,
+            payload.clone(),
+            1000,
+            counters.clone(),
+            stop.clone(),
+            Some(left.clone()),
+        )));
+    }
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    while !tasks.iter().all(|t| t.is_finished()) {
+        tick.tick().await;
+        eprint!(
+            "\rprefill: {} / {total} jobs ({:.0}s)   ",
+            counters.enqueued.load(Ordering::Relaxed),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    eprintln!();
+    for t in tasks {
+        t.await.context("prefill task")?;
+    }
+    let errors = counters.errors.load(Ordering::Relaxed);
+    if errors > 0 {
+        bail!("prefill: {errors} enqueue requests failed");
+    }
+    Ok(())
+}
+
+pub async fn run(args: BenchArgs, addr: &str) -> anyhow::Result<()> {
+    if args.fetch_batch == 0 || args.ack_batch == 0 || args.enqueue_batch == 0 || args.payload == 0
+    {
+        bail!("--fetch-batch, --ack-batch, --enqueue-batch and --payload must be > 0");
+    }
+    let spawned = match args.spawn {
+        Some(n) => Some(spawn_nodes(&args, n)?),
+        None => None,
+    };
+    let target = spawned
+        .as_ref()
+        .map(|s| s.addrs[0].clone())
+        .unwrap_or_else(|| addr.to_string());
+    eprintln!("waiting for shard leaders at {target} ...");
+    let router = Arc::new(Router::discover(&target).await?);
+    let queues = queue_names(args.queues);
+    let payload = Bytes::from(vec![b'x'; args.payload]);
+
+    let prefill_jobs = args.prefill.unwrap_or(match args.scenario {
+        Scenario::Lifecycle => 1_000_000,
+        _ => 0,
+    });
+    prefill(&router, &queues, &payload, prefill_jobs, args.producers).await?;
+
+    let counters = Arc::new(Counters::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let cpu_before = spawned.as_ref().and_then(Spawned::cpu_seconds);
+    let started = Instant::now();
+    let mut producers = Vec::new();
+    let mut workers = Vec::new();
+    if args.scenario != Scenario::Lifecycle {
+        for i in 0..args.producers {
+            producers.push(tokio::spawn(producer(
+                router.clone(),
+                queues[i % queues.len()].clone(),
+                payload.clone(),
+                args.enqueue_batch,
+                counters.clone(),
+                stop.clone(),
+                None,
+            )));
+        }
+    }
+    if args.scenario != Scenario::Enqueue {
+        for w in 0..args.workers {
+            for c in 0..args.concurrency {
+                let queue = queues[(w * args.concurrency + c) % queues.len()].clone();
+                workers.push(tokio::spawn(worker_stream(
+                    router.for_queue(&queue),
+                    queue,
+                    format!("bench-w{w}"),
+                    args.fetch_batch,
+                    args.ack_batch,
+                    counters.clone(),
+                    stop.clone(),
+                )));
+            }
+        }
+    }
+
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let (mut last_enq, mut last_ack) = (0, 0);
+    while started.elapsed() < args.duration {
+        tick.tick().await;
+        let (enq, ack) = (
+            counters.enqueued.load(Ordering::Relaxed),
+            counters.acked.load(Ordering::Relaxed),
+        );
+        eprint!(
+            "\r{:>4.0}s  enqueued {enq:>10} ({:>7}/s)  acked {ack:>10} ({:>7}/s)  errors {}   ",
+            started.elapsed().as_secs_f64(),
+            enq - last_enq,
+            ack - last_ack,
+            counters.errors.load(Ordering::Relaxed)
+        );
+        (last_enq, last_ack) = (enq, ack);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (enqueued, acked) = (
+        counters.enqueued.load(Ordering::Relaxed),
+        counters.acked.load(Ordering::Relaxed),
+    );
+    let cpu = match (cpu_before, spawned.as_ref().and_then(Spawned::cpu_seconds)) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    stop.store(true, Ordering::Relaxed);
+    eprintln!();
+    let mut enqueue_latency = histogram();
+    for p in producers {
+        let _ = enqueue_latency.add(p.await.context("producer task")?);
+    }
+    let mut cycle_latency = histogram();
+    for w in workers {
+        let _ = cycle_latency.add(w.await.context("worker task")?);
+    }
+    let jobs = match args.scenario {
+        Scenario::Enqueue => enqueued,
+        Scenario::Lifecycle => acked,
+        Scenario::Mixed => acked,
+    };
+    let enq = percentiles(&enqueue_latency);
+    let cyc = percentiles(&cycle_latency);
+    let cpu_us_per_job = cpu.map(|c| c * 1e6 / jobs.max(1) as f64);
+    if args.json {
+        let value = serde_json::json!({
+            "scenario": format!("{:?}", args.scenario).to_lowercase(),
+            "nodes": args.spawn,
+            "shards": args.shards,
+            "durability": format!("{:?}", args.durability).to_lowercase(),
+            "seconds": elapsed,
+            "enqueued": enqueued,
+            "acked": acked,
+            "enqueue_per_sec": enqueued as f64 / elapsed,
+            "acked_per_sec": acked as f64 / elapsed,
+            "enqueue_latency_ms": {"p50": enq.p50_ms, "p99": enq.p99_ms, "p999": enq.p999_ms, "samples": enq.samples},
+            "cycle_latency_ms": {"p50": cyc.p50_ms, "p99": cyc.p99_ms, "p999": cyc.p999_ms, "samples": cyc.samples},
+            "server_cpu_seconds": cpu,
+            "server_cpu_us_per_job": cpu_us_per_job,
+            "errors": counters.errors.load(Ordering::Relaxed),
+        });
+        println!("{value}");
+    } else {
+        println!("scenario        {:?}", args.scenario);
+        println!("duration        {elapsed:.1} s");
+        println!(
+            "enqueued        {enqueued} ({:.0} jobs/s)",
+            enqueued as f64 / elapsed
+        );
+        println!(
+            "acked           {acked} ({:.0} jobs/s)",
+            acked as f64 / elapsed
+        );
+        if enq.samples > 0 {
+            println!(
+                "enqueue latency p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  ({} requests)",
+                enq.p50_ms, enq.p99_ms, enq.p999_ms, enq.samples
+            );
+        }
+        if cyc.samples > 0 {
+            println!(
+                "fetch→ack cycle p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  ({} cycles)",
+                cyc.p50_ms, cyc.p99_ms, cyc.p999_ms, cyc.samples
+            );
+        }
+        if let (Some(c), Some(per)) = (cpu, cpu_us_per_job) {
+            println!(
+                "server CPU      {c:.1} s  ({per:.1} µs per job, {:.2} s per 1,000 jobs)",
+                per / 1000.0
+            );
+        }
+        println!(
+            "errors          {}",
+            counters.errors.load(Ordering::Relaxed)
+        );
+    }
+    Ok(())
+}

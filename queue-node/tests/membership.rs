@@ -1,0 +1,153 @@
+//! Growing a one-node cluster to three through the admin API (the path the
+//! operator drives), then losing the original node.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{free_port, wait_for, ProcNode};
+use raftq_client::proto as pb;
+use raftq_client::{Client, JobSpec};
+
+async fn connect(addr: &str) -> Client {
+    wait_for("connect", Duration::from_secs(30), || async {
+        Client::connect(addr).await.ok()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_learners_promote_them_and_survive_the_first_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let mut first = ProcNode::spawn(
+        1,
+        &addrs[0],
+        &dir.path().join("n1"),
+        &format!("1={}", addrs[0]),
+    );
+    let joiners: Vec<ProcNode> = (1..3)
+        .map(|i| {
+            ProcNode::spawn_with(
+                i as u64 + 1,
+                &addrs[i],
+                &dir.path().join(format!("n{}", i + 1)),
+                &format!("{}={}", i + 1, addrs[i]),
+                vec!["--join".into()],
+            )
+        })
+        .collect();
+    let c1 = connect(&addrs[0]).await;
+    wait_for("node 1 leads", Duration::from_secs(30), || async {
+        let s = c1
+            .cluster()
+            .status(pb::ClusterStatusRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        (s.shards[0].role == "leader").then_some(())
+    })
+    .await;
+    let ids = c1
+        .producer()
+        .enqueue_batch("m", (0..10).map(|i| JobSpec::new(format!("{i}"))).collect())
+        .await
+        .unwrap();
+
+    // A joining node has no leader until it is added.
+    let c2 = connect(&addrs[1]).await;
+    let s = c2
+        .cluster()
+        .status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!s.shards[0].has_leader);
+
+    for (i, addr) in addrs.iter().enumerate().skip(1) {
+        c1.cluster()
+            .add_learner(pb::AddLearnerRequest {
+                node_id: i as u64 + 1,
+                addr: addr.clone(),
+                shard: None,
+            })
+            .await
+            .expect("add learner");
+    }
+    let s = c1
+        .cluster()
+        .status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let learners = s.shards[0].members.iter().filter(|m| !m.voter).count();
+    assert_eq!(learners, 2);
+
+    // Bad membership requests are refused with a reason, and change nothing.
+    let e = c1
+        .cluster()
+        .change_membership(pb::ChangeMembershipRequest {
+            voters: vec![],
+            retain: false,
+            shard: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let e = c1
+        .cluster()
+        .change_membership(pb::ChangeMembershipRequest {
+            voters: vec![1, 9],
+            retain: false,
+            shard: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{}", e.message());
+
+    // Asked through a learner: forwarded to the leader.
+    let s = c2
+        .cluster()
+        .change_membership(pb::ChangeMembershipRequest {
+            voters: vec![1, 2, 3],
+            retain: false,
+            shard: None,
+        })
+        .await
+        .expect("promote")
+        .into_inner();
+    assert_eq!(s.shards[0].members.iter().filter(|m| m.voter).count(), 3);
+
+    // Lose node 1: the other two elect a leader and still have every job.
+    first.kill();
+    let c3 = connect(&addrs[2]).await;
+    let stats = wait_for(
+        "a new leader serving stats",
+        Duration::from_secs(30),
+        || async {
+            let r = c3
+                .admin()
+                .stats(pb::StatsRequest {
+                    queue: "m".into(),
+                    ..Default::default()
+                })
+                .await
+                .ok()?;
+            r.into_inner().queues.into_iter().next()
+        },
+    )
+    .await;
+    assert_eq!(stats.ready, 10);
+    let job = c3
+        .admin()
+        .get_job(pb::JobRef {
+            job_id: ids[9].clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(job.payload, "9".as_bytes());
+    drop(joiners);
+}

@@ -158,3 +158,59 @@ async fn cli_errors_are_clear_and_exit_non_zero() {
         );
     }
 }
+
+/// `raftq bench --spawn` runs end to end and reports what it measured (a
+/// functional check: speed is recorded in docs/BENCHMARKS.md, not tested).
+#[test]
+fn bench_spawns_nodes_and_reports_json() {
+    let out = Command::new(raftq_bin())
+        .args([
+            "bench",
+            "--spawn",
+            "1",
+            "--scenario",
+            "mixed",
+            "--duration",
+            "2s",
+        ])
+        .args([
+            "--producers",
+            "2",
+            "--workers",
+            "2",
+            "--concurrency",
+            "1",
+            "--prefill",
+            "500",
+            "--json",
+        ])
+        .output()
+        .expect("run raftq bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().last().expect("a JSON line");
+    let report: serde_json::Value = serde_json::from_str(line).expect("valid JSON");
+    let number = |key: &str| {
+        report[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing in {line}"))
+    };
+    assert!(number("enqueued") > 0.0, "{line}");
+    assert!(number("acked") > 0.0, "{line}");
+    assert!(number("server_cpu_seconds") > 0.0, "{line}");
+    assert_eq!(number("errors"), 0.0, "{line}");
+    assert!(
+        report["cycle_latency_ms"]["samples"].as_u64() > Some(0),
+        "{line}"
+    );
+    let out = Command::new(raftq_bin())
+        .args(["bench", "--spawn", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--spawn takes 1, 3 or 5"));
+}

@@ -38,6 +38,27 @@ impl QueueAdminService {
         }
     }
 
+    async fn set_paused(
+        &self,
+        request: Request<pb::QueueRef>,
+        paused: bool,
+    ) -> Result<Response<pb::QueueInfo>, Status> {
+        match self.queue_route(&request.get_ref().queue, &request)? {
+            Route::Leader(ch) => {
+                let mut leader = QueueAdminClient::new(ch);
+                let request = forwarded(request.into_inner());
+                match paused {
+                    true => leader.pause_queue(request).await,
+                    false => leader.resume_queue(request).await,
+                }
+            }
+            Route::Local(shard) => {
+                let queue = request.into_inner().queue;
+                self.queue_op(shard, Op::SetPaused { queue, paused }).await
+            }
+        }
+    }
+
     async fn count_op(&self, shard: &ShardHandle, op: Op) -> Result<u64, Status> {
         match submit_one(shard, op).await? {
             OpResult::Count(n) => Ok(n),
@@ -131,48 +152,14 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
         &self,
         request: Request<pb::QueueRef>,
     ) -> Result<Response<pb::QueueInfo>, Status> {
-        match self.queue_route(&request.get_ref().queue, &request)? {
-            Route::Leader(ch) => {
-                QueueAdminClient::new(ch)
-                    .pause_queue(forwarded(request.into_inner()))
-                    .await
-            }
-            Route::Local(shard) => {
-                let queue = request.into_inner().queue;
-                self.queue_op(
-                    shard,
-                    Op::SetPaused {
-                        queue,
-                        paused: true,
-                    },
-                )
-                .await
-            }
-        }
+        self.set_paused(request, true).await
     }
 
     async fn resume_queue(
         &self,
         request: Request<pb::QueueRef>,
     ) -> Result<Response<pb::QueueInfo>, Status> {
-        match self.queue_route(&request.get_ref().queue, &request)? {
-            Route::Leader(ch) => {
-                QueueAdminClient::new(ch)
-                    .resume_queue(forwarded(request.into_inner()))
-                    .await
-            }
-            Route::Local(shard) => {
-                let queue = request.into_inner().queue;
-                self.queue_op(
-                    shard,
-                    Op::SetPaused {
-                        queue,
-                        paused: false,
-                    },
-                )
-                .await
-            }
-        }
+        self.set_paused(request, false).await
     }
 
     async fn purge_queue(

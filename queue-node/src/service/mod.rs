@@ -60,6 +60,12 @@ impl NodeContext {
     }
 
     pub(crate) fn route<T>(&self, shard: u32, request: &Request<T>) -> Result<Route<'_>, Status> {
+        self.route_as(shard, is_forwarded(request.metadata()))
+    }
+
+    /// Like [`NodeContext::route`]; `forwarded` says the request already
+    /// came from another node (it is then never forwarded again).
+    pub(crate) fn route_as(&self, shard: u32, forwarded: bool) -> Result<Route<'_>, Status> {
         let handle = self.shard(shard)?;
         let metrics = handle.raft.metrics();
         let (leader, addr) = {
@@ -76,7 +82,7 @@ impl NodeContext {
         match (leader, addr) {
             (Some(l), _) if l == self.id => Ok(Route::Local(handle)),
             (Some(l), Some(addr)) => {
-                if request.metadata().contains_key(FORWARDED) {
+                if forwarded {
                     return Err(Status::unavailable(format!(
                         "shard {shard}: leadership is moving (this node now sees node {l} as leader); retry"
                     )));
@@ -88,6 +94,10 @@ impl NodeContext {
             ))),
         }
     }
+}
+
+pub(crate) fn is_forwarded(metadata: &tonic::metadata::MetadataMap) -> bool {
+    metadata.contains_key(FORWARDED)
 }
 
 /// Builds the forwarded copy of a request.

@@ -241,7 +241,7 @@ impl pb::queue_server::Queue for QueueService {
         &self,
         request: Request<Streaming<pb::WorkerFrame>>,
     ) -> Result<Response<Self::WorkerStreamStream>, Status> {
-        let forwarded_already = request.metadata().contains_key(super::FORWARDED);
+        let forwarded_already = super::is_forwarded(request.metadata());
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("worker stream closed before its first frame")
@@ -254,11 +254,7 @@ impl pb::queue_server::Queue for QueueService {
         validate::optional_duration("open.lease_ms", open.lease_ms, MAX_LEASE_MS)
             .map_err(invalid)?;
         let shard_id = self.ctx.shard_of_queue(&open.queue);
-        let mut probe = Request::new(());
-        if forwarded_already {
-            probe = forwarded(());
-        }
-        match self.ctx.route(shard_id, &probe)? {
+        match self.ctx.route_as(shard_id, forwarded_already)? {
             Route::Leader(ch) => {
                 let frames = futures::stream::once(async move { first })
                     .chain(inbound.filter_map(|f| futures::future::ready(f.ok())));

@@ -138,6 +138,22 @@ impl Spawned {
     }
 }
 
+impl Spawned {
+    /// The largest resident set of the nodes, in MiB (Linux /proc).
+    fn max_rss_mib(&self) -> Option<f64> {
+        self.children
+            .iter()
+            .filter_map(|child| {
+                let status =
+                    std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok()?;
+                let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+                let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some(kib / 1024.0)
+            })
+            .reduce(f64::max)
+    }
+}
+
 fn free_addr() -> anyhow::Result<String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?.to_string())
@@ -526,6 +542,7 @@ pub async fn run(args: BenchArgs, addr: &str) -> anyhow::Result<()> {
         _ => 0,
     });
     prefill(&router, &queues, &payload, prefill_jobs, args.producers).await?;
+    let rss_after_prefill = spawned.as_ref().and_then(Spawned::max_rss_mib);
 
     let counters = Arc::new(Counters::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -590,6 +607,7 @@ pub async fn run(args: BenchArgs, addr: &str) -> anyhow::Result<()> {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
+    let rss_at_end = spawned.as_ref().and_then(Spawned::max_rss_mib);
     stop.store(true, Ordering::Relaxed);
     eprintln!();
     let mut enqueue_latency = histogram();
@@ -623,6 +641,8 @@ pub async fn run(args: BenchArgs, addr: &str) -> anyhow::Result<()> {
             "cycle_latency_ms": {"p50": cyc.p50_ms, "p99": cyc.p99_ms, "p999": cyc.p999_ms, "samples": cyc.samples},
             "server_cpu_seconds": cpu,
             "server_cpu_us_per_job": cpu_us_per_job,
+            "server_rss_mib_after_prefill": rss_after_prefill,
+            "server_rss_mib_at_end": rss_at_end,
             "errors": counters.errors.load(Ordering::Relaxed),
         });
         println!("{value}");

@@ -8,7 +8,6 @@
 //! waits for an in-flight slot. A group is never split, so the acks and the
 //! claim of one worker frame share one Raft round-trip.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,18 +84,13 @@ struct Group {
 #[derive(Clone)]
 pub struct Batcher {
     tx: mpsc::Sender<Group>,
-    last_proposal_ms: Arc<AtomicU64>,
 }
 
 impl Batcher {
     pub fn spawn(raft: Raft, config: BatchConfig, defaults: QueueDefaults) -> Batcher {
         let (tx, rx) = mpsc::channel(16 * 1024);
-        let last_proposal_ms = Arc::new(AtomicU64::new(0));
-        tokio::spawn(run(rx, raft, config, defaults, last_proposal_ms.clone()));
-        Batcher {
-            tx,
-            last_proposal_ms,
-        }
+        tokio::spawn(run(rx, raft, config, defaults));
+        Batcher { tx }
     }
 
     /// Proposes `ops` (in one entry, never split) and waits for their results.
@@ -108,11 +102,6 @@ impl Batcher {
             .await
             .map_err(|_| SubmitError::Closed)?;
         rx.await.map_err(|_| SubmitError::Closed)?
-    }
-
-    /// Unix ms of the newest proposal.
-    pub fn last_proposal_ms(&self) -> u64 {
-        self.last_proposal_ms.load(Ordering::Relaxed)
     }
 }
 
@@ -152,7 +141,6 @@ async fn run(
     raft: Raft,
     config: BatchConfig,
     defaults: QueueDefaults,
-    last_proposal_ms: Arc<AtomicU64>,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_in_flight));
     let linger_min = Duration::from_micros(config.linger_min_micros);
@@ -212,7 +200,6 @@ async fn run(
         };
         let Ok(permit) = permit else { return };
         let now = unix_ms();
-        last_proposal_ms.store(now, Ordering::Relaxed);
         let raft = raft.clone();
         tokio::spawn(async move {
             propose(raft, pending.groups, now, defaults).await;

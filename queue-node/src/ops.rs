@@ -190,7 +190,6 @@ impl std::fmt::Display for Batch {
 pub enum OpError {
     NotFound(String),
     FailedPrecondition(String),
-    InvalidArgument(String),
 }
 
 /// The outcome of one token of an ack / nack / extend.

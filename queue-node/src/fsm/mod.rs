@@ -144,10 +144,6 @@ impl ShardState {
         }
     }
 
-    pub fn shard(&self) -> u32 {
-        self.shard
-    }
-
     pub fn now_ms(&self) -> u64 {
         self.now_ms
     }

@@ -146,7 +146,6 @@ pub fn token_result(outcome: &TokenOutcome) -> pb::TokenResult {
             let (code, message) = match e {
                 OpError::NotFound(m) => (tonic::Code::NotFound, m),
                 OpError::FailedPrecondition(m) => (tonic::Code::FailedPrecondition, m),
-                OpError::InvalidArgument(m) => (tonic::Code::InvalidArgument, m),
             };
             pb::TokenResult {
                 token,

@@ -34,7 +34,6 @@ pub(crate) fn op_status(e: OpError) -> Status {
     match e {
         OpError::NotFound(m) => Status::not_found(m),
         OpError::FailedPrecondition(m) => Status::failed_precondition(m),
-        OpError::InvalidArgument(m) => Status::invalid_argument(m),
     }
 }
 

@@ -4,9 +4,11 @@
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 
+# libclang itself (libclang.so / libclang-14.so), not libclang-cpp, which
+# some images ship alone and which bindgen cannot use.
 have_libclang() {
-  ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so' && return 0
-  compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null
+  ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9.]+)?\.so' && return 0
+  compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null
 }
 
 missing=()

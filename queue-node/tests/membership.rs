@@ -107,17 +107,26 @@ async fn add_learners_promote_them_and_survive_the_first_node() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{}", e.message());
 
-    // Asked through a learner: forwarded to the leader.
-    let s = c2
-        .cluster()
-        .change_membership(pb::ChangeMembershipRequest {
-            voters: vec![1, 2, 3],
-            retain: false,
-            shard: None,
-        })
-        .await
-        .expect("promote")
-        .into_inner();
+    // Asked through a learner: forwarded to the leader. A learner that has
+    // not yet heard from the leader answers UNAVAILABLE ("retry"), as any
+    // node without a leader does; anything else is a failure.
+    let s = wait_for(
+        "the learner to forward the promotion",
+        Duration::from_secs(30),
+        || async {
+            let request = pb::ChangeMembershipRequest {
+                voters: vec![1, 2, 3],
+                retain: false,
+                shard: None,
+            };
+            match c2.cluster().change_membership(request).await {
+                Ok(status) => Some(status.into_inner()),
+                Err(e) if e.code() == tonic::Code::Unavailable => None,
+                Err(e) => panic!("promote: {e}"),
+            }
+        },
+    )
+    .await;
     assert_eq!(s.shards[0].members.iter().filter(|m| m.voter).count(), 3);
 
     // Lose node 1: the other two elect a leader and still have every job.

@@ -38,6 +38,17 @@ fn raftq(addr: &str, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().expect("raftq output")
 }
 
+/// Waits until the node at `addr` reports itself leader, through the CLI.
+async fn wait_until_leading(addr: &str) {
+    wait_for("the node to lead", Duration::from_secs(30), || async {
+        let out = raftq(addr, &["cluster", "status"], None);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("role leader")
+            .then_some(())
+    })
+    .await;
+}
+
 fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
@@ -53,13 +64,7 @@ async fn cli_tour() {
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let _node = ProcNode::spawn(1, &addr, &dir.path().join("n1"), &format!("1={addr}"));
-    wait_for("the node to lead", Duration::from_secs(30), || async {
-        let out = raftq(&addr, &["cluster", "status"], None);
-        String::from_utf8_lossy(&out.stdout)
-            .contains("role leader")
-            .then_some(())
-    })
-    .await;
+    wait_until_leading(&addr).await;
 
     let ids = ok(&raftq(&addr, &["enqueue", "tour", "hello", "world"], None));
     assert_eq!(ids.lines().count(), 2);
@@ -135,13 +140,7 @@ async fn cli_errors_are_clear_and_exit_non_zero() {
     );
 
     let _node = ProcNode::spawn(1, &addr, &dir.path().join("n1"), &format!("1={addr}"));
-    wait_for("the node to lead", Duration::from_secs(30), || async {
-        let out = raftq(&addr, &["cluster", "status"], None);
-        String::from_utf8_lossy(&out.stdout)
-            .contains("role leader")
-            .then_some(())
-    })
-    .await;
+    wait_until_leading(&addr).await;
     for (args, needle) in [
         (vec!["enqueue", "bad/name", "x"], "contains '/'"),
         (vec!["enqueue", "q", ""], "payload is empty"),

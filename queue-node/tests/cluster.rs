@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{free_port, wait_for, ProcNode};
+use common::wait_for;
 use raftq_client::proto as pb;
 use raftq_client::{Client, JobSpec, Worker};
 
@@ -44,27 +44,8 @@ async fn leader_of(clients: &[Client]) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_crash_under_load_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let addrs: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let members = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut nodes: Vec<ProcNode> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            ProcNode::spawn(
-                i as u64 + 1,
-                a,
-                &dir.path().join(format!("n{}", i + 1)),
-                &members,
-            )
-        })
-        .collect();
+    let mut nodes = common::spawn_cluster(dir.path(), 3, &[]);
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
     let mut clients = Vec::new();
     for a in &addrs {
         clients.push(connect(a).await);

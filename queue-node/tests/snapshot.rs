@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{free_port, wait_for, ProcNode};
+use common::wait_for;
 use raftq_client::proto as pb;
 use raftq_client::{Client, JobSpec};
 
@@ -40,29 +40,9 @@ async fn lagging_follower_installs_a_snapshot() {
         "raft:\n  snapshot_every_entries: 20\n  logs_kept_after_snapshot: 0\n",
     )
     .unwrap();
-    let addrs: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let members = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
     let args = vec!["--config".to_string(), config.display().to_string()];
-    let mut nodes: Vec<ProcNode> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            ProcNode::spawn_with(
-                i as u64 + 1,
-                a,
-                &dir.path().join(format!("n{}", i + 1)),
-                &members,
-                args.clone(),
-            )
-        })
-        .collect();
+    let mut nodes = common::spawn_cluster(dir.path(), 3, &args);
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
     let mut clients = Vec::new();
     for a in &addrs {
         clients.push(

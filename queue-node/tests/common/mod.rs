@@ -80,6 +80,34 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Starts `n` `queue-node` processes forming one cluster on loopback, node
+/// ids 1..=n with data dirs `n1`, `n2`, ... under `dir`.
+pub fn spawn_cluster(dir: &Path, n: usize, extra_args: &[String]) -> Vec<ProcNode> {
+    let addrs: Vec<String> = (0..n)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let members = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let id = i as u64 + 1;
+            ProcNode::spawn_with(
+                id,
+                a,
+                &dir.join(format!("n{id}")),
+                &members,
+                extra_args.to_vec(),
+            )
+        })
+        .collect()
+}
+
 /// A `queue-node` process.
 pub struct ProcNode {
     pub id: u64,

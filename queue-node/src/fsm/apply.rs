@@ -42,6 +42,9 @@ impl ShardState {
     ) -> OpResult {
         match op {
             Op::Enqueue { queue, jobs } => {
+                // Once per op, not per job: the queue's shared name and window.
+                let queue = self.queue_name(queue);
+                let dedup_window_ms = self.queue_view(&queue, defaults).dedup_window_ms;
                 let ids = jobs
                     .iter()
                     .map(|job| {
@@ -51,7 +54,7 @@ impl ShardState {
                             position: *position,
                         };
                         *position += 1;
-                        self.enqueue(id, queue, job, defaults, sink)
+                        self.enqueue(id, &queue, dedup_window_ms, job, sink)
                     })
                     .collect();
                 OpResult::Enqueued(ids)
@@ -207,20 +210,19 @@ impl ShardState {
     fn enqueue(
         &mut self,
         id: JobId,
-        queue: &str,
+        queue: &Arc<str>,
+        dedup_window_ms: u64,
         job: &NewJob,
-        defaults: &QueueDefaults,
         sink: &mut impl WriteSink,
     ) -> (JobId, bool) {
-        let queue = self.queue_name(queue);
-        let config = queue_view(&queue, &self.queues[&queue].meta, defaults);
+        let queue = queue.clone();
         if let Some(key) = &job.idempotency_key {
             if let Some(existing) = self.dedup.get(&(queue.clone(), key.clone())) {
                 return (existing.id, true);
             }
             let entry = DedupEntry {
                 id,
-                expires_at_ms: self.now_ms.saturating_add(config.dedup_window_ms),
+                expires_at_ms: self.now_ms.saturating_add(dedup_window_ms),
             };
             sink.put(&keys::dedup_key(self.shard, &queue, key), &entry);
             self.dedup_expiry

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Runs every check and test: formatting, clippy, unit, property, gRPC and
-# multi-process cluster tests.
+# Runs every check and test: formatting, clippy, unit, property, gRPC,
+# multi-process cluster and operator tests, then the Helm chart tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+./scripts/chart-test.sh

@@ -8,6 +8,7 @@
 //! waits for an in-flight slot. A group is never split, so the acks and the
 //! claim of one worker frame share one Raft round-trip.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,20 +82,44 @@ struct Group {
     reply: Reply,
 }
 
+/// Counters of what the batcher proposed, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    pub batches: AtomicU64,
+    pub ops: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
 #[derive(Clone)]
 pub struct Batcher {
     tx: mpsc::Sender<Group>,
+    pub stats: Arc<BatchStats>,
+    /// Set while this node hands the shard's leadership away: no new
+    /// entries, so the followers' leader lease runs out and they elect.
+    stepping_down: Arc<AtomicBool>,
 }
 
 impl Batcher {
     pub fn spawn(raft: Raft, config: BatchConfig, defaults: QueueDefaults) -> Batcher {
         let (tx, rx) = mpsc::channel(16 * 1024);
-        tokio::spawn(run(rx, raft, config, defaults));
-        Batcher { tx }
+        let stats = Arc::new(BatchStats::default());
+        tokio::spawn(run(rx, raft, config, defaults, stats.clone()));
+        Batcher {
+            tx,
+            stats,
+            stepping_down: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn set_stepping_down(&self, on: bool) {
+        self.stepping_down.store(on, Ordering::SeqCst);
     }
 
     /// Proposes `ops` (in one entry, never split) and waits for their results.
     pub async fn submit(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, SubmitError> {
+        if self.stepping_down.load(Ordering::SeqCst) {
+            return Err(SubmitError::NotLeader { leader: None });
+        }
         let (reply, rx) = oneshot::channel();
         let bytes = ops.iter().map(Op::size_hint).sum();
         self.tx
@@ -141,6 +166,7 @@ async fn run(
     raft: Raft,
     config: BatchConfig,
     defaults: QueueDefaults,
+    stats: Arc<BatchStats>,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_in_flight));
     let linger_min = Duration::from_micros(config.linger_min_micros);
@@ -199,6 +225,9 @@ async fn run(
             }
         };
         let Ok(permit) = permit else { return };
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.ops.fetch_add(pending.ops as u64, Ordering::Relaxed);
+        stats.bytes.fetch_add(pending.bytes as u64, Ordering::Relaxed);
         let now = unix_ms();
         let raft = raft.clone();
         tokio::spawn(async move {

@@ -20,6 +20,8 @@ pub struct NodeConfig {
     pub listen: String,
     /// Address peers and forwarded clients use; defaults to the bound address.
     pub advertise: Option<String>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served; none when unset.
+    pub http_listen: Option<String>,
     /// The voters of a new cluster, node id → address. Empty: a one-node
     /// cluster of this node. The lowest id initialises the cluster.
     pub initial_members: BTreeMap<NodeId, String>,
@@ -65,6 +67,7 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("raftq-data"),
             listen: "127.0.0.1:7400".into(),
             advertise: None,
+            http_listen: None,
             initial_members: BTreeMap::new(),
             join: false,
             shards: 1,

@@ -9,6 +9,8 @@
 pub mod batcher;
 pub mod config;
 pub mod fsm;
+pub mod handoff;
+pub mod http;
 pub mod network;
 pub mod node;
 pub mod ops;

@@ -11,14 +11,20 @@ use raftq_node::store::Durability;
 /// Runs a raftq queue node. With no flags: a one-node cluster on
 /// 127.0.0.1:7400 with its data in ./raftq-data.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// YAML config file; flags override its values.
     #[arg(long, env = "RAFTQ_CONFIG")]
     config: Option<PathBuf>,
     /// This node's id (unique in the cluster, > 0).
     #[arg(long, env = "RAFTQ_NODE_ID")]
     node_id: Option<u64>,
+    /// StatefulSet pod index; sets the node id to index + 1 (the operator
+    /// passes the pod-index label here).
+    #[arg(long, env = "RAFTQ_POD_INDEX", conflicts_with = "node_id")]
+    pod_index: Option<u64>,
     /// Data directory (RocksDB).
     #[arg(long, env = "RAFTQ_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -28,6 +34,9 @@ struct Args {
     /// Address other nodes and forwarded clients use to reach this node.
     #[arg(long, env = "RAFTQ_ADVERTISE")]
     advertise: Option<String>,
+    /// Serve /healthz, /readyz and /metrics over HTTP here, e.g. 127.0.0.1:9400.
+    #[arg(long, env = "RAFTQ_HTTP_LISTEN")]
+    http_listen: Option<String>,
     /// Initial voters of a new cluster: `1=127.0.0.1:7401,2=127.0.0.1:7402,...`.
     #[arg(long, value_delimiter = ',', value_parser = parse_member)]
     initial_members: Vec<(u64, String)>,
@@ -55,6 +64,20 @@ struct Args {
     log: String,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Ask a running node to hand the shards it leads to its peers (run
+    /// before stopping it; the operator's preStop hook does).
+    StepDown {
+        /// The node's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        addr: String,
+        /// How long to wait for new leaders.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u32,
+    },
+}
+
 fn parse_member(s: &str) -> Result<(u64, String), String> {
     let (id, addr) = s
         .split_once('=')
@@ -73,6 +96,9 @@ fn config_from(args: &Args) -> anyhow::Result<NodeConfig> {
     if let Some(v) = args.node_id {
         c.node_id = v;
     }
+    if let Some(index) = args.pod_index {
+        c.node_id = index + 1;
+    }
     if let Some(v) = &args.data_dir {
         c.data_dir = v.clone();
     }
@@ -81,6 +107,9 @@ fn config_from(args: &Args) -> anyhow::Result<NodeConfig> {
     }
     if let Some(v) = &args.advertise {
         c.advertise = Some(v.clone());
+    }
+    if let Some(v) = &args.http_listen {
+        c.http_listen = Some(v.clone());
     }
     if !args.initial_members.is_empty() {
         c.initial_members = args
@@ -119,9 +148,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::select! {
         result = node.wait() => return result,
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
-        _ = terminated => tracing::info!("SIGTERM; shutting down"),
+        _ = terminated => tracing::info!("SIGTERM; handing leadership over, then shutting down"),
     }
+    raftq_node::handoff::step_down(&node.context, std::time::Duration::from_secs(10)).await;
     node.shutdown().await
+}
+
+async fn step_down(addr: &str, timeout_ms: u32) -> anyhow::Result<()> {
+    use raftq_api::v1::cluster_admin_client::ClusterAdminClient;
+    let mut client = ClusterAdminClient::connect(format!("http://{addr}"))
+        .await
+        .with_context(|| format!("cannot reach the node at {addr}"))?;
+    let answer = client
+        .step_down(raftq_api::v1::StepDownRequest { timeout_ms })
+        .await
+        .map_err(|s| anyhow::anyhow!("step-down refused by {addr}: {}", s.message()))?
+        .into_inner();
+    for shard in &answer.shards {
+        match shard.new_leader_id {
+            0 => eprintln!("shard {}: no peer took over in time", shard.shard),
+            id => eprintln!("shard {}: now led by node {id}", shard.shard),
+        }
+    }
+    if answer.shards.is_empty() {
+        eprintln!("this node leads no shard that has another voter; nothing to hand over");
+    }
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -140,7 +192,13 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    let result = match &args.command {
+        Some(Command::StepDown { addr, timeout_ms }) => {
+            runtime.block_on(step_down(addr, *timeout_ms))
+        }
+        None => runtime.block_on(run(args)),
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("queue-node: error: {e:#}");

@@ -65,8 +65,11 @@ pub struct NodeHandle {
     pub addr: SocketAddr,
     db: std::sync::Weak<rocksdb::DB>,
     pub context: Arc<NodeContext>,
+    /// Where the HTTP endpoints listen, when enabled.
+    pub http_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    http: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl NodeHandle {
@@ -76,6 +79,9 @@ impl NodeHandle {
             let _ = stop.send(());
         }
         let served = (&mut self.server).await;
+        if let Some(http) = self.http.take() {
+            http.abort();
+        }
         for shard in &self.context.shards {
             let _ = shard.raft.shutdown().await;
         }
@@ -110,6 +116,14 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let http_listener = match &config.http_listen {
+        Some(http) => Some(
+            TcpListener::bind(http)
+                .await
+                .with_context(|| format!("cannot listen on {http} (http_listen)"))?,
+        ),
+        None => None,
+    };
     let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
     let defaults = config.queue_defaults.to_defaults();
 
@@ -186,6 +200,14 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         let _ = stopped.await;
     }));
 
+    let (http_addr, http) = match http_listener {
+        Some(l) => (
+            Some(l.local_addr()?),
+            Some(tokio::spawn(crate::http::serve(l, context.clone()))),
+        ),
+        None => (None, None),
+    };
+
     if !config.join {
         bootstrap(&context, &config, &advertise).await?;
     }
@@ -194,8 +216,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         addr,
         db: store.weak(),
         context,
+        http_addr,
         stop: Some(stop),
         server,
+        http,
     })
 }
 

@@ -129,6 +129,25 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
         Ok(Response::new(self.status()))
     }
 
+    async fn step_down(
+        &self,
+        request: Request<pb::StepDownRequest>,
+    ) -> Result<Response<pb::StepDownResponse>, Status> {
+        let timeout = match request.get_ref().timeout_ms {
+            0 => std::time::Duration::from_secs(10),
+            ms => std::time::Duration::from_millis(u64::from(ms)),
+        };
+        let shards = crate::handoff::step_down(&self.ctx, timeout)
+            .await
+            .into_iter()
+            .map(|h| pb::ShardHandoff {
+                shard: h.shard,
+                new_leader_id: h.new_leader.unwrap_or(0),
+            })
+            .collect();
+        Ok(Response::new(pb::StepDownResponse { shards }))
+    }
+
     async fn add_learner(
         &self,
         request: Request<pb::AddLearnerRequest>,

@@ -1,0 +1,132 @@
+"""Lints and renders the raftq-operator chart with the real Helm library
+(helm-python-sdk) and checks the objects it produces."""
+
+import pathlib
+import unittest
+
+import helm_python as helm
+import yaml
+
+CHART = pathlib.Path(__file__).resolve().parent.parent
+ROOT = CHART.parent.parent
+
+
+def render(values=None, namespace="raftq-system"):
+    chart = helm.Chart.load(str(CHART))
+    try:
+        files = chart.render(values or {}, name="raftq", namespace=namespace, is_install=True)
+    finally:
+        chart.close()
+    objects = []
+    for path, text in files.items():
+        if not path.endswith(".yaml"):
+            continue
+        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return objects, files
+
+
+def by_kind(objects, kind):
+    return [o for o in objects if o["kind"] == kind]
+
+
+def env_of(container):
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+class ChartTest(unittest.TestCase):
+    def test_lint_is_clean_in_strict_mode(self):
+        report = helm.lint(str(CHART), strict=True)
+        problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+        self.assertEqual(problems, [], report)
+
+    def test_default_install_watches_every_namespace(self):
+        objects, _ = render()
+        kinds = sorted(o["kind"] for o in objects)
+        self.assertEqual(
+            kinds,
+            ["ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding", "ServiceAccount"],
+        )
+        deployment = by_kind(objects, "Deployment")[0]
+        self.assertEqual(deployment["metadata"]["namespace"], "raftq-system")
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        self.assertEqual(container["image"], "ghcr.io/raftq/raftq-operator:0.1.0")
+        env = env_of(container)
+        self.assertEqual(env["WATCH_NAMESPACES"], "")
+        self.assertEqual(env["RAFTQ_LOG"], "info")
+        self.assertEqual(container["readinessProbe"]["httpGet"]["path"], "/readyz")
+        self.assertEqual(container["livenessProbe"]["httpGet"]["path"], "/healthz")
+        self.assertFalse(container["securityContext"]["allowPrivilegeEscalation"])
+        sa = by_kind(objects, "ServiceAccount")[0]["metadata"]["name"]
+        self.assertEqual(deployment["spec"]["template"]["spec"]["serviceAccountName"], sa)
+        binding = by_kind(objects, "ClusterRoleBinding")[0]
+        self.assertEqual(binding["subjects"][0], {"kind": "ServiceAccount", "name": sa, "namespace": "raftq-system"})
+
+    def test_rbac_is_least_privilege(self):
+        objects, _ = render()
+        rules = by_kind(objects, "ClusterRole")[0]["rules"]
+        granted = {(g, r, v) for rule in rules for g in rule["apiGroups"]
+                   for r in rule["resources"] for v in rule["verbs"]}
+        for rule in rules:
+            self.assertNotIn("*", rule["verbs"] + rule["resources"] + rule["apiGroups"], rule)
+        # What reconcile does, and nothing more: no secrets, no pods, no deletes of data.
+        self.assertIn(("apps", "statefulsets", "patch"), granted)
+        self.assertIn(("raftq.dev", "jobqueues/status", "patch"), granted)
+        self.assertIn(("events.k8s.io", "events", "create"), granted)
+        self.assertFalse(any(r in ("secrets", "pods", "persistentvolumeclaims") for _, r, _ in granted))
+        self.assertNotIn(("apps", "statefulsets", "delete"), granted)
+        lease_role = [r for r in by_kind(objects, "Role") if r["metadata"]["name"].endswith("leader-election")][0]
+        self.assertEqual(lease_role["metadata"]["namespace"], "raftq-system")
+        self.assertEqual(lease_role["rules"][0]["resources"], ["leases"])
+
+    def test_watched_namespaces_get_roles_not_a_cluster_role(self):
+        objects, _ = render({"watchNamespaces": ["team-a", "team-b"], "logLevel": "debug"})
+        self.assertEqual(by_kind(objects, "ClusterRole"), [])
+        namespaces = sorted(r["metadata"]["namespace"] for r in by_kind(objects, "Role")
+                            if not r["metadata"]["name"].endswith("leader-election"))
+        self.assertEqual(namespaces, ["team-a", "team-b"])
+        container = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+        self.assertEqual(env_of(container)["WATCH_NAMESPACES"], "team-a,team-b")
+        self.assertEqual(env_of(container)["RAFTQ_LOG"], "debug")
+
+    def test_image_and_resources_come_from_values(self):
+        objects, _ = render({"image": {"repository": "registry.example/op", "tag": "9.9"},
+                             "resources": {"limits": {"memory": "1Gi"}}})
+        container = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+        self.assertEqual(container["image"], "registry.example/op:9.9")
+        self.assertEqual(container["resources"]["limits"], {"memory": "1Gi"})
+
+    def test_bad_values_are_rejected_by_the_schema(self):
+        for bad in ({"logLevel": "loud"}, {"replicaCount": 0}, {"watchNamespaces": ["Not_A_Namespace"]},
+                    {"unknownKey": 1}):
+            with self.subTest(values=bad):
+                with self.assertRaises(helm.HelmError):
+                    render(bad)
+
+    def test_chart_ships_the_generated_crd(self):
+        chart_crd = (CHART / "crds" / "jobqueue.yaml").read_text()
+        self.assertEqual(chart_crd, (ROOT / "crds" / "jobqueue.yaml").read_text())
+        crd = yaml.safe_load(chart_crd)
+        self.assertEqual(crd["metadata"]["name"], "jobqueues.raftq.dev")
+
+    def test_notes_tell_the_user_what_to_do_next(self):
+        _, files = render()
+        notes = next(text for path, text in files.items() if path.endswith("NOTES.txt"))
+        self.assertIn("kind: JobQueue", notes)
+        self.assertIn("kubectl get jobqueues", notes)
+
+    def test_examples_are_valid_jobqueues(self):
+        crd = yaml.safe_load((ROOT / "crds" / "jobqueue.yaml").read_text())
+        spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        for path in sorted((ROOT / "examples").glob("*.yaml")):
+            with self.subTest(example=path.name):
+                doc = yaml.safe_load(path.read_text())
+                self.assertEqual(doc["apiVersion"], "raftq.dev/v1alpha1")
+                self.assertEqual(doc["kind"], "JobQueue")
+                unknown = set(doc["spec"]) - set(spec_schema["properties"])
+                self.assertEqual(unknown, set(), f"{path.name}: fields not in the CRD")
+                replicas = doc["spec"]["replicas"]
+                self.assertTrue(1 <= replicas <= 7 and replicas % 2 == 1, path.name)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,208 @@
+//! The `JobQueue` custom resource (`raftq.dev/v1alpha1`): what a user asks
+//! for (spec) and what the operator reports back (status).
+//!
+//! Limits live in the schema (ranges and CEL rules) so the API server itself
+//! rejects a bad resource with a reason; the reconciler trusts them.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A durable, Raft-replicated job queue cluster.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "raftq.dev",
+    version = "v1alpha1",
+    kind = "JobQueue",
+    namespaced,
+    shortname = "jq",
+    status = "JobQueueStatus",
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Shards","type":"integer","jsonPath":".spec.shards"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct JobQueueSpec {
+    /// Queue nodes. Odd so that a majority survives the loss of the rest.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 7))]
+    #[x_kube(validation = Rule::new("self % 2 == 1").message("replicas must be odd (1, 3, 5 or 7): Raft needs a majority"))]
+    pub replicas: i32,
+    /// Raft groups per node; queues are spread over them by name. Fixed at
+    /// creation: the nodes' data is laid out by shard.
+    #[serde(default = "default_shards")]
+    #[schemars(range(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("shards cannot change after creation: the stored data is laid out by shard"))]
+    pub shards: i32,
+    #[serde(default)]
+    pub batching: Batching,
+    #[serde(default)]
+    pub durability: Durability,
+    #[serde(default)]
+    pub storage: Storage,
+    /// The queue-node image; defaults to the operator's matching release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default)]
+    pub queue_defaults: QueueDefaults,
+    /// Secret with `tls.crt`, `tls.key` and `ca.crt` for the gRPC endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_ref: Option<SecretRef>,
+    /// Secret with the bearer tokens clients must present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_secret_ref: Option<SecretRef>,
+    /// Stop reconciling: the operator leaves every object as it is.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_replicas() -> i32 {
+    3
+}
+
+fn default_shards() -> i32 {
+    1
+}
+
+/// How a shard's leader groups operations into Raft entries.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Batching {
+    #[schemars(range(min = 1, max = 65536))]
+    pub max_batch_ops: i64,
+    #[schemars(range(min = 1024, max = 67108864))]
+    pub max_batch_bytes: i64,
+    #[schemars(range(min = 0, max = 100000))]
+    pub linger_min_micros: i64,
+    #[schemars(range(min = 0, max = 100000))]
+    pub linger_max_micros: i64,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            max_batch_ops: 4096,
+            max_batch_bytes: 8 * 1024 * 1024,
+            linger_min_micros: 200,
+            linger_max_micros: 2000,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Every acknowledged write is on disk (one fsync covers a whole batch).
+    #[default]
+    Fsync,
+    /// Writes reach the OS but are not synced: faster, and a machine crash
+    /// can lose the last few milliseconds (replicas still hold them).
+    Async,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Storage {
+    /// Volume size per node, e.g. `10Gi`.
+    pub size: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            size: "10Gi".into(),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// Settings for queues that do not set their own.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueDefaults {
+    #[schemars(range(min = 1))]
+    pub lease_ms: i64,
+    #[schemars(range(min = 1))]
+    pub max_attempts: i32,
+    #[schemars(range(min = 1))]
+    pub backoff_initial_ms: i64,
+    #[schemars(range(min = 1))]
+    pub backoff_max_ms: i64,
+    #[schemars(range(min = 1.0))]
+    pub backoff_multiplier: f64,
+}
+
+impl Default for QueueDefaults {
+    fn default() -> Self {
+        QueueDefaults {
+            lease_ms: 30_000,
+            max_attempts: 10,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 300_000,
+            backoff_multiplier: 2.0,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct SecretRef {
+    pub name: String,
+}
+
+/// What the operator last observed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobQueueStatus {
+    #[serde(default)]
+    pub observed_generation: i64,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Pending, Bootstrapping, Scaling, Running, Degraded, Paused, Deleting.
+    #[serde(default)]
+    pub phase: String,
+    /// Node ids that vote in every shard.
+    #[serde(default)]
+    pub voters: Vec<i64>,
+    #[serde(default)]
+    pub shards: Vec<ShardStatus>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// host:port clients connect to (the client Service).
+    #[serde(default)]
+    pub endpoint: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardStatus {
+    pub shard: i32,
+    /// Node id of the leader; 0 while there is none.
+    pub leader: i64,
+    pub term: i64,
+    pub applied_index: i64,
+}
+
+/// A standard Kubernetes condition.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Available, Progressing or Degraded.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// "True", "False" or "Unknown".
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub last_transition_time: String,
+    #[serde(default)]
+    pub observed_generation: i64,
+}

@@ -1,0 +1,19 @@
+//! raftq's Kubernetes operator: reconciles `JobQueue` resources into a
+//! StatefulSet of queue nodes and manages their Raft membership.
+//!
+//! Data flows one way: [`reconcile`] reads the resource and the nodes'
+//! status, asks [`membership::plan`] for the next step, applies the objects
+//! [`objects`] builds, performs the step and writes the status [`status`]
+//! computes. Building objects and planning are pure; only `reconcile`,
+//! `membership::execute` and [`leader`] talk to the outside.
+
+pub mod crd;
+mod error;
+pub mod leader;
+pub mod membership;
+pub mod metrics;
+pub mod objects;
+pub mod reconcile;
+pub mod status;
+
+pub use error::Error;

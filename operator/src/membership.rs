@@ -1,0 +1,407 @@
+//! Raft membership: what the nodes report, and the one next step that moves
+//! the cluster toward `replicas` voters in every shard.
+//!
+//! [`plan`] is a pure function of observations; [`NodeAdmin`] performs the
+//! step over the nodes' `ClusterAdmin` gRPC API. Node id = pod ordinal + 1.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use raftq_api::v1 as pb;
+use raftq_api::v1::cluster_admin_client::ClusterAdminClient;
+
+/// Raft node id of StatefulSet pod `ordinal`.
+pub fn node_id(ordinal: u32) -> u64 {
+    u64::from(ordinal) + 1
+}
+
+/// What one shard looks like from the node that leads it (or, when it has
+/// no leader, from any node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardView {
+    pub shard: u32,
+    /// 0 = no leader known.
+    pub leader: u64,
+    pub term: u64,
+    pub applied_index: u64,
+    pub voters: BTreeSet<u64>,
+    pub learners: BTreeSet<u64>,
+}
+
+/// Status answers of the reachable nodes, by node id.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub nodes: BTreeMap<u64, pb::ClusterStatus>,
+}
+
+impl Observed {
+    pub fn reachable(&self, id: u64) -> bool {
+        self.nodes.contains_key(&id)
+    }
+
+    /// True when some node has a Raft membership: the cluster was bootstrapped.
+    pub fn initialized(&self) -> bool {
+        self.nodes
+            .values()
+            .any(|n| n.shards.iter().any(|s| !s.members.is_empty()))
+    }
+
+    /// Every shard as its leader sees it (the leader's view is the one that
+    /// commits), else as the node with the newest applied index sees it.
+    pub fn shards(&self) -> Vec<ShardView> {
+        let mut best: BTreeMap<u32, (bool, u64, ShardView)> = BTreeMap::new();
+        for (id, node) in &self.nodes {
+            for s in &node.shards {
+                let is_leader = s.has_leader && s.leader_id == *id;
+                let view = ShardView {
+                    shard: s.shard,
+                    leader: if s.has_leader { s.leader_id } else { 0 },
+                    term: s.term,
+                    applied_index: s.applied_index,
+                    voters: s.members.iter().filter(|m| m.voter).map(|m| m.node_id).collect(),
+                    learners: s.members.iter().filter(|m| !m.voter).map(|m| m.node_id).collect(),
+                };
+                let rank = (is_leader, s.applied_index);
+                match best.get(&s.shard) {
+                    Some((l, a, _)) if (*l, *a) >= rank => {}
+                    _ => {
+                        best.insert(s.shard, (rank.0, rank.1, view));
+                    }
+                }
+            }
+        }
+        best.into_values().map(|(_, _, v)| v).collect()
+    }
+
+    /// The highest node id that is a member (voter or learner) of any shard.
+    pub fn highest_member(&self) -> Option<u64> {
+        self.shards()
+            .iter()
+            .flat_map(|s| s.voters.iter().chain(s.learners.iter()).copied())
+            .max()
+    }
+}
+
+/// The one membership change to make now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Create the cluster on pod 0 (a one-voter cluster the next steps grow).
+    Bootstrap,
+    /// Add the node as a learner of every shard; returns once it caught up.
+    AddLearner { id: u64 },
+    /// Set the voters of every shard.
+    SetVoters { voters: BTreeSet<u64> },
+}
+
+/// Why no step is taken now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// Nothing to do: every shard has exactly the wanted voters.
+    Settled,
+    /// Waiting for something that will happen on its own (a pod starting,
+    /// an election).
+    Waiting(String),
+    /// The change is unsafe; a person must act. The message says why.
+    Refused(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub next: Result<Step, Hold>,
+    /// The StatefulSet size allowed now: removed nodes keep running until
+    /// they have left every shard.
+    pub stateful_set_replicas: i32,
+}
+
+/// Plans the next step toward `replicas` voters (node ids 1..=replicas).
+/// `bootstrapped` is the operator's record that it initialised this cluster
+/// before: then an empty membership means lost data, never a new cluster.
+pub fn plan(replicas: i32, bootstrapped: bool, observed: &Observed) -> Plan {
+    let replicas = replicas.max(1);
+    let wanted: BTreeSet<u64> = (1..=replicas as u64).collect();
+    let hold = |h: Hold, size: i32| Plan {
+        next: Err(h),
+        stateful_set_replicas: size,
+    };
+    if observed.nodes.is_empty() {
+        return hold(
+            Hold::Waiting("no queue node answers yet".into()),
+            replicas,
+        );
+    }
+    if !observed.initialized() {
+        if bootstrapped {
+            return hold(
+                Hold::Refused(
+                    "the nodes answer but none has a Raft membership although this cluster was \
+                     bootstrapped before: their data was lost. Restore the volumes or delete and \
+                     recreate the JobQueue"
+                        .into(),
+                ),
+                replicas,
+            );
+        }
+        return match observed.reachable(node_id(0)) {
+            true => Plan {
+                next: Ok(Step::Bootstrap),
+                stateful_set_replicas: replicas,
+            },
+            false => hold(Hold::Waiting("waiting for pod 0 to start".into()), replicas),
+        };
+    }
+    let highest = observed.highest_member().unwrap_or(0);
+    let size = replicas.max(i32::try_from(highest).unwrap_or(i32::MAX));
+    let shards = observed.shards();
+    if let Some(s) = shards.iter().find(|s| s.leader == 0) {
+        return hold(
+            Hold::Waiting(format!("shard {} has no leader yet", s.shard)),
+            size,
+        );
+    }
+
+    // Grow: every wanted node a member of every shard, then a voter.
+    for id in &wanted {
+        if shards.iter().any(|s| !s.voters.contains(id) && !s.learners.contains(id)) {
+            if !observed.reachable(*id) {
+                return hold(
+                    Hold::Waiting(format!("waiting for pod {} to start", id - 1)),
+                    size,
+                );
+            }
+            return Plan {
+                next: Ok(Step::AddLearner { id: *id }),
+                stateful_set_replicas: size,
+            };
+        }
+    }
+    if shards.iter().all(|s| s.voters == wanted) {
+        return hold(Hold::Settled, replicas);
+    }
+
+    // Any voter change: the new voters must be able to commit it, or the
+    // shard would stall with no majority.
+    let reachable_wanted = wanted.iter().filter(|id| observed.reachable(**id)).count();
+    let majority = wanted.len() / 2 + 1;
+    if reachable_wanted < majority {
+        return hold(
+            Hold::Refused(format!(
+                "only {reachable_wanted} of the {} remaining nodes answer; changing the voters \
+                 now would leave a shard without a majority. Bring the nodes back first",
+                wanted.len()
+            )),
+            size,
+        );
+    }
+    for s in &shards {
+        let current_reachable = s.voters.iter().filter(|id| observed.reachable(**id)).count();
+        if current_reachable < s.voters.len() / 2 + 1 {
+            return hold(
+                Hold::Refused(format!(
+                    "shard {} has lost its majority ({current_reachable} of {} voters answer); \
+                     no membership change can commit",
+                    s.shard,
+                    s.voters.len()
+                )),
+                size,
+            );
+        }
+    }
+    Plan {
+        next: Ok(Step::SetVoters { voters: wanted }),
+        stateful_set_replicas: size,
+    }
+}
+
+/// Talks to queue nodes' admin API. A trait so the reconcile flow can be
+/// tested against a mocked Kubernetes API without real pods.
+#[tonic::async_trait]
+pub trait NodeAdmin: Send + Sync {
+    /// The gRPC address of node `id` of the queue `queue` (`namespace/name`).
+    fn addr(&self, queue: &QueueRef, id: u64) -> String;
+    async fn status(&self, addr: &str) -> Result<pb::ClusterStatus, tonic::Status>;
+    async fn initialize(&self, addr: &str) -> Result<pb::ClusterStatus, tonic::Status>;
+    async fn add_learner(
+        &self,
+        addr: &str,
+        id: u64,
+        learner_addr: &str,
+    ) -> Result<pb::ClusterStatus, tonic::Status>;
+    async fn set_voters(
+        &self,
+        addr: &str,
+        voters: &BTreeSet<u64>,
+    ) -> Result<pb::ClusterStatus, tonic::Status>;
+}
+
+/// Identifies one JobQueue for address lookups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Asks every node id in `ids` for its status; unreachable nodes are left out.
+pub async fn observe(
+    admin: &dyn NodeAdmin,
+    queue: &QueueRef,
+    ids: impl IntoIterator<Item = u64>,
+) -> Observed {
+    let mut observed = Observed::default();
+    for id in ids {
+        if let Ok(status) = admin.status(&admin.addr(queue, id)).await {
+            observed.nodes.insert(id, status);
+        }
+    }
+    observed
+}
+
+/// Performs `step` through the node that can do it.
+pub async fn execute(
+    admin: &dyn NodeAdmin,
+    queue: &QueueRef,
+    observed: &Observed,
+    step: &Step,
+) -> Result<(), tonic::Status> {
+    match step {
+        Step::Bootstrap => admin
+            .initialize(&admin.addr(queue, node_id(0)))
+            .await
+            .map(drop),
+        Step::AddLearner { id } => {
+            let via = some_member(observed);
+            admin
+                .add_learner(&admin.addr(queue, via), *id, &admin.addr(queue, *id))
+                .await
+                .map(drop)
+        }
+        Step::SetVoters { voters } => {
+            let via = some_member(observed);
+            admin
+                .set_voters(&admin.addr(queue, via), voters)
+                .await
+                .map(drop)
+        }
+    }
+}
+
+/// A reachable node that is in the cluster; any node forwards admin calls to
+/// each shard's leader.
+fn some_member(observed: &Observed) -> u64 {
+    let shards = observed.shards();
+    shards
+        .first()
+        .map(|s| s.leader)
+        .filter(|l| observed.reachable(*l))
+        .or_else(|| {
+            observed
+                .nodes
+                .iter()
+                .find(|(_, n)| n.shards.iter().any(|s| !s.members.is_empty()))
+                .map(|(id, _)| *id)
+        })
+        .unwrap_or(1)
+}
+
+/// Maps a queue and a node id to the node's gRPC address.
+pub type AddrOf = Box<dyn Fn(&QueueRef, u64) -> String + Send + Sync>;
+
+/// The real [`NodeAdmin`]: gRPC to `<pod>.<peer service>.<namespace>.svc`.
+pub struct GrpcNodeAdmin {
+    /// Per-call deadline for status; membership calls wait for catch-up.
+    pub status_timeout: Duration,
+    pub change_timeout: Duration,
+    /// Builds a node address; the default is the in-cluster DNS name.
+    pub addr_of: AddrOf,
+}
+
+impl Default for GrpcNodeAdmin {
+    fn default() -> Self {
+        GrpcNodeAdmin {
+            status_timeout: Duration::from_secs(2),
+            change_timeout: Duration::from_secs(60),
+            addr_of: Box::new(|q, id| {
+                format!(
+                    "{name}-{ordinal}.{name}-peers.{ns}.svc:{port}",
+                    name = q.name,
+                    ordinal = id - 1,
+                    ns = q.namespace,
+                    port = crate::objects::GRPC_PORT
+                )
+            }),
+        }
+    }
+}
+
+impl GrpcNodeAdmin {
+    async fn client(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<ClusterAdminClient<tonic::transport::Channel>, tonic::Status> {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| tonic::Status::invalid_argument(format!("bad node address {addr}: {e}")))?
+            .connect_timeout(self.status_timeout)
+            .timeout(timeout);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("cannot reach {addr}: {e}")))?;
+        Ok(ClusterAdminClient::new(channel))
+    }
+}
+
+#[tonic::async_trait]
+impl NodeAdmin for GrpcNodeAdmin {
+    fn addr(&self, queue: &QueueRef, id: u64) -> String {
+        (self.addr_of)(queue, id)
+    }
+
+    async fn status(&self, addr: &str) -> Result<pb::ClusterStatus, tonic::Status> {
+        let mut client = self.client(addr, self.status_timeout).await?;
+        Ok(client
+            .status(pb::ClusterStatusRequest {})
+            .await?
+            .into_inner())
+    }
+
+    async fn initialize(&self, addr: &str) -> Result<pb::ClusterStatus, tonic::Status> {
+        let mut client = self.client(addr, self.change_timeout).await?;
+        Ok(client.initialize(pb::InitializeRequest {}).await?.into_inner())
+    }
+
+    async fn add_learner(
+        &self,
+        addr: &str,
+        id: u64,
+        learner_addr: &str,
+    ) -> Result<pb::ClusterStatus, tonic::Status> {
+        let mut client = self.client(addr, self.change_timeout).await?;
+        Ok(client
+            .add_learner(pb::AddLearnerRequest {
+                node_id: id,
+                addr: learner_addr.to_string(),
+                shard: None,
+            })
+            .await?
+            .into_inner())
+    }
+
+    async fn set_voters(
+        &self,
+        addr: &str,
+        voters: &BTreeSet<u64>,
+    ) -> Result<pb::ClusterStatus, tonic::Status> {
+        let mut client = self.client(addr, self.change_timeout).await?;
+        Ok(client
+            .change_membership(pb::ChangeMembershipRequest {
+                voters: voters.iter().copied().collect(),
+                retain: false,
+                shard: None,
+            })
+            .await?
+            .into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests;

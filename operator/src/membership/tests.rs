@@ -1,0 +1,149 @@
+use super::*;
+
+/// A node's status answer for `shards` shards, each with `voters`/`learners`
+/// and `leader` (0 = none).
+fn node(id: u64, shards: u32, leader: u64, voters: &[u64], learners: &[u64]) -> pb::ClusterStatus {
+    let members = voters
+        .iter()
+        .map(|v| pb::Member {
+            node_id: *v,
+            addr: format!("n{v}"),
+            voter: true,
+        })
+        .chain(learners.iter().map(|l| pb::Member {
+            node_id: *l,
+            addr: format!("n{l}"),
+            voter: false,
+        }))
+        .collect::<Vec<_>>();
+    pb::ClusterStatus {
+        node_id: id,
+        addr: format!("n{id}"),
+        shards: (0..shards)
+            .map(|shard| pb::ShardStatus {
+                shard,
+                leader_id: leader,
+                has_leader: leader != 0,
+                term: 3,
+                applied_index: 10,
+                members: members.clone(),
+                ..pb::ShardStatus::default()
+            })
+            .collect(),
+    }
+}
+
+fn blank(id: u64) -> pb::ClusterStatus {
+    node(id, 2, 0, &[], &[])
+}
+
+fn observed(nodes: Vec<pb::ClusterStatus>) -> Observed {
+    Observed {
+        nodes: nodes.into_iter().map(|n| (n.node_id, n)).collect(),
+    }
+}
+
+fn voters(ids: &[u64]) -> BTreeSet<u64> {
+    ids.iter().copied().collect()
+}
+
+#[test]
+fn nothing_answers_so_wait_at_the_spec_size() {
+    let p = plan(3, false, &Observed::default());
+    assert!(matches!(p.next, Err(Hold::Waiting(_))));
+    assert_eq!(p.stateful_set_replicas, 3);
+}
+
+#[test]
+fn fresh_cluster_bootstraps_on_pod_zero_only() {
+    let p = plan(3, false, &observed(vec![blank(1), blank(2), blank(3)]));
+    assert_eq!(p.next, Ok(Step::Bootstrap));
+    // Pod 0 not up yet: wait, never bootstrap elsewhere.
+    let p = plan(3, false, &observed(vec![blank(2), blank(3)]));
+    assert_eq!(p.next, Err(Hold::Waiting("waiting for pod 0 to start".into())));
+}
+
+#[test]
+fn bootstrapped_before_but_empty_now_is_refused_not_rebootstrapped() {
+    let p = plan(3, true, &observed(vec![blank(1), blank(2), blank(3)]));
+    match p.next {
+        Err(Hold::Refused(why)) => assert!(why.contains("data was lost"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn growth_adds_learners_in_order_then_promotes() {
+    let one = node(1, 2, 1, &[1], &[]);
+    let p = plan(3, true, &observed(vec![one.clone(), blank(2), blank(3)]));
+    assert_eq!(p.next, Ok(Step::AddLearner { id: 2 }));
+    assert_eq!(p.stateful_set_replicas, 3);
+
+    // Pod 1 (node 2) is a learner; pod 2 not started: wait for it.
+    let with_learner = node(1, 2, 1, &[1], &[2]);
+    let p = plan(3, true, &observed(vec![with_learner.clone()]));
+    assert_eq!(p.next, Err(Hold::Waiting("waiting for pod 2 to start".into())));
+
+    let both = node(1, 2, 1, &[1], &[2, 3]);
+    let p = plan(3, true, &observed(vec![both, blank(2), blank(3)]));
+    assert_eq!(
+        p.next,
+        Ok(Step::SetVoters {
+            voters: voters(&[1, 2, 3])
+        })
+    );
+
+    let done = node(1, 2, 1, &[1, 2, 3], &[]);
+    let p = plan(3, true, &observed(vec![done]));
+    assert_eq!(p.next, Err(Hold::Settled));
+}
+
+#[test]
+fn shrink_keeps_the_statefulset_until_the_nodes_left() {
+    let five = |id| node(id, 2, 1, &[1, 2, 3, 4, 5], &[]);
+    let p = plan(3, true, &observed((1..=5).map(five).collect()));
+    assert_eq!(
+        p.next,
+        Ok(Step::SetVoters {
+            voters: voters(&[1, 2, 3])
+        })
+    );
+    assert_eq!(p.stateful_set_replicas, 5, "pods 3 and 4 still vote");
+
+    let three = |id| node(id, 2, 1, &[1, 2, 3], &[]);
+    let p = plan(3, true, &observed((1..=3).map(three).collect()));
+    assert_eq!(p.next, Err(Hold::Settled));
+    assert_eq!(p.stateful_set_replicas, 3);
+}
+
+#[test]
+fn a_change_that_would_lose_quorum_is_refused() {
+    // Shrink 5 -> 3 while nodes 2 and 3 are down: the new voters {1,2,3}
+    // would have only one live member.
+    let five = |id| node(id, 1, 1, &[1, 2, 3, 4, 5], &[]);
+    let p = plan(3, true, &observed(vec![five(1), five(4), five(5)]));
+    match p.next {
+        Err(Hold::Refused(why)) => assert!(why.contains("without a majority"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(p.stateful_set_replicas, 5);
+}
+
+#[test]
+fn leaderless_shard_waits() {
+    let mut n = node(1, 2, 1, &[1, 2, 3], &[]);
+    n.shards[1].has_leader = false;
+    n.shards[1].leader_id = 0;
+    let p = plan(3, true, &observed(vec![n]));
+    assert_eq!(p.next, Err(Hold::Waiting("shard 1 has no leader yet".into())));
+}
+
+#[test]
+fn the_leaders_view_wins_over_a_stale_follower() {
+    // Node 2 still thinks the voters are {1}; the leader (1) knows {1,2,3}.
+    let leader = node(1, 1, 1, &[1, 2, 3], &[]);
+    let mut stale = node(2, 1, 1, &[1], &[2]);
+    stale.shards[0].applied_index = 99;
+    let p = plan(3, true, &observed(vec![stale, leader]));
+    assert_eq!(p.next, Err(Hold::Settled));
+}

@@ -1,0 +1,555 @@
+//! The Kubernetes objects a `JobQueue` owns, built by pure functions of the
+//! resource: node config (ConfigMap), peer and client Services, the
+//! StatefulSet and its PodDisruptionBudget. No API calls here.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction,
+    HTTPGetAction, LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+
+use crate::crd::{Durability, JobQueue};
+use crate::Error;
+
+pub const GRPC_PORT: i32 = 7400;
+pub const HTTP_PORT: i32 = 9400;
+/// Where the rendered node config is mounted in the pod.
+const CONFIG_DIR: &str = "/etc/raftq";
+const CONFIG_FILE: &str = "node.yaml";
+const DATA_DIR: &str = "/var/lib/raftq";
+/// Changes when the node config changes, so the StatefulSet rolls its pods.
+pub const CONFIG_CHECKSUM_ANNOTATION: &str = "raftq.dev/config-checksum";
+/// The image used when the spec names none: the release matching this operator.
+pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/raftq/queue-node:", env!("CARGO_PKG_VERSION"));
+
+/// Names of the objects one `JobQueue` owns.
+pub struct Names {
+    pub config_map: String,
+    pub peer_service: String,
+    pub client_service: String,
+    pub stateful_set: String,
+    pub pdb: String,
+}
+
+pub fn names(jq: &JobQueue) -> Names {
+    let name = jq.name_any();
+    Names {
+        config_map: format!("{name}-config"),
+        peer_service: format!("{name}-peers"),
+        client_service: name.clone(),
+        stateful_set: name.clone(),
+        pdb: name,
+    }
+}
+
+/// Selector labels shared by the pods and the Services that pick them.
+pub fn selector_labels(jq: &JobQueue) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "raftq".to_string()),
+        ("app.kubernetes.io/instance".to_string(), jq.name_any()),
+        (
+            "app.kubernetes.io/component".to_string(),
+            "queue-node".to_string(),
+        ),
+    ])
+}
+
+fn labels(jq: &JobQueue) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(jq);
+    labels.insert(
+        "app.kubernetes.io/managed-by".to_string(),
+        "raftq-operator".to_string(),
+    );
+    labels
+}
+
+fn owner_reference(jq: &JobQueue) -> Result<OwnerReference, Error> {
+    jq.controller_owner_ref(&())
+        .ok_or_else(|| Error::InvalidResource("the JobQueue has no uid yet".into()))
+}
+
+fn metadata(jq: &JobQueue, name: &str) -> Result<ObjectMeta, Error> {
+    Ok(ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: jq.namespace(),
+        labels: Some(labels(jq)),
+        owner_references: Some(vec![owner_reference(jq)?]),
+        ..ObjectMeta::default()
+    })
+}
+
+/// The gRPC address of pod `ordinal` as its peers reach it.
+pub fn node_addr(jq: &JobQueue, ordinal: u32) -> String {
+    let n = names(jq);
+    let ns = jq.namespace().unwrap_or_else(|| "default".into());
+    format!(
+        "{}-{ordinal}.{}.{ns}.svc:{GRPC_PORT}",
+        n.stateful_set, n.peer_service
+    )
+}
+
+/// host:port of the client Service.
+pub fn client_endpoint(jq: &JobQueue) -> String {
+    let ns = jq.namespace().unwrap_or_else(|| "default".into());
+    format!("{}.{ns}.svc:{GRPC_PORT}", names(jq).client_service)
+}
+
+/// The queue-node config file (YAML) every pod of the queue reads. The
+/// node id and advertised address differ per pod and come from the
+/// environment instead.
+pub fn node_config_yaml(jq: &JobQueue) -> Result<String, Error> {
+    let s = &jq.spec;
+    let q = &s.queue_defaults;
+    let config = serde_json::json!({
+        "data_dir": DATA_DIR,
+        "listen": format!("0.0.0.0:{GRPC_PORT}"),
+        "http_listen": format!("0.0.0.0:{HTTP_PORT}"),
+        // The operator bootstraps and grows the cluster through the admin API.
+        "join": true,
+        "shards": s.shards,
+        "durability": match s.durability {
+            Durability::Fsync => "fsync",
+            Durability::Async => "async",
+        },
+        "batching": {
+            "max_batch_ops": s.batching.max_batch_ops,
+            "max_batch_bytes": s.batching.max_batch_bytes,
+            "linger_min_micros": s.batching.linger_min_micros,
+            "linger_max_micros": s.batching.linger_max_micros,
+        },
+        "queue_defaults": {
+            "lease_ms": q.lease_ms,
+            "max_attempts": q.max_attempts,
+            "backoff_initial_ms": q.backoff_initial_ms,
+            "backoff_max_ms": q.backoff_max_ms,
+            "backoff_multiplier": q.backoff_multiplier,
+        },
+    });
+    serde_yaml::to_string(&config).map_err(|e| Error::Render(format!("node config: {e}")))
+}
+
+pub fn config_map(jq: &JobQueue) -> Result<ConfigMap, Error> {
+    Ok(ConfigMap {
+        metadata: metadata(jq, &names(jq).config_map)?,
+        data: Some(BTreeMap::from([(
+            CONFIG_FILE.to_string(),
+            node_config_yaml(jq)?,
+        )])),
+        ..ConfigMap::default()
+    })
+}
+
+fn checksum(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn grpc_port() -> ServicePort {
+    ServicePort {
+        name: Some("grpc".into()),
+        port: GRPC_PORT,
+        target_port: Some(IntOrString::String("grpc".into())),
+        app_protocol: Some("kubernetes.io/h2c".into()),
+        ..ServicePort::default()
+    }
+}
+
+/// Headless: stable DNS per pod for Raft traffic, published before the pods
+/// are ready (a node must reach its peers to become ready at all).
+pub fn peer_service(jq: &JobQueue) -> Result<Service, Error> {
+    Ok(Service {
+        metadata: metadata(jq, &names(jq).peer_service)?,
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector_labels(jq)),
+            ports: Some(vec![grpc_port()]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
+/// What workers connect to: any ready node (each forwards to shard leaders).
+pub fn client_service(jq: &JobQueue) -> Result<Service, Error> {
+    Ok(Service {
+        metadata: metadata(jq, &names(jq).client_service)?,
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(jq)),
+            ports: Some(vec![
+                grpc_port(),
+                ServicePort {
+                    name: Some("metrics".into()),
+                    port: HTTP_PORT,
+                    target_port: Some(IntOrString::String("http".into())),
+                    ..ServicePort::default()
+                },
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn env_from_field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+/// `replicas` is the StatefulSet size the membership plan allows now: during
+/// a scale-down it stays above the spec until the removed nodes left Raft.
+pub fn stateful_set(jq: &JobQueue, replicas: i32) -> Result<StatefulSet, Error> {
+    let n = names(jq);
+    let spec = &jq.spec;
+    let config_sum = checksum(&node_config_yaml(jq)?);
+    let mut template_labels = labels(jq);
+    template_labels.remove("app.kubernetes.io/managed-by");
+    let container = Container {
+        name: "queue-node".into(),
+        image: Some(spec.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.into())),
+        image_pull_policy: spec.image_pull_policy.clone(),
+        args: Some(vec![
+            "--config".into(),
+            format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+        ]),
+        env: Some(vec![
+            env_from_field("POD_NAME", "metadata.name"),
+            // Node id = ordinal + 1, stable across restarts and rescheduling.
+            env_from_field(
+                "RAFTQ_POD_INDEX",
+                "metadata.labels['apps.kubernetes.io/pod-index']",
+            ),
+            env(
+                "RAFTQ_ADVERTISE",
+                &format!(
+                    "$(POD_NAME).{}.{}.svc:{GRPC_PORT}",
+                    n.peer_service,
+                    jq.namespace().unwrap_or_else(|| "default".into())
+                ),
+            ),
+            env("RAFTQ_LOG", "info,openraft=warn"),
+        ]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("grpc".into()),
+                container_port: GRPC_PORT,
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: HTTP_PORT,
+                ..ContainerPort::default()
+            },
+        ]),
+        readiness_probe: Some(http_probe("/readyz", 2, 3)),
+        liveness_probe: Some(http_probe("/healthz", 10, 6)),
+        lifecycle: Some(k8s_openapi::api::core::v1::Lifecycle {
+            // Hand every shard this node leads to a caught-up peer before the
+            // kubelet sends SIGTERM, so a rolling restart costs no election.
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec![
+                        "queue-node".into(),
+                        "step-down".into(),
+                        "--addr".into(),
+                        format!("127.0.0.1:{GRPC_PORT}"),
+                    ]),
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..k8s_openapi::api::core::v1::Lifecycle::default()
+        }),
+        resources: spec.resources.clone(),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "config".into(),
+                mount_path: CONFIG_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "data".into(),
+                mount_path: DATA_DIR.into(),
+                ..VolumeMount::default()
+            },
+        ]),
+        ..Container::default()
+    };
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some("data".into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: spec.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(spec.storage.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    };
+    Ok(StatefulSet {
+        metadata: metadata(jq, &n.stateful_set)?,
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(n.peer_service.clone()),
+            // Pods start together: a node is ready only once it is in the
+            // cluster, which needs its peers running first.
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(jq)),
+                ..LabelSelector::default()
+            },
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                ..StatefulSetUpdateStrategy::default()
+            }),
+            // Queue data outlives the resource unless someone deletes the claims.
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Retain".into()),
+                    when_scaled: Some("Delete".into()),
+                },
+            ),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(template_labels),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_CHECKSUM_ANNOTATION.to_string(),
+                        config_sum,
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    termination_grace_period_seconds: Some(30),
+                    volumes: Some(vec![Volume {
+                        name: "config".into(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: n.config_map.clone(),
+                            ..ConfigMapVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![claim]),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    })
+}
+
+/// At most one node down by voluntary disruption, so a drain never takes a
+/// majority. `None` for one replica: a PDB there would block every drain.
+pub fn pod_disruption_budget(jq: &JobQueue) -> Result<Option<PodDisruptionBudget>, Error> {
+    if jq.spec.replicas <= 1 {
+        return Ok(None);
+    }
+    Ok(Some(PodDisruptionBudget {
+        metadata: metadata(jq, &names(jq).pdb)?,
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(jq)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::JobQueueSpec;
+
+    fn queue(replicas: i32, shards: i32) -> JobQueue {
+        let spec: JobQueueSpec =
+            serde_json::from_value(serde_json::json!({"replicas": replicas, "shards": shards}))
+                .expect("spec");
+        let mut jq = JobQueue::new("orders", spec);
+        jq.metadata.namespace = Some("shop".into());
+        jq.metadata.uid = Some("uid-1".into());
+        jq
+    }
+
+    #[test]
+    fn node_config_carries_shards_batching_and_defaults() {
+        let mut jq = queue(3, 4);
+        jq.spec.durability = Durability::Async;
+        jq.spec.batching.max_batch_ops = 1024;
+        jq.spec.queue_defaults.lease_ms = 5_000;
+        let yaml: serde_json::Value =
+            serde_yaml::from_str(&node_config_yaml(&jq).expect("render")).expect("yaml");
+        assert_eq!(yaml["shards"], 4);
+        assert_eq!(yaml["durability"], "async");
+        assert_eq!(yaml["join"], true, "the operator bootstraps, never the node");
+        assert_eq!(yaml["batching"]["max_batch_ops"], 1024);
+        assert_eq!(yaml["queue_defaults"]["lease_ms"], 5000);
+        assert_eq!(yaml["listen"], "0.0.0.0:7400");
+        assert_eq!(yaml["http_listen"], "0.0.0.0:9400");
+    }
+
+    #[test]
+    fn every_object_is_owned_and_labelled() {
+        let jq = queue(3, 1);
+        let owned = [
+            config_map(&jq).expect("cm").metadata,
+            peer_service(&jq).expect("svc").metadata,
+            client_service(&jq).expect("svc").metadata,
+            stateful_set(&jq, 3).expect("sts").metadata,
+            pod_disruption_budget(&jq).expect("pdb").expect("3 replicas").metadata,
+        ];
+        for meta in owned {
+            let owner = &meta.owner_references.as_ref().expect("owner")[0];
+            assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("JobQueue", "orders"));
+            assert_eq!(owner.controller, Some(true));
+            assert_eq!(meta.namespace.as_deref(), Some("shop"));
+            let labels = meta.labels.expect("labels");
+            assert_eq!(labels["app.kubernetes.io/instance"], "orders");
+        }
+    }
+
+    #[test]
+    fn an_object_without_uid_is_an_error_not_a_panic() {
+        let mut jq = queue(1, 1);
+        jq.metadata.uid = None;
+        assert!(matches!(config_map(&jq), Err(Error::InvalidResource(_))));
+    }
+
+    #[test]
+    fn peer_service_is_headless_and_publishes_unready_pods() {
+        let spec = peer_service(&queue(3, 1)).expect("svc").spec.expect("spec");
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(spec.publish_not_ready_addresses, Some(true));
+        let client = client_service(&queue(3, 1)).expect("svc").spec.expect("spec");
+        let ports: Vec<i32> = client.ports.expect("ports").iter().map(|p| p.port).collect();
+        assert_eq!(ports, [GRPC_PORT, HTTP_PORT]);
+    }
+
+    #[test]
+    fn statefulset_runs_nodes_with_identity_probes_and_handoff() {
+        let mut jq = queue(3, 2);
+        jq.spec.image = Some("registry.example/queue-node:1.2".into());
+        jq.spec.storage.storage_class_name = Some("fast".into());
+        let sts = stateful_set(&jq, 5).expect("sts");
+        let spec = sts.spec.expect("spec");
+        assert_eq!(spec.replicas, Some(5), "the size the membership plan allows");
+        assert_eq!(spec.service_name.as_deref(), Some("orders-peers"));
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+        let pod = spec.template.spec.expect("pod");
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("registry.example/queue-node:1.2"));
+        let env: BTreeMap<_, _> = c
+            .env
+            .as_ref()
+            .expect("env")
+            .iter()
+            .map(|e| (e.name.as_str(), e))
+            .collect();
+        assert_eq!(
+            env["RAFTQ_POD_INDEX"].value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path,
+            "metadata.labels['apps.kubernetes.io/pod-index']"
+        );
+        assert_eq!(
+            env["RAFTQ_ADVERTISE"].value.as_deref(),
+            Some("$(POD_NAME).orders-peers.shop.svc:7400")
+        );
+        let ready = c.readiness_probe.as_ref().expect("readiness");
+        assert_eq!(ready.http_get.as_ref().unwrap().path.as_deref(), Some("/readyz"));
+        let live = c.liveness_probe.as_ref().expect("liveness");
+        assert_eq!(live.http_get.as_ref().unwrap().path.as_deref(), Some("/healthz"));
+        let pre_stop = c.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap();
+        assert_eq!(
+            pre_stop.exec.as_ref().unwrap().command.as_ref().unwrap()[..2],
+            ["queue-node".to_string(), "step-down".to_string()]
+        );
+        let claim = &spec.volume_claim_templates.expect("claims")[0];
+        let claim_spec = claim.spec.as_ref().expect("claim spec");
+        assert_eq!(claim_spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            claim_spec.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
+            "10Gi"
+        );
+    }
+
+    #[test]
+    fn config_change_changes_the_pod_template_checksum() {
+        let checksum = |jq: &JobQueue| {
+            stateful_set(jq, 3).expect("sts").spec.unwrap().template.metadata.unwrap()
+                .annotations.unwrap()[CONFIG_CHECKSUM_ANNOTATION]
+                .clone()
+        };
+        let jq = queue(3, 1);
+        let mut faster = jq.clone();
+        faster.spec.batching.linger_min_micros = 50;
+        assert_eq!(checksum(&jq), checksum(&jq.clone()), "stable");
+        assert_ne!(checksum(&jq), checksum(&faster));
+        // The replica count is not node config: scaling rolls no pods.
+        let mut more = jq.clone();
+        more.spec.replicas = 5;
+        assert_eq!(checksum(&jq), checksum(&more));
+    }
+
+    #[test]
+    fn pdb_allows_one_down_and_none_for_a_single_node() {
+        let pdb = pod_disruption_budget(&queue(3, 1)).expect("pdb").expect("some");
+        assert_eq!(pdb.spec.unwrap().max_unavailable, Some(IntOrString::Int(1)));
+        assert!(pod_disruption_budget(&queue(1, 1)).expect("pdb").is_none());
+    }
+}

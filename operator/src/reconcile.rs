@@ -1,0 +1,302 @@
+//! The reconciler: one `JobQueue` in, its objects applied, at most one
+//! membership step taken, the status written, an [`Action`] out.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+
+use crate::crd::JobQueue;
+use crate::membership::{self, Hold, NodeAdmin, QueueRef, Step};
+use crate::metrics::Metrics;
+use crate::objects;
+use crate::status::{self, Observation};
+use crate::Error;
+
+/// Field manager of every server-side apply, and the finalizer name.
+pub const MANAGER: &str = "raftq-operator";
+pub const FINALIZER: &str = "raftq.dev/cleanup";
+
+/// How soon to look again while something is moving, and when settled.
+const BUSY_REQUEUE: Duration = Duration::from_secs(5);
+const IDLE_REQUEUE: Duration = Duration::from_secs(60);
+
+pub struct Context {
+    pub client: Client,
+    pub nodes: Arc<dyn NodeAdmin>,
+    /// Who the events come from (a recorder per event, so every step is
+    /// its own event rather than a repeat count on the first one).
+    pub reporter: Reporter,
+    pub metrics: Arc<Metrics>,
+}
+
+pub async fn reconcile(jq: Arc<JobQueue>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let ns = jq
+        .namespace()
+        .ok_or_else(|| Error::InvalidResource("a JobQueue must be namespaced".into()))?;
+    let api: Api<JobQueue> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, jq, |event| async {
+        match event {
+            Finalizer::Apply(jq) => apply(&jq, &ctx).await,
+            Finalizer::Cleanup(jq) => cleanup(&jq, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(started.elapsed(), result.as_ref().err());
+    result
+}
+
+/// Retry failed reconciles with a growing delay (kube-runtime resets it on
+/// success); the error is logged and counted once here.
+pub fn error_policy(jq: Arc<JobQueue>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(queue = %jq.name_any(), %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(10))
+}
+
+async fn apply(jq: &JobQueue, ctx: &Context) -> Result<Action, Error> {
+    let ns = jq.namespace().unwrap_or_default();
+    let queue = QueueRef {
+        namespace: ns.clone(),
+        name: jq.name_any(),
+    };
+    if jq.spec.paused {
+        let status = status::compute(
+            jq,
+            &Observation {
+                observed: &membership::Observed::default(),
+                plan: &membership::plan(jq.spec.replicas, true, &Default::default()),
+                ready_replicas: jq.status.as_ref().map_or(0, |s| s.ready_replicas),
+                step_error: None,
+            },
+            &now(),
+        );
+        patch_status(jq, ctx, &status).await?;
+        return Ok(Action::requeue(IDLE_REQUEUE));
+    }
+
+    let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let names = objects::names(jq);
+    let current = sts_api.get_opt(&names.stateful_set).await?;
+    let current_replicas = current
+        .as_ref()
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.replicas);
+    let ready_replicas = current
+        .as_ref()
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+
+    let observed = observe(ctx.nodes.as_ref(), &queue, jq.spec.replicas).await;
+    let mut plan = membership::plan(jq.spec.replicas, status::bootstrapped(jq), &observed);
+    if observed.nodes.is_empty() {
+        // Nothing answers: never shrink blind, a removed pod may still vote.
+        plan.stateful_set_replicas = plan
+            .stateful_set_replicas
+            .max(current_replicas.unwrap_or(0));
+    }
+
+    apply_objects(jq, ctx, plan.stateful_set_replicas).await?;
+
+    let mut step_error = None;
+    let mut after = observed;
+    match &plan.next {
+        Ok(step) => {
+            match membership::execute(ctx.nodes.as_ref(), &queue, &after, step).await {
+                Ok(()) => {
+                    ctx.metrics.membership_step(step_name(step));
+                    publish(ctx, jq, EventType::Normal, step_name(step), describe(step)).await?;
+                    after = observe(ctx.nodes.as_ref(), &queue, jq.spec.replicas).await;
+                }
+                Err(e) => {
+                    let message = format!("{}: {}", describe(step), e.message());
+                    publish(ctx, jq, EventType::Warning, "MembershipStepFailed", message.clone())
+                        .await?;
+                    step_error = Some(message);
+                }
+            }
+        }
+        Err(Hold::Refused(why)) => {
+            publish(ctx, jq, EventType::Warning, "ChangeRefused", why.clone()).await?;
+        }
+        Err(_) => {}
+    }
+
+    let status = status::compute(
+        jq,
+        &Observation {
+            observed: &after,
+            plan: &plan,
+            ready_replicas,
+            step_error,
+        },
+        &now(),
+    );
+    patch_status(jq, ctx, &status).await?;
+    Ok(match plan.next {
+        Err(Hold::Settled) | Err(Hold::Refused(_)) => Action::requeue(IDLE_REQUEUE),
+        _ => Action::requeue(BUSY_REQUEUE),
+    })
+}
+
+/// Status of nodes 1..=replicas, then of any member above that (a
+/// scale-down in progress).
+async fn observe(admin: &dyn NodeAdmin, queue: &QueueRef, replicas: i32) -> membership::Observed {
+    let replicas = replicas.max(1) as u64;
+    let mut observed = membership::observe(admin, queue, 1..=replicas).await;
+    if let Some(highest) = observed.highest_member().filter(|h| *h > replicas) {
+        let extra = membership::observe(admin, queue, replicas + 1..=highest).await;
+        observed.nodes.extend(extra.nodes);
+    }
+    observed
+}
+
+async fn apply_objects(jq: &JobQueue, ctx: &Context, replicas: i32) -> Result<(), Error> {
+    let ns = jq.namespace().unwrap_or_default();
+    let names = objects::names(jq);
+    let params = PatchParams::apply(MANAGER).force();
+    let client = &ctx.client;
+    server_side_apply::<ConfigMap>(client, &ns, &names.config_map, &objects::config_map(jq)?, &params)
+        .await?;
+    server_side_apply::<Service>(client, &ns, &names.peer_service, &objects::peer_service(jq)?, &params)
+        .await?;
+    server_side_apply::<Service>(
+        client,
+        &ns,
+        &names.client_service,
+        &objects::client_service(jq)?,
+        &params,
+    )
+    .await?;
+    server_side_apply::<StatefulSet>(
+        client,
+        &ns,
+        &names.stateful_set,
+        &objects::stateful_set(jq, replicas)?,
+        &params,
+    )
+    .await?;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+    match objects::pod_disruption_budget(jq)? {
+        Some(pdb) => {
+            pdbs.patch(&names.pdb, &params, &Patch::Apply(&pdb)).await?;
+        }
+        None => match pdbs.delete(&names.pdb, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        },
+    }
+    Ok(())
+}
+
+async fn server_side_apply<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    object: &K,
+    params: &PatchParams,
+) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    api.patch(name, params, &Patch::Apply(object)).await?;
+    Ok(())
+}
+
+async fn patch_status(
+    jq: &JobQueue,
+    ctx: &Context,
+    status: &crate::crd::JobQueueStatus,
+) -> Result<(), Error> {
+    if jq.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let api: Api<JobQueue> = Api::namespaced(ctx.client.clone(), &jq.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": JobQueue::api_version(&()),
+        "kind": JobQueue::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &jq.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn cleanup(jq: &JobQueue, ctx: &Context) -> Result<Action, Error> {
+    publish(
+        ctx,
+        jq,
+        EventType::Normal,
+        "Deleting",
+        format!(
+            "deleting the objects of {}; its data volumes (data-{}-N) are kept until deleted by hand",
+            jq.name_any(),
+            objects::names(jq).stateful_set
+        ),
+    )
+    .await?;
+    Ok(Action::await_change())
+}
+
+async fn publish(
+    ctx: &Context,
+    jq: &JobQueue,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) -> Result<(), Error> {
+    tracing::info!(queue = %jq.name_any(), reason, %note, "event");
+    Recorder::new(ctx.client.clone(), ctx.reporter.clone())
+        .publish(
+            &Event {
+                type_,
+                reason: reason.into(),
+                note: Some(note),
+                action: "Reconcile".into(),
+                secondary: None,
+            },
+            &jq.object_ref(&()),
+        )
+        .await?;
+    Ok(())
+}
+
+fn step_name(step: &Step) -> &'static str {
+    match step {
+        Step::Bootstrap => "Bootstrapped",
+        Step::AddLearner { .. } => "NodeAdded",
+        Step::SetVoters { .. } => "VotersChanged",
+    }
+}
+
+fn describe(step: &Step) -> String {
+    match step {
+        Step::Bootstrap => "created the Raft cluster on pod 0".into(),
+        Step::AddLearner { id } => format!("added node {id} (pod {}) as a learner of every shard", id - 1),
+        Step::SetVoters { voters } => format!("set the voters of every shard to {voters:?}"),
+    }
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}

@@ -1,0 +1,193 @@
+//! The operator's membership steps against real `queue-node` processes on
+//! loopback, each started the way its pod would be: the node config the
+//! operator renders, the pod index and advertised address from the
+//! environment. Grows a cluster 1 → 3 one planned step at a time, checks
+//! jobs survive, then shrinks it to 1 and checks the remaining node still
+//! serves every job.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use raftq_client::{Client, JobSpec};
+use raftq_operator::crd::{JobQueue, JobQueueSpec};
+use raftq_operator::membership::{self, GrpcNodeAdmin, Hold, NodeAdmin, QueueRef, Step};
+use raftq_operator::objects;
+
+/// The `queue-node` binary `cargo test --workspace` builds next to this test.
+fn queue_node_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join(format!("queue-node{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (it builds queue-node)",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A queue-node process started like pod `ordinal` of the StatefulSet.
+struct Pod {
+    child: Child,
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_pod(config: &std::path::Path, data: &std::path::Path, ordinal: u32, port: u16) -> Pod {
+    let child = Command::new(queue_node_bin())
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data.join(format!("pod-{ordinal}")))
+        // The pod listens on 0.0.0.0:7400; on one machine each needs a port.
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--http-listen", "127.0.0.1:0"])
+        .env("RAFTQ_POD_INDEX", ordinal.to_string())
+        .env("RAFTQ_ADVERTISE", format!("127.0.0.1:{port}"))
+        .env("RAFTQ_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn queue-node");
+    Pod { child }
+}
+
+fn job_queue(replicas: i32) -> JobQueue {
+    let spec: JobQueueSpec = serde_json::from_value(serde_json::json!({
+        "replicas": replicas,
+        "shards": 2,
+        "batching": {"maxBatchOps": 512, "maxBatchBytes": 1048576,
+                     "lingerMinMicros": 100, "lingerMaxMicros": 1000},
+    }))
+    .expect("spec");
+    let mut jq = JobQueue::new("orders", spec);
+    jq.metadata.namespace = Some("shop".into());
+    jq
+}
+
+/// Plans and executes steps until the plan is settled; returns the steps.
+async fn converge(admin: &GrpcNodeAdmin, replicas: i32, bootstrapped: bool) -> Vec<Step> {
+    let queue = QueueRef {
+        namespace: "shop".into(),
+        name: "orders".into(),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut steps = Vec::new();
+    let mut bootstrapped = bootstrapped;
+    loop {
+        let mut observed = membership::observe(admin, &queue, 1..=replicas as u64).await;
+        if let Some(h) = observed.highest_member().filter(|h| *h > replicas as u64) {
+            let extra = membership::observe(admin, &queue, replicas as u64 + 1..=h).await;
+            observed.nodes.extend(extra.nodes);
+        }
+        let plan = membership::plan(replicas, bootstrapped, &observed);
+        match plan.next {
+            Ok(step) => {
+                membership::execute(admin, &queue, &observed, &step)
+                    .await
+                    .unwrap_or_else(|e| panic!("{step:?} failed: {e}"));
+                bootstrapped = true;
+                steps.push(step);
+            }
+            Err(Hold::Settled) => return steps,
+            Err(Hold::Refused(why)) => panic!("refused: {why}"),
+            Err(Hold::Waiting(why)) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "still waiting after 60s: {why}; steps so far {steps:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grow_to_three_then_shrink_to_one_keeps_every_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("node.yaml");
+    std::fs::write(&config, objects::node_config_yaml(&job_queue(3)).expect("render"))
+        .expect("write config");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let ports_by_id: BTreeMap<u64, u16> = (1..=3).zip(ports.iter().copied()).collect();
+    let mut pods: Vec<Option<Pod>> = (0..3)
+        .map(|i| Some(start_pod(&config, dir.path(), i, ports[i as usize])))
+        .collect();
+    let by_id = Arc::new(ports_by_id);
+    let admin = GrpcNodeAdmin {
+        addr_of: Box::new(move |_, id| format!("127.0.0.1:{}", by_id[&id])),
+        ..GrpcNodeAdmin::default()
+    };
+
+    let steps = converge(&admin, 3, false).await;
+    assert_eq!(
+        steps,
+        [
+            Step::Bootstrap,
+            Step::AddLearner { id: 2 },
+            Step::AddLearner { id: 3 },
+            Step::SetVoters {
+                voters: [1, 2, 3].into()
+            },
+        ]
+    );
+    for port in &ports {
+        let status = admin
+            .status(&format!("127.0.0.1:{port}"))
+            .await
+            .expect("status");
+        for shard in &status.shards {
+            let voters: Vec<u64> = shard.members.iter().filter(|m| m.voter).map(|m| m.node_id).collect();
+            assert_eq!(voters, [1, 2, 3], "node {} shard {}", status.node_id, shard.shard);
+        }
+    }
+
+    // Jobs on both shards, through the highest pod (it forwards to leaders).
+    let client = Client::connect(&format!("127.0.0.1:{}", ports[2])).await.expect("connect");
+    let producer = client.producer();
+    let queues = ["emails", "invoices", "thumbnails", "webhooks"];
+    for q in queues {
+        for n in 0..25 {
+            producer
+                .enqueue(q, JobSpec::new(format!("{q}-{n}")))
+                .await
+                .unwrap_or_else(|e| panic!("enqueue to {q}: {e}"));
+        }
+    }
+
+    // Shrink to one: the voters change first, then pods 1 and 2 can go.
+    let steps = converge(&admin, 1, true).await;
+    assert_eq!(steps, [Step::SetVoters { voters: [1].into() }]);
+    pods[1].take();
+    pods[2].take();
+
+    let client = Client::connect(&format!("127.0.0.1:{}", ports[0])).await.expect("connect");
+    for q in queues {
+        let stats = client
+            .admin()
+            .stats(raftq_client::proto::StatsRequest {
+                queue: q.into(),
+                local: false,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("stats of {q} on the last node: {e}"))
+            .into_inner();
+        let ready: u64 = stats.queues.iter().map(|s| s.ready).sum();
+        assert_eq!(ready, 25, "queue {q} on the remaining node: {stats:?}");
+    }
+}

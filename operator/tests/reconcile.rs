@@ -1,0 +1,557 @@
+//! The reconcile flow against a mocked Kubernetes API server (tower-test),
+//! the way kube-rs's controller-rs tests it: every request the reconciler
+//! makes is recorded and answered the way the API server would, and the
+//! tests assert on what was sent. Queue nodes are an in-memory Raft
+//! membership model here; `membership.rs` runs the same steps against real
+//! queue-node processes.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Reporter;
+use kube::{Client, Resource, ResourceExt};
+use raftq_api::v1 as pb;
+use raftq_operator::crd::{JobQueue, JobQueueSpec, JobQueueStatus};
+use raftq_operator::membership::{NodeAdmin, QueueRef};
+use raftq_operator::metrics::Metrics;
+use raftq_operator::reconcile::{reconcile, Context, FINALIZER};
+use serde_json::{json, Value};
+
+/// One request the reconciler sent.
+#[derive(Debug, Clone)]
+struct Sent {
+    method: Method,
+    path: String,
+    body: Value,
+}
+
+impl Sent {
+    fn is(&self, method: Method, path_end: &str) -> bool {
+        self.method == method && self.path.ends_with(path_end)
+    }
+}
+
+/// The fake API server's state: the StatefulSet it has (for GET) and all
+/// requests received.
+#[derive(Default)]
+struct ApiState {
+    sent: Vec<Sent>,
+    statefulset: Option<Value>,
+}
+
+fn status_body(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+           "message": reason, "reason": reason, "code": code})
+}
+
+/// Answers like the API server: applies echo the object back, GETs return
+/// what was applied, deletes of missing objects are 404.
+fn answer(state: &mut ApiState, method: &Method, path: &str, body: &Value) -> (StatusCode, Value) {
+    let is_sts = path.contains("/statefulsets/");
+    match *method {
+        Method::GET if is_sts => match &state.statefulset {
+            Some(sts) => (StatusCode::OK, sts.clone()),
+            None => (StatusCode::NOT_FOUND, status_body(404, "NotFound")),
+        },
+        Method::PATCH if is_sts => {
+            let mut sts = body.clone();
+            // The API server keeps the status the controller manager wrote.
+            if let Some(old) = &state.statefulset {
+                sts["status"] = old["status"].clone();
+            }
+            state.statefulset = Some(sts.clone());
+            (StatusCode::OK, sts)
+        }
+        Method::DELETE => (StatusCode::NOT_FOUND, status_body(404, "NotFound")),
+        // The JobQueue itself (finalizer JSON patches, status applies): the
+        // API server answers with the whole object.
+        Method::PATCH if path.contains("/jobqueues/") => {
+            let mut jq = json!({
+                "apiVersion": "raftq.dev/v1alpha1",
+                "kind": "JobQueue",
+                "metadata": {"name": "orders", "namespace": "shop"},
+                "spec": {},
+            });
+            if let Some(status) = body.get("status") {
+                jq["status"] = status.clone();
+            }
+            (StatusCode::OK, jq)
+        }
+        _ => (StatusCode::OK, body.clone()),
+    }
+}
+
+fn mock_client() -> (Client, Arc<Mutex<ApiState>>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let state = Arc::new(Mutex::new(ApiState::default()));
+    let server_state = state.clone();
+    tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let method = request.method().clone();
+            let path = request.uri().path().to_string();
+            let bytes = match request.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => Default::default(),
+            };
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let (code, reply) = {
+                let mut s = server_state.lock().unwrap();
+                s.sent.push(Sent {
+                    method: method.clone(),
+                    path: path.clone(),
+                    body: body.clone(),
+                });
+                answer(&mut s, &method, &path, &body)
+            };
+            send.send_response(
+                Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+    (Client::new(service, "default"), state)
+}
+
+/// In-memory Raft membership of the queue's nodes: which are up, and each
+/// node's view of every shard (voters, learners, leader 1 once created).
+#[derive(Default)]
+struct NodesModel {
+    up: BTreeSet<u64>,
+    voters: BTreeSet<u64>,
+    learners: BTreeSet<u64>,
+    shards: u32,
+    calls: Vec<String>,
+}
+
+struct FakeNodes(Mutex<NodesModel>);
+
+impl FakeNodes {
+    fn new(up: impl IntoIterator<Item = u64>, shards: u32) -> Arc<FakeNodes> {
+        Arc::new(FakeNodes(Mutex::new(NodesModel {
+            up: up.into_iter().collect(),
+            shards,
+            ..NodesModel::default()
+        })))
+    }
+
+    fn model(&self) -> std::sync::MutexGuard<'_, NodesModel> {
+        self.0.lock().unwrap()
+    }
+
+    fn status_of(m: &NodesModel, id: u64) -> pb::ClusterStatus {
+        let member = |id: u64, voter| pb::Member {
+            node_id: id,
+            addr: format!("node-{id}"),
+            voter,
+        };
+        let in_cluster = m.voters.contains(&id) || m.learners.contains(&id);
+        let members: Vec<pb::Member> = if in_cluster {
+            m.voters
+                .iter()
+                .map(|v| member(*v, true))
+                .chain(m.learners.iter().map(|l| member(*l, false)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let leader = m.voters.iter().find(|v| m.up.contains(v)).copied().unwrap_or(0);
+        pb::ClusterStatus {
+            node_id: id,
+            addr: format!("node-{id}"),
+            shards: (0..m.shards)
+                .map(|shard| pb::ShardStatus {
+                    shard,
+                    leader_id: if in_cluster { leader } else { 0 },
+                    has_leader: in_cluster && leader != 0,
+                    term: 2,
+                    applied_index: 7,
+                    members: members.clone(),
+                    ..pb::ShardStatus::default()
+                })
+                .collect(),
+        }
+    }
+}
+
+fn id_of(addr: &str) -> u64 {
+    addr.trim_start_matches("node-").parse().unwrap()
+}
+
+#[tonic::async_trait]
+impl NodeAdmin for FakeNodes {
+    fn addr(&self, _queue: &QueueRef, id: u64) -> String {
+        format!("node-{id}")
+    }
+
+    async fn status(&self, addr: &str) -> Result<pb::ClusterStatus, tonic::Status> {
+        let m = self.model();
+        let id = id_of(addr);
+        if !m.up.contains(&id) {
+            return Err(tonic::Status::unavailable("down"));
+        }
+        Ok(Self::status_of(&m, id))
+    }
+
+    async fn initialize(&self, addr: &str) -> Result<pb::ClusterStatus, tonic::Status> {
+        let mut m = self.model();
+        let id = id_of(addr);
+        m.calls.push(format!("initialize {id}"));
+        if m.voters.is_empty() {
+            m.voters.insert(id);
+        }
+        Ok(Self::status_of(&m, id))
+    }
+
+    async fn add_learner(
+        &self,
+        addr: &str,
+        id: u64,
+        _learner_addr: &str,
+    ) -> Result<pb::ClusterStatus, tonic::Status> {
+        let mut m = self.model();
+        m.calls.push(format!("add_learner {id}"));
+        if !m.up.contains(&id) {
+            return Err(tonic::Status::unavailable("learner down"));
+        }
+        m.learners.insert(id);
+        Ok(Self::status_of(&m, id_of(addr)))
+    }
+
+    async fn set_voters(
+        &self,
+        addr: &str,
+        voters: &BTreeSet<u64>,
+    ) -> Result<pb::ClusterStatus, tonic::Status> {
+        let mut m = self.model();
+        m.calls.push(format!("set_voters {voters:?}"));
+        m.learners.retain(|l| !voters.contains(l));
+        m.voters = voters.clone();
+        Ok(Self::status_of(&m, id_of(addr)))
+    }
+}
+
+fn queue(replicas: i32, shards: i32) -> JobQueue {
+    let spec: JobQueueSpec =
+        serde_json::from_value(json!({"replicas": replicas, "shards": shards})).unwrap();
+    let mut jq = JobQueue::new("orders", spec);
+    jq.meta_mut().namespace = Some("shop".into());
+    jq.meta_mut().uid = Some("4a8d6f1e-0000-4000-8000-000000000001".into());
+    jq.meta_mut().generation = Some(1);
+    jq
+}
+
+fn finalized(mut jq: JobQueue) -> JobQueue {
+    jq.finalizers_mut().push(FINALIZER.to_string());
+    jq
+}
+
+fn context(client: Client, nodes: Arc<FakeNodes>) -> Arc<Context> {
+    Arc::new(Context {
+        reporter: Reporter {
+            controller: "raftq-operator".into(),
+            instance: None,
+        },
+        client,
+        nodes,
+        metrics: Arc::new(Metrics::default()),
+    })
+}
+
+/// The status the last status patch carried.
+fn last_status(sent: &[Sent]) -> JobQueueStatus {
+    let patch = sent
+        .iter()
+        .rev()
+        .find(|s| s.is(Method::PATCH, "/jobqueues/orders/status"))
+        .expect("a status patch");
+    serde_json::from_value(patch.body["status"].clone()).unwrap()
+}
+
+fn applied_sts_replicas(sent: &[Sent]) -> i64 {
+    sent.iter()
+        .rev()
+        .find(|s| s.is(Method::PATCH, "/statefulsets/orders"))
+        .expect("a statefulset apply")
+        .body["spec"]["replicas"]
+        .as_i64()
+        .unwrap()
+}
+
+fn event_reasons(sent: &[Sent]) -> Vec<String> {
+    sent.iter()
+        .filter(|s| s.method == Method::POST && s.path.ends_with("/events"))
+        .map(|s| s.body["reason"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Runs reconciles until the membership stops changing, feeding each
+/// status back into the resource as the API server would.
+async fn settle(mut jq: JobQueue, ctx: &Arc<Context>, api: &Arc<Mutex<ApiState>>) -> JobQueue {
+    for _ in 0..10 {
+        reconcile(Arc::new(jq.clone()), ctx.clone()).await.expect("reconcile");
+        let status = last_status(&api.lock().unwrap().sent);
+        let done = status.phase == "Running" || status.phase == "Degraded";
+        jq.status = Some(status);
+        if done {
+            break;
+        }
+    }
+    jq
+}
+
+/// Sets the StatefulSet's ready count, as the controller manager would.
+fn mark_ready(api: &Arc<Mutex<ApiState>>, ready: i64) {
+    let mut s = api.lock().unwrap();
+    if let Some(sts) = s.statefulset.as_mut() {
+        sts["status"] = json!({"replicas": ready, "readyReplicas": ready});
+    }
+}
+
+#[tokio::test]
+async fn a_new_queue_first_gets_the_finalizer_and_nothing_else() {
+    let (client, api) = mock_client();
+    let ctx = context(client, FakeNodes::new([1, 2, 3], 2));
+    let action = reconcile(Arc::new(queue(3, 2)), ctx).await.expect("reconcile");
+    assert_eq!(action, Action::await_change());
+    let sent = api.lock().unwrap().sent.clone();
+    assert_eq!(sent.len(), 1, "only the finalizer patch: {sent:?}");
+    assert!(sent[0].is(Method::PATCH, "/namespaces/shop/jobqueues/orders"));
+    assert!(sent[0].body.to_string().contains(FINALIZER));
+}
+
+#[tokio::test]
+async fn create_applies_every_object_bootstraps_and_grows_to_three() {
+    let (client, api) = mock_client();
+    let nodes = FakeNodes::new([1, 2, 3], 2);
+    let ctx = context(client, nodes.clone());
+    let jq = finalized(queue(3, 2));
+
+    reconcile(Arc::new(jq.clone()), ctx.clone()).await.expect("reconcile");
+    {
+        let sent = api.lock().unwrap().sent.clone();
+        for path in [
+            "/namespaces/shop/configmaps/orders-config",
+            "/namespaces/shop/services/orders-peers",
+            "/namespaces/shop/services/orders",
+            "/namespaces/shop/statefulsets/orders",
+            "/namespaces/shop/poddisruptionbudgets/orders",
+        ] {
+            let apply = sent
+                .iter()
+                .find(|s| s.is(Method::PATCH, path))
+                .unwrap_or_else(|| panic!("no apply of {path}: {sent:?}"));
+            assert_eq!(
+                apply.body["metadata"]["ownerReferences"][0]["name"], "orders",
+                "{path} is owned by the JobQueue"
+            );
+        }
+        let cm = sent.iter().find(|s| s.path.ends_with("/configmaps/orders-config")).unwrap();
+        let node_yaml = cm.body["data"]["node.yaml"].as_str().unwrap();
+        assert!(node_yaml.contains("shards: 2"), "{node_yaml}");
+        assert_eq!(applied_sts_replicas(&sent), 3);
+        assert_eq!(event_reasons(&sent), ["Bootstrapped"]);
+        assert_eq!(nodes.model().calls, ["initialize 1"]);
+    }
+
+    mark_ready(&api, 3);
+    let jq = settle(jq, &ctx, &api).await;
+    let status = jq.status.clone().unwrap();
+    assert_eq!(status.phase, "Running", "{status:?}");
+    assert_eq!(status.voters, [1, 2, 3]);
+    assert_eq!(status.shards.len(), 2);
+    assert_eq!(status.endpoint, "orders.shop.svc:7400");
+    let available = status.conditions.iter().find(|c| c.type_ == "Available").unwrap();
+    assert_eq!(available.status, "True");
+    assert_eq!(
+        nodes.model().calls,
+        ["initialize 1", "add_learner 2", "add_learner 3", "set_voters {1, 2, 3}"]
+    );
+    let reasons = event_reasons(&api.lock().unwrap().sent);
+    assert_eq!(reasons, ["Bootstrapped", "NodeAdded", "NodeAdded", "VotersChanged"]);
+
+    // Settled: another reconcile changes nothing in Raft and sends no event.
+    let before = api.lock().unwrap().sent.len();
+    reconcile(Arc::new(jq), ctx.clone()).await.expect("reconcile");
+    let sent = api.lock().unwrap().sent.clone();
+    assert_eq!(event_reasons(&sent[before..]).len(), 0);
+    assert_eq!(nodes.model().calls.len(), 4);
+}
+
+#[tokio::test]
+async fn a_spec_change_rolls_the_pods_through_the_config_checksum() {
+    let (client, api) = mock_client();
+    let ctx = context(client, FakeNodes::new([1], 1));
+    let jq = finalized(queue(1, 1));
+    reconcile(Arc::new(jq.clone()), ctx.clone()).await.expect("reconcile");
+    let checksum = |sent: &[Sent]| {
+        sent.iter()
+            .rev()
+            .find(|s| s.is(Method::PATCH, "/statefulsets/orders"))
+            .unwrap()
+            .body["spec"]["template"]["metadata"]["annotations"]["raftq.dev/config-checksum"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let first = checksum(&api.lock().unwrap().sent);
+
+    let mut changed = jq.clone();
+    changed.spec.batching.linger_max_micros = 5000;
+    changed.meta_mut().generation = Some(2);
+    reconcile(Arc::new(changed), ctx.clone()).await.expect("reconcile");
+    let sent = api.lock().unwrap().sent.clone();
+    assert_ne!(checksum(&sent), first, "new node config, new checksum");
+    let cm = sent
+        .iter()
+        .rev()
+        .find(|s| s.path.ends_with("/configmaps/orders-config"))
+        .unwrap();
+    assert!(cm.body["data"]["node.yaml"].as_str().unwrap().contains("linger_max_micros: 5000"));
+    // One replica: no PDB (it would block every drain); a stale one is deleted.
+    assert!(sent.iter().any(|s| s.is(Method::DELETE, "/poddisruptionbudgets/orders")));
+    assert_eq!(last_status(&sent).observed_generation, 2);
+}
+
+#[tokio::test]
+async fn scale_up_adds_learners_then_promotes() {
+    let (client, api) = mock_client();
+    let nodes = FakeNodes::new([1, 2, 3], 1);
+    let ctx = context(client, nodes.clone());
+    mark_ready(&api, 3);
+    let jq = settle(finalized(queue(3, 1)), &ctx, &api).await;
+    assert_eq!(jq.status.as_ref().unwrap().voters, [1, 2, 3]);
+
+    // Scale to 5: the StatefulSet grows at once; pods 3 and 4 come up later.
+    let mut five = jq.clone();
+    five.spec.replicas = 5;
+    reconcile(Arc::new(five.clone()), ctx.clone()).await.expect("reconcile");
+    let status = last_status(&api.lock().unwrap().sent);
+    assert_eq!(applied_sts_replicas(&api.lock().unwrap().sent), 5);
+    assert_eq!(status.phase, "Scaling");
+    let progressing = status.conditions.iter().find(|c| c.type_ == "Progressing").unwrap();
+    assert_eq!(progressing.status, "True");
+    assert!(progressing.message.contains("pod 3"), "{progressing:?}");
+
+    nodes.model().up.extend([4, 5]);
+    mark_ready(&api, 5);
+    five.status = Some(status);
+    let five = settle(five, &ctx, &api).await;
+    assert_eq!(five.status.unwrap().voters, [1, 2, 3, 4, 5]);
+    assert_eq!(
+        nodes.model().calls[4..],
+        ["add_learner 4", "add_learner 5", "set_voters {1, 2, 3, 4, 5}"]
+    );
+}
+
+#[tokio::test]
+async fn scale_down_removes_voters_before_the_statefulset_shrinks() {
+    let (client, api) = mock_client();
+    let nodes = FakeNodes::new([1, 2, 3, 4, 5], 2);
+    let ctx = context(client, nodes.clone());
+    mark_ready(&api, 5);
+    let jq = settle(finalized(queue(5, 2)), &ctx, &api).await;
+    assert_eq!(jq.status.as_ref().unwrap().voters, [1, 2, 3, 4, 5]);
+
+    let mut three = jq.clone();
+    three.spec.replicas = 3;
+    reconcile(Arc::new(three.clone()), ctx.clone()).await.expect("reconcile");
+    {
+        let sent = api.lock().unwrap().sent.clone();
+        // The voters change in this reconcile; the pods stay until the next.
+        assert_eq!(applied_sts_replicas(&sent), 5);
+        assert_eq!(nodes.model().calls.last().unwrap(), "set_voters {1, 2, 3}");
+    }
+    three.status = Some(last_status(&api.lock().unwrap().sent));
+    reconcile(Arc::new(three), ctx.clone()).await.expect("reconcile");
+    assert_eq!(applied_sts_replicas(&api.lock().unwrap().sent), 3);
+}
+
+#[tokio::test]
+async fn scale_down_that_would_lose_quorum_is_refused_with_a_reason() {
+    let (client, api) = mock_client();
+    let nodes = FakeNodes::new([1, 2, 3, 4, 5], 1);
+    let ctx = context(client, nodes.clone());
+    mark_ready(&api, 5);
+    let jq = settle(finalized(queue(5, 1)), &ctx, &api).await;
+
+    // Nodes 2 and 3 are down: voters {1,2,3} would have one live member.
+    nodes.model().up = [1, 4, 5].into();
+    let mut three = jq.clone();
+    three.spec.replicas = 3;
+    reconcile(Arc::new(three), ctx.clone()).await.expect("reconcile");
+    let sent = api.lock().unwrap().sent.clone();
+    let status = last_status(&sent);
+    let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "ChangeRefused"));
+    assert!(degraded.message.contains("majority"), "{degraded:?}");
+    assert_eq!(applied_sts_replicas(&sent), 5, "no pod removed");
+    assert!(event_reasons(&sent).contains(&"ChangeRefused".to_string()));
+    assert_eq!(nodes.model().voters, [1, 2, 3, 4, 5].into());
+}
+
+#[tokio::test]
+async fn paused_changes_nothing_but_the_status() {
+    let (client, api) = mock_client();
+    let nodes = FakeNodes::new([1, 2, 3], 1);
+    let ctx = context(client, nodes.clone());
+    let mut jq = finalized(queue(3, 1));
+    jq.spec.paused = true;
+    reconcile(Arc::new(jq), ctx).await.expect("reconcile");
+    let sent = api.lock().unwrap().sent.clone();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(last_status(&sent).phase, "Paused");
+    assert!(nodes.model().calls.is_empty());
+}
+
+#[tokio::test]
+async fn delete_runs_cleanup_and_removes_the_finalizer() {
+    let (client, api) = mock_client();
+    let ctx = context(client, FakeNodes::new([1], 1));
+    let mut jq = finalized(queue(1, 1));
+    jq.meta_mut().deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    let action = reconcile(Arc::new(jq), ctx).await.expect("reconcile");
+    assert_eq!(action, Action::await_change());
+    let sent = api.lock().unwrap().sent.clone();
+    assert_eq!(event_reasons(&sent), ["Deleting"]);
+    let unpatch = sent.last().unwrap();
+    assert!(unpatch.is(Method::PATCH, "/jobqueues/orders"));
+    assert!(unpatch.body.to_string().contains("remove"), "{unpatch:?}");
+}
+
+#[tokio::test]
+async fn lost_data_after_bootstrap_is_reported_not_rebootstrapped() {
+    let (client, api) = mock_client();
+    let nodes = FakeNodes::new([1, 2, 3], 1);
+    let ctx = context(client, nodes.clone());
+    let mut jq = finalized(queue(3, 1));
+    jq.status = Some(JobQueueStatus {
+        voters: vec![1, 2, 3],
+        ..JobQueueStatus::default()
+    });
+    reconcile(Arc::new(jq), ctx).await.expect("reconcile");
+    let status = last_status(&api.lock().unwrap().sent);
+    assert_eq!(status.phase, "Degraded");
+    assert!(nodes.model().calls.is_empty(), "never initialised again");
+}
+
+#[test]
+fn a_bad_spec_is_rejected_by_the_schema_with_a_reason() {
+    let crd = serde_json::to_value(<JobQueue as kube::CustomResourceExt>::crd()).unwrap();
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"];
+    assert_eq!(spec["replicas"]["minimum"].as_f64(), Some(1.0));
+    assert_eq!(spec["replicas"]["maximum"].as_f64(), Some(7.0));
+    let rules = spec["replicas"]["x-kubernetes-validations"].to_string();
+    assert!(rules.contains("self % 2 == 1") && rules.contains("must be odd"), "{rules}");
+    assert_eq!(spec["shards"]["maximum"].as_f64(), Some(64.0));
+    assert!(spec["shards"]["x-kubernetes-validations"].to_string().contains("oldSelf"));
+    assert_eq!(spec["durability"]["enum"], json!(["fsync", "async"]));
+}

@@ -1,0 +1,173 @@
+//! The node's HTTP endpoints: `/healthz` (the process serves), `/readyz`
+//! (every shard has this node as a member and knows a leader, so requests
+//! here can be served or forwarded) and `/metrics` (Prometheus text).
+//!
+//! Read-only: this module looks at Raft metrics, batcher counters and the
+//! state machines' queue counts; it never writes.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::routing::get;
+use openraft::ServerState;
+use tokio::net::TcpListener;
+
+use crate::node::NodeContext;
+
+pub fn router(ctx: Arc<NodeContext>) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(ctx)
+}
+
+pub async fn serve(listener: TcpListener, ctx: Arc<NodeContext>) -> std::io::Result<()> {
+    axum::serve(listener, router(ctx)).await
+}
+
+/// Why the node cannot take requests yet, if it cannot.
+pub fn not_ready(ctx: &NodeContext) -> Option<String> {
+    for shard in &ctx.shards {
+        let m = shard.raft.metrics().borrow().clone();
+        if m.membership_config.membership().get_node(&ctx.id).is_none() {
+            return Some(format!(
+                "shard {}: this node is not a member yet (waiting to be added)",
+                shard.id
+            ));
+        }
+        if m.current_leader.is_none() {
+            return Some(format!("shard {}: no leader known", shard.id));
+        }
+    }
+    None
+}
+
+async fn readyz(State(ctx): State<Arc<NodeContext>>) -> (StatusCode, String) {
+    match not_ready(&ctx) {
+        None => (StatusCode::OK, "ready\n".into()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+    }
+}
+
+async fn metrics(State(ctx): State<Arc<NodeContext>>) -> impl axum::response::IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        render(&ctx),
+    )
+}
+
+/// One metric family: its help, type and samples.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: &'static str,
+    samples: Vec<(String, f64)>,
+}
+
+impl Family {
+    fn new(name: &'static str, kind: &'static str, help: &'static str) -> Family {
+        Family {
+            name,
+            help,
+            kind,
+            samples: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, labels: String, value: impl Into<f64>) {
+        self.samples.push((labels, value.into()));
+    }
+}
+
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The Prometheus text exposition of this node.
+pub fn render(ctx: &NodeContext) -> String {
+    let mut leader = Family::new("raftq_shard_is_leader", "gauge", "1 if this node leads the shard");
+    let mut term = Family::new("raftq_shard_term", "gauge", "Current Raft term of the shard");
+    let mut applied = Family::new(
+        "raftq_shard_applied_index",
+        "gauge",
+        "Last log index applied to the shard's state machine",
+    );
+    let mut last_log = Family::new(
+        "raftq_shard_last_log_index",
+        "gauge",
+        "Last log index stored for the shard",
+    );
+    let mut batches = Family::new(
+        "raftq_batches_total",
+        "counter",
+        "Raft entries this node proposed as the shard's leader",
+    );
+    let mut batch_ops = Family::new(
+        "raftq_batch_ops_total",
+        "counter",
+        "Operations carried by those entries (ops / batches = mean batch size)",
+    );
+    let mut batch_bytes = Family::new(
+        "raftq_batch_bytes_total",
+        "counter",
+        "Approximate bytes carried by those entries",
+    );
+    let mut jobs = Family::new(
+        "raftq_queue_jobs",
+        "gauge",
+        "Jobs in a queue by state (as this node's replica has applied them)",
+    );
+    let mut totals = Family::new(
+        "raftq_queue_operations_total",
+        "counter",
+        "Jobs enqueued, acked, nacked and expired leases per queue",
+    );
+    for shard in &ctx.shards {
+        let s = format!("shard=\"{}\"", shard.id);
+        let m = shard.raft.metrics().borrow().clone();
+        leader.add(s.clone(), u8::from(m.state == ServerState::Leader));
+        term.add(s.clone(), m.current_term as f64);
+        applied.add(s.clone(), m.last_applied.map_or(0, |l| l.index) as f64);
+        last_log.add(s.clone(), m.last_log_index.unwrap_or(0) as f64);
+        let b = &shard.batcher.stats;
+        batches.add(s.clone(), b.batches.load(Ordering::Relaxed) as f64);
+        batch_ops.add(s.clone(), b.ops.load(Ordering::Relaxed) as f64);
+        batch_bytes.add(s.clone(), b.bytes.load(Ordering::Relaxed) as f64);
+        for q in shard.shared.state().all_stats() {
+            let base = format!("{s},queue=\"{}\"", label_value(&q.queue));
+            for (state, n) in [
+                ("ready", q.ready),
+                ("scheduled", q.scheduled),
+                ("leased", q.leased),
+                ("dead", q.dead),
+            ] {
+                jobs.add(format!("{base},state=\"{state}\""), n as f64);
+            }
+            for (op, n) in [
+                ("enqueued", q.totals.enqueued),
+                ("acked", q.totals.acked),
+                ("nacked", q.totals.nacked),
+                ("expired", q.totals.expired),
+            ] {
+                totals.add(format!("{base},op=\"{op}\""), n as f64);
+            }
+        }
+    }
+    let mut out = String::new();
+    for f in [
+        leader, term, applied, last_log, batches, batch_ops, batch_bytes, jobs, totals,
+    ] {
+        let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+        let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
+        for (labels, value) in f.samples {
+            let _ = writeln!(out, "{}{{{labels}}} {value}", f.name);
+        }
+    }
+    out
+}

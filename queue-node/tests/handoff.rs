@@ -1,0 +1,110 @@
+//! Leadership hand-off before a restart: `StepDown` (the admin RPC and the
+//! `queue-node step-down` command the operator's preStop hook runs) moves
+//! every shard a node leads to a peer, and the cluster keeps serving.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use common::wait_for;
+use raftq_client::proto as pb;
+use raftq_client::{Client, JobSpec};
+
+async fn connect(addr: &str) -> Client {
+    wait_for("node accepts connections", Duration::from_secs(30), || async {
+        Client::connect(addr).await.ok()
+    })
+    .await
+}
+
+/// Leader of each shard, once every shard has one all nodes agree on.
+async fn leaders(clients: &[Client]) -> BTreeMap<u32, u64> {
+    wait_for("every shard led", Duration::from_secs(30), || async {
+        let mut seen: BTreeMap<u32, u64> = BTreeMap::new();
+        for c in clients {
+            let status = c.cluster().status(pb::ClusterStatusRequest {}).await.ok()?.into_inner();
+            for s in status.shards {
+                if !s.has_leader || *seen.entry(s.shard).or_insert(s.leader_id) != s.leader_id {
+                    return None;
+                }
+            }
+        }
+        Some(seen)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_down_moves_every_led_shard_and_service_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = common::spawn_cluster(dir.path(), 3, &["--shards".into(), "2".into()]);
+    let mut clients = Vec::new();
+    for n in &nodes {
+        clients.push(connect(&n.addr).await);
+    }
+    let before = leaders(&clients).await;
+    let old = before[&0];
+    let led_by_old: Vec<u32> = before.iter().filter(|(_, l)| **l == old).map(|(s, _)| *s).collect();
+
+    let answer = clients[(old - 1) as usize]
+        .cluster()
+        .step_down(pb::StepDownRequest { timeout_ms: 20_000 })
+        .await
+        .expect("step down")
+        .into_inner();
+    let moved: Vec<u32> = answer.shards.iter().map(|s| s.shard).collect();
+    assert_eq!(moved, led_by_old, "every shard the node led, and only those");
+    for s in &answer.shards {
+        assert!(
+            s.new_leader_id != 0 && s.new_leader_id != old,
+            "shard {} still led by {old}: {answer:?}",
+            s.shard
+        );
+    }
+
+    // The node that stepped down still takes requests and forwards them.
+    let producer = clients[(old - 1) as usize].producer();
+    for n in 0..20 {
+        producer
+            .enqueue("after-handoff", JobSpec::new(format!("job-{n}")))
+            .await
+            .expect("enqueue through the former leader");
+    }
+    let stats = clients[0]
+        .admin()
+        .stats(pb::StatsRequest {
+            queue: "after-handoff".into(),
+            local: false,
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    assert_eq!(stats.queues[0].ready, 20);
+
+    // The preStop command, against the new leader of shard 0.
+    let after = leaders(&clients).await;
+    let new = after[&0];
+    let out = Command::new(env!("CARGO_BIN_EXE_queue-node"))
+        .args(["step-down", "--addr", &nodes[(new - 1) as usize].addr])
+        .output()
+        .expect("run queue-node step-down");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "step-down failed: {stderr}");
+    assert!(stderr.contains("now led by node"), "{stderr}");
+    let last = leaders(&clients).await;
+    assert_ne!(last[&0], new, "shard 0 moved again");
+}
+
+#[test]
+fn step_down_against_nothing_fails_with_a_clear_message() {
+    let port = common::free_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_queue-node"))
+        .args(["step-down", "--addr", &format!("127.0.0.1:{port}")])
+        .output()
+        .expect("run queue-node step-down");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach the node"), "{stderr}");
+}

@@ -1,0 +1,76 @@
+//! The node's HTTP endpoints: liveness, readiness and Prometheus metrics.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{fast_config, start_with, wait_for};
+use raftq_client::JobSpec;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A plain HTTP/1.1 GET; returns (status code, body).
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fast_config(dir.path());
+    config.http_listen = Some("127.0.0.1:0".into());
+    let (node, client) = start_with(config).await;
+    let http = node.http_addr.expect("http endpoint");
+
+    assert_eq!(get(http, "/healthz").await.0, 200);
+    assert_eq!(get(http, "/readyz").await, (200, "ready\n".into()));
+
+    let producer = client.producer();
+    for n in 0..3 {
+        producer.enqueue("mail", JobSpec::new(format!("m{n}"))).await.expect("enqueue");
+    }
+    let (code, metrics) = get(http, "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("raftq_queue_jobs{shard=\"0\",queue=\"mail\",state=\"ready\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("raftq_shard_is_leader{shard=\"0\"} 1"), "{metrics}");
+    let batches: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("raftq_batches_total{shard=\"0\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("batches counter");
+    assert!(batches >= 1.0, "{metrics}");
+    assert_eq!(get(http, "/nope").await.0, 404);
+    node.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_node_waiting_to_join_is_live_but_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fast_config(dir.path());
+    config.http_listen = Some("127.0.0.1:0".into());
+    config.join = true;
+    let node = raftq_node::node::start(config).await.expect("start");
+    let http = node.http_addr.expect("http endpoint");
+    assert_eq!(get(http, "/healthz").await.0, 200);
+    let (code, body) = wait_for("readyz answers", Duration::from_secs(10), || async {
+        Some(get(http, "/readyz").await)
+    })
+    .await;
+    assert_eq!(code, 503);
+    assert!(body.contains("not a member yet"), "{body}");
+    node.shutdown().await.expect("shutdown");
+}

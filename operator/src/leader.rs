@@ -56,7 +56,11 @@ impl LeaseLock {
         next.spec = Some(LeaseSpec {
             holder_identity: Some(self.holder.clone()),
             lease_duration_seconds: Some(seconds),
-            acquire_time: if mine { spec.acquire_time } else { Some(MicroTime(now)) },
+            acquire_time: if mine {
+                spec.acquire_time
+            } else {
+                Some(MicroTime(now))
+            },
             renew_time: Some(MicroTime(now)),
             lease_transitions: Some(spec.lease_transitions.unwrap_or(0) + i32::from(!mine)),
             ..spec
@@ -88,7 +92,9 @@ impl LeaseLock {
             tokio::time::sleep(self.duration / 3).await;
             match self.try_acquire().await {
                 Ok(true) => last_renewed = tokio::time::Instant::now(),
-                Ok(false) => anyhow::bail!("lost the leader lease {} to another replica", self.name),
+                Ok(false) => {
+                    anyhow::bail!("lost the leader lease {} to another replica", self.name)
+                }
                 Err(e) if last_renewed.elapsed() < self.duration => {
                     tracing::warn!(error = %e, "leader lease: renewal failed; retrying")
                 }

@@ -18,7 +18,10 @@ use raftq_operator::metrics::{self, Metrics};
 use raftq_operator::reconcile::{self, Context};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Reconciles raftq JobQueue resources into Raft StatefulSets")]
+#[command(
+    version,
+    about = "Reconciles raftq JobQueue resources into Raft StatefulSets"
+)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
@@ -39,7 +42,12 @@ enum Command {
 struct RunArgs {
     /// Manage JobQueues only in these namespaces (comma-separated); every
     /// namespace when empty.
-    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',', default_value = "")]
+    #[arg(
+        long,
+        env = "WATCH_NAMESPACES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
     namespaces: Vec<String>,
     /// Serves /healthz, /readyz and /metrics.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]

@@ -58,8 +58,18 @@ impl Observed {
                     leader: if s.has_leader { s.leader_id } else { 0 },
                     term: s.term,
                     applied_index: s.applied_index,
-                    voters: s.members.iter().filter(|m| m.voter).map(|m| m.node_id).collect(),
-                    learners: s.members.iter().filter(|m| !m.voter).map(|m| m.node_id).collect(),
+                    voters: s
+                        .members
+                        .iter()
+                        .filter(|m| m.voter)
+                        .map(|m| m.node_id)
+                        .collect(),
+                    learners: s
+                        .members
+                        .iter()
+                        .filter(|m| !m.voter)
+                        .map(|m| m.node_id)
+                        .collect(),
                 };
                 let rank = (is_leader, s.applied_index);
                 match best.get(&s.shard) {
@@ -124,10 +134,7 @@ pub fn plan(replicas: i32, bootstrapped: bool, observed: &Observed) -> Plan {
         stateful_set_replicas: size,
     };
     if observed.nodes.is_empty() {
-        return hold(
-            Hold::Waiting("no queue node answers yet".into()),
-            replicas,
-        );
+        return hold(Hold::Waiting("no queue node answers yet".into()), replicas);
     }
     if !observed.initialized() {
         if bootstrapped {
@@ -161,7 +168,10 @@ pub fn plan(replicas: i32, bootstrapped: bool, observed: &Observed) -> Plan {
 
     // Grow: every wanted node a member of every shard, then a voter.
     for id in &wanted {
-        if shards.iter().any(|s| !s.voters.contains(id) && !s.learners.contains(id)) {
+        if shards
+            .iter()
+            .any(|s| !s.voters.contains(id) && !s.learners.contains(id))
+        {
             if !observed.reachable(*id) {
                 return hold(
                     Hold::Waiting(format!("waiting for pod {} to start", id - 1)),
@@ -193,7 +203,11 @@ pub fn plan(replicas: i32, bootstrapped: bool, observed: &Observed) -> Plan {
         );
     }
     for s in &shards {
-        let current_reachable = s.voters.iter().filter(|id| observed.reachable(**id)).count();
+        let current_reachable = s
+            .voters
+            .iter()
+            .filter(|id| observed.reachable(**id))
+            .count();
         if current_reachable < s.voters.len() / 2 + 1 {
             return hold(
                 Hold::Refused(format!(
@@ -366,7 +380,10 @@ impl NodeAdmin for GrpcNodeAdmin {
 
     async fn initialize(&self, addr: &str) -> Result<pb::ClusterStatus, tonic::Status> {
         let mut client = self.client(addr, self.change_timeout).await?;
-        Ok(client.initialize(pb::InitializeRequest {}).await?.into_inner())
+        Ok(client
+            .initialize(pb::InitializeRequest {})
+            .await?
+            .into_inner())
     }
 
     async fn add_learner(

@@ -438,7 +438,10 @@ mod tests {
             serde_yaml::from_str(&node_config_yaml(&jq).expect("render")).expect("yaml");
         assert_eq!(yaml["shards"], 4);
         assert_eq!(yaml["durability"], "async");
-        assert_eq!(yaml["join"], true, "the operator bootstraps, never the node");
+        assert_eq!(
+            yaml["join"], true,
+            "the operator bootstraps, never the node"
+        );
         assert_eq!(yaml["batching"]["max_batch_ops"], 1024);
         assert_eq!(yaml["queue_defaults"]["lease_ms"], 5000);
         assert_eq!(yaml["listen"], "0.0.0.0:7400");
@@ -453,11 +456,17 @@ mod tests {
             peer_service(&jq).expect("svc").metadata,
             client_service(&jq).expect("svc").metadata,
             stateful_set(&jq, 3).expect("sts").metadata,
-            pod_disruption_budget(&jq).expect("pdb").expect("3 replicas").metadata,
+            pod_disruption_budget(&jq)
+                .expect("pdb")
+                .expect("3 replicas")
+                .metadata,
         ];
         for meta in owned {
             let owner = &meta.owner_references.as_ref().expect("owner")[0];
-            assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("JobQueue", "orders"));
+            assert_eq!(
+                (owner.kind.as_str(), owner.name.as_str()),
+                ("JobQueue", "orders")
+            );
             assert_eq!(owner.controller, Some(true));
             assert_eq!(meta.namespace.as_deref(), Some("shop"));
             let labels = meta.labels.expect("labels");
@@ -477,8 +486,16 @@ mod tests {
         let spec = peer_service(&queue(3, 1)).expect("svc").spec.expect("spec");
         assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
         assert_eq!(spec.publish_not_ready_addresses, Some(true));
-        let client = client_service(&queue(3, 1)).expect("svc").spec.expect("spec");
-        let ports: Vec<i32> = client.ports.expect("ports").iter().map(|p| p.port).collect();
+        let client = client_service(&queue(3, 1))
+            .expect("svc")
+            .spec
+            .expect("spec");
+        let ports: Vec<i32> = client
+            .ports
+            .expect("ports")
+            .iter()
+            .map(|p| p.port)
+            .collect();
         assert_eq!(ports, [GRPC_PORT, HTTP_PORT]);
     }
 
@@ -489,7 +506,11 @@ mod tests {
         jq.spec.storage.storage_class_name = Some("fast".into());
         let sts = stateful_set(&jq, 5).expect("sts");
         let spec = sts.spec.expect("spec");
-        assert_eq!(spec.replicas, Some(5), "the size the membership plan allows");
+        assert_eq!(
+            spec.replicas,
+            Some(5),
+            "the size the membership plan allows"
+        );
         assert_eq!(spec.service_name.as_deref(), Some("orders-peers"));
         assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
         let pod = spec.template.spec.expect("pod");
@@ -503,7 +524,14 @@ mod tests {
             .map(|e| (e.name.as_str(), e))
             .collect();
         assert_eq!(
-            env["RAFTQ_POD_INDEX"].value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path,
+            env["RAFTQ_POD_INDEX"]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
             "metadata.labels['apps.kubernetes.io/pod-index']"
         );
         assert_eq!(
@@ -511,9 +539,15 @@ mod tests {
             Some("$(POD_NAME).orders-peers.shop.svc:7400")
         );
         let ready = c.readiness_probe.as_ref().expect("readiness");
-        assert_eq!(ready.http_get.as_ref().unwrap().path.as_deref(), Some("/readyz"));
+        assert_eq!(
+            ready.http_get.as_ref().unwrap().path.as_deref(),
+            Some("/readyz")
+        );
         let live = c.liveness_probe.as_ref().expect("liveness");
-        assert_eq!(live.http_get.as_ref().unwrap().path.as_deref(), Some("/healthz"));
+        assert_eq!(
+            live.http_get.as_ref().unwrap().path.as_deref(),
+            Some("/healthz")
+        );
         let pre_stop = c.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap();
         assert_eq!(
             pre_stop.exec.as_ref().unwrap().command.as_ref().unwrap()[..2],
@@ -523,7 +557,14 @@ mod tests {
         let claim_spec = claim.spec.as_ref().expect("claim spec");
         assert_eq!(claim_spec.storage_class_name.as_deref(), Some("fast"));
         assert_eq!(
-            claim_spec.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
+            claim_spec
+                .resources
+                .as_ref()
+                .unwrap()
+                .requests
+                .as_ref()
+                .unwrap()["storage"]
+                .0,
             "10Gi"
         );
     }
@@ -531,8 +572,15 @@ mod tests {
     #[test]
     fn config_change_changes_the_pod_template_checksum() {
         let checksum = |jq: &JobQueue| {
-            stateful_set(jq, 3).expect("sts").spec.unwrap().template.metadata.unwrap()
-                .annotations.unwrap()[CONFIG_CHECKSUM_ANNOTATION]
+            stateful_set(jq, 3)
+                .expect("sts")
+                .spec
+                .unwrap()
+                .template
+                .metadata
+                .unwrap()
+                .annotations
+                .unwrap()[CONFIG_CHECKSUM_ANNOTATION]
                 .clone()
         };
         let jq = queue(3, 1);
@@ -548,7 +596,9 @@ mod tests {
 
     #[test]
     fn pdb_allows_one_down_and_none_for_a_single_node() {
-        let pdb = pod_disruption_budget(&queue(3, 1)).expect("pdb").expect("some");
+        let pdb = pod_disruption_budget(&queue(3, 1))
+            .expect("pdb")
+            .expect("some");
         assert_eq!(pdb.spec.unwrap().max_unavailable, Some(IntOrString::Int(1)));
         assert!(pod_disruption_budget(&queue(1, 1)).expect("pdb").is_none());
     }

@@ -52,7 +52,8 @@ pub async fn reconcile(jq: Arc<JobQueue>, ctx: Arc<Context>) -> Result<Action, E
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
-    ctx.metrics.reconciled(started.elapsed(), result.as_ref().err());
+    ctx.metrics
+        .reconciled(started.elapsed(), result.as_ref().err());
     result
 }
 
@@ -111,21 +112,25 @@ async fn apply(jq: &JobQueue, ctx: &Context) -> Result<Action, Error> {
     let mut step_error = None;
     let mut after = observed;
     match &plan.next {
-        Ok(step) => {
-            match membership::execute(ctx.nodes.as_ref(), &queue, &after, step).await {
-                Ok(()) => {
-                    ctx.metrics.membership_step(step_name(step));
-                    publish(ctx, jq, EventType::Normal, step_name(step), describe(step)).await?;
-                    after = observe(ctx.nodes.as_ref(), &queue, jq.spec.replicas).await;
-                }
-                Err(e) => {
-                    let message = format!("{}: {}", describe(step), e.message());
-                    publish(ctx, jq, EventType::Warning, "MembershipStepFailed", message.clone())
-                        .await?;
-                    step_error = Some(message);
-                }
+        Ok(step) => match membership::execute(ctx.nodes.as_ref(), &queue, &after, step).await {
+            Ok(()) => {
+                ctx.metrics.membership_step(step_name(step));
+                publish(ctx, jq, EventType::Normal, step_name(step), describe(step)).await?;
+                after = observe(ctx.nodes.as_ref(), &queue, jq.spec.replicas).await;
             }
-        }
+            Err(e) => {
+                let message = format!("{}: {}", describe(step), e.message());
+                publish(
+                    ctx,
+                    jq,
+                    EventType::Warning,
+                    "MembershipStepFailed",
+                    message.clone(),
+                )
+                .await?;
+                step_error = Some(message);
+            }
+        },
         Err(Hold::Refused(why)) => {
             publish(ctx, jq, EventType::Warning, "ChangeRefused", why.clone()).await?;
         }
@@ -166,10 +171,22 @@ async fn apply_objects(jq: &JobQueue, ctx: &Context, replicas: i32) -> Result<()
     let names = objects::names(jq);
     let params = PatchParams::apply(MANAGER).force();
     let client = &ctx.client;
-    server_side_apply::<ConfigMap>(client, &ns, &names.config_map, &objects::config_map(jq)?, &params)
-        .await?;
-    server_side_apply::<Service>(client, &ns, &names.peer_service, &objects::peer_service(jq)?, &params)
-        .await?;
+    server_side_apply::<ConfigMap>(
+        client,
+        &ns,
+        &names.config_map,
+        &objects::config_map(jq)?,
+        &params,
+    )
+    .await?;
+    server_side_apply::<Service>(
+        client,
+        &ns,
+        &names.peer_service,
+        &objects::peer_service(jq)?,
+        &params,
+    )
+    .await?;
     server_side_apply::<Service>(
         client,
         &ns,
@@ -227,7 +244,8 @@ async fn patch_status(
     if jq.status.as_ref() == Some(status) {
         return Ok(());
     }
-    let api: Api<JobQueue> = Api::namespaced(ctx.client.clone(), &jq.namespace().unwrap_or_default());
+    let api: Api<JobQueue> =
+        Api::namespaced(ctx.client.clone(), &jq.namespace().unwrap_or_default());
     let patch = serde_json::json!({
         "apiVersion": JobQueue::api_version(&()),
         "kind": JobQueue::kind(&()),
@@ -292,7 +310,10 @@ fn step_name(step: &Step) -> &'static str {
 fn describe(step: &Step) -> String {
     match step {
         Step::Bootstrap => "created the Raft cluster on pod 0".into(),
-        Step::AddLearner { id } => format!("added node {id} (pod {}) as a learner of every shard", id - 1),
+        Step::AddLearner { id } => format!(
+            "added node {id} (pod {}) as a learner of every shard",
+            id - 1
+        ),
         Step::SetVoters { voters } => format!("set the voters of every shard to {voters:?}"),
     }
 }

@@ -19,7 +19,11 @@ pub fn compute(jq: &JobQueue, seen: &Observation<'_>, now: &str) -> JobQueueStat
     let generation = jq.metadata.generation.unwrap_or(0);
     let old = jq.status.clone().unwrap_or_default();
     let shards = seen.observed.shards();
-    let leaderless: Vec<u32> = shards.iter().filter(|s| s.leader == 0).map(|s| s.shard).collect();
+    let leaderless: Vec<u32> = shards
+        .iter()
+        .filter(|s| s.leader == 0)
+        .map(|s| s.shard)
+        .collect();
     let initialized = seen.observed.initialized();
     let available = initialized && !shards.is_empty() && leaderless.is_empty();
     let want = jq.spec.replicas;
@@ -31,7 +35,12 @@ pub fn compute(jq: &JobQueue, seen: &Observation<'_>, now: &str) -> JobQueueStat
             "Paused",
             "spec.paused is set: the operator changes nothing".to_string(),
         ),
-        Ok(Step::Bootstrap) => ("Bootstrapping", true, "Bootstrapping", "creating the Raft cluster on pod 0".into()),
+        Ok(Step::Bootstrap) => (
+            "Bootstrapping",
+            true,
+            "Bootstrapping",
+            "creating the Raft cluster on pod 0".into(),
+        ),
         Ok(Step::AddLearner { id }) => (
             "Scaling",
             true,
@@ -53,9 +62,18 @@ pub fn compute(jq: &JobQueue, seen: &Observation<'_>, now: &str) -> JobQueueStat
             "NodesNotReady",
             format!("{} of {want} nodes ready", seen.ready_replicas),
         ),
-        Err(Hold::Settled) => ("Running", false, "Settled", format!("{want} voters in every shard")),
+        Err(Hold::Settled) => (
+            "Running",
+            false,
+            "Settled",
+            format!("{want} voters in every shard"),
+        ),
     };
-    let phase = if !available && phase == "Running" { "Degraded" } else { phase };
+    let phase = if !available && phase == "Running" {
+        "Degraded"
+    } else {
+        phase
+    };
 
     let mut degraded_reasons = Vec::new();
     if let Some(e) = &seen.step_error {
@@ -65,10 +83,16 @@ pub fn compute(jq: &JobQueue, seen: &Observation<'_>, now: &str) -> JobQueueStat
         degraded_reasons.push(("ChangeRefused", why.clone()));
     }
     if initialized && !leaderless.is_empty() {
-        degraded_reasons.push(("NoLeader", format!("shards without a leader: {leaderless:?}")));
+        degraded_reasons.push((
+            "NoLeader",
+            format!("shards without a leader: {leaderless:?}"),
+        ));
     }
     if initialized && seen.ready_replicas < want && matches!(seen.plan.next, Err(Hold::Settled)) {
-        degraded_reasons.push(("NodesNotReady", format!("{} of {want} nodes ready", seen.ready_replicas)));
+        degraded_reasons.push((
+            "NodesNotReady",
+            format!("{} of {want} nodes ready", seen.ready_replicas),
+        ));
     }
 
     let condition = |type_: &str, ok: bool, reason: &str, message: String| {
@@ -90,13 +114,33 @@ pub fn compute(jq: &JobQueue, seen: &Observation<'_>, now: &str) -> JobQueueStat
     };
     let conditions = vec![
         if available {
-            condition("Available", true, "LeadersElected", format!("all {} shards have a leader", shards.len()))
+            condition(
+                "Available",
+                true,
+                "LeadersElected",
+                format!("all {} shards have a leader", shards.len()),
+            )
         } else if !initialized {
-            condition("Available", false, "NotBootstrapped", "the Raft cluster is not created yet".into())
+            condition(
+                "Available",
+                false,
+                "NotBootstrapped",
+                "the Raft cluster is not created yet".into(),
+            )
         } else {
-            condition("Available", false, "NoLeader", format!("shards without a leader: {leaderless:?}"))
+            condition(
+                "Available",
+                false,
+                "NoLeader",
+                format!("shards without a leader: {leaderless:?}"),
+            )
         },
-        condition("Progressing", progressing, progress_reason, progress_message),
+        condition(
+            "Progressing",
+            progressing,
+            progress_reason,
+            progress_message,
+        ),
         match degraded_reasons.first() {
             Some((reason, message)) => condition("Degraded", true, reason, message.clone()),
             None => condition("Degraded", false, "Healthy", "no problem seen".into()),

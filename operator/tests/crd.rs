@@ -17,7 +17,10 @@ fn printed_crd() -> String {
 fn checked_in_crds_match_the_code() {
     let printed = printed_crd();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for file in ["crds/jobqueue.yaml", "charts/raftq-operator/crds/jobqueue.yaml"] {
+    for file in [
+        "crds/jobqueue.yaml",
+        "charts/raftq-operator/crds/jobqueue.yaml",
+    ] {
         let stored = std::fs::read_to_string(root.join(file))
             .unwrap_or_else(|e| panic!("reading {file}: {e}"));
         assert!(

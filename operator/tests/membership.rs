@@ -121,8 +121,11 @@ async fn converge(admin: &GrpcNodeAdmin, replicas: i32, bootstrapped: bool) -> V
 async fn grow_to_three_then_shrink_to_one_keeps_every_job() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("node.yaml");
-    std::fs::write(&config, objects::node_config_yaml(&job_queue(3)).expect("render"))
-        .expect("write config");
+    std::fs::write(
+        &config,
+        objects::node_config_yaml(&job_queue(3)).expect("render"),
+    )
+    .expect("write config");
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let ports_by_id: BTreeMap<u64, u16> = (1..=3).zip(ports.iter().copied()).collect();
     let mut pods: Vec<Option<Pod>> = (0..3)
@@ -152,13 +155,26 @@ async fn grow_to_three_then_shrink_to_one_keeps_every_job() {
             .await
             .expect("status");
         for shard in &status.shards {
-            let voters: Vec<u64> = shard.members.iter().filter(|m| m.voter).map(|m| m.node_id).collect();
-            assert_eq!(voters, [1, 2, 3], "node {} shard {}", status.node_id, shard.shard);
+            let voters: Vec<u64> = shard
+                .members
+                .iter()
+                .filter(|m| m.voter)
+                .map(|m| m.node_id)
+                .collect();
+            assert_eq!(
+                voters,
+                [1, 2, 3],
+                "node {} shard {}",
+                status.node_id,
+                shard.shard
+            );
         }
     }
 
     // Jobs on both shards, through the highest pod (it forwards to leaders).
-    let client = Client::connect(&format!("127.0.0.1:{}", ports[2])).await.expect("connect");
+    let client = Client::connect(&format!("127.0.0.1:{}", ports[2]))
+        .await
+        .expect("connect");
     let producer = client.producer();
     let queues = ["emails", "invoices", "thumbnails", "webhooks"];
     for q in queues {
@@ -176,7 +192,9 @@ async fn grow_to_three_then_shrink_to_one_keeps_every_job() {
     pods[1].take();
     pods[2].take();
 
-    let client = Client::connect(&format!("127.0.0.1:{}", ports[0])).await.expect("connect");
+    let client = Client::connect(&format!("127.0.0.1:{}", ports[0]))
+        .await
+        .expect("connect");
     for q in queues {
         let stats = client
             .admin()

@@ -160,7 +160,12 @@ impl FakeNodes {
         } else {
             Vec::new()
         };
-        let leader = m.voters.iter().find(|v| m.up.contains(v)).copied().unwrap_or(0);
+        let leader = m
+            .voters
+            .iter()
+            .find(|v| m.up.contains(v))
+            .copied()
+            .unwrap_or(0);
         pb::ClusterStatus {
             node_id: id,
             addr: format!("node-{id}"),
@@ -294,7 +299,9 @@ fn event_reasons(sent: &[Sent]) -> Vec<String> {
 /// status back into the resource as the API server would.
 async fn settle(mut jq: JobQueue, ctx: &Arc<Context>, api: &Arc<Mutex<ApiState>>) -> JobQueue {
     for _ in 0..10 {
-        reconcile(Arc::new(jq.clone()), ctx.clone()).await.expect("reconcile");
+        reconcile(Arc::new(jq.clone()), ctx.clone())
+            .await
+            .expect("reconcile");
         let status = last_status(&api.lock().unwrap().sent);
         let done = status.phase == "Running" || status.phase == "Degraded";
         jq.status = Some(status);
@@ -317,7 +324,9 @@ fn mark_ready(api: &Arc<Mutex<ApiState>>, ready: i64) {
 async fn a_new_queue_first_gets_the_finalizer_and_nothing_else() {
     let (client, api) = mock_client();
     let ctx = context(client, FakeNodes::new([1, 2, 3], 2));
-    let action = reconcile(Arc::new(queue(3, 2)), ctx).await.expect("reconcile");
+    let action = reconcile(Arc::new(queue(3, 2)), ctx)
+        .await
+        .expect("reconcile");
     assert_eq!(action, Action::await_change());
     let sent = api.lock().unwrap().sent.clone();
     assert_eq!(sent.len(), 1, "only the finalizer patch: {sent:?}");
@@ -332,7 +341,9 @@ async fn create_applies_every_object_bootstraps_and_grows_to_three() {
     let ctx = context(client, nodes.clone());
     let jq = finalized(queue(3, 2));
 
-    reconcile(Arc::new(jq.clone()), ctx.clone()).await.expect("reconcile");
+    reconcile(Arc::new(jq.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
     {
         let sent = api.lock().unwrap().sent.clone();
         for path in [
@@ -351,7 +362,10 @@ async fn create_applies_every_object_bootstraps_and_grows_to_three() {
                 "{path} is owned by the JobQueue"
             );
         }
-        let cm = sent.iter().find(|s| s.path.ends_with("/configmaps/orders-config")).unwrap();
+        let cm = sent
+            .iter()
+            .find(|s| s.path.ends_with("/configmaps/orders-config"))
+            .unwrap();
         let node_yaml = cm.body["data"]["node.yaml"].as_str().unwrap();
         assert!(node_yaml.contains("shards: 2"), "{node_yaml}");
         assert_eq!(applied_sts_replicas(&sent), 3);
@@ -366,18 +380,32 @@ async fn create_applies_every_object_bootstraps_and_grows_to_three() {
     assert_eq!(status.voters, [1, 2, 3]);
     assert_eq!(status.shards.len(), 2);
     assert_eq!(status.endpoint, "orders.shop.svc:7400");
-    let available = status.conditions.iter().find(|c| c.type_ == "Available").unwrap();
+    let available = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Available")
+        .unwrap();
     assert_eq!(available.status, "True");
     assert_eq!(
         nodes.model().calls,
-        ["initialize 1", "add_learner 2", "add_learner 3", "set_voters {1, 2, 3}"]
+        [
+            "initialize 1",
+            "add_learner 2",
+            "add_learner 3",
+            "set_voters {1, 2, 3}"
+        ]
     );
     let reasons = event_reasons(&api.lock().unwrap().sent);
-    assert_eq!(reasons, ["Bootstrapped", "NodeAdded", "NodeAdded", "VotersChanged"]);
+    assert_eq!(
+        reasons,
+        ["Bootstrapped", "NodeAdded", "NodeAdded", "VotersChanged"]
+    );
 
     // Settled: another reconcile changes nothing in Raft and sends no event.
     let before = api.lock().unwrap().sent.len();
-    reconcile(Arc::new(jq), ctx.clone()).await.expect("reconcile");
+    reconcile(Arc::new(jq), ctx.clone())
+        .await
+        .expect("reconcile");
     let sent = api.lock().unwrap().sent.clone();
     assert_eq!(event_reasons(&sent[before..]).len(), 0);
     assert_eq!(nodes.model().calls.len(), 4);
@@ -388,7 +416,9 @@ async fn a_spec_change_rolls_the_pods_through_the_config_checksum() {
     let (client, api) = mock_client();
     let ctx = context(client, FakeNodes::new([1], 1));
     let jq = finalized(queue(1, 1));
-    reconcile(Arc::new(jq.clone()), ctx.clone()).await.expect("reconcile");
+    reconcile(Arc::new(jq.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
     let checksum = |sent: &[Sent]| {
         sent.iter()
             .rev()
@@ -404,7 +434,9 @@ async fn a_spec_change_rolls_the_pods_through_the_config_checksum() {
     let mut changed = jq.clone();
     changed.spec.batching.linger_max_micros = 5000;
     changed.meta_mut().generation = Some(2);
-    reconcile(Arc::new(changed), ctx.clone()).await.expect("reconcile");
+    reconcile(Arc::new(changed), ctx.clone())
+        .await
+        .expect("reconcile");
     let sent = api.lock().unwrap().sent.clone();
     assert_ne!(checksum(&sent), first, "new node config, new checksum");
     let cm = sent
@@ -412,9 +444,14 @@ async fn a_spec_change_rolls_the_pods_through_the_config_checksum() {
         .rev()
         .find(|s| s.path.ends_with("/configmaps/orders-config"))
         .unwrap();
-    assert!(cm.body["data"]["node.yaml"].as_str().unwrap().contains("linger_max_micros: 5000"));
+    assert!(cm.body["data"]["node.yaml"]
+        .as_str()
+        .unwrap()
+        .contains("linger_max_micros: 5000"));
     // One replica: no PDB (it would block every drain); a stale one is deleted.
-    assert!(sent.iter().any(|s| s.is(Method::DELETE, "/poddisruptionbudgets/orders")));
+    assert!(sent
+        .iter()
+        .any(|s| s.is(Method::DELETE, "/poddisruptionbudgets/orders")));
     assert_eq!(last_status(&sent).observed_generation, 2);
 }
 
@@ -430,11 +467,17 @@ async fn scale_up_adds_learners_then_promotes() {
     // Scale to 5: the StatefulSet grows at once; pods 3 and 4 come up later.
     let mut five = jq.clone();
     five.spec.replicas = 5;
-    reconcile(Arc::new(five.clone()), ctx.clone()).await.expect("reconcile");
+    reconcile(Arc::new(five.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
     let status = last_status(&api.lock().unwrap().sent);
     assert_eq!(applied_sts_replicas(&api.lock().unwrap().sent), 5);
     assert_eq!(status.phase, "Scaling");
-    let progressing = status.conditions.iter().find(|c| c.type_ == "Progressing").unwrap();
+    let progressing = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .unwrap();
     assert_eq!(progressing.status, "True");
     assert!(progressing.message.contains("pod 3"), "{progressing:?}");
 
@@ -445,7 +488,11 @@ async fn scale_up_adds_learners_then_promotes() {
     assert_eq!(five.status.unwrap().voters, [1, 2, 3, 4, 5]);
     assert_eq!(
         nodes.model().calls[4..],
-        ["add_learner 4", "add_learner 5", "set_voters {1, 2, 3, 4, 5}"]
+        [
+            "add_learner 4",
+            "add_learner 5",
+            "set_voters {1, 2, 3, 4, 5}"
+        ]
     );
 }
 
@@ -460,7 +507,9 @@ async fn scale_down_removes_voters_before_the_statefulset_shrinks() {
 
     let mut three = jq.clone();
     three.spec.replicas = 3;
-    reconcile(Arc::new(three.clone()), ctx.clone()).await.expect("reconcile");
+    reconcile(Arc::new(three.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
     {
         let sent = api.lock().unwrap().sent.clone();
         // The voters change in this reconcile; the pods stay until the next.
@@ -468,7 +517,9 @@ async fn scale_down_removes_voters_before_the_statefulset_shrinks() {
         assert_eq!(nodes.model().calls.last().unwrap(), "set_voters {1, 2, 3}");
     }
     three.status = Some(last_status(&api.lock().unwrap().sent));
-    reconcile(Arc::new(three), ctx.clone()).await.expect("reconcile");
+    reconcile(Arc::new(three), ctx.clone())
+        .await
+        .expect("reconcile");
     assert_eq!(applied_sts_replicas(&api.lock().unwrap().sent), 3);
 }
 
@@ -484,11 +535,20 @@ async fn scale_down_that_would_lose_quorum_is_refused_with_a_reason() {
     nodes.model().up = [1, 4, 5].into();
     let mut three = jq.clone();
     three.spec.replicas = 3;
-    reconcile(Arc::new(three), ctx.clone()).await.expect("reconcile");
+    reconcile(Arc::new(three), ctx.clone())
+        .await
+        .expect("reconcile");
     let sent = api.lock().unwrap().sent.clone();
     let status = last_status(&sent);
-    let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
-    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "ChangeRefused"));
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "ChangeRefused")
+    );
     assert!(degraded.message.contains("majority"), "{degraded:?}");
     assert_eq!(applied_sts_replicas(&sent), 5, "no pod removed");
     assert!(event_reasons(&sent).contains(&"ChangeRefused".to_string()));
@@ -550,8 +610,13 @@ fn a_bad_spec_is_rejected_by_the_schema_with_a_reason() {
     assert_eq!(spec["replicas"]["minimum"].as_f64(), Some(1.0));
     assert_eq!(spec["replicas"]["maximum"].as_f64(), Some(7.0));
     let rules = spec["replicas"]["x-kubernetes-validations"].to_string();
-    assert!(rules.contains("self % 2 == 1") && rules.contains("must be odd"), "{rules}");
+    assert!(
+        rules.contains("self % 2 == 1") && rules.contains("must be odd"),
+        "{rules}"
+    );
     assert_eq!(spec["shards"]["maximum"].as_f64(), Some(64.0));
-    assert!(spec["shards"]["x-kubernetes-validations"].to_string().contains("oldSelf"));
+    assert!(spec["shards"]["x-kubernetes-validations"]
+        .to_string()
+        .contains("oldSelf"));
     assert_eq!(spec["durability"]["enum"], json!(["fsync", "async"]));
 }

@@ -77,14 +77,22 @@ fn claim_ops() -> Vec<Op> {
 /// A state holding `JOBS` ready jobs, and the index its next batch uses.
 fn filled() -> (ShardState, u64) {
     let mut state = ShardState::new(0);
-    state.apply_batch(1, &batch(1_000, enqueue_ops()), &mut CountingSink::default());
+    state.apply_batch(
+        1,
+        &batch(1_000, enqueue_ops()),
+        &mut CountingSink::default(),
+    );
     (state, 2)
 }
 
 /// The state with every job leased, and the ack ops that finish them.
 fn leased() -> (ShardState, Vec<Op>) {
     let (mut state, index) = filled();
-    let result = state.apply_batch(index, &batch(1_001, claim_ops()), &mut CountingSink::default());
+    let result = state.apply_batch(
+        index,
+        &batch(1_001, claim_ops()),
+        &mut CountingSink::default(),
+    );
     let tokens: Vec<_> = result
         .0
         .into_iter()

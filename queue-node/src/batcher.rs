@@ -227,7 +227,9 @@ async fn run(
         let Ok(permit) = permit else { return };
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.ops.fetch_add(pending.ops as u64, Ordering::Relaxed);
-        stats.bytes.fetch_add(pending.bytes as u64, Ordering::Relaxed);
+        stats
+            .bytes
+            .fetch_add(pending.bytes as u64, Ordering::Relaxed);
         let now = unix_ms();
         let raft = raft.clone();
         tokio::spawn(async move {

@@ -22,7 +22,11 @@ pub struct Handoff {
 
 fn leads_with_peers(shard: &ShardHandle, me: NodeId) -> bool {
     let m = shard.raft.metrics().borrow().clone();
-    m.current_leader == Some(me) && m.membership_config.membership().voter_ids().any(|v| v != me)
+    m.current_leader == Some(me)
+        && m.membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v != me)
 }
 
 /// Steps down from every shard this node leads that has another voter, and

@@ -55,7 +55,10 @@ async fn readyz(State(ctx): State<Arc<NodeContext>>) -> (StatusCode, String) {
 
 async fn metrics(State(ctx): State<Arc<NodeContext>>) -> impl axum::response::IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         render(&ctx),
     )
 }
@@ -91,8 +94,16 @@ fn label_value(v: &str) -> String {
 
 /// The Prometheus text exposition of this node.
 pub fn render(ctx: &NodeContext) -> String {
-    let mut leader = Family::new("raftq_shard_is_leader", "gauge", "1 if this node leads the shard");
-    let mut term = Family::new("raftq_shard_term", "gauge", "Current Raft term of the shard");
+    let mut leader = Family::new(
+        "raftq_shard_is_leader",
+        "gauge",
+        "1 if this node leads the shard",
+    );
+    let mut term = Family::new(
+        "raftq_shard_term",
+        "gauge",
+        "Current Raft term of the shard",
+    );
     let mut applied = Family::new(
         "raftq_shard_applied_index",
         "gauge",
@@ -161,7 +172,15 @@ pub fn render(ctx: &NodeContext) -> String {
     }
     let mut out = String::new();
     for f in [
-        leader, term, applied, last_log, batches, batch_ops, batch_bytes, jobs, totals,
+        leader,
+        term,
+        applied,
+        last_log,
+        batches,
+        batch_ops,
+        batch_bytes,
+        jobs,
+        totals,
     ] {
         let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
         let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);

@@ -195,7 +195,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX),
         );
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // A custom incoming gets none of the builder's TCP settings: without
+    // TCP_NODELAY small responses wait out the client's delayed ACK (40 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stopped.await;
     }));

@@ -13,9 +13,11 @@ use raftq_client::proto as pb;
 use raftq_client::{Client, JobSpec};
 
 async fn connect(addr: &str) -> Client {
-    wait_for("node accepts connections", Duration::from_secs(30), || async {
-        Client::connect(addr).await.ok()
-    })
+    wait_for(
+        "node accepts connections",
+        Duration::from_secs(30),
+        || async { Client::connect(addr).await.ok() },
+    )
     .await
 }
 
@@ -24,7 +26,12 @@ async fn leaders(clients: &[Client]) -> BTreeMap<u32, u64> {
     wait_for("every shard led", Duration::from_secs(30), || async {
         let mut seen: BTreeMap<u32, u64> = BTreeMap::new();
         for c in clients {
-            let status = c.cluster().status(pb::ClusterStatusRequest {}).await.ok()?.into_inner();
+            let status = c
+                .cluster()
+                .status(pb::ClusterStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
             for s in status.shards {
                 if !s.has_leader || *seen.entry(s.shard).or_insert(s.leader_id) != s.leader_id {
                     return None;
@@ -46,7 +53,11 @@ async fn step_down_moves_every_led_shard_and_service_continues() {
     }
     let before = leaders(&clients).await;
     let old = before[&0];
-    let led_by_old: Vec<u32> = before.iter().filter(|(_, l)| **l == old).map(|(s, _)| *s).collect();
+    let led_by_old: Vec<u32> = before
+        .iter()
+        .filter(|(_, l)| **l == old)
+        .map(|(s, _)| *s)
+        .collect();
 
     let answer = clients[(old - 1) as usize]
         .cluster()
@@ -55,7 +66,10 @@ async fn step_down_moves_every_led_shard_and_service_continues() {
         .expect("step down")
         .into_inner();
     let moved: Vec<u32> = answer.shards.iter().map(|s| s.shard).collect();
-    assert_eq!(moved, led_by_old, "every shard the node led, and only those");
+    assert_eq!(
+        moved, led_by_old,
+        "every shard the node led, and only those"
+    );
     for s in &answer.shards {
         assert!(
             s.new_leader_id != 0 && s.new_leader_id != old,

@@ -20,7 +20,10 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .expect("status line");
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (code, body)
 }
 
@@ -37,7 +40,10 @@ async fn health_ready_and_metrics() {
 
     let producer = client.producer();
     for n in 0..3 {
-        producer.enqueue("mail", JobSpec::new(format!("m{n}"))).await.expect("enqueue");
+        producer
+            .enqueue("mail", JobSpec::new(format!("m{n}")))
+            .await
+            .expect("enqueue");
     }
     let (code, metrics) = get(http, "/metrics").await;
     assert_eq!(code, 200);
@@ -45,7 +51,10 @@ async fn health_ready_and_metrics() {
         metrics.contains("raftq_queue_jobs{shard=\"0\",queue=\"mail\",state=\"ready\"} 3"),
         "{metrics}"
     );
-    assert!(metrics.contains("raftq_shard_is_leader{shard=\"0\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("raftq_shard_is_leader{shard=\"0\"} 1"),
+        "{metrics}"
+    );
     let batches: f64 = metrics
         .lines()
         .find(|l| l.starts_with("raftq_batches_total{shard=\"0\"}"))

@@ -60,7 +60,10 @@ fn fresh_cluster_bootstraps_on_pod_zero_only() {
     assert_eq!(p.next, Ok(Step::Bootstrap));
     // Pod 0 not up yet: wait, never bootstrap elsewhere.
     let p = plan(3, false, &observed(vec![blank(2), blank(3)]));
-    assert_eq!(p.next, Err(Hold::Waiting("waiting for pod 0 to start".into())));
+    assert_eq!(
+        p.next,
+        Err(Hold::Waiting("waiting for pod 0 to start".into()))
+    );
 }
 
 #[test]
@@ -82,7 +85,10 @@ fn growth_adds_learners_in_order_then_promotes() {
     // Pod 1 (node 2) is a learner; pod 2 not started: wait for it.
     let with_learner = node(1, 2, 1, &[1], &[2]);
     let p = plan(3, true, &observed(vec![with_learner.clone()]));
-    assert_eq!(p.next, Err(Hold::Waiting("waiting for pod 2 to start".into())));
+    assert_eq!(
+        p.next,
+        Err(Hold::Waiting("waiting for pod 2 to start".into()))
+    );
 
     let both = node(1, 2, 1, &[1], &[2, 3]);
     let p = plan(3, true, &observed(vec![both, blank(2), blank(3)]));
@@ -135,7 +141,10 @@ fn leaderless_shard_waits() {
     n.shards[1].has_leader = false;
     n.shards[1].leader_id = 0;
     let p = plan(3, true, &observed(vec![n]));
-    assert_eq!(p.next, Err(Hold::Waiting("shard 1 has no leader yet".into())));
+    assert_eq!(
+        p.next,
+        Err(Hold::Waiting("shard 1 has no leader yet".into()))
+    );
 }
 
 #[test]

@@ -128,6 +128,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let ctx = Arc::new(Context {
         client: client.clone(),
+        failures: Default::default(),
         nodes: Arc::new(GrpcNodeAdmin::default()),
         reporter: Reporter {
             controller: "raftq-operator".into(),

@@ -31,6 +31,8 @@ const IDLE_REQUEUE: Duration = Duration::from_secs(60);
 
 pub struct Context {
     pub client: Client,
+    /// Consecutive failed reconciles per `namespace/name`, for the retry backoff.
+    pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     pub nodes: Arc<dyn NodeAdmin>,
     /// Who the events come from (a recorder per event, so every step is
     /// its own event rather than a repeat count on the first one).
@@ -43,6 +45,7 @@ pub async fn reconcile(jq: Arc<JobQueue>, ctx: Arc<Context>) -> Result<Action, E
     let ns = jq
         .namespace()
         .ok_or_else(|| Error::InvalidResource("a JobQueue must be namespaced".into()))?;
+    let name = jq.name_any();
     let api: Api<JobQueue> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, jq, |event| async {
         match event {
@@ -54,14 +57,35 @@ pub async fn reconcile(jq: Arc<JobQueue>, ctx: Arc<Context>) -> Result<Action, E
     .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics
         .reconciled(started.elapsed(), result.as_ref().err());
+    if result.is_ok() {
+        lock(&ctx.failures).remove(&format!("{ns}/{name}"));
+    }
     result
 }
 
-/// Retry failed reconciles with a growing delay (kube-runtime resets it on
-/// success); the error is logged and counted once here.
-pub fn error_policy(jq: Arc<JobQueue>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(queue = %jq.name_any(), %error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(10))
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Retries a failed reconcile after 5 s, doubling per consecutive failure
+/// up to 5 minutes; a success resets it.
+pub fn error_policy(jq: Arc<JobQueue>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!("{}/{}", jq.namespace().unwrap_or_default(), jq.name_any());
+    let failures = {
+        let mut map = lock(&ctx.failures);
+        let n = map.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = retry_delay(failures);
+    tracing::warn!(queue = %jq.name_any(), %error, failures, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// 5 s, 10 s, 20 s, ... capped at 5 minutes.
+pub fn retry_delay(consecutive_failures: u32) -> Duration {
+    let exponent = consecutive_failures.saturating_sub(1).min(6);
+    Duration::from_secs(5 << exponent).min(Duration::from_secs(300))
 }
 
 async fn apply(jq: &JobQueue, ctx: &Context) -> Result<Action, Error> {
@@ -82,6 +106,12 @@ async fn apply(jq: &JobQueue, ctx: &Context) -> Result<Action, Error> {
             &now(),
         );
         patch_status(jq, ctx, &status).await?;
+        return Ok(Action::requeue(IDLE_REQUEUE));
+    }
+    // The CRD's schema refuses these; an older CRD or a forced write might not.
+    if let Err(why) = status::check_spec(jq) {
+        publish(ctx, jq, EventType::Warning, "InvalidSpec", why.clone()).await?;
+        patch_status(jq, ctx, &status::invalid(jq, &why, &now())).await?;
         return Ok(Action::requeue(IDLE_REQUEUE));
     }
 

@@ -176,3 +176,56 @@ pub fn compute(jq: &JobQueue, seen: &Observation<'_>, now: &str) -> JobQueueStat
 pub fn bootstrapped(jq: &JobQueue) -> bool {
     jq.status.as_ref().is_some_and(|s| !s.voters.is_empty())
 }
+
+/// What the reconciler refuses to act on even if the API server let it in:
+/// a spec it cannot run safely. The message says what to change.
+pub fn check_spec(jq: &JobQueue) -> Result<(), String> {
+    let s = &jq.spec;
+    if !(1..=7).contains(&s.replicas) || s.replicas % 2 == 0 {
+        return Err(format!(
+            "spec.replicas is {}: it must be odd, from 1 to 7 (Raft needs a majority)",
+            s.replicas
+        ));
+    }
+    if !(1..=64).contains(&s.shards) {
+        return Err(format!(
+            "spec.shards is {}: it must be from 1 to 64",
+            s.shards
+        ));
+    }
+    let running = jq.status.as_ref().map_or(0, |st| st.shards.len());
+    if running > 0 && running != s.shards as usize {
+        return Err(format!(
+            "spec.shards changed from {running} to {}: the nodes' data is laid out by shard; \
+             set it back to {running}",
+            s.shards
+        ));
+    }
+    let b = &s.batching;
+    if b.linger_min_micros > b.linger_max_micros {
+        return Err(format!(
+            "spec.batching.lingerMinMicros ({}) is above lingerMaxMicros ({})",
+            b.linger_min_micros, b.linger_max_micros
+        ));
+    }
+    Ok(())
+}
+
+/// The status for a spec [`check_spec`] refused: the last observation is
+/// kept, the Degraded condition says what is wrong.
+pub fn invalid(jq: &JobQueue, why: &str, now: &str) -> JobQueueStatus {
+    let mut status = jq.status.clone().unwrap_or_default();
+    let generation = jq.metadata.generation.unwrap_or(0);
+    status.observed_generation = generation;
+    status.phase = "Degraded".into();
+    status.conditions.retain(|c| c.type_ != "Degraded");
+    status.conditions.push(Condition {
+        type_: "Degraded".into(),
+        status: "True".into(),
+        reason: "InvalidSpec".into(),
+        message: why.into(),
+        last_transition_time: now.into(),
+        observed_generation: generation,
+    });
+    status
+}

@@ -263,6 +263,7 @@ fn context(client: Client, nodes: Arc<FakeNodes>) -> Arc<Context> {
             instance: None,
         },
         client,
+        failures: Default::default(),
         nodes,
         metrics: Arc::new(Metrics::default()),
     })
@@ -600,6 +601,65 @@ async fn lost_data_after_bootstrap_is_reported_not_rebootstrapped() {
     let status = last_status(&api.lock().unwrap().sent);
     assert_eq!(status.phase, "Degraded");
     assert!(nodes.model().calls.is_empty(), "never initialised again");
+}
+
+#[tokio::test]
+async fn a_bad_spec_that_got_past_the_schema_is_refused_with_a_reason() {
+    let (client, api) = mock_client();
+    let nodes = FakeNodes::new([1, 2], 1);
+    let ctx = context(client, nodes.clone());
+    let mut jq = finalized(queue(2, 1));
+    jq.spec.replicas = 2;
+    reconcile(Arc::new(jq), ctx).await.expect("reconcile");
+    let sent = api.lock().unwrap().sent.clone();
+    assert!(
+        !sent.iter().any(|s| s.path.contains("/statefulsets/")),
+        "no objects touched: {sent:?}"
+    );
+    assert_eq!(event_reasons(&sent), ["InvalidSpec"]);
+    let status = last_status(&sent);
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert_eq!(degraded.reason, "InvalidSpec");
+    assert!(degraded.message.contains("must be odd"), "{degraded:?}");
+    assert!(nodes.model().calls.is_empty());
+}
+
+#[tokio::test]
+async fn a_shard_count_change_is_refused_and_the_cluster_left_alone() {
+    let (client, api) = mock_client();
+    let nodes = FakeNodes::new([1], 2);
+    let ctx = context(client, nodes.clone());
+    mark_ready(&api, 1);
+    let jq = settle(finalized(queue(1, 2)), &ctx, &api).await;
+    let calls = nodes.model().calls.len();
+    let mut changed = jq.clone();
+    changed.spec.shards = 4;
+    reconcile(Arc::new(changed), ctx).await.expect("reconcile");
+    let status = last_status(&api.lock().unwrap().sent);
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert!(
+        degraded.message.contains("set it back to 2"),
+        "{degraded:?}"
+    );
+    assert_eq!(nodes.model().calls.len(), calls);
+}
+
+#[test]
+fn failed_reconciles_back_off_up_to_five_minutes() {
+    use raftq_operator::reconcile::retry_delay;
+    use std::time::Duration;
+    assert_eq!(retry_delay(1), Duration::from_secs(5));
+    assert_eq!(retry_delay(2), Duration::from_secs(10));
+    assert_eq!(retry_delay(4), Duration::from_secs(40));
+    assert_eq!(retry_delay(30), Duration::from_secs(300));
 }
 
 #[test]

@@ -580,15 +580,29 @@ pub async fn run(args: BenchArgs, addr: &str) -> anyhow::Result<()> {
         }
     }
 
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Lifecycle measures until the prefilled jobs are gone: counting idle
+    // seconds after the queue drained would understate the rate.
+    let drain_target = (args.scenario == Scenario::Lifecycle).then_some(prefill_jobs);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.tick().await;
-    let (mut last_enq, mut last_ack) = (0, 0);
+    let (mut last_enq, mut last_ack, mut last_print) = (0, 0, Instant::now());
     while started.elapsed() < args.duration {
         tick.tick().await;
         let (enq, ack) = (
             counters.enqueued.load(Ordering::Relaxed),
             counters.acked.load(Ordering::Relaxed),
         );
+        if drain_target.is_some_and(|n| n > 0 && ack >= n) {
+            eprint!(
+                "\n{:>4.1}s  all {ack} prefilled jobs acked; stopping",
+                started.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        if last_print.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        last_print = Instant::now();
         eprint!(
             "\r{:>4.0}s  enqueued {enq:>10} ({:>7}/s)  acked {ack:>10} ({:>7}/s)  errors {}   ",
             started.elapsed().as_secs_f64(),

@@ -2,10 +2,11 @@
 # Runs the benchmark matrix recorded in docs/BENCHMARKS.md: 1 and 3 nodes x
 # 1 and 4 shards x fsync and async, enqueue and lifecycle scenarios, plus the
 # batch / linger sweep. Prints one JSON line per run (and a progress line on
-# stderr). Usage: scripts/bench-matrix.sh [duration] > results.jsonl
+# stderr). Usage: scripts/bench-matrix.sh [duration] [lifecycle prefill] > results.jsonl
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${1:-20s}"
+prefill="${2:-1000000}"
 ./scripts/setup.sh
 cargo build --release --workspace --bins
 raftq="${CARGO_TARGET_DIR:-target}/release/raftq"
@@ -17,7 +18,7 @@ for nodes in 1 3; do
       for scenario in enqueue lifecycle; do
         echo "== nodes=$nodes shards=$shards durability=$durability scenario=$scenario" >&2
         "$raftq" bench --spawn "$nodes" --shards "$shards" --durability "$durability" \
-          --scenario "$scenario" --queues 8 --producers 8 --enqueue-batch 64 "${common[@]}"
+          --scenario "$scenario" --queues 8 --producers 8 --enqueue-batch 64 --prefill "$prefill" "${common[@]}"
       done
     done
   done

@@ -404,6 +404,23 @@ async fn worker_stream(
                 counters.errors.fetch_add(1, Ordering::Relaxed);
                 break;
             }
+            // Quiet for a while: ack what is done instead of waiting for a
+            // full batch that may never come (a drained queue).
+            Err(_) if !held.is_empty() => {
+                let acks: Vec<_> = std::mem::take(&mut held);
+                let n = acks.len();
+                outstanding += n;
+                let frame = pb::WorkerFrame {
+                    acks,
+                    credit: n as u32,
+                    ..Default::default()
+                };
+                if tx.send(frame).await.is_err() {
+                    break;
+                }
+                counters.acked.fetch_add(n as u64, Ordering::Relaxed);
+                continue;
+            }
             Err(_) => continue,
         };
         if frame.jobs.is_empty() {

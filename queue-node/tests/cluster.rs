@@ -8,22 +8,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::wait_for;
+use common::{connect, wait_for};
 use raftq_client::proto as pb;
 use raftq_client::{Client, JobSpec, Worker};
 
 const QUEUE: &str = "load";
 const JOBS: usize = 3000;
 const BATCH: usize = 50;
-
-async fn connect(addr: &str) -> Client {
-    wait_for(
-        "node accepts connections",
-        Duration::from_secs(30),
-        || async { Client::connect(addr).await.ok() },
-    )
-    .await
-}
 
 /// The leader's id, as a node that currently sees one reports it.
 async fn leader_of(clients: &[Client]) -> u64 {

@@ -8,18 +8,9 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use common::wait_for;
+use common::{connect, wait_for};
 use raftq_client::proto as pb;
 use raftq_client::{Client, JobSpec};
-
-async fn connect(addr: &str) -> Client {
-    wait_for(
-        "node accepts connections",
-        Duration::from_secs(30),
-        || async { Client::connect(addr).await.ok() },
-    )
-    .await
-}
 
 /// Leader of each shard, once every shard has one all nodes agree on.
 async fn leaders(clients: &[Client]) -> BTreeMap<u32, u64> {

@@ -5,16 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{free_port, wait_for, ProcNode};
+use common::{connect, free_port, wait_for, ProcNode};
 use raftq_client::proto as pb;
-use raftq_client::{Client, JobSpec};
-
-async fn connect(addr: &str) -> Client {
-    wait_for("connect", Duration::from_secs(30), || async {
-        Client::connect(addr).await.ok()
-    })
-    .await
-}
+use raftq_client::JobSpec;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_learners_promote_them_and_survive_the_first_node() {

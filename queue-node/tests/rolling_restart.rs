@@ -11,20 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::wait_for;
+use common::{connect, wait_for};
 use raftq_client::proto as pb;
 use raftq_client::{Client, JobSpec};
 
 const QUEUES: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
-
-async fn connect(addr: &str) -> Client {
-    wait_for(
-        "node accepts connections",
-        Duration::from_secs(30),
-        || async { Client::connect(addr).await.ok() },
-    )
-    .await
-}
 
 /// True when `client`'s node is a member of every shard and sees a leader.
 async fn serving(client: &Client) -> bool {

@@ -30,6 +30,16 @@ where
     }
 }
 
+/// A client of the node at `addr`, once it accepts connections.
+pub async fn connect(addr: &str) -> Client {
+    wait_for(
+        "node accepts connections",
+        Duration::from_secs(30),
+        || async { Client::connect(addr).await.ok() },
+    )
+    .await
+}
+
 pub fn fast_config(dir: &Path) -> NodeConfig {
     let mut c = NodeConfig {
         data_dir: dir.to_path_buf(),

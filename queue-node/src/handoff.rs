@@ -32,10 +32,20 @@ fn leads_with_peers(shard: &ShardHandle, me: NodeId) -> bool {
 /// Steps down from every shard this node leads that has another voter, and
 /// waits (up to `timeout` in all) until each has a new leader.
 pub async fn step_down(ctx: &NodeContext, timeout: Duration) -> Vec<Handoff> {
+    let all: Vec<u32> = ctx.shards.iter().map(|s| s.id).collect();
+    step_down_shards(ctx, &all, timeout).await
+}
+
+/// [`step_down`] for the given shards only.
+pub async fn step_down_shards(
+    ctx: &NodeContext,
+    shards: &[u32],
+    timeout: Duration,
+) -> Vec<Handoff> {
     let led: Vec<&ShardHandle> = ctx
         .shards
         .iter()
-        .filter(|s| leads_with_peers(s, ctx.id))
+        .filter(|s| shards.contains(&s.id) && leads_with_peers(s, ctx.id))
         .collect();
     for shard in &led {
         shard.batcher.set_stepping_down(true);
@@ -72,4 +82,42 @@ pub async fn step_down(ctx: &NodeContext, timeout: Duration) -> Vec<Handoff> {
         }
     }
     outcomes
+}
+
+/// Right after this node created a cluster it leads every shard. Hands each
+/// shard whose preferred leader (see `node::shard_raft_config`) is another
+/// node over once that node has caught up, so the leaders, and the work
+/// they do, spread over the nodes. Best effort: a shard that cannot be
+/// handed over in time stays here.
+pub async fn spread_leaders(ctx: &NodeContext, preferred: impl Fn(u32) -> NodeId) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut give_away = Vec::new();
+    for shard in &ctx.shards {
+        let to = preferred(shard.id);
+        if to == ctx.id {
+            continue;
+        }
+        let caught_up = shard
+            .raft
+            .wait(Some(
+                deadline.saturating_duration_since(tokio::time::Instant::now()),
+            ))
+            .metrics(
+                |m| {
+                    let last = m.last_log_index;
+                    m.replication
+                        .as_ref()
+                        .is_some_and(|r| r.get(&to).copied().flatten().map(|l| l.index) == last)
+                },
+                "the preferred leader has every entry",
+            )
+            .await
+            .is_ok();
+        if caught_up {
+            give_away.push(shard.id);
+        }
+    }
+    if !give_away.is_empty() {
+        step_down_shards(ctx, &give_away, Duration::from_secs(5)).await;
+    }
 }

@@ -210,8 +210,17 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         None => (None, None),
     };
 
-    if !config.join {
-        bootstrap(&context, &config, &advertise).await?;
+    if !config.join && bootstrap(&context, &config, &advertise).await? {
+        let members: Vec<NodeId> = config.initial_members.keys().copied().collect();
+        if members.len() > 1 && config.shards > 1 {
+            let ctx = context.clone();
+            tokio::spawn(async move {
+                crate::handoff::spread_leaders(&ctx, |shard| {
+                    members[shard as usize % members.len()]
+                })
+                .await
+            });
+        }
     }
     tracing::info!(node_id = config.node_id, %addr, advertise, data_dir = %config.data_dir.display(), "queue-node started");
     Ok(NodeHandle {
@@ -258,11 +267,12 @@ fn shard_raft_config(config: &NodeConfig, shard: u32) -> anyhow::Result<openraft
 
 /// Initialises a brand-new cluster exactly once: from the lowest-id member
 /// of `initial_members`, or from this node alone when none are given.
+/// Returns whether this node created any shard's cluster just now.
 async fn bootstrap(
     context: &NodeContext,
     config: &NodeConfig,
     advertise: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let members: BTreeMap<NodeId, BasicNode> = if config.initial_members.is_empty() {
         [(config.node_id, BasicNode::new(advertise))].into()
     } else {
@@ -273,14 +283,16 @@ async fn bootstrap(
             .collect()
     };
     if members.keys().next() != Some(&config.node_id) {
-        return Ok(());
+        return Ok(false);
     }
+    let mut created = false;
     for shard in &context.shards {
         if shard.raft.is_initialized().await? {
             continue;
         }
         match shard.raft.initialize(members.clone()).await {
             Ok(()) => {
+                created = true;
                 tracing::info!(shard = shard.id, members = ?members.keys(), "initialised cluster")
             }
             Err(openraft::error::RaftError::APIError(
@@ -289,7 +301,7 @@ async fn bootstrap(
             Err(e) => return Err(e).context("initialising the cluster"),
         }
     }
-    Ok(())
+    Ok(created)
 }
 
 /// Fires due timers on an idle shard: when a lease or delay is due and no

@@ -352,6 +352,16 @@ async fn producer(
                 record(&mut latency, started);
                 counters.enqueued.fetch_add(n as u64, Ordering::Relaxed);
             }
+            // No leader for a moment (an election, a hand-off): retry the
+            // same jobs, as a real producer would. Prefill must not lose them.
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                if let Some(left) = &limit {
+                    left.fetch_add(n as u64, Ordering::Relaxed);
+                } else {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             Err(_) => {
                 counters.errors.fetch_add(1, Ordering::Relaxed);
             }

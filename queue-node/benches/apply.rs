@@ -1,4 +1,4 @@
-//! The pure apply path, without Raft or RocksDB: what one batch of 1,000
+//! The pure apply path, without Raft or RocksDB: what one batch of 1,024
 //! jobs costs the state machine. Run with `cargo bench --workspace --bench apply`.
 
 use std::hint::black_box;
@@ -9,7 +9,8 @@ use raftq_node::fsm::keys::WriteSink;
 use raftq_node::fsm::ShardState;
 use raftq_node::ops::{Batch, NewJob, Op, OpResult, QueueDefaults, When};
 
-const JOBS: usize = 1_000;
+/// 16 ops of 64 jobs: the reference workload's batches.
+const JOBS: usize = 1_024;
 const OPS_PER_BATCH: usize = 16;
 
 /// Counts what apply would write, the way the RocksDB sink would receive it.
@@ -115,7 +116,7 @@ fn leased() -> (ShardState, Vec<Op>) {
 }
 
 fn apply(c: &mut Criterion) {
-    let mut group = c.benchmark_group("apply_1000_jobs");
+    let mut group = c.benchmark_group("apply_1024_jobs");
     group.throughput(Throughput::Elements(JOBS as u64));
 
     let enqueue = batch(1_000, enqueue_ops());

@@ -269,6 +269,15 @@ fn context(client: Client, nodes: Arc<FakeNodes>) -> Arc<Context> {
     })
 }
 
+/// The condition of `type_` in `status`; panics if it is missing.
+fn condition<'a>(status: &'a JobQueueStatus, type_: &str) -> &'a raftq_operator::crd::Condition {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status:?}"))
+}
+
 /// The status the last status patch carried.
 fn last_status(sent: &[Sent]) -> JobQueueStatus {
     let patch = sent
@@ -381,11 +390,7 @@ async fn create_applies_every_object_bootstraps_and_grows_to_three() {
     assert_eq!(status.voters, [1, 2, 3]);
     assert_eq!(status.shards.len(), 2);
     assert_eq!(status.endpoint, "orders.shop.svc:7400");
-    let available = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Available")
-        .unwrap();
+    let available = condition(&status, "Available");
     assert_eq!(available.status, "True");
     assert_eq!(
         nodes.model().calls,
@@ -474,11 +479,7 @@ async fn scale_up_adds_learners_then_promotes() {
     let status = last_status(&api.lock().unwrap().sent);
     assert_eq!(applied_sts_replicas(&api.lock().unwrap().sent), 5);
     assert_eq!(status.phase, "Scaling");
-    let progressing = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Progressing")
-        .unwrap();
+    let progressing = condition(&status, "Progressing");
     assert_eq!(progressing.status, "True");
     assert!(progressing.message.contains("pod 3"), "{progressing:?}");
 
@@ -541,11 +542,7 @@ async fn scale_down_that_would_lose_quorum_is_refused_with_a_reason() {
         .expect("reconcile");
     let sent = api.lock().unwrap().sent.clone();
     let status = last_status(&sent);
-    let degraded = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Degraded")
-        .unwrap();
+    let degraded = condition(&status, "Degraded");
     assert_eq!(
         (degraded.status.as_str(), degraded.reason.as_str()),
         ("True", "ChangeRefused")
@@ -618,11 +615,7 @@ async fn a_bad_spec_that_got_past_the_schema_is_refused_with_a_reason() {
     );
     assert_eq!(event_reasons(&sent), ["InvalidSpec"]);
     let status = last_status(&sent);
-    let degraded = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Degraded")
-        .unwrap();
+    let degraded = condition(&status, "Degraded");
     assert_eq!(degraded.reason, "InvalidSpec");
     assert!(degraded.message.contains("must be odd"), "{degraded:?}");
     assert!(nodes.model().calls.is_empty());
@@ -640,11 +633,7 @@ async fn a_shard_count_change_is_refused_and_the_cluster_left_alone() {
     changed.spec.shards = 4;
     reconcile(Arc::new(changed), ctx).await.expect("reconcile");
     let status = last_status(&api.lock().unwrap().sent);
-    let degraded = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Degraded")
-        .unwrap();
+    let degraded = condition(&status, "Degraded");
     assert!(
         degraded.message.contains("set it back to 2"),
         "{degraded:?}"

@@ -254,8 +254,19 @@ pub struct QueueRef {
     pub name: String,
 }
 
-/// Asks every node id in `ids` for its status; unreachable nodes are left out.
-pub async fn observe(
+/// Asks nodes 1..=`replicas` for their status, then any member above that
+/// (a scale-down in progress). Unreachable nodes are left out.
+pub async fn observe(admin: &dyn NodeAdmin, queue: &QueueRef, replicas: i32) -> Observed {
+    let replicas = replicas.max(1) as u64;
+    let mut observed = observe_ids(admin, queue, 1..=replicas).await;
+    if let Some(highest) = observed.highest_member().filter(|h| *h > replicas) {
+        let extra = observe_ids(admin, queue, replicas + 1..=highest).await;
+        observed.nodes.extend(extra.nodes);
+    }
+    observed
+}
+
+async fn observe_ids(
     admin: &dyn NodeAdmin,
     queue: &QueueRef,
     ids: impl IntoIterator<Item = u64>,

@@ -95,17 +95,7 @@ async fn apply(jq: &JobQueue, ctx: &Context) -> Result<Action, Error> {
         name: jq.name_any(),
     };
     if jq.spec.paused {
-        let status = status::compute(
-            jq,
-            &Observation {
-                observed: &membership::Observed::default(),
-                plan: &membership::plan(jq.spec.replicas, true, &Default::default()),
-                ready_replicas: jq.status.as_ref().map_or(0, |s| s.ready_replicas),
-                step_error: None,
-            },
-            &now(),
-        );
-        patch_status(jq, ctx, &status).await?;
+        patch_status(jq, ctx, &status::paused(jq, &now())).await?;
         return Ok(Action::requeue(IDLE_REQUEUE));
     }
     // The CRD's schema refuses these; an older CRD or a forced write might not.
@@ -128,7 +118,7 @@ async fn apply(jq: &JobQueue, ctx: &Context) -> Result<Action, Error> {
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
 
-    let observed = observe(ctx.nodes.as_ref(), &queue, jq.spec.replicas).await;
+    let observed = membership::observe(ctx.nodes.as_ref(), &queue, jq.spec.replicas).await;
     let mut plan = membership::plan(jq.spec.replicas, status::bootstrapped(jq), &observed);
     if observed.nodes.is_empty() {
         // Nothing answers: never shrink blind, a removed pod may still vote.
@@ -146,7 +136,7 @@ async fn apply(jq: &JobQueue, ctx: &Context) -> Result<Action, Error> {
             Ok(()) => {
                 ctx.metrics.membership_step(step_name(step));
                 publish(ctx, jq, EventType::Normal, step_name(step), describe(step)).await?;
-                after = observe(ctx.nodes.as_ref(), &queue, jq.spec.replicas).await;
+                after = membership::observe(ctx.nodes.as_ref(), &queue, jq.spec.replicas).await;
             }
             Err(e) => {
                 let message = format!("{}: {}", describe(step), e.message());
@@ -182,18 +172,6 @@ async fn apply(jq: &JobQueue, ctx: &Context) -> Result<Action, Error> {
         Err(Hold::Settled) | Err(Hold::Refused(_)) => Action::requeue(IDLE_REQUEUE),
         _ => Action::requeue(BUSY_REQUEUE),
     })
-}
-
-/// Status of nodes 1..=replicas, then of any member above that (a
-/// scale-down in progress).
-async fn observe(admin: &dyn NodeAdmin, queue: &QueueRef, replicas: i32) -> membership::Observed {
-    let replicas = replicas.max(1) as u64;
-    let mut observed = membership::observe(admin, queue, 1..=replicas).await;
-    if let Some(highest) = observed.highest_member().filter(|h| *h > replicas) {
-        let extra = membership::observe(admin, queue, replicas + 1..=highest).await;
-        observed.nodes.extend(extra.nodes);
-    }
-    observed
 }
 
 async fn apply_objects(jq: &JobQueue, ctx: &Context, replicas: i32) -> Result<(), Error> {

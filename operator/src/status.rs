@@ -29,12 +29,6 @@ pub fn compute(jq: &JobQueue, seen: &Observation<'_>, now: &str) -> JobQueueStat
     let want = jq.spec.replicas;
 
     let (phase, progressing, progress_reason, progress_message) = match &seen.plan.next {
-        _ if jq.spec.paused => (
-            "Paused",
-            false,
-            "Paused",
-            "spec.paused is set: the operator changes nothing".to_string(),
-        ),
         Ok(Step::Bootstrap) => (
             "Bootstrapping",
             true,
@@ -214,17 +208,41 @@ pub fn check_spec(jq: &JobQueue) -> Result<(), String> {
 /// The status for a spec [`check_spec`] refused: the last observation is
 /// kept, the Degraded condition says what is wrong.
 pub fn invalid(jq: &JobQueue, why: &str, now: &str) -> JobQueueStatus {
+    with_condition(jq, "Degraded", ("Degraded", true, "InvalidSpec", why), now)
+}
+
+/// The status while `spec.paused` is set: the last observation is kept
+/// (nothing is asked of the nodes), nothing is progressing.
+pub fn paused(jq: &JobQueue, now: &str) -> JobQueueStatus {
+    let why = "spec.paused is set: the operator changes nothing";
+    with_condition(jq, "Paused", ("Progressing", false, "Paused", why), now)
+}
+
+/// The last status with `phase` and one condition replaced by
+/// `(type, true?, reason, message)`.
+fn with_condition(
+    jq: &JobQueue,
+    phase: &str,
+    (type_, ok, reason, message): (&str, bool, &str, &str),
+    now: &str,
+) -> JobQueueStatus {
     let mut status = jq.status.clone().unwrap_or_default();
     let generation = jq.metadata.generation.unwrap_or(0);
+    let state = if ok { "True" } else { "False" };
+    let since = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == state)
+        .map_or_else(|| now.to_string(), |c| c.last_transition_time.clone());
     status.observed_generation = generation;
-    status.phase = "Degraded".into();
-    status.conditions.retain(|c| c.type_ != "Degraded");
+    status.phase = phase.into();
+    status.conditions.retain(|c| c.type_ != type_);
     status.conditions.push(Condition {
-        type_: "Degraded".into(),
-        status: "True".into(),
-        reason: "InvalidSpec".into(),
-        message: why.into(),
-        last_transition_time: now.into(),
+        type_: type_.into(),
+        status: state.into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: since,
         observed_generation: generation,
     });
     status

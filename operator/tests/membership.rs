@@ -90,11 +90,7 @@ async fn converge(admin: &GrpcNodeAdmin, replicas: i32, bootstrapped: bool) -> V
     let mut steps = Vec::new();
     let mut bootstrapped = bootstrapped;
     loop {
-        let mut observed = membership::observe(admin, &queue, 1..=replicas as u64).await;
-        if let Some(h) = observed.highest_member().filter(|h| *h > replicas as u64) {
-            let extra = membership::observe(admin, &queue, replicas as u64 + 1..=h).await;
-            observed.nodes.extend(extra.nodes);
-        }
+        let observed = membership::observe(admin, &queue, replicas).await;
         let plan = membership::plan(replicas, bootstrapped, &observed);
         match plan.next {
             Ok(step) => {

@@ -568,6 +568,28 @@ async fn paused_changes_nothing_but_the_status() {
 }
 
 #[tokio::test]
+async fn pausing_a_running_queue_keeps_what_was_observed() {
+    let (client, api) = mock_client();
+    let nodes = FakeNodes::new([1, 2, 3], 2);
+    let ctx = context(client, nodes.clone());
+    mark_ready(&api, 3);
+    let mut jq = settle(finalized(queue(3, 2)), &ctx, &api).await;
+    let calls = nodes.model().calls.len();
+    let before = api.lock().unwrap().sent.len();
+    jq.spec.paused = true;
+    reconcile(Arc::new(jq), ctx).await.expect("reconcile");
+    let sent = api.lock().unwrap().sent[before..].to_vec();
+    assert_eq!(sent.len(), 1, "only the status: {sent:?}");
+    let status = last_status(&sent);
+    assert_eq!(status.phase, "Paused");
+    assert_eq!(status.voters, [1, 2, 3]);
+    assert_eq!(status.shards.len(), 2, "the last observation is kept");
+    assert_eq!(condition(&status, "Progressing").reason, "Paused");
+    assert_eq!(condition(&status, "Available").status, "True");
+    assert_eq!(nodes.model().calls.len(), calls);
+}
+
+#[tokio::test]
 async fn delete_runs_cleanup_and_removes_the_finalizer() {
     let (client, api) = mock_client();
     let ctx = context(client, FakeNodes::new([1], 1));

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs what building raftq needs and a fresh Debian/Ubuntu machine may
-# lack: a C++ compiler and libclang (RocksDB's build uses bindgen).
+# Installs what building and testing raftq needs and a fresh Debian/Ubuntu
+# machine may lack: a C++ compiler and libclang (RocksDB's build uses
+# bindgen), and libfaketime (the clock-jump fault test moves one node's
+# wall clock with it).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 
@@ -15,6 +17,7 @@ missing=()
 have_libclang || missing+=(libclang-dev)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
+compgen -G '/usr/lib/*/faketime/libfaketimeMT.so.1' >/dev/null || missing+=(faketime)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2

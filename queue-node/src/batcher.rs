@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
+use crate::clock::LeaderClock;
 use crate::ops::{Batch, Op, OpResult, QueueDefaults};
 use crate::raft_types::{NodeId, Raft};
 
@@ -172,6 +173,7 @@ async fn run(
     let linger_min = Duration::from_micros(config.linger_min_micros);
     let linger_max = Duration::from_micros(config.linger_max_micros);
     let mut carry: Option<Group> = None;
+    let mut clock = LeaderClock::default();
     loop {
         let first = match carry.take() {
             Some(g) => g,
@@ -230,7 +232,7 @@ async fn run(
         stats
             .bytes
             .fetch_add(pending.bytes as u64, Ordering::Relaxed);
-        let now = unix_ms();
+        let now = clock.stamp(unix_ms(), std::time::Instant::now());
         let raft = raft.clone();
         tokio::spawn(async move {
             propose(raft, pending.groups, now, defaults).await;

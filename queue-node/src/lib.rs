@@ -7,7 +7,9 @@
 //! the result in one RocksDB batch; results flow back to the handlers.
 
 pub mod batcher;
+pub mod clock;
 pub mod config;
+pub mod drain;
 pub mod fsm;
 pub mod handoff;
 pub mod http;

@@ -150,6 +150,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
         _ = terminated => tracing::info!("SIGTERM; handing leadership over, then shutting down"),
     }
+    let open = node
+        .context
+        .workers
+        .drain(std::time::Duration::from_secs(5))
+        .await;
+    if open > 0 {
+        tracing::warn!(
+            open,
+            "worker streams still open after 5 s; closing them anyway"
+        );
+    }
     raftq_node::handoff::step_down(&node.context, std::time::Duration::from_secs(10)).await;
     node.shutdown().await
 }

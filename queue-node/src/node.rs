@@ -20,6 +20,7 @@ use tonic::transport::Channel;
 
 use crate::batcher::{unix_ms, Batcher};
 use crate::config::NodeConfig;
+use crate::drain::WorkerDrain;
 use crate::network::{peer_channel, NetworkFactory, TransportService};
 use crate::ops::{Op, QueueDefaults};
 use crate::raft_types::{NodeId, Raft};
@@ -27,7 +28,7 @@ use crate::service::{ClusterService, QueueAdminService, QueueService};
 use crate::shard::ShardShared;
 use crate::store::log_store::LogStore;
 use crate::store::state_machine::StateMachineStore;
-use crate::store::Store;
+use crate::store::{health, watermark, Store};
 
 /// One shard as the request handlers see it.
 pub struct ShardHandle {
@@ -43,6 +44,8 @@ pub struct NodeContext {
     pub addr: String,
     pub shards: Vec<ShardHandle>,
     pub defaults: QueueDefaults,
+    /// Ends worker streams when the node stops.
+    pub workers: WorkerDrain,
     peers: Mutex<HashMap<String, Channel>>,
 }
 
@@ -64,12 +67,14 @@ impl NodeContext {
 pub struct NodeHandle {
     pub addr: SocketAddr,
     db: std::sync::Weak<rocksdb::DB>,
+    data_dir: std::path::PathBuf,
     pub context: Arc<NodeContext>,
     /// Where the HTTP endpoints listen, when enabled.
     pub http_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     http: Option<JoinHandle<std::io::Result<()>>>,
+    watermark: JoinHandle<()>,
 }
 
 impl NodeHandle {
@@ -82,6 +87,7 @@ impl NodeHandle {
         if let Some(http) = self.http.take() {
             http.abort();
         }
+        self.watermark.abort();
         for shard in &self.context.shards {
             let _ = shard.raft.shutdown().await;
         }
@@ -100,13 +106,44 @@ impl NodeHandle {
         Ok(())
     }
 
-    /// Runs until the server stops by itself (it only stops on error).
+    /// Runs until the server stops by itself (it only stops on error), a
+    /// shard's Raft stops on a fatal error, or RocksDB stops taking writes
+    /// (a failed disk, say): a node that cannot serve a shard must exit so
+    /// that it is restarted, not linger.
     pub async fn wait(&mut self) -> anyhow::Result<()> {
-        (&mut self.server)
-            .await
-            .context("gRPC server task")?
-            .context("gRPC server")
+        tokio::select! {
+            served = &mut self.server => served
+                .context("gRPC server task")?
+                .context("gRPC server"),
+            failure = shard_failure(&self.context) => Err(failure),
+            failure = health::storage_failure(self.db.clone(), self.data_dir.clone()) => {
+                Err(anyhow::anyhow!(failure))
+            }
+        }
     }
+}
+
+/// Resolves when the first shard's Raft stops with a fatal error.
+async fn shard_failure(context: &NodeContext) -> anyhow::Error {
+    let watches = context.shards.iter().map(|shard| {
+        let mut metrics = shard.raft.metrics();
+        let id = shard.id;
+        Box::pin(async move {
+            loop {
+                if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                    return anyhow::anyhow!("shard {id} stopped: {fatal}");
+                }
+                if metrics.changed().await.is_err() {
+                    return anyhow::anyhow!("shard {id} stopped");
+                }
+            }
+        })
+    });
+    let watches: Vec<_> = watches.collect();
+    if watches.is_empty() {
+        return std::future::pending().await;
+    }
+    futures::future::select_all(watches).await.0
 }
 
 pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
@@ -128,11 +165,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     let defaults = config.queue_defaults.to_defaults();
 
     store.check_shard_count(config.shards)?;
+    let watermark = watermark::read(&config.data_dir)?;
     let mut shards = Vec::new();
     for id in 0..config.shards {
         let raft_config = Arc::new(shard_raft_config(&config, id)?);
         let (sm, shared) =
             StateMachineStore::open(store.clone(), id).context("loading the state machine")?;
+        watermark::verify(&watermark, id, sm.applied_index())?;
         let log = LogStore::new(store.clone(), id);
         let raft = Raft::new(
             config.node_id,
@@ -163,8 +202,19 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         addr: advertise.clone(),
         shards,
         defaults,
+        workers: WorkerDrain::default(),
         peers: Mutex::new(HashMap::new()),
     });
+
+    let watermark_task = tokio::spawn(watermark::run(
+        store.clone(),
+        config.data_dir.clone(),
+        context
+            .shards
+            .iter()
+            .map(|s| (s.id, s.shared.clone()))
+            .collect(),
+    ));
 
     let rafts = Arc::new(
         context
@@ -226,11 +276,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     Ok(NodeHandle {
         addr,
         db: store.weak(),
+        data_dir: config.data_dir.clone(),
         context,
         http_addr,
         stop: Some(stop),
         server,
         http,
+        watermark: watermark_task,
     })
 }
 

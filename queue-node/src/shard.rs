@@ -3,6 +3,7 @@
 //! apply) and the wake-ups of long-polling fetchers.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -14,6 +15,8 @@ pub struct ShardShared {
     waiters: Mutex<HashMap<Arc<str>, Arc<Notify>>>,
     /// Signalled after every apply, so the ticker re-reads the next deadline.
     pub applied: Notify,
+    /// The last log index whose effects are written to RocksDB.
+    applied_index: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -28,7 +31,17 @@ impl ShardShared {
             state: Mutex::new(state),
             waiters: Mutex::new(HashMap::new()),
             applied: Notify::new(),
+            applied_index: AtomicU64::new(0),
         }
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index.load(Ordering::Acquire)
+    }
+
+    /// Called by the state machine once `index` is written to RocksDB.
+    pub fn set_applied_index(&self, index: u64) {
+        self.applied_index.store(index, Ordering::Release);
     }
 
     pub fn state(&self) -> MutexGuard<'_, ShardState> {

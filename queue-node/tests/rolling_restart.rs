@@ -1,7 +1,9 @@
 //! A rolling restart of a 3-node, 2-shard cluster under load: each node in
-//! turn gets SIGTERM (it hands its leaderships over and shuts down), is
-//! restarted and must rejoin before the next one goes. Every acknowledged
-//! enqueue must be stored afterwards, and the longest time no enqueue
+//! turn gets SIGTERM (it ends its worker streams, hands its leaderships
+//! over and shuts down), is restarted and must rejoin before the next one
+//! goes. SDK workers stay connected throughout, so a node that waited on
+//! their streams would not stop in time. Every acknowledged enqueue must
+//! be stored or handled afterwards, and the longest time no enqueue
 //! succeeded is reported (printed; the number goes into docs).
 
 mod common;
@@ -13,9 +15,11 @@ use std::time::{Duration, Instant};
 
 use common::{connect, wait_for};
 use raftq_client::proto as pb;
-use raftq_client::{Client, JobSpec};
+use raftq_client::{Client, JobSpec, Worker};
 
 const QUEUES: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
+/// Jobs on this queue are handled by SDK workers during the restarts.
+const WORK: &str = "work";
 
 /// True when `client`'s node is a member of every shard and sees a leader.
 async fn serving(client: &Client) -> bool {
@@ -94,6 +98,56 @@ async fn rolling_restart_under_load_loses_no_acknowledged_job() {
         }));
     }
 
+    // SDK workers on every node, and a producer for them.
+    let handled: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (stop_workers, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut workers = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let client = connect(addr).await;
+        let handled = handled.clone();
+        let mut stop = stop_workers.subscribe();
+        let worker = Worker::new(client, WORK)
+            .concurrency(4)
+            .worker_id(format!("sdk-{i}"));
+        workers.push(tokio::spawn(worker.run_until(
+            move |job: raftq_client::Job| {
+                let handled = handled.clone();
+                async move {
+                    handled
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&job.payload).into_owned());
+                    Ok::<(), String>(())
+                }
+            },
+            async move {
+                let _ = stop.recv().await;
+            },
+        )));
+    }
+    let work_acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let work_producer = {
+        let (addrs, work_acked, stop) = (addrs.clone(), work_acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let payload = format!("work-{n}");
+                let addr = &addrs[n as usize % addrs.len()];
+                let Ok(c) = Client::connect(addr).await else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    n += 1;
+                    continue;
+                };
+                let job = JobSpec::new(payload.clone()).idempotency_key(payload.clone());
+                if c.producer().enqueue(WORK, job).await.is_ok() {
+                    work_acked.lock().unwrap().insert(payload);
+                    n += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+
     for i in 0..nodes.len() {
         let before = acked.lock().unwrap().len();
         wait_for("load flowing", Duration::from_secs(30), || {
@@ -129,6 +183,29 @@ async fn rolling_restart_under_load_loses_no_acknowledged_job() {
     for p in producers {
         p.await.expect("producer");
     }
+    work_producer.await.expect("work producer");
+
+    // Every acknowledged job of the workers' queue was handled.
+    let work_acked = work_acked.lock().unwrap().clone();
+    wait_for(
+        "every acknowledged work job handled",
+        Duration::from_secs(90),
+        || {
+            let handled = handled.clone();
+            let work_acked = work_acked.clone();
+            async move {
+                let handled: BTreeSet<String> = handled.lock().unwrap().iter().cloned().collect();
+                work_acked.is_subset(&handled).then_some(())
+            }
+        },
+    )
+    .await;
+    let _ = stop_workers.send(());
+    for w in workers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
+    }
+    let handled = handled.lock().unwrap().clone();
+    let redelivered = handled.len() - handled.iter().collect::<BTreeSet<_>>().len();
 
     // Every acknowledged enqueue is in the queue (nothing was fetched).
     let client = connect(&addrs[0]).await;
@@ -153,7 +230,9 @@ async fn rolling_restart_under_load_loses_no_acknowledged_job() {
     );
     let longest = *longest_gap.lock().unwrap();
     eprintln!(
-        "rolling restart: {} acknowledged enqueues, {stored} stored, longest gap without a successful enqueue {longest:?}",
-        acked.len()
+        "rolling restart: {} acknowledged enqueues, {stored} stored, longest gap without a successful enqueue {longest:?}; workers handled {} of {} acknowledged work jobs ({redelivered} handled twice)",
+        acked.len(),
+        handled.iter().collect::<BTreeSet<_>>().len(),
+        work_acked.len()
     );
 }

@@ -17,14 +17,18 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{convert, forwarded, invalid, submit, submit_one, unexpected, Ctx, Route};
+use crate::drain::SessionGuard;
 use crate::node::ShardHandle;
 use crate::ops::{Op, OpResult};
+use crate::raft_types::NodeId;
 
 /// Most jobs a worker stream may ask for ahead.
 const MAX_CREDIT: u32 = 10_000;
 /// A worker stream with credit re-checks its queue at least this often, in
 /// case a wake-up was missed (e.g. across a leader change).
 const RECHECK: Duration = Duration::from_secs(1);
+/// How long a draining session waits for more frames already on their way.
+const DRAIN_GRACE: Duration = Duration::from_millis(200);
 
 pub struct QueueService {
     ctx: Ctx,
@@ -253,6 +257,10 @@ impl pb::queue_server::Queue for QueueService {
         worker_id("open.worker_id", &open.worker_id)?;
         validate::optional_duration("open.lease_ms", open.lease_ms, MAX_LEASE_MS)
             .map_err(invalid)?;
+        if self.ctx.workers.is_draining() {
+            return Err(shutting_down(self.ctx.id));
+        }
+        let mut session = self.ctx.workers.session();
         let shard_id = self.ctx.shard_of_queue(&open.queue);
         match self.ctx.route_as(shard_id, forwarded_already)? {
             Route::Leader(ch) => {
@@ -261,14 +269,18 @@ impl pb::queue_server::Queue for QueueService {
                 let upstream = QueueClient::new(ch)
                     .worker_stream(forwarded(frames))
                     .await?;
-                Ok(Response::new(Box::pin(upstream.into_inner())))
+                // Ends with this node: the worker reconnects elsewhere.
+                let until_drained = async move { session.draining().await };
+                Ok(Response::new(Box::pin(
+                    upstream.into_inner().take_until(until_drained),
+                )))
             }
             Route::Local(_) => {
                 let (tx, rx) = mpsc::channel(16);
                 let ctx = self.ctx.clone();
                 tokio::spawn(async move {
                     if let Ok(shard) = ctx.shard(shard_id) {
-                        run_worker_session(shard, open, first, inbound, tx).await;
+                        run_worker_session(shard, open, first, inbound, tx, session, ctx.id).await;
                     }
                 });
                 Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -287,6 +299,8 @@ async fn run_worker_session(
     first: pb::WorkerFrame,
     mut inbound: Streaming<pb::WorkerFrame>,
     tx: mpsc::Sender<Result<pb::ServerFrame, Status>>,
+    mut session: SessionGuard,
+    node: NodeId,
 ) {
     let lease_ms = open.lease_ms.map(|l| l as u64);
     let waiter = shard.shared.waiter(&open.queue);
@@ -352,6 +366,53 @@ async fn run_worker_session(
             _ = &mut notified, if credit > 0 => frame = Some(pb::WorkerFrame::default()),
             _ = tokio::time::sleep(RECHECK), if credit > 0 => frame = Some(pb::WorkerFrame::default()),
             _ = tx.closed() => return,
+            _ = session.draining() => {
+                finish_session(shard, &open, lease_ms, &mut inbound, &tx).await;
+                let _ = tx.send(Err(shutting_down(node))).await;
+                return;
+            }
+        }
+    }
+}
+
+fn shutting_down(node: NodeId) -> Status {
+    Status::unavailable(format!(
+        "node {node} is shutting down: reconnect (to any node) and send your results there"
+    ))
+}
+
+/// Applies the results a draining session has already been sent (frames
+/// that arrive within a moment), granting no new jobs.
+async fn finish_session(
+    shard: &ShardHandle,
+    open: &pb::WorkerOpen,
+    lease_ms: Option<u64>,
+    inbound: &mut Streaming<pb::WorkerFrame>,
+    tx: &mpsc::Sender<Result<pb::ServerFrame, Status>>,
+) {
+    while let Ok(Ok(Some(f))) = tokio::time::timeout(DRAIN_GRACE, inbound.message()).await {
+        let Ok(ops) = frame_ops(f, open, lease_ms, 0) else {
+            return;
+        };
+        if ops.is_empty() {
+            continue;
+        }
+        let Ok(results) = submit(shard, ops).await else {
+            return;
+        };
+        let mut out = pb::ServerFrame::default();
+        for result in results {
+            if let OpResult::Tokens(outcomes) = result {
+                out.results.extend(
+                    outcomes
+                        .iter()
+                        .filter(|o| o.result != Ok(None))
+                        .map(convert::token_result),
+                );
+            }
+        }
+        if !out.results.is_empty() && tx.send(Ok(out)).await.is_err() {
+            return;
         }
     }
 }

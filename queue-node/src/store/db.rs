@@ -71,6 +71,13 @@ impl Store {
         opts.set_bytes_per_sync(1 << 20);
         opts.set_wal_bytes_per_sync(1 << 20);
         opts.set_keep_log_file_num(3);
+        // A torn last record is what a crash mid-write leaves, and it was
+        // never acknowledged: drop it. Damage anywhere else must stop the
+        // node, not silently cut the log short (RocksDB's default).
+        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
+        opts.set_paranoid_checks(true);
+        // A missing or shortened older WAL fails the open too.
+        opts.set_track_and_verify_wals_in_manifest(true);
         let mut log_opts = Options::default();
         log_opts.set_compression_type(rocksdb::DBCompressionType::None);
         let mut state_opts = Options::default();

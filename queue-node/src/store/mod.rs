@@ -4,16 +4,20 @@
 //! appended batches (of any shard) durable at once.
 //!
 //! - [`db`]: opening RocksDB and the group-commit fsync thread.
+//! - [`health`]: noticing a RocksDB that stalls writes for good.
 //! - [`log_store`]: openraft's `RaftLogStorage`.
 //! - [`state_machine`]: openraft's `RaftStateMachine` over [`crate::fsm`].
+//! - [`watermark`]: the file that catches a WAL or database cut short.
 
 // openraft's trait methods return its `StorageError` (large); our helpers
 // return the same type so `?` works without conversions.
 #![allow(clippy::result_large_err)]
 
 pub mod db;
+pub mod health;
 pub mod log_store;
 pub mod state_machine;
+pub mod watermark;
 
 pub use db::{Durability, Store};
 

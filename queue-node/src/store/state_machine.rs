@@ -103,6 +103,7 @@ impl StateMachineStore {
         )
         .map_err(|source| LoadStateError::Records { shard, source })?;
         let shared = Arc::new(ShardShared::new(state));
+        shared.set_applied_index(meta.last_applied.map(|l| l.index).unwrap_or(0));
         Ok((
             StateMachineStore {
                 store,
@@ -114,6 +115,11 @@ impl StateMachineStore {
             },
             shared,
         ))
+    }
+
+    /// The last applied log index (0 before the first entry).
+    pub fn applied_index(&self) -> u64 {
+        self.meta.last_applied.map(|l| l.index).unwrap_or(0)
     }
 
     fn build_snapshot_now(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
@@ -230,6 +236,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .db
             .write(sink.batch)
             .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+        self.shared.set_applied_index(self.applied_index());
         self.shared.wake(&woken);
         self.shared.applied.notify_waiters();
         Ok(results)
@@ -282,6 +289,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
         self.meta = applied;
         self.shared.replace_state(state);
+        self.shared.set_applied_index(self.applied_index());
         self.current_snapshot = Some((meta.clone(), data));
         tracing::info!(shard = self.shard, snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())

@@ -1,0 +1,378 @@
+//! A cluster of real `queue-node` processes on loopback, each behind a
+//! fault-injecting proxy, with the levers the scenarios pull: SIGKILL,
+//! restart, partitions, a small disk, a wall clock that can jump.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use raftq_client::proto as pb;
+use raftq_client::Client;
+
+use super::proxy::{Net, NodeId};
+
+pub struct Spec {
+    pub nodes: usize,
+    pub shards: u32,
+    /// Run every node under libfaketime so its wall clock can be moved.
+    pub fake_clock: bool,
+    /// Put this node's data dir on a tmpfs of this many MiB.
+    pub small_disk: Option<(NodeId, u64)>,
+}
+
+pub struct Node {
+    pub id: NodeId,
+    /// Where the node listens (clients of the test connect here).
+    pub listen: SocketAddr,
+    /// Its proxy, which is the address every other node uses.
+    pub advertise: SocketAddr,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    clock_file: Option<PathBuf>,
+    mounted: bool,
+}
+
+pub struct Cluster {
+    pub net: Net,
+    pub nodes: Vec<Node>,
+    members: String,
+    config: PathBuf,
+    shards: u32,
+    clients: HashMap<NodeId, Client>,
+    dir: Option<tempfile::TempDir>,
+}
+
+/// Short timeouts so faults are noticed quickly, small snapshots so
+/// followers that fall behind install them, few attempts so jobs die.
+const NODE_CONFIG: &str = "\
+raft:
+  heartbeat_ms: 100
+  election_timeout_min_ms: 500
+  election_timeout_max_ms: 1000
+  snapshot_every_entries: 400
+  logs_kept_after_snapshot: 50
+queue_defaults:
+  max_attempts: 4
+  backoff_initial_ms: 50
+  backoff_max_ms: 200
+";
+
+const FAKETIME_LIBS: [&str; 2] = [
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+];
+
+impl Cluster {
+    pub async fn start(spec: &Spec) -> anyhow::Result<Cluster> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("node.yaml");
+        std::fs::write(&config, NODE_CONFIG)?;
+        let net = Net::new();
+        let mut nodes = Vec::new();
+        for i in 0..spec.nodes {
+            let id = i as NodeId + 1;
+            let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+            let advertise = net.proxy(id, listen).await?;
+            let node_dir = dir.path().join(format!("n{id}"));
+            std::fs::create_dir_all(&node_dir)?;
+            let mut mounted = false;
+            if let Some((small, mib)) = spec.small_disk {
+                if small == id {
+                    mount_tmpfs(&node_dir, mib)?;
+                    mounted = true;
+                }
+            }
+            let clock_file = if spec.fake_clock {
+                let f = dir.path().join(format!("n{id}.clock"));
+                std::fs::write(&f, "+0\n")?;
+                Some(f)
+            } else {
+                None
+            };
+            nodes.push(Node {
+                id,
+                listen,
+                advertise,
+                dir: node_dir,
+                child: None,
+                clock_file,
+                mounted,
+            });
+        }
+        let members = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.advertise))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            net,
+            nodes,
+            members,
+            config,
+            shards: spec.shards,
+            clients: HashMap::new(),
+            dir: Some(dir),
+        };
+        for id in cluster.ids() {
+            cluster.start_node(id)?;
+        }
+        let all = cluster.ids();
+        cluster.wait_serving(&all, Duration::from_secs(60)).await?;
+        Ok(cluster)
+    }
+
+    /// Keeps the data dirs and logs after the test (for a failed run).
+    pub fn keep_files(&mut self) -> Option<PathBuf> {
+        self.dir.take().map(|d| d.keep())
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    pub fn listen_addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.listen.to_string()).collect()
+    }
+
+    fn node(&mut self, id: NodeId) -> &mut Node {
+        let i = (id - 1) as usize;
+        &mut self.nodes[i]
+    }
+
+    pub fn is_running(&self, id: NodeId) -> bool {
+        self.nodes[(id - 1) as usize].child.is_some()
+    }
+
+    pub fn start_node(&mut self, id: NodeId) -> anyhow::Result<()> {
+        let members = self.members.clone();
+        let config = self.config.clone();
+        let shards = self.shards;
+        let net = self.net.clone();
+        let node = self.node(id);
+        if node.child.is_some() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.dir.with_extension("log"))?;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_queue-node"));
+        cmd.args(["--config", &config.display().to_string()])
+            .args(["--node-id", &id.to_string()])
+            .args(["--listen", &node.listen.to_string()])
+            .args(["--advertise", &node.advertise.to_string()])
+            .args(["--data-dir", &node.dir.display().to_string()])
+            .args(["--initial-members", &members])
+            .args(["--shards", &shards.to_string()])
+            .env("RAFTQ_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(clock) = &node.clock_file {
+            let lib = FAKETIME_LIBS
+                .iter()
+                .find(|l| Path::new(l).exists())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "libfaketime is not installed (Debian package `faketime`; scripts/setup.sh installs it)"
+                    )
+                })?;
+            cmd.env("LD_PRELOAD", lib)
+                .env("FAKETIME_TIMESTAMP_FILE", clock)
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                .env("FAKETIME_CACHE_DURATION", "1");
+        }
+        let child = cmd.spawn()?;
+        net.set_pid(id, Some(child.id()));
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self, id: NodeId) {
+        let net = self.net.clone();
+        let node = self.node(id);
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        net.set_pid(id, None);
+    }
+
+    /// Whether the node's process has exited by itself, and how.
+    pub fn exited(&mut self, id: NodeId) -> Option<std::process::ExitStatus> {
+        let node = self.node(id);
+        let status = node.child.as_mut()?.try_wait().ok()??;
+        node.child = None;
+        Some(status)
+    }
+
+    pub fn log(&self, id: NodeId) -> String {
+        std::fs::read_to_string(self.nodes[(id - 1) as usize].dir.with_extension("log"))
+            .unwrap_or_default()
+    }
+
+    /// Moves the node's wall clock by `secs` from true time (libfaketime
+    /// picks it up within a second).
+    pub fn set_clock_offset(&self, id: NodeId, secs: i64) -> anyhow::Result<()> {
+        let node = &self.nodes[(id - 1) as usize];
+        let file = node
+            .clock_file
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("node {id} was not started with a fake clock"))?;
+        std::fs::write(file, format!("{secs:+}\n"))?;
+        Ok(())
+    }
+
+    pub fn data_dir(&self, id: NodeId) -> PathBuf {
+        self.nodes[(id - 1) as usize].dir.clone()
+    }
+
+    pub async fn client(&mut self, id: NodeId) -> Option<Client> {
+        if let Some(c) = self.clients.get(&id) {
+            return Some(c.clone());
+        }
+        let addr = self.nodes[(id - 1) as usize].listen.to_string();
+        let c = tokio::time::timeout(Duration::from_secs(2), Client::connect(&addr))
+            .await
+            .ok()?
+            .ok()?;
+        self.clients.insert(id, c.clone());
+        Some(c)
+    }
+
+    pub async fn status(&mut self, id: NodeId) -> Option<pb::ClusterStatus> {
+        if !self.is_running(id) {
+            return None;
+        }
+        let c = self.client(id).await?;
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            c.cluster().status(pb::ClusterStatusRequest {}),
+        )
+        .await
+        .ok()?
+        .ok()
+        .map(|r| r.into_inner())
+    }
+
+    /// The node that says it leads `shard`, if a running one does.
+    pub async fn leader_of(&mut self, shard: u32) -> Option<NodeId> {
+        for id in self.ids() {
+            if let Some(s) = self.status(id).await {
+                if s.shards
+                    .iter()
+                    .any(|s| s.shard == shard && s.role == "leader")
+                {
+                    return Some(id);
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits until each of `ids` runs, is a member of every shard and
+    /// sees a leader for it.
+    pub async fn wait_serving(&mut self, ids: &[NodeId], timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        for id in ids {
+            loop {
+                if let Some(status) = self.exited(*id) {
+                    anyhow::bail!(
+                        "node {id} exited ({status}) while waiting for it to serve:\n{}",
+                        tail(&self.log(*id))
+                    );
+                }
+                if let Some(s) = self.status(*id).await {
+                    if s.shards.len() == self.shards as usize
+                        && s.shards.iter().all(|s| s.has_leader && s.applied_index > 0)
+                    {
+                        break;
+                    }
+                }
+                if Instant::now() > deadline {
+                    anyhow::bail!(
+                        "node {id} not serving after {timeout:?}:\n{}",
+                        tail(&self.log(*id))
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every running node has applied the same index on every
+    /// shard (replicas converged).
+    pub async fn wait_converged(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut applied: Vec<Vec<u64>> = Vec::new();
+            for id in self.ids() {
+                if let Some(s) = self.status(id).await {
+                    applied.push(s.shards.iter().map(|s| s.applied_index).collect());
+                }
+            }
+            if applied.len() == self.nodes.len() && applied.windows(2).all(|w| w[0] == w[1]) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("replicas did not converge: applied indexes {applied:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Panics and fatal errors in any node's log.
+    pub fn log_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            for line in self.log(n.id).lines() {
+                if line.contains("panicked") {
+                    out.push(format!("node {}: {line}", n.id));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for id in self.ids() {
+            self.kill(id);
+        }
+        for n in &self.nodes {
+            if n.mounted {
+                let _ = Command::new("umount").arg("-l").arg(&n.dir).status();
+            }
+        }
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn mount_tmpfs(dir: &Path, mib: u64) -> anyhow::Result<()> {
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+        .arg(dir)
+        .output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "cannot mount a {mib} MiB tmpfs for the small disk (needs root): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The last lines of a log, for error messages.
+pub fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}

@@ -1,0 +1,9 @@
+//! Fault injection under load, judged by a history checker (see
+//! `tests/faults.rs` for how to run it and docs/RELIABILITY.md for what each
+//! scenario checks).
+
+pub mod cluster;
+pub mod history;
+pub mod proxy;
+pub mod scenarios;
+pub mod workload;

@@ -1,0 +1,465 @@
+//! The fault scenarios. Each starts a cluster, runs the workload, injects
+//! its faults for a bounded number of rounds, heals everything, drains the
+//! queues and hands the history to the checker.
+
+use std::time::{Duration, Instant};
+
+use super::cluster::{Cluster, Spec};
+use super::history::{check, Op, Report};
+use super::proxy::{fastrand, NodeId};
+use super::workload::{final_states, wait_drained, Workload};
+
+const QUEUES: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
+
+/// How much of each fault to inject.
+#[derive(Clone, Copy)]
+pub struct Size {
+    pub rounds: usize,
+    /// Seconds a fault is held (partitions, slow network, full disk).
+    pub hold: Duration,
+}
+
+impl Size {
+    pub fn ci() -> Size {
+        Size {
+            rounds: 3,
+            hold: Duration::from_secs(3),
+        }
+    }
+
+    pub fn soak() -> Size {
+        Size {
+            rounds: 30,
+            hold: Duration::from_secs(6),
+        }
+    }
+}
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub what: &'static str,
+    pub nodes: usize,
+    pub shards: u32,
+    pub needs_root: bool,
+}
+
+pub const ALL: [Scenario; 9] = [
+    Scenario {
+        name: "kill-leader",
+        what: "SIGKILL the leader of a shard, restart it, repeat",
+        nodes: 3,
+        shards: 2,
+        needs_root: false,
+    },
+    Scenario {
+        name: "kill-leader-5",
+        what: "SIGKILL the leader of a shard in a 5-node cluster, repeat",
+        nodes: 5,
+        shards: 2,
+        needs_root: false,
+    },
+    Scenario {
+        name: "kill-follower",
+        what: "SIGKILL a follower, restart it, repeat",
+        nodes: 3,
+        shards: 2,
+        needs_root: false,
+    },
+    Scenario {
+        name: "kill-all",
+        what: "SIGKILL every node, restart them all, repeat",
+        nodes: 3,
+        shards: 2,
+        needs_root: false,
+    },
+    Scenario {
+        name: "partition-leader",
+        what: "isolate the leader from the other four nodes, heal, repeat",
+        nodes: 5,
+        shards: 2,
+        needs_root: false,
+    },
+    Scenario {
+        name: "partition-split",
+        what: "split the cluster 2/1 (a random node alone), heal, repeat",
+        nodes: 3,
+        shards: 2,
+        needs_root: false,
+    },
+    Scenario {
+        name: "slow-network",
+        what: "20-50 ms latency and 5% retransmission stalls on every link, with a leader kill",
+        nodes: 3,
+        shards: 2,
+        needs_root: false,
+    },
+    Scenario {
+        name: "disk-full",
+        what: "fill the disk of shard 0's leader, free it, restart the node",
+        nodes: 3,
+        shards: 2,
+        needs_root: true,
+    },
+    Scenario {
+        name: "clock-jump",
+        what: "step the leader's wall clock +1 h, then back",
+        nodes: 3,
+        shards: 2,
+        needs_root: false,
+    },
+];
+
+/// The outcome of one scenario, printed as one line.
+pub struct Outcome {
+    pub faults: usize,
+    pub report: Report,
+    pub enqueue_errors: u64,
+    pub took: Duration,
+    pub notes: Vec<String>,
+}
+
+pub async fn run(s: &Scenario, size: Size) -> anyhow::Result<Outcome> {
+    let spec = Spec {
+        nodes: s.nodes,
+        shards: s.shards,
+        fake_clock: s.name == "clock-jump",
+        small_disk: (s.name == "disk-full").then_some((1, 256)),
+    };
+    let mut cluster = Cluster::start(&spec).await?;
+    let outcome = run_on(s, size, &mut cluster).await;
+    let failed = match &outcome {
+        Ok(o) => !o.report.violations.is_empty(),
+        Err(_) => true,
+    };
+    if failed {
+        if let Some(dir) = cluster.keep_files() {
+            println!("  data dirs and node logs kept in {}", dir.display());
+        }
+    }
+    outcome
+}
+
+async fn run_on(s: &Scenario, size: Size, cluster: &mut Cluster) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    let addrs = cluster.listen_addrs();
+    let mut load = Workload::start(addrs.clone(), &QUEUES, 3, 4);
+    wait_acknowledged(&load, 100, Duration::from_secs(60)).await?;
+
+    let mut notes = Vec::new();
+    let mut phase = Instant::now();
+    let mut lap = |notes: &mut Vec<String>, what: &str| {
+        notes.push(format!("{what} {:.1} s", phase.elapsed().as_secs_f64()));
+        phase = Instant::now();
+    };
+    let faults = match s.name {
+        "kill-leader" | "kill-leader-5" => kill_leader(cluster, size).await?,
+        "kill-follower" => kill_follower(cluster, size).await?,
+        "kill-all" => kill_all(cluster, size).await?,
+        "partition-leader" => partition_leader(cluster, size).await?,
+        "partition-split" => partition_split(cluster, size).await?,
+        "slow-network" => slow_network(cluster, size).await?,
+        "disk-full" => disk_full(cluster, size, &mut notes).await?,
+        "clock-jump" => clock_jump(cluster, size).await?,
+        other => anyhow::bail!("unknown scenario {other}"),
+    };
+    lap(&mut notes, "faults");
+
+    // Heal, and prove the cluster serves again before draining.
+    cluster.net.heal();
+    for id in cluster.ids() {
+        cluster.start_node(id)?;
+    }
+    let all = cluster.ids();
+    cluster.wait_serving(&all, Duration::from_secs(60)).await?;
+    let before = acknowledged(&load);
+    wait_acknowledged(&load, before + 50, Duration::from_secs(60)).await?;
+    lap(&mut notes, "heal");
+    load.stop_producing().await;
+    let drained = wait_drained(&addrs, Duration::from_secs(90)).await;
+    load.stop_working().await;
+    drained?;
+    cluster.wait_converged(Duration::from_secs(30)).await?;
+    lap(&mut notes, "drain");
+
+    let events = load.history.snapshot();
+    let jobs: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.op {
+            Op::EnqueueOk { job, .. } => Some(job.clone()),
+            _ => None,
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let finals = final_states(&addrs, jobs).await?;
+    lap(&mut notes, "final states");
+    let mut report = check(&events, &finals);
+    for problem in cluster.log_problems() {
+        report.violations.push(problem);
+    }
+    Ok(Outcome {
+        faults,
+        report,
+        enqueue_errors: load
+            .enqueue_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        took: started.elapsed(),
+        notes,
+    })
+}
+
+fn acknowledged(load: &Workload) -> usize {
+    load.history
+        .snapshot()
+        .iter()
+        .filter(|e| matches!(e.op, Op::EnqueueOk { .. }))
+        .count()
+}
+
+async fn wait_acknowledged(load: &Workload, n: usize, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while acknowledged(load) < n {
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "only {} of {n} enqueues acknowledged after {timeout:?}: the cluster stopped serving",
+                acknowledged(load)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+async fn leader(cluster: &mut Cluster, shard: u32) -> anyhow::Result<NodeId> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(id) = cluster.leader_of(shard).await {
+            return Ok(id);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("no leader for shard {shard} after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Lets the workload run against the faulty cluster for a while.
+async fn hold(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
+async fn kill_leader(c: &mut Cluster, size: Size) -> anyhow::Result<usize> {
+    for round in 0..size.rounds {
+        let id = leader(c, (round % 2) as u32).await?;
+        c.kill(id);
+        hold(size.hold / 2).await;
+        c.start_node(id)?;
+        c.wait_serving(&c.ids(), Duration::from_secs(60)).await?;
+    }
+    Ok(size.rounds)
+}
+
+async fn kill_follower(c: &mut Cluster, size: Size) -> anyhow::Result<usize> {
+    for round in 0..size.rounds {
+        let l = leader(c, (round % 2) as u32).await?;
+        let followers: Vec<NodeId> = c.ids().into_iter().filter(|i| *i != l).collect();
+        let id = followers[round % followers.len()];
+        c.kill(id);
+        hold(size.hold / 2).await;
+        c.start_node(id)?;
+        c.wait_serving(&c.ids(), Duration::from_secs(60)).await?;
+    }
+    Ok(size.rounds)
+}
+
+async fn kill_all(c: &mut Cluster, size: Size) -> anyhow::Result<usize> {
+    let rounds = size.rounds.div_ceil(2);
+    for _ in 0..rounds {
+        for id in c.ids() {
+            c.kill(id);
+        }
+        hold(Duration::from_millis(500)).await;
+        for id in c.ids() {
+            c.start_node(id)?;
+        }
+        c.wait_serving(&c.ids(), Duration::from_secs(60)).await?;
+        hold(size.hold / 2).await;
+    }
+    Ok(rounds * c.ids().len())
+}
+
+async fn partition_leader(c: &mut Cluster, size: Size) -> anyhow::Result<usize> {
+    for round in 0..size.rounds {
+        let l = leader(c, (round % 2) as u32).await?;
+        let others: Vec<NodeId> = c.ids().into_iter().filter(|i| *i != l).collect();
+        c.net.partition(&[l], &others);
+        hold(size.hold).await;
+        c.net.heal();
+        c.wait_serving(&c.ids(), Duration::from_secs(60)).await?;
+    }
+    Ok(size.rounds)
+}
+
+async fn partition_split(c: &mut Cluster, size: Size) -> anyhow::Result<usize> {
+    let ids = c.ids();
+    for _ in 0..size.rounds {
+        let alone = ids[(fastrand() * ids.len() as f64) as usize % ids.len()];
+        let rest: Vec<NodeId> = ids.iter().copied().filter(|i| *i != alone).collect();
+        c.net.partition(&[alone], &rest);
+        hold(size.hold).await;
+        c.net.heal();
+        c.wait_serving(&c.ids(), Duration::from_secs(60)).await?;
+    }
+    Ok(size.rounds)
+}
+
+async fn slow_network(c: &mut Cluster, size: Size) -> anyhow::Result<usize> {
+    c.net.update(|f| {
+        f.latency = Duration::from_millis(20);
+        f.jitter = Duration::from_millis(30);
+        f.loss = 0.05;
+    });
+    hold(size.hold).await;
+    let l = leader(c, 0).await?;
+    c.kill(l);
+    hold(size.hold).await;
+    c.start_node(l)?;
+    c.wait_serving(&c.ids(), Duration::from_secs(90)).await?;
+    hold(size.hold * (size.rounds as u32).saturating_sub(2)).await;
+    let stalls = c.net.stats().delayed_chunks as usize;
+    c.net.heal();
+    Ok(1 + stalls)
+}
+
+async fn disk_full(c: &mut Cluster, size: Size, notes: &mut Vec<String>) -> anyhow::Result<usize> {
+    // Node 1 has the small disk; make it lead shard 0 first.
+    let victim: NodeId = 1;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leader(c, 0).await? != victim {
+        if Instant::now() > deadline {
+            notes.push("node 1 did not lead shard 0; filled a follower's disk".into());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ballast = c.data_dir(victim).join("ballast");
+    fill(&ballast)?;
+    // RocksDB keeps space reserved for its WAL; big jobs use it up.
+    let filler = tokio::spawn(fill_with_jobs(c.listen_addrs()));
+    // The node must stop (to be restarted by its supervisor) and say why.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let how = loop {
+        if let Some(status) = c.exited(victim) {
+            let log = c.log(victim);
+            let why = log
+                .lines()
+                .rev()
+                .find(|l| l.contains("queue-node: error"))
+                .unwrap_or("no error line")
+                .to_string();
+            anyhow::ensure!(
+                !status.success()
+                    && (why.contains("No space left") || why.contains("stopped taking writes")),
+                "node 1 exited ({status}) without naming the full disk: {why}"
+            );
+            break format!("node 1 exited ({status}): {why}");
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "node 1 kept running on a full disk:\n{}",
+                super::cluster::tail(&c.log(victim))
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    filler.abort();
+    notes.push(how);
+    hold(size.hold).await;
+    std::fs::remove_file(&ballast)?;
+    c.kill(victim);
+    c.start_node(victim)?;
+    c.wait_serving(&c.ids(), Duration::from_secs(60)).await?;
+    purge(&c.listen_addrs(), BULK_QUEUE).await?;
+    Ok(1)
+}
+
+/// Big jobs, outside the checked history, to fill a disk quickly.
+const BULK_QUEUE: &str = "bulk";
+
+async fn fill_with_jobs(addrs: Vec<String>) {
+    let payload = bytes::Bytes::from(vec![0x42u8; 256 * 1024]);
+    let mut i = 0usize;
+    loop {
+        i += 1;
+        let addr = &addrs[i % addrs.len()];
+        let Ok(Ok(c)) =
+            tokio::time::timeout(Duration::from_secs(1), raftq_client::Client::connect(addr)).await
+        else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let req = raftq_client::proto::EnqueueRequest {
+            queue: BULK_QUEUE.into(),
+            jobs: (0..4)
+                .map(|_| raftq_client::proto::NewJob {
+                    payload: payload.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(3), c.queue().enqueue(req)).await;
+    }
+}
+
+async fn purge(addrs: &[String], queue: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0.. {
+        let addr = &addrs[i % addrs.len()];
+        if let Ok(Ok(c)) =
+            tokio::time::timeout(Duration::from_secs(1), raftq_client::Client::connect(addr)).await
+        {
+            let req = raftq_client::proto::QueueRef {
+                queue: queue.into(),
+            };
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_secs(3), c.admin().purge_queue(req)).await
+            {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("could not purge queue {queue}")
+}
+
+/// Writes zeros until the file system says it is full.
+fn fill(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    let chunk = vec![0u8; 1 << 20];
+    loop {
+        match f.write_all(&chunk) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let _ = f.sync_all();
+    Ok(())
+}
+
+async fn clock_jump(c: &mut Cluster, size: Size) -> anyhow::Result<usize> {
+    let mut faults = 0;
+    for round in 0..size.rounds.div_ceil(2) {
+        let l = leader(c, (round % 2) as u32).await?;
+        c.set_clock_offset(l, 3600)?;
+        hold(size.hold).await;
+        c.set_clock_offset(l, 0)?;
+        hold(size.hold).await;
+        faults += 2;
+    }
+    Ok(faults)
+}

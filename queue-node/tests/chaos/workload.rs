@@ -1,0 +1,458 @@
+//! Producers and workers that behave like real clients (retrying through
+//! failures, on any node) and record everything in the [`History`].
+//!
+//! Producers enqueue small batches with idempotency keys and retry a failed
+//! batch with the same keys until it is acknowledged. Workers fetch with a
+//! short lease and, by a hash of (key, attempt), ack most jobs, send some
+//! back for a retry, forget a few (the lease runs out) and bury the poison
+//! ones — so every path of a job's life runs under the faults.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raftq_client::proto as pb;
+use raftq_client::Client;
+use tokio::task::JoinHandle;
+
+use super::history::{History, Op, Settle};
+use super::proxy::fastrand;
+
+pub const LEASE_MS: i64 = 2_000;
+const RPC_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct Workload {
+    pub history: Arc<History>,
+    producing: Arc<AtomicBool>,
+    working: Arc<AtomicBool>,
+    producers: Vec<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+    pub enqueue_errors: Arc<AtomicU64>,
+}
+
+/// Lazily connected clients of every node; a failed one is dropped and
+/// reconnected on its next use.
+#[derive(Clone)]
+struct Nodes {
+    addrs: Arc<Vec<String>>,
+}
+
+impl Nodes {
+    async fn connect(&self, i: usize) -> Option<Client> {
+        let addr = &self.addrs[i % self.addrs.len()];
+        tokio::time::timeout(Duration::from_secs(1), Client::connect(addr))
+            .await
+            .ok()?
+            .ok()
+    }
+}
+
+impl Workload {
+    pub fn start(
+        addrs: Vec<String>,
+        queues: &[&str],
+        producers: usize,
+        workers: usize,
+    ) -> Workload {
+        let history = Arc::new(History::default());
+        let producing = Arc::new(AtomicBool::new(true));
+        let working = Arc::new(AtomicBool::new(true));
+        let enqueue_errors = Arc::new(AtomicU64::new(0));
+        let nodes = Nodes {
+            addrs: Arc::new(addrs),
+        };
+        let queues: Arc<Vec<String>> = Arc::new(queues.iter().map(|q| q.to_string()).collect());
+        let producers = (0..producers)
+            .map(|p| {
+                tokio::spawn(produce(
+                    p,
+                    nodes.clone(),
+                    queues.clone(),
+                    history.clone(),
+                    producing.clone(),
+                    enqueue_errors.clone(),
+                ))
+            })
+            .collect();
+        let workers = (0..workers)
+            .map(|w| {
+                tokio::spawn(work(
+                    w,
+                    nodes.clone(),
+                    queues.clone(),
+                    history.clone(),
+                    working.clone(),
+                ))
+            })
+            .collect();
+        Workload {
+            history,
+            producing,
+            working,
+            producers,
+            workers,
+            enqueue_errors,
+        }
+    }
+
+    pub async fn stop_producing(&mut self) {
+        self.producing.store(false, Ordering::SeqCst);
+        for p in self.producers.drain(..) {
+            let _ = p.await;
+        }
+    }
+
+    pub async fn stop_working(&mut self) {
+        self.working.store(false, Ordering::SeqCst);
+        for w in self.workers.drain(..) {
+            let _ = w.await;
+        }
+    }
+}
+
+async fn produce(
+    p: usize,
+    nodes: Nodes,
+    queues: Arc<Vec<String>>,
+    history: Arc<History>,
+    producing: Arc<AtomicBool>,
+    errors: Arc<AtomicU64>,
+) {
+    let mut next = 0usize;
+    let mut node = p;
+    let mut client: Option<Client> = None;
+    while producing.load(Ordering::SeqCst) {
+        let len = 1 + next % 8;
+        let keys: Vec<String> = (next..next + len).map(|i| format!("p{p}-{i}")).collect();
+        let queue = queues[next % queues.len()].clone();
+        next += len;
+        // Retry the same keys until the batch is acknowledged.
+        while producing.load(Ordering::SeqCst) {
+            if client.is_none() {
+                node += 1;
+                client = nodes.connect(node).await;
+            }
+            let Some(c) = client.clone() else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            for k in &keys {
+                history.record(Op::EnqueueInvoke { key: k.clone() });
+            }
+            let req = pb::EnqueueRequest {
+                queue: queue.clone(),
+                jobs: keys
+                    .iter()
+                    .map(|k| pb::NewJob {
+                        payload: k.clone().into_bytes().into(),
+                        idempotency_key: k.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            };
+            match tokio::time::timeout(RPC_TIMEOUT, c.queue().enqueue(req)).await {
+                Ok(Ok(resp)) => {
+                    let resp = resp.into_inner();
+                    for (k, id) in keys.iter().zip(resp.job_ids) {
+                        history.record(Op::EnqueueOk {
+                            key: k.clone(),
+                            job: id,
+                        });
+                    }
+                    break;
+                }
+                _ => {
+                    for k in &keys {
+                        history.record(Op::EnqueueUnknown { key: k.clone() });
+                    }
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    client = None;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        // Pace the producers so the run spans the faults.
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+}
+
+/// What a worker does with one delivery.
+#[derive(Clone, Copy, PartialEq)]
+enum Fate {
+    Ack,
+    Retry,
+    Forget,
+    Bury,
+}
+
+fn fate(key: &str, attempt: u32) -> Fate {
+    let h = fnv(key);
+    if h.is_multiple_of(53) {
+        return Fate::Bury;
+    }
+    match (h ^ u64::from(attempt).wrapping_mul(0x9E37_79B9)) % 100 {
+        0..=5 => Fate::Retry,
+        6..=8 => Fate::Forget,
+        _ => Fate::Ack,
+    }
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+async fn work(
+    w: usize,
+    nodes: Nodes,
+    queues: Arc<Vec<String>>,
+    history: Arc<History>,
+    working: Arc<AtomicBool>,
+) {
+    let worker = format!("w{w}");
+    let mut node = w;
+    let mut turn = w;
+    let mut client: Option<Client> = None;
+    while working.load(Ordering::SeqCst) {
+        if client.is_none() {
+            node += 1;
+            client = nodes.connect(node).await;
+        }
+        let Some(c) = client.clone() else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let queue = queues[turn % queues.len()].clone();
+        history.record(Op::FetchInvoke {
+            worker: worker.clone(),
+        });
+        let sent = Instant::now();
+        let req = pb::FetchRequest {
+            queue,
+            worker_id: worker.clone(),
+            max_jobs: 16,
+            lease_ms: Some(LEASE_MS),
+            wait_ms: 50,
+        };
+        let jobs = match tokio::time::timeout(RPC_TIMEOUT, c.queue().fetch(req)).await {
+            Ok(Ok(r)) => r.into_inner().jobs,
+            _ => {
+                client = None;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        // Stay on a queue while it has work; move on when it is empty.
+        if jobs.is_empty() {
+            turn += 1;
+        }
+        let mut acks = Vec::new();
+        let mut nacks = Vec::new();
+        for leased in jobs {
+            let (Some(job), Some(token)) = (leased.job, leased.token) else {
+                continue;
+            };
+            let key = String::from_utf8_lossy(&job.payload).into_owned();
+            history.record(Op::Deliver {
+                worker: worker.clone(),
+                key: key.clone(),
+                job: token.job_id.clone(),
+                attempt: token.attempt,
+                expires_ms: leased.lease_expires_at_ms,
+                lease_ms: LEASE_MS,
+                fetch_sent: sent,
+            });
+            match fate(&key, token.attempt) {
+                Fate::Ack => acks.push(token),
+                Fate::Retry => nacks.push((token, Settle::Retry)),
+                Fate::Bury => nacks.push((token, Settle::Dead)),
+                Fate::Forget => {}
+            }
+        }
+        // "Process" the jobs for a moment.
+        tokio::time::sleep(Duration::from_millis((fastrand() * 10.0) as u64)).await;
+        if !acks.is_empty() {
+            settle_acks(&c, &history, acks).await;
+        }
+        if !nacks.is_empty() {
+            settle_nacks(&c, &history, nacks).await;
+        }
+    }
+}
+
+async fn settle_acks(c: &Client, history: &History, tokens: Vec<pb::LeaseToken>) {
+    for t in &tokens {
+        history.record(Op::SettleInvoke {
+            job: t.job_id.clone(),
+            attempt: t.attempt,
+            kind: Settle::Ack,
+        });
+    }
+    let req = pb::AckRequest { tokens };
+    if let Ok(Ok(resp)) = tokio::time::timeout(RPC_TIMEOUT, c.queue().ack(req)).await {
+        record_results(history, resp.into_inner().results, |_| Settle::Ack);
+    }
+}
+
+async fn settle_nacks(c: &Client, history: &History, items: Vec<(pb::LeaseToken, Settle)>) {
+    let kinds: std::collections::HashMap<String, Settle> =
+        items.iter().map(|(t, k)| (t.job_id.clone(), *k)).collect();
+    for (t, k) in &items {
+        history.record(Op::SettleInvoke {
+            job: t.job_id.clone(),
+            attempt: t.attempt,
+            kind: *k,
+        });
+    }
+    let req = pb::NackRequest {
+        items: items
+            .into_iter()
+            .map(|(token, kind)| pb::NackItem {
+                token: Some(token),
+                retry_delay_ms: Some(20),
+                error: "chaos says no".into(),
+                dead: kind == Settle::Dead,
+            })
+            .collect(),
+    };
+    if let Ok(Ok(resp)) = tokio::time::timeout(RPC_TIMEOUT, c.queue().nack(req)).await {
+        record_results(history, resp.into_inner().results, |job| {
+            kinds.get(job).copied().unwrap_or(Settle::Retry)
+        });
+    }
+}
+
+fn record_results(history: &History, results: Vec<pb::TokenResult>, kind: impl Fn(&str) -> Settle) {
+    for r in results {
+        let Some(t) = r.token else { continue };
+        let kind = kind(&t.job_id);
+        if r.code == 0 {
+            history.record(Op::SettleOk {
+                job: t.job_id,
+                attempt: t.attempt,
+                kind,
+            });
+        } else {
+            history.record(Op::SettleRefused {
+                job: t.job_id,
+                attempt: t.attempt,
+                kind,
+                code: r.code,
+            });
+        }
+    }
+}
+
+/// Asks the cluster for the final state of every acknowledged job (many
+/// at a time, each on the next node that answers).
+pub async fn final_states(
+    addrs: &[String],
+    jobs: impl IntoIterator<Item = String>,
+) -> anyhow::Result<super::history::FinalStates> {
+    use futures::StreamExt;
+    let nodes = Nodes {
+        addrs: Arc::new(addrs.to_vec()),
+    };
+    let mut clients = Vec::new();
+    for i in 0..addrs.len() {
+        if let Some(c) = nodes.connect(i).await {
+            clients.push(c);
+        }
+    }
+    anyhow::ensure!(!clients.is_empty(), "no node answers");
+    let clients = Arc::new(clients);
+    let lookups = futures::stream::iter(jobs.into_iter().enumerate()).map(|(i, job)| {
+        let clients = clients.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            for attempt in i.. {
+                let c = &clients[attempt % clients.len()];
+                let req = pb::JobRef {
+                    job_id: job.clone(),
+                };
+                match tokio::time::timeout(RPC_TIMEOUT, c.admin().get_job(req)).await {
+                    Ok(Ok(j)) => {
+                        let state = match pb::JobState::try_from(j.into_inner().state) {
+                            Ok(pb::JobState::Dead) => "dead",
+                            Ok(pb::JobState::Ready) => "ready",
+                            Ok(pb::JobState::Leased) => "leased",
+                            Ok(pb::JobState::Scheduled) => "scheduled",
+                            _ => "unknown",
+                        };
+                        return Ok((job, Some(state.to_string())));
+                    }
+                    Ok(Err(s)) if s.code() == tonic::Code::NotFound => return Ok((job, None)),
+                    _ if Instant::now() > deadline => break,
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+            anyhow::bail!("no node answered for job {job}")
+        }
+    });
+    let mut out = super::history::FinalStates::new();
+    let mut results = lookups.buffer_unordered(32);
+    while let Some(r) = results.next().await {
+        let (job, state) = r?;
+        out.insert(job, state);
+    }
+    Ok(out)
+}
+
+/// Waits until no queue holds a ready, scheduled or leased job on any
+/// node that answers (every job acked or dead).
+pub async fn wait_drained(addrs: &[String], timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut answered = 0;
+        let mut busy = Vec::new();
+        for addr in addrs {
+            let Ok(Ok(c)) =
+                tokio::time::timeout(Duration::from_secs(1), Client::connect(addr)).await
+            else {
+                continue;
+            };
+            let req = pb::StatsRequest {
+                queue: String::new(),
+                local: true,
+            };
+            if let Ok(Ok(s)) = tokio::time::timeout(RPC_TIMEOUT, c.admin().stats(req)).await {
+                answered += 1;
+                for q in s.into_inner().queues {
+                    if q.ready + q.scheduled + q.leased > 0 {
+                        let probe = if Instant::now() > deadline {
+                            // Why is nobody taking them? Ask as a worker would.
+                            let req = pb::FetchRequest {
+                                queue: q.queue.clone(),
+                                worker_id: "probe".into(),
+                                max_jobs: 1,
+                                lease_ms: Some(1_000),
+                                wait_ms: 0,
+                            };
+                            match tokio::time::timeout(RPC_TIMEOUT, c.queue().fetch(req)).await {
+                                Ok(Ok(r)) => {
+                                    format!("; a fetch got {} job(s)", r.into_inner().jobs.len())
+                                }
+                                Ok(Err(s)) => format!("; a fetch failed: {s:?}"),
+                                Err(_) => "; a fetch timed out".to_string(),
+                            }
+                        } else {
+                            String::new()
+                        };
+                        busy.push(format!(
+                            "{addr} {}: {} ready, {} scheduled, {} leased{probe}",
+                            q.queue, q.ready, q.scheduled, q.leased
+                        ));
+                    }
+                }
+            }
+        }
+        if answered == addrs.len() && busy.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("queues not drained after {timeout:?}: {busy:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -47,6 +47,41 @@ impl Nodes {
     }
 }
 
+/// A client of one node at a time, moving to the next node after a failure
+/// (as a real client behind a load balancer would).
+struct Rotation {
+    nodes: Nodes,
+    next: usize,
+    client: Option<Client>,
+}
+
+impl Rotation {
+    fn new(nodes: Nodes, start: usize) -> Rotation {
+        Rotation {
+            nodes,
+            next: start,
+            client: None,
+        }
+    }
+
+    /// The current client, or `None` (after a short pause) when the next
+    /// node does not answer either.
+    async fn client(&mut self) -> Option<Client> {
+        if self.client.is_none() {
+            self.next += 1;
+            self.client = self.nodes.connect(self.next).await;
+        }
+        if self.client.is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.client.clone()
+    }
+
+    fn failed(&mut self) {
+        self.client = None;
+    }
+}
+
 impl Workload {
     pub fn start(
         addrs: Vec<String>,
@@ -119,8 +154,7 @@ async fn produce(
     errors: Arc<AtomicU64>,
 ) {
     let mut next = 0usize;
-    let mut node = p;
-    let mut client: Option<Client> = None;
+    let mut nodes = Rotation::new(nodes, p);
     while producing.load(Ordering::SeqCst) {
         let len = 1 + next % 8;
         let keys: Vec<String> = (next..next + len).map(|i| format!("p{p}-{i}")).collect();
@@ -128,12 +162,7 @@ async fn produce(
         next += len;
         // Retry the same keys until the batch is acknowledged.
         while producing.load(Ordering::SeqCst) {
-            if client.is_none() {
-                node += 1;
-                client = nodes.connect(node).await;
-            }
-            let Some(c) = client.clone() else {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            let Some(c) = nodes.client().await else {
                 continue;
             };
             for k in &keys {
@@ -166,7 +195,7 @@ async fn produce(
                         history.record(Op::EnqueueUnknown { key: k.clone() });
                     }
                     errors.fetch_add(1, Ordering::Relaxed);
-                    client = None;
+                    nodes.failed();
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -211,16 +240,10 @@ async fn work(
     working: Arc<AtomicBool>,
 ) {
     let worker = format!("w{w}");
-    let mut node = w;
     let mut turn = w;
-    let mut client: Option<Client> = None;
+    let mut nodes = Rotation::new(nodes, w);
     while working.load(Ordering::SeqCst) {
-        if client.is_none() {
-            node += 1;
-            client = nodes.connect(node).await;
-        }
-        let Some(c) = client.clone() else {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let Some(c) = nodes.client().await else {
             continue;
         };
         let queue = queues[turn % queues.len()].clone();
@@ -238,7 +261,7 @@ async fn work(
         let jobs = match tokio::time::timeout(RPC_TIMEOUT, c.queue().fetch(req)).await {
             Ok(Ok(r)) => r.into_inner().jobs,
             _ => {
-                client = None;
+                nodes.failed();
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }

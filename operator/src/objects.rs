@@ -290,13 +290,15 @@ pub fn stateful_set(jq: &JobQueue, replicas: i32) -> Result<StatefulSet, Error> 
         readiness_probe: Some(http_probe("/readyz", 2, 3)),
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
         lifecycle: Some(k8s_openapi::api::core::v1::Lifecycle {
-            // Hand every shard this node leads to a caught-up peer before the
+            // End the node's worker streams (they reconnect elsewhere) and
+            // hand every shard it leads to a caught-up peer before the
             // kubelet sends SIGTERM, so a rolling restart costs no election.
             pre_stop: Some(LifecycleHandler {
                 exec: Some(ExecAction {
                     command: Some(vec![
                         "queue-node".into(),
                         "step-down".into(),
+                        "--drain-workers".into(),
                         "--addr".into(),
                         format!("127.0.0.1:{GRPC_PORT}"),
                     ]),
@@ -553,6 +555,14 @@ mod tests {
             pre_stop.exec.as_ref().unwrap().command.as_ref().unwrap()[..2],
             ["queue-node".to_string(), "step-down".to_string()]
         );
+        assert!(pre_stop
+            .exec
+            .as_ref()
+            .unwrap()
+            .command
+            .as_ref()
+            .unwrap()
+            .contains(&"--drain-workers".to_string()));
         let claim = &spec.volume_claim_templates.expect("claims")[0];
         let claim_spec = claim.spec.as_ref().expect("claim spec");
         assert_eq!(claim_spec.storage_class_name.as_deref(), Some("fast"));

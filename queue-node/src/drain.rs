@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+/// How long a stopping node waits for its worker streams to finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct WorkerDrain {
     draining: watch::Sender<bool>,
     sessions: watch::Sender<usize>,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use raftq_node::config::NodeConfig;
+use raftq_node::drain::DRAIN_TIMEOUT;
 use raftq_node::store::Durability;
 
 /// Runs a raftq queue node. With no flags: a one-node cluster on
@@ -75,6 +76,10 @@ enum Command {
         /// How long to wait for new leaders.
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u32,
+        /// First end the node's worker streams, as before it stops (they
+        /// reconnect elsewhere); the node takes no new ones after.
+        #[arg(long)]
+        drain_workers: bool,
     },
 }
 
@@ -150,28 +155,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
         _ = terminated => tracing::info!("SIGTERM; handing leadership over, then shutting down"),
     }
-    let open = node
-        .context
-        .workers
-        .drain(std::time::Duration::from_secs(5))
-        .await;
+    let open = node.context.workers.drain(DRAIN_TIMEOUT).await;
     if open > 0 {
         tracing::warn!(
             open,
-            "worker streams still open after 5 s; closing them anyway"
+            "worker streams still open after {DRAIN_TIMEOUT:?}; closing them anyway"
         );
     }
     raftq_node::handoff::step_down(&node.context, std::time::Duration::from_secs(10)).await;
     node.shutdown().await
 }
 
-async fn step_down(addr: &str, timeout_ms: u32) -> anyhow::Result<()> {
+async fn step_down(addr: &str, timeout_ms: u32, drain_workers: bool) -> anyhow::Result<()> {
     use raftq_api::v1::cluster_admin_client::ClusterAdminClient;
     let mut client = ClusterAdminClient::connect(format!("http://{addr}"))
         .await
         .with_context(|| format!("cannot reach the node at {addr}"))?;
     let answer = client
-        .step_down(raftq_api::v1::StepDownRequest { timeout_ms })
+        .step_down(raftq_api::v1::StepDownRequest {
+            timeout_ms,
+            drain_workers,
+        })
         .await
         .map_err(|s| anyhow::anyhow!("step-down refused by {addr}: {}", s.message()))?
         .into_inner();
@@ -204,9 +208,11 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = match &args.command {
-        Some(Command::StepDown { addr, timeout_ms }) => {
-            runtime.block_on(step_down(addr, *timeout_ms))
-        }
+        Some(Command::StepDown {
+            addr,
+            timeout_ms,
+            drain_workers,
+        }) => runtime.block_on(step_down(addr, *timeout_ms, *drain_workers)),
         None => runtime.block_on(run(args)),
     };
     match result {

@@ -52,7 +52,10 @@ async fn step_down_moves_every_led_shard_and_service_continues() {
 
     let answer = clients[(old - 1) as usize]
         .cluster()
-        .step_down(pb::StepDownRequest { timeout_ms: 20_000 })
+        .step_down(pb::StepDownRequest {
+            timeout_ms: 20_000,
+            drain_workers: false,
+        })
         .await
         .expect("step down")
         .into_inner();
@@ -88,16 +91,69 @@ async fn step_down_moves_every_led_shard_and_service_continues() {
         .into_inner();
     assert_eq!(stats.queues[0].ready, 20);
 
-    // The preStop command, against the new leader of shard 0.
+    // The preStop command, against the new leader of shard 0, while a
+    // worker stream is open on it: the stream is ended so its worker can
+    // reconnect elsewhere, and the node takes no new ones.
     let after = leaders(&clients).await;
     let new = after[&0];
+    let on_new = &clients[(new - 1) as usize];
+    let (frames, frames_rx) = tokio::sync::mpsc::channel::<pb::WorkerFrame>(4);
+    frames
+        .send(pb::WorkerFrame {
+            open: Some(pb::WorkerOpen {
+                queue: "after-handoff".into(),
+                worker_id: "draining".into(),
+                lease_ms: None,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut stream = on_new
+        .queue()
+        .worker_stream(tokio_stream::wrappers::ReceiverStream::new(frames_rx))
+        .await
+        .expect("worker stream")
+        .into_inner();
     let out = Command::new(env!("CARGO_BIN_EXE_queue-node"))
-        .args(["step-down", "--addr", &nodes[(new - 1) as usize].addr])
+        .args([
+            "step-down",
+            "--drain-workers",
+            "--addr",
+            &nodes[(new - 1) as usize].addr,
+        ])
         .output()
         .expect("run queue-node step-down");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "step-down failed: {stderr}");
     assert!(stderr.contains("now led by node"), "{stderr}");
+    let ended = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the stream ends")
+        .expect_err("with an error");
+    assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+    assert!(ended.message().contains("shutting down"), "{ended:?}");
+    drop(frames);
+    let again = on_new
+        .queue()
+        .worker_stream(futures::stream::iter([pb::WorkerFrame {
+            open: Some(pb::WorkerOpen {
+                queue: "after-handoff".into(),
+                worker_id: "late".into(),
+                lease_ms: None,
+            }),
+            ..Default::default()
+        }]))
+        .await;
+    let refused = match again {
+        Err(status) => status,
+        Ok(r) => r
+            .into_inner()
+            .message()
+            .await
+            .expect_err("a draining node takes no new stream"),
+    };
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     let last = leaders(&clients).await;
     assert_ne!(last[&0], new, "shard 0 moved again");
 }

@@ -9,6 +9,7 @@ use raftq_api::v1::cluster_admin_client::ClusterAdminClient;
 use tonic::{Request, Response, Status};
 
 use super::{forwarded, Ctx, Route};
+use crate::drain::DRAIN_TIMEOUT;
 use crate::node::ShardHandle;
 
 pub struct ClusterService {
@@ -137,6 +138,12 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
             0 => std::time::Duration::from_secs(10),
             ms => std::time::Duration::from_millis(u64::from(ms)),
         };
+        if request.get_ref().drain_workers {
+            let open = self.ctx.workers.drain(timeout.min(DRAIN_TIMEOUT)).await;
+            if open > 0 {
+                tracing::warn!(open, "worker streams still open after the drain timeout");
+            }
+        }
         let shards = crate::handoff::step_down(&self.ctx, timeout)
             .await
             .into_iter()

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::clock::LeaderClock;
 use crate::ops::{Batch, Op, OpResult, QueueDefaults};
-use crate::raft_types::{NodeId, Raft};
+use crate::raft_types::{NodeId, Raft, RaftMetrics};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -73,6 +73,10 @@ pub enum SubmitError {
     Raft(String),
     #[error("the node is shutting down")]
     Closed,
+    /// Leadership changed while the batch was in flight: it may or may not
+    /// have been applied.
+    #[error("leadership changed while the request was in flight")]
+    Interrupted,
 }
 
 type Reply = oneshot::Sender<Result<Vec<OpResult>, SubmitError>>;
@@ -241,6 +245,18 @@ async fn run(
     }
 }
 
+/// Resolves once the node's term is past `term`.
+async fn term_ends(mut metrics: tokio::sync::watch::Receiver<RaftMetrics>, term: u64) {
+    loop {
+        if metrics.borrow_and_update().current_term > term {
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn propose(raft: Raft, groups: Vec<Group>, time_ms: u64, defaults: QueueDefaults) {
     let mut ops = Vec::with_capacity(groups.iter().map(|g| g.ops.len()).sum());
     let mut replies = Vec::with_capacity(groups.len());
@@ -253,7 +269,21 @@ async fn propose(raft: Raft, groups: Vec<Group>, time_ms: u64, defaults: QueueDe
         defaults,
         ops,
     };
-    match raft.client_write(batch).await {
+    // openraft answers a proposal when its entry is applied or truncated
+    // away; one that a deposed leader's log loses to an installed snapshot
+    // is never answered. Give up on it once the term moves on, so its
+    // in-flight slot is not held forever (the outcome is then unknown).
+    let term = raft.metrics().borrow().current_term;
+    let outcome = tokio::select! {
+        written = raft.client_write(batch) => written,
+        () = term_ends(raft.metrics(), term) => {
+            for (_, reply) in replies {
+                let _ = reply.send(Err(SubmitError::Interrupted));
+            }
+            return;
+        }
+    };
+    match outcome {
         Ok(response) => {
             let mut results = response.data.0.into_iter();
             for (n, reply) in replies {

@@ -128,6 +128,12 @@ pub(crate) async fn submit(shard: &ShardHandle, ops: Vec<Op>) -> Result<Vec<OpRe
                 None => format!("shard {}: leadership is changing; retry", shard.id),
             }))
         }
+        Ok(Err(SubmitError::Interrupted)) => {
+            return Err(Status::unavailable(format!(
+                "shard {}: leadership changed while the request was in flight; it may or may not have taken effect: retry (enqueues with an idempotency key are safe to retry)",
+                shard.id
+            )))
+        }
         Ok(Err(SubmitError::Closed)) => {
             return Err(Status::unavailable(
                 "the node is shutting down; retry on another node",

@@ -20,6 +20,8 @@ pub struct Spec {
     pub fake_clock: bool,
     /// Put this node's data dir on a tmpfs of this many MiB.
     pub small_disk: Option<(NodeId, u64)>,
+    /// Node settings (YAML) instead of [`NODE_CONFIG`].
+    pub config: Option<&'static str>,
 }
 
 pub struct Node {
@@ -46,7 +48,7 @@ pub struct Cluster {
 
 /// Short timeouts so faults are noticed quickly, small snapshots so
 /// followers that fall behind install them, few attempts so jobs die.
-const NODE_CONFIG: &str = "\
+pub const NODE_CONFIG: &str = "\
 raft:
   heartbeat_ms: 100
   election_timeout_min_ms: 500
@@ -68,7 +70,7 @@ impl Cluster {
     pub async fn start(spec: &Spec) -> anyhow::Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("node.yaml");
-        std::fs::write(&config, NODE_CONFIG)?;
+        std::fs::write(&config, spec.config.unwrap_or(NODE_CONFIG))?;
         let net = Net::new();
         let mut nodes = Vec::new();
         for i in 0..spec.nodes {

@@ -11,6 +11,24 @@ use super::workload::{final_states, wait_drained, Workload};
 
 const QUEUES: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
 
+/// For partition-leader-returns: snapshots so frequent that a deposed
+/// leader's log is overtaken by one, and one proposal in flight, so that a
+/// single proposal never answered would stall the shard.
+const SNAPSHOT_OFTEN_ONE_IN_FLIGHT: &str = "\
+raft:
+  heartbeat_ms: 100
+  election_timeout_min_ms: 500
+  election_timeout_max_ms: 1000
+  snapshot_every_entries: 50
+  logs_kept_after_snapshot: 5
+batching:
+  max_in_flight: 1
+queue_defaults:
+  max_attempts: 4
+  backoff_initial_ms: 50
+  backoff_max_ms: 200
+";
+
 /// How much of each fault to inject.
 #[derive(Clone, Copy)]
 pub struct Size {
@@ -43,7 +61,7 @@ pub struct Scenario {
     pub needs_root: bool,
 }
 
-pub const ALL: [Scenario; 9] = [
+pub const ALL: [Scenario; 10] = [
     Scenario {
         name: "kill-leader",
         what: "SIGKILL the leader of a shard, restart it, repeat",
@@ -76,6 +94,13 @@ pub const ALL: [Scenario; 9] = [
         name: "partition-leader",
         what: "isolate the leader from the other four nodes, heal, repeat",
         nodes: 5,
+        shards: 2,
+        needs_root: false,
+    },
+    Scenario {
+        name: "partition-leader-returns",
+        what: "isolate a busy shard's leader until it needs a snapshot, heal, make it lead again",
+        nodes: 3,
         shards: 2,
         needs_root: false,
     },
@@ -124,6 +149,7 @@ pub async fn run(s: &Scenario, size: Size) -> anyhow::Result<Outcome> {
         shards: s.shards,
         fake_clock: s.name == "clock-jump",
         small_disk: (s.name == "disk-full").then_some((1, 256)),
+        config: (s.name == "partition-leader-returns").then_some(SNAPSHOT_OFTEN_ONE_IN_FLIGHT),
     };
     let mut cluster = Cluster::start(&spec).await?;
     let outcome = run_on(s, size, &mut cluster).await;
@@ -131,7 +157,8 @@ pub async fn run(s: &Scenario, size: Size) -> anyhow::Result<Outcome> {
         Ok(o) => !o.report.violations.is_empty(),
         Err(_) => true,
     };
-    if failed {
+    // RAFTQ_CHAOS_KEEP=1 keeps them after a passing run too.
+    if failed || std::env::var_os("RAFTQ_CHAOS_KEEP").is_some() {
         if let Some(dir) = cluster.keep_files() {
             println!("  data dirs and node logs kept in {}", dir.display());
         }
@@ -157,6 +184,7 @@ async fn run_on(s: &Scenario, size: Size, cluster: &mut Cluster) -> anyhow::Resu
         "kill-all" => kill_all(cluster, size).await?,
         "partition-leader" => partition_leader(cluster, size).await?,
         "partition-split" => partition_split(cluster, size).await?,
+        "partition-leader-returns" => partition_leader_returns(cluster, size).await?,
         "slow-network" => slow_network(cluster, size).await?,
         "disk-full" => disk_full(cluster, size, &mut notes).await?,
         "clock-jump" => clock_jump(cluster, size).await?,
@@ -172,7 +200,32 @@ async fn run_on(s: &Scenario, size: Size, cluster: &mut Cluster) -> anyhow::Resu
     let all = cluster.ids();
     cluster.wait_serving(&all, Duration::from_secs(60)).await?;
     let before = acknowledged(&load);
-    wait_acknowledged(&load, before + 50, Duration::from_secs(60)).await?;
+    if let Err(e) = wait_acknowledged(&load, before + 50, Duration::from_secs(60)).await {
+        let last = load
+            .last_enqueue_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut views = Vec::new();
+        for id in cluster.ids() {
+            let view = match cluster.status(id).await {
+                Some(s) => s
+                    .shards
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "shard {} {} leader {} term {} applied {}",
+                            s.shard, s.role, s.leader_id, s.term, s.applied_index
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                None => "no answer".into(),
+            };
+            views.push(format!("node {id}: {view}"));
+        }
+        anyhow::bail!("{e}; last enqueue error: {last}; {}", views.join("; "));
+    }
     lap(&mut notes, "heal");
     load.stop_producing().await;
     let drained = wait_drained(&addrs, Duration::from_secs(90)).await;
@@ -298,6 +351,49 @@ async fn partition_leader(c: &mut Cluster, size: Size) -> anyhow::Result<usize> 
         c.wait_serving(&c.ids(), Duration::from_secs(60)).await?;
     }
     Ok(size.rounds)
+}
+
+/// A deposed leader whose in-flight proposals were overtaken by a snapshot
+/// must still be able to propose when it leads again (the soak found one
+/// that could not: openraft never answers such proposals, and they held
+/// every in-flight slot of its batcher).
+async fn partition_leader_returns(c: &mut Cluster, size: Size) -> anyhow::Result<usize> {
+    let rounds = size.rounds.div_ceil(2);
+    // A shard the workload keeps busy.
+    let shard = raftq_api::shard_of(QUEUES[0], 2);
+    for _ in 0..rounds {
+        let l = leader(c, shard).await?;
+        let others: Vec<NodeId> = c.ids().into_iter().filter(|i| *i != l).collect();
+        c.net.partition(&[l], &others);
+        hold(size.hold).await;
+        c.net.heal();
+        c.wait_serving(&c.ids(), Duration::from_secs(60)).await?;
+        make_leader(c, shard, l).await?;
+    }
+    Ok(rounds)
+}
+
+/// Steps the leader of `shard` down until `target` wins an election.
+async fn make_leader(c: &mut Cluster, shard: u32, target: NodeId) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let current = leader(c, shard).await?;
+        if current == target {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "node {target} did not become leader of shard {shard} in 60 s"
+        );
+        if let Some(client) = c.client(current).await {
+            let req = raftq_client::proto::StepDownRequest {
+                timeout_ms: 5_000,
+                drain_workers: false,
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(10), client.cluster().step_down(req))
+                .await;
+        }
+    }
 }
 
 async fn partition_split(c: &mut Cluster, size: Size) -> anyhow::Result<usize> {

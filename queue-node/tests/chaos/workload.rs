@@ -28,6 +28,8 @@ pub struct Workload {
     producers: Vec<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     pub enqueue_errors: Arc<AtomicU64>,
+    /// The newest enqueue failure, for diagnosing a stalled run.
+    pub last_enqueue_error: Arc<std::sync::Mutex<String>>,
 }
 
 /// Lazily connected clients of every node; a failed one is dropped and
@@ -93,6 +95,7 @@ impl Workload {
         let producing = Arc::new(AtomicBool::new(true));
         let working = Arc::new(AtomicBool::new(true));
         let enqueue_errors = Arc::new(AtomicU64::new(0));
+        let last_enqueue_error: Arc<std::sync::Mutex<String>> = Arc::default();
         let nodes = Nodes {
             addrs: Arc::new(addrs),
         };
@@ -106,6 +109,7 @@ impl Workload {
                     history.clone(),
                     producing.clone(),
                     enqueue_errors.clone(),
+                    last_enqueue_error.clone(),
                 ))
             })
             .collect();
@@ -127,6 +131,7 @@ impl Workload {
             producers,
             workers,
             enqueue_errors,
+            last_enqueue_error,
         }
     }
 
@@ -152,6 +157,7 @@ async fn produce(
     history: Arc<History>,
     producing: Arc<AtomicBool>,
     errors: Arc<AtomicU64>,
+    last_error: Arc<std::sync::Mutex<String>>,
 ) {
     let mut next = 0usize;
     let mut nodes = Rotation::new(nodes, p);
@@ -190,7 +196,13 @@ async fn produce(
                     }
                     break;
                 }
-                _ => {
+                failed => {
+                    let why = match failed {
+                        Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
+                        _ => "no answer within 3 s".to_string(),
+                    };
+                    *last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                        format!("producer {p} to queue {queue}: {why}");
                     for k in &keys {
                         history.record(Op::EnqueueUnknown { key: k.clone() });
                     }

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::clock::LeaderClock;
 use crate::ops::{Batch, Op, OpResult, QueueDefaults};
-use crate::raft_types::{NodeId, Raft, RaftMetrics};
+use crate::raft_types::{NodeId, Raft, ServerMetrics};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -246,9 +246,9 @@ async fn run(
 }
 
 /// Resolves once the node's term is past `term`.
-async fn term_ends(mut metrics: tokio::sync::watch::Receiver<RaftMetrics>, term: u64) {
+async fn term_ends(mut metrics: tokio::sync::watch::Receiver<ServerMetrics>, term: u64) {
     loop {
-        if metrics.borrow_and_update().current_term > term {
+        if metrics.borrow_and_update().vote.leader_id().term > term {
             return;
         }
         if metrics.changed().await.is_err() {
@@ -273,10 +273,12 @@ async fn propose(raft: Raft, groups: Vec<Group>, time_ms: u64, defaults: QueueDe
     // away; one that a deposed leader's log loses to an installed snapshot
     // is never answered. Give up on it once the term moves on, so its
     // in-flight slot is not held forever (the outcome is then unknown).
-    let term = raft.metrics().borrow().current_term;
+    // (The server metrics change only with the vote or the leader, not on
+    // every append like the full metrics.)
+    let term = raft.server_metrics().borrow().vote.leader_id().term;
     let outcome = tokio::select! {
         written = raft.client_write(batch) => written,
-        () = term_ends(raft.metrics(), term) => {
+        () = term_ends(raft.server_metrics(), term) => {
             for (_, reply) in replies {
                 let _ = reply.send(Err(SubmitError::Interrupted));
             }

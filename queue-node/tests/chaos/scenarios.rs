@@ -341,14 +341,20 @@ async fn kill_all(c: &mut Cluster, size: Size) -> anyhow::Result<usize> {
     Ok(rounds * c.ids().len())
 }
 
+/// Cuts `node` off from every other node for `hold`, heals, and waits
+/// until every node serves again.
+async fn isolate(c: &mut Cluster, node: NodeId, hold_for: Duration) -> anyhow::Result<()> {
+    let others: Vec<NodeId> = c.ids().into_iter().filter(|i| *i != node).collect();
+    c.net.partition(&[node], &others);
+    hold(hold_for).await;
+    c.net.heal();
+    c.wait_serving(&c.ids(), Duration::from_secs(60)).await
+}
+
 async fn partition_leader(c: &mut Cluster, size: Size) -> anyhow::Result<usize> {
     for round in 0..size.rounds {
         let l = leader(c, (round % 2) as u32).await?;
-        let others: Vec<NodeId> = c.ids().into_iter().filter(|i| *i != l).collect();
-        c.net.partition(&[l], &others);
-        hold(size.hold).await;
-        c.net.heal();
-        c.wait_serving(&c.ids(), Duration::from_secs(60)).await?;
+        isolate(c, l, size.hold).await?;
     }
     Ok(size.rounds)
 }
@@ -363,11 +369,7 @@ async fn partition_leader_returns(c: &mut Cluster, size: Size) -> anyhow::Result
     let shard = raftq_api::shard_of(QUEUES[0], 2);
     for _ in 0..rounds {
         let l = leader(c, shard).await?;
-        let others: Vec<NodeId> = c.ids().into_iter().filter(|i| *i != l).collect();
-        c.net.partition(&[l], &others);
-        hold(size.hold).await;
-        c.net.heal();
-        c.wait_serving(&c.ids(), Duration::from_secs(60)).await?;
+        isolate(c, l, size.hold).await?;
         make_leader(c, shard, l).await?;
     }
     Ok(rounds)
@@ -400,11 +402,7 @@ async fn partition_split(c: &mut Cluster, size: Size) -> anyhow::Result<usize> {
     let ids = c.ids();
     for _ in 0..size.rounds {
         let alone = ids[(fastrand() * ids.len() as f64) as usize % ids.len()];
-        let rest: Vec<NodeId> = ids.iter().copied().filter(|i| *i != alone).collect();
-        c.net.partition(&[alone], &rest);
-        hold(size.hold).await;
-        c.net.heal();
-        c.wait_serving(&c.ids(), Duration::from_secs(60)).await?;
+        isolate(c, alone, size.hold).await?;
     }
     Ok(size.rounds)
 }

@@ -171,8 +171,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         let raft_config = Arc::new(shard_raft_config(&config, id)?);
         let (sm, shared) =
             StateMachineStore::open(store.clone(), id).context("loading the state machine")?;
-        watermark::verify(&watermark, id, sm.applied_index())?;
-        let log = LogStore::new(store.clone(), id);
+        let log = LogStore::new(store.clone(), id, shared.clone());
+        // The state on disk may trail the log (state writes skip the WAL and
+        // are re-applied from the log), so the log counts too.
+        let last_log = log
+            .last_index()
+            .with_context(|| format!("reading shard {id}'s raft log"))?;
+        watermark::verify(&watermark, id, sm.applied_index().max(last_log))?;
         let raft = Raft::new(
             config.node_id,
             raft_config,

@@ -17,6 +17,11 @@ pub struct ShardShared {
     pub applied: Notify,
     /// The last log index whose effects are written to RocksDB.
     applied_index: AtomicU64,
+    /// The last log index whose effects are on disk. State writes skip the
+    /// WAL (the Raft log is the state machine's WAL), so this trails
+    /// `applied_index` until the state column family is flushed; the log
+    /// is never purged past it.
+    durable_index: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -32,6 +37,7 @@ impl ShardShared {
             waiters: Mutex::new(HashMap::new()),
             applied: Notify::new(),
             applied_index: AtomicU64::new(0),
+            durable_index: AtomicU64::new(0),
         }
     }
 
@@ -42,6 +48,15 @@ impl ShardShared {
     /// Called by the state machine once `index` is written to RocksDB.
     pub fn set_applied_index(&self, index: u64) {
         self.applied_index.store(index, Ordering::Release);
+    }
+
+    pub fn durable_index(&self) -> u64 {
+        self.durable_index.load(Ordering::Acquire)
+    }
+
+    /// Called once the state up to `index` is known to be on disk.
+    pub fn set_durable_index(&self, index: u64) {
+        self.durable_index.fetch_max(index, Ordering::AcqRel);
     }
 
     pub fn state(&self) -> MutexGuard<'_, ShardState> {

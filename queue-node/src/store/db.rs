@@ -147,6 +147,13 @@ impl Store {
             .unwrap_or_else(|| panic!("column family {name} was created at open"))
     }
 
+    /// Writes the state column family's memtables to disk and returns once
+    /// they are durable: every state write made before the call is then on
+    /// disk. (State writes skip the WAL; see [`super::state_machine`].)
+    pub fn flush_state(&self) -> Result<(), rocksdb::Error> {
+        self.db.flush_cf(self.cf(CF_STATE))
+    }
+
     /// Reports `callback` once everything written so far is durable.
     pub fn after_sync(&self, callback: LogFlushed<TypeConfig>) {
         if let Err(mpsc::SendError(callback)) = self.syncer.send(callback) {

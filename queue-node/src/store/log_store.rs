@@ -2,10 +2,12 @@
 //! `shard | index`, vote / committed / purged marks in `raft_meta`.
 //!
 //! Appends are written without waiting for the disk; the fsync thread
-//! reports them durable (see [`super::db`]).
+//! reports them durable (see [`super::db`]). Purges stop at the state
+//! machine's durable index (see [`super::state_machine`]).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, RaftLogId, Vote};
@@ -16,11 +18,13 @@ use serde::Serialize;
 use super::db::{Durability, Store, CF_LOG, CF_RAFT};
 use super::io_err;
 use crate::raft_types::{LogId, NodeId, StorageError, TypeConfig};
+use crate::shard::ShardShared;
 
 #[derive(Clone)]
 pub struct LogStore {
     store: Store,
     shard: u32,
+    shared: Arc<ShardShared>,
 }
 
 fn log_key(shard: u32, index: u64) -> [u8; 12] {
@@ -41,8 +45,23 @@ fn meta_key(shard: u32, name: &str) -> Vec<u8> {
 }
 
 impl LogStore {
-    pub fn new(store: Store, shard: u32) -> LogStore {
-        LogStore { store, shard }
+    pub fn new(store: Store, shard: u32, shared: Arc<ShardShared>) -> LogStore {
+        LogStore {
+            store,
+            shard,
+            shared,
+        }
+    }
+
+    /// The index of the last entry in the log (or of the last purged one),
+    /// 0 for an empty log.
+    pub fn last_index(&self) -> Result<u64, StorageError> {
+        let purged: Option<LogId> = self.get_meta("purged")?;
+        Ok(self
+            .last_entry_log_id()?
+            .or(purged)
+            .map(|l| l.index)
+            .unwrap_or(0))
     }
 
     fn get_meta<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StorageError> {
@@ -208,6 +227,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // The state up to `log_id` must be on disk before the entries that
+        // could rebuild it go. The watermark task's flushes usually got
+        // there first; if not, flush now.
+        if self.shared.durable_index() < log_id.index {
+            let applied = self.shared.applied_index();
+            self.store
+                .flush_state()
+                .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+            self.shared.set_durable_index(applied);
+            if applied < log_id.index {
+                // Not applied that far yet (openraft purges only behind a
+                // snapshot, so this should not happen): keep the entries;
+                // a later purge removes them.
+                tracing::warn!(
+                    shard = self.shard,
+                    purge = log_id.index,
+                    applied,
+                    "not purging the log past the applied state"
+                );
+                return Ok(());
+            }
+        }
         self.put_meta("purged", &log_id, true)?;
         let cf = self.store.cf(CF_LOG);
         self.store

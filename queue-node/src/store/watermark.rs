@@ -1,12 +1,13 @@
 //! The durable-applied watermark: a small file beside RocksDB recording,
-//! per shard, a log index the state machine had applied and made durable.
+//! per shard, a log index the state machine had applied and whose log
+//! entries were synced (so the state up to it can always be rebuilt).
 //!
 //! RocksDB cannot tell a WAL that was cut short (or a database whose
 //! files went missing) from one that never held more; without this check
 //! such a node would start with jobs missing, or empty and ready to
 //! bootstrap a new cluster. Once a second the node syncs the WAL and
-//! rewrites the file (atomically); at start every shard must have applied
-//! at least as far as the file says, or the node refuses to start. The
+//! rewrites the file (atomically); at start every shard's state or log must
+//! reach at least as far as the file says, or the node refuses to start. The
 //! file lags by up to a second, so a torn tail from a crash (never
 //! acknowledged) still recovers.
 
@@ -87,7 +88,8 @@ pub fn read(data_dir: &Path) -> Result<BTreeMap<u32, u64>, WatermarkError> {
     Ok(out)
 }
 
-/// Refuses a shard whose applied index is behind the recorded one.
+/// Refuses a shard whose history (applied state or log, whichever reaches
+/// further) is behind the recorded index.
 pub fn verify(
     recorded: &BTreeMap<u32, u64>,
     shard: u32,
@@ -119,14 +121,47 @@ pub fn write(data_dir: &Path, indexes: &BTreeMap<u32, u64>) -> std::io::Result<(
     std::fs::File::open(data_dir)?.sync_all()
 }
 
+/// Flush the state once any shard's durable index trails its applied
+/// index by this many entries, so the log can be purged behind snapshots
+/// without a flush in the purge itself...
+const FLUSH_AFTER_ENTRIES: u64 = 4096;
+/// ...or once anything applied has waited this long, so a restart after a
+/// crash re-applies little even on a quiet shard.
+const FLUSH_AFTER: Duration = Duration::from_secs(60);
+
 /// Keeps the file current: once a second, if any shard applied more, sync
-/// the WAL (so what was applied is durable) and rewrite the file.
+/// the WAL (so the log entries behind what was applied are durable) and
+/// rewrite the file. Also flushes the state (which skips the WAL) now and
+/// then, advancing every shard's durable index.
 pub async fn run(store: Store, data_dir: PathBuf, shards: Vec<(u32, Arc<ShardShared>)>) {
     let mut written: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut last_flush = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let lag = shards
+            .iter()
+            .map(|(_, s)| s.applied_index().saturating_sub(s.durable_index()))
+            .max()
+            .unwrap_or(0);
+        if lag >= FLUSH_AFTER_ENTRIES || (lag > 0 && last_flush.elapsed() >= FLUSH_AFTER) {
+            let (store, shards) = (store.clone(), shards.clone());
+            let flushed = tokio::task::spawn_blocking(move || {
+                let applied: Vec<u64> = shards.iter().map(|(_, s)| s.applied_index()).collect();
+                store.flush_state()?;
+                for ((_, shard), index) in shards.iter().zip(applied) {
+                    shard.set_durable_index(index);
+                }
+                Ok::<_, rocksdb::Error>(())
+            })
+            .await;
+            match flushed {
+                Ok(Ok(())) => last_flush = tokio::time::Instant::now(),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot flush the state to disk"),
+                Err(e) => tracing::warn!(error = %e, "state flush task failed"),
+            }
+        }
         let now: BTreeMap<u32, u64> = shards
             .iter()
             .map(|(id, shared)| (*id, shared.applied_index()))

@@ -64,6 +64,15 @@ impl Store {
             source,
         })?;
         let mut opts = Options::default();
+        // Compaction runs at a lower CPU priority than serving: on a small
+        // machine it otherwise competes with the apply pipeline and shows
+        // up as latency spikes; it catches up whenever the node is idle.
+        let mut env = rocksdb::Env::new().map_err(|source| OpenError::Open {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        env.lower_thread_pool_cpu_priority();
+        opts.set_env(&env);
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.increase_parallelism(2);

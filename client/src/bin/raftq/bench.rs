@@ -86,6 +86,10 @@ pub struct BenchArgs {
     linger_max_micros: Option<u64>,
     #[arg(long)]
     max_in_flight: Option<usize>,
+    /// gRPC connections to each shard leader; producers and worker
+    /// streams are spread over them (real workers each hold their own).
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -233,14 +237,15 @@ fn spawn_nodes(args: &BenchArgs, count: usize) -> anyhow::Result<Spawned> {
 /// Connections to the leader of each shard, so the load goes straight there.
 struct Router {
     shards: u32,
-    leaders: Vec<Client>,
+    /// Per shard, the connections to its leader.
+    leaders: Vec<Vec<Client>>,
 }
 
 impl Router {
-    async fn discover(addr: &str) -> anyhow::Result<Router> {
+    async fn discover(addr: &str, connections: usize) -> anyhow::Result<Router> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(router) = Router::try_discover(addr).await {
+            if let Some(router) = Router::try_discover(addr, connections.max(1)).await {
                 return Ok(router);
             }
             if Instant::now() > deadline {
@@ -250,7 +255,7 @@ impl Router {
         }
     }
 
-    async fn try_discover(addr: &str) -> Option<Router> {
+    async fn try_discover(addr: &str, connections: usize) -> Option<Router> {
         let client = Client::connect(addr).await.ok()?;
         let status = client
             .cluster()
@@ -258,7 +263,7 @@ impl Router {
             .await
             .ok()?
             .into_inner();
-        let mut by_addr: HashMap<String, Client> = HashMap::new();
+        let mut by_addr: HashMap<String, Vec<Client>> = HashMap::new();
         let mut leaders = Vec::new();
         for shard in &status.shards {
             if !shard.has_leader {
@@ -271,10 +276,11 @@ impl Router {
                 .addr
                 .clone();
             if !by_addr.contains_key(&leader_addr) {
-                by_addr.insert(
-                    leader_addr.clone(),
-                    Client::connect(&leader_addr).await.ok()?,
-                );
+                let mut pool = Vec::with_capacity(connections);
+                for _ in 0..connections {
+                    pool.push(Client::connect(&leader_addr).await.ok()?);
+                }
+                by_addr.insert(leader_addr.clone(), pool);
             }
             leaders.push(by_addr[&leader_addr].clone());
         }
@@ -287,8 +293,10 @@ impl Router {
         })
     }
 
-    fn for_queue(&self, queue: &str) -> Client {
-        self.leaders[raftq_api::shard_of(queue, self.shards) as usize].clone()
+    /// A connection to `queue`'s leader; `n` picks one of the pool.
+    fn for_queue(&self, queue: &str, n: usize) -> Client {
+        let pool = &self.leaders[raftq_api::shard_of(queue, self.shards) as usize];
+        pool[n % pool.len()].clone()
     }
 }
 
@@ -313,7 +321,7 @@ fn queue_names(n: usize) -> Vec<String> {
 }
 
 async fn producer(
-    router: Arc<Router>,
+    client: Client,
     queue: String,
     payload: Bytes,
     batch: usize,
@@ -322,7 +330,7 @@ async fn producer(
     limit: Option<Arc<AtomicU64>>,
 ) -> Histogram<u64> {
     let mut latency = histogram();
-    let mut client = router.for_queue(&queue).queue();
+    let mut client = client.queue();
     while !stop.load(Ordering::Relaxed) {
         let n = match &limit {
             Some(left) => {
@@ -516,7 +524,7 @@ async fn prefill(
     for i in 0..producers.max(4) {
         let queue = queues[i % queues.len()].clone();
         tasks.push(tokio::spawn(producer(
-            router.clone(),
+            router.for_queue(&queue, i),
             queue,
             payload.clone(),
             1000,
@@ -560,7 +568,7 @@ pub async fn run(args: BenchArgs, addr: &str) -> anyhow::Result<()> {
         .map(|s| s.addrs[0].clone())
         .unwrap_or_else(|| addr.to_string());
     eprintln!("waiting for shard leaders at {target} ...");
-    let router = Arc::new(Router::discover(&target).await?);
+    let router = Arc::new(Router::discover(&target, args.connections).await?);
     let queues = queue_names(args.queues);
     let payload = Bytes::from(vec![b'x'; args.payload]);
 
@@ -579,9 +587,10 @@ pub async fn run(args: BenchArgs, addr: &str) -> anyhow::Result<()> {
     let mut workers = Vec::new();
     if args.scenario != Scenario::Lifecycle {
         for i in 0..args.producers {
+            let queue = &queues[i % queues.len()];
             producers.push(tokio::spawn(producer(
-                router.clone(),
-                queues[i % queues.len()].clone(),
+                router.for_queue(queue, i),
+                queue.clone(),
                 payload.clone(),
                 args.enqueue_batch,
                 counters.clone(),
@@ -595,7 +604,7 @@ pub async fn run(args: BenchArgs, addr: &str) -> anyhow::Result<()> {
             for c in 0..args.concurrency {
                 let queue = queues[(w * args.concurrency + c) % queues.len()].clone();
                 workers.push(tokio::spawn(worker_stream(
-                    router.for_queue(&queue),
+                    router.for_queue(&queue, w),
                     queue,
                     format!("bench-w{w}"),
                     args.fetch_batch,

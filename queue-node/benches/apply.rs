@@ -40,7 +40,7 @@ fn batch(time_ms: u64, ops: Vec<Op>) -> Batch {
     Batch {
         time_ms,
         defaults: QueueDefaults::default(),
-        ops,
+        ops: ops.into(),
     }
 }
 

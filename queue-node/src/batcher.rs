@@ -267,7 +267,7 @@ async fn propose(raft: Raft, groups: Vec<Group>, time_ms: u64, defaults: QueueDe
     let batch = Batch {
         time_ms,
         defaults,
-        ops,
+        ops: ops.into(),
     };
     // openraft answers a proposal when its entry is applied or truncated
     // away; one that a deposed leader's log loses to an installed snapshot

@@ -176,7 +176,9 @@ pub struct Batch {
     /// The leader's clock (unix ms) when it proposed the batch.
     pub time_ms: u64,
     pub defaults: QueueDefaults,
-    pub ops: Vec<Op>,
+    /// Shared, so a batch is cloned in O(1) (the log's entry cache hands
+    /// out clones to apply and to replication).
+    pub ops: Arc<[Op]>,
 }
 
 impl std::fmt::Display for Batch {

@@ -77,7 +77,7 @@ fn any_entry() -> impl Strategy<Value = Entry<TypeConfig>> {
             payload: EntryPayload::Normal(Batch {
                 time_ms: index,
                 defaults: QueueDefaults::default(),
-                ops,
+                ops: ops.into(),
             }),
         })
 }

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use raftq_api::JobId;
 
 use super::keys::{self, WriteSink};
@@ -242,7 +243,10 @@ impl ShardState {
         };
         let body = Arc::new(JobBody {
             queue: queue.clone(),
-            payload: job.payload.clone(),
+            // Its own allocation: on the leader the op's payload is a slice
+            // of a whole gRPC request, which one long-lived job would
+            // otherwise keep alive entire.
+            payload: Bytes::copy_from_slice(&job.payload),
             headers: job.headers.clone(),
             priority: job.priority,
             max_attempts: job.max_attempts,

@@ -56,7 +56,7 @@ impl Harness {
         let batch = Batch {
             time_ms: self.now,
             defaults: self.defaults,
-            ops,
+            ops: ops.into(),
         };
         let results = self.state.apply_batch(self.index, &batch, &mut self.sink).0;
         assert_eq!(self.sink.error, None);

@@ -4,10 +4,16 @@
 //! Appends are written without waiting for the disk; the fsync thread
 //! reports them durable (see [`super::db`]). Purges stop at the state
 //! machine's durable index (see [`super::state_machine`]).
+//!
+//! The newest entries are also kept in memory ([`RecentEntries`]): openraft
+//! reads every committed entry back to apply it, and again per follower to
+//! replicate it, and decoding each batch back from RocksDB (a copy of every
+//! payload) sat on the leader's one serial Raft task.
 
 use std::fmt::Debug;
+use std::collections::VecDeque;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, RaftLogId, Vote};
@@ -25,6 +31,83 @@ pub struct LogStore {
     store: Store,
     shard: u32,
     shared: Arc<ShardShared>,
+    recent: Arc<Mutex<RecentEntries>>,
+}
+
+/// Most bytes (as encoded) of entries kept in memory.
+const RECENT_BYTES: usize = 16 << 20;
+
+/// The newest appended entries: a contiguous run that ends at the last
+/// entry of the log, bounded by [`RECENT_BYTES`].
+#[derive(Default)]
+struct RecentEntries {
+    entries: VecDeque<(Entry<TypeConfig>, usize)>,
+    bytes: usize,
+}
+
+impl RecentEntries {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.get_log_id().index)
+    }
+
+    fn push(&mut self, entry: Entry<TypeConfig>, size: usize) {
+        let index = entry.get_log_id().index;
+        let follows = match self.entries.back() {
+            Some((last, _)) => last.get_log_id().index + 1 == index,
+            None => true,
+        };
+        if !follows {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.entries.push_back((entry, size));
+        self.bytes += size;
+        while self.bytes > RECENT_BYTES && self.entries.len() > 1 {
+            if let Some((_, size)) = self.entries.pop_front() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    /// The entries from `start` on that `range` holds, if the run reaches
+    /// back to `start` (else the caller reads RocksDB).
+    fn read(&self, start: u64, range: &impl RangeBounds<u64>) -> Option<Vec<Entry<TypeConfig>>> {
+        let first = self.first_index()?;
+        if start < first {
+            return None;
+        }
+        let skip = usize::try_from(start - first).ok()?;
+        Some(
+            self.entries
+                .iter()
+                .skip(skip)
+                .take_while(|(e, _)| range.contains(&e.get_log_id().index))
+                .map(|(e, _)| e.clone())
+                .collect(),
+        )
+    }
+
+    /// Forgets entries from `index` on (a truncated tail).
+    fn truncate(&mut self, index: u64) {
+        while let Some((last, size)) = self.entries.back() {
+            if last.get_log_id().index < index {
+                break;
+            }
+            self.bytes -= size;
+            self.entries.pop_back();
+        }
+    }
+
+    /// Forgets entries up to and including `index` (a purged head).
+    fn purge(&mut self, index: u64) {
+        while let Some((first, size)) = self.entries.front() {
+            if first.get_log_id().index > index {
+                break;
+            }
+            self.bytes -= size;
+            self.entries.pop_front();
+        }
+    }
 }
 
 fn log_key(shard: u32, index: u64) -> [u8; 12] {
@@ -50,6 +133,7 @@ impl LogStore {
             store,
             shard,
             shared,
+            recent: Arc::default(),
         }
     }
 
@@ -62,6 +146,12 @@ impl LogStore {
             .or(purged)
             .map(|l| l.index)
             .unwrap_or(0))
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
+        // Every change to the cache is complete before its lock is let go;
+        // a panic elsewhere leaves nothing half-done in it.
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn get_meta<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StorageError> {
@@ -129,6 +219,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
+        if let Some(entries) = self.recent().read(start, &range) {
+            return Ok(entries);
+        }
         let cf = self.store.cf(CF_LOG);
         let from = log_key(self.shard, start);
         let mut entries = Vec::new();
@@ -196,20 +289,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let cf = self.store.cf(CF_LOG);
         let mut batch = WriteBatch::default();
+        let mut appended = Vec::new();
         for entry in entries {
             let bytes = postcard::to_allocvec(&entry)
                 .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-            batch.put_cf(cf, log_key(self.shard, entry.get_log_id().index), bytes);
+            batch.put_cf(cf, log_key(self.shard, entry.get_log_id().index), &bytes);
+            appended.push((entry, bytes.len()));
         }
         self.store
             .db
             .write(batch)
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        let mut recent = self.recent();
+        for (entry, size) in appended {
+            recent.push(entry, size);
+        }
+        drop(recent);
         self.store.after_sync(callback);
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent().truncate(log_id.index);
         let cf = self.store.cf(CF_LOG);
         self.store
             .db
@@ -250,6 +351,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         self.put_meta("purged", &log_id, true)?;
+        self.recent().purge(log_id.index);
         let cf = self.store.cf(CF_LOG);
         self.store
             .db

@@ -114,6 +114,16 @@ pub fn render(ctx: &NodeContext) -> String {
         "gauge",
         "Last log index stored for the shard",
     );
+    let mut durable = Family::new(
+        "raftq_shard_durable_index",
+        "gauge",
+        "Last log index whose state is flushed to disk (the log is kept from here on)",
+    );
+    let mut purged = Family::new(
+        "raftq_shard_purged_index",
+        "gauge",
+        "Last log index removed behind a snapshot",
+    );
     let mut batches = Family::new(
         "raftq_batches_total",
         "counter",
@@ -146,6 +156,8 @@ pub fn render(ctx: &NodeContext) -> String {
         term.add(s.clone(), m.current_term as f64);
         applied.add(s.clone(), m.last_applied.map_or(0, |l| l.index) as f64);
         last_log.add(s.clone(), m.last_log_index.unwrap_or(0) as f64);
+        durable.add(s.clone(), shard.shared.durable_index() as f64);
+        purged.add(s.clone(), m.purged.map_or(0, |l| l.index) as f64);
         let b = &shard.batcher.stats;
         batches.add(s.clone(), b.batches.load(Ordering::Relaxed) as f64);
         batch_ops.add(s.clone(), b.ops.load(Ordering::Relaxed) as f64);
@@ -176,6 +188,8 @@ pub fn render(ctx: &NodeContext) -> String {
         term,
         applied,
         last_log,
+        durable,
+        purged,
         batches,
         batch_ops,
         batch_bytes,

@@ -112,10 +112,24 @@ enum RpcKind {
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.call(RpcKind::Append, &rpc).await
+        // openraft sends up to 300 entries at once and gives the call one
+        // heartbeat interval: a follower that fell behind by a few large
+        // batches could never take them in time, and the same oversized
+        // request was retried forever. Send what fits and report it as a
+        // partial success; openraft sends the rest next.
+        let keep = entries_within(&rpc.entries, MAX_APPEND_BYTES);
+        if keep == rpc.entries.len() {
+            return self.call(RpcKind::Append, &rpc).await;
+        }
+        rpc.entries.truncate(keep);
+        let sent = rpc.entries.last().map(|e| e.log_id);
+        match self.call(RpcKind::Append, &rpc).await? {
+            AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(sent)),
+            other => Ok(other),
+        }
     }
 
     async fn install_snapshot(
@@ -136,6 +150,28 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 }
 
 /// The receiving side: hands each message to the named shard's Raft.
+/// Most bytes of entries (roughly) sent in one AppendEntries call.
+const MAX_APPEND_BYTES: usize = 2 << 20;
+
+/// How many of `entries`, from the first, fit in `budget` bytes (at least
+/// one, so a single large entry still goes).
+fn entries_within(entries: &[openraft::Entry<TypeConfig>], budget: usize) -> usize {
+    let mut used = 0;
+    for (i, entry) in entries.iter().enumerate() {
+        let size = match &entry.payload {
+            openraft::EntryPayload::Normal(batch) => {
+                64 + batch.ops.iter().map(|op| op.size_hint()).sum::<usize>()
+            }
+            _ => 64,
+        };
+        if i > 0 && used + size > budget {
+            return i;
+        }
+        used += size;
+    }
+    entries.len()
+}
+
 pub struct TransportService {
     pub shards: Arc<Vec<Raft>>,
 }
@@ -189,5 +225,50 @@ impl RaftTransport for TransportService {
         let raft = self.shard(&msg)?;
         let req: InstallSnapshotRequest<TypeConfig> = decode(&msg.data)?;
         encode(&raft.install_snapshot(req).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    use super::*;
+    use crate::ops::{Batch, NewJob, Op, QueueDefaults, When};
+
+    fn entry(index: u64, payload_bytes: usize) -> Entry<TypeConfig> {
+        let job = NewJob {
+            payload: Bytes::from(vec![0u8; payload_bytes]),
+            headers: Vec::new(),
+            priority: 0,
+            when: When::Now,
+            max_attempts: 0,
+            backoff: None,
+            idempotency_key: None,
+        };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Batch {
+                time_ms: 0,
+                defaults: QueueDefaults::default(),
+                ops: Arc::from(vec![Op::Enqueue {
+                    queue: "q".into(),
+                    jobs: vec![job],
+                }]),
+            }),
+        }
+    }
+
+    #[test]
+    fn append_requests_are_cut_to_the_byte_budget() {
+        let small: Vec<_> = (1..=10).map(|i| entry(i, 100)).collect();
+        assert_eq!(entries_within(&small, MAX_APPEND_BYTES), 10);
+        let large: Vec<_> = (1..=10).map(|i| entry(i, 1 << 20)).collect();
+        assert_eq!(entries_within(&large, MAX_APPEND_BYTES), 1);
+        let huge = vec![entry(1, 3 << 20), entry(2, 10)];
+        assert_eq!(entries_within(&huge, MAX_APPEND_BYTES), 1, "one entry always goes");
+        assert_eq!(entries_within(&[], MAX_APPEND_BYTES), 0);
     }
 }

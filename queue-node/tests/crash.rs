@@ -1,6 +1,9 @@
 //! SIGKILL a node process while it is taking writes, start it again: every
 //! acknowledged enqueue is still there, and leases that were in flight
-//! expire and are redelivered.
+//! expire and are redelivered. The state machine's writes skip RocksDB's
+//! WAL (the Raft log is its WAL), so these also check that a restart
+//! re-applies the log, and that the log is never purged past the state
+//! that is on disk.
 
 mod common;
 
@@ -126,5 +129,142 @@ async fn sigkill_mid_write_loses_no_acknowledged_job() {
             client.queue().ack(pb::AckRequest { tokens }).await.unwrap();
         }
     }
+    assert!(!node.log().contains("panicked"), "{}", node.log());
+}
+
+/// A gauge of shard 0 from the node's `/metrics`.
+async fn shard_gauge(http: &str, name: &str) -> Option<u64> {
+    let body = metrics_text(http).await?;
+    let prefix = format!("{name}{{shard=\"0\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// `GET /metrics` over a plain TCP connection (HTTP/1.0, so the server
+/// closes it after the body).
+async fn metrics_text(http: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(http).await.ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.ok()?;
+    Some(body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_log_purges_restarts_with_every_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.yaml");
+    // A snapshot (and a purge of the log behind it) every 10 entries.
+    std::fs::write(
+        &config,
+        "raft:\n  snapshot_every_entries: 10\n  logs_kept_after_snapshot: 0\n",
+    )
+    .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let args = vec![
+        "--config".to_string(),
+        config.display().to_string(),
+        "--http-listen".to_string(),
+        http.clone(),
+    ];
+    let mut node = ProcNode::spawn_with(
+        1,
+        &addr,
+        &dir.path().join("n1"),
+        &format!("1={addr}"),
+        args,
+    );
+    let client = wait_for("connect", Duration::from_secs(30), || async {
+        Client::connect(&addr).await.ok()
+    })
+    .await;
+    wait_for_leader(&client).await;
+
+    // 40 entries of 5 jobs, then ack the first 50 jobs: state writes of
+    // every kind, across several snapshots and purges.
+    let mut expected = BTreeSet::new();
+    for batch in 0..40 {
+        let payloads: Vec<String> = (0..5).map(|i| format!("b{batch}-{i}")).collect();
+        let jobs = payloads.iter().map(|p| JobSpec::new(p.clone())).collect();
+        client.producer().enqueue_batch("purged", jobs).await.unwrap();
+        expected.extend(payloads);
+    }
+    let leased = client
+        .queue()
+        .fetch(pb::FetchRequest {
+            queue: "purged".into(),
+            worker_id: "w".into(),
+            max_jobs: 50,
+            lease_ms: None,
+            wait_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(leased.len(), 50);
+    for j in &leased {
+        expected.remove(&String::from_utf8_lossy(&j.job.as_ref().unwrap().payload).into_owned());
+    }
+    let tokens = leased.iter().filter_map(|j| j.token.clone()).collect();
+    client.queue().ack(pb::AckRequest { tokens }).await.unwrap();
+    let applied = shard_gauge(&http, "raftq_shard_applied_index").await.unwrap();
+    // Enqueue more until a purge passed the acks, so the log that could
+    // rebuild them is gone and only the flushed state holds them.
+    let mut batch = 40;
+    wait_for("a purge past the acks", Duration::from_secs(60), || {
+        batch += 1;
+        let (client, http) = (client.clone(), http.clone());
+        let payloads: Vec<String> = (0..5).map(|i| format!("b{batch}-{i}")).collect();
+        expected.extend(payloads.iter().cloned());
+        async move {
+            let jobs = payloads.iter().map(|p| JobSpec::new(p.clone())).collect();
+            client.producer().enqueue_batch("purged", jobs).await.unwrap();
+            let purged = shard_gauge(&http, "raftq_shard_purged_index").await?;
+            let durable = shard_gauge(&http, "raftq_shard_durable_index").await?;
+            assert!(durable >= purged, "purged {purged} past durable {durable}");
+            (purged > applied).then_some(())
+        }
+    })
+    .await;
+    node.kill();
+
+    node.start();
+    let client = wait_for("reconnect", Duration::from_secs(30), || async {
+        Client::connect(&addr).await.ok()
+    })
+    .await;
+    wait_for_leader(&client).await;
+    let mut seen = BTreeSet::new();
+    loop {
+        let jobs = client
+            .queue()
+            .fetch(pb::FetchRequest {
+                queue: "purged".into(),
+                worker_id: "after".into(),
+                max_jobs: 1000,
+                lease_ms: None,
+                wait_ms: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs;
+        if jobs.is_empty() {
+            break;
+        }
+        for j in &jobs {
+            let payload = String::from_utf8_lossy(&j.job.as_ref().unwrap().payload).into_owned();
+            assert!(seen.insert(payload.clone()), "{payload} delivered twice");
+        }
+    }
+    assert_eq!(seen, expected, "after the restart: every unacked job, no acked one");
     assert!(!node.log().contains("panicked"), "{}", node.log());
 }

@@ -363,3 +363,62 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn entry(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn indexes(entries: Option<Vec<Entry<TypeConfig>>>) -> Option<Vec<u64>> {
+        entries.map(|v| v.iter().map(|e| e.get_log_id().index).collect())
+    }
+
+    #[test]
+    fn recent_entries_serve_only_what_they_hold_in_full() {
+        let mut recent = RecentEntries::default();
+        assert_eq!(indexes(recent.read(1, &(1..))), None, "empty: read RocksDB");
+        for i in 5..=9 {
+            recent.push(entry(i), 100);
+        }
+        assert_eq!(indexes(recent.read(6, &(6..9))), Some(vec![6, 7, 8]));
+        assert_eq!(indexes(recent.read(7, &(7..))), Some(vec![7, 8, 9]));
+        assert_eq!(indexes(recent.read(12, &(12..))), Some(vec![]), "past the end");
+        assert_eq!(indexes(recent.read(4, &(4..7))), None, "reaches before the run");
+
+        recent.truncate(8);
+        assert_eq!(indexes(recent.read(5, &(5..))), Some(vec![5, 6, 7]));
+        recent.push(entry(8), 100);
+        recent.purge(6);
+        assert_eq!(recent.first_index(), Some(7));
+        assert_eq!(indexes(recent.read(7, &(7..))), Some(vec![7, 8]));
+        assert_eq!(recent.bytes, 200);
+
+        // A gap (a snapshot installed past the log) starts a new run.
+        recent.push(entry(20), 100);
+        assert_eq!(recent.first_index(), Some(20));
+        assert_eq!(recent.bytes, 100);
+    }
+
+    #[test]
+    fn recent_entries_stay_within_their_byte_budget() {
+        let mut recent = RecentEntries::default();
+        let size = RECENT_BYTES / 4;
+        for i in 1..=10 {
+            recent.push(entry(i), size);
+        }
+        assert!(recent.bytes <= RECENT_BYTES);
+        assert_eq!(recent.first_index(), Some(7));
+        assert_eq!(indexes(recent.read(3, &(3..))), None);
+        // One entry larger than the budget is still kept (it is the newest).
+        recent.push(entry(11), RECENT_BYTES * 2);
+        assert_eq!(recent.first_index(), Some(11));
+    }
+}

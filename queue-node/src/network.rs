@@ -268,7 +268,11 @@ mod tests {
         let large: Vec<_> = (1..=10).map(|i| entry(i, 1 << 20)).collect();
         assert_eq!(entries_within(&large, MAX_APPEND_BYTES), 1);
         let huge = vec![entry(1, 3 << 20), entry(2, 10)];
-        assert_eq!(entries_within(&huge, MAX_APPEND_BYTES), 1, "one entry always goes");
+        assert_eq!(
+            entries_within(&huge, MAX_APPEND_BYTES),
+            1,
+            "one entry always goes"
+        );
         assert_eq!(entries_within(&[], MAX_APPEND_BYTES), 0);
     }
 }

@@ -174,13 +174,8 @@ async fn sigkill_after_log_purges_restarts_with_every_job() {
         "--http-listen".to_string(),
         http.clone(),
     ];
-    let mut node = ProcNode::spawn_with(
-        1,
-        &addr,
-        &dir.path().join("n1"),
-        &format!("1={addr}"),
-        args,
-    );
+    let mut node =
+        ProcNode::spawn_with(1, &addr, &dir.path().join("n1"), &format!("1={addr}"), args);
     let client = wait_for("connect", Duration::from_secs(30), || async {
         Client::connect(&addr).await.ok()
     })
@@ -193,7 +188,11 @@ async fn sigkill_after_log_purges_restarts_with_every_job() {
     for batch in 0..40 {
         let payloads: Vec<String> = (0..5).map(|i| format!("b{batch}-{i}")).collect();
         let jobs = payloads.iter().map(|p| JobSpec::new(p.clone())).collect();
-        client.producer().enqueue_batch("purged", jobs).await.unwrap();
+        client
+            .producer()
+            .enqueue_batch("purged", jobs)
+            .await
+            .unwrap();
         expected.extend(payloads);
     }
     let leased = client
@@ -215,7 +214,9 @@ async fn sigkill_after_log_purges_restarts_with_every_job() {
     }
     let tokens = leased.iter().filter_map(|j| j.token.clone()).collect();
     client.queue().ack(pb::AckRequest { tokens }).await.unwrap();
-    let applied = shard_gauge(&http, "raftq_shard_applied_index").await.unwrap();
+    let applied = shard_gauge(&http, "raftq_shard_applied_index")
+        .await
+        .unwrap();
     // Enqueue more until a purge passed the acks, so the log that could
     // rebuild them is gone and only the flushed state holds them.
     let mut batch = 40;
@@ -226,7 +227,11 @@ async fn sigkill_after_log_purges_restarts_with_every_job() {
         expected.extend(payloads.iter().cloned());
         async move {
             let jobs = payloads.iter().map(|p| JobSpec::new(p.clone())).collect();
-            client.producer().enqueue_batch("purged", jobs).await.unwrap();
+            client
+                .producer()
+                .enqueue_batch("purged", jobs)
+                .await
+                .unwrap();
             let purged = shard_gauge(&http, "raftq_shard_purged_index").await?;
             let durable = shard_gauge(&http, "raftq_shard_durable_index").await?;
             assert!(durable >= purged, "purged {purged} past durable {durable}");
@@ -265,6 +270,9 @@ async fn sigkill_after_log_purges_restarts_with_every_job() {
             assert!(seen.insert(payload.clone()), "{payload} delivered twice");
         }
     }
-    assert_eq!(seen, expected, "after the restart: every unacked job, no acked one");
+    assert_eq!(
+        seen, expected,
+        "after the restart: every unacked job, no acked one"
+    );
     assert!(!node.log().contains("panicked"), "{}", node.log());
 }

@@ -10,8 +10,8 @@
 //! replicate it, and decoding each batch back from RocksDB (a copy of every
 //! payload) sat on the leader's one serial Raft task.
 
-use std::fmt::Debug;
 use std::collections::VecDeque;
+use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex};
 
@@ -390,8 +390,16 @@ mod tests {
         }
         assert_eq!(indexes(recent.read(6, &(6..9))), Some(vec![6, 7, 8]));
         assert_eq!(indexes(recent.read(7, &(7..))), Some(vec![7, 8, 9]));
-        assert_eq!(indexes(recent.read(12, &(12..))), Some(vec![]), "past the end");
-        assert_eq!(indexes(recent.read(4, &(4..7))), None, "reaches before the run");
+        assert_eq!(
+            indexes(recent.read(12, &(12..))),
+            Some(vec![]),
+            "past the end"
+        );
+        assert_eq!(
+            indexes(recent.read(4, &(4..7))),
+            None,
+            "reaches before the run"
+        );
 
         recent.truncate(8);
         assert_eq!(indexes(recent.read(5, &(5..))), Some(vec![5, 6, 7]));

@@ -9,10 +9,11 @@ use raftq_node::config::NodeConfig;
 use raftq_node::drain::DRAIN_TIMEOUT;
 use raftq_node::store::Durability;
 
-// jemalloc for Rust and (unprefixed) for RocksDB's C++ too: it keeps freed
-// pages for reuse, where glibc handed memtable arenas and write batches
-// back to the kernel only to fault them in, zeroed, again (12% of a node's
-// CPU under enqueue load).
+// jemalloc keeps freed pages for reuse, where glibc handed large buffers
+// back to the kernel only to fault them in, zeroed, again. Rust's
+// allocations only: with jemalloc also replacing RocksDB's `malloc`
+// (unprefixed), a node started under libfaketime (the clock-jump fault
+// test) deadlocked before its first log line.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

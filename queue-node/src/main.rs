@@ -200,7 +200,26 @@ async fn step_down(addr: &str, timeout_ms: u32, drain_workers: bool) -> anyhow::
     Ok(())
 }
 
+/// RocksDB allocates through glibc's `malloc`, which by default hands
+/// large freed blocks (write batches, memtable arena blocks) back to the
+/// kernel and then faults them in again, zeroed: under enqueue load that
+/// cost a node 40% of its throughput. Keep them: a fixed 32 MiB mmap
+/// threshold (the most glibc allows) and no trimming below 1 GiB.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    // SAFETY: mallopt only changes allocator tunables; it is called once,
+    // before any thread is started.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
+
 fn main() -> std::process::ExitCode {
+    keep_freed_memory();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -337,18 +337,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .flush_state()
                 .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
             self.shared.set_durable_index(applied);
-            if applied < log_id.index {
-                // Not applied that far yet (openraft purges only behind a
-                // snapshot, so this should not happen): keep the entries;
-                // a later purge removes them.
-                tracing::warn!(
-                    shard = self.shard,
-                    purge = log_id.index,
-                    applied,
-                    "not purging the log past the applied state"
-                );
-                return Ok(());
-            }
+            // Entries past `applied` were never applied here: a snapshot
+            // being installed replaces them (and is written synced), so
+            // they go too; keeping them would leave a hole in the log.
         }
         self.put_meta("purged", &log_id, true)?;
         self.recent().purge(log_id.index);

@@ -156,6 +156,19 @@ async fn metrics_text(http: &str) -> Option<String> {
     Some(body)
 }
 
+/// Enqueues jobs `b<batch>-0` .. `b<batch>-4` to queue `purged`; returns
+/// their payloads once acknowledged.
+async fn enqueue_five(client: &Client, batch: u32) -> Vec<String> {
+    let payloads: Vec<String> = (0..5).map(|i| format!("b{batch}-{i}")).collect();
+    let jobs = payloads.iter().map(|p| JobSpec::new(p.clone())).collect();
+    client
+        .producer()
+        .enqueue_batch("purged", jobs)
+        .await
+        .unwrap();
+    payloads
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_after_log_purges_restarts_with_every_job() {
     let dir = tempfile::tempdir().unwrap();
@@ -186,14 +199,7 @@ async fn sigkill_after_log_purges_restarts_with_every_job() {
     // every kind, across several snapshots and purges.
     let mut expected = BTreeSet::new();
     for batch in 0..40 {
-        let payloads: Vec<String> = (0..5).map(|i| format!("b{batch}-{i}")).collect();
-        let jobs = payloads.iter().map(|p| JobSpec::new(p.clone())).collect();
-        client
-            .producer()
-            .enqueue_batch("purged", jobs)
-            .await
-            .unwrap();
-        expected.extend(payloads);
+        expected.extend(enqueue_five(&client, batch).await);
     }
     let leased = client
         .queue()
@@ -219,26 +225,24 @@ async fn sigkill_after_log_purges_restarts_with_every_job() {
         .unwrap();
     // Enqueue more until a purge passed the acks, so the log that could
     // rebuild them is gone and only the flushed state holds them.
-    let mut batch = 40;
-    wait_for("a purge past the acks", Duration::from_secs(60), || {
-        batch += 1;
-        let (client, http) = (client.clone(), http.clone());
-        let payloads: Vec<String> = (0..5).map(|i| format!("b{batch}-{i}")).collect();
-        expected.extend(payloads.iter().cloned());
-        async move {
-            let jobs = payloads.iter().map(|p| JobSpec::new(p.clone())).collect();
-            client
-                .producer()
-                .enqueue_batch("purged", jobs)
-                .await
-                .unwrap();
-            let purged = shard_gauge(&http, "raftq_shard_purged_index").await?;
-            let durable = shard_gauge(&http, "raftq_shard_durable_index").await?;
-            assert!(durable >= purged, "purged {purged} past durable {durable}");
-            (purged > applied).then_some(())
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for batch in 40.. {
+        expected.extend(enqueue_five(&client, batch).await);
+        let purged = shard_gauge(&http, "raftq_shard_purged_index")
+            .await
+            .unwrap();
+        let durable = shard_gauge(&http, "raftq_shard_durable_index")
+            .await
+            .unwrap();
+        assert!(durable >= purged, "purged {purged} past durable {durable}");
+        if purged > applied {
+            break;
         }
-    })
-    .await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no purge past the acks (applied {applied}) within 60 s; purged {purged}"
+        );
+    }
     node.kill();
 
     node.start();

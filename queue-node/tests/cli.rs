@@ -212,4 +212,10 @@ fn bench_spawns_nodes_and_reports_json() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--spawn takes 1, 3 or 5"));
+    let out = Command::new(raftq_bin())
+        .args(["bench", "--spawn", "1", "--connections", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--connections must be > 0"));
 }

@@ -245,7 +245,7 @@ impl Router {
     async fn discover(addr: &str, connections: usize) -> anyhow::Result<Router> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(router) = Router::try_discover(addr, connections.max(1)).await {
+            if let Some(router) = Router::try_discover(addr, connections).await {
                 return Ok(router);
             }
             if Instant::now() > deadline {
@@ -557,9 +557,15 @@ async fn prefill(
 }
 
 pub async fn run(args: BenchArgs, addr: &str) -> anyhow::Result<()> {
-    if args.fetch_batch == 0 || args.ack_batch == 0 || args.enqueue_batch == 0 || args.payload == 0
+    if args.fetch_batch == 0
+        || args.ack_batch == 0
+        || args.enqueue_batch == 0
+        || args.payload == 0
+        || args.connections == 0
     {
-        bail!("--fetch-batch, --ack-batch, --enqueue-batch and --payload must be > 0");
+        bail!(
+            "--fetch-batch, --ack-batch, --enqueue-batch, --payload and --connections must be > 0"
+        );
     }
     let spawned = match args.spawn {
         Some(n) => Some(spawn_nodes(&args, n)?),

@@ -71,34 +71,57 @@ pub fn dedup_key(shard: u32, queue: &str, idempotency_key: &str) -> Vec<u8> {
 /// tests. Encoding errors are kept and reported by the caller after apply,
 /// so apply itself never panics on them.
 pub trait WriteSink {
-    fn put_raw(&mut self, key: &[u8], value: Vec<u8>);
+    fn put_raw(&mut self, key: &[u8], value: &[u8]);
     fn delete(&mut self, key: &[u8]);
     fn encoding_failed(&mut self, error: postcard::Error);
+    /// A buffer [`WriteSink::put`] encodes into, kept between calls.
+    fn scratch(&mut self) -> &mut Vec<u8>;
 
     fn put<T: Serialize + ?Sized>(&mut self, key: &[u8], value: &T) {
-        match postcard::to_allocvec(value) {
-            Ok(bytes) => self.put_raw(key, bytes),
+        // One buffer for every value: a fresh `Vec` per job grew through
+        // half a dozen reallocations, on the apply path of every job.
+        let mut buf = std::mem::take(self.scratch());
+        buf.clear();
+        match postcard::to_extend(value, buf) {
+            Ok(buf) => {
+                self.put_raw(key, &buf);
+                *self.scratch() = buf;
+            }
             Err(e) => self.encoding_failed(e),
         }
     }
 }
 
 /// A sink over an in-memory ordered map: tests, and snapshot building.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone)]
 pub struct MapSink {
     pub map: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
     pub error: Option<String>,
+    scratch: Vec<u8>,
 }
 
+/// Equal when the stored records and errors are (the scratch buffer is
+/// not state).
+impl PartialEq for MapSink {
+    fn eq(&self, other: &Self) -> bool {
+        self.map == other.map && self.error == other.error
+    }
+}
+
+impl Eq for MapSink {}
+
 impl WriteSink for MapSink {
-    fn put_raw(&mut self, key: &[u8], value: Vec<u8>) {
-        self.map.insert(key.to_vec(), value);
+    fn put_raw(&mut self, key: &[u8], value: &[u8]) {
+        self.map.insert(key.to_vec(), value.to_vec());
     }
     fn delete(&mut self, key: &[u8]) {
         self.map.remove(key);
     }
     fn encoding_failed(&mut self, error: postcard::Error) {
         self.error = Some(error.to_string());
+    }
+    fn scratch(&mut self) -> &mut Vec<u8> {
+        &mut self.scratch
     }
 }
 

@@ -91,6 +91,11 @@ impl Store {
         log_opts.set_compression_type(rocksdb::DBCompressionType::None);
         let mut state_opts = Options::default();
         state_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Job ids only grow, so a flush overlaps just the newest file of
+        // the last level; small files keep each compaction to that file
+        // instead of rewriting the whole state (with 64 MiB files an
+        // enqueue-heavy node re-read every job at every compaction).
+        state_opts.set_target_file_size_base(8 << 20);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_LOG, log_opts),
             ColumnFamilyDescriptor::new(CF_RAFT, Options::default()),

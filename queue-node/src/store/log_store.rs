@@ -32,7 +32,12 @@ pub struct LogStore {
     shard: u32,
     shared: Arc<ShardShared>,
     recent: Arc<Mutex<RecentEntries>>,
+    /// Reused by `append` (left empty between calls, so clones stay cheap).
+    encode_buffer: Vec<u8>,
 }
+
+/// Largest append buffer kept between appends.
+const ENCODE_BUFFER_KEPT: usize = 8 << 20;
 
 /// Most bytes (as encoded) of entries kept in memory.
 const RECENT_BYTES: usize = 16 << 20;
@@ -134,6 +139,7 @@ impl LogStore {
             shard,
             shared,
             recent: Arc::default(),
+            encode_buffer: Vec::new(),
         }
     }
 
@@ -288,21 +294,38 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let cf = self.store.cf(CF_LOG);
-        let mut batch = WriteBatch::default();
+        // Every entry is encoded into one buffer first, so the write batch
+        // is allocated once at its final size: grown by doubling, a batch
+        // of a few MiB was copied several times and faulted in fresh pages.
+        let mut encoded = std::mem::take(&mut self.encode_buffer);
+        encoded.clear();
         let mut appended = Vec::new();
         for entry in entries {
-            let bytes = postcard::to_allocvec(&entry)
+            let start = encoded.len();
+            encoded = postcard::to_extend(&entry, encoded)
                 .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-            batch.put_cf(cf, log_key(self.shard, entry.get_log_id().index), &bytes);
-            appended.push((entry, bytes.len()));
+            appended.push((entry, start..encoded.len()));
+        }
+        let mut batch = WriteBatch::with_capacity_bytes(encoded.len() + 32 * appended.len() + 64);
+        for (entry, range) in &appended {
+            batch.put_cf(
+                cf,
+                log_key(self.shard, entry.get_log_id().index),
+                &encoded[range.clone()],
+            );
+        }
+        // Kept for the next append unless an unusually large one grew it.
+        if encoded.capacity() <= ENCODE_BUFFER_KEPT {
+            encoded.clear();
+            self.encode_buffer = encoded;
         }
         self.store
             .db
             .write(batch)
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         let mut recent = self.recent();
-        for (entry, size) in appended {
-            recent.push(entry, size);
+        for (entry, range) in appended {
+            recent.push(entry, range.len());
         }
         drop(recent);
         self.store.after_sync(callback);

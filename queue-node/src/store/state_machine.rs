@@ -46,11 +46,15 @@ struct BatchSink<'a> {
     batch: WriteBatch,
     cf: &'a rocksdb::ColumnFamily,
     error: Option<postcard::Error>,
+    scratch: Vec<u8>,
 }
 
 impl WriteSink for BatchSink<'_> {
-    fn put_raw(&mut self, key: &[u8], value: Vec<u8>) {
+    fn put_raw(&mut self, key: &[u8], value: &[u8]) {
         self.batch.put_cf(self.cf, key, value);
+    }
+    fn scratch(&mut self) -> &mut Vec<u8> {
+        &mut self.scratch
     }
     fn delete(&mut self, key: &[u8]) {
         self.batch.delete_cf(self.cf, key);
@@ -216,10 +220,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: Send,
     {
         let cf = self.store.cf(CF_STATE);
+        let entries: Vec<_> = entries.into_iter().collect();
+        // Sized up front: grown by doubling, the batch (a few MiB under
+        // load) was copied several times over and faulted in fresh pages.
+        let capacity = entries
+            .iter()
+            .map(|e| match &e.payload {
+                // Each record adds its key and status to the op's bytes.
+                EntryPayload::Normal(batch) => batch.ops.iter().map(|op| 2 * op.size_hint()).sum(),
+                _ => 0,
+            })
+            .sum::<usize>()
+            + 1024;
         let mut sink = BatchSink {
-            batch: WriteBatch::default(),
+            batch: WriteBatch::with_capacity_bytes(capacity),
             cf,
             error: None,
+            scratch: Vec::with_capacity(1024),
         };
         let mut results = Vec::new();
         let woken = {

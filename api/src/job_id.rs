@@ -39,7 +39,30 @@ impl JobId {
 
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}-{}", self.shard, self.index, self.position)
+        // Written by hand: ids are formatted for every job enqueued and
+        // delivered, and the generic integer formatting showed in profiles.
+        let mut buf = [0u8; 42]; // u32 "-" u64 "-" u32 at their longest
+        let mut end = buf.len();
+        for (i, n) in [self.position as u64, self.index, self.shard as u64]
+            .into_iter()
+            .enumerate()
+        {
+            if i > 0 {
+                end -= 1;
+                buf[end] = b'-';
+            }
+            let mut n = n;
+            loop {
+                end -= 1;
+                buf[end] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        // Only ASCII digits and dashes were written.
+        f.write_str(std::str::from_utf8(&buf[end..]).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -80,6 +103,13 @@ mod tests {
             position: 17,
         };
         assert_eq!(id.to_string(), "3-1099511627776-17");
+        let extremes = JobId {
+            shard: u32::MAX,
+            index: u64::MAX,
+            position: 0,
+        };
+        assert_eq!(extremes.to_string(), "4294967295-18446744073709551615-0");
+        assert_eq!(extremes.to_string().parse::<JobId>(), Ok(extremes));
         assert_eq!(id.to_string().parse::<JobId>(), Ok(id));
         assert_eq!(JobId::from_bytes(&id.to_bytes()), Some(id));
     }

@@ -136,16 +136,21 @@ pub fn new_job(index: usize, job: &NewJob) -> Result<(), Invalid> {
     short_text(&at("idempotency_key"), &job.idempotency_key, MAX_KEY_BYTES)
 }
 
-pub fn job_id(field: &str, id: &str) -> Result<JobId, Invalid> {
+/// `field` names the value in the error (formatted only on error: ids
+/// and tokens are checked on every ack).
+pub fn job_id(field: impl std::fmt::Display, id: &str) -> Result<JobId, Invalid> {
     id.parse::<JobId>()
         .map_err(|e| Invalid(format!("{field}: {e}")))
 }
 
-pub fn lease_token(field: &str, token: Option<&LeaseToken>) -> Result<(JobId, u32), Invalid> {
+pub fn lease_token(
+    field: impl std::fmt::Display + Copy,
+    token: Option<&LeaseToken>,
+) -> Result<(JobId, u32), Invalid> {
     let Some(token) = token else {
         return invalid!("{field} is missing");
     };
-    let id = job_id(&format!("{field}.job_id"), &token.job_id)?;
+    let id = job_id(format_args!("{field}.job_id"), &token.job_id)?;
     if token.attempt == 0 {
         return invalid!("{field}.attempt is 0; pass the token exactly as the lease gave it");
     }

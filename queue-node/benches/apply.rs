@@ -19,10 +19,11 @@ struct CountingSink {
     puts: usize,
     deletes: usize,
     bytes: usize,
+    scratch: Vec<u8>,
 }
 
 impl WriteSink for CountingSink {
-    fn put_raw(&mut self, key: &[u8], value: Vec<u8>) {
+    fn put_raw(&mut self, key: &[u8], value: &[u8]) {
         self.puts += 1;
         self.bytes += key.len() + value.len();
         black_box(value);
@@ -33,6 +34,9 @@ impl WriteSink for CountingSink {
     }
     fn encoding_failed(&mut self, error: postcard::Error) {
         panic!("encoding failed: {error}");
+    }
+    fn scratch(&mut self) -> &mut Vec<u8> {
+        &mut self.scratch
     }
 }
 

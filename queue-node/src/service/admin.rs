@@ -85,7 +85,7 @@ fn stats(s: crate::fsm::QueueStats) -> pb::QueueStats {
 fn dead_ids(ids: &[String]) -> Result<Vec<raftq_api::JobId>, Status> {
     ids.iter()
         .enumerate()
-        .map(|(i, id)| validate::job_id(&format!("job_ids[{i}]"), id))
+        .map(|(i, id)| validate::job_id(format_args!("job_ids[{i}]"), id))
         .collect::<Result<_, _>>()
         .map_err(invalid)
 }

@@ -59,7 +59,7 @@ pub fn tokens(
     tokens
         .iter()
         .enumerate()
-        .map(|(i, t)| validate::lease_token(&format!("{field}[{i}]"), Some(t)))
+        .map(|(i, t)| validate::lease_token(format_args!("{field}[{i}]"), Some(t)))
         .collect()
 }
 
@@ -69,8 +69,9 @@ pub fn nacks(field: &str, items: Vec<pb::NackItem>) -> Result<Vec<Nack>, Invalid
         .into_iter()
         .enumerate()
         .map(|(i, item)| {
-            let at = format!("{field}[{i}]");
-            let (id, attempt) = validate::lease_token(&format!("{at}.token"), item.token.as_ref())?;
+            let at = format_args!("{field}[{i}]");
+            let (id, attempt) =
+                validate::lease_token(format_args!("{at}.token"), item.token.as_ref())?;
             if let Some(d) = item.retry_delay_ms {
                 if !(0..=MAX_DELAY_MS).contains(&d) {
                     return Err(Invalid(format!(
@@ -78,7 +79,9 @@ pub fn nacks(field: &str, items: Vec<pb::NackItem>) -> Result<Vec<Nack>, Invalid
                     )));
                 }
             }
-            validate::short_text(&format!("{at}.error"), &item.error, MAX_ERROR_BYTES)?;
+            if item.error.len() > MAX_ERROR_BYTES {
+                validate::short_text(&format!("{at}.error"), &item.error, MAX_ERROR_BYTES)?;
+            }
             Ok(Nack {
                 id,
                 attempt,

@@ -382,7 +382,9 @@ async fn producer(
 
 /// One worker stream: keeps `fetch_batch` jobs asked for, acks in batches
 /// of `ack_batch` together with the request for more. The cycle latency is
-/// from sending a frame to receiving the next jobs.
+/// from sending acks (with the credit they free) to receiving the next
+/// jobs; the stream's opening frame is not a cycle (its time is the
+/// stream's setup, paid once per worker).
 async fn worker_stream(
     client: Client,
     queue: String,
@@ -415,7 +417,7 @@ async fn worker_stream(
     };
     let mut held = Vec::new();
     let mut outstanding = fetch_batch as usize;
-    let mut sent_at = Some(Instant::now());
+    let mut sent_at = None;
     while !stop.load(Ordering::Relaxed) {
         let frame = match tokio::time::timeout(Duration::from_millis(200), inbound.message()).await
         {

@@ -73,7 +73,7 @@ pub fn backoff(field: &str, b: &Backoff) -> Result<(), Invalid> {
     Ok(())
 }
 
-pub fn short_text(field: &str, value: &str, max: usize) -> Result<(), Invalid> {
+pub fn short_text(field: impl std::fmt::Display, value: &str, max: usize) -> Result<(), Invalid> {
     if value.len() > max {
         return invalid!("{field} is {} bytes long; the limit is {max}", value.len());
     }
@@ -133,7 +133,12 @@ pub fn new_job(index: usize, job: &NewJob) -> Result<(), Invalid> {
             job.max_attempts
         );
     }
-    short_text(&at("idempotency_key"), &job.idempotency_key, MAX_KEY_BYTES)
+    // Checked for every job enqueued: the name is formatted only on error.
+    short_text(
+        format_args!("jobs[{index}].idempotency_key"),
+        &job.idempotency_key,
+        MAX_KEY_BYTES,
+    )
 }
 
 /// `field` names the value in the error (formatted only on error: ids

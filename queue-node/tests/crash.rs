@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{free_port, wait_for, wait_for_leader, ProcNode};
+use common::{connect, fetch, free_port, wait_for, wait_for_leader, ProcNode};
 use raftq_client::proto as pb;
 use raftq_client::{Client, JobSpec};
 
@@ -20,10 +20,7 @@ async fn sigkill_mid_write_loses_no_acknowledged_job() {
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let mut node = ProcNode::spawn(1, &addr, &dir.path().join("n1"), &format!("1={addr}"));
-    let client = wait_for("connect", Duration::from_secs(30), || async {
-        Client::connect(&addr).await.ok()
-    })
-    .await;
+    let client = connect(&addr).await;
     wait_for_leader(&client).await;
 
     // Lease some jobs with a short lease, then keep writing while we kill.
@@ -81,10 +78,7 @@ async fn sigkill_mid_write_loses_no_acknowledged_job() {
     let acknowledged = acknowledged.lock().unwrap().clone();
 
     node.start();
-    let client = wait_for("reconnect", Duration::from_secs(30), || async {
-        Client::connect(&addr).await.ok()
-    })
-    .await;
+    let client = connect(&addr).await;
     wait_for_leader(&client).await;
 
     // Drain everything; the 10 old leases come back as attempt 2 once expired.
@@ -169,6 +163,10 @@ async fn enqueue_five(client: &Client, batch: u32) -> Vec<String> {
     payloads
 }
 
+fn payload_of(job: &pb::LeasedJob) -> String {
+    String::from_utf8_lossy(&job.job.as_ref().unwrap().payload).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_after_log_purges_restarts_with_every_job() {
     let dir = tempfile::tempdir().unwrap();
@@ -189,10 +187,7 @@ async fn sigkill_after_log_purges_restarts_with_every_job() {
     ];
     let mut node =
         ProcNode::spawn_with(1, &addr, &dir.path().join("n1"), &format!("1={addr}"), args);
-    let client = wait_for("connect", Duration::from_secs(30), || async {
-        Client::connect(&addr).await.ok()
-    })
-    .await;
+    let client = connect(&addr).await;
     wait_for_leader(&client).await;
 
     // 40 entries of 5 jobs, then ack the first 50 jobs: state writes of
@@ -201,22 +196,10 @@ async fn sigkill_after_log_purges_restarts_with_every_job() {
     for batch in 0..40 {
         expected.extend(enqueue_five(&client, batch).await);
     }
-    let leased = client
-        .queue()
-        .fetch(pb::FetchRequest {
-            queue: "purged".into(),
-            worker_id: "w".into(),
-            max_jobs: 50,
-            lease_ms: None,
-            wait_ms: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs;
+    let leased = fetch(&client, "purged", 50).await;
     assert_eq!(leased.len(), 50);
     for j in &leased {
-        expected.remove(&String::from_utf8_lossy(&j.job.as_ref().unwrap().payload).into_owned());
+        expected.remove(&payload_of(j));
     }
     let tokens = leased.iter().filter_map(|j| j.token.clone()).collect();
     client.queue().ack(pb::AckRequest { tokens }).await.unwrap();
@@ -246,31 +229,16 @@ async fn sigkill_after_log_purges_restarts_with_every_job() {
     node.kill();
 
     node.start();
-    let client = wait_for("reconnect", Duration::from_secs(30), || async {
-        Client::connect(&addr).await.ok()
-    })
-    .await;
+    let client = connect(&addr).await;
     wait_for_leader(&client).await;
     let mut seen = BTreeSet::new();
     loop {
-        let jobs = client
-            .queue()
-            .fetch(pb::FetchRequest {
-                queue: "purged".into(),
-                worker_id: "after".into(),
-                max_jobs: 1000,
-                lease_ms: None,
-                wait_ms: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .jobs;
+        let jobs = fetch(&client, "purged", 1000).await;
         if jobs.is_empty() {
             break;
         }
         for j in &jobs {
-            let payload = String::from_utf8_lossy(&j.job.as_ref().unwrap().payload).into_owned();
+            let payload = payload_of(j);
             assert!(seen.insert(payload.clone()), "{payload} delivered twice");
         }
     }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{start_single, wait_for};
+use common::{fetch, start_single, wait_for};
 use raftq_client::proto as pb;
 use raftq_client::{Client, JobSpec, Worker};
 use tonic::Code;
@@ -27,22 +27,6 @@ async fn enqueue(
         })
         .await
         .map(|r| r.into_inner())
-}
-
-async fn fetch(client: &Client, queue: &str, max: u32) -> Vec<pb::LeasedJob> {
-    client
-        .queue()
-        .fetch(pb::FetchRequest {
-            queue: queue.into(),
-            worker_id: "w".into(),
-            max_jobs: max,
-            lease_ms: None,
-            wait_ms: 0,
-        })
-        .await
-        .expect("fetch")
-        .into_inner()
-        .jobs
 }
 
 async fn stats(client: &Client, queue: &str) -> pb::QueueStats {

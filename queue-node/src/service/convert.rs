@@ -79,9 +79,7 @@ pub fn nacks(field: &str, items: Vec<pb::NackItem>) -> Result<Vec<Nack>, Invalid
                     )));
                 }
             }
-            if item.error.len() > MAX_ERROR_BYTES {
-                validate::short_text(&format!("{at}.error"), &item.error, MAX_ERROR_BYTES)?;
-            }
+            validate::short_text(format_args!("{at}.error"), &item.error, MAX_ERROR_BYTES)?;
             Ok(Nack {
                 id,
                 attempt,
@@ -170,5 +168,53 @@ pub fn queue_info(view: &QueueView) -> pb::QueueInfo {
             default_backoff: Some(backoff_to(&view.backoff)),
             dedup_window_ms: view.dedup_window_ms as i64,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(job_id: &str, attempt: u32) -> pb::LeaseToken {
+        pb::LeaseToken {
+            job_id: job_id.into(),
+            attempt,
+        }
+    }
+
+    #[test]
+    fn bad_tokens_and_nacks_are_named_by_their_place_in_the_request() {
+        let err = tokens("acks", &[token("0-1-0", 1), token("nonsense", 1)]).unwrap_err();
+        assert!(err.0.starts_with("acks[1].job_id: "), "{}", err.0);
+        let err = tokens("acks", &[token("0-1-0", 0)]).unwrap_err();
+        assert!(err.0.starts_with("acks[0].attempt is 0"), "{}", err.0);
+        assert_eq!(
+            tokens("acks", &[token("0-1-0", 2)]).map_err(|e| e.0),
+            Ok(vec![(
+                raftq_api::JobId {
+                    shard: 0,
+                    index: 1,
+                    position: 0
+                },
+                2
+            )])
+        );
+
+        let nack = |job_id: &str, error: String| pb::NackItem {
+            token: Some(token(job_id, 1)),
+            retry_delay_ms: None,
+            error,
+            dead: false,
+        };
+        let err = nacks("nacks", vec![nack("bad", String::new())]).unwrap_err();
+        assert!(err.0.starts_with("nacks[0].token.job_id: "), "{}", err.0);
+        let long = "e".repeat(MAX_ERROR_BYTES + 1);
+        let err = nacks(
+            "nacks",
+            vec![nack("0-1-0", "ok".into()), nack("0-1-1", long)],
+        )
+        .unwrap_err();
+        assert!(err.0.starts_with("nacks[1].error is "), "{}", err.0);
+        assert!(nacks("nacks", vec![nack("0-1-0", "e".repeat(MAX_ERROR_BYTES))]).is_ok());
     }
 }

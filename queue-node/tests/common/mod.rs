@@ -40,6 +40,23 @@ pub async fn connect(addr: &str) -> Client {
     .await
 }
 
+/// Leases up to `max` ready jobs of `queue` (default lease, no waiting).
+pub async fn fetch(client: &Client, queue: &str, max: u32) -> Vec<pb::LeasedJob> {
+    client
+        .queue()
+        .fetch(pb::FetchRequest {
+            queue: queue.into(),
+            worker_id: "w".into(),
+            max_jobs: max,
+            lease_ms: None,
+            wait_ms: 0,
+        })
+        .await
+        .expect("fetch")
+        .into_inner()
+        .jobs
+}
+
 pub fn fast_config(dir: &Path) -> NodeConfig {
     let mut c = NodeConfig {
         data_dir: dir.to_path_buf(),

@@ -8,7 +8,12 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin queue-node \
-    && cp target/release/queue-node /usr/local/bin/queue-node
+    && objcopy --only-keep-debug target/release/queue-node /usr/local/lib/queue-node.debug \
+    && objcopy --strip-debug --strip-unneeded --add-gnu-debuglink=/usr/local/lib/queue-node.debug \
+         target/release/queue-node /usr/local/bin/queue-node
+# The image ships the stripped binary (tens of MB, not hundreds); the debug
+# info stays in this stage: `docker build --target build` and copy
+# /usr/local/lib/queue-node.debug out to symbolise a core dump or profile.
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \

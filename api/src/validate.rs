@@ -122,6 +122,15 @@ pub fn new_job(index: usize, job: &NewJob) -> Result<(), Invalid> {
                 at("run_at_ms")
             );
         }
+        // The same horizon as delay_ms: at most 366 days ahead.
+        let latest = unix_now_ms().saturating_add(MAX_DELAY_MS);
+        if t > latest {
+            return invalid!(
+                "{} is {t}, more than {} days from now (the limit, as for delay_ms); schedule it closer",
+                at("run_at_ms"),
+                MAX_DELAY_MS / (24 * 3600 * 1000)
+            );
+        }
     }
     if let Some(b) = &job.backoff {
         backoff(&at("backoff"), b)?;
@@ -139,6 +148,13 @@ pub fn new_job(index: usize, job: &NewJob) -> Result<(), Invalid> {
         &job.idempotency_key,
         MAX_KEY_BYTES,
     )
+}
+
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// `field` names the value in the error (formatted only on error: ids
@@ -243,5 +259,22 @@ mod tests {
             ..Default::default()
         };
         assert!(new_job(0, &bad_backoff).is_err());
+    }
+
+    #[test]
+    fn run_at_has_the_same_horizon_as_delay() {
+        let at = |t: i64| NewJob {
+            payload: "x".into(),
+            run_at_ms: Some(t),
+            ..Default::default()
+        };
+        assert!(new_job(0, &at(0)).is_ok(), "a past time means now");
+        assert!(new_job(0, &at(unix_now_ms() + MAX_DELAY_MS - 60_000)).is_ok());
+        let far = new_job(0, &at(i64::MAX)).unwrap_err().0;
+        assert!(
+            far.contains("jobs[0].run_at_ms") && far.contains("366 days"),
+            "{far}"
+        );
+        assert!(new_job(0, &at(unix_now_ms() + MAX_DELAY_MS + 60_000)).is_err());
     }
 }

@@ -55,6 +55,8 @@ impl Client {
     /// The raw generated client of the `ClusterAdmin` service.
     pub fn cluster(&self) -> ClusterAdminClient<Channel> {
         ClusterAdminClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     pub fn producer(&self) -> Producer {

@@ -1,7 +1,8 @@
 //! The raftq Rust SDK.
 //!
 //! - [`Client`]: a connection to any raftq node (it forwards to leaders).
-//! - [`Producer`]: enqueue jobs, one at a time or in batches.
+//! - [`Producer`]: enqueue jobs, one at a time or in batches; retries
+//!   through leader elections and restarts ([`RetryPolicy`]).
 //! - [`Worker`]: one stream per worker process that receives leased jobs,
 //!   runs a handler on each with bounded concurrency, extends leases while
 //!   handlers run, and acks on `Ok` / nacks on `Err`.
@@ -33,6 +34,6 @@ mod worker;
 
 pub use client::Client;
 pub use error::Error;
-pub use producer::{JobSpec, Producer};
+pub use producer::{JobSpec, Producer, RetryPolicy};
 pub use raftq_api::v1 as proto;
 pub use worker::{Job, Worker};

@@ -283,9 +283,50 @@ async fn run_job<F, Fut, E>(
         Err(e) => Outcome::Nack(pb::NackItem {
             token: Some(token),
             retry_delay_ms: None,
-            error: e.to_string().chars().take(4000).collect(),
+            error: error_text(e.to_string()),
             dead: false,
         }),
     };
     let _ = outcomes.send(outcome);
+}
+
+/// A handler's error as a nack carries it: at most the server's limit in
+/// bytes (not characters), cut on a character boundary and marked as cut.
+fn error_text(mut text: String) -> String {
+    const MARK: &str = "…";
+    let limit = raftq_api::limits::MAX_ERROR_BYTES;
+    if text.len() <= limit {
+        return text;
+    }
+    let mut end = limit - MARK.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(MARK);
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+    use raftq_api::limits::MAX_ERROR_BYTES;
+
+    #[test]
+    fn error_text_fits_the_byte_limit_on_a_char_boundary() {
+        assert_eq!(error_text("short".into()), "short");
+        let exact = "a".repeat(MAX_ERROR_BYTES);
+        assert_eq!(error_text(exact.clone()), exact);
+        // 3-byte characters: 4,000 of them are 12,000 bytes.
+        for text in [
+            "é".repeat(4000),
+            "€".repeat(4000),
+            format!("a{}", "😀".repeat(2000)),
+        ] {
+            let cut = error_text(text.clone());
+            assert!(cut.len() <= MAX_ERROR_BYTES, "{} bytes", cut.len());
+            assert!(cut.ends_with('…'));
+            assert!(text.starts_with(cut.trim_end_matches('…')));
+        }
+    }
 }

@@ -8,8 +8,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::events::Reporter;
-use kube::runtime::{predicates, reflector, watcher, Controller, WatchStreamExt};
+use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, CustomResourceExt};
 use raftq_operator::crd::JobQueue;
 use raftq_operator::leader::LeaseLock;
@@ -138,11 +140,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let mut controllers = Vec::new();
     for ns in &namespaces {
-        let (queues, owned): (Api<JobQueue>, Api<StatefulSet>) = match ns {
-            None => (Api::all(client.clone()), Api::all(client.clone())),
+        let (queues, owned): (Api<JobQueue>, OwnedApis) = match ns {
+            None => (Api::all(client.clone()), OwnedApis::all(&client)),
             Some(ns) => (
                 Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
+                OwnedApis::namespaced(&client, ns),
             ),
         };
         let scope = ns.as_deref().unwrap_or("all namespaces");
@@ -151,16 +153,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listing JobQueues in {scope}: is the CRD installed (`raftq-operator crd | kubectl apply -f -`) and may this service account read them?"))?;
         tracing::info!(scope, "watching JobQueues");
-        // Spec changes only: status writes must not trigger another reconcile.
+        // Status writes must not trigger another reconcile, but everything
+        // the reconciler itself waits on must: a spec change (generation),
+        // the finalizer it just added (no new generation), a deletion.
         let (reader, writer) = reflector::store();
         let stream = watcher(queues, watcher::Config::default())
             .default_backoff()
             .reflect(writer)
             .applied_objects()
-            .predicate_filter(predicates::generation, Default::default());
+            .predicate_filter(reconcile::worth_reconciling, Default::default());
         controllers.push(
             Controller::for_stream(stream, reader)
-                .owns(owned, watcher::Config::default())
+                .owns(owned.stateful_sets, watcher::Config::default())
+                .owns(owned.config_maps, watcher::Config::default())
+                .owns(owned.services, watcher::Config::default())
+                .owns(owned.disruption_budgets, watcher::Config::default())
                 .shutdown_on_signal()
                 .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
                 .for_each(|_| futures::future::ready(())),
@@ -168,12 +175,49 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let controllers = futures::future::join_all(controllers);
 
-    tokio::select! {
+    let outcome = tokio::select! {
         _ = controllers => {
             tracing::info!("controller stopped");
             Ok(())
         }
         held = lock.hold() => held,
-        served = server => served.context("metrics server task")?,
+        served = server => served.context("metrics server task").and_then(|s| s),
+    };
+    // A standby takes over at once instead of waiting out the lease.
+    if let Err(e) = lock.release().await {
+        tracing::warn!(error = %e, "could not release the leader lease; a standby takes over when it expires");
+    } else {
+        tracing::info!("leader lease released");
+    }
+    metrics.leading.set(0);
+    outcome
+}
+
+/// The kinds the operator creates for a JobQueue; a change to any of them
+/// (a deleted Service, an edited ConfigMap) reconciles its owner.
+struct OwnedApis {
+    stateful_sets: Api<StatefulSet>,
+    config_maps: Api<ConfigMap>,
+    services: Api<Service>,
+    disruption_budgets: Api<PodDisruptionBudget>,
+}
+
+impl OwnedApis {
+    fn all(client: &Client) -> OwnedApis {
+        OwnedApis {
+            stateful_sets: Api::all(client.clone()),
+            config_maps: Api::all(client.clone()),
+            services: Api::all(client.clone()),
+            disruption_budgets: Api::all(client.clone()),
+        }
+    }
+
+    fn namespaced(client: &Client, ns: &str) -> OwnedApis {
+        OwnedApis {
+            stateful_sets: Api::namespaced(client.clone(), ns),
+            config_maps: Api::namespaced(client.clone(), ns),
+            services: Api::namespaced(client.clone(), ns),
+            disruption_budgets: Api::namespaced(client.clone(), ns),
+        }
     }
 }

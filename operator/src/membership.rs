@@ -409,6 +409,7 @@ impl NodeAdmin for GrpcNodeAdmin {
                 node_id: id,
                 addr: learner_addr.to_string(),
                 shard: None,
+                timeout_ms: 0,
             })
             .await?
             .into_inner())

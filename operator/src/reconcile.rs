@@ -63,6 +63,20 @@ pub async fn reconcile(jq: Arc<JobQueue>, ctx: Arc<Context>) -> Result<Action, E
     result
 }
 
+/// The watch filter: a JobQueue event reconciles when its spec changed
+/// (generation), its finalizers changed (the reconciler adds its own and
+/// waits for that write to come back) or it is being deleted; status-only
+/// writes, the operator's own, do not.
+pub fn worth_reconciling(jq: &JobQueue) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = jq.meta();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    meta.generation.hash(&mut hasher);
+    meta.finalizers.hash(&mut hasher);
+    meta.deletion_timestamp.is_some().hash(&mut hasher);
+    Some(hasher.finish())
+}
+
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -117,6 +131,10 @@ async fn apply(jq: &JobQueue, ctx: &Context) -> Result<Action, Error> {
         .and_then(|s| s.status.as_ref())
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
+    let rollout = current
+        .as_ref()
+        .and_then(|s| s.status.as_ref())
+        .and_then(status::rollout);
 
     let observed = membership::observe(ctx.nodes.as_ref(), &queue, jq.spec.replicas).await;
     let mut plan = membership::plan(jq.spec.replicas, status::bootstrapped(jq), &observed);
@@ -164,6 +182,7 @@ async fn apply(jq: &JobQueue, ctx: &Context) -> Result<Action, Error> {
             plan: &plan,
             ready_replicas,
             step_error,
+            rollout,
         },
         &now(),
     );
@@ -269,6 +288,7 @@ async fn patch_status(
 }
 
 async fn cleanup(jq: &JobQueue, ctx: &Context) -> Result<Action, Error> {
+    patch_status(jq, ctx, &status::deleting(jq, &now())).await?;
     publish(
         ctx,
         jq,

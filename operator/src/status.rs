@@ -13,6 +13,32 @@ pub struct Observation<'a> {
     pub ready_replicas: i32,
     /// The step this reconcile performed and its outcome.
     pub step_error: Option<String>,
+    /// A StatefulSet rollout under way (its update revision differs from
+    /// its current one): how far it got.
+    pub rollout: Option<Rollout>,
+}
+
+/// A rolling update of the StatefulSet's pods, as its status reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollout {
+    pub updated: i32,
+    pub replicas: i32,
+    pub revision: String,
+}
+
+/// The rollout a StatefulSet status describes, if one is under way:
+/// `updateRevision` differs from `currentRevision` (the controller sets
+/// them equal once every pod runs the new template).
+pub fn rollout(sts: &k8s_openapi::api::apps::v1::StatefulSetStatus) -> Option<Rollout> {
+    let update = sts.update_revision.as_deref().filter(|r| !r.is_empty())?;
+    if sts.current_revision.as_deref() == Some(update) {
+        return None;
+    }
+    Some(Rollout {
+        updated: sts.updated_replicas.unwrap_or(0),
+        replicas: sts.replicas,
+        revision: update.to_string(),
+    })
 }
 
 pub fn compute(jq: &JobQueue, seen: &Observation<'_>, now: &str) -> JobQueueStatus {
@@ -50,6 +76,22 @@ pub fn compute(jq: &JobQueue, seen: &Observation<'_>, now: &str) -> JobQueueStat
         Err(Hold::Waiting(why)) if !initialized => ("Pending", true, "Waiting", why.clone()),
         Err(Hold::Waiting(why)) => ("Scaling", true, "Waiting", why.clone()),
         Err(Hold::Refused(why)) => ("Degraded", false, "ChangeRefused", why.clone()),
+        Err(Hold::Settled) if seen.rollout.is_some() => {
+            let r = seen
+                .rollout
+                .as_ref()
+                .map(|r| (r.updated, r.replicas, r.revision.clone()));
+            let (updated, replicas, revision) = r.unwrap_or_default();
+            (
+                "Updating",
+                true,
+                "RollingUpdate",
+                format!(
+                    "rolling the pods to {revision}: {updated} of {replicas} updated, {} of {want} ready",
+                    seen.ready_replicas
+                ),
+            )
+        }
         Err(Hold::Settled) if seen.ready_replicas < want => (
             "Degraded",
             false,
@@ -82,7 +124,12 @@ pub fn compute(jq: &JobQueue, seen: &Observation<'_>, now: &str) -> JobQueueStat
             format!("shards without a leader: {leaderless:?}"),
         ));
     }
-    if initialized && seen.ready_replicas < want && matches!(seen.plan.next, Err(Hold::Settled)) {
+    // A pod down because the rollout restarts it is progress, not a fault.
+    if initialized
+        && seen.ready_replicas < want
+        && seen.rollout.is_none()
+        && matches!(seen.plan.next, Err(Hold::Settled))
+    {
         degraded_reasons.push((
             "NodesNotReady",
             format!("{} of {want} nodes ready", seen.ready_replicas),
@@ -218,6 +265,13 @@ pub fn paused(jq: &JobQueue, now: &str) -> JobQueueStatus {
     with_condition(jq, "Paused", ("Progressing", false, "Paused", why), now)
 }
 
+/// The status while a JobQueue is being deleted (its objects go with it).
+pub fn deleting(jq: &JobQueue, now: &str) -> JobQueueStatus {
+    let why =
+        "the JobQueue is being deleted: its objects are removed with it; data volumes are kept";
+    with_condition(jq, "Deleting", ("Progressing", true, "Deleting", why), now)
+}
+
 /// The last status with `phase` and one condition replaced by
 /// `(type, true?, reason, message)`.
 fn with_condition(
@@ -246,4 +300,74 @@ fn with_condition(
         observed_generation: generation,
     });
     status
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::StatefulSetStatus;
+
+    use super::*;
+    use crate::crd::JobQueueSpec;
+    use crate::membership::{Hold, Observed, Plan};
+
+    fn queue(replicas: i32) -> JobQueue {
+        let spec: JobQueueSpec =
+            serde_json::from_value(serde_json::json!({ "replicas": replicas }))
+                .expect("a minimal spec");
+        JobQueue::new("q", spec)
+    }
+
+    fn sts(current: &str, update: &str, updated: i32) -> StatefulSetStatus {
+        StatefulSetStatus {
+            replicas: 3,
+            current_revision: Some(current.into()),
+            update_revision: Some(update.into()),
+            updated_replicas: Some(updated),
+            ..StatefulSetStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_rollout_is_progress_not_degradation() {
+        assert_eq!(rollout(&sts("r1", "r1", 3)), None);
+        let rolling = rollout(&sts("r1", "r2", 1)).expect("a rollout");
+        assert_eq!((rolling.updated, rolling.replicas), (1, 3));
+
+        let jq = queue(3);
+        let observed = Observed::default();
+        let plan = Plan {
+            next: Err(Hold::Settled),
+            stateful_set_replicas: 3,
+        };
+        let seen = |rollout| Observation {
+            observed: &observed,
+            plan: &plan,
+            ready_replicas: 2,
+            step_error: None,
+            rollout,
+        };
+        let during = compute(&jq, &seen(Some(rolling)), "t");
+        assert_eq!(during.phase, "Updating");
+        let cond = |s: &JobQueueStatus, t: &str| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .map(|c| (c.status.clone(), c.reason.clone()))
+        };
+        assert_eq!(
+            cond(&during, "Progressing"),
+            Some(("True".into(), "RollingUpdate".into()))
+        );
+        assert_ne!(
+            cond(&during, "Degraded").map(|c| c.1),
+            Some("NodesNotReady".into())
+        );
+        // The same two-of-three without a rollout is a fault.
+        let after = compute(&jq, &seen(None), "t");
+        assert_eq!(after.phase, "Degraded");
+        assert_eq!(
+            cond(&after, "Progressing"),
+            Some(("False".into(), "NodesNotReady".into()))
+        );
+    }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
-use crate::clock::LeaderClock;
+use crate::clock::ShardClock;
 use crate::ops::{Batch, Op, OpResult, QueueDefaults};
 use crate::raft_types::{NodeId, Raft, ServerMetrics};
 
@@ -105,10 +105,16 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    pub fn spawn(raft: Raft, config: BatchConfig, defaults: QueueDefaults) -> Batcher {
+    /// Starts the batcher of a shard; its batches are stamped by `clock`.
+    pub fn spawn(
+        raft: Raft,
+        config: BatchConfig,
+        defaults: QueueDefaults,
+        clock: Arc<ShardClock>,
+    ) -> Batcher {
         let (tx, rx) = mpsc::channel(16 * 1024);
         let stats = Arc::new(BatchStats::default());
-        tokio::spawn(run(rx, raft, config, defaults, stats.clone()));
+        tokio::spawn(run(rx, raft, config, defaults, stats.clone(), clock));
         Batcher {
             tx,
             stats,
@@ -133,13 +139,6 @@ impl Batcher {
             .map_err(|_| SubmitError::Closed)?;
         rx.await.map_err(|_| SubmitError::Closed)?
     }
-}
-
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 struct Pending {
@@ -172,12 +171,12 @@ async fn run(
     config: BatchConfig,
     defaults: QueueDefaults,
     stats: Arc<BatchStats>,
+    clock: Arc<ShardClock>,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_in_flight));
     let linger_min = Duration::from_micros(config.linger_min_micros);
     let linger_max = Duration::from_micros(config.linger_max_micros);
     let mut carry: Option<Group> = None;
-    let mut clock = LeaderClock::default();
     loop {
         let first = match carry.take() {
             Some(g) => g,
@@ -236,7 +235,8 @@ async fn run(
         stats
             .bytes
             .fetch_add(pending.bytes as u64, Ordering::Relaxed);
-        let now = clock.stamp(unix_ms(), std::time::Instant::now());
+        let term = raft.server_metrics().borrow().vote.leader_id().term;
+        let now = clock.stamp(term);
         let raft = raft.clone();
         tokio::spawn(async move {
             propose(raft, pending.groups, now, defaults).await;

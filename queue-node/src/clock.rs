@@ -1,17 +1,114 @@
-//! The leader's clock, which stamps every batch it proposes (lease expiry,
-//! retry delays and schedules are all counted on it).
+//! A shard's "now": [`ShardClock`] is the one owner of it on a node. The
+//! leader stamps every batch it proposes with it (lease expiry, retry
+//! delays and schedules are all counted on it) and the idle-timer ticker
+//! compares deadlines with it.
 //!
-//! It follows the wall clock, but never runs more than 1% faster or slower
+//! The shard's time is the time of the last applied batch, carried forward
+//! on this node's monotonic clock. A node that becomes leader starts its
+//! stamps there, not at its own wall clock, so a new leader whose wall
+//! clock is an hour ahead does not expire every lease at once, and one an
+//! hour behind does not freeze the timers. From there its [`LeaderClock`]
+//! follows the wall clock, but never runs more than 1% faster or slower
 //! than the monotonic clock: a wall clock stepped by an hour (a bad NTP
-//! server, an operator's `date -s`) cannot expire every lease at once or
-//! freeze time. A real correction is absorbed gradually instead, at 1%.
+//! server, an operator's `date -s`) is absorbed gradually, at 1%.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How far the stamps may run from monotonic time: 1 part in `SLEW_DIV`.
 const SLEW_DIV: u64 = 100;
 /// How often the reference point moves forward.
 const REBASE_AFTER: Duration = Duration::from_secs(1);
+
+/// One shard's clock on this node.
+#[derive(Debug)]
+pub struct ShardClock {
+    inner: Mutex<ClockState>,
+}
+
+#[derive(Debug)]
+struct ClockState {
+    /// The time of the last applied batch and when it was applied here.
+    applied: Option<(u64, Instant)>,
+    /// The shard's time as loaded from disk, before anything was applied.
+    floor: u64,
+    /// The stamps of this node's current leadership, and its term.
+    leader: Option<(u64, LeaderClock)>,
+}
+
+impl ShardClock {
+    /// A clock for a shard whose stored state was last at `state_ms`.
+    pub fn new(state_ms: u64) -> ShardClock {
+        ShardClock {
+            inner: Mutex::new(ClockState {
+                applied: None,
+                floor: state_ms,
+                leader: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ClockState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called after every applied batch with the shard's time after it.
+    pub fn applied(&self, state_ms: u64) {
+        self.lock().applied = Some((state_ms, Instant::now()));
+    }
+
+    /// The stamp for a batch this node proposes now as leader of `term`.
+    /// The first stamp of a term starts from the shard's time.
+    pub fn stamp(&self, term: u64) -> u64 {
+        let (wall, now) = (wall_ms(), Instant::now());
+        let mut state = self.lock();
+        let shard = state.shard_time(wall, now);
+        let clock = match &mut state.leader {
+            Some((t, clock)) if *t == term => clock,
+            slot => {
+                *slot = Some((term, LeaderClock::default()));
+                match slot {
+                    Some((_, clock)) => clock,
+                    None => unreachable!("set just above"),
+                }
+            }
+        };
+        clock.stamp_from(wall, now, shard)
+    }
+
+    /// The shard's time now, without giving out a stamp: the clock of this
+    /// node's leadership in `term` if it has stamped in it, else the
+    /// shard's time carried forward.
+    pub fn now_ms(&self, term: u64) -> u64 {
+        let (wall, now) = (wall_ms(), Instant::now());
+        let state = self.lock();
+        let shard = state.shard_time(wall, now);
+        match &state.leader {
+            Some((t, clock)) if *t == term => clock.peek(wall, now).unwrap_or(shard).max(shard),
+            _ => shard,
+        }
+    }
+}
+
+impl ClockState {
+    /// The last applied time plus the monotonic time since; before
+    /// anything is applied, the wall clock (never below the stored time).
+    fn shard_time(&self, wall: u64, now: Instant) -> u64 {
+        match self.applied {
+            Some((at_ms, at)) => {
+                at_ms.saturating_add(now.saturating_duration_since(at).as_millis() as u64)
+            }
+            None => wall.max(self.floor),
+        }
+    }
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 #[derive(Debug, Default)]
 pub struct LeaderClock {
@@ -24,8 +121,14 @@ impl LeaderClock {
     /// The stamp for a batch proposed at `now`, given the wall clock's
     /// reading `wall_ms` (milliseconds since the Unix epoch).
     pub fn stamp(&mut self, wall_ms: u64, now: Instant) -> u64 {
+        self.stamp_from(wall_ms, now, wall_ms)
+    }
+
+    /// Like [`LeaderClock::stamp`]; the first stamp is `start` (the
+    /// shard's time), not the wall clock.
+    pub fn stamp_from(&mut self, wall_ms: u64, now: Instant, start: u64) -> u64 {
         let stamp = match self.base {
-            None => wall_ms,
+            None => start,
             Some((base, at)) => {
                 let elapsed = now.saturating_duration_since(at).as_millis() as u64;
                 let slack = elapsed / SLEW_DIV;
@@ -42,6 +145,19 @@ impl LeaderClock {
         }
         self.last = stamp;
         stamp
+    }
+
+    /// The stamp [`LeaderClock::stamp`] would give now, without moving
+    /// the clock; `None` before the first stamp.
+    pub fn peek(&self, wall_ms: u64, now: Instant) -> Option<u64> {
+        let (base, at) = self.base?;
+        let elapsed = now.saturating_duration_since(at).as_millis() as u64;
+        let slack = elapsed / SLEW_DIV;
+        Some(
+            wall_ms
+                .clamp(base + elapsed - slack, base + elapsed + slack + 1)
+                .max(self.last),
+        )
     }
 }
 
@@ -103,6 +219,41 @@ mod tests {
             (9_700..=10_000).contains(&advanced),
             "advanced {advanced} ms in 10 s"
         );
+    }
+
+    #[test]
+    fn a_new_leader_starts_from_the_shard_time_not_its_wall_clock() {
+        let start = Instant::now();
+        let mut c = LeaderClock::default();
+        // This node's wall clock is an hour ahead of the shard's time.
+        let first = c.stamp_from(T0 + 3_600_000, start, T0);
+        assert_eq!(first, T0);
+        let later = run(&mut c, start, 10, 10_000, |t| T0 + 3_600_000 + t);
+        assert!(later - T0 <= 10_101, "gained {} ms in 10 s", later - T0);
+        assert_eq!(
+            c.peek(
+                T0 + 3_600_000 + 10_000,
+                start + Duration::from_millis(10_000)
+            ),
+            Some(later)
+        );
+    }
+
+    #[test]
+    fn the_shard_clock_carries_the_applied_time_forward_and_reseeds_per_term() {
+        let clock = ShardClock::new(0);
+        // Applied far in the future (another leader's clock): stamps start
+        // there, not at this machine's wall clock.
+        let ahead = wall_ms() + 3_600_000;
+        clock.applied(ahead);
+        let s1 = clock.stamp(1);
+        assert!((ahead..ahead + 1_000).contains(&s1), "{s1} vs {ahead}");
+        assert!(clock.now_ms(1) >= s1);
+        // A later term applied from an earlier time: re-seeded from it.
+        let behind = wall_ms() - 3_600_000;
+        clock.applied(behind);
+        let s2 = clock.stamp(2);
+        assert!((behind..behind + 1_000).contains(&s2), "{s2} vs {behind}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::node::{NodeContext, ShardHandle};
+use crate::context::{NodeContext, ShardHandle};
 use crate::raft_types::NodeId;
 
 /// What became of one shard this node led.

@@ -15,7 +15,7 @@ use axum::routing::get;
 use openraft::ServerState;
 use tokio::net::TcpListener;
 
-use crate::node::NodeContext;
+use crate::context::NodeContext;
 
 pub fn router(ctx: Arc<NodeContext>) -> axum::Router {
     axum::Router::new()

@@ -9,7 +9,9 @@
 pub mod batcher;
 pub mod clock;
 pub mod config;
+pub mod context;
 pub mod drain;
+pub mod forward;
 pub mod fsm;
 pub mod handoff;
 pub mod http;
@@ -20,3 +22,4 @@ pub mod raft_types;
 pub mod service;
 pub mod shard;
 pub mod store;
+pub mod ticker;

@@ -1,9 +1,9 @@
 //! Wires a node together: storage, one Raft group per shard, the batchers,
 //! the timer ticker and the gRPC server; and shuts it down.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,52 +16,16 @@ use raftq_api::v1::raft_transport_server::RaftTransportServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
-use crate::batcher::{unix_ms, Batcher};
+use crate::batcher::Batcher;
 use crate::config::NodeConfig;
-use crate::drain::WorkerDrain;
-use crate::network::{peer_channel, NetworkFactory, TransportService};
-use crate::ops::{Op, QueueDefaults};
+use crate::context::{NodeContext, ShardHandle};
+use crate::network::{NetworkFactory, TransportService};
 use crate::raft_types::{NodeId, Raft};
 use crate::service::{ClusterService, QueueAdminService, QueueService};
-use crate::shard::ShardShared;
 use crate::store::log_store::LogStore;
 use crate::store::state_machine::StateMachineStore;
 use crate::store::{health, watermark, Store};
-
-/// One shard as the request handlers see it.
-pub struct ShardHandle {
-    pub id: u32,
-    pub raft: Raft,
-    pub batcher: Batcher,
-    pub shared: Arc<ShardShared>,
-}
-
-/// Everything the gRPC services share.
-pub struct NodeContext {
-    pub id: NodeId,
-    pub addr: String,
-    pub shards: Vec<ShardHandle>,
-    pub defaults: QueueDefaults,
-    /// Ends worker streams when the node stops.
-    pub workers: WorkerDrain,
-    peers: Mutex<HashMap<String, Channel>>,
-}
-
-impl NodeContext {
-    /// A (cached) channel to another node, for forwarding.
-    pub fn peer(&self, addr: &str) -> Result<Channel, tonic::Status> {
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ch) = peers.get(addr) {
-            return Ok(ch.clone());
-        }
-        let ch = peer_channel(addr)
-            .map_err(|e| tonic::Status::unavailable(format!("bad leader address {addr:?}: {e}")))?;
-        peers.insert(addr.to_string(), ch.clone());
-        Ok(ch)
-    }
-}
 
 /// A running node.
 pub struct NodeHandle {
@@ -187,8 +151,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         )
         .await
         .with_context(|| format!("starting raft for shard {id}"))?;
-        let batcher = Batcher::spawn(raft.clone(), config.batching.clone(), defaults);
-        tokio::spawn(run_ticker(
+        let batcher = Batcher::spawn(
+            raft.clone(),
+            config.batching.clone(),
+            defaults,
+            shared.clock.clone(),
+        );
+        tokio::spawn(crate::ticker::run(
             raft.clone(),
             config.node_id,
             batcher.clone(),
@@ -202,14 +171,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         });
     }
 
-    let context = Arc::new(NodeContext {
-        id: config.node_id,
-        addr: advertise.clone(),
+    let context = Arc::new(NodeContext::new(
+        config.node_id,
+        advertise.clone(),
         shards,
         defaults,
-        workers: WorkerDrain::default(),
-        peers: Mutex::new(HashMap::new()),
-    });
+        config.join,
+    ));
 
     let watermark_task = tokio::spawn(watermark::run(
         store.clone(),
@@ -359,36 +327,4 @@ async fn bootstrap(
         }
     }
     Ok(created)
-}
-
-/// Fires due timers on an idle shard: when a lease or delay is due and no
-/// batch carried the time forward, the leader proposes a tiny tick.
-async fn run_ticker(raft: Raft, me: NodeId, batcher: Batcher, shared: Arc<ShardShared>) {
-    let mut metrics = raft.metrics();
-    loop {
-        let applied = shared.applied.notified();
-        tokio::pin!(applied);
-        applied.as_mut().enable();
-        let is_leader = metrics.borrow().current_leader == Some(me);
-        let next = shared.state().next_deadline_ms();
-        let now = unix_ms();
-        match next {
-            Some(due) if due <= now && is_leader => {
-                if batcher.submit(vec![Op::Tick]).await.is_err() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                continue;
-            }
-            _ => {}
-        }
-        let wait = match next {
-            Some(due) if is_leader => Duration::from_millis(due.saturating_sub(now).clamp(1, 1000)),
-            _ => Duration::from_secs(1),
-        };
-        tokio::select! {
-            _ = &mut applied => {}
-            _ = tokio::time::sleep(wait) => {}
-            changed = metrics.changed() => if changed.is_err() { return },
-        }
-    }
 }

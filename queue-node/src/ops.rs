@@ -70,6 +70,23 @@ pub struct NewJob {
     pub idempotency_key: Option<String>,
 }
 
+impl JobBody {
+    /// About how many bytes this job takes in a fetch answer: its payload,
+    /// headers and queue name plus a fixed allowance for the other fields.
+    pub fn encoded_size_hint(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum();
+        self.payload.len()
+            + headers
+            + self.queue.len()
+            + self.idempotency_key.as_ref().map_or(0, String::len)
+            + 128
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum When {
     Now,

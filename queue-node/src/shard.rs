@@ -8,10 +8,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
+use crate::clock::ShardClock;
 use crate::fsm::ShardState;
+
+/// Beyond this many queue notifiers, unused ones are dropped.
+const MAX_IDLE_WAITERS: usize = 1024;
 
 pub struct ShardShared {
     state: Mutex<ShardState>,
+    /// The shard's "now": batches are stamped and timers compared with it.
+    pub clock: Arc<ShardClock>,
     waiters: Mutex<HashMap<Arc<str>, Arc<Notify>>>,
     /// Signalled after every apply, so the ticker re-reads the next deadline.
     pub applied: Notify,
@@ -33,6 +39,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl ShardShared {
     pub fn new(state: ShardState) -> ShardShared {
         ShardShared {
+            clock: Arc::new(ShardClock::new(state.now_ms())),
             state: Mutex::new(state),
             waiters: Mutex::new(HashMap::new()),
             applied: Notify::new(),
@@ -64,6 +71,7 @@ impl ShardShared {
     }
 
     pub fn replace_state(&self, state: ShardState) {
+        self.clock.applied(state.now_ms());
         *lock(&self.state) = state;
         let waiters: Vec<Arc<Notify>> = lock(&self.waiters).values().cloned().collect();
         for w in waiters {
@@ -77,9 +85,19 @@ impl ShardShared {
         if let Some(n) = waiters.get(queue) {
             return n.clone();
         }
+        // Clients may ask for any queue name: forget the notifiers nobody
+        // waits on any more, so the map holds only queues being waited on.
+        if waiters.len() >= MAX_IDLE_WAITERS {
+            waiters.retain(|_, n| Arc::strong_count(n) > 1);
+        }
         let n = Arc::new(Notify::new());
         waiters.insert(Arc::from(queue), n.clone());
         n
+    }
+
+    /// How many queue notifiers are kept (for tests and metrics).
+    pub fn waiter_count(&self) -> usize {
+        lock(&self.waiters).len()
     }
 
     pub fn wake(&self, queues: &[Arc<str>]) {

@@ -65,6 +65,7 @@ async fn add_learners_promote_them_and_survive_the_first_node() {
                 node_id: i as u64 + 1,
                 addr: addr.clone(),
                 shard: None,
+                timeout_ms: 0,
             })
             .await
             .expect("add learner");

@@ -299,13 +299,24 @@ impl ShardState {
         let lease = lease_ms.unwrap_or(limits.lease_ms);
         let expires = self.now_ms.saturating_add(lease);
         let mut claimed = Vec::with_capacity(max.min(q.ready.len() as u32) as usize);
+        let mut bytes = 0usize;
         while claimed.len() < max as usize {
-            let Some((_, _, id)) = q.ready.pop_first() else {
+            let Some(&(_, _, id)) = q.ready.first() else {
                 break;
             };
             let Some(job) = self.jobs.get_mut(&id) else {
+                q.ready.pop_first();
                 continue;
             };
+            // Lease only what one answer can carry: a job that would take
+            // the answer over the budget stays ready for the next claim
+            // (the first job always fits: one job is at most ~2 MiB).
+            let size = job.body.encoded_size_hint();
+            if !claimed.is_empty() && bytes + size > super::MAX_CLAIM_BYTES {
+                break;
+            }
+            bytes += size;
+            q.ready.pop_first();
             job.status.state = JobState::Leased;
             job.status.attempt += 1;
             job.status.due_at_ms = expires;

@@ -24,6 +24,12 @@ use crate::ops::{
     JobBody, JobState, JobStatus, JobView, QueueConfigPatch, QueueDefaults, QueueView,
 };
 
+/// Most bytes of jobs one claim leases: a fetch answer or worker frame
+/// must stay under the 64 MiB message limit (`raftq_api::limits`), with
+/// room for the other fields. Part of apply: every replica uses the same
+/// number, so it must never change between versions that share a log.
+pub const MAX_CLAIM_BYTES: usize = 48 * 1024 * 1024;
+
 /// Where a ready job sorts: highest priority first, then oldest.
 type ReadyKey = (Reverse<i32>, u64, JobId);
 
@@ -291,6 +297,14 @@ impl ShardState {
             .map(|q| q.meta.clone())
             .unwrap_or_default();
         queue_view(name, &meta, defaults)
+    }
+
+    /// Whether a claim on `queue` could lease anything now: it has ready
+    /// jobs and is not paused. Lets idle fetchers skip a Raft round.
+    pub fn has_ready(&self, queue: &str) -> bool {
+        self.queues
+            .get(queue)
+            .is_some_and(|q| !q.meta.paused && !q.ready.is_empty())
     }
 
     pub fn stats(&self, name: &str) -> Option<QueueStats> {

@@ -1,15 +1,18 @@
 //! The `QueueAdmin` service: stats, pause / resume / purge, per-queue
 //! settings, job lookup and cancel, and the dead-letter set. Reads are
-//! served from the leader's applied state.
+//! served from the leader's applied state once a read-index round has
+//! confirmed its leadership (`local: true` skips both: any node, no round).
+
+use std::time::Duration;
 
 use raftq_api::limits::{MAX_DELAY_MS, MAX_LEASE_MS};
 use raftq_api::v1 as pb;
-use raftq_api::v1::queue_admin_client::QueueAdminClient;
 use raftq_api::validate;
 use tonic::{Request, Response, Status};
 
 use super::{convert, forwarded, invalid, submit_one, unexpected, Ctx, Route};
-use crate::node::ShardHandle;
+use crate::context::ShardHandle;
+use crate::forward;
 use crate::ops::{Op, OpResult, QueueConfigPatch};
 
 pub struct QueueAdminService {
@@ -44,12 +47,12 @@ impl QueueAdminService {
         paused: bool,
     ) -> Result<Response<pb::QueueInfo>, Status> {
         match self.queue_route(&request.get_ref().queue, &request)? {
-            Route::Leader(ch) => {
-                let mut leader = QueueAdminClient::new(ch);
+            Route::Leader(leader) => {
+                let mut admin = leader.admin();
                 let request = forwarded(request.into_inner());
                 match paused {
-                    true => leader.pause_queue(request).await,
-                    false => leader.resume_queue(request).await,
+                    true => leader.relay(admin.pause_queue(request)).await,
+                    false => leader.relay(admin.resume_queue(request)).await,
                 }
             }
             Route::Local(shard) => {
@@ -82,6 +85,46 @@ fn stats(s: crate::fsm::QueueStats) -> pb::QueueStats {
     }
 }
 
+/// How long a leader read waits to confirm leadership with a quorum.
+const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Confirms this node still leads `shard` (a heartbeat round to a quorum)
+/// and has applied everything committed before the read: a deposed leader
+/// that has not heard of its successor must not answer with old data.
+async fn linearizable(shard: &ShardHandle) -> Result<(), Status> {
+    match tokio::time::timeout(READ_INDEX_TIMEOUT, shard.raft.ensure_linearizable()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(Status::unavailable(format!(
+            "shard {}: this node cannot confirm it still leads ({e}); retry",
+            shard.id
+        ))),
+        Err(_) => Err(Status::unavailable(format!(
+            "shard {}: leadership not confirmed by a quorum within {}s; retry",
+            shard.id,
+            READ_INDEX_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// Every queue of one shard this node leads, read after a read-index.
+async fn shard_stats(shard: &ShardHandle) -> Result<Vec<pb::QueueStats>, Status> {
+    linearizable(shard).await?;
+    Ok(shard
+        .shared
+        .state()
+        .all_stats()
+        .into_iter()
+        .map(stats)
+        .collect())
+}
+
+/// `route` never forwards a request that was forwarded already.
+fn unreachable_forward<T>(shard: u32) -> Result<T, Status> {
+    Err(Status::unavailable(format!(
+        "shard {shard}: leadership is moving; retry"
+    )))
+}
+
 fn dead_ids(ids: &[String]) -> Result<Vec<raftq_api::JobId>, Status> {
     ids.iter()
         .enumerate()
@@ -110,32 +153,48 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
             return Ok(Response::new(pb::StatsResponse { queues }));
         }
         if queue.is_empty() {
-            // Every shard's queues, each from its leader.
-            let mut queues = Vec::new();
-            for shard in &self.ctx.shards {
-                match self.ctx.route(shard.id, &request)? {
-                    Route::Local(shard) => {
-                        queues.extend(shard.shared.state().all_stats().into_iter().map(stats))
-                    }
-                    Route::Leader(ch) => {
-                        let remote = QueueAdminClient::new(ch)
-                            .stats(forwarded(pb::StatsRequest::default()))
-                            .await?;
-                        let remote_shard =
+            if let Some(shard) = forward::forwarded_shard(request.metadata()) {
+                // Another node asks this one, as the leader, for one shard.
+                let queues = match self.ctx.route(shard, &request)? {
+                    Route::Local(handle) => shard_stats(handle).await?,
+                    Route::Leader(_) => unreachable_forward(shard)?,
+                };
+                return Ok(Response::new(pb::StatsResponse { queues }));
+            }
+            // Every shard's queues, each from its leader, all at once.
+            let request = &request;
+            let per_shard = self.ctx.shards.iter().map(|shard| async move {
+                match self.ctx.route(shard.id, request)? {
+                    Route::Local(handle) => shard_stats(handle).await,
+                    Route::Leader(leader) => {
+                        let request =
+                            forward::forwarded_for_shard(pb::StatsRequest::default(), shard.id);
+                        let remote = leader.relay(leader.admin().stats(request)).await?;
+                        let this_shard =
                             |q: &pb::QueueStats| self.ctx.shard_of_queue(&q.queue) == shard.id;
-                        queues.extend(remote.into_inner().queues.into_iter().filter(remote_shard));
+                        Ok(remote
+                            .into_inner()
+                            .queues
+                            .into_iter()
+                            .filter(this_shard)
+                            .collect())
                     }
                 }
+            });
+            let mut queues = Vec::new();
+            for answer in futures::future::join_all(per_shard).await {
+                queues.extend(answer?);
             }
             return Ok(Response::new(pb::StatsResponse { queues }));
         }
         match self.queue_route(&queue, &request)? {
-            Route::Leader(ch) => {
-                QueueAdminClient::new(ch)
-                    .stats(forwarded(request.into_inner()))
+            Route::Leader(leader) => {
+                leader
+                    .relay(leader.admin().stats(forwarded(request.into_inner())))
                     .await
             }
             Route::Local(shard) => {
+                linearizable(shard).await?;
                 let found = shard.shared.state().stats(&queue);
                 let stats = found.map(stats).unwrap_or(pb::QueueStats {
                     queue,
@@ -167,9 +226,9 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
         request: Request<pb::QueueRef>,
     ) -> Result<Response<pb::PurgeResponse>, Status> {
         match self.queue_route(&request.get_ref().queue, &request)? {
-            Route::Leader(ch) => {
-                QueueAdminClient::new(ch)
-                    .purge_queue(forwarded(request.into_inner()))
+            Route::Leader(leader) => {
+                leader
+                    .relay(leader.admin().purge_queue(forwarded(request.into_inner())))
                     .await
             }
             Route::Local(shard) => {
@@ -200,9 +259,13 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
             }
         }
         match self.queue_route(&req.queue, &request)? {
-            Route::Leader(ch) => {
-                QueueAdminClient::new(ch)
-                    .set_queue_config(forwarded(request.into_inner()))
+            Route::Leader(leader) => {
+                leader
+                    .relay(
+                        leader
+                            .admin()
+                            .set_queue_config(forwarded(request.into_inner())),
+                    )
                     .await
             }
             Route::Local(shard) => {
@@ -228,12 +291,13 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
     async fn get_job(&self, request: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
         let id = validate::job_id("job_id", &request.get_ref().job_id).map_err(invalid)?;
         match self.ctx.route(id.shard, &request)? {
-            Route::Leader(ch) => {
-                QueueAdminClient::new(ch)
-                    .get_job(forwarded(request.into_inner()))
+            Route::Leader(leader) => {
+                leader
+                    .relay(leader.admin().get_job(forwarded(request.into_inner())))
                     .await
             }
             Route::Local(shard) => {
+                linearizable(shard).await?;
                 let view = shard.shared.state().job(id, &self.ctx.defaults);
                 view.map(|v| Response::new(convert::job(&v))).ok_or_else(|| {
                     Status::not_found(format!("job {id} not found: it was acked, cancelled or purged, or never existed"))
@@ -248,9 +312,9 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
         let id = validate::job_id("job_id", &request.get_ref().job_id).map_err(invalid)?;
         match self.ctx.route(id.shard, &request)? {
-            Route::Leader(ch) => {
-                QueueAdminClient::new(ch)
-                    .cancel_job(forwarded(request.into_inner()))
+            Route::Leader(leader) => {
+                leader
+                    .relay(leader.admin().cancel_job(forwarded(request.into_inner())))
                     .await
             }
             Route::Local(shard) => match submit_one(shard, Op::Cancel { id }).await? {
@@ -281,12 +345,13 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
             id => Some(validate::job_id("after", id).map_err(invalid)?),
         };
         match self.queue_route(&req.queue, &request)? {
-            Route::Leader(ch) => {
-                QueueAdminClient::new(ch)
-                    .list_dead(forwarded(request.into_inner()))
+            Route::Leader(leader) => {
+                leader
+                    .relay(leader.admin().list_dead(forwarded(request.into_inner())))
                     .await
             }
             Route::Local(shard) => {
+                linearizable(shard).await?;
                 let jobs =
                     shard
                         .shared
@@ -311,9 +376,9 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
     ) -> Result<Response<pb::CountResponse>, Status> {
         let ids = dead_ids(&request.get_ref().job_ids)?;
         match self.queue_route(&request.get_ref().queue, &request)? {
-            Route::Leader(ch) => {
-                QueueAdminClient::new(ch)
-                    .requeue_dead(forwarded(request.into_inner()))
+            Route::Leader(leader) => {
+                leader
+                    .relay(leader.admin().requeue_dead(forwarded(request.into_inner())))
                     .await
             }
             Route::Local(shard) => {
@@ -330,9 +395,9 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
     ) -> Result<Response<pb::CountResponse>, Status> {
         let ids = dead_ids(&request.get_ref().job_ids)?;
         match self.queue_route(&request.get_ref().queue, &request)? {
-            Route::Leader(ch) => {
-                QueueAdminClient::new(ch)
-                    .purge_dead(forwarded(request.into_inner()))
+            Route::Leader(leader) => {
+                leader
+                    .relay(leader.admin().purge_dead(forwarded(request.into_inner())))
                     .await
             }
             Route::Local(shard) => {

@@ -5,12 +5,11 @@ use std::collections::BTreeSet;
 
 use openraft::{BasicNode, ServerState};
 use raftq_api::v1 as pb;
-use raftq_api::v1::cluster_admin_client::ClusterAdminClient;
 use tonic::{Request, Response, Status};
 
-use super::{forwarded, Ctx, Route};
+use super::{forwarded, membership, Ctx, Route};
+use crate::context::ShardHandle;
 use crate::drain::DRAIN_TIMEOUT;
-use crate::node::ShardHandle;
 
 pub struct ClusterService {
     ctx: Ctx,
@@ -110,6 +109,12 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
         &self,
         _request: Request<pb::InitializeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        if self.ctx.joining {
+            return Err(Status::failed_precondition(format!(
+                "node {} was started with --join: it waits to be added to an existing cluster (AddLearner on that cluster's leader) and must not form a cluster of its own; restart it without --join to initialise a new cluster here",
+                self.ctx.id
+            )));
+        }
         for shard in &self.ctx.shards {
             let initialized = shard
                 .raft
@@ -165,25 +170,23 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
                 "addr is empty: give the new node's host:port",
             ));
         }
+        let timeout = match req.timeout_ms {
+            0 => membership::DEFAULT_CATCH_UP,
+            ms => std::time::Duration::from_millis(u64::from(ms)),
+        };
         for shard in self.target_shards(req.shard)? {
             match self.ctx.route(shard, &request)? {
-                Route::Leader(ch) => {
+                Route::Leader(leader) => {
                     let one = pb::AddLearnerRequest {
                         shard: Some(shard),
                         ..req.clone()
                     };
-                    ClusterAdminClient::new(ch)
-                        .add_learner(forwarded(one))
+                    leader
+                        .relay(leader.cluster().add_learner(forwarded(one)))
                         .await?;
                 }
                 Route::Local(handle) => {
-                    handle
-                        .raft
-                        .add_learner(req.node_id, BasicNode::new(&req.addr), true)
-                        .await
-                        .map_err(|e| {
-                            raft_status(&format!("add learner {} to shard {shard}", req.node_id), e)
-                        })?;
+                    membership::add_learner(handle, req.node_id, &req.addr, timeout).await?;
                 }
             }
         }
@@ -203,23 +206,17 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
         let voters: BTreeSet<u64> = req.voters.iter().copied().collect();
         for shard in self.target_shards(req.shard)? {
             match self.ctx.route(shard, &request)? {
-                Route::Leader(ch) => {
+                Route::Leader(leader) => {
                     let one = pb::ChangeMembershipRequest {
                         shard: Some(shard),
                         ..req.clone()
                     };
-                    ClusterAdminClient::new(ch)
-                        .change_membership(forwarded(one))
+                    leader
+                        .relay(leader.cluster().change_membership(forwarded(one)))
                         .await?;
                 }
                 Route::Local(handle) => {
-                    handle
-                        .raft
-                        .change_membership(voters.clone(), req.retain)
-                        .await
-                        .map_err(|e| {
-                            raft_status(&format!("change membership of shard {shard}"), e)
-                        })?;
+                    membership::change_voters(handle, self.ctx.id, &voters, req.retain).await?;
                 }
             }
         }

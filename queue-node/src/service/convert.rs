@@ -68,27 +68,38 @@ pub fn nacks(field: &str, items: Vec<pb::NackItem>) -> Result<Vec<Nack>, Invalid
     items
         .into_iter()
         .enumerate()
-        .map(|(i, item)| {
-            let at = format_args!("{field}[{i}]");
-            let (id, attempt) =
-                validate::lease_token(format_args!("{at}.token"), item.token.as_ref())?;
-            if let Some(d) = item.retry_delay_ms {
-                if !(0..=MAX_DELAY_MS).contains(&d) {
-                    return Err(Invalid(format!(
-                        "{at}.retry_delay_ms must be in 0..={MAX_DELAY_MS} (got {d})"
-                    )));
-                }
-            }
-            validate::short_text(format_args!("{at}.error"), &item.error, MAX_ERROR_BYTES)?;
-            Ok(Nack {
-                id,
-                attempt,
-                retry_delay_ms: item.retry_delay_ms.map(|d| d as u64),
-                error: item.error,
-                dead: item.dead,
-            })
-        })
+        .map(|(i, item)| nack(format_args!("{field}[{i}]"), item))
         .collect()
+}
+
+/// One nack item, validated; `at` names it in an error.
+pub fn nack(at: std::fmt::Arguments<'_>, item: pb::NackItem) -> Result<Nack, Invalid> {
+    let (id, attempt) = validate::lease_token(format_args!("{at}.token"), item.token.as_ref())?;
+    if let Some(d) = item.retry_delay_ms {
+        if !(0..=MAX_DELAY_MS).contains(&d) {
+            return Err(Invalid(format!(
+                "{at}.retry_delay_ms must be in 0..={MAX_DELAY_MS} (got {d})"
+            )));
+        }
+    }
+    validate::short_text(format_args!("{at}.error"), &item.error, MAX_ERROR_BYTES)?;
+    Ok(Nack {
+        id,
+        attempt,
+        retry_delay_ms: item.retry_delay_ms.map(|d| d as u64),
+        error: item.error,
+        dead: item.dead,
+    })
+}
+
+/// The result of an item refused before it reached the state machine.
+pub fn rejected(token: Option<pb::LeaseToken>, why: Invalid) -> pb::TokenResult {
+    pb::TokenResult {
+        token,
+        code: tonic::Code::InvalidArgument as i32,
+        message: why.0,
+        lease_expires_at_ms: 0,
+    }
 }
 
 pub fn job_state(state: JobState) -> pb::JobState {

@@ -5,6 +5,7 @@
 mod admin;
 mod cluster;
 mod convert;
+mod membership;
 mod queue;
 
 use std::sync::Arc;
@@ -14,15 +15,14 @@ pub use admin::QueueAdminService;
 pub use cluster::ClusterService;
 pub use queue::QueueService;
 use raftq_api::validate::Invalid;
-use tonic::transport::Channel;
-use tonic::{Request, Status};
+use tonic::Status;
 
 use crate::batcher::SubmitError;
-use crate::node::{NodeContext, ShardHandle};
+pub(crate) use crate::context::Route;
+use crate::context::{NodeContext, ShardHandle};
+pub(crate) use crate::forward::{forwarded, is_forwarded};
 use crate::ops::{Op, OpError, OpResult};
 
-/// Set on forwarded requests so they are never forwarded twice.
-const FORWARDED: &str = "x-raftq-forwarded";
 /// How long a request waits for its batch to commit.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -35,77 +35,6 @@ pub(crate) fn op_status(e: OpError) -> Status {
         OpError::NotFound(m) => Status::not_found(m),
         OpError::FailedPrecondition(m) => Status::failed_precondition(m),
     }
-}
-
-/// Where a request for a shard goes.
-pub(crate) enum Route<'a> {
-    Local(&'a ShardHandle),
-    Leader(Channel),
-}
-
-impl NodeContext {
-    /// The shard that owns `queue`.
-    pub(crate) fn shard_of_queue(&self, queue: &str) -> u32 {
-        raftq_api::shard_of(queue, self.shards.len() as u32)
-    }
-
-    pub(crate) fn shard(&self, id: u32) -> Result<&ShardHandle, Status> {
-        self.shards.get(id as usize).ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "shard {id} does not exist (this cluster has {} shard(s)); check the job id",
-                self.shards.len()
-            ))
-        })
-    }
-
-    pub(crate) fn route<T>(&self, shard: u32, request: &Request<T>) -> Result<Route<'_>, Status> {
-        self.route_as(shard, is_forwarded(request.metadata()))
-    }
-
-    /// Like [`NodeContext::route`]; `forwarded` says the request already
-    /// came from another node (it is then never forwarded again).
-    pub(crate) fn route_as(&self, shard: u32, forwarded: bool) -> Result<Route<'_>, Status> {
-        let handle = self.shard(shard)?;
-        let metrics = handle.raft.metrics();
-        let (leader, addr) = {
-            let m = metrics.borrow();
-            let leader = m.current_leader;
-            let addr = leader.and_then(|l| {
-                m.membership_config
-                    .membership()
-                    .get_node(&l)
-                    .map(|n| n.addr.clone())
-            });
-            (leader, addr)
-        };
-        match (leader, addr) {
-            (Some(l), _) if l == self.id => Ok(Route::Local(handle)),
-            (Some(l), Some(addr)) => {
-                if forwarded {
-                    return Err(Status::unavailable(format!(
-                        "shard {shard}: leadership is moving (this node now sees node {l} as leader); retry"
-                    )));
-                }
-                Ok(Route::Leader(self.peer(&addr)?))
-            }
-            _ => Err(Status::unavailable(format!(
-                "shard {shard} has no leader right now (election in progress or quorum lost); retry shortly"
-            ))),
-        }
-    }
-}
-
-pub(crate) fn is_forwarded(metadata: &tonic::metadata::MetadataMap) -> bool {
-    metadata.contains_key(FORWARDED)
-}
-
-/// Builds the forwarded copy of a request.
-pub(crate) fn forwarded<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-    request
 }
 
 /// Proposes `ops` on the shard and waits for their results.

@@ -6,19 +6,18 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use raftq_api::limits::{
-    MAX_ENQUEUE_BATCH, MAX_FETCH_JOBS, MAX_KEY_BYTES, MAX_LEASE_MS, MAX_WAIT_MS,
+    MAX_ENQUEUE_BATCH, MAX_FETCH_JOBS, MAX_KEY_BYTES, MAX_LEASE_MS, MAX_TOKEN_BATCH, MAX_WAIT_MS,
 };
 use raftq_api::v1 as pb;
-use raftq_api::v1::queue_client::QueueClient;
-use raftq_api::validate;
+use raftq_api::validate::{self, Invalid};
 use raftq_api::JobId;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{convert, forwarded, invalid, submit, submit_one, unexpected, Ctx, Route};
+use crate::context::ShardHandle;
 use crate::drain::SessionGuard;
-use crate::node::ShardHandle;
 use crate::ops::{Op, OpResult};
 use crate::raft_types::NodeId;
 
@@ -90,9 +89,9 @@ impl pb::queue_server::Queue for QueueService {
             .ctx
             .route(self.ctx.shard_of_queue(&req.queue), &request)?
         {
-            Route::Leader(ch) => {
-                return QueueClient::new(ch)
-                    .enqueue(forwarded(request.into_inner()))
+            Route::Leader(leader) => {
+                return leader
+                    .relay(leader.queue().enqueue(forwarded(request.into_inner())))
                     .await
             }
             Route::Local(shard) => shard,
@@ -146,9 +145,9 @@ impl pb::queue_server::Queue for QueueService {
             .ctx
             .route(self.ctx.shard_of_queue(&req.queue), &request)?
         {
-            Route::Leader(ch) => {
-                return QueueClient::new(ch)
-                    .fetch(forwarded(request.into_inner()))
+            Route::Leader(leader) => {
+                return leader
+                    .relay(leader.queue().fetch(forwarded(request.into_inner())))
                     .await
             }
             Route::Local(shard) => shard,
@@ -160,15 +159,20 @@ impl pb::queue_server::Queue for QueueService {
             let notified = waiter.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let op = Op::Claim {
-                queue: req.queue.clone(),
-                worker: req.worker_id.clone(),
-                max: req.max_jobs,
-                lease_ms,
-            };
-            let jobs = match submit_one(shard, op).await? {
-                OpResult::Claimed(jobs) => jobs,
-                other => return Err(unexpected(other)),
+            // Nothing ready: no claim through Raft, just wait.
+            let jobs = if shard.shared.state().has_ready(&req.queue) {
+                let op = Op::Claim {
+                    queue: req.queue.clone(),
+                    worker: req.worker_id.clone(),
+                    max: req.max_jobs,
+                    lease_ms,
+                };
+                match submit_one(shard, op).await? {
+                    OpResult::Claimed(jobs) => jobs,
+                    other => return Err(unexpected(other)),
+                }
+            } else {
+                Vec::new()
             };
             if !jobs.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(Response::new(pb::FetchResponse {
@@ -190,9 +194,9 @@ impl pb::queue_server::Queue for QueueService {
         let tokens = convert::tokens("tokens", &request.get_ref().tokens).map_err(invalid)?;
         let shard_id = self.shard_of_tokens(tokens.iter().map(|(id, _)| id))?;
         let shard = match self.ctx.route(shard_id, &request)? {
-            Route::Leader(ch) => {
-                return QueueClient::new(ch)
-                    .ack(forwarded(request.into_inner()))
+            Route::Leader(leader) => {
+                return leader
+                    .relay(leader.queue().ack(forwarded(request.into_inner())))
                     .await
             }
             Route::Local(shard) => shard,
@@ -208,9 +212,9 @@ impl pb::queue_server::Queue for QueueService {
         let items = convert::nacks("items", request.get_ref().items.clone()).map_err(invalid)?;
         let shard_id = self.shard_of_tokens(items.iter().map(|n| &n.id))?;
         let shard = match self.ctx.route(shard_id, &request)? {
-            Route::Leader(ch) => {
-                return QueueClient::new(ch)
-                    .nack(forwarded(request.into_inner()))
+            Route::Leader(leader) => {
+                return leader
+                    .relay(leader.queue().nack(forwarded(request.into_inner())))
                     .await
             }
             Route::Local(shard) => shard,
@@ -228,9 +232,9 @@ impl pb::queue_server::Queue for QueueService {
         let lease_ms = convert::lease_ms("lease_ms", req.lease_ms).map_err(invalid)?;
         let shard_id = self.shard_of_tokens(tokens.iter().map(|(id, _)| id))?;
         let shard = match self.ctx.route(shard_id, &request)? {
-            Route::Leader(ch) => {
-                return QueueClient::new(ch)
-                    .extend_lease(forwarded(request.into_inner()))
+            Route::Leader(leader) => {
+                return leader
+                    .relay(leader.queue().extend_lease(forwarded(request.into_inner())))
                     .await
             }
             Route::Local(shard) => shard,
@@ -263,17 +267,18 @@ impl pb::queue_server::Queue for QueueService {
         let mut session = self.ctx.workers.session();
         let shard_id = self.ctx.shard_of_queue(&open.queue);
         match self.ctx.route_as(shard_id, forwarded_already)? {
-            Route::Leader(ch) => {
+            Route::Leader(leader) => {
                 let frames = futures::stream::once(async move { first })
                     .chain(inbound.filter_map(|f| futures::future::ready(f.ok())));
-                let upstream = QueueClient::new(ch)
-                    .worker_stream(forwarded(frames))
+                let upstream = leader
+                    .relay(leader.queue().worker_stream(forwarded(frames)))
                     .await?;
                 // Ends with this node: the worker reconnects elsewhere.
                 let until_drained = async move { session.draining().await };
-                Ok(Response::new(Box::pin(
-                    upstream.into_inner().take_until(until_drained),
-                )))
+                let frames = upstream
+                    .into_inner()
+                    .map(move |frame| frame.map_err(|status| leader.failed(status)));
+                Ok(Response::new(Box::pin(frames.take_until(until_drained))))
             }
             Route::Local(_) => {
                 let (tx, rx) = mpsc::channel(16);
@@ -312,17 +317,33 @@ async fn run_worker_session(
         notified.as_mut().enable();
         if let Some(f) = frame.take() {
             credit = credit.saturating_add(f.credit).min(MAX_CREDIT);
-            let ops = match frame_ops(f, &open, lease_ms, credit) {
-                Ok(ops) => ops,
+            // A claim only when something is ready: an idle stream with
+            // spare credit costs no Raft round.
+            let claim_credit = if shard.shared.state().has_ready(&open.queue) {
+                credit
+            } else {
+                0
+            };
+            let (ops, rejected) = match frame_ops(f, &open, shard.id, lease_ms, claim_credit) {
+                Ok(checked) => checked,
                 Err(status) => {
                     let _ = tx.send(Err(status)).await;
                     return;
                 }
             };
             if ops.is_empty() {
+                if !rejected.is_empty() {
+                    let out = pb::ServerFrame {
+                        jobs: Vec::new(),
+                        results: rejected,
+                    };
+                    if tx.send(Ok(out)).await.is_err() {
+                        return;
+                    }
+                }
                 continue;
             }
-            let wanted = credit.min(MAX_FETCH_JOBS);
+
             let results = match submit(shard, ops).await {
                 Ok(results) => results,
                 Err(status) => {
@@ -330,7 +351,10 @@ async fn run_worker_session(
                     return;
                 }
             };
-            let mut out = pb::ServerFrame::default();
+            let mut out = pb::ServerFrame {
+                jobs: Vec::new(),
+                results: rejected,
+            };
             let mut claimed = 0;
             for result in results {
                 match result {
@@ -352,8 +376,9 @@ async fn run_worker_session(
             {
                 return;
             }
-            // The queue had more than we took: keep claiming without waiting.
-            if credit > 0 && claimed == wanted && wanted > 0 {
+            // Jobs came (the queue may hold more than one claim takes, by
+            // count or by bytes): look again at once while credit remains.
+            if credit > 0 && claimed > 0 {
                 frame = Some(pb::WorkerFrame::default());
             }
             continue;
@@ -391,16 +416,20 @@ async fn finish_session(
     tx: &mpsc::Sender<Result<pb::ServerFrame, Status>>,
 ) {
     while let Ok(Ok(Some(f))) = tokio::time::timeout(DRAIN_GRACE, inbound.message()).await {
-        let Ok(ops) = frame_ops(f, open, lease_ms, 0) else {
+        let Ok((ops, rejected)) = frame_ops(f, open, shard.id, lease_ms, 0) else {
             return;
         };
-        if ops.is_empty() {
-            continue;
-        }
-        let Ok(results) = submit(shard, ops).await else {
-            return;
+        let results = match ops.is_empty() {
+            true => Vec::new(),
+            false => match submit(shard, ops).await {
+                Ok(results) => results,
+                Err(_) => return,
+            },
         };
-        let mut out = pb::ServerFrame::default();
+        let mut out = pb::ServerFrame {
+            jobs: Vec::new(),
+            results: rejected,
+        };
         for result in results {
             if let OpResult::Tokens(outcomes) = result {
                 out.results.extend(
@@ -417,28 +446,71 @@ async fn finish_session(
     }
 }
 
-/// The ops of one worker frame, validated; the claim goes last so the
-/// frame's acks free capacity before it.
+/// The ops of one worker frame; the claim goes last so the frame's acks
+/// free capacity before it. Each item is checked on its own: a bad one
+/// gets its own INVALID_ARGUMENT result (second value) and the valid items
+/// of the frame still apply. Only a frame over the batch limits as a whole
+/// is refused.
 fn frame_ops(
     f: pb::WorkerFrame,
     open: &pb::WorkerOpen,
+    shard: u32,
     lease_ms: Option<u64>,
     credit: u32,
-) -> Result<Vec<Op>, Status> {
+) -> Result<(Vec<Op>, Vec<pb::TokenResult>), Status> {
+    for (field, n) in [
+        ("acks", f.acks.len()),
+        ("nacks", f.nacks.len()),
+        ("extends", f.extends.len()),
+    ] {
+        if n > 0 {
+            validate::batch_len(field, n, MAX_TOKEN_BATCH).map_err(invalid)?;
+        }
+    }
+    let mut rejected = Vec::new();
+    let mut token = |field: &str, i: usize, t: pb::LeaseToken| {
+        let checked = validate::lease_token(format_args!("{field}[{i}]"), Some(&t))
+            .and_then(|(id, attempt)| on_shard(field, i, id, shard).map(|()| (id, attempt)));
+        match checked {
+            Ok(valid) => Some(valid),
+            Err(why) => {
+                rejected.push(convert::rejected(Some(t), why));
+                None
+            }
+        }
+    };
+    let acks: Vec<_> = f
+        .acks
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, t)| token("acks", i, t))
+        .collect();
+    let extends: Vec<_> = f
+        .extends
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, t)| token("extends", i, t))
+        .collect();
+    let mut nacks = Vec::new();
+    for (i, item) in f.nacks.into_iter().enumerate() {
+        let given = item.token.clone();
+        let checked = convert::nack(format_args!("nacks[{i}]"), item)
+            .and_then(|n| on_shard("nacks", i, n.id, shard).map(|()| n));
+        match checked {
+            Ok(n) => nacks.push(n),
+            Err(why) => rejected.push(convert::rejected(given, why)),
+        }
+    }
     let mut ops = Vec::new();
-    if !f.acks.is_empty() {
-        ops.push(Op::Ack {
-            tokens: convert::tokens("acks", &f.acks).map_err(invalid)?,
-        });
+    if !acks.is_empty() {
+        ops.push(Op::Ack { tokens: acks });
     }
-    if !f.nacks.is_empty() {
-        ops.push(Op::Nack {
-            items: convert::nacks("nacks", f.nacks).map_err(invalid)?,
-        });
+    if !nacks.is_empty() {
+        ops.push(Op::Nack { items: nacks });
     }
-    if !f.extends.is_empty() {
+    if !extends.is_empty() {
         ops.push(Op::Extend {
-            tokens: convert::tokens("extends", &f.extends).map_err(invalid)?,
+            tokens: extends,
             lease_ms,
         });
     }
@@ -450,5 +522,17 @@ fn frame_ops(
             lease_ms,
         });
     }
-    Ok(ops)
+    Ok((ops, rejected))
+}
+
+/// A stream serves one queue, so one shard: a token of another shard's
+/// job cannot be one this stream was given.
+fn on_shard(field: &str, i: usize, id: JobId, shard: u32) -> Result<(), Invalid> {
+    if id.shard == shard {
+        return Ok(());
+    }
+    Err(Invalid(format!(
+        "{field}[{i}]: job {id} is on shard {}, but this stream's queue is on shard {shard}: report it on a stream (or Ack/Nack call) for its own queue",
+        id.shard
+    )))
 }

@@ -255,6 +255,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 });
             }
             self.meta.now_ms = state.now_ms();
+            self.shared.clock.applied(self.meta.now_ms);
             state.take_woken()
         };
         sink.put(&meta_key(self.shard), &self.meta);

@@ -61,7 +61,7 @@ pub struct Scenario {
     pub needs_root: bool,
 }
 
-pub const ALL: [Scenario; 10] = [
+pub const ALL: [Scenario; 11] = [
     Scenario {
         name: "kill-leader",
         what: "SIGKILL the leader of a shard, restart it, repeat",
@@ -132,6 +132,13 @@ pub const ALL: [Scenario; 10] = [
         shards: 2,
         needs_root: false,
     },
+    Scenario {
+        name: "clock-new-leader",
+        what: "kill the leader so a node whose wall clock is 1 h ahead leads, then one 1 h behind",
+        nodes: 3,
+        shards: 2,
+        needs_root: false,
+    },
 ];
 
 /// The outcome of one scenario, printed as one line.
@@ -147,7 +154,7 @@ pub async fn run(s: &Scenario, size: Size) -> anyhow::Result<Outcome> {
     let spec = Spec {
         nodes: s.nodes,
         shards: s.shards,
-        fake_clock: s.name == "clock-jump",
+        fake_clock: s.name.starts_with("clock-"),
         small_disk: (s.name == "disk-full").then_some((1, 256)),
         config: (s.name == "partition-leader-returns").then_some(SNAPSHOT_OFTEN_ONE_IN_FLIGHT),
     };
@@ -188,6 +195,7 @@ async fn run_on(s: &Scenario, size: Size, cluster: &mut Cluster) -> anyhow::Resu
         "slow-network" => slow_network(cluster, size).await?,
         "disk-full" => disk_full(cluster, size, &mut notes).await?,
         "clock-jump" => clock_jump(cluster, size).await?,
+        "clock-new-leader" => clock_new_leader(cluster, size).await?,
         other => anyhow::bail!("unknown scenario {other}"),
     };
     lap(&mut notes, "faults");
@@ -553,6 +561,37 @@ async fn clock_jump(c: &mut Cluster, size: Size) -> anyhow::Result<usize> {
         hold(size.hold).await;
         c.set_clock_offset(l, 0)?;
         hold(size.hold).await;
+        faults += 2;
+    }
+    Ok(faults)
+}
+
+/// A leader change onto a node whose wall clock disagrees with the old
+/// leader's: the followers' clocks are set 1 h ahead and the leader is
+/// killed (the new leader is ahead), then every clock is set back to true
+/// time (the sitting leader is now 1 h behind the shard's time) and it is
+/// killed again. Leases must neither all expire at once nor freeze.
+async fn clock_new_leader(c: &mut Cluster, size: Size) -> anyhow::Result<usize> {
+    let mut faults = 0;
+    for round in 0..size.rounds.div_ceil(2) {
+        let shard = (round % 2) as u32;
+        let old = leader(c, shard).await?;
+        for id in c.ids().into_iter().filter(|id| *id != old) {
+            c.set_clock_offset(id, 3600)?;
+        }
+        c.kill(old);
+        let ahead = leader(c, shard).await?;
+        hold(size.hold).await;
+        c.start_node(old)?;
+        c.wait_serving(&c.ids(), Duration::from_secs(60)).await?;
+        for id in c.ids() {
+            c.set_clock_offset(id, 0)?;
+        }
+        hold(size.hold / 2).await;
+        c.kill(ahead);
+        hold(size.hold).await;
+        c.start_node(ahead)?;
+        c.wait_serving(&c.ids(), Duration::from_secs(60)).await?;
         faults += 2;
     }
     Ok(faults)

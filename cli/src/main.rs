@@ -499,6 +499,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     node_id,
                     addr,
                     shard: None,
+                    timeout_ms: 0,
                 })
                 .await?;
             println!("node {node_id} is a learner");
@@ -539,8 +540,53 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("raftq: error: {e:#}");
+            eprintln!("raftq: {}", describe(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The message a person needs: the context, then the server's own words
+/// (never gRPC's debug text), with the status named only where it tells
+/// the reader something the message does not (retry, timeouts).
+fn describe(e: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in e.chain() {
+        let status = cause.downcast_ref::<tonic::Status>().or_else(|| {
+            match cause.downcast_ref::<raftq_client::Error>() {
+                Some(raftq_client::Error::Status(s)) => Some(s),
+                _ => None,
+            }
+        });
+        match status {
+            Some(status) => {
+                parts.push(status_text(status));
+                break;
+            }
+            None => parts.push(cause.to_string()),
+        }
+    }
+    parts.join(": ")
+}
+
+fn status_text(status: &tonic::Status) -> String {
+    use tonic::Code;
+    let message = status.message();
+    let message = if message.is_empty() {
+        "the server gave no reason"
+    } else {
+        message
+    };
+    match status.code() {
+        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::AlreadyExists => {
+            message.to_string()
+        }
+        Code::Unavailable => format!("{message} (unavailable: try again)"),
+        Code::DeadlineExceeded => format!("{message} (timed out)"),
+        Code::PermissionDenied => format!("permission denied: {message}"),
+        Code::Unauthenticated => format!("not signed in: {message}"),
+        Code::ResourceExhausted => format!("{message} (over a limit)"),
+        Code::OutOfRange => format!("{message} (out of range)"),
+        code => format!("{message} ({code:?})"),
     }
 }

@@ -1,0 +1,133 @@
+//! What the request handlers share: this node's shards and where a request
+//! for a shard goes (served here when this node leads it, else forwarded
+//! to the leader through [`crate::forward`]).
+//!
+//! Owns routing only; it proposes nothing and reads no job state.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+use crate::batcher::Batcher;
+use crate::drain::WorkerDrain;
+use crate::forward::{self, Leader};
+use crate::network::peer_channel;
+use crate::ops::QueueDefaults;
+use crate::raft_types::{NodeId, Raft};
+use crate::shard::ShardShared;
+
+/// One shard as the request handlers see it.
+pub struct ShardHandle {
+    pub id: u32,
+    pub raft: Raft,
+    pub batcher: Batcher,
+    pub shared: Arc<ShardShared>,
+}
+
+/// Everything the gRPC services share.
+pub struct NodeContext {
+    pub id: NodeId,
+    pub addr: String,
+    pub shards: Vec<ShardHandle>,
+    pub defaults: QueueDefaults,
+    /// Ends worker streams when the node stops.
+    pub workers: WorkerDrain,
+    /// Set on a node started with `--join`: it must never form a cluster
+    /// of its own.
+    pub joining: bool,
+    peers: Mutex<HashMap<String, Channel>>,
+}
+
+/// Where a request for a shard goes.
+pub enum Route<'a> {
+    Local(&'a ShardHandle),
+    Leader(Leader),
+}
+
+impl NodeContext {
+    pub fn new(
+        id: NodeId,
+        addr: String,
+        shards: Vec<ShardHandle>,
+        defaults: QueueDefaults,
+        joining: bool,
+    ) -> NodeContext {
+        NodeContext {
+            id,
+            addr,
+            shards,
+            defaults,
+            workers: WorkerDrain::default(),
+            joining,
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A (cached) channel to another node, for forwarding.
+    fn peer(&self, addr: &str) -> Result<Channel, Status> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = peers.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = peer_channel(addr)
+            .map_err(|e| Status::unavailable(format!("bad leader address {addr:?}: {e}")))?;
+        peers.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    /// The shard that owns `queue`.
+    pub fn shard_of_queue(&self, queue: &str) -> u32 {
+        raftq_api::shard_of(queue, self.shards.len() as u32)
+    }
+
+    pub fn shard(&self, id: u32) -> Result<&ShardHandle, Status> {
+        self.shards.get(id as usize).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "shard {id} does not exist (this cluster has {} shard(s)); check the job id",
+                self.shards.len()
+            ))
+        })
+    }
+
+    pub fn route<T>(&self, shard: u32, request: &Request<T>) -> Result<Route<'_>, Status> {
+        self.route_as(shard, forward::is_forwarded(request.metadata()))
+    }
+
+    /// Like [`NodeContext::route`]; `forwarded` says the request already
+    /// came from another node (it is then never forwarded again).
+    pub fn route_as(&self, shard: u32, forwarded: bool) -> Result<Route<'_>, Status> {
+        let handle = self.shard(shard)?;
+        let (leader, addr) = {
+            let metrics = handle.raft.metrics();
+            let m = metrics.borrow();
+            let leader = m.current_leader;
+            let addr = leader.and_then(|l| {
+                m.membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.addr.clone())
+            });
+            (leader, addr)
+        };
+        match (leader, addr) {
+            (Some(l), _) if l == self.id => Ok(Route::Local(handle)),
+            (Some(l), Some(addr)) => {
+                if forwarded {
+                    return Err(Status::unavailable(format!(
+                        "shard {shard}: leadership is moving (this node now sees node {l} as leader); retry"
+                    )));
+                }
+                Ok(Route::Leader(Leader {
+                    node: l,
+                    channel: self.peer(&addr)?,
+                    addr,
+                }))
+            }
+            _ => Err(Status::unavailable(format!(
+                "shard {shard} has no leader right now (election in progress or quorum lost); retry shortly"
+            ))),
+        }
+    }
+}

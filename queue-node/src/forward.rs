@@ -1,0 +1,113 @@
+//! Forwarding a request to the node that leads its shard: the one place
+//! that builds a leader client, so every forward has the server's message
+//! limits and every way a forward can fail reaches the caller as
+//! `UNAVAILABLE` (retry), never as tonic's `UNKNOWN "transport error"`.
+//!
+//! A forwarded request carries [`FORWARDED`] so it is never forwarded a
+//! second time; an all-shard read forwarded for one shard also carries
+//! [`SHARD`], so the leader answers for that shard only.
+
+use raftq_api::limits::MAX_MESSAGE_BYTES;
+use raftq_api::v1::cluster_admin_client::ClusterAdminClient;
+use raftq_api::v1::queue_admin_client::QueueAdminClient;
+use raftq_api::v1::queue_client::QueueClient;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+use crate::raft_types::NodeId;
+
+/// Set on forwarded requests so they are never forwarded twice.
+const FORWARDED: &str = "x-raftq-forwarded";
+/// On a forwarded all-shard read: the one shard the leader answers for.
+const SHARD: &str = "x-raftq-shard";
+
+/// The leader of a shard, as this node knows it.
+#[derive(Clone)]
+pub struct Leader {
+    pub node: NodeId,
+    pub addr: String,
+    pub(crate) channel: Channel,
+}
+
+impl Leader {
+    pub fn queue(&self) -> QueueClient<Channel> {
+        QueueClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub fn admin(&self) -> QueueAdminClient<Channel> {
+        QueueAdminClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub fn cluster(&self) -> ClusterAdminClient<Channel> {
+        ClusterAdminClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Awaits a forwarded call and passes the leader's answer through; a
+    /// failure of the forward itself becomes `UNAVAILABLE`.
+    pub async fn relay<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        call.await.map_err(|status| self.failed(status))
+    }
+
+    /// The leader's own statuses pass unchanged. A status tonic made from
+    /// a transport error (connection refused or reset, a stream cut by the
+    /// leader's death) carries that error as its source, or is one of the
+    /// codes a leader never answers with (tonic's UNKNOWN "transport
+    /// error", INTERNAL "Unexpected EOF", CANCELLED): it means nothing about
+    /// the request except that it must be retried.
+    pub fn failed(&self, status: Status) -> Status {
+        let broken = std::error::Error::source(&status).is_some()
+            || matches!(
+                status.code(),
+                tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled
+            );
+        if !broken {
+            return status;
+        }
+        Status::unavailable(format!(
+            "forwarding to the shard leader (node {} at {}) failed: {}; retry (the request may or may not have taken effect; enqueues with an idempotency key are safe to retry)",
+            self.node,
+            self.addr,
+            status.message()
+        ))
+    }
+}
+
+pub fn is_forwarded(metadata: &MetadataMap) -> bool {
+    metadata.contains_key(FORWARDED)
+}
+
+/// The shard a forwarded all-shard read is for.
+pub fn forwarded_shard(metadata: &MetadataMap) -> Option<u32> {
+    if !is_forwarded(metadata) {
+        return None;
+    }
+    metadata.get(SHARD)?.to_str().ok()?.parse().ok()
+}
+
+/// The forwarded copy of a request.
+pub fn forwarded<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(FORWARDED, MetadataValue::from_static("1"));
+    request
+}
+
+/// The forwarded copy of an all-shard read, for `shard` only.
+pub fn forwarded_for_shard<T>(message: T, shard: u32) -> Request<T> {
+    let mut request = forwarded(message);
+    request
+        .metadata_mut()
+        .insert(SHARD, MetadataValue::from(shard));
+    request
+}

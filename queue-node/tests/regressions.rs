@@ -1,0 +1,415 @@
+//! Defects an outside test found, each kept fixed through the real path
+//! (real RocksDB, real gRPC on loopback, real processes for clusters).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{fast_config, fetch, free_port, start_single, wait_for};
+use raftq_client::proto as pb;
+use raftq_client::{Client, JobSpec};
+use raftq_node::node;
+use tonic::Code;
+
+const MIB: usize = 1024 * 1024;
+
+async fn enqueue(client: &Client, queue: &str, jobs: Vec<pb::NewJob>) -> Vec<String> {
+    client
+        .queue()
+        .enqueue(pb::EnqueueRequest {
+            queue: queue.into(),
+            jobs,
+        })
+        .await
+        .expect("enqueue")
+        .into_inner()
+        .job_ids
+}
+
+async fn stats(client: &Client, queue: &str) -> pb::QueueStats {
+    client
+        .admin()
+        .stats(pb::StatsRequest {
+            queue: queue.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("stats")
+        .into_inner()
+        .queues
+        .remove(0)
+}
+
+fn big_job(i: usize) -> pb::NewJob {
+    let mut payload = vec![b'x'; MIB - 64];
+    payload[..8].copy_from_slice(format!("{i:08}").as_bytes());
+    JobSpec::new(payload).into_proto()
+}
+
+/// 70 jobs of 1 MiB and `Fetch(max_jobs = 100)`: the answer would be over
+/// the 64 MiB message limit. The claim is bounded by bytes: fewer jobs come
+/// back, exactly those are leased, and the next fetch takes the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_leases_only_what_one_answer_can_carry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, client) = start_single(dir.path()).await;
+    for chunk in (0..70).collect::<Vec<_>>().chunks(10) {
+        enqueue(&client, "big", chunk.iter().map(|i| big_job(*i)).collect()).await;
+    }
+    let first = fetch(&client, "big", 100).await;
+    assert!(
+        !first.is_empty() && first.len() < 70,
+        "got {} jobs",
+        first.len()
+    );
+    let s = stats(&client, "big").await;
+    assert_eq!(s.leased as usize, first.len(), "leased = delivered");
+    assert_eq!(s.ready as usize, 70 - first.len());
+    let rest = fetch(&client, "big", 100).await;
+    assert_eq!(first.len() + rest.len(), 70);
+
+    // The worker stream obeys the same bound and keeps pushing the rest.
+    for chunk in (0..70).collect::<Vec<_>>().chunks(10) {
+        enqueue(
+            &client,
+            "big-stream",
+            chunk.iter().map(|i| big_job(*i)).collect(),
+        )
+        .await;
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::WorkerFrame {
+        open: Some(pb::WorkerOpen {
+            queue: "big-stream".into(),
+            worker_id: "w".into(),
+            lease_ms: None,
+        }),
+        credit: 100,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut inbound = client
+        .queue()
+        .worker_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("open stream")
+        .into_inner();
+    let mut pushed = 0;
+    while pushed < 70 {
+        let frame = inbound
+            .message()
+            .await
+            .expect("a frame within the message limit")
+            .expect("stream open");
+        assert!(frame.jobs.len() < 70, "one frame carried every job");
+        pushed += frame.jobs.len();
+    }
+    assert_eq!(stats(&client, "big-stream").await.leased, 70);
+    drop(tx);
+    node.shutdown().await.unwrap();
+}
+
+/// A worker frame with one bad item: that item gets its own
+/// INVALID_ARGUMENT result, the valid acks of the same frame are applied
+/// and the stream carries on.
+#[tokio::test]
+async fn a_bad_item_does_not_end_the_worker_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, client) = start_single(dir.path()).await;
+    enqueue(
+        &client,
+        "items",
+        vec![
+            JobSpec::new("a").into_proto(),
+            JobSpec::new("b").into_proto(),
+            JobSpec::new("c").into_proto(),
+        ],
+    )
+    .await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::WorkerFrame {
+        open: Some(pb::WorkerOpen {
+            queue: "items".into(),
+            worker_id: "w".into(),
+            lease_ms: None,
+        }),
+        credit: 2,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut inbound = client
+        .queue()
+        .worker_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut jobs = Vec::new();
+    while jobs.len() < 2 {
+        jobs.extend(inbound.message().await.unwrap().unwrap().jobs);
+    }
+    let token = |j: &pb::LeasedJob| j.token.clone().unwrap();
+    let bad = pb::LeaseToken {
+        job_id: "not-a-job-id".into(),
+        attempt: 1,
+    };
+    let too_long = pb::NackItem {
+        token: Some(token(&jobs[1])),
+        error: "é".repeat(4000),
+        ..Default::default()
+    };
+    tx.send(pb::WorkerFrame {
+        acks: vec![bad.clone(), token(&jobs[0])],
+        nacks: vec![too_long],
+        credit: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut results = Vec::new();
+    let mut third = Vec::new();
+    while results.len() < 2 || third.is_empty() {
+        let frame = inbound
+            .message()
+            .await
+            .expect("the stream carries on")
+            .unwrap();
+        results.extend(frame.results);
+        third.extend(frame.jobs);
+    }
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert!(results
+        .iter()
+        .all(|r| r.code == Code::InvalidArgument as i32));
+    assert!(results.iter().any(|r| r.token.as_ref() == Some(&bad)));
+    assert!(results.iter().any(|r| r.message.contains("nacks[0].error")));
+    let s = stats(&client, "items").await;
+    assert_eq!(s.acked_total, 1, "the valid ack of the frame was applied");
+    assert_eq!(
+        s.leased, 2,
+        "the job with the bad nack is still leased, and the third"
+    );
+    drop(tx);
+    node.shutdown().await.unwrap();
+}
+
+/// `run_at_ms` has the same 366-day horizon as `delay_ms`.
+#[tokio::test]
+async fn run_at_is_bounded_like_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, client) = start_single(dir.path()).await;
+    let mut job = JobSpec::new("later").into_proto();
+    job.run_at_ms = Some(i64::MAX);
+    let e = client
+        .queue()
+        .enqueue(pb::EnqueueRequest {
+            queue: "sched".into(),
+            jobs: vec![job],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("run_at_ms"), "{}", e.message());
+    assert_eq!(stats(&client, "sched").await.scheduled, 0);
+    node.shutdown().await.unwrap();
+}
+
+/// A learner at an address where nothing listens: AddLearner fails with a
+/// clear DEADLINE_EXCEEDED and removes it again; promoting a node that is
+/// not there is refused; the shard keeps committing throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_learner_cannot_wedge_the_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, client) = start_single(dir.path()).await;
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let e = client
+        .cluster()
+        .add_learner(pb::AddLearnerRequest {
+            node_id: 97,
+            addr: nowhere.clone(),
+            shard: None,
+            timeout_ms: 1500,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{}", e.message());
+    assert!(
+        e.message().contains("node 97") && e.message().contains("removed again"),
+        "{}",
+        e.message()
+    );
+    let status = client
+        .cluster()
+        .status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        status.shards[0].members.iter().all(|m| m.node_id != 97),
+        "{status:?}"
+    );
+
+    // Not a member: refused before anything changes.
+    let e = client
+        .cluster()
+        .change_membership(pb::ChangeMembershipRequest {
+            voters: vec![1, 97],
+            retain: false,
+            shard: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("AddLearner"), "{}", e.message());
+
+    // The shard still commits, and reverting is not refused.
+    enqueue(&client, "after", vec![JobSpec::new("x").into_proto()]).await;
+    client
+        .cluster()
+        .change_membership(pb::ChangeMembershipRequest {
+            voters: vec![1],
+            retain: false,
+            shard: None,
+        })
+        .await
+        .expect("the shard takes membership changes");
+    node.shutdown().await.unwrap();
+}
+
+/// A node started with `--join` never forms a cluster of its own.
+#[tokio::test]
+async fn initialize_is_refused_on_a_joining_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fast_config(dir.path());
+    config.join = true;
+    let handle = node::start(config).await.expect("start");
+    let client = common::connect(&handle.addr.to_string()).await;
+    let e = client
+        .cluster()
+        .initialize(pb::InitializeRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("--join"), "{}", e.message());
+    let status = client
+        .cluster()
+        .status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        status.shards.iter().all(|s| s.members.is_empty()),
+        "{status:?}"
+    );
+    handle.shutdown().await.unwrap();
+}
+
+/// An idle worker stream with spare credit proposes nothing: the log does
+/// not grow while nothing is ready.
+#[tokio::test]
+async fn an_idle_stream_proposes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, client) = start_single(dir.path()).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(pb::WorkerFrame {
+        open: Some(pb::WorkerOpen {
+            queue: "idle".into(),
+            worker_id: "w".into(),
+            lease_ms: None,
+        }),
+        credit: 10,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let _inbound = client
+        .queue()
+        .worker_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap();
+    let last_log = || async {
+        client
+            .cluster()
+            .status(pb::ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .shards[0]
+            .last_log_index
+    };
+    let before = last_log().await;
+    // Observing an absence takes time: the stream re-checks every second,
+    // and used to propose a claim each time.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(last_log().await, before, "an idle stream proposed entries");
+    // A job enqueued now is still pushed at once.
+    enqueue(&client, "idle", vec![JobSpec::new("wake").into_proto()]).await;
+    let mut inbound = _inbound.into_inner();
+    let frame = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+        .await
+        .expect("pushed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame.jobs.len(), 1);
+    drop(tx);
+    node.shutdown().await.unwrap();
+}
+
+/// Forwarding through a follower: an answer bigger than tonic's default
+/// 4 MiB arrives (the forwarder has the server's limits), and a forwarded
+/// long-poll broken by the leader's death answers UNAVAILABLE, which
+/// clients retry, never UNKNOWN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_has_the_servers_limits_and_fails_as_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = common::spawn_cluster(dir.path(), 3, &[]);
+    let mut clients = Vec::new();
+    for n in &nodes {
+        clients.push(common::connect(&n.addr).await);
+    }
+    let leader = wait_for("a leader", Duration::from_secs(30), || async {
+        let s = clients[0]
+            .cluster()
+            .status(pb::ClusterStatusRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        s.shards[0].has_leader.then_some(s.shards[0].leader_id)
+    })
+    .await;
+    let follower = nodes.iter().position(|n| n.id != leader).unwrap();
+    let via = &clients[follower];
+    enqueue(via, "wide", (0..8).map(big_job).collect()).await;
+    let jobs = fetch(via, "wide", 8).await;
+    assert_eq!(jobs.len(), 8, "an 8 MiB answer through a follower");
+
+    // A long-poll on an empty queue, forwarded; then the leader dies.
+    let poll = {
+        let via = via.clone();
+        tokio::spawn(async move {
+            via.queue()
+                .fetch(pb::FetchRequest {
+                    queue: "empty".into(),
+                    worker_id: "w".into(),
+                    max_jobs: 1,
+                    lease_ms: None,
+                    wait_ms: 30_000,
+                })
+                .await
+        })
+    };
+    // Not synchronisation: killed before or during the forward, the answer
+    // must be UNAVAILABLE either way; the pause makes "during" the usual case.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leader_index = nodes.iter().position(|n| n.id == leader).unwrap();
+    nodes[leader_index].kill();
+    let answer = tokio::time::timeout(Duration::from_secs(40), poll)
+        .await
+        .expect("the long-poll ends")
+        .unwrap();
+    match answer {
+        Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        Ok(r) => panic!("the long-poll returned {r:?} while its leader was dead"),
+    }
+}

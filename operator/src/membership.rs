@@ -392,7 +392,9 @@ impl NodeAdmin for GrpcNodeAdmin {
     async fn initialize(&self, addr: &str) -> Result<pb::ClusterStatus, tonic::Status> {
         let mut client = self.client(addr, self.change_timeout).await?;
         Ok(client
-            .initialize(pb::InitializeRequest {})
+            .initialize(pb::InitializeRequest {
+                bootstrap_joining_node: true,
+            })
             .await?
             .into_inner())
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{connect, fetch, free_port, wait_for, wait_for_leader, ProcNode};
 use raftq_client::proto as pb;
-use raftq_client::{Client, JobSpec};
+use raftq_client::{Client, JobSpec, RetryPolicy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_write_loses_no_acknowledged_job() {
@@ -58,7 +58,9 @@ async fn sigkill_mid_write_loses_no_acknowledged_job() {
             for batch in 0.. {
                 let payloads: Vec<String> = (0..20).map(|i| format!("w{w}-b{batch}-{i}")).collect();
                 let jobs = payloads.iter().map(|p| JobSpec::new(p.clone())).collect();
-                match client.producer().enqueue_batch("crash", jobs).await {
+                // Stops at the first failure: the node is gone, no retry.
+                let producer = client.producer().retry(RetryPolicy::never());
+                match producer.enqueue_batch("crash", jobs).await {
                     Ok(_) => acknowledged.lock().unwrap().extend(payloads),
                     Err(_) => return,
                 }

@@ -287,11 +287,15 @@ async fn initialize_is_refused_on_a_joining_node() {
     let client = common::connect(&handle.addr.to_string()).await;
     let e = client
         .cluster()
-        .initialize(pb::InitializeRequest {})
+        .initialize(pb::InitializeRequest::default())
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    assert!(e.message().contains("--join"), "{}", e.message());
+    assert!(
+        e.message().contains("--join") && e.message().contains("bootstrap_joining_node"),
+        "{}",
+        e.message()
+    );
     let status = client
         .cluster()
         .status(pb::ClusterStatusRequest {})
@@ -302,6 +306,15 @@ async fn initialize_is_refused_on_a_joining_node() {
         status.shards.iter().all(|s| s.members.is_empty()),
         "{status:?}"
     );
+    // Asked explicitly (the operator's bootstrap of pod 0), it initialises.
+    client
+        .cluster()
+        .initialize(pb::InitializeRequest {
+            bootstrap_joining_node: true,
+        })
+        .await
+        .expect("explicit bootstrap");
+    common::wait_for_leader(&client).await;
     handle.shutdown().await.unwrap();
 }
 

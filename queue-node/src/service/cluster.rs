@@ -107,11 +107,11 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
 
     async fn initialize(
         &self,
-        _request: Request<pb::InitializeRequest>,
+        request: Request<pb::InitializeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        if self.ctx.joining {
+        if self.ctx.joining && !request.get_ref().bootstrap_joining_node {
             return Err(Status::failed_precondition(format!(
-                "node {} was started with --join: it waits to be added to an existing cluster (AddLearner on that cluster's leader) and must not form a cluster of its own; restart it without --join to initialise a new cluster here",
+                "node {} was started with --join: it waits to be added to an existing cluster (AddLearner on that cluster's leader) and must not form a cluster of its own; to make it the first node of a new cluster, set bootstrap_joining_node",
                 self.ctx.id
             )));
         }

@@ -401,6 +401,7 @@ pub async fn final_states(
         let clients = clients.clone();
         async move {
             let deadline = Instant::now() + Duration::from_secs(30);
+            let mut last = String::new();
             for attempt in i.. {
                 let c = &clients[attempt % clients.len()];
                 let req = pb::JobRef {
@@ -418,11 +419,14 @@ pub async fn final_states(
                         return Ok((job, Some(state.to_string())));
                     }
                     Ok(Err(s)) if s.code() == tonic::Code::NotFound => return Ok((job, None)),
-                    _ if Instant::now() > deadline => break,
+                    other if Instant::now() > deadline => {
+                        last = format!("{other:?}");
+                        break;
+                    }
                     _ => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
             }
-            anyhow::bail!("no node answered for job {job}")
+            anyhow::bail!("no node answered for job {job}; the last answer: {last}")
         }
     });
     let mut out = super::history::FinalStates::new();

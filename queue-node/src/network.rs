@@ -30,53 +30,15 @@ pub fn peer_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
         .connect_lazy())
 }
 
-/// Makes the clients one shard's Raft uses to reach its peers.
-///
-/// Small messages (votes, heartbeats: appends without entries) go over one
-/// channel per peer address kept here: openraft asks for a new client for
-/// every leadership check of a read-index and gives it one heartbeat
-/// interval to answer, which a fresh connection's handshake alone could
-/// exceed. Entries and snapshots go over a channel of the client's own, so
-/// a large transfer never holds up the heartbeats behind it. A tonic
-/// channel reconnects by itself when its peer restarts.
 #[derive(Clone)]
 pub struct NetworkFactory {
-    shard: u32,
-    control: Arc<std::sync::Mutex<std::collections::HashMap<String, Channel>>>,
-}
-
-impl NetworkFactory {
-    pub fn new(shard: u32) -> NetworkFactory {
-        NetworkFactory {
-            shard,
-            control: Arc::default(),
-        }
-    }
-
-    fn control_channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let mut channels = self.control.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ch) = channels.get(addr) {
-            return Ok(ch.clone());
-        }
-        let ch = peer_channel(addr)?;
-        channels.insert(addr.to_string(), ch.clone());
-        Ok(ch)
-    }
-}
-
-fn transport(ch: Channel) -> RaftTransportClient<Channel> {
-    RaftTransportClient::new(ch)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX)
+    pub shard: u32,
 }
 
 pub struct PeerClient {
     shard: u32,
     target: NodeId,
-    /// Shared with every client of this peer: small messages.
-    control: Option<RaftTransportClient<Channel>>,
-    /// This client's own connection, made on first use: entries, snapshots.
-    bulk: Option<RaftTransportClient<Channel>>,
+    client: Option<RaftTransportClient<Channel>>,
     addr: String,
 }
 
@@ -84,11 +46,15 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        let client = peer_channel(&node.addr).ok().map(|ch| {
+            RaftTransportClient::new(ch)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX)
+        });
         PeerClient {
             shard: self.shard,
             target,
-            control: self.control_channel(&node.addr).ok().map(transport),
-            bulk: None,
+            client,
             addr: node.addr.clone(),
         }
     }
@@ -97,12 +63,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
 impl PeerClient {
-    async fn call<Req, Resp, E>(
-        &mut self,
-        kind: RpcKind,
-        bulk: bool,
-        req: &Req,
-    ) -> RpcResult<Resp, E>
+    async fn call<Req, Resp, E>(&mut self, kind: RpcKind, req: &Req) -> RpcResult<Resp, E>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -110,22 +71,11 @@ impl PeerClient {
     {
         let unreachable =
             |msg: String| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg)));
-        let bad_address = || {
-            unreachable(format!(
+        let Some(client) = self.client.as_mut() else {
+            return Err(unreachable(format!(
                 "bad address {:?} for node {}",
                 self.addr, self.target
-            ))
-        };
-        let client = if bulk {
-            if self.bulk.is_none() {
-                self.bulk = peer_channel(&self.addr).ok().map(transport);
-            }
-            self.bulk.as_mut()
-        } else {
-            self.control.as_mut()
-        };
-        let Some(client) = client else {
-            return Err(bad_address());
+            )));
         };
         let data =
             postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -172,12 +122,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         // partial success; openraft sends the rest next.
         let keep = entries_within(&rpc.entries, MAX_APPEND_BYTES);
         if keep == rpc.entries.len() {
-            let bulk = !rpc.entries.is_empty();
-            return self.call(RpcKind::Append, bulk, &rpc).await;
+            return self.call(RpcKind::Append, &rpc).await;
         }
         rpc.entries.truncate(keep);
         let sent = rpc.entries.last().map(|e| e.log_id);
-        match self.call(RpcKind::Append, true, &rpc).await? {
+        match self.call(RpcKind::Append, &rpc).await? {
             AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(sent)),
             other => Ok(other),
         }
@@ -188,7 +137,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         _option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call(RpcKind::Snapshot, true, &rpc).await
+        self.call(RpcKind::Snapshot, &rpc).await
     }
 
     async fn vote(
@@ -196,7 +145,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         _option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
-        self.call(RpcKind::Vote, false, &rpc).await
+        self.call(RpcKind::Vote, &rpc).await
     }
 }
 

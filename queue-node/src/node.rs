@@ -145,7 +145,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         let raft = Raft::new(
             config.node_id,
             raft_config,
-            NetworkFactory::new(id),
+            NetworkFactory { shard: id },
             log,
             sm,
         )
@@ -284,6 +284,11 @@ fn shard_raft_config(config: &NodeConfig, shard: u32) -> anyhow::Result<openraft
             config.raft.snapshot_every_entries,
         ),
         max_in_snapshot_log_to_keep: config.raft.logs_kept_after_snapshot,
+        // openraft gives the last snapshot chunk 200 ms to be sent *and
+        // installed*; a follower installing a shard of tens of megabytes
+        // takes longer, timed out, and was sent the whole snapshot again,
+        // for ever. Each chunk, and the install, gets 60 s.
+        install_snapshot_timeout: 60_000,
         ..Default::default()
     }
     .validate()

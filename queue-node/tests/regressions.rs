@@ -40,6 +40,37 @@ async fn stats(client: &Client, queue: &str) -> pb::QueueStats {
         .remove(0)
 }
 
+/// Opens a worker stream on `queue` with `credit`; the sender carries
+/// the next frames.
+async fn open_stream(
+    client: &Client,
+    queue: &str,
+    credit: u32,
+) -> (
+    tokio::sync::mpsc::Sender<pb::WorkerFrame>,
+    tonic::Streaming<pb::ServerFrame>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::WorkerFrame {
+        open: Some(pb::WorkerOpen {
+            queue: queue.into(),
+            worker_id: "w".into(),
+            lease_ms: None,
+        }),
+        credit,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let inbound = client
+        .queue()
+        .worker_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("open a worker stream")
+        .into_inner();
+    (tx, inbound)
+}
+
 fn big_job(i: usize) -> pb::NewJob {
     let mut payload = vec![b'x'; MIB - 64];
     payload[..8].copy_from_slice(format!("{i:08}").as_bytes());
@@ -77,24 +108,7 @@ async fn a_claim_leases_only_what_one_answer_can_carry() {
         )
         .await;
     }
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::WorkerFrame {
-        open: Some(pb::WorkerOpen {
-            queue: "big-stream".into(),
-            worker_id: "w".into(),
-            lease_ms: None,
-        }),
-        credit: 100,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut inbound = client
-        .queue()
-        .worker_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("open stream")
-        .into_inner();
+    let (tx, mut inbound) = open_stream(&client, "big-stream", 100).await;
     let mut pushed = 0;
     while pushed < 70 {
         let frame = inbound
@@ -127,24 +141,7 @@ async fn a_bad_item_does_not_end_the_worker_stream() {
         ],
     )
     .await;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::WorkerFrame {
-        open: Some(pb::WorkerOpen {
-            queue: "items".into(),
-            worker_id: "w".into(),
-            lease_ms: None,
-        }),
-        credit: 2,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut inbound = client
-        .queue()
-        .worker_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut inbound) = open_stream(&client, "items", 2).await;
     let mut jobs = Vec::new();
     while jobs.len() < 2 {
         jobs.extend(inbound.message().await.unwrap().unwrap().jobs);
@@ -324,23 +321,7 @@ async fn initialize_is_refused_on_a_joining_node() {
 async fn an_idle_stream_proposes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (node, client) = start_single(dir.path()).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(pb::WorkerFrame {
-        open: Some(pb::WorkerOpen {
-            queue: "idle".into(),
-            worker_id: "w".into(),
-            lease_ms: None,
-        }),
-        credit: 10,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let _inbound = client
-        .queue()
-        .worker_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap();
+    let (tx, mut inbound) = open_stream(&client, "idle", 10).await;
     let last_log = || async {
         client
             .cluster()
@@ -358,7 +339,6 @@ async fn an_idle_stream_proposes_nothing() {
     assert_eq!(last_log().await, before, "an idle stream proposed entries");
     // A job enqueued now is still pushed at once.
     enqueue(&client, "idle", vec![JobSpec::new("wake").into_proto()]).await;
-    let mut inbound = _inbound.into_inner();
     let frame = tokio::time::timeout(Duration::from_secs(10), inbound.message())
         .await
         .expect("pushed")

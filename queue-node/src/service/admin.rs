@@ -83,14 +83,14 @@ fn stats(s: crate::fsm::QueueStats) -> pb::QueueStats {
 }
 
 /// Every queue of one shard this node leads.
-async fn shard_stats(shard: &ShardHandle) -> Result<Vec<pb::QueueStats>, Status> {
-    Ok(shard
+fn shard_stats(shard: &ShardHandle) -> Vec<pb::QueueStats> {
+    shard
         .shared
         .state()
         .all_stats()
         .into_iter()
         .map(stats)
-        .collect())
+        .collect()
 }
 
 /// `route` never forwards a request that was forwarded already.
@@ -131,7 +131,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
             if let Some(shard) = forward::forwarded_shard(request.metadata()) {
                 // Another node asks this one, as the leader, for one shard.
                 let queues = match self.ctx.route(shard, &request)? {
-                    Route::Local(handle) => shard_stats(handle).await?,
+                    Route::Local(handle) => shard_stats(handle),
                     Route::Leader(_) => unreachable_forward(shard)?,
                 };
                 return Ok(Response::new(pb::StatsResponse { queues }));
@@ -140,7 +140,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
             let request = &request;
             let per_shard = self.ctx.shards.iter().map(|shard| async move {
                 match self.ctx.route(shard.id, request)? {
-                    Route::Local(handle) => shard_stats(handle).await,
+                    Route::Local(handle) => Ok::<_, Status>(shard_stats(handle)),
                     Route::Leader(leader) => {
                         let request =
                             forward::forwarded_for_shard(pb::StatsRequest::default(), shard.id);

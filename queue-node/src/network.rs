@@ -69,6 +69,16 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let data =
+            postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.send(kind, data).await
+    }
+
+    async fn send<Resp, E>(&mut self, kind: RpcKind, data: Vec<u8>) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let unreachable =
             |msg: String| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg)));
         let Some(client) = self.client.as_mut() else {
@@ -77,8 +87,6 @@ impl PeerClient {
                 self.addr, self.target
             )));
         };
-        let data =
-            postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let msg = RaftMessage {
             shard: self.shard,
             data: data.into(),
@@ -137,7 +145,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         _option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call(RpcKind::Snapshot, &rpc).await
+        let data =
+            encode_snapshot_chunk(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.send(RpcKind::Snapshot, data).await
     }
 
     async fn vote(
@@ -170,6 +180,47 @@ fn entries_within(entries: &[openraft::Entry<TypeConfig>], budget: usize) -> usi
         used += size;
     }
     entries.len()
+}
+
+/// An InstallSnapshot request's fields other than the chunk's bytes.
+///
+/// On the wire a chunk is this header, postcard-encoded, followed by the
+/// bytes as they are. postcard encodes a `Vec<u8>` one element at a time,
+/// and decoding a multi-megabyte chunk that way held a runtime thread long
+/// enough (a second, in a debug build) for the node to miss every shard's
+/// heartbeats while it caught up by snapshot.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotChunkHeader {
+    vote: openraft::Vote<NodeId>,
+    meta: openraft::SnapshotMeta<NodeId, BasicNode>,
+    offset: u64,
+    done: bool,
+}
+
+fn encode_snapshot_chunk(
+    rpc: InstallSnapshotRequest<TypeConfig>,
+) -> Result<Vec<u8>, postcard::Error> {
+    let header = SnapshotChunkHeader {
+        vote: rpc.vote,
+        meta: rpc.meta,
+        offset: rpc.offset,
+        done: rpc.done,
+    };
+    let mut data = postcard::to_allocvec(&header)?;
+    data.extend_from_slice(&rpc.data);
+    Ok(data)
+}
+
+fn decode_snapshot_chunk(data: &[u8]) -> Result<InstallSnapshotRequest<TypeConfig>, Status> {
+    let (header, chunk): (SnapshotChunkHeader, &[u8]) = postcard::take_from_bytes(data)
+        .map_err(|e| Status::invalid_argument(format!("undecodable snapshot chunk: {e}")))?;
+    Ok(InstallSnapshotRequest {
+        vote: header.vote,
+        meta: header.meta,
+        offset: header.offset,
+        data: chunk.to_vec(),
+        done: header.done,
+    })
 }
 
 pub struct TransportService {
@@ -223,7 +274,7 @@ impl RaftTransport for TransportService {
     ) -> Result<Response<RaftMessage>, Status> {
         let msg = request.into_inner();
         let raft = self.shard(&msg)?;
-        let req: InstallSnapshotRequest<TypeConfig> = decode(&msg.data)?;
+        let req = decode_snapshot_chunk(&msg.data)?;
         encode(&raft.install_snapshot(req).await)
     }
 }
@@ -259,6 +310,31 @@ mod tests {
                 }]),
             }),
         }
+    }
+
+    #[test]
+    fn a_snapshot_chunk_travels_as_its_bytes() {
+        let chunk: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        let rpc = InstallSnapshotRequest::<TypeConfig> {
+            vote: openraft::Vote::new_committed(3, 2),
+            meta: openraft::SnapshotMeta {
+                last_log_id: Some(LogId::new(CommittedLeaderId::new(3, 2), 77)),
+                last_membership: Default::default(),
+                snapshot_id: "1-77-4".into(),
+            },
+            offset: 4096,
+            data: chunk.clone(),
+            done: true,
+        };
+        let wire = encode_snapshot_chunk(rpc).expect("encodes");
+        assert!(wire.ends_with(&chunk), "the chunk is sent as it is");
+        let back = decode_snapshot_chunk(&wire).expect("decodes");
+        assert_eq!(back.vote, openraft::Vote::new_committed(3, 2));
+        assert_eq!(back.meta.snapshot_id, "1-77-4");
+        assert_eq!(back.offset, 4096);
+        assert!(back.done);
+        assert_eq!(back.data, chunk);
+        assert!(decode_snapshot_chunk(&[0xff; 3]).is_err());
     }
 
     #[test]

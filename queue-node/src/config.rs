@@ -47,6 +47,10 @@ pub struct RaftTimings {
     /// Log entries kept behind a snapshot, so a briefly lagging follower
     /// can catch up from the log instead of a whole snapshot.
     pub logs_kept_after_snapshot: u64,
+    /// How often a node checks that shard leaderships are spread evenly
+    /// and, if it leads two more than another node, hands one over.
+    /// 0 turns balancing off.
+    pub leader_balance_every_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +91,7 @@ impl Default for RaftTimings {
             election_timeout_max_ms: 1000,
             snapshot_every_entries: 20_000,
             logs_kept_after_snapshot: 1_000,
+            leader_balance_every_ms: 5_000,
         }
     }
 }

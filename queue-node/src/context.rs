@@ -13,7 +13,7 @@ use tonic::{Request, Status};
 use crate::batcher::Batcher;
 use crate::drain::WorkerDrain;
 use crate::forward::{self, Leader};
-use crate::network::peer_channel;
+use crate::network::{peer_channel, CampaignGate};
 use crate::ops::QueueDefaults;
 use crate::raft_types::{NodeId, Raft};
 use crate::shard::ShardShared;
@@ -37,6 +37,8 @@ pub struct NodeContext {
     /// Set on a node started with `--join`: it must never form a cluster
     /// of its own.
     pub joining: bool,
+    /// Closed while this node hands its leaderships away before stopping.
+    pub campaigns: Arc<CampaignGate>,
     peers: Mutex<HashMap<String, Channel>>,
 }
 
@@ -61,12 +63,13 @@ impl NodeContext {
             defaults,
             workers: WorkerDrain::default(),
             joining,
+            campaigns: Arc::default(),
             peers: Mutex::new(HashMap::new()),
         }
     }
 
-    /// A (cached) channel to another node, for forwarding.
-    fn peer(&self, addr: &str) -> Result<Channel, Status> {
+    /// A (cached) channel to another node.
+    pub fn peer(&self, addr: &str) -> Result<Channel, Status> {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ch) = peers.get(addr) {
             return Ok(ch.clone());

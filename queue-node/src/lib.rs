@@ -15,6 +15,7 @@ pub mod forward;
 pub mod fsm;
 pub mod handoff;
 pub mod http;
+pub mod leadership;
 pub mod network;
 pub mod node;
 pub mod ops;

@@ -13,7 +13,7 @@ use openraft::raft::{
 use openraft::BasicNode;
 use raftq_api::v1::raft_transport_client::RaftTransportClient;
 use raftq_api::v1::raft_transport_server::RaftTransport;
-use raftq_api::v1::RaftMessage;
+use raftq_api::v1::{CampaignReply, CampaignRequest, RaftMessage};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
@@ -159,7 +159,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
-/// The receiving side: hands each message to the named shard's Raft.
+/// Longest a hand-over may ask a node to wait before it stands.
+const MAX_CAMPAIGN_WAIT_MS: u32 = 60_000;
+
 /// Most bytes of entries (roughly) sent in one AppendEntries call.
 const MAX_APPEND_BYTES: usize = 2 << 20;
 
@@ -223,8 +225,31 @@ fn decode_snapshot_chunk(data: &[u8]) -> Result<InstallSnapshotRequest<TypeConfi
     })
 }
 
+/// Whether this node accepts leaderships handed over to it: not for a
+/// while after it started handing its own away (it is about to stop).
+#[derive(Debug, Default)]
+pub struct CampaignGate {
+    closed_until: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl CampaignGate {
+    pub fn close_for(&self, how_long: std::time::Duration) {
+        *self.closed_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::Instant::now() + how_long);
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.closed_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|until| std::time::Instant::now() >= until)
+    }
+}
+
+/// The receiving side: hands each message to the named shard's Raft.
 pub struct TransportService {
     pub shards: Arc<Vec<Raft>>,
+    pub campaigns: Arc<CampaignGate>,
 }
 
 fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T, Status> {
@@ -276,6 +301,42 @@ impl RaftTransport for TransportService {
         let raft = self.shard(&msg)?;
         let req = decode_snapshot_chunk(&msg.data)?;
         encode(&raft.install_snapshot(req).await)
+    }
+
+    async fn campaign(
+        &self,
+        request: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignReply>, Status> {
+        let req = request.into_inner();
+        if !self.campaigns.is_open() {
+            return Err(Status::failed_precondition(
+                "this node is handing its leaderships away (it is stopping)",
+            ));
+        }
+        let raft = self
+            .shards
+            .get(req.shard as usize)
+            .ok_or_else(|| Status::not_found(format!("this node has no shard {}", req.shard)))?
+            .clone();
+        let term = raft.metrics().borrow().current_term;
+        if term != req.term {
+            return Err(Status::failed_precondition(format!(
+                "shard {}: this node is in term {term}, the hand-over was for term {}",
+                req.shard, req.term
+            )));
+        }
+        let wait =
+            std::time::Duration::from_millis(u64::from(req.after_ms.min(MAX_CAMPAIGN_WAIT_MS)));
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            // Stand only if nobody has been elected meanwhile.
+            if raft.metrics().borrow().current_term == term {
+                if let Err(e) = raft.trigger().elect().await {
+                    tracing::warn!(shard = req.shard, error = %e, "cannot stand for election");
+                }
+            }
+        });
+        Ok(Response::new(CampaignReply {}))
     }
 }
 

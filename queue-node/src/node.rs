@@ -39,6 +39,7 @@ pub struct NodeHandle {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     http: Option<JoinHandle<std::io::Result<()>>>,
     watermark: JoinHandle<()>,
+    balancer: Option<JoinHandle<()>>,
 }
 
 impl NodeHandle {
@@ -52,6 +53,10 @@ impl NodeHandle {
             http.abort();
         }
         self.watermark.abort();
+        if let Some(balancer) = self.balancer.take() {
+            balancer.abort();
+            let _ = balancer.await;
+        }
         for shard in &self.context.shards {
             let _ = shard.raft.shutdown().await;
         }
@@ -214,9 +219,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             context.clone(),
         )))
         .add_service(
-            RaftTransportServer::new(TransportService { shards: rafts })
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX),
+            RaftTransportServer::new(TransportService {
+                shards: rafts,
+                campaigns: context.campaigns.clone(),
+            })
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX),
         );
     // A custom incoming gets none of the builder's TCP settings: without
     // TCP_NODELAY small responses wait out the client's delayed ACK (40 ms).
@@ -233,18 +241,15 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         None => (None, None),
     };
 
-    if !config.join && bootstrap(&context, &config, &advertise).await? {
-        let members: Vec<NodeId> = config.initial_members.keys().copied().collect();
-        if members.len() > 1 && config.shards > 1 {
-            let ctx = context.clone();
-            tokio::spawn(async move {
-                crate::handoff::spread_leaders(&ctx, |shard| {
-                    members[shard as usize % members.len()]
-                })
-                .await
-            });
-        }
+    if !config.join {
+        bootstrap(&context, &config, &advertise).await?;
     }
+    let balancer = (config.raft.leader_balance_every_ms > 0).then(|| {
+        tokio::spawn(crate::handoff::balance(
+            context.clone(),
+            Duration::from_millis(config.raft.leader_balance_every_ms),
+        ))
+    });
     tracing::info!(node_id = config.node_id, %addr, advertise, data_dir = %config.data_dir.display(), "queue-node started");
     Ok(NodeHandle {
         addr,
@@ -256,25 +261,18 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         server,
         http,
         watermark: watermark_task,
+        balancer,
     })
 }
 
-/// Raft settings of one shard. Shard `s` prefers the `s % n`-th initial
-/// member as its leader: that node's election timeout is shorter, so it
-/// usually wins, and the leaders of many shards spread over the nodes.
+/// Raft settings of one shard. Every node has the same election timeouts:
+/// a leadership hand-over relies on every voter's leader lease (its
+/// maximum election timeout) running out at the same time.
 fn shard_raft_config(config: &NodeConfig, shard: u32) -> anyhow::Result<openraft::Config> {
     let (min, max) = (
         config.raft.election_timeout_min_ms,
         config.raft.election_timeout_max_ms,
     );
-    let members: Vec<NodeId> = config.initial_members.keys().copied().collect();
-    let (min, max) = match members.iter().position(|id| *id == config.node_id) {
-        Some(me) if members.len() > 1 && me == shard as usize % members.len() => {
-            (min, (min + max) / 2)
-        }
-        Some(_) if members.len() > 1 => (max, max + (max - min)),
-        _ => (min, max),
-    };
     openraft::Config {
         cluster_name: format!("raftq-shard-{shard}"),
         heartbeat_interval: config.raft.heartbeat_ms,
@@ -297,12 +295,11 @@ fn shard_raft_config(config: &NodeConfig, shard: u32) -> anyhow::Result<openraft
 
 /// Initialises a brand-new cluster exactly once: from the lowest-id member
 /// of `initial_members`, or from this node alone when none are given.
-/// Returns whether this node created any shard's cluster just now.
 async fn bootstrap(
     context: &NodeContext,
     config: &NodeConfig,
     advertise: &str,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<()> {
     let members: BTreeMap<NodeId, BasicNode> = if config.initial_members.is_empty() {
         [(config.node_id, BasicNode::new(advertise))].into()
     } else {
@@ -313,16 +310,14 @@ async fn bootstrap(
             .collect()
     };
     if members.keys().next() != Some(&config.node_id) {
-        return Ok(false);
+        return Ok(());
     }
-    let mut created = false;
     for shard in &context.shards {
         if shard.raft.is_initialized().await? {
             continue;
         }
         match shard.raft.initialize(members.clone()).await {
             Ok(()) => {
-                created = true;
                 tracing::info!(shard = shard.id, members = ?members.keys(), "initialised cluster")
             }
             Err(openraft::error::RaftError::APIError(
@@ -331,5 +326,5 @@ async fn bootstrap(
             Err(e) => return Err(e).context("initialising the cluster"),
         }
     }
-    Ok(created)
+    Ok(())
 }

@@ -154,3 +154,115 @@ async fn add_learners_promote_them_and_survive_the_first_node() {
     assert_eq!(job.payload, "9".as_bytes());
     drop(joiners);
 }
+
+/// How many of the shards each node leads, as `addr`'s status shows it
+/// (`None` while a shard has no leader).
+async fn leaderships(client: &raftq_client::Client, nodes: &[u64]) -> Option<Vec<usize>> {
+    let s = client
+        .cluster()
+        .status(pb::ClusterStatusRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    if s.shards.iter().any(|s| !s.has_leader) {
+        return None;
+    }
+    Some(
+        nodes
+            .iter()
+            .map(|n| s.shards.iter().filter(|s| s.leader_id == *n).count())
+            .collect(),
+    )
+}
+
+/// The operator's bootstrap: node 1 initialises 4 shards alone and leads
+/// them all, nodes 2 and 3 join as learners and are promoted. The leaders
+/// must spread (no node two ahead of another), and spread again after a
+/// node leading two shards is restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_spread_after_joins_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let shards = || vec!["--shards".to_string(), "4".to_string()];
+    let mut nodes: Vec<ProcNode> = (0..3)
+        .map(|i| {
+            let mut args = shards();
+            if i > 0 {
+                args.push("--join".into());
+            }
+            ProcNode::spawn_with(
+                i as u64 + 1,
+                &addrs[i],
+                &dir.path().join(format!("n{}", i + 1)),
+                &format!("{}={}", i + 1, addrs[i]),
+                args,
+            )
+        })
+        .collect();
+    let c1 = connect(&addrs[0]).await;
+    let ids = [1, 2, 3];
+    wait_for(
+        "node 1 leads every shard",
+        Duration::from_secs(30),
+        || async { (leaderships(&c1, &ids).await? == vec![4, 0, 0]).then_some(()) },
+    )
+    .await;
+    for (i, addr) in addrs.iter().enumerate().skip(1) {
+        c1.cluster()
+            .add_learner(pb::AddLearnerRequest {
+                node_id: i as u64 + 1,
+                addr: addr.clone(),
+                shard: None,
+                timeout_ms: 0,
+            })
+            .await
+            .expect("add learner");
+    }
+    c1.cluster()
+        .change_membership(pb::ChangeMembershipRequest {
+            voters: ids.to_vec(),
+            retain: false,
+            shard: None,
+        })
+        .await
+        .expect("promote");
+
+    let even = |counts: &[usize]| {
+        let (min, max) = (counts.iter().min(), counts.iter().max());
+        matches!((min, max), (Some(min), Some(max)) if max - min <= 1)
+    };
+    let counts = wait_for("leaders spread", Duration::from_secs(60), || async {
+        let counts = leaderships(&c1, &ids).await?;
+        even(&counts).then_some(counts)
+    })
+    .await;
+    assert_eq!(counts.iter().sum::<usize>(), 4);
+
+    // Restart a node that leads two shards: while it is away the other two
+    // lead two each; once it is back, it gets one again.
+    let busy = counts
+        .iter()
+        .position(|c| *c == 2)
+        .expect("a node leads two");
+    assert!(
+        nodes[busy].terminate(Duration::from_secs(20)),
+        "stops in time"
+    );
+    let other = connect(&addrs[(busy + 1) % 3]).await;
+    let mut away = ids.to_vec();
+    away.remove(busy);
+    wait_for(
+        "the others lead two each",
+        Duration::from_secs(30),
+        || async { (leaderships(&other, &away).await? == vec![2, 2]).then_some(()) },
+    )
+    .await;
+    nodes[busy].start();
+    wait_for("leaders spread again", Duration::from_secs(60), || async {
+        let counts = leaderships(&other, &ids).await?;
+        (even(&counts) && counts[busy] >= 1).then_some(())
+    })
+    .await;
+}

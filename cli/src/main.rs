@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use raftq_client::proto as pb;
-use raftq_client::{Client, JobSpec, Worker};
+use raftq_client::{Client, JobSpec, RetryPolicy, Worker};
 use tokio::io::AsyncWriteExt;
 
 #[derive(Debug, Parser)]
@@ -331,6 +331,21 @@ fn print_job(job: &pb::Job) {
     println!("payload:      {}", String::from_utf8_lossy(&job.payload));
 }
 
+/// One call, retried while it fails for a passing reason (no leader yet, a
+/// leadership hand-over, a node restarting): see `RetryPolicy`.
+macro_rules! call {
+    ($client:expr, $service:ident, $method:ident, $request:expr) => {{
+        let request = $request;
+        RetryPolicy::default()
+            .run(|| {
+                let mut service = $client.$service();
+                let request = request.clone();
+                async move { service.$method(request).await }
+            })
+            .await?
+    }};
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Bench(args) = cli.command {
         return bench::run(args, &cli.addr).await;
@@ -340,14 +355,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Enqueue(args) => enqueue(&client, args).await?,
         Command::Work(args) => work(client, args).await?,
         Command::Stats { queue, local } => {
-            let response = client
-                .admin()
-                .stats(pb::StatsRequest {
+            let response = call!(
+                client,
+                admin,
+                stats,
+                pb::StatsRequest {
                     queue: queue.unwrap_or_default(),
                     local,
-                })
-                .await?
-                .into_inner();
+                }
+            )
+            .into_inner();
             println!(
                 "{:<32} {:>10} {:>10} {:>10} {:>10}  STATE",
                 "QUEUE", "READY", "SCHEDULED", "LEASED", "DEAD"
@@ -361,33 +378,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Job(JobCommand::Get { id }) => {
-            let job = client
-                .admin()
-                .get_job(pb::JobRef { job_id: id })
-                .await?
-                .into_inner();
+            let job = call!(client, admin, get_job, pb::JobRef { job_id: id }).into_inner();
             print_job(&job);
         }
         Command::Job(JobCommand::Cancel { id }) => {
-            client
-                .admin()
-                .cancel_job(pb::JobRef { job_id: id.clone() })
-                .await?;
+            call!(client, admin, cancel_job, pb::JobRef { job_id: id.clone() });
             println!("cancelled {id}");
         }
         Command::Dlq(DlqCommand::List { queue, limit }) => {
             let mut after = String::new();
             let mut shown = 0u32;
             loop {
-                let page = client
-                    .admin()
-                    .list_dead(pb::ListDeadRequest {
+                let page = call!(
+                    client,
+                    admin,
+                    list_dead,
+                    pb::ListDeadRequest {
                         queue: queue.clone(),
                         limit: limit.min(1000),
                         after: after.clone(),
-                    })
-                    .await?
-                    .into_inner();
+                    }
+                )
+                .into_inner();
                 for job in &page.jobs {
                     println!("{}\tattempt {}\t{}", job.id, job.attempt, job.last_error);
                 }
@@ -399,50 +411,60 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Dlq(DlqCommand::Requeue { queue, ids }) => {
-            let n = client
-                .admin()
-                .requeue_dead(pb::DeadSelector {
+            let n = call!(
+                client,
+                admin,
+                requeue_dead,
+                pb::DeadSelector {
                     queue,
                     job_ids: ids,
-                })
-                .await?;
+                }
+            );
             println!("requeued {} jobs", n.into_inner().count);
         }
         Command::Dlq(DlqCommand::Purge { queue, ids }) => {
-            let n = client
-                .admin()
-                .purge_dead(pb::DeadSelector {
+            let n = call!(
+                client,
+                admin,
+                purge_dead,
+                pb::DeadSelector {
                     queue,
                     job_ids: ids,
-                })
-                .await?;
+                }
+            );
             println!("purged {} dead jobs", n.into_inner().count);
         }
         Command::Queue(QueueCommand::Pause { queue }) => {
-            client
-                .admin()
-                .pause_queue(pb::QueueRef {
+            call!(
+                client,
+                admin,
+                pause_queue,
+                pb::QueueRef {
                     queue: queue.clone(),
-                })
-                .await?;
+                }
+            );
             println!("paused {queue}");
         }
         Command::Queue(QueueCommand::Resume { queue }) => {
-            client
-                .admin()
-                .resume_queue(pb::QueueRef {
+            call!(
+                client,
+                admin,
+                resume_queue,
+                pb::QueueRef {
                     queue: queue.clone(),
-                })
-                .await?;
+                }
+            );
             println!("resumed {queue}");
         }
         Command::Queue(QueueCommand::Purge { queue }) => {
-            let r = client
-                .admin()
-                .purge_queue(pb::QueueRef {
+            let r = call!(
+                client,
+                admin,
+                purge_queue,
+                pb::QueueRef {
                     queue: queue.clone(),
-                })
-                .await?;
+                }
+            );
             println!("purged {} jobs from {queue}", r.into_inner().removed);
         }
         Command::Queue(QueueCommand::Config {
@@ -451,25 +473,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_attempts,
             dedup_window_ms,
         }) => {
-            let info = client
-                .admin()
-                .set_queue_config(pb::SetQueueConfigRequest {
+            let info = call!(
+                client,
+                admin,
+                set_queue_config,
+                pb::SetQueueConfigRequest {
                     queue,
                     default_lease_ms: lease_ms,
                     default_max_attempts: max_attempts,
                     default_backoff: None,
                     dedup_window_ms,
-                })
-                .await?
-                .into_inner();
+                }
+            )
+            .into_inner();
             println!("{info:?}");
         }
         Command::Cluster(ClusterCommand::Status) => {
-            let s = client
-                .cluster()
-                .status(pb::ClusterStatusRequest {})
-                .await?
-                .into_inner();
+            let s = call!(client, cluster, status, pb::ClusterStatusRequest {}).into_inner();
             println!("node {} at {}", s.node_id, s.addr);
             for shard in s.shards {
                 let leader = if shard.has_leader {
@@ -493,27 +513,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Cluster(ClusterCommand::AddLearner { node_id, addr }) => {
             eprintln!("adding node {node_id} ({addr}) as a learner; waiting for it to catch up...");
-            client
-                .cluster()
-                .add_learner(pb::AddLearnerRequest {
+            call!(
+                client,
+                cluster,
+                add_learner,
+                pb::AddLearnerRequest {
                     node_id,
                     addr,
                     shard: None,
                     timeout_ms: 0,
-                })
-                .await?;
+                }
+            );
             println!("node {node_id} is a learner");
         }
         Command::Bench(_) => bail!("bench runs before connecting; this line is never reached"),
         Command::Cluster(ClusterCommand::ChangeMembership { voters, retain }) => {
-            client
-                .cluster()
-                .change_membership(pb::ChangeMembershipRequest {
+            call!(
+                client,
+                cluster,
+                change_membership,
+                pb::ChangeMembershipRequest {
                     voters: voters.clone(),
                     retain,
                     shard: None,
-                })
-                .await?;
+                }
+            );
             println!("voters are now {voters:?}");
         }
     }

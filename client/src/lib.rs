@@ -2,7 +2,8 @@
 //!
 //! - [`Client`]: a connection to any raftq node (it forwards to leaders).
 //! - [`Producer`]: enqueue jobs, one at a time or in batches; retries
-//!   through leader elections and restarts ([`RetryPolicy`]).
+//!   through leader elections and restarts ([`RetryPolicy`], which any
+//!   other call can use too).
 //! - [`Worker`]: one stream per worker process that receives leased jobs,
 //!   runs a handler on each with bounded concurrency, extends leases while
 //!   handlers run, and acks on `Ok` / nacks on `Err`.
@@ -30,10 +31,12 @@
 mod client;
 mod error;
 mod producer;
+mod retry;
 mod worker;
 
 pub use client::Client;
 pub use error::Error;
-pub use producer::{JobSpec, Producer, RetryPolicy};
+pub use producer::{JobSpec, Producer};
 pub use raftq_api::v1 as proto;
+pub use retry::RetryPolicy;
 pub use worker::{Job, Worker};

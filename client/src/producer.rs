@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use raftq_api::v1 as pb;
 
+use crate::retry::RetryPolicy;
 use crate::{Client, Error};
 
 /// A job to enqueue.
@@ -83,42 +84,6 @@ impl JobSpec {
     }
 }
 
-/// How a [`Producer`] retries an enqueue that failed for a passing reason
-/// (no leader yet, leadership moving, a node restarting, a broken
-/// connection): with exponential backoff until `deadline` has passed since
-/// the first try. Refusals (bad input and the like) are never retried.
-///
-/// A retried enqueue whose first try was cut off in flight may have taken
-/// effect: give jobs an idempotency key to enqueue each exactly once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub deadline: Duration,
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
-}
-
-impl Default for RetryPolicy {
-    /// Rides out a leader election or a rolling restart: 30 s in all,
-    /// 50 ms doubling to 1 s between tries.
-    fn default() -> Self {
-        RetryPolicy {
-            deadline: Duration::from_secs(30),
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(1),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// One try only.
-    pub fn never() -> RetryPolicy {
-        RetryPolicy {
-            deadline: Duration::ZERO,
-            ..RetryPolicy::default()
-        }
-    }
-}
-
 /// Enqueues jobs.
 #[derive(Clone, Debug)]
 pub struct Producer {
@@ -159,22 +124,14 @@ impl Producer {
             queue: queue.to_string(),
             jobs: jobs.into_iter().map(JobSpec::into_proto).collect(),
         };
-        let started = tokio::time::Instant::now();
-        let mut backoff = self.retry.initial_backoff;
-        loop {
-            match self.client.queue().enqueue(request.clone()).await {
-                Ok(response) => return Ok(response.into_inner().job_ids),
-                Err(status) => {
-                    let error = Error::from(status);
-                    let next_try = started.elapsed() + backoff;
-                    if !error.is_retryable() || next_try > self.retry.deadline {
-                        return Err(error);
-                    }
-                    tracing::debug!(%error, ?backoff, "enqueue failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.retry.max_backoff);
-                }
-            }
-        }
+        let response = self
+            .retry
+            .run(|| {
+                let mut queue = self.client.queue();
+                let request = request.clone();
+                async move { queue.enqueue(request).await }
+            })
+            .await?;
+        Ok(response.into_inner().job_ids)
     }
 }

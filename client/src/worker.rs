@@ -189,17 +189,13 @@ impl Worker {
                                 }
                             }
                             for leased in frame.jobs {
-                                let Some((job, token)) = Job::from_leased(leased) else { continue };
-                                in_flight += 1;
+                                // Stopping: not started, so not reported; the
+                                // node hands it back when we close the stream.
                                 if stopping {
-                                    let _ = outcomes_tx.send(Outcome::Nack(pb::NackItem {
-                                        token: Some(token),
-                                        retry_delay_ms: Some(0),
-                                        error: "worker shutting down".into(),
-                                        dead: false,
-                                    }));
                                     continue;
                                 }
+                                let Some((job, token)) = Job::from_leased(leased) else { continue };
+                                in_flight += 1;
                                 tokio::spawn(run_job(handler.clone(), job, token, outcomes_tx.clone()));
                             }
                         }

@@ -90,6 +90,7 @@ impl PeerClient {
         let msg = RaftMessage {
             shard: self.shard,
             data: data.into(),
+            format: crate::store::format::FORMAT,
         };
         let reply = match kind {
             RpcKind::Append => client.append_entries(msg).await,
@@ -263,11 +264,15 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
     Ok(Response::new(RaftMessage {
         shard: 0,
         data: data.into(),
+        format: crate::store::format::FORMAT,
     }))
 }
 
 impl TransportService {
     fn shard(&self, msg: &RaftMessage) -> Result<&Raft, Status> {
+        if let Some(why) = crate::store::format::refuse_message(msg.format) {
+            return Err(Status::failed_precondition(why));
+        }
         self.shards
             .get(msg.shard as usize)
             .ok_or_else(|| Status::not_found(format!("this node has no shard {}", msg.shard)))

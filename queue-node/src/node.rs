@@ -133,6 +133,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
     let defaults = config.queue_defaults.to_defaults();
 
+    crate::store::format::check_data_dir(&store)?;
     store.check_shard_count(config.shards)?;
     let watermark = watermark::read(&config.data_dir)?;
     let mut shards = Vec::new();

@@ -161,6 +161,13 @@ pub enum Op {
     },
     /// Carries only the batch time: lets due timers fire on an idle shard.
     Tick,
+    /// Leased jobs a worker never started (its stream closed cleanly) go
+    /// back to the ready queue at once, at their old place. The delivery
+    /// still counts for the lease tokens (they are stale after this) but
+    /// not against `max_attempts`.
+    Release {
+        tokens: Vec<(JobId, u32)>,
+    },
 }
 
 impl Op {
@@ -180,7 +187,9 @@ impl Op {
                         })
                         .sum::<usize>()
             }
-            Op::Ack { tokens } | Op::Extend { tokens, .. } => 16 + tokens.len() * 20,
+            Op::Ack { tokens } | Op::Extend { tokens, .. } | Op::Release { tokens } => {
+                16 + tokens.len() * 20
+            }
             Op::Nack { items } => items.iter().map(|n| 32 + n.error.len()).sum(),
             _ => 64,
         }

@@ -179,3 +179,23 @@ async fn a_damaged_manifest_is_refused() {
     std::fs::write(&manifest, bytes).unwrap();
     assert_refuses(&mut node, &["Corruption", "corrupt"]);
 }
+
+/// Sets the data dir's format record (as a newer queue-node would).
+fn set_format(dir: &Path, format: u32) {
+    let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir).unwrap();
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir, &cfs).unwrap();
+    let cf = db.cf_handle("raft_meta").expect("the raft_meta family");
+    db.put_cf(cf, b"\xff\xff\xff\xffformat", format.to_be_bytes())
+        .unwrap();
+    db.flush_wal(true).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_in_a_newer_format_is_refused_and_left_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = node_with_jobs(dir.path()).await;
+    set_format(&dir.path().join("n1"), 2);
+    assert_refuses(&mut node, &["data format 2", "reads formats up to 1"]);
+    set_format(&dir.path().join("n1"), 1);
+    assert_eq!(ready_jobs(&mut node).await, JOBS as u64);
+}

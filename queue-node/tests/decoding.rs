@@ -139,6 +139,7 @@ async fn a_peer_sending_garbage_gets_an_error_and_the_node_serves_on() {
             let msg = RaftMessage {
                 shard,
                 data: data.clone().into(),
+                format: 0,
             };
             let status = transport.append_entries(msg.clone()).await.unwrap_err();
             assert!(
@@ -153,6 +154,19 @@ async fn a_peer_sending_garbage_gets_an_error_and_the_node_serves_on() {
             assert!(transport.install_snapshot(msg).await.is_err());
         }
     }
+    // A message in a format this node cannot read is refused, saying why.
+    let newer = RaftMessage {
+        shard: 0,
+        data: vec![0u8; 8].into(),
+        format: 2,
+    };
+    let status = transport.append_entries(newer).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        status.message().contains("upgrade this node"),
+        "{}",
+        status.message()
+    );
     // Still the leader, still taking jobs.
     let id = client
         .producer()

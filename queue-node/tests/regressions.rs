@@ -406,3 +406,88 @@ async fn forwarding_has_the_servers_limits_and_fails_as_unavailable() {
         Ok(r) => panic!("the long-poll returned {r:?} while its leader was dead"),
     }
 }
+
+/// A worker that closes its stream cleanly hands back, at once, the jobs it
+/// was given and never reported on (not when their leases run out); what
+/// it acked or extended before closing stands, and the released jobs go to
+/// the next worker without using up an attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleanly_closed_stream_hands_back_what_it_never_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, client) = start_single(dir.path()).await;
+    let queue = "handback";
+    enqueue(
+        &client,
+        queue,
+        (0..5)
+            .map(|i| JobSpec::new(format!("{i}")).into_proto())
+            .collect(),
+    )
+    .await;
+    let (tx, mut inbound) = open_stream(&client, queue, 4).await;
+    let mut jobs = Vec::new();
+    while jobs.len() < 4 {
+        jobs.extend(inbound.message().await.unwrap().unwrap().jobs);
+    }
+    let token = |j: &pb::LeasedJob| j.token.clone().unwrap();
+    tx.send(pb::WorkerFrame {
+        acks: vec![token(&jobs[0])],
+        extends: vec![token(&jobs[1])],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // The extend's answer says the frame was applied.
+    let frame = inbound.message().await.unwrap().unwrap();
+    assert_eq!(frame.results.len(), 1, "{frame:?}");
+    drop(tx);
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = inbound.message().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ends after a clean close");
+
+    // Leases are 30 s: only a release makes these ready now.
+    let s = wait_for(
+        "the unstarted jobs released",
+        Duration::from_secs(10),
+        || async {
+            let s = stats(&client, queue).await;
+            (s.leased == 1).then_some(s)
+        },
+    )
+    .await;
+    assert_eq!((s.ready, s.acked_total), (3, 1), "{s:?}");
+
+    // The released jobs come first again, on a delivery that uses no
+    // attempt; the old tokens are fenced.
+    let again = fetch(&client, queue, 3).await;
+    let payloads: Vec<&[u8]> = again
+        .iter()
+        .map(|j| &j.job.as_ref().expect("a job").payload[..])
+        .collect();
+    assert_eq!(payloads, vec![&b"2"[..], b"3", b"4"]);
+    let e = client
+        .queue()
+        .ack(pb::AckRequest {
+            tokens: vec![token(&jobs[2])],
+        })
+        .await
+        .expect_err("a released delivery's token is stale");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    let view = client
+        .admin()
+        .get_job(pb::JobRef {
+            job_id: jobs[2].token.clone().unwrap().job_id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(view.attempt, 1, "the release used up no attempt");
+    assert_eq!(
+        again[0].token.as_ref().map(|t| t.attempt),
+        Some(2),
+        "but counted as a delivery, so its token is fenced"
+    );
+    node.shutdown().await.unwrap();
+}

@@ -153,6 +153,16 @@ impl ShardState {
                 Err(e) => OpResult::Failed(e),
             },
             Op::Tick => OpResult::Ticked,
+            Op::Release { tokens } => OpResult::Tokens(
+                tokens
+                    .iter()
+                    .map(|&(id, attempt)| TokenOutcome {
+                        id,
+                        attempt,
+                        result: self.release(id, attempt, sink).map(|()| None),
+                    })
+                    .collect(),
+            ),
         }
     }
 
@@ -395,6 +405,25 @@ impl ShardState {
             self.queue_mut(&queue).scheduled += 1;
             self.scheduled.insert((run_at, nack.id));
         }
+        Ok(())
+    }
+
+    fn release(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        sink: &mut impl WriteSink,
+    ) -> Result<(), OpError> {
+        let job = self.leased_job(id, attempt)?;
+        let (due, queue) = (job.status.due_at_ms, job.body.queue.clone());
+        let enqueued_at = job.body.enqueued_at_ms;
+        self.leases.remove(&(due, id));
+        self.queue_mut(&queue).leased -= 1;
+        if let Some(job) = self.jobs.get_mut(&id) {
+            // Not started, so not an attempt used.
+            job.status.retry_base = job.status.retry_base.saturating_add(1).min(attempt);
+        }
+        self.make_ready(id, enqueued_at, None, sink);
         Ok(())
     }
 

@@ -185,6 +185,49 @@ fn expired_lease_is_redelivered_and_the_stale_token_fenced() {
 }
 
 #[test]
+fn release_returns_unstarted_jobs_at_their_place_without_using_an_attempt() {
+    let mut h = Harness::new();
+    h.defaults.max_attempts = 2;
+    let ids: Vec<JobId> = h
+        .enqueue("q", vec![job("a"), job("b"), job("c")])
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let first = h.claim("q", "w1", 2);
+    assert_eq!(first.len(), 2);
+    // Released three times over: still not out of attempts, still first.
+    for round in 0..3 {
+        let attempt = round + 1;
+        let out = h.tokens(Op::Release {
+            tokens: vec![(ids[0], attempt), (ids[1], attempt)],
+        });
+        assert_eq!(out, vec![Ok(None), Ok(None)], "round {round}");
+        assert_eq!(h.stats("q"), (3, 0, 0, 0));
+        let again = h.claim("q", "w2", 2);
+        let order: Vec<JobId> = again.iter().map(|j| j.id).collect();
+        assert_eq!(order, ids[..2].to_vec(), "released jobs keep their place");
+        assert_eq!(again[0].status.attempt, attempt + 1);
+        assert_eq!(
+            again[0].status.attempts_used(),
+            1,
+            "a release uses no attempt"
+        );
+        // The released delivery's token is fenced.
+        match h.ack(ids[0], attempt) {
+            Err(OpError::FailedPrecondition(m)) => assert!(m.starts_with("lease lost"), "{m}"),
+            other => panic!("stale ack accepted: {other:?}"),
+        }
+    }
+    // Only a lease that is current can be released.
+    assert!(h.tokens(Op::Release {
+        tokens: vec![(ids[2], 1)]
+    })[0]
+        .is_err());
+    assert_eq!(h.ack(ids[0], 4), Ok(None));
+    h.assert_rebuilds();
+}
+
+#[test]
 fn extend_pushes_the_expiry() {
     let mut h = Harness::new();
     let id = h.enqueue("q", vec![job("x")])[0].0;
@@ -464,6 +507,9 @@ enum Step {
     ExtendHeld {
         pick: usize,
     },
+    ReleaseHeld {
+        pick: usize,
+    },
     AckStale {
         pick: usize,
     },
@@ -497,6 +543,7 @@ fn step() -> impl Strategy<Value = Step> {
         any::<usize>().prop_map(|pick| Step::AckHeld { pick }),
         (any::<usize>(), any::<bool>()).prop_map(|(pick, dead)| Step::NackHeld { pick, dead }),
         any::<usize>().prop_map(|pick| Step::ExtendHeld { pick }),
+        any::<usize>().prop_map(|pick| Step::ReleaseHeld { pick }),
         any::<usize>().prop_map(|pick| Step::AckStale { pick }),
         (1..1500u64).prop_map(|ms| Step::Advance { ms }),
         (0..2usize).prop_map(|queue| Step::RequeueDead { queue }),
@@ -537,7 +584,7 @@ proptest! {
                 Step::Claim { queue, worker, max } => vec![Op::Claim {
                     queue: QUEUES[*queue].into(), worker: format!("w{worker}"), max: *max, lease_ms: None,
                 }],
-                Step::AckHeld { pick } | Step::NackHeld { pick, .. } | Step::ExtendHeld { pick } => {
+                Step::AckHeld { pick } | Step::NackHeld { pick, .. } | Step::ExtendHeld { pick } | Step::ReleaseHeld { pick } => {
                     let mut ids: Vec<_> = held.iter().map(|(id, (att, _))| (*id, *att)).collect();
                     ids.sort();
                     let Some(&(id, attempt)) = ids.get(pick % ids.len().max(1)) else { continue };
@@ -546,6 +593,7 @@ proptest! {
                         Step::NackHeld { dead, .. } => vec![Op::Nack { items: vec![Nack {
                             id, attempt, retry_delay_ms: None, error: "e".into(), dead,
                         }] }],
+                        Step::ReleaseHeld { .. } => vec![Op::Release { tokens: vec![(id, attempt)] }],
                         _ => vec![Op::Extend { tokens: vec![(id, attempt)], lease_ms: None }],
                     }
                 }
@@ -608,6 +656,11 @@ proptest! {
                     (Op::Nack { items }, OpResult::Tokens(out)) => {
                         prop_assert_eq!(&out[0].result, &Ok(None));
                         held.remove(&items[0].id);
+                    }
+                    (Op::Release { tokens }, OpResult::Tokens(out)) => {
+                        prop_assert_eq!(&out[0].result, &Ok(None));
+                        held.remove(&tokens[0].0);
+                        stale.push(tokens[0]);
                     }
                     (Op::Extend { tokens, .. }, OpResult::Tokens(out)) => {
                         let expiry = out[0].result.clone();

@@ -1,6 +1,7 @@
 //! The `Queue` service: enqueue, fetch, ack / nack / extend, and the
 //! worker stream.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -310,6 +311,8 @@ async fn run_worker_session(
     let lease_ms = open.lease_ms.map(|l| l as u64);
     let waiter = shard.shared.waiter(&open.queue);
     let mut credit: u32 = 0;
+    // Jobs pushed on this stream and not yet acked, nacked or extended.
+    let mut unstarted: HashMap<JobId, u32> = HashMap::new();
     let mut frame = Some(first);
     loop {
         let notified = waiter.notified();
@@ -331,6 +334,7 @@ async fn run_worker_session(
                     return;
                 }
             };
+            reported(&ops, &mut unstarted);
             if ops.is_empty() {
                 if !rejected.is_empty() {
                     let out = pb::ServerFrame {
@@ -366,6 +370,7 @@ async fn run_worker_session(
                     ),
                     OpResult::Claimed(jobs) => {
                         claimed = jobs.len() as u32;
+                        unstarted.extend(jobs.iter().map(|j| (j.id, j.status.attempt)));
                         out.jobs.extend(jobs.iter().map(convert::leased_job));
                     }
                     _ => {}
@@ -386,13 +391,22 @@ async fn run_worker_session(
         tokio::select! {
             next = inbound.message() => match next {
                 Ok(Some(f)) => frame = Some(f),
-                Ok(None) | Err(_) => return,
+                // A clean close: the worker is done with what it never
+                // started (every frame before this one has been applied).
+                Ok(None) => {
+                    release_unstarted(shard, unstarted).await;
+                    return;
+                }
+                // A broken stream: the worker may still be running its jobs
+                // and report them another way; their leases stand.
+                Err(_) => return,
             },
             _ = &mut notified, if credit > 0 => frame = Some(pb::WorkerFrame::default()),
             _ = tokio::time::sleep(RECHECK), if credit > 0 => frame = Some(pb::WorkerFrame::default()),
             _ = tx.closed() => return,
             _ = session.draining() => {
-                finish_session(shard, &open, lease_ms, &mut inbound, &tx).await;
+                finish_session(shard, &open, lease_ms, &mut inbound, &tx, &mut unstarted).await;
+                release_unstarted(shard, unstarted).await;
                 let _ = tx.send(Err(shutting_down(node))).await;
                 return;
             }
@@ -414,11 +428,13 @@ async fn finish_session(
     lease_ms: Option<u64>,
     inbound: &mut Streaming<pb::WorkerFrame>,
     tx: &mpsc::Sender<Result<pb::ServerFrame, Status>>,
+    unstarted: &mut HashMap<JobId, u32>,
 ) {
     while let Ok(Ok(Some(f))) = tokio::time::timeout(DRAIN_GRACE, inbound.message()).await {
         let Ok((ops, rejected)) = frame_ops(f, open, shard.id, lease_ms, 0) else {
             return;
         };
+        reported(&ops, unstarted);
         let results = match ops.is_empty() {
             true => Vec::new(),
             false => match submit(shard, ops).await {
@@ -442,6 +458,47 @@ async fn finish_session(
         }
         if !out.results.is_empty() && tx.send(Ok(out)).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Forgets the jobs a frame reports on (acks, nacks, extends).
+fn reported(ops: &[Op], unstarted: &mut HashMap<JobId, u32>) {
+    for op in ops {
+        match op {
+            Op::Ack { tokens } | Op::Extend { tokens, .. } => {
+                for (id, _) in tokens {
+                    unstarted.remove(id);
+                }
+            }
+            Op::Nack { items } => {
+                for n in items {
+                    unstarted.remove(&n.id);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Puts the jobs a closed stream was given and never reported on back in
+/// the ready queue, so other workers get them now rather than when their
+/// leases run out.
+async fn release_unstarted(shard: &ShardHandle, unstarted: HashMap<JobId, u32>) {
+    let mut tokens: Vec<(JobId, u32)> = unstarted.into_iter().collect();
+    tokens.sort_unstable();
+    for chunk in tokens.chunks(MAX_TOKEN_BATCH) {
+        let op = Op::Release {
+            tokens: chunk.to_vec(),
+        };
+        if let Err(status) = submit(shard, vec![op]).await {
+            // Their leases run out instead.
+            tracing::info!(
+                shard = shard.id,
+                jobs = chunk.len(),
+                reason = status.message(),
+                "cannot release a closed stream's jobs"
+            );
         }
     }
 }

@@ -44,6 +44,8 @@ pub enum OpenError {
     ShardCount { stored: u32, configured: u32 },
     #[error("reading or writing the node record: {0}")]
     NodeRecord(String),
+    #[error("this data dir was written in data format {stored}, and this queue-node reads formats up to {readable}: run the newer queue-node that wrote it (a downgrade cannot read it), or restore a backup taken before the upgrade")]
+    Format { stored: u32, readable: u32 },
 }
 
 /// Node-wide records in `raft_meta` sort after every shard's (all-ones prefix).

@@ -14,6 +14,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod db;
+pub mod format;
 pub mod health;
 pub mod log_store;
 pub mod state_machine;

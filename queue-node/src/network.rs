@@ -30,15 +30,53 @@ pub fn peer_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
         .connect_lazy())
 }
 
+/// Makes the clients one shard's Raft uses to reach its peers.
+///
+/// Small messages (votes, heartbeats: appends without entries) go over one
+/// channel per peer address kept here: openraft asks for a new client for
+/// every leadership check of a read-index and gives it one heartbeat
+/// interval to answer, which a fresh connection's handshake alone could
+/// exceed. Entries and snapshots go over a channel of the client's own, so
+/// a large transfer never holds up the heartbeats behind it. A tonic
+/// channel reconnects by itself when its peer restarts.
 #[derive(Clone)]
 pub struct NetworkFactory {
-    pub shard: u32,
+    shard: u32,
+    control: Arc<std::sync::Mutex<std::collections::HashMap<String, Channel>>>,
+}
+
+impl NetworkFactory {
+    pub fn new(shard: u32) -> NetworkFactory {
+        NetworkFactory {
+            shard,
+            control: Arc::default(),
+        }
+    }
+
+    fn control_channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = channels.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = peer_channel(addr)?;
+        channels.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+}
+
+fn transport(ch: Channel) -> RaftTransportClient<Channel> {
+    RaftTransportClient::new(ch)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
 }
 
 pub struct PeerClient {
     shard: u32,
     target: NodeId,
-    client: Option<RaftTransportClient<Channel>>,
+    /// Shared with every client of this peer: small messages.
+    control: Option<RaftTransportClient<Channel>>,
+    /// This client's own connection, made on first use: entries, snapshots.
+    bulk: Option<RaftTransportClient<Channel>>,
     addr: String,
 }
 
@@ -46,15 +84,11 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        let client = peer_channel(&node.addr).ok().map(|ch| {
-            RaftTransportClient::new(ch)
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX)
-        });
         PeerClient {
             shard: self.shard,
             target,
-            client,
+            control: self.control_channel(&node.addr).ok().map(transport),
+            bulk: None,
             addr: node.addr.clone(),
         }
     }
@@ -81,7 +115,16 @@ impl PeerClient {
     {
         let unreachable =
             |msg: String| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg)));
-        let Some(client) = self.client.as_mut() else {
+        let client = match kind {
+            RpcKind::Entries | RpcKind::Snapshot => {
+                if self.bulk.is_none() {
+                    self.bulk = peer_channel(&self.addr).ok().map(transport);
+                }
+                self.bulk.as_mut()
+            }
+            RpcKind::Heartbeat | RpcKind::Vote => self.control.as_mut(),
+        };
+        let Some(client) = client else {
             return Err(unreachable(format!(
                 "bad address {:?} for node {}",
                 self.addr, self.target
@@ -93,7 +136,7 @@ impl PeerClient {
             format: crate::store::format::FORMAT,
         };
         let reply = match kind {
-            RpcKind::Append => client.append_entries(msg).await,
+            RpcKind::Heartbeat | RpcKind::Entries => client.append_entries(msg).await,
             RpcKind::Vote => client.vote(msg).await,
             RpcKind::Snapshot => client.install_snapshot(msg).await,
         }
@@ -113,7 +156,9 @@ impl PeerClient {
 }
 
 enum RpcKind {
-    Append,
+    /// An append without entries.
+    Heartbeat,
+    Entries,
     Vote,
     Snapshot,
 }
@@ -131,11 +176,15 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         // partial success; openraft sends the rest next.
         let keep = entries_within(&rpc.entries, MAX_APPEND_BYTES);
         if keep == rpc.entries.len() {
-            return self.call(RpcKind::Append, &rpc).await;
+            let kind = match rpc.entries.is_empty() {
+                true => RpcKind::Heartbeat,
+                false => RpcKind::Entries,
+            };
+            return self.call(kind, &rpc).await;
         }
         rpc.entries.truncate(keep);
         let sent = rpc.entries.last().map(|e| e.log_id);
-        match self.call(RpcKind::Append, &rpc).await? {
+        match self.call(RpcKind::Entries, &rpc).await? {
             AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(sent)),
             other => Ok(other),
         }

@@ -151,7 +151,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         let raft = Raft::new(
             config.node_id,
             raft_config,
-            NetworkFactory { shard: id },
+            NetworkFactory::new(id),
             log,
             sm,
         )

@@ -7,18 +7,23 @@ use std::time::Duration;
 
 use common::{fast_config, fetch, free_port, start_single, wait_for};
 use raftq_client::proto as pb;
-use raftq_client::{Client, JobSpec};
+use raftq_client::{Client, JobSpec, RetryPolicy};
 use raftq_node::node;
 use tonic::Code;
 
 const MIB: usize = 1024 * 1024;
 
+/// Enqueues, retrying while a leader is being elected.
 async fn enqueue(client: &Client, queue: &str, jobs: Vec<pb::NewJob>) -> Vec<String> {
-    client
-        .queue()
-        .enqueue(pb::EnqueueRequest {
-            queue: queue.into(),
-            jobs,
+    let request = pb::EnqueueRequest {
+        queue: queue.into(),
+        jobs,
+    };
+    RetryPolicy::default()
+        .run(|| {
+            let mut queue = client.queue();
+            let request = request.clone();
+            async move { queue.enqueue(request).await }
         })
         .await
         .expect("enqueue")
@@ -490,4 +495,67 @@ async fn a_cleanly_closed_stream_hands_back_what_it_never_started() {
         "but counted as a delivery, so its token is fenced"
     );
     node.shutdown().await.unwrap();
+}
+
+/// A leader read is answered only after a quorum confirms the leadership
+/// (read-index): with both followers frozen (SIGSTOP), the node that still
+/// believes it leads refuses stats and job reads with UNAVAILABLE instead
+/// of answering from state that a new leader may already have moved past.
+/// `local: true` still answers. Once the followers run again, reads work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_quorum_does_not_answer_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = common::spawn_cluster(dir.path(), 3, &[]);
+    let clients = futures::future::join_all(nodes.iter().map(|n| common::connect(&n.addr))).await;
+    let leader = common::wait_for_leader(&clients[0]).await;
+    let client = &clients[(leader - 1) as usize];
+    let id = client
+        .producer()
+        .enqueue("reads", JobSpec::new("x"))
+        .await
+        .expect("enqueue");
+    let get = |client: &Client| {
+        let mut admin = client.admin();
+        let job_id = id.clone();
+        async move { admin.get_job(pb::JobRef { job_id }).await }
+    };
+    get(client).await.expect("a confirmed leader answers");
+
+    let followers: Vec<&common::ProcNode> = nodes.iter().filter(|n| n.id != leader).collect();
+    for f in &followers {
+        f.signal("STOP");
+    }
+    let refused = get(client).await.expect_err("no quorum, no answer");
+    assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
+    let e = client
+        .admin()
+        .stats(pb::StatsRequest {
+            queue: "reads".into(),
+            local: false,
+        })
+        .await
+        .expect_err("stats need the quorum too");
+    assert_eq!(e.code(), Code::Unavailable, "{}", e.message());
+    let local = client
+        .admin()
+        .stats(pb::StatsRequest {
+            queue: "reads".into(),
+            local: true,
+        })
+        .await
+        .expect("local reads need no quorum");
+    assert_eq!(local.into_inner().queues[0].ready, 1);
+
+    for f in &followers {
+        f.signal("CONT");
+    }
+    wait_for(
+        "reads after the quorum is back",
+        Duration::from_secs(30),
+        || async {
+            let leader = common::wait_for_leader(&clients[0]).await;
+            get(&clients[(leader - 1) as usize]).await.ok()
+        },
+    )
+    .await;
 }

@@ -1,6 +1,9 @@
 //! The `QueueAdmin` service: stats, pause / resume / purge, per-queue
 //! settings, job lookup and cancel, and the dead-letter set. Reads are
-//! served from the leader's applied state (`local: true`: any node's).
+//! served from the leader's applied state once a read-index round has
+//! confirmed its leadership (`local: true` skips both: any node, no round).
+
+use std::time::Duration;
 
 use raftq_api::limits::{MAX_DELAY_MS, MAX_LEASE_MS};
 use raftq_api::v1 as pb;
@@ -82,15 +85,37 @@ fn stats(s: crate::fsm::QueueStats) -> pb::QueueStats {
     }
 }
 
-/// Every queue of one shard this node leads.
-fn shard_stats(shard: &ShardHandle) -> Vec<pb::QueueStats> {
-    shard
+/// How long a leader read waits to confirm leadership with a quorum.
+const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Confirms this node still leads `shard` (a heartbeat round to a quorum)
+/// and has applied everything committed before the read: a deposed leader
+/// that has not heard of its successor must not answer with old data.
+async fn linearizable(shard: &ShardHandle) -> Result<(), Status> {
+    match tokio::time::timeout(READ_INDEX_TIMEOUT, shard.raft.ensure_linearizable()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(Status::unavailable(format!(
+            "shard {}: this node cannot confirm it still leads ({e}); retry",
+            shard.id
+        ))),
+        Err(_) => Err(Status::unavailable(format!(
+            "shard {}: leadership not confirmed by a quorum within {}s; retry",
+            shard.id,
+            READ_INDEX_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// Every queue of one shard this node leads, read after a read-index.
+async fn shard_stats(shard: &ShardHandle) -> Result<Vec<pb::QueueStats>, Status> {
+    linearizable(shard).await?;
+    Ok(shard
         .shared
         .state()
         .all_stats()
         .into_iter()
         .map(stats)
-        .collect()
+        .collect())
 }
 
 /// `route` never forwards a request that was forwarded already.
@@ -131,7 +156,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
             if let Some(shard) = forward::forwarded_shard(request.metadata()) {
                 // Another node asks this one, as the leader, for one shard.
                 let queues = match self.ctx.route(shard, &request)? {
-                    Route::Local(handle) => shard_stats(handle),
+                    Route::Local(handle) => shard_stats(handle).await?,
                     Route::Leader(_) => unreachable_forward(shard)?,
                 };
                 return Ok(Response::new(pb::StatsResponse { queues }));
@@ -140,7 +165,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
             let request = &request;
             let per_shard = self.ctx.shards.iter().map(|shard| async move {
                 match self.ctx.route(shard.id, request)? {
-                    Route::Local(handle) => Ok::<_, Status>(shard_stats(handle)),
+                    Route::Local(handle) => shard_stats(handle).await,
                     Route::Leader(leader) => {
                         let request =
                             forward::forwarded_for_shard(pb::StatsRequest::default(), shard.id);
@@ -169,6 +194,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
                     .await
             }
             Route::Local(shard) => {
+                linearizable(shard).await?;
                 let found = shard.shared.state().stats(&queue);
                 let stats = found.map(stats).unwrap_or(pb::QueueStats {
                     queue,
@@ -271,6 +297,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
                     .await
             }
             Route::Local(shard) => {
+                linearizable(shard).await?;
                 let view = shard.shared.state().job(id, &self.ctx.defaults);
                 view.map(|v| Response::new(convert::job(&v))).ok_or_else(|| {
                     Status::not_found(format!("job {id} not found: it was acked, cancelled or purged, or never existed"))
@@ -324,6 +351,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
                     .await
             }
             Route::Local(shard) => {
+                linearizable(shard).await?;
                 let jobs =
                     shard
                         .shared

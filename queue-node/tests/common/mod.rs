@@ -40,16 +40,21 @@ pub async fn connect(addr: &str) -> Client {
     .await
 }
 
-/// Leases up to `max` ready jobs of `queue` (default lease, no waiting).
+/// Leases up to `max` ready jobs of `queue` (default lease, no waiting),
+/// retrying while a leader is being elected, as a client would.
 pub async fn fetch(client: &Client, queue: &str, max: u32) -> Vec<pb::LeasedJob> {
-    client
-        .queue()
-        .fetch(pb::FetchRequest {
-            queue: queue.into(),
-            worker_id: "w".into(),
-            max_jobs: max,
-            lease_ms: None,
-            wait_ms: 0,
+    let request = pb::FetchRequest {
+        queue: queue.into(),
+        worker_id: "w".into(),
+        max_jobs: max,
+        lease_ms: None,
+        wait_ms: 0,
+    };
+    raftq_client::RetryPolicy::default()
+        .run(|| {
+            let mut queue = client.queue();
+            let request = request.clone();
+            async move { queue.fetch(request).await }
         })
         .await
         .expect("fetch")
@@ -226,6 +231,15 @@ impl ProcNode {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, ...).
+    pub fn signal(&self, name: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args([format!("-{name}"), child.id().to_string()])
+                .status();
+        }
     }
 
     /// SIGKILL: no shutdown code runs.

@@ -1,6 +1,7 @@
 //! openraft's state machine for one shard: applies entries through
 //! [`crate::fsm`] and writes each call's changes, plus the applied log id,
-//! in one RocksDB `WriteBatch`. Snapshots are the shard's key range.
+//! in one RocksDB `WriteBatch`. Snapshots are the shard's key range, read
+//! from a RocksDB snapshot on a blocking thread while apply carries on.
 //!
 //! Applied state skips RocksDB's WAL: the Raft log already holds every
 //! entry durably, so writing each job a second time into the WAL bought
@@ -12,7 +13,7 @@
 //! [`super::watermark::run`] and by [`super::log_store`]'s purge.
 
 use std::io::Cursor;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -69,8 +70,15 @@ pub struct StateMachineStore {
     shard: u32,
     shared: Arc<ShardShared>,
     meta: AppliedMeta,
-    current_snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    current_snapshot: SnapshotCache,
     snapshots_built: u64,
+}
+
+/// The last snapshot built or installed, kept to send to followers.
+type SnapshotCache = Arc<Mutex<Option<(SnapshotMeta, Vec<u8>)>>>;
+
+fn cached(cache: &SnapshotCache) -> std::sync::MutexGuard<'_, Option<(SnapshotMeta, Vec<u8>)>> {
+    cache.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Why a shard's persisted state could not be read at start.
@@ -126,7 +134,7 @@ impl StateMachineStore {
                 shard,
                 shared: shared.clone(),
                 meta,
-                current_snapshot: None,
+                current_snapshot: Arc::default(),
                 snapshots_built: 0,
             },
             shared,
@@ -138,18 +146,11 @@ impl StateMachineStore {
         self.meta.last_applied.map(|l| l.index).unwrap_or(0)
     }
 
-    fn build_snapshot_now(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let records = read_shard(&self.store, self.shard)
-            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?
-            .into_iter()
-            .filter(|(k, _)| k.get(4) != Some(&keys::META))
-            .map(|(k, v)| (Bytes::from(k), Bytes::from(v)))
-            .collect();
-        let data = postcard::to_allocvec(&SnapshotPayload {
-            now_ms: self.meta.now_ms,
-            records,
-        })
-        .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+    /// Starts building a snapshot of the state as applied now. Waits only
+    /// until a RocksDB snapshot (a consistent view, taken in microseconds)
+    /// pins that state; the scan of the shard's keys and their encoding
+    /// run on a blocking thread while this task applies the next entries.
+    async fn start_snapshot(&mut self) -> PreparedSnapshot {
         self.snapshots_built += 1;
         let meta = SnapshotMeta {
             last_log_id: self.meta.last_applied,
@@ -161,13 +162,53 @@ impl StateMachineStore {
                 self.snapshots_built
             ),
         };
-        self.current_snapshot = Some((meta.clone(), data.clone()));
-        tracing::info!(shard = self.shard, snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
-        Ok(Snapshot {
+        let (pinned_tx, pinned) = tokio::sync::oneshot::channel();
+        let (built_tx, built) = tokio::sync::oneshot::channel();
+        let (store, shard, now_ms) = (self.store.clone(), self.shard, self.meta.now_ms);
+        tokio::task::spawn_blocking(move || {
+            let view = store.db.snapshot();
+            let _ = pinned_tx.send(());
+            let prefix = keys::shard_prefix(shard);
+            let scan = view.iterator_cf(
+                store.cf(CF_STATE),
+                IteratorMode::From(&prefix, Direction::Forward),
+            );
+            let _ = built_tx.send(
+                collect_shard(scan, &prefix)
+                    .map_err(SnapshotError::Read)
+                    .and_then(|records| {
+                        encode_snapshot(records, now_ms).map_err(SnapshotError::Encode)
+                    }),
+            );
+        });
+        // If the thread could not start, `built` reports it.
+        let _ = pinned.await;
+        PreparedSnapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+            built: Some(built),
+            cache: self.current_snapshot.clone(),
+        }
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SnapshotError {
+    #[error("reading the shard: {0}")]
+    Read(rocksdb::Error),
+    #[error("encoding the snapshot: {0}")]
+    Encode(postcard::Error),
+    #[error("the snapshot builder stopped")]
+    Stopped,
+}
+
+/// The shard's state records (not its applied-state record), encoded.
+fn encode_snapshot(records: Vec<Record>, now_ms: u64) -> Result<Vec<u8>, postcard::Error> {
+    let records = records
+        .into_iter()
+        .filter(|(k, _)| k.get(4) != Some(&keys::META))
+        .map(|(k, v)| (Bytes::from(k), Bytes::from(v)))
+        .collect();
+    postcard::to_allocvec(&SnapshotPayload { now_ms, records })
 }
 
 /// One key and its value, as RocksDB hands them out.
@@ -175,15 +216,24 @@ type Record = (Box<[u8]>, Box<[u8]>);
 
 /// Every state key of a shard, in key order.
 fn read_shard(store: &Store, shard: u32) -> Result<Vec<Record>, rocksdb::Error> {
-    let cf = store.cf(CF_STATE);
     let prefix = keys::shard_prefix(shard);
+    let scan = store.db.iterator_cf(
+        store.cf(CF_STATE),
+        IteratorMode::From(&prefix, Direction::Forward),
+    );
+    collect_shard(scan, &prefix)
+}
+
+/// The records of `scan` (which starts at `prefix`) up to the last one
+/// under `prefix`.
+fn collect_shard(
+    scan: impl Iterator<Item = Result<Record, rocksdb::Error>>,
+    prefix: &[u8],
+) -> Result<Vec<Record>, rocksdb::Error> {
     let mut out = Vec::new();
-    for item in store
-        .db
-        .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward))
-    {
+    for item in scan {
         let (key, value) = item?;
-        if !key.starts_with(&prefix) {
+        if !key.starts_with(prefix) {
             break;
         }
         out.push((key, value));
@@ -191,18 +241,29 @@ fn read_shard(store: &Store, shard: u32) -> Result<Vec<Record>, rocksdb::Error> 
     Ok(out)
 }
 
-/// Snapshots are built eagerly in `get_snapshot_builder`, on the state
-/// machine's own task, so they match the applied state exactly.
-pub struct PreparedSnapshot(Option<Result<Snapshot<TypeConfig>, StorageError>>);
+/// A snapshot being built by [`StateMachineStore::start_snapshot`].
+pub struct PreparedSnapshot {
+    meta: SnapshotMeta,
+    built: Option<tokio::sync::oneshot::Receiver<Result<Vec<u8>, SnapshotError>>>,
+    cache: SnapshotCache,
+}
 
 impl RaftSnapshotBuilder<TypeConfig> for PreparedSnapshot {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        self.0.take().unwrap_or_else(|| {
-            Err(io_err(
-                ErrorSubject::StateMachine,
-                ErrorVerb::Read,
-                std::io::Error::other("snapshot builder used twice"),
-            ))
+        let failed = |e: SnapshotError| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e);
+        let built = self
+            .built
+            .take()
+            .ok_or_else(|| failed(SnapshotError::Stopped))?;
+        let data = built
+            .await
+            .map_err(|_| failed(SnapshotError::Stopped))?
+            .map_err(failed)?;
+        tracing::info!(snapshot = %self.meta.snapshot_id, bytes = data.len(), "built snapshot");
+        *cached(&self.cache) = Some((self.meta.clone(), data.clone()));
+        Ok(Snapshot {
+            meta: self.meta.clone(),
+            snapshot: Box::new(Cursor::new(data)),
         })
     }
 }
@@ -275,7 +336,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        PreparedSnapshot(Some(self.build_snapshot_now()))
+        self.start_snapshot().await
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -328,13 +389,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.shared.replace_state(state);
         self.shared.set_applied_index(self.applied_index());
         self.shared.set_durable_index(self.applied_index());
-        self.current_snapshot = Some((meta.clone(), data));
+        *cached(&self.current_snapshot) = Some((meta.clone(), data));
         tracing::info!(shard = self.shard, snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        if let Some((meta, data)) = &self.current_snapshot {
+        if let Some((meta, data)) = cached(&self.current_snapshot).as_ref() {
             return Ok(Some(Snapshot {
                 meta: meta.clone(),
                 snapshot: Box::new(Cursor::new(data.clone())),
@@ -344,6 +405,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(None);
         }
         // After a restart nothing is cached: a fresh one is as good.
-        self.build_snapshot_now().map(Some)
+        self.start_snapshot().await.build_snapshot().await.map(Some)
     }
 }

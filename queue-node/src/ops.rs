@@ -213,11 +213,40 @@ impl std::fmt::Display for Batch {
     }
 }
 
-/// Why one op (or one token of it) was refused. Maps to a gRPC status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Why one op (or one token of it) was refused, as data; the words a
+/// person reads are rendered once, at the API edge, from `Display`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum OpError {
-    NotFound(String),
-    FailedPrecondition(String),
+    #[error("job {id} not found: it was already acked, cancelled or purged (or the id is wrong)")]
+    JobNotFound { id: JobId },
+    #[error(
+        "lease lost: job {id} attempt {attempt} is no longer leased (its lease expired or was released; the job is now {}); do not report a result for it",
+        describe_now(*.state, *.current_attempt)
+    )]
+    LeaseLost {
+        id: JobId,
+        attempt: u32,
+        /// Where the job is now, and its current delivery number.
+        state: JobState,
+        current_attempt: u32,
+    },
+    #[error("job {id} is leased to worker {worker:?} (attempt {attempt}); cancel it after the worker finishes or the lease expires")]
+    Leased {
+        id: JobId,
+        worker: String,
+        attempt: u32,
+    },
+    #[error("job {id} is not a dead job of queue {queue:?}; nothing was changed")]
+    NotDead { id: JobId, queue: String },
+}
+
+fn describe_now(state: JobState, attempt: u32) -> String {
+    match state {
+        JobState::Leased => format!("leased again as attempt {attempt}"),
+        JobState::Ready => "back in the ready queue".into(),
+        JobState::Scheduled => "waiting for a retry".into(),
+        JobState::Dead => "dead-lettered".into(),
+    }
 }
 
 /// The outcome of one token of an ack / nack / extend.

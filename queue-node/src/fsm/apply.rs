@@ -341,21 +341,14 @@ impl ShardState {
 
     /// The job `id` if it is leased at `attempt`; otherwise why the token is stale.
     fn leased_job(&self, id: JobId, attempt: u32) -> Result<&Job, OpError> {
-        let job = self.jobs.get(&id).ok_or_else(|| {
-            OpError::NotFound(format!(
-                "job {id} not found: it was already acked, cancelled or purged (or the id is wrong)"
-            ))
-        })?;
+        let job = self.jobs.get(&id).ok_or(OpError::JobNotFound { id })?;
         if job.status.state != JobState::Leased || job.status.attempt != attempt {
-            let now = match job.status.state {
-                JobState::Leased => format!("leased again as attempt {}", job.status.attempt),
-                JobState::Ready => "back in the ready queue".to_string(),
-                JobState::Scheduled => "waiting for a retry".to_string(),
-                JobState::Dead => "dead-lettered".to_string(),
-            };
-            return Err(OpError::FailedPrecondition(format!(
-                "lease lost: job {id} attempt {attempt} is no longer leased (its lease expired or was released; the job is now {now}); do not report a result for it"
-            )));
+            return Err(OpError::LeaseLost {
+                id,
+                attempt,
+                state: job.status.state,
+                current_attempt: job.status.attempt,
+            });
         }
         Ok(job)
     }
@@ -460,18 +453,16 @@ impl ShardState {
         defaults: &QueueDefaults,
         sink: &mut impl WriteSink,
     ) -> Result<super::JobView, OpError> {
-        let view = self
-            .job(id, defaults)
-            .ok_or_else(|| OpError::NotFound(format!("job {id} not found")))?;
+        let view = self.job(id, defaults).ok_or(OpError::JobNotFound { id })?;
         let status = &view.status;
         let queue = view.body.queue.clone();
         match status.state {
             JobState::Leased => {
-                return Err(OpError::FailedPrecondition(format!(
-                    "job {id} is leased to worker {:?} (attempt {}); cancel it after the worker finishes or the lease expires",
-                    status.worker.as_deref().unwrap_or(""),
-                    status.attempt
-                )))
+                return Err(OpError::Leased {
+                    id,
+                    worker: status.worker.clone().unwrap_or_default(),
+                    attempt: status.attempt,
+                })
             }
             JobState::Ready => {
                 let key = (std::cmp::Reverse(view.body.priority), status.due_at_ms, id);
@@ -525,9 +516,10 @@ impl ShardState {
         }
         for id in ids {
             if !dead.is_some_and(|d| d.contains(id)) {
-                return Err(OpError::NotFound(format!(
-                    "job {id} is not a dead job of queue {queue:?}; nothing was changed"
-                )));
+                return Err(OpError::NotDead {
+                    id: *id,
+                    queue: queue.to_string(),
+                });
             }
         }
         let mut ids = ids.to_vec();

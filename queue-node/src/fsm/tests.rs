@@ -154,7 +154,10 @@ fn enqueue_claim_ack_removes_the_job_and_its_keys() {
         h.sink.map.keys().all(|k| k[4] != super::keys::JOB),
         "job keys deleted"
     );
-    assert!(matches!(h.ack(ids[0].0, 1), Err(OpError::NotFound(_))));
+    assert!(matches!(
+        h.ack(ids[0].0, 1),
+        Err(OpError::JobNotFound { .. })
+    ));
     h.assert_rebuilds();
 }
 
@@ -172,12 +175,14 @@ fn expired_lease_is_redelivered_and_the_stale_token_fenced() {
         Some("lease expired (attempt 1)")
     );
     match h.ack(id, 1) {
-        Err(OpError::FailedPrecondition(m)) => assert!(m.starts_with("lease lost"), "{m}"),
+        Err(e @ OpError::LeaseLost { .. }) => {
+            assert!(e.to_string().starts_with("lease lost"), "{e}")
+        }
         other => panic!("stale ack accepted: {other:?}"),
     }
     assert!(matches!(
         h.nack(id, 1, false),
-        Err(OpError::FailedPrecondition(_))
+        Err(OpError::LeaseLost { .. })
     ));
     assert_eq!(h.stats("q"), (0, 0, 1, 0), "stale token changed nothing");
     assert_eq!(h.ack(id, 2), Ok(None));
@@ -214,7 +219,9 @@ fn release_returns_unstarted_jobs_at_their_place_without_using_an_attempt() {
         );
         // The released delivery's token is fenced.
         match h.ack(ids[0], attempt) {
-            Err(OpError::FailedPrecondition(m)) => assert!(m.starts_with("lease lost"), "{m}"),
+            Err(e @ OpError::LeaseLost { .. }) => {
+                assert!(e.to_string().starts_with("lease lost"), "{e}")
+            }
             other => panic!("stale ack accepted: {other:?}"),
         }
     }
@@ -281,7 +288,7 @@ fn nack_backs_off_then_dead_letters_after_max_attempts() {
     );
     assert_eq!(claimed[0].status.attempt, 4, "but not the fencing attempt");
     assert!(
-        matches!(h.ack(id, 1), Err(OpError::FailedPrecondition(_))),
+        matches!(h.ack(id, 1), Err(OpError::LeaseLost { .. })),
         "old token stays stale"
     );
     assert_eq!(h.nack(id, 4, true), Ok(None), "nack with dead=true");
@@ -296,7 +303,7 @@ fn nack_backs_off_then_dead_letters_after_max_attempts() {
             queue: "q".into(),
             ids: vec![missing]
         }),
-        OpResult::Failed(OpError::NotFound(_))
+        OpResult::Failed(OpError::NotDead { .. })
     ));
     assert_eq!(h.stats("q"), (0, 0, 0, 1), "a bad id purges nothing");
     assert_eq!(
@@ -416,7 +423,7 @@ fn cancel_and_purge() {
     let leased = h.claim("q", "w", 1)[0].id;
     assert!(matches!(
         h.one(Op::Cancel { id: leased }),
-        OpResult::Failed(OpError::FailedPrecondition(_))
+        OpResult::Failed(OpError::Leased { .. })
     ));
     assert!(matches!(
         h.one(Op::Cancel { id: ids[1].0 }),
@@ -424,7 +431,7 @@ fn cancel_and_purge() {
     ));
     assert!(matches!(
         h.one(Op::Cancel { id: ids[1].0 }),
-        OpResult::Failed(OpError::NotFound(_))
+        OpResult::Failed(OpError::JobNotFound { .. })
     ));
     assert_eq!(
         h.one(Op::PurgeQueue { queue: "q".into() }),

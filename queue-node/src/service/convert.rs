@@ -4,9 +4,7 @@ use raftq_api::limits::{MAX_DELAY_MS, MAX_ERROR_BYTES, MAX_LEASE_MS};
 use raftq_api::v1 as pb;
 use raftq_api::validate::{self, Invalid};
 
-use crate::ops::{
-    BackoffPolicy, JobState, JobView, Nack, NewJob, OpError, QueueView, TokenOutcome, When,
-};
+use crate::ops::{BackoffPolicy, JobState, JobView, Nack, NewJob, QueueView, TokenOutcome, When};
 
 pub fn backoff_from(b: &pb::Backoff) -> BackoffPolicy {
     BackoffPolicy {
@@ -154,18 +152,12 @@ pub fn token_result(outcome: &TokenOutcome) -> pb::TokenResult {
             message: String::new(),
             lease_expires_at_ms: expiry.unwrap_or(0) as i64,
         },
-        Err(e) => {
-            let (code, message) = match e {
-                OpError::NotFound(m) => (tonic::Code::NotFound, m),
-                OpError::FailedPrecondition(m) => (tonic::Code::FailedPrecondition, m),
-            };
-            pb::TokenResult {
-                token,
-                code: code as i32,
-                message: message.clone(),
-                lease_expires_at_ms: 0,
-            }
-        }
+        Err(e) => pb::TokenResult {
+            token,
+            code: super::op_code(e) as i32,
+            message: e.to_string(),
+            lease_expires_at_ms: 0,
+        },
     }
 }
 

@@ -30,11 +30,16 @@ pub(crate) fn invalid(e: Invalid) -> Status {
     Status::invalid_argument(e.0)
 }
 
-pub(crate) fn op_status(e: OpError) -> Status {
+/// The gRPC code of a refused op.
+pub(crate) fn op_code(e: &OpError) -> tonic::Code {
     match e {
-        OpError::NotFound(m) => Status::not_found(m),
-        OpError::FailedPrecondition(m) => Status::failed_precondition(m),
+        OpError::JobNotFound { .. } | OpError::NotDead { .. } => tonic::Code::NotFound,
+        OpError::LeaseLost { .. } | OpError::Leased { .. } => tonic::Code::FailedPrecondition,
     }
+}
+
+pub(crate) fn op_status(e: OpError) -> Status {
+    Status::new(op_code(&e), e.to_string())
 }
 
 /// Proposes `ops` on the shard and waits for their results.

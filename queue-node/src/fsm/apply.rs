@@ -66,16 +66,7 @@ impl ShardState {
                 max,
                 lease_ms,
             } => OpResult::Claimed(self.claim(queue, worker, *max, *lease_ms, defaults, sink)),
-            Op::Ack { tokens } => OpResult::Tokens(
-                tokens
-                    .iter()
-                    .map(|&(id, attempt)| TokenOutcome {
-                        id,
-                        attempt,
-                        result: self.ack(id, attempt, sink).map(|()| None),
-                    })
-                    .collect(),
-            ),
+            Op::Ack { tokens } => settle_each(tokens, |id, attempt| self.ack(id, attempt, sink)),
             Op::Nack { items } => OpResult::Tokens(
                 items
                     .iter()
@@ -153,16 +144,9 @@ impl ShardState {
                 Err(e) => OpResult::Failed(e),
             },
             Op::Tick => OpResult::Ticked,
-            Op::Release { tokens } => OpResult::Tokens(
-                tokens
-                    .iter()
-                    .map(|&(id, attempt)| TokenOutcome {
-                        id,
-                        attempt,
-                        result: self.release(id, attempt, sink).map(|()| None),
-                    })
-                    .collect(),
-            ),
+            Op::Release { tokens } => {
+                settle_each(tokens, |id, attempt| self.release(id, attempt, sink))
+            }
         }
     }
 
@@ -594,4 +578,21 @@ impl ShardState {
             self.woken.push(name);
         }
     }
+}
+
+/// One outcome per token, from `settle` (an ack or a release).
+fn settle_each(
+    tokens: &[(JobId, u32)],
+    mut settle: impl FnMut(JobId, u32) -> Result<(), OpError>,
+) -> OpResult {
+    OpResult::Tokens(
+        tokens
+            .iter()
+            .map(|&(id, attempt)| TokenOutcome {
+                id,
+                attempt,
+                result: settle(id, attempt).map(|()| None),
+            })
+            .collect(),
+    )
 }

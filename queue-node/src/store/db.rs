@@ -128,27 +128,38 @@ impl Store {
 
     /// Records the shard count on first start; refuses a different one later.
     pub fn check_shard_count(&self, configured: u32) -> Result<(), OpenError> {
-        let cf = self.cf(CF_RAFT);
-        let record = |e: rocksdb::Error| OpenError::NodeRecord(e.to_string());
-        match self.db.get_cf(cf, NODE_SHARDS_KEY).map_err(record)? {
-            Some(bytes) => {
-                let stored = bytes
+        match self.node_record(NODE_SHARDS_KEY, "shard count")? {
+            Some(stored) if stored != configured => {
+                Err(OpenError::ShardCount { stored, configured })
+            }
+            Some(_) => Ok(()),
+            None => self.put_node_record(NODE_SHARDS_KEY, configured),
+        }
+    }
+
+    /// A node-wide number stored under `key` (`what` names it in errors).
+    pub fn node_record(&self, key: &[u8], what: &str) -> Result<Option<u32>, OpenError> {
+        let bytes = self
+            .db
+            .get_cf(self.cf(CF_RAFT), key)
+            .map_err(|e| OpenError::NodeRecord(e.to_string()))?;
+        bytes
+            .map(|bytes| {
+                bytes
                     .as_slice()
                     .try_into()
                     .map(u32::from_be_bytes)
                     .map_err(|_| {
-                        OpenError::NodeRecord(format!("corrupt shard count record {bytes:02x?}"))
-                    })?;
-                if stored != configured {
-                    return Err(OpenError::ShardCount { stored, configured });
-                }
-                Ok(())
-            }
-            None => self
-                .db
-                .put_cf(cf, NODE_SHARDS_KEY, configured.to_be_bytes())
-                .map_err(record),
-        }
+                        OpenError::NodeRecord(format!("corrupt {what} record {bytes:02x?}"))
+                    })
+            })
+            .transpose()
+    }
+
+    pub fn put_node_record(&self, key: &[u8], value: u32) -> Result<(), OpenError> {
+        self.db
+            .put_cf(self.cf(CF_RAFT), key, value.to_be_bytes())
+            .map_err(|e| OpenError::NodeRecord(e.to_string()))
     }
 
     /// A handle that does not keep the database open (to wait for it to close).

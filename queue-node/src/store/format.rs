@@ -11,7 +11,7 @@
 //! change to a persisted or replicated type that changes those bytes must
 //! raise [`FORMAT`] and teach the node to read (or convert) the old one.
 
-use super::db::{OpenError, Store, CF_RAFT};
+use super::db::{OpenError, Store};
 
 /// The format this binary writes, and the newest it reads.
 pub const FORMAT: u32 = 1;
@@ -22,30 +22,14 @@ const FORMAT_KEY: &[u8] = b"\xff\xff\xff\xffformat";
 /// Records the format of a new data dir; refuses one it does not read. A
 /// data dir from before the format was recorded holds format 1.
 pub fn check_data_dir(store: &Store) -> Result<(), OpenError> {
-    let cf = store.cf(CF_RAFT);
-    let record = |e: rocksdb::Error| OpenError::NodeRecord(e.to_string());
-    match store.db.get_cf(cf, FORMAT_KEY).map_err(record)? {
-        Some(bytes) => {
-            let stored = bytes
-                .as_slice()
-                .try_into()
-                .map(u32::from_be_bytes)
-                .map_err(|_| {
-                    OpenError::NodeRecord(format!("corrupt format record {bytes:02x?}"))
-                })?;
-            match stored {
-                FORMAT => Ok(()),
-                0 => Err(OpenError::NodeRecord("corrupt format record 0".into())),
-                newer => Err(OpenError::Format {
-                    stored: newer,
-                    readable: FORMAT,
-                }),
-            }
-        }
-        None => store
-            .db
-            .put_cf(cf, FORMAT_KEY, FORMAT.to_be_bytes())
-            .map_err(record),
+    match store.node_record(FORMAT_KEY, "format")? {
+        Some(FORMAT) => Ok(()),
+        Some(0) => Err(OpenError::NodeRecord("corrupt format record 0".into())),
+        Some(newer) => Err(OpenError::Format {
+            stored: newer,
+            readable: FORMAT,
+        }),
+        None => store.put_node_record(FORMAT_KEY, FORMAT),
     }
 }
 

@@ -9,172 +9,17 @@
 //! there (set `RAFTQ_K8S_DIR` to its folder, or keep it at `../shared/k8s`
 //! beside the checkout).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config, CustomResourceExt};
+use kube::Api;
 use raftq_operator::crd::JobQueue;
-
-/// The control plane's folder, if this machine has one.
-fn k8s_dir() -> Option<PathBuf> {
-    if let Ok(dir) = std::env::var("RAFTQ_K8S_DIR") {
-        return Some(PathBuf::from(dir));
-    }
-    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/k8s");
-    beside.join("up.sh").exists().then_some(beside)
-}
-
-/// A running control plane; stopped (and its state removed) on drop.
-struct ControlPlane {
-    dir: PathBuf,
-    state: tempfile::TempDir,
-}
-
-impl ControlPlane {
-    fn up() -> Option<ControlPlane> {
-        let Some(dir) = k8s_dir() else {
-            eprintln!(
-                "SKIPPED: no Kubernetes control plane (../shared/k8s or RAFTQ_K8S_DIR); the real-cluster operator tests did not run"
-            );
-            return None;
-        };
-        let state = tempfile::tempdir().expect("state dir");
-        let out = Command::new(dir.join("up.sh"))
-            .arg(state.path())
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run up.sh");
-        assert!(out.status.success(), "the control plane did not come up");
-        Some(ControlPlane { dir, state })
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.state.path().join("admin.kubeconfig")
-    }
-
-    async fn client(&self) -> Client {
-        let kubeconfig = Kubeconfig::read_from(self.kubeconfig()).expect("admin kubeconfig");
-        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .expect("kube config");
-        Client::try_from(config).expect("kube client")
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = Command::new(self.dir.join("down.sh"))
-            .arg(self.state.path())
-            .env("K8S_KEEP", "1")
-            .status();
-    }
-}
-
-/// A `raftq-operator run` process; killed on drop.
-struct Operator {
-    child: Child,
-}
-
-impl Operator {
-    fn start(plane: &ControlPlane, identity: &str) -> Operator {
-        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port");
-        let child = Command::new(env!("CARGO_BIN_EXE_raftq-operator"))
-            .arg("run")
-            .env("KUBECONFIG", plane.kubeconfig())
-            .env("METRICS_ADDR", metrics.to_string())
-            .env("POD_NAMESPACE", "default")
-            .env("POD_NAME", identity)
-            .env("RAFTQ_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the operator");
-        Operator { child }
-    }
-
-    /// SIGTERM, and waits for the exit.
-    fn stop(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the operator did not stop within 30 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn install_crd(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(&PostParams::default(), &JobQueue::crd())
-        .await
-        .expect("create the CRD");
-    wait_for(
-        "the CRD to be established",
-        Duration::from_secs(30),
-        || async {
-            let crd = crds.get("jobqueues.raftq.dev").await.ok()?;
-            let established = crd
-                .status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            established.then_some(())
-        },
-    )
-    .await;
-}
-
-fn dev_jobqueue(name: &str) -> JobQueue {
-    let yaml = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/dev-jobqueue.yaml"),
-    )
-    .expect("examples/dev-jobqueue.yaml");
-    let mut jq: JobQueue = serde_yaml::from_str(&yaml).expect("the example parses");
-    jq.metadata.name = Some(name.into());
-    jq
-}
+use support::{example, install_crd, wait_for, ControlPlane, Operator};
 
 /// Create → reconciled (no later edit needed); a deleted owned Service and
 /// ConfigMap come back well before the idle requeue; SIGTERM releases the
@@ -190,7 +35,7 @@ async fn operator_on_a_real_api_server() {
 
     let queues: Api<JobQueue> = Api::namespaced(client.clone(), "default");
     queues
-        .create(&PostParams::default(), &dev_jobqueue("dev"))
+        .create(&PostParams::default(), &example("dev-jobqueue.yaml", "dev"))
         .await
         .expect("create the JobQueue");
 
@@ -281,7 +126,10 @@ async fn operator_on_a_real_api_server() {
     // A second operator takes over at once and reconciles a new JobQueue.
     let _standby = Operator::start(&plane, "operator-b");
     queues
-        .create(&PostParams::default(), &dev_jobqueue("second"))
+        .create(
+            &PostParams::default(),
+            &example("dev-jobqueue.yaml", "second"),
+        )
         .await
         .expect("create a second JobQueue");
     wait_for(

@@ -276,6 +276,30 @@ fn checker_catches_violations() -> Result<(), String> {
     settle(&h, "n", 2, Settle::Ack);
     expect("lost nack answer", h.snapshot(), gone(&["n"]), "")?;
 
+    // A stream's release hands the job back early: no overlap.
+    let h = History::default();
+    enqueue(&h, "r");
+    deliver(&h, "r", 1, 10_000);
+    h.record(Op::SettleInvoke {
+        job: "r".into(),
+        attempt: 1,
+        kind: Settle::Release,
+    });
+    deliver(&h, "r", 2, 10_500);
+    settle(&h, "r", 2, Settle::Ack);
+    expect("released", h.snapshot(), gone(&["r"]), "")?;
+
+    // Only released, then gone: lost (a release is not an ack).
+    let h = History::default();
+    enqueue(&h, "s");
+    deliver(&h, "s", 1, 10_000);
+    h.record(Op::SettleInvoke {
+        job: "s".into(),
+        attempt: 1,
+        kind: Settle::Release,
+    });
+    expect("released then gone", h.snapshot(), gone(&["s"]), "lost")?;
+
     // A delivery nobody enqueued.
     let h = History::default();
     deliver(&h, "k", 1, 10_000);

@@ -75,7 +75,7 @@ impl Cluster {
         let mut nodes = Vec::new();
         for i in 0..spec.nodes {
             let id = i as NodeId + 1;
-            let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+            let listen: SocketAddr = format!("127.0.0.1:{}", super::ports::free_port()).parse()?;
             let advertise = net.proxy(id, listen).await?;
             let node_dir = dir.path().join(format!("n{id}"));
             std::fs::create_dir_all(&node_dir)?;
@@ -351,12 +351,6 @@ impl Drop for Cluster {
             }
         }
     }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn mount_tmpfs(dir: &Path, mib: u64) -> anyhow::Result<()> {

@@ -62,6 +62,9 @@ pub enum Settle {
     Retry,
     /// Straight to the dead-letter set.
     Dead,
+    /// Handed back unstarted by a cleanly closed stream: ready again at
+    /// once, the delivery counted.
+    Release,
 }
 
 #[derive(Debug, Clone)]
@@ -241,8 +244,8 @@ pub fn check(events: &[Event], finals: &FinalStates) -> Report {
                 ));
                 continue;
             }
-            // A nack releases the lease; one whose answer was lost may
-            // have done so too.
+            // A nack or a stream's release ends the lease; one whose
+            // answer was lost (a release has none) may have done so too.
             let released_early = settled_ok
                 .get(job)
                 .is_some_and(|s| s.iter().any(|(e, a, _)| *a == *a1 && e.seq < pair[1].seq))
@@ -251,7 +254,7 @@ pub fn check(events: &[Event], finals: &FinalStates) -> Report {
                         matches!(
                             &e.op,
                             Op::SettleInvoke {
-                                kind: Settle::Retry,
+                                kind: Settle::Retry | Settle::Release,
                                 ..
                             }
                         ) && e.seq < pair[1].seq
@@ -334,7 +337,7 @@ pub fn check(events: &[Event], finals: &FinalStates) -> Report {
             match kind {
                 Settle::Ack => r.acked += 1,
                 Settle::Dead => r.dead += 1,
-                Settle::Retry => {}
+                Settle::Retry | Settle::Release => {}
             }
         }
     }
@@ -362,7 +365,19 @@ pub fn check(events: &[Event], finals: &FinalStates) -> Report {
                 }
             }
             // An ack whose answer never came may still have been applied.
-            Some(None) if settle_sent.keys().any(|(j, _)| j == job) => {}
+            Some(None)
+                if settle_sent.iter().any(|((j, _), sent)| {
+                    j == job
+                        && sent.iter().any(|e| {
+                            matches!(
+                                e.op,
+                                Op::SettleInvoke {
+                                    kind: Settle::Ack,
+                                    ..
+                                }
+                            )
+                        })
+                }) => {}
             Some(None) => v.push(format!(
                 "lost: job {job} (key {key}) is gone from the cluster but no ack was ever sent for it; its history: {}",
                 story(events, job)

@@ -4,6 +4,8 @@
 
 pub mod cluster;
 pub mod history;
+#[path = "../common/ports.rs"]
+pub mod ports;
 pub mod proxy;
 pub mod scenarios;
 pub mod workload;

@@ -5,7 +5,10 @@
 //! batch with the same keys until it is acknowledged. Workers fetch with a
 //! short lease and, by a hash of (key, attempt), ack most jobs, send some
 //! back for a retry, forget a few (the lease runs out) and bury the poison
-//! ones — so every path of a job's life runs under the faults.
+//! ones — so every path of a job's life runs under the faults. Half the
+//! workers fetch; the other half hold a push stream (`WorkerStream`) for a
+//! moment at a time and close it cleanly, which hands back the jobs they
+//! never started.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -113,15 +116,20 @@ impl Workload {
                 ))
             })
             .collect();
+        // Half fetch, half hold a push stream.
         let workers = (0..workers)
             .map(|w| {
-                tokio::spawn(work(
-                    w,
+                let (nodes, queues, history, working) = (
                     nodes.clone(),
                     queues.clone(),
                     history.clone(),
                     working.clone(),
-                ))
+                );
+                if w % 2 == 0 {
+                    tokio::spawn(work(w, nodes, queues, history, working))
+                } else {
+                    tokio::spawn(stream_work(w, nodes, queues, history, working))
+                }
             })
             .collect();
         Workload {
@@ -313,6 +321,174 @@ async fn work(
         if !nacks.is_empty() {
             settle_nacks(&c, &history, nacks).await;
         }
+    }
+}
+
+/// A worker on the push stream: one stream on one queue for a moment at
+/// a time (so it moves over the queues and closes streams often), settling
+/// by the same fates as the fetching workers.
+async fn stream_work(
+    w: usize,
+    nodes: Nodes,
+    queues: Arc<Vec<String>>,
+    history: Arc<History>,
+    working: Arc<AtomicBool>,
+) {
+    let worker = format!("s{w}");
+    let mut turn = w;
+    let mut nodes = Rotation::new(nodes, w);
+    while working.load(Ordering::SeqCst) {
+        let Some(c) = nodes.client().await else {
+            continue;
+        };
+        let queue = queues[turn % queues.len()].clone();
+        turn += 1;
+        if stream_session(&c, &worker, queue, &history, &working)
+            .await
+            .is_err()
+        {
+            nodes.failed();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// One stream, held for [`STREAM_SESSION`], then closed cleanly. `Err`
+/// when it broke (the node or its shard's leader went away): the jobs it
+/// holds keep their leases, as the server keeps them.
+async fn stream_session(
+    c: &Client,
+    worker: &str,
+    queue: String,
+    history: &History,
+    working: &AtomicBool,
+) -> Result<(), ()> {
+    const CREDIT: u32 = 16;
+    const STREAM_SESSION: Duration = Duration::from_secs(2);
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::WorkerFrame>(16);
+    history.record(Op::FetchInvoke {
+        worker: worker.to_string(),
+    });
+    // Every lease of this stream began after this (sound for the checker's
+    // "lease cut short", if looser than a fetch's send time).
+    let opened = Instant::now();
+    let open = pb::WorkerFrame {
+        open: Some(pb::WorkerOpen {
+            queue,
+            worker_id: worker.to_string(),
+            lease_ms: Some(LEASE_MS),
+        }),
+        credit: CREDIT,
+        ..Default::default()
+    };
+    tx.send(open).await.map_err(|_| ())?;
+    let mut queue_client = c.queue();
+    let call = queue_client.worker_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut inbound = match tokio::time::timeout(RPC_TIMEOUT, call).await {
+        Ok(Ok(r)) => r.into_inner(),
+        _ => return Err(()),
+    };
+    // What this stream sent per (job, attempt), to name a refusal's kind.
+    let mut sent: std::collections::HashMap<(String, u32), Settle> = Default::default();
+    // Delivered here and never acked or nacked (the "forgotten" ones).
+    let mut unsettled: Vec<(String, u32)> = Vec::new();
+    let end = opened + STREAM_SESSION;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() || !working.load(Ordering::SeqCst) {
+            break;
+        }
+        let frame = match tokio::time::timeout(left, inbound.message()).await {
+            Err(_) => break,
+            Ok(Ok(Some(frame))) => frame,
+            // The server ends a stream only with an error, or after the
+            // worker closed it.
+            Ok(Ok(None)) | Ok(Err(_)) => return Err(()),
+        };
+        record_refusals(history, frame.results, &sent);
+        let mut reply = pb::WorkerFrame::default();
+        for leased in frame.jobs {
+            let (Some(job), Some(token)) = (leased.job, leased.token) else {
+                continue;
+            };
+            let key = String::from_utf8_lossy(&job.payload).into_owned();
+            history.record(Op::Deliver {
+                worker: worker.to_string(),
+                key: key.clone(),
+                job: token.job_id.clone(),
+                attempt: token.attempt,
+                expires_ms: leased.lease_expires_at_ms,
+                lease_ms: LEASE_MS,
+                fetch_sent: opened,
+            });
+            reply.credit += 1;
+            let kind = match fate(&key, token.attempt) {
+                Fate::Ack => Settle::Ack,
+                Fate::Retry => Settle::Retry,
+                Fate::Bury => Settle::Dead,
+                Fate::Forget => {
+                    unsettled.push((token.job_id.clone(), token.attempt));
+                    continue;
+                }
+            };
+            history.record(Op::SettleInvoke {
+                job: token.job_id.clone(),
+                attempt: token.attempt,
+                kind,
+            });
+            sent.insert((token.job_id.clone(), token.attempt), kind);
+            match kind {
+                Settle::Ack => reply.acks.push(token),
+                _ => reply.nacks.push(pb::NackItem {
+                    token: Some(token),
+                    retry_delay_ms: Some(20),
+                    error: "chaos says no".into(),
+                    dead: kind == Settle::Dead,
+                }),
+            }
+        }
+        if reply.credit > 0 && tx.send(reply).await.is_err() {
+            return Err(());
+        }
+    }
+    // A clean close hands back what this stream never started: recorded
+    // before the close is sent, as any settle is recorded before it is.
+    for (job, attempt) in unsettled {
+        history.record(Op::SettleInvoke {
+            job,
+            attempt,
+            kind: Settle::Release,
+        });
+    }
+    drop(tx);
+    // Refusals of the last frames may still come; jobs pushed after the
+    // close are handed back with the rest, so they are not deliveries.
+    while let Ok(Ok(Some(frame))) = tokio::time::timeout(RPC_TIMEOUT, inbound.message()).await {
+        record_refusals(history, frame.results, &sent);
+    }
+    Ok(())
+}
+
+fn record_refusals(
+    history: &History,
+    results: Vec<pb::TokenResult>,
+    sent: &std::collections::HashMap<(String, u32), Settle>,
+) {
+    for r in results {
+        let Some(t) = r.token else { continue };
+        if r.code == 0 {
+            continue; // extends only; this worker sends none
+        }
+        let kind = sent
+            .get(&(t.job_id.clone(), t.attempt))
+            .copied()
+            .unwrap_or(Settle::Ack);
+        history.record(Op::SettleRefused {
+            job: t.job_id,
+            attempt: t.attempt,
+            kind,
+            code: r.code,
+        });
     }
 }
 

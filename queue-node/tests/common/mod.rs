@@ -2,8 +2,9 @@
 //! and waiting on conditions with deadlines.
 #![allow(dead_code)]
 
+mod ports;
+
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -11,6 +12,8 @@ use std::time::Duration;
 use raftq_client::{proto as pb, Client};
 use raftq_node::config::NodeConfig;
 use raftq_node::node::{self, NodeHandle};
+
+pub use ports::free_port;
 
 /// Polls `check` until it returns `Some`, or panics after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
@@ -102,14 +105,6 @@ pub async fn wait_for_leader(client: &Client) -> u64 {
         shard.has_leader.then_some(shard.leader_id)
     })
     .await
-}
-
-/// A free loopback port (bound then released; fine for tests).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// Starts `n` `queue-node` processes forming one cluster on loopback, node

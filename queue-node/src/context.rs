@@ -17,6 +17,7 @@ use crate::network::{peer_channel, CampaignGate};
 use crate::ops::QueueDefaults;
 use crate::raft_types::{NodeId, Raft};
 use crate::shard::ShardShared;
+use crate::store::Contents;
 
 /// One shard as the request handlers see it.
 pub struct ShardHandle {
@@ -24,6 +25,8 @@ pub struct ShardHandle {
     pub raft: Raft,
     pub batcher: Batcher,
     pub shared: Arc<ShardShared>,
+    /// Reads back the payloads and headers of the jobs it answers with.
+    pub contents: Contents,
 }
 
 /// Everything the gRPC services share.

@@ -20,6 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::raft_types::{NodeId, Raft, TypeConfig};
+use crate::store::format;
 
 /// A lazily connected channel to a peer, shared by every shard.
 pub fn peer_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
@@ -133,7 +134,10 @@ impl PeerClient {
         let msg = RaftMessage {
             shard: self.shard,
             data: data.into(),
-            format: crate::store::format::FORMAT,
+            format: match kind {
+                RpcKind::Snapshot => format::SNAPSHOT_FORMAT,
+                _ => format::ENTRY_FORMAT,
+            },
         };
         let reply = match kind {
             RpcKind::Heartbeat | RpcKind::Entries => client.append_entries(msg).await,
@@ -313,13 +317,15 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
     Ok(Response::new(RaftMessage {
         shard: 0,
         data: data.into(),
-        format: crate::store::format::FORMAT,
+        format: format::ENTRY_FORMAT,
     }))
 }
 
 impl TransportService {
-    fn shard(&self, msg: &RaftMessage) -> Result<&Raft, Status> {
-        if let Some(why) = crate::store::format::refuse_message(msg.format) {
+    /// The shard a message is for, if this node reads what it carries
+    /// (entries and votes in `ENTRY_FORMAT`, snapshots in `SNAPSHOT_FORMAT`).
+    fn shard(&self, msg: &RaftMessage, readable: u32) -> Result<&Raft, Status> {
+        if let Some(why) = format::refuse_message(msg.format, readable) {
             return Err(Status::failed_precondition(why));
         }
         self.shards
@@ -335,14 +341,14 @@ impl RaftTransport for TransportService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let msg = request.into_inner();
-        let raft = self.shard(&msg)?;
+        let raft = self.shard(&msg, format::ENTRY_FORMAT)?;
         let req: AppendEntriesRequest<TypeConfig> = decode(&msg.data)?;
         encode(&raft.append_entries(req).await)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let msg = request.into_inner();
-        let raft = self.shard(&msg)?;
+        let raft = self.shard(&msg, format::ENTRY_FORMAT)?;
         let req: VoteRequest<NodeId> = decode(&msg.data)?;
         encode(&raft.vote(req).await)
     }
@@ -352,7 +358,7 @@ impl RaftTransport for TransportService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let msg = request.into_inner();
-        let raft = self.shard(&msg)?;
+        let raft = self.shard(&msg, format::SNAPSHOT_FORMAT)?;
         let req = decode_snapshot_chunk(&msg.data)?;
         encode(&raft.install_snapshot(req).await)
     }

@@ -25,7 +25,7 @@ use crate::raft_types::{NodeId, Raft};
 use crate::service::{ClusterService, QueueAdminService, QueueService};
 use crate::store::log_store::LogStore;
 use crate::store::state_machine::StateMachineStore;
-use crate::store::{health, watermark, Store};
+use crate::store::{health, watermark, Contents, Store};
 
 /// A running node.
 pub struct NodeHandle {
@@ -174,6 +174,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             raft,
             batcher,
             shared,
+            contents: Contents::new(store.clone()),
         });
     }
 

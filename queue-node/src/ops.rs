@@ -70,21 +70,18 @@ pub struct NewJob {
     pub idempotency_key: Option<String>,
 }
 
-impl JobBody {
-    /// About how many bytes this job takes in a fetch answer: its payload,
-    /// headers and queue name plus a fixed allowance for the other fields.
-    pub fn encoded_size_hint(&self) -> usize {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 8)
-            .sum();
-        self.payload.len()
-            + headers
-            + self.queue.len()
-            + self.idempotency_key.as_ref().map_or(0, String::len)
-            + 128
-    }
+/// About how many bytes a job takes in a fetch answer: its payload,
+/// headers, queue name and idempotency key plus a fixed allowance for the
+/// other fields. Claims are bounded by it, so every replica must compute
+/// the same number for the same job, in every version that shares a log.
+pub fn answer_bytes(
+    queue: &str,
+    payload: &[u8],
+    headers: &[(String, String)],
+    idempotency_key: Option<&str>,
+) -> u64 {
+    let headers: usize = headers.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+    (payload.len() + headers + queue.len() + idempotency_key.map_or(0, str::len) + 128) as u64
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -257,22 +254,23 @@ pub struct TokenOutcome {
     pub result: Result<Option<u64>, OpError>,
 }
 
-/// A job as the state machine shows it to readers and lease holders.
+/// A job as the state machine shows it to readers and lease holders: its
+/// metadata and status. The payload and headers are not in memory; the
+/// serving side reads them ([`JobContent`]) before answering.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
     pub id: JobId,
-    pub body: Arc<JobBody>,
+    pub meta: Arc<JobMeta>,
     pub status: JobStatus,
     /// The job's own limit, or else its queue's.
     pub max_attempts: u32,
 }
 
-/// The immutable part of a job, written once at enqueue.
+/// What scheduling needs of a job, written once at enqueue and kept in
+/// memory for every live job. The job record is `(JobMeta, JobStatus)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobBody {
+pub struct JobMeta {
     pub queue: Arc<str>,
-    pub payload: Bytes,
-    pub headers: Vec<(String, String)>,
     pub priority: i32,
     /// 0 = the queue's current default.
     pub max_attempts: u32,
@@ -280,6 +278,25 @@ pub struct JobBody {
     pub backoff: Option<BackoffPolicy>,
     pub enqueued_at_ms: u64,
     pub idempotency_key: Option<String>,
+    /// [`answer_bytes`] of the job, which bounds a claim.
+    pub answer_bytes: u64,
+}
+
+/// What a job carries for its worker, written once at enqueue under its
+/// own key and read only when the job is served: never held in the state
+/// machine's memory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobContent {
+    pub payload: Bytes,
+    pub headers: Vec<(String, String)>,
+}
+
+/// [`JobContent`] as apply writes it, borrowed from the enqueue op (the
+/// same encoding, without copying the payload).
+#[derive(Serialize)]
+pub struct ContentRef<'a> {
+    pub payload: &'a Bytes,
+    pub headers: &'a [(String, String)],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -194,8 +194,113 @@ fn set_format(dir: &Path, format: u32) {
 async fn a_data_dir_in_a_newer_format_is_refused_and_left_intact() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = node_with_jobs(dir.path()).await;
+    set_format(&dir.path().join("n1"), 3);
+    assert_refuses(&mut node, &["data format 3", "reads formats up to 2"]);
     set_format(&dir.path().join("n1"), 2);
-    assert_refuses(&mut node, &["data format 2", "reads formats up to 1"]);
-    set_format(&dir.path().join("n1"), 1);
     assert_eq!(ready_jobs(&mut node).await, JOBS as u64);
+}
+
+/// Rewrites a stopped node's job records as data format 1 left them (the
+/// payload and headers inside the job record, no content records). Returns
+/// how many it rewrote.
+fn make_format_1(dir: &Path) -> usize {
+    use raftq_node::ops::{BackoffPolicy, JobContent, JobMeta, JobStatus};
+
+    #[derive(serde::Serialize)]
+    struct BodyV1<'a> {
+        queue: &'a str,
+        payload: &'a bytes::Bytes,
+        headers: &'a [(String, String)],
+        priority: i32,
+        max_attempts: u32,
+        backoff: Option<BackoffPolicy>,
+        enqueued_at_ms: u64,
+        idempotency_key: &'a Option<String>,
+    }
+
+    let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir).unwrap();
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir, &cfs).unwrap();
+    let cf = db.cf_handle("state").expect("the state family");
+    let records: Vec<_> = db
+        .iterator_cf(cf, rocksdb::IteratorMode::Start)
+        .map(|r| r.unwrap())
+        .collect();
+    let content_of = |key: &[u8]| {
+        let mut content_key = key.to_vec();
+        content_key[4] = b'c';
+        content_key
+    };
+    let mut rewritten = 0;
+    for (key, value) in &records {
+        if key.len() != 17 || key[4] != b'j' {
+            continue;
+        }
+        let (meta, status): (JobMeta, JobStatus) = postcard::from_bytes(value).unwrap();
+        let content: JobContent =
+            postcard::from_bytes(&db.get_cf(cf, content_of(key)).unwrap().unwrap()).unwrap();
+        let body = BodyV1 {
+            queue: &meta.queue,
+            payload: &content.payload,
+            headers: &content.headers,
+            priority: meta.priority,
+            max_attempts: meta.max_attempts,
+            backoff: meta.backoff,
+            enqueued_at_ms: meta.enqueued_at_ms,
+            idempotency_key: &meta.idempotency_key,
+        };
+        db.put_cf(cf, key, postcard::to_allocvec(&(&body, &status)).unwrap())
+            .unwrap();
+        db.delete_cf(cf, content_of(key)).unwrap();
+        rewritten += 1;
+    }
+    db.flush_cf(cf).unwrap();
+    let raft = db.cf_handle("raft_meta").expect("the raft_meta family");
+    db.put_cf(raft, b"\xff\xff\xff\xffformat", 1u32.to_be_bytes())
+        .unwrap();
+    db.flush_wal(true).unwrap();
+    rewritten
+}
+
+/// A data dir of format 1 (payloads inside the job records) is converted
+/// at start: every job is there, with its payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_1_data_dir_is_converted_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = node_with_jobs(dir.path()).await;
+    // A clean stop leaves the applied state on disk (it skips the WAL and
+    // is flushed when RocksDB closes), so every job record is there.
+    node.start();
+    wait_for_leader(&connect(&node.addr).await).await;
+    assert!(node.terminate(Duration::from_secs(20)), "{}", node.log());
+    assert_eq!(make_format_1(&dir.path().join("n1")), JOBS);
+    assert_eq!(ready_jobs(&mut node).await, JOBS as u64);
+    let client = connect(&node.addr).await;
+    let jobs = client
+        .queue()
+        .fetch(pb::FetchRequest {
+            queue: "keep".into(),
+            worker_id: "w".into(),
+            max_jobs: JOBS as u32,
+            lease_ms: None,
+            wait_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    let mut payloads: Vec<String> = jobs
+        .iter()
+        .map(|j| String::from_utf8_lossy(&j.job.as_ref().unwrap().payload).into_owned())
+        .collect();
+    payloads.sort();
+    let mut expected: Vec<String> = (0..JOBS / 50)
+        .flat_map(|chunk| (0..50).map(move |i| format!("job-{chunk}-{i}")))
+        .collect();
+    expected.sort();
+    assert_eq!(payloads, expected);
+    assert!(
+        node.log().contains("data dir converted to format 2"),
+        "{}",
+        node.log()
+    );
 }

@@ -167,6 +167,22 @@ async fn a_peer_sending_garbage_gets_an_error_and_the_node_serves_on() {
         "{}",
         status.message()
     );
+    // Snapshots are in the data format (2): a newer one is refused too.
+    let newer_snapshot = RaftMessage {
+        shard: 0,
+        data: vec![0u8; 8].into(),
+        format: 3,
+    };
+    let status = transport
+        .install_snapshot(newer_snapshot)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        status.message().contains("data format 3"),
+        "{}",
+        status.message()
+    );
     // Still the leader, still taking jobs.
     let id = client
         .producer()

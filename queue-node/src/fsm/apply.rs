@@ -4,14 +4,13 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use raftq_api::JobId;
 
 use super::keys::{self, WriteSink};
 use super::{queue_view, DedupEntry, Job, ShardState};
 use crate::ops::{
-    Batch, BatchResult, JobBody, JobState, JobStatus, Nack, NewJob, Op, OpError, OpResult,
-    QueueDefaults, TokenOutcome, When,
+    answer_bytes, Batch, BatchResult, ContentRef, JobMeta, JobState, JobStatus, Nack, NewJob, Op,
+    OpError, OpResult, QueueDefaults, TokenOutcome, When,
 };
 
 impl ShardState {
@@ -161,7 +160,7 @@ impl ShardState {
                 continue;
             };
             job.status.state = JobState::Ready;
-            let queue = job.body.queue.clone();
+            let queue = job.meta.queue.clone();
             let key = job.ready_key(id);
             sink.put(&keys::job_key(keys::STATUS, id), &job.status);
             let q = self.queue_mut(&queue);
@@ -177,7 +176,7 @@ impl ShardState {
             let Some(job) = self.jobs.get(&id) else {
                 continue;
             };
-            let queue = job.body.queue.clone();
+            let queue = job.meta.queue.clone();
             let attempt = job.status.attempts_used();
             let out_of_attempts = attempt >= job.max_attempts(&self.queue_view(&queue, defaults));
             let q = self.queue_mut(&queue);
@@ -235,18 +234,19 @@ impl ShardState {
         } else {
             JobState::Ready
         };
-        let body = Arc::new(JobBody {
+        let meta = Arc::new(JobMeta {
             queue: queue.clone(),
-            // Its own allocation: on the leader the op's payload is a slice
-            // of a whole gRPC request, which one long-lived job would
-            // otherwise keep alive entire.
-            payload: Bytes::copy_from_slice(&job.payload),
-            headers: job.headers.clone(),
             priority: job.priority,
             max_attempts: job.max_attempts,
             backoff: job.backoff,
             enqueued_at_ms: now,
             idempotency_key: job.idempotency_key.clone(),
+            answer_bytes: answer_bytes(
+                &queue,
+                &job.payload,
+                &job.headers,
+                job.idempotency_key.as_deref(),
+            ),
         });
         let status = JobStatus {
             state,
@@ -256,8 +256,16 @@ impl ShardState {
             last_error: None,
             worker: None,
         };
-        sink.put(&keys::job_key(keys::JOB, id), &(&*body, &status));
-        let job = Job { body, status };
+        sink.put(&keys::job_key(keys::JOB, id), &(&*meta, &status));
+        // Written once; read back only to serve the job.
+        sink.put(
+            &keys::job_key(keys::CONTENT, id),
+            &ContentRef {
+                payload: &job.payload,
+                headers: &job.headers,
+            },
+        );
+        let job = Job { meta, status };
         let q = self.queue_mut(&queue);
         q.totals.enqueued += 1;
         match state {
@@ -293,7 +301,7 @@ impl ShardState {
         let lease = lease_ms.unwrap_or(limits.lease_ms);
         let expires = self.now_ms.saturating_add(lease);
         let mut claimed = Vec::with_capacity(max.min(q.ready.len() as u32) as usize);
-        let mut bytes = 0usize;
+        let mut bytes = 0u64;
         while claimed.len() < max as usize {
             let Some(&(_, _, id)) = q.ready.first() else {
                 break;
@@ -305,8 +313,8 @@ impl ShardState {
             // Lease only what one answer can carry: a job that would take
             // the answer over the budget stays ready for the next claim
             // (the first job always fits: one job is at most ~2 MiB).
-            let size = job.body.encoded_size_hint();
-            if !claimed.is_empty() && bytes + size > super::MAX_CLAIM_BYTES {
+            let size = job.meta.answer_bytes;
+            if !claimed.is_empty() && bytes + size > super::MAX_CLAIM_BYTES as u64 {
                 break;
             }
             bytes += size;
@@ -339,7 +347,7 @@ impl ShardState {
 
     fn ack(&mut self, id: JobId, attempt: u32, sink: &mut impl WriteSink) -> Result<(), OpError> {
         let job = self.leased_job(id, attempt)?;
-        let (due, queue) = (job.status.due_at_ms, job.body.queue.clone());
+        let (due, queue) = (job.status.due_at_ms, job.meta.queue.clone());
         self.leases.remove(&(due, id));
         let q = self.queue_mut(&queue);
         q.leased -= 1;
@@ -355,7 +363,7 @@ impl ShardState {
         sink: &mut impl WriteSink,
     ) -> Result<(), OpError> {
         let job = self.leased_job(nack.id, nack.attempt)?;
-        let (due, queue) = (job.status.due_at_ms, job.body.queue.clone());
+        let (due, queue) = (job.status.due_at_ms, job.meta.queue.clone());
         let limits = self.queue_view(&queue, defaults);
         let out_of_attempts = job.status.attempts_used() >= job.max_attempts(&limits);
         let delay = nack
@@ -392,8 +400,8 @@ impl ShardState {
         sink: &mut impl WriteSink,
     ) -> Result<(), OpError> {
         let job = self.leased_job(id, attempt)?;
-        let (due, queue) = (job.status.due_at_ms, job.body.queue.clone());
-        let enqueued_at = job.body.enqueued_at_ms;
+        let (due, queue) = (job.status.due_at_ms, job.meta.queue.clone());
+        let enqueued_at = job.meta.enqueued_at_ms;
         self.leases.remove(&(due, id));
         self.queue_mut(&queue).leased -= 1;
         if let Some(job) = self.jobs.get_mut(&id) {
@@ -414,7 +422,7 @@ impl ShardState {
     ) -> Result<u64, OpError> {
         let job = self.leased_job(id, attempt)?;
         let old_due = job.status.due_at_ms;
-        let queue = job.body.queue.clone();
+        let queue = job.meta.queue.clone();
         let lease = lease_ms.unwrap_or_else(|| {
             self.queues
                 .get(&queue)
@@ -439,7 +447,7 @@ impl ShardState {
     ) -> Result<super::JobView, OpError> {
         let view = self.job(id, defaults).ok_or(OpError::JobNotFound { id })?;
         let status = &view.status;
-        let queue = view.body.queue.clone();
+        let queue = view.meta.queue.clone();
         match status.state {
             JobState::Leased => {
                 return Err(OpError::Leased {
@@ -449,7 +457,7 @@ impl ShardState {
                 })
             }
             JobState::Ready => {
-                let key = (std::cmp::Reverse(view.body.priority), status.due_at_ms, id);
+                let key = (std::cmp::Reverse(view.meta.priority), status.due_at_ms, id);
                 self.queue_mut(&queue).ready.remove(&key);
             }
             JobState::Scheduled => {
@@ -476,7 +484,7 @@ impl ShardState {
         let scheduled: Vec<(u64, JobId)> = self
             .scheduled
             .iter()
-            .filter(|(_, id)| self.jobs.get(id).is_some_and(|j| &*j.body.queue == queue))
+            .filter(|(_, id)| self.jobs.get(id).is_some_and(|j| &*j.meta.queue == queue))
             .copied()
             .collect();
         for entry in scheduled {
@@ -519,7 +527,7 @@ impl ShardState {
         // Retries count afresh; the attempt number itself keeps growing so
         // tokens of earlier deliveries stay stale.
         job.status.retry_base = job.status.attempt;
-        let queue = job.body.queue.clone();
+        let queue = job.meta.queue.clone();
         let error = job.status.last_error.clone();
         self.queue_mut(&queue).dead.remove(&id);
         self.make_ready(id, self.now_ms, error, sink);
@@ -542,7 +550,7 @@ impl ShardState {
             job.status.last_error = error;
         }
         sink.put(&keys::job_key(keys::STATUS, id), &job.status);
-        let queue = job.body.queue.clone();
+        let queue = job.meta.queue.clone();
         let key = job.ready_key(id);
         self.queue_mut(&queue).ready.insert(key);
         self.wake(&queue);
@@ -560,7 +568,7 @@ impl ShardState {
             job.status.last_error = error;
         }
         sink.put(&keys::job_key(keys::STATUS, id), &job.status);
-        let queue = job.body.queue.clone();
+        let queue = job.meta.queue.clone();
         self.queue_mut(&queue).dead.insert(id);
     }
 
@@ -569,6 +577,7 @@ impl ShardState {
         if self.jobs.remove(&id).is_some() {
             sink.delete(&keys::job_key(keys::JOB, id));
             sink.delete(&keys::job_key(keys::STATUS, id));
+            sink.delete(&keys::job_key(keys::CONTENT, id));
         }
     }
 

@@ -2,13 +2,17 @@
 //!
 //! Every key starts with the shard id (4 bytes, big-endian), so one shard's
 //! state is one contiguous key range (snapshot, install, rebuild), then a
-//! kind byte. Kinds sort so a rebuild reads job bodies before the status
+//! kind byte. Kinds sort so a rebuild reads job records before the status
 //! records that override them.
 
 use raftq_api::JobId;
 use serde::Serialize;
 
-/// Job body plus its status at enqueue: `shard | 'j' | index | position`.
+/// Job payload and headers ([`crate::ops::JobContent`]), written once and
+/// read only to serve the job: `shard | 'c' | index | position`. A rebuild
+/// skips this range.
+pub const CONTENT: u8 = b'c';
+/// Job metadata plus its status at enqueue: `shard | 'j' | index | position`.
 pub const JOB: u8 = b'j';
 /// Idempotency key: `shard | 'k' | queue | 0 | key`.
 pub const DEDUP: u8 = b'k';

@@ -1,7 +1,8 @@
 //! The job-queue state machine of one shard.
 //!
-//! [`ShardState`] is the working set: every live job (body and status) and
-//! the indexes apply needs — ready jobs by priority then age, leases by
+//! [`ShardState`] is the working set: every live job's metadata and status
+//! (not its payload and headers, which apply writes under their own key and
+//! the serving side reads back) and the indexes apply needs — ready jobs by priority then age, leases by
 //! expiry, scheduled jobs by run time, idempotency keys by expiry. Apply
 //! ([`ShardState::apply_batch`]) is a pure function of the batch and this
 //! state; it records what changed into a [`keys::WriteSink`] and never reads
@@ -21,7 +22,7 @@ use raftq_api::JobId;
 use serde::{Deserialize, Serialize};
 
 use crate::ops::{
-    JobBody, JobState, JobStatus, JobView, QueueConfigPatch, QueueDefaults, QueueView,
+    JobMeta, JobState, JobStatus, JobView, QueueConfigPatch, QueueDefaults, QueueView,
 };
 
 /// Most bytes of jobs one claim leases: a fetch answer or worker frame
@@ -35,33 +36,33 @@ type ReadyKey = (Reverse<i32>, u64, JobId);
 
 #[derive(Debug, Clone)]
 struct Job {
-    body: Arc<JobBody>,
+    meta: Arc<JobMeta>,
     status: JobStatus,
 }
 
 impl Job {
     fn ready_key(&self, id: JobId) -> ReadyKey {
-        (Reverse(self.body.priority), self.status.due_at_ms, id)
+        (Reverse(self.meta.priority), self.status.due_at_ms, id)
     }
 
     fn view(&self, id: JobId, limits: &QueueView) -> JobView {
         JobView {
             id,
-            body: self.body.clone(),
+            meta: self.meta.clone(),
             status: self.status.clone(),
             max_attempts: self.max_attempts(limits),
         }
     }
 
     fn max_attempts(&self, limits: &QueueView) -> u32 {
-        match self.body.max_attempts {
+        match self.meta.max_attempts {
             0 => limits.max_attempts,
             n => n,
         }
     }
 
     fn backoff(&self, limits: &QueueView) -> crate::ops::BackoffPolicy {
-        self.body.backoff.unwrap_or(limits.backoff)
+        self.meta.backoff.unwrap_or(limits.backoff)
     }
 }
 
@@ -159,7 +160,8 @@ impl ShardState {
     }
 
     /// Rebuilds the state from its keys, in key order (as RocksDB iterates
-    /// them). Meta keys are the store's and are skipped here.
+    /// them). Meta keys are the store's and are skipped here, and so are
+    /// job contents: the store need not read them at all.
     pub fn load<'a>(
         shard: u32,
         now_ms: u64,
@@ -179,10 +181,10 @@ impl ShardState {
                 Some(keys::JOB) => {
                     let id = keys::job_id_of(key)
                         .ok_or_else(|| LoadError::OrphanStatus(key.to_vec()))?;
-                    let (body, status): (JobBody, JobStatus) = decode(key, value)?;
-                    state.queue_mut(&body.queue);
-                    let body = state.intern_body(body);
-                    state.jobs.insert(id, Job { body, status });
+                    let (meta, status): (JobMeta, JobStatus) = decode(key, value)?;
+                    state.queue_mut(&meta.queue);
+                    let meta = state.intern_meta(meta);
+                    state.jobs.insert(id, Job { meta, status });
                 }
                 Some(keys::STATUS) => {
                     let id = keys::job_id_of(key)
@@ -219,16 +221,16 @@ impl ShardState {
         Ok(state)
     }
 
-    fn intern_body(&mut self, mut body: JobBody) -> Arc<JobBody> {
-        body.queue = self.queue_name(&body.queue);
-        Arc::new(body)
+    fn intern_meta(&mut self, mut meta: JobMeta) -> Arc<JobMeta> {
+        meta.queue = self.queue_name(&meta.queue);
+        Arc::new(meta)
     }
 
     fn rebuild_indexes(&mut self) {
         let ids: Vec<JobId> = self.jobs.keys().copied().collect();
         for id in ids {
             let job = &self.jobs[&id];
-            let queue = job.body.queue.clone();
+            let queue = job.meta.queue.clone();
             let status = job.status.clone();
             let ready_key = job.ready_key(id);
             let q = self.queue_mut(&queue);
@@ -287,7 +289,7 @@ impl ShardState {
 
     pub fn job(&self, id: JobId, defaults: &QueueDefaults) -> Option<JobView> {
         let job = self.jobs.get(&id)?;
-        Some(job.view(id, &self.queue_view(&job.body.queue, defaults)))
+        Some(job.view(id, &self.queue_view(&job.meta.queue, defaults)))
     }
 
     pub fn queue_view(&self, name: &str, defaults: &QueueDefaults) -> QueueView {
@@ -355,7 +357,7 @@ impl ShardState {
         let jobs = self.jobs.iter();
         let mut out = format!("now={}\n", self.now_ms);
         for (id, job) in jobs {
-            out.push_str(&format!("{id} {:?} {:?}\n", job.body, job.status));
+            out.push_str(&format!("{id} {:?} {:?}\n", job.meta, job.status));
         }
         // Queues with nothing in them and default settings exist only in
         // memory (a name was used); they carry no replicated state.

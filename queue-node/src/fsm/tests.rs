@@ -63,6 +63,14 @@ impl Harness {
         results
     }
 
+    /// The payload apply wrote for `id` (contents live only in the sink).
+    fn payload(&self, id: JobId) -> Bytes {
+        let key = super::keys::job_key(super::keys::CONTENT, id);
+        let bytes = self.sink.map.get(&key[..]).expect("content record");
+        let content: JobContent = postcard::from_bytes(bytes).expect("content decodes");
+        content.payload
+    }
+
     fn one(&mut self, op: Op) -> OpResult {
         self.apply(vec![op]).remove(0)
     }
@@ -139,7 +147,7 @@ fn enqueue_claim_ack_removes_the_job_and_its_keys() {
     let claimed = h.claim("q", "w1", 10);
     assert_eq!(claimed.len(), 2);
     assert_eq!(
-        claimed[0].body.payload,
+        h.payload(claimed[0].id),
         Bytes::from_static(b"a"),
         "FIFO order"
     );
@@ -347,7 +355,7 @@ fn delayed_jobs_become_ready_at_their_time() {
     let claimed = h.claim("q", "w", 10);
     assert_eq!(claimed.len(), 2);
     assert_eq!(
-        claimed[0].body.payload,
+        h.payload(claimed[0].id),
         Bytes::from_static(b"at"),
         "earlier run time first"
     );
@@ -359,11 +367,8 @@ fn higher_priority_first_then_fifo() {
     let mut jobs = vec![job("low1"), job("high"), job("low2")];
     jobs[1].priority = 5;
     h.enqueue("q", jobs);
-    let order: Vec<Bytes> = h
-        .claim("q", "w", 3)
-        .into_iter()
-        .map(|j| j.body.payload.clone())
-        .collect();
+    let claimed = h.claim("q", "w", 3);
+    let order: Vec<Bytes> = claimed.iter().map(|j| h.payload(j.id)).collect();
     assert_eq!(
         order,
         vec![

@@ -10,7 +10,7 @@ use raftq_api::v1 as pb;
 use raftq_api::validate;
 use tonic::{Request, Response, Status};
 
-use super::{convert, forwarded, invalid, submit_one, unexpected, Ctx, Route};
+use super::{convert, forwarded, invalid, submit_one, unexpected, with_contents, Ctx, Route};
 use crate::context::ShardHandle;
 use crate::forward;
 use crate::ops::{Op, OpResult, QueueConfigPatch};
@@ -299,9 +299,13 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
             Route::Local(shard) => {
                 linearizable(shard).await?;
                 let view = shard.shared.state().job(id, &self.ctx.defaults);
-                view.map(|v| Response::new(convert::job(&v))).ok_or_else(|| {
-                    Status::not_found(format!("job {id} not found: it was acked, cancelled or purged, or never existed"))
-                })
+                let served = with_contents(shard, view.into_iter().collect()).await?;
+                served
+                    .first()
+                    .map(|(view, content)| Response::new(convert::job(view, content)))
+                    .ok_or_else(|| {
+                        Status::not_found(format!("job {id} not found: it was acked, cancelled or purged, or never existed"))
+                    })
             }
         }
     }
@@ -317,12 +321,22 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
                     .relay(leader.admin().cancel_job(forwarded(request.into_inner())))
                     .await
             }
-            Route::Local(shard) => match submit_one(shard, Op::Cancel { id }).await? {
-                OpResult::Job(view) => Ok(Response::new(pb::CancelJobResponse {
-                    job: Some(convert::job(&view)),
-                })),
-                other => Err(unexpected(other)),
-            },
+            Route::Local(shard) => {
+                // Read first: the cancel deletes the content with the job.
+                let content = shard
+                    .contents
+                    .read(vec![id])
+                    .await
+                    .map_err(|e| Status::internal(format!("shard {}: {e}", shard.id)))?
+                    .pop()
+                    .flatten();
+                match submit_one(shard, Op::Cancel { id }).await? {
+                    OpResult::Job(view) => Ok(Response::new(pb::CancelJobResponse {
+                        job: Some(convert::job(&view, &content.unwrap_or_default())),
+                    })),
+                    other => Err(unexpected(other)),
+                }
+            }
         }
     }
 
@@ -357,13 +371,18 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
                         .shared
                         .state()
                         .dead_page(&req.queue, after, limit, &self.ctx.defaults);
-                let next_after = if jobs.len() == limit {
-                    jobs.last().map(|j| j.id.to_string()).unwrap_or_default()
+                // The page ends where the state's page ends, even if a job
+                // went before its content was read.
+                let full = jobs.len() == limit;
+                let last = jobs.last().map(|j| j.id);
+                let jobs = with_contents(shard, jobs).await?;
+                let next_after = if full {
+                    last.map(|id| id.to_string()).unwrap_or_default()
                 } else {
                     String::new()
                 };
                 Ok(Response::new(pb::ListDeadResponse {
-                    jobs: jobs.iter().map(convert::job).collect(),
+                    jobs: jobs.iter().map(|(v, c)| convert::job(v, c)).collect(),
                     next_after,
                 }))
             }

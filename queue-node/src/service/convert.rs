@@ -4,7 +4,9 @@ use raftq_api::limits::{MAX_DELAY_MS, MAX_ERROR_BYTES, MAX_LEASE_MS};
 use raftq_api::v1 as pb;
 use raftq_api::validate::{self, Invalid};
 
-use crate::ops::{BackoffPolicy, JobState, JobView, Nack, NewJob, QueueView, TokenOutcome, When};
+use crate::ops::{
+    BackoffPolicy, JobContent, JobState, JobView, Nack, NewJob, QueueView, TokenOutcome, When,
+};
 
 pub fn backoff_from(b: &pb::Backoff) -> BackoffPolicy {
     BackoffPolicy {
@@ -109,14 +111,14 @@ pub fn job_state(state: JobState) -> pb::JobState {
     }
 }
 
-pub fn job(view: &JobView) -> pb::Job {
-    let b = &view.body;
+pub fn job(view: &JobView, content: &JobContent) -> pb::Job {
+    let b = &view.meta;
     let s = &view.status;
     pb::Job {
         id: view.id.to_string(),
         queue: b.queue.to_string(),
-        payload: b.payload.clone(),
-        headers: b.headers.iter().cloned().collect(),
+        payload: content.payload.clone(),
+        headers: content.headers.iter().cloned().collect(),
         priority: b.priority,
         state: job_state(s.state) as i32,
         attempt: s.attempts_used(),
@@ -129,14 +131,14 @@ pub fn job(view: &JobView) -> pb::Job {
     }
 }
 
-pub fn leased_job(view: &JobView) -> pb::LeasedJob {
+pub fn leased_job((view, content): &(JobView, JobContent)) -> pb::LeasedJob {
     pb::LeasedJob {
         token: Some(pb::LeaseToken {
             job_id: view.id.to_string(),
             attempt: view.status.attempt,
         }),
         lease_expires_at_ms: view.status.due_at_ms as i64,
-        job: Some(job(view)),
+        job: Some(job(view, content)),
     }
 }
 

@@ -1,6 +1,8 @@
 //! The gRPC API. Handlers validate a request, route it to the shard that
 //! owns it, and either turn it into ops for the shard's batcher (on the
-//! leader) or forward it whole to the leader. They never touch storage.
+//! leader) or forward it whole to the leader. They never write storage;
+//! they read it only for the contents of the jobs they answer with
+//! ([`with_contents`]).
 
 mod admin;
 mod cluster;
@@ -21,7 +23,7 @@ use crate::batcher::SubmitError;
 pub(crate) use crate::context::Route;
 use crate::context::{NodeContext, ShardHandle};
 pub(crate) use crate::forward::{forwarded, is_forwarded};
-use crate::ops::{Op, OpError, OpResult};
+use crate::ops::{JobContent, JobView, Op, OpError, OpResult};
 
 /// How long a request waits for its batch to commit.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,6 +95,32 @@ pub(crate) async fn submit_one(shard: &ShardHandle, op: Op) -> Result<OpResult, 
         .await?
         .pop()
         .ok_or_else(|| Status::internal("no result for op"))
+}
+
+/// `views` as served: each with its payload and headers, read from disk in
+/// one batch. A job that left the state in between (acked by the holder of
+/// a later lease, purged) is left out: it is no longer the caller's.
+pub(crate) async fn with_contents(
+    shard: &ShardHandle,
+    views: Vec<JobView>,
+) -> Result<Vec<(JobView, JobContent)>, Status> {
+    let ids = views.iter().map(|v| v.id).collect();
+    let contents = shard
+        .contents
+        .read(ids)
+        .await
+        .map_err(|e| Status::internal(format!("shard {}: {e}", shard.id)))?;
+    Ok(views
+        .into_iter()
+        .zip(contents)
+        .filter_map(|(view, content)| match content {
+            Some(content) => Some((view, content)),
+            None => {
+                tracing::warn!(shard = shard.id, job = %view.id, "job gone before its content was read; left out of the answer");
+                None
+            }
+        })
+        .collect())
 }
 
 pub(crate) fn unexpected(result: OpResult) -> Status {

@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{convert, forwarded, invalid, submit, submit_one, unexpected, Ctx, Route};
+use super::{
+    convert, forwarded, invalid, submit, submit_one, unexpected, with_contents, Ctx, Route,
+};
 use crate::context::ShardHandle;
 use crate::drain::SessionGuard;
 use crate::ops::{Op, OpResult};
@@ -176,6 +178,7 @@ impl pb::queue_server::Queue for QueueService {
                 Vec::new()
             };
             if !jobs.is_empty() || tokio::time::Instant::now() >= deadline {
+                let jobs = with_contents(shard, jobs).await?;
                 return Ok(Response::new(pb::FetchResponse {
                     jobs: jobs.iter().map(convert::leased_job).collect(),
                 }));
@@ -371,7 +374,13 @@ async fn run_worker_session(
                     OpResult::Claimed(jobs) => {
                         claimed = jobs.len() as u32;
                         unstarted.extend(jobs.iter().map(|j| (j.id, j.status.attempt)));
-                        out.jobs.extend(jobs.iter().map(convert::leased_job));
+                        match with_contents(shard, jobs).await {
+                            Ok(jobs) => out.jobs.extend(jobs.iter().map(convert::leased_job)),
+                            Err(status) => {
+                                let _ = tx.send(Err(status)).await;
+                                return;
+                            }
+                        }
                     }
                     _ => {}
                 }

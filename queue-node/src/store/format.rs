@@ -1,48 +1,242 @@
 //! Which encoding a data dir and a Raft message use.
 //!
 //! Everything a node persists (Raft log entries, job, queue and meta
-//! records, snapshots) is postcard-encoded in one format, recorded once per
-//! data dir: a node refuses, with a message that says what to do, a data
-//! dir written in a format it does not read. Raft messages name the format
-//! of the entries and snapshots they carry, so a node never applies an
-//! entry it would misread during a mixed-version rolling restart.
+//! records, snapshots) is postcard-encoded. The data dir records its
+//! format once; a node refuses, with a message that says what to do, a
+//! data dir written in a format newer than it reads, and converts an
+//! older one in place at start. Raft messages name the format of what they
+//! carry, so a node never applies an entry or installs a snapshot it would
+//! misread during a mixed-version rolling restart.
 //!
-//! Format 1 is the encoding pinned by the golden-bytes tests below. Any
-//! change to a persisted or replicated type that changes those bytes must
-//! raise [`FORMAT`] and teach the node to read (or convert) the old one.
+//! - Data format 1: a job record is `(JobBody, JobStatus)`, the payload
+//!   and headers inside the body.
+//! - Data format 2: a job record is `(JobMeta, JobStatus)`; the payload
+//!   and headers are a record of their own ([`keys::CONTENT`]), never
+//!   loaded into memory. Raft entries are unchanged (format 1); snapshots,
+//!   which are the shard's records, move to format 2. A format-2 node
+//!   installs format-1 snapshots (converting them); a format-1 node refuses
+//!   format-2 snapshots with "upgrade this node".
+//!
+//! The golden-bytes tests below pin every encoding. Any change to a
+//! persisted or replicated type that changes those bytes must raise the
+//! matching format and teach the node to read (or convert) the old one.
 
-use super::db::{OpenError, Store};
+use std::collections::HashSet;
 
-/// The format this binary writes, and the newest it reads.
-pub const FORMAT: u32 = 1;
+use bytes::Bytes;
+use raftq_api::JobId;
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
+use serde::{Deserialize, Serialize};
+
+use super::db::{OpenError, Store, CF_RAFT, CF_STATE};
+use crate::fsm::keys;
+use crate::ops::{answer_bytes, BackoffPolicy, ContentRef, JobMeta, JobStatus};
+
+/// The data-dir format this binary writes, and the newest it reads.
+pub const DATA_FORMAT: u32 = 2;
+/// The format of Raft entries (and votes, heartbeats) this binary sends.
+pub const ENTRY_FORMAT: u32 = 1;
+/// The format of the snapshots this binary sends: the data format.
+pub const SNAPSHOT_FORMAT: u32 = DATA_FORMAT;
 
 /// Node-wide records sort after every shard's (all-ones prefix).
 const FORMAT_KEY: &[u8] = b"\xff\xff\xff\xffformat";
+/// How far a conversion from format 1 got: the last job key converted.
+const CONVERTED_KEY: &[u8] = b"\xff\xff\xff\xffconverted-to-2";
+/// Job records converted per synced write.
+const CONVERT_CHUNK: usize = 10_000;
 
-/// Records the format of a new data dir; refuses one it does not read. A
-/// data dir from before the format was recorded holds format 1.
+/// Records the format of a new data dir, converts an older one, refuses a
+/// newer one. A data dir from before the format was recorded holds
+/// format 1.
 pub fn check_data_dir(store: &Store) -> Result<(), OpenError> {
     match store.node_record(FORMAT_KEY, "format")? {
-        Some(FORMAT) => Ok(()),
+        Some(DATA_FORMAT) => match conversion_point(store)? {
+            Some(start) => convert_from_1(store, start),
+            None => Ok(()),
+        },
         Some(0) => Err(OpenError::NodeRecord("corrupt format record 0".into())),
+        Some(1) | None => {
+            // Format 2 from here on, even if the conversion is cut short:
+            // an older queue-node must not read a half-converted dir.
+            let raft_cf = store.cf(CF_RAFT);
+            let mut batch = WriteBatch::default();
+            batch.put_cf(raft_cf, FORMAT_KEY, DATA_FORMAT.to_be_bytes());
+            batch.put_cf(raft_cf, CONVERTED_KEY, b"");
+            write_synced(store, batch)?;
+            convert_from_1(store, Vec::new())
+        }
         Some(newer) => Err(OpenError::Format {
             stored: newer,
-            readable: FORMAT,
+            readable: DATA_FORMAT,
         }),
-        None => store.put_node_record(FORMAT_KEY, FORMAT),
     }
+}
+
+fn write_synced(store: &Store, batch: WriteBatch) -> Result<(), OpenError> {
+    let mut synced = WriteOptions::default();
+    synced.set_sync(true);
+    store
+        .db
+        .write_opt(batch, &synced)
+        .map_err(|e| OpenError::NodeRecord(format!("converting the data dir to format 2: {e}")))
+}
+
+/// Where an unfinished conversion from format 1 resumes: after this key.
+fn conversion_point(store: &Store) -> Result<Option<Vec<u8>>, OpenError> {
+    store
+        .db
+        .get_cf(store.cf(CF_RAFT), CONVERTED_KEY)
+        .map_err(|e| OpenError::NodeRecord(format!("reading the conversion record: {e}")))
 }
 
 /// Why a Raft message is refused: `None` when this node reads its format.
 /// Messages from nodes that predate the field say 0, meaning format 1.
-pub fn refuse_message(format: u32) -> Option<String> {
-    (format > FORMAT).then(|| {
+pub fn refuse_message(format: u32, readable: u32) -> Option<String> {
+    (format > readable).then(|| {
         format!(
-            "the sending node uses data format {format}, this node reads formats up to {FORMAT}: \
+            "the sending node uses data format {format}, this node reads formats up to {readable}: \
              upgrade this node before the others (a rolling upgrade goes one node at a time, \
              and every node must run the new version before it writes the new format)"
         )
     })
+}
+
+/// Format 1's job body, read only to convert it.
+#[derive(Deserialize)]
+struct JobBodyV1 {
+    queue: std::sync::Arc<str>,
+    payload: Bytes,
+    headers: Vec<(String, String)>,
+    priority: i32,
+    max_attempts: u32,
+    backoff: Option<BackoffPolicy>,
+    enqueued_at_ms: u64,
+    idempotency_key: Option<String>,
+}
+
+/// A format-1 job record as its format-2 job record and content record.
+pub fn split_v1_job(value: &[u8]) -> Result<(Vec<u8>, Vec<u8>), postcard::Error> {
+    let (body, status): (JobBodyV1, JobStatus) = postcard::from_bytes(value)?;
+    let meta = JobMeta {
+        answer_bytes: answer_bytes(
+            &body.queue,
+            &body.payload,
+            &body.headers,
+            body.idempotency_key.as_deref(),
+        ),
+        queue: body.queue,
+        priority: body.priority,
+        max_attempts: body.max_attempts,
+        backoff: body.backoff,
+        enqueued_at_ms: body.enqueued_at_ms,
+        idempotency_key: body.idempotency_key,
+    };
+    let record = postcard::to_allocvec(&(&meta, &status))?;
+    let content = postcard::to_allocvec(&ContentRef {
+        payload: &body.payload,
+        headers: &body.headers,
+    })?;
+    Ok((record, content))
+}
+
+fn is_job_record(key: &[u8]) -> bool {
+    key.len() == 17 && key[4] == keys::JOB
+}
+
+/// Converts every format-1 job record after `start` in place, a chunk per
+/// synced write that also records how far it got, so a conversion cut
+/// short resumes there.
+fn convert_from_1(store: &Store, mut start: Vec<u8>) -> Result<(), OpenError> {
+    let (cf, raft_cf) = (store.cf(CF_STATE), store.cf(CF_RAFT));
+    let mut converted = 0u64;
+    loop {
+        let mut batch = WriteBatch::default();
+        let mut last = None;
+        let mut in_chunk = 0;
+        let scan = store
+            .db
+            .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward));
+        for item in scan {
+            let (key, value) =
+                item.map_err(|e| OpenError::NodeRecord(format!("reading job records: {e}")))?;
+            // `start` itself was converted by the chunk before.
+            if !is_job_record(&key) || (!start.is_empty() && *key == *start) {
+                continue;
+            }
+            let id = keys::job_id_of(&key).ok_or_else(|| {
+                OpenError::NodeRecord(format!("job record key {key:02x?} is malformed"))
+            })?;
+            let (record, content) = split_v1_job(&value).map_err(|e| {
+                OpenError::NodeRecord(format!(
+                    "job {id}'s record is not in data format 1 ({e}): the data dir is corrupt"
+                ))
+            })?;
+            batch.put_cf(cf, &key, record);
+            batch.put_cf(cf, keys::job_key(keys::CONTENT, id), content);
+            last = Some(key);
+            in_chunk += 1;
+            if in_chunk == CONVERT_CHUNK {
+                break;
+            }
+        }
+        converted += in_chunk as u64;
+        let done = in_chunk < CONVERT_CHUNK;
+        if done {
+            batch.delete_cf(raft_cf, CONVERTED_KEY);
+        } else if let Some(key) = &last {
+            batch.put_cf(raft_cf, CONVERTED_KEY, key);
+        }
+        write_synced(store, batch)?;
+        if done {
+            if converted > 0 {
+                tracing::info!(jobs = converted, "data dir converted to format 2");
+            }
+            return Ok(());
+        }
+        tracing::info!(jobs = converted, "converting the data dir to format 2");
+        start = last.map(|k| k.to_vec()).unwrap_or_default();
+    }
+}
+
+/// The records of a snapshot as this node stores them: a format-1
+/// snapshot (from a node not yet upgraded) has job records carrying their
+/// payload and no content records; they are split as at start.
+pub fn snapshot_records(
+    records: Vec<(Bytes, Bytes)>,
+) -> Result<Vec<(Bytes, Bytes)>, postcard::Error> {
+    let with_content: HashSet<JobId> = records
+        .iter()
+        .filter(|(k, _)| k.len() == 17 && k[4] == keys::CONTENT)
+        .filter_map(|(k, _)| keys::job_id_of(k))
+        .collect();
+    let mut out = Vec::with_capacity(records.len());
+    for (key, value) in records {
+        let old = key.len() == 17
+            && key[4] == keys::JOB
+            && keys::job_id_of(&key).is_some_and(|id| !with_content.contains(&id));
+        if !old {
+            out.push((key, value));
+            continue;
+        }
+        let (record, content) = split_v1_job(&value)?;
+        if let Some(id) = keys::job_id_of(&key) {
+            out.push((
+                Bytes::copy_from_slice(&keys::job_key(keys::CONTENT, id)),
+                Bytes::from(content),
+            ));
+        }
+        out.push((key, Bytes::from(record)));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// A snapshot as it travels: its records and the shard clock.
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotPayload {
+    pub now_ms: u64,
+    pub records: Vec<(Bytes, Bytes)>,
 }
 
 #[cfg(test)]
@@ -153,30 +347,174 @@ mod tests {
         assert_eq!(back, every_op());
     }
 
-    #[test]
-    fn job_records_keep_their_encoding() {
-        let body = JobBody {
-            queue: Arc::from("q"),
-            payload: Bytes::from_static(b"hi"),
-            headers: vec![("k".into(), "v".into())],
-            priority: 4,
-            max_attempts: 0,
-            backoff: None,
-            enqueued_at_ms: 1_700_000_000_000,
-            idempotency_key: None,
-        };
-        let status = JobStatus {
+    fn leased_status() -> JobStatus {
+        JobStatus {
             state: JobState::Leased,
             attempt: 3,
             retry_base: 1,
             due_at_ms: 1_700_000_030_000,
             last_error: Some("boom".into()),
             worker: Some("w".into()),
+        }
+    }
+
+    #[test]
+    fn job_records_keep_their_encoding() {
+        let meta = JobMeta {
+            queue: Arc::from("q"),
+            priority: 4,
+            max_attempts: 0,
+            backoff: None,
+            enqueued_at_ms: 1_700_000_000_000,
+            idempotency_key: None,
+            answer_bytes: answer_bytes("q", b"hi", &[("k".into(), "v".into())], None),
         };
-        let record = postcard::to_allocvec(&(&body, &status)).expect("encodes");
+        let status = leased_status();
+        let record = postcard::to_allocvec(&(&meta, &status)).expect("encodes");
         assert_eq!(hex(&record), GOLDEN_JOB_RECORD);
+        let content = JobContent {
+            payload: Bytes::from_static(b"hi"),
+            headers: vec![("k".into(), "v".into())],
+        };
+        let written = postcard::to_allocvec(&ContentRef {
+            payload: &content.payload,
+            headers: &content.headers,
+        })
+        .expect("encodes");
+        assert_eq!(hex(&written), GOLDEN_CONTENT_RECORD);
+        let read: JobContent = postcard::from_bytes(&written).expect("decodes");
+        assert_eq!(read, content);
         let status_only = postcard::to_allocvec(&status).expect("encodes");
         assert_eq!(hex(&status_only), GOLDEN_STATUS_RECORD);
+    }
+
+    /// A job record of data format 1 (the body carried the payload) splits
+    /// into exactly today's job record and content record.
+    #[test]
+    fn format_1_job_records_convert() {
+        let v1 = unhex(GOLDEN_JOB_RECORD_V1);
+        let (record, content) = super::split_v1_job(&v1).expect("converts");
+        assert_eq!(hex(&record), GOLDEN_JOB_RECORD);
+        assert_eq!(hex(&content), GOLDEN_CONTENT_RECORD);
+    }
+
+    /// Format-1 records of `n` jobs of shard 0 written into `store`, as a
+    /// queue-node of that format left them.
+    fn write_v1_jobs(store: &super::Store, n: u64) -> Vec<(JobId, Vec<u8>)> {
+        let v1 = unhex(GOLDEN_JOB_RECORD_V1);
+        let cf = store.cf(super::CF_STATE);
+        (0..n)
+            .map(|i| {
+                let id = JobId {
+                    shard: 0,
+                    index: 10 + i / 4,
+                    position: (i % 4) as u32,
+                };
+                let key = crate::fsm::keys::job_key(crate::fsm::keys::JOB, id);
+                store.db.put_cf(cf, key, &v1).expect("write");
+                (id, key.to_vec())
+            })
+            .collect()
+    }
+
+    fn assert_all_converted(store: &super::Store, jobs: &[(JobId, Vec<u8>)]) {
+        let cf = store.cf(super::CF_STATE);
+        for (id, key) in jobs {
+            let record = store.db.get_cf(cf, key).expect("read").expect("job record");
+            assert_eq!(hex(&record), GOLDEN_JOB_RECORD, "job {id}");
+            let content_key = crate::fsm::keys::job_key(crate::fsm::keys::CONTENT, *id);
+            let content = store.db.get_cf(cf, content_key).expect("read");
+            assert_eq!(
+                content.map(|c| hex(&c)).as_deref(),
+                Some(GOLDEN_CONTENT_RECORD)
+            );
+        }
+        assert_eq!(
+            store
+                .node_record(super::FORMAT_KEY, "format")
+                .expect("read"),
+            Some(super::DATA_FORMAT)
+        );
+        assert_eq!(super::conversion_point(store).expect("read"), None);
+    }
+
+    /// A format-1 data dir is converted in place at start, over several
+    /// chunks; a conversion cut short after its first chunk resumes after
+    /// it and converts nothing twice (a record converted twice would not
+    /// decode as format 1, and the start would fail).
+    #[test]
+    fn a_format_1_data_dir_converts_and_a_cut_conversion_resumes() {
+        let n = 2 * super::CONVERT_CHUNK as u64 + 17;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = super::Store::open(dir.path(), super::super::Durability::Fsync).expect("open");
+        let jobs = write_v1_jobs(&store, n);
+        store
+            .put_node_record(super::FORMAT_KEY, 1)
+            .expect("format 1");
+        super::check_data_dir(&store).expect("converts");
+        assert_all_converted(&store, &jobs);
+        drop(store);
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = super::Store::open(dir.path(), super::super::Durability::Fsync).expect("open");
+        let jobs = write_v1_jobs(&store, n);
+        // What a run cut short after its first chunk left behind.
+        let cf = store.cf(super::CF_STATE);
+        let first = &jobs[..super::CONVERT_CHUNK];
+        for (id, key) in first {
+            let v1 = store.db.get_cf(cf, key).expect("read").expect("record");
+            let (record, content) = super::split_v1_job(&v1).expect("converts");
+            store.db.put_cf(cf, key, record).expect("write");
+            let content_key = crate::fsm::keys::job_key(crate::fsm::keys::CONTENT, *id);
+            store.db.put_cf(cf, content_key, content).expect("write");
+        }
+        let raft_cf = store.cf(super::CF_RAFT);
+        store
+            .db
+            .put_cf(raft_cf, super::CONVERTED_KEY, &first[first.len() - 1].1)
+            .expect("write");
+        store
+            .put_node_record(super::FORMAT_KEY, super::DATA_FORMAT)
+            .expect("format 2");
+        super::check_data_dir(&store).expect("resumes");
+        assert_all_converted(&store, &jobs);
+    }
+
+    /// A snapshot from a node still on format 1 installs as format 2; one
+    /// already in format 2 passes unchanged.
+    #[test]
+    fn format_1_snapshots_convert_on_install() {
+        use crate::fsm::keys::{job_key, CONTENT, JOB, STATUS};
+        let job = |key: [u8; 17]| Bytes::copy_from_slice(&key);
+        let status = Bytes::from(postcard::to_allocvec(&leased_status()).expect("encodes"));
+        let v1 = vec![
+            (
+                job(job_key(JOB, id(1))),
+                Bytes::from(unhex(GOLDEN_JOB_RECORD_V1)),
+            ),
+            (job(job_key(STATUS, id(1))), status.clone()),
+        ];
+        let v2 = super::snapshot_records(v1).expect("converts");
+        let expected = vec![
+            (
+                job(job_key(CONTENT, id(1))),
+                Bytes::from(unhex(GOLDEN_CONTENT_RECORD)),
+            ),
+            (
+                job(job_key(JOB, id(1))),
+                Bytes::from(unhex(GOLDEN_JOB_RECORD)),
+            ),
+            (job(job_key(STATUS, id(1))), status),
+        ];
+        assert_eq!(v2, expected);
+        assert_eq!(super::snapshot_records(v2).expect("unchanged"), expected);
+    }
+
+    fn unhex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+            .collect()
     }
 
     const GOLDEN_BATCH: &str = concat!(
@@ -186,7 +524,12 @@ mod tests {
         "710701710101000164e8070000000000000040010208030902090171010309020a",
         "0171000b0c0103090204",
     );
-    const GOLDEN_JOB_RECORD: &str =
+    /// Data format 1: `(JobBody, JobStatus)`, payload and headers inside.
+    const GOLDEN_JOB_RECORD_V1: &str =
         "017102686901016b017608000080d095ffbc3100020301b0ba97ffbc310104626f6f6d010177";
+    /// Data format 2: `(JobMeta, JobStatus)` and the content record.
+    const GOLDEN_JOB_RECORD: &str =
+        "017108000080d095ffbc31008d01020301b0ba97ffbc310104626f6f6d010177";
+    const GOLDEN_CONTENT_RECORD: &str = "02686901016b0176";
     const GOLDEN_STATUS_RECORD: &str = "020301b0ba97ffbc310104626f6f6d010177";
 }

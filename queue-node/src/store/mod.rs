@@ -3,6 +3,7 @@
 //! prefixed by shard. One WAL for the whole node, so one fsync makes many
 //! appended batches (of any shard) durable at once.
 //!
+//! - [`contents`]: reading job payloads and headers back to serve them.
 //! - [`db`]: opening RocksDB and the group-commit fsync thread.
 //! - [`health`]: noticing a RocksDB that stalls writes for good.
 //! - [`log_store`]: openraft's `RaftLogStorage`.
@@ -13,6 +14,7 @@
 // return the same type so `?` works without conversions.
 #![allow(clippy::result_large_err)]
 
+pub mod contents;
 pub mod db;
 pub mod format;
 pub mod health;
@@ -20,6 +22,7 @@ pub mod log_store;
 pub mod state_machine;
 pub mod watermark;
 
+pub use contents::{ContentError, Contents};
 pub use db::{Durability, Store};
 
 use crate::raft_types::StorageError;

@@ -22,6 +22,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
 
 use super::db::{Store, CF_STATE};
+use super::format::{self, SnapshotPayload};
 use super::io_err;
 use crate::fsm::keys::{self, WriteSink};
 use crate::fsm::ShardState;
@@ -35,12 +36,6 @@ struct AppliedMeta {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     now_ms: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct SnapshotPayload {
-    now_ms: u64,
-    records: Vec<(Bytes, Bytes)>,
 }
 
 struct BatchSink<'a> {
@@ -174,7 +169,7 @@ impl StateMachineStore {
                 IteratorMode::From(&prefix, Direction::Forward),
             );
             let _ = built_tx.send(
-                collect_shard(scan, &prefix)
+                collect_until(scan, &keys::shard_end(shard))
                     .map_err(SnapshotError::Read)
                     .and_then(|records| {
                         encode_snapshot(records, now_ms).map_err(SnapshotError::Encode)
@@ -214,26 +209,37 @@ fn encode_snapshot(records: Vec<Record>, now_ms: u64) -> Result<Vec<u8>, postcar
 /// One key and its value, as RocksDB hands them out.
 type Record = (Box<[u8]>, Box<[u8]>);
 
-/// Every state key of a shard, in key order.
+/// Every state key of a shard a rebuild reads, in key order: all but the
+/// job contents, which stay on disk.
 fn read_shard(store: &Store, shard: u32) -> Result<Vec<Record>, rocksdb::Error> {
+    let cf = store.cf(CF_STATE);
+    let contents = keys::named_key(shard, keys::CONTENT, b"");
+    let after_contents = keys::named_key(shard, keys::CONTENT + 1, b"");
     let prefix = keys::shard_prefix(shard);
-    let scan = store.db.iterator_cf(
-        store.cf(CF_STATE),
-        IteratorMode::From(&prefix, Direction::Forward),
-    );
-    collect_shard(scan, &prefix)
+    let mut records = collect_until(
+        store
+            .db
+            .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)),
+        &contents,
+    )?;
+    records.extend(collect_until(
+        store
+            .db
+            .iterator_cf(cf, IteratorMode::From(&after_contents, Direction::Forward)),
+        &keys::shard_end(shard),
+    )?);
+    Ok(records)
 }
 
-/// The records of `scan` (which starts at `prefix`) up to the last one
-/// under `prefix`.
-fn collect_shard(
+/// The records of `scan` before `end`.
+fn collect_until(
     scan: impl Iterator<Item = Result<Record, rocksdb::Error>>,
-    prefix: &[u8],
+    end: &[u8],
 ) -> Result<Vec<Record>, rocksdb::Error> {
     let mut out = Vec::new();
     for item in scan {
         let (key, value) = item?;
-        if !key.starts_with(prefix) {
+        if &*key >= end {
             break;
         }
         out.push((key, value));
@@ -350,8 +356,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
-        let payload: SnapshotPayload =
+        let mut payload: SnapshotPayload =
             postcard::from_bytes(&data).map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
+        payload.records = format::snapshot_records(payload.records)
+            .map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
         let cf = self.store.cf(CF_STATE);
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(

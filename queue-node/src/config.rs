@@ -34,6 +34,29 @@ pub struct NodeConfig {
     pub batching: BatchConfig,
     pub raft: RaftTimings,
     pub queue_defaults: QueueDefaultsConfig,
+    pub memory: MemoryConfig,
+}
+
+/// What the node may hold in memory beyond its job index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Payloads and headers of live jobs kept in memory so that serving
+    /// them needs no disk read, in MiB (all shards together). Jobs
+    /// enqueued while it is full are read from disk when served. 0 = none.
+    pub content_cache_mib: u64,
+    /// RocksDB's block cache for the state (job records and contents read
+    /// back from disk), in MiB.
+    pub block_cache_mib: u64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            content_cache_mib: 256,
+            block_cache_mib: 64,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,6 +102,7 @@ impl Default for NodeConfig {
             batching: BatchConfig::default(),
             raft: RaftTimings::default(),
             queue_defaults: QueueDefaultsConfig::default(),
+            memory: MemoryConfig::default(),
         }
     }
 }

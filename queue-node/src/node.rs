@@ -25,7 +25,7 @@ use crate::raft_types::{NodeId, Raft};
 use crate::service::{ClusterService, QueueAdminService, QueueService};
 use crate::store::log_store::LogStore;
 use crate::store::state_machine::StateMachineStore;
-use crate::store::{health, watermark, Contents, Store};
+use crate::store::{health, watermark, ContentCache, Contents, Store};
 
 /// A running node.
 pub struct NodeHandle {
@@ -117,7 +117,11 @@ async fn shard_failure(context: &NodeContext) -> anyhow::Error {
 
 pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     config.validate()?;
-    let store = Store::open(&config.data_dir, config.durability)?;
+    let store = Store::open(
+        &config.data_dir,
+        config.durability,
+        mib(config.memory.block_cache_mib),
+    )?;
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -136,11 +140,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     crate::store::format::check_data_dir(&store)?;
     store.check_shard_count(config.shards)?;
     let watermark = watermark::read(&config.data_dir)?;
+    let content_cache = Arc::new(ContentCache::new(mib(config.memory.content_cache_mib)));
     let mut shards = Vec::new();
     for id in 0..config.shards {
         let raft_config = Arc::new(shard_raft_config(&config, id)?);
         let (sm, shared) =
-            StateMachineStore::open(store.clone(), id).context("loading the state machine")?;
+            StateMachineStore::open(store.clone(), id, content_cache.clone())
+                .context("loading the state machine")?;
         let log = LogStore::new(store.clone(), id, shared.clone());
         // The state on disk may trail the log (state writes skip the WAL and
         // are re-applied from the log), so the log counts too.
@@ -174,7 +180,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             raft,
             batcher,
             shared,
-            contents: Contents::new(store.clone()),
+            contents: Contents::new(store.clone(), content_cache.clone()),
         });
     }
 
@@ -329,4 +335,9 @@ async fn bootstrap(
         }
     }
     Ok(())
+}
+
+/// `n` MiB in bytes (saturating: a config value cannot overflow it).
+fn mib(n: u64) -> usize {
+    usize::try_from(n.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
 }

@@ -570,6 +570,7 @@ impl ShardState {
         sink.put(&keys::job_key(keys::STATUS, id), &job.status);
         let queue = job.meta.queue.clone();
         self.queue_mut(&queue).dead.insert(id);
+        self.finished.push(id);
     }
 
     /// Forgets a job that left every index.
@@ -578,6 +579,7 @@ impl ShardState {
             sink.delete(&keys::job_key(keys::JOB, id));
             sink.delete(&keys::job_key(keys::STATUS, id));
             sink.delete(&keys::job_key(keys::CONTENT, id));
+            self.finished.push(id);
         }
     }
 

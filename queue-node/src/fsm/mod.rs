@@ -126,6 +126,9 @@ pub struct ShardState {
     dedup_expiry: BTreeSet<(u64, Arc<str>, String)>,
     /// Queues that gained ready jobs since the last [`ShardState::take_woken`].
     woken: Vec<Arc<str>>,
+    /// Jobs that left the state or died since the last
+    /// [`ShardState::take_finished`]: their contents need not stay cached.
+    finished: Vec<JobId>,
 }
 
 /// Why persisted state could not be loaded.
@@ -152,6 +155,7 @@ impl ShardState {
             dedup: HashMap::new(),
             dedup_expiry: BTreeSet::new(),
             woken: Vec::new(),
+            finished: Vec::new(),
         }
     }
 
@@ -273,6 +277,11 @@ impl ShardState {
     /// Queues that gained ready jobs since the last call (for waking fetchers).
     pub fn take_woken(&mut self) -> Vec<Arc<str>> {
         std::mem::take(&mut self.woken)
+    }
+
+    /// Jobs acked, cancelled, purged or dead since the last call.
+    pub fn take_finished(&mut self) -> Vec<JobId> {
+        std::mem::take(&mut self.finished)
     }
 
     /// The earliest time a timer (scheduled job, lease, idempotency key) is due.

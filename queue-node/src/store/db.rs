@@ -5,7 +5,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 
 use openraft::storage::LogFlushed;
-use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::raft_types::TypeConfig;
@@ -60,7 +60,13 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn open(dir: &Path, durability: Durability) -> Result<Store, OpenError> {
+    /// Opens (or creates) the node's RocksDB; `block_cache_bytes` is the
+    /// state's block cache.
+    pub fn open(
+        dir: &Path,
+        durability: Durability,
+        block_cache_bytes: usize,
+    ) -> Result<Store, OpenError> {
         std::fs::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
             path: dir.display().to_string(),
             source,
@@ -98,6 +104,15 @@ impl Store {
         // instead of rewriting the whole state (with 64 MiB files an
         // enqueue-heavy node re-read every job at every compaction).
         state_opts.set_target_file_size_base(8 << 20);
+        // Job contents are read back one claim at a time: a bloom filter
+        // skips the files a key is not in, and index and filter blocks
+        // stay in the cache instead of being read for every lookup.
+        let mut table = BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        table.set_block_cache(&Cache::new_lru_cache(block_cache_bytes));
+        state_opts.set_block_based_table_factory(&table);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_LOG, log_opts),
             ColumnFamilyDescriptor::new(CF_RAFT, Options::default()),

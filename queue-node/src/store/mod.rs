@@ -22,7 +22,7 @@ pub mod log_store;
 pub mod state_machine;
 pub mod watermark;
 
-pub use contents::{ContentError, Contents};
+pub use contents::{ContentCache, ContentError, Contents};
 pub use db::{Durability, Store};
 
 use crate::raft_types::StorageError;

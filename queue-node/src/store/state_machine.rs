@@ -21,12 +21,13 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
 
+use super::contents::ContentCache;
 use super::db::{Store, CF_STATE};
 use super::format::{self, SnapshotPayload};
 use super::io_err;
 use crate::fsm::keys::{self, WriteSink};
 use crate::fsm::ShardState;
-use crate::ops::BatchResult;
+use crate::ops::{BatchResult, Op, OpResult};
 use crate::raft_types::{LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::shard::ShardShared;
 
@@ -63,6 +64,8 @@ impl WriteSink for BatchSink<'_> {
 pub struct StateMachineStore {
     store: Store,
     shard: u32,
+    /// Where the contents of newly enqueued jobs are kept for serving.
+    contents: Arc<ContentCache>,
     shared: Arc<ShardShared>,
     meta: AppliedMeta,
     current_snapshot: SnapshotCache,
@@ -99,6 +102,7 @@ impl StateMachineStore {
     pub fn open(
         store: Store,
         shard: u32,
+        contents: Arc<ContentCache>,
     ) -> Result<(StateMachineStore, Arc<ShardShared>), LoadStateError> {
         let cf = store.cf(CF_STATE);
         let meta: AppliedMeta = match store
@@ -127,6 +131,7 @@ impl StateMachineStore {
             StateMachineStore {
                 store,
                 shard,
+                contents,
                 shared: shared.clone(),
                 meta,
                 current_snapshot: Arc::default(),
@@ -139,6 +144,26 @@ impl StateMachineStore {
     /// The last applied log index (0 before the first entry).
     pub fn applied_index(&self) -> u64 {
         self.meta.last_applied.map(|l| l.index).unwrap_or(0)
+    }
+
+    /// Keeps the contents of the jobs these entries enqueued (not the
+    /// duplicates an idempotency key turned away) while the cache has room.
+    fn cache_contents(&self, entries: &[openraft::Entry<TypeConfig>], results: &[BatchResult]) {
+        for (entry, result) in entries.iter().zip(results) {
+            let EntryPayload::Normal(batch) = &entry.payload else {
+                continue;
+            };
+            for (op, result) in batch.ops.iter().zip(&result.0) {
+                if let (Op::Enqueue { jobs, .. }, OpResult::Enqueued(ids)) = (op, result) {
+                    self.contents.admit(
+                        ids.iter()
+                            .zip(jobs)
+                            .filter(|((_, duplicate), _)| !duplicate)
+                            .map(|((id, _), job)| (*id, job)),
+                    );
+                }
+            }
+        }
     }
 
     /// Starts building a snapshot of the state as applied now. Waits only
@@ -306,25 +331,28 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             scratch: Vec::with_capacity(1024),
         };
         let mut results = Vec::new();
-        let woken = {
+        let (woken, finished) = {
             let mut state = self.shared.state();
-            for entry in entries {
+            for entry in &entries {
                 self.meta.last_applied = Some(entry.log_id);
-                results.push(match entry.payload {
+                results.push(match &entry.payload {
                     EntryPayload::Blank => BatchResult::default(),
                     EntryPayload::Normal(batch) => {
-                        state.apply_batch(entry.log_id.index, &batch, &mut sink)
+                        state.apply_batch(entry.log_id.index, batch, &mut sink)
                     }
                     EntryPayload::Membership(m) => {
-                        self.meta.membership = StoredMembership::new(Some(entry.log_id), m);
+                        self.meta.membership =
+                            StoredMembership::new(Some(entry.log_id), m.clone());
                         BatchResult::default()
                     }
                 });
             }
             self.meta.now_ms = state.now_ms();
             self.shared.clock.applied(self.meta.now_ms);
-            state.take_woken()
+            (state.take_woken(), state.take_finished())
         };
+        self.cache_contents(&entries, &results);
+        self.contents.forget(finished);
         sink.put(&meta_key(self.shard), &self.meta);
         if let Some(e) = sink.error {
             return Err(io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e));
@@ -394,6 +422,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .write_opt(batch, &synced)
             .map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
         self.meta = applied;
+        self.contents.forget_shard(self.shard);
         self.shared.replace_state(state);
         self.shared.set_applied_index(self.applied_index());
         self.shared.set_durable_index(self.applied_index());

@@ -113,7 +113,7 @@ pub fn client_endpoint(jq: &JobQueue) -> String {
 pub fn node_config_yaml(jq: &JobQueue) -> Result<String, Error> {
     let s = &jq.spec;
     let q = &s.queue_defaults;
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "data_dir": DATA_DIR,
         "listen": format!("0.0.0.0:{GRPC_PORT}"),
         "http_listen": format!("0.0.0.0:{HTTP_PORT}"),
@@ -138,7 +138,47 @@ pub fn node_config_yaml(jq: &JobQueue) -> Result<String, Error> {
             "backoff_multiplier": q.backoff_multiplier,
         },
     });
+    if let Some(memory) = memory_budgets(jq) {
+        config["memory"] = memory;
+    }
     serde_yaml::to_string(&config).map_err(|e| Error::Render(format!("node config: {e}")))
+}
+
+/// The node's memory budgets from the pod's memory limit: a quarter for
+/// payloads kept in memory, a sixteenth for RocksDB's block cache; the
+/// rest for the job index, memtables and requests. No limit: the node's
+/// defaults.
+fn memory_budgets(jq: &JobQueue) -> Option<serde_json::Value> {
+    let limit = jq.spec.resources.as_ref()?.limits.as_ref()?.get("memory")?;
+    let mib = quantity_bytes(&limit.0)? >> 20;
+    Some(serde_json::json!({
+        "content_cache_mib": mib / 4,
+        "block_cache_mib": (mib / 16).max(8),
+    }))
+}
+
+/// A Kubernetes memory quantity (`4Gi`, `512Mi`, `1G`, `1048576`) in
+/// bytes; `None` for forms a memory limit does not use.
+fn quantity_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let scale: u64 = match suffix {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        _ => return None,
+    };
+    let value: f64 = number.parse().ok()?;
+    Some((value * scale as f64) as u64)
 }
 
 pub fn config_map(jq: &JobQueue) -> Result<ConfigMap, Error> {
@@ -419,6 +459,7 @@ pub fn pod_disruption_budget(jq: &JobQueue) -> Result<Option<PodDisruptionBudget
 mod tests {
     use super::*;
     use crate::crd::JobQueueSpec;
+    use k8s_openapi::api::core::v1::ResourceRequirements;
 
     fn queue(replicas: i32, shards: i32) -> JobQueue {
         let spec: JobQueueSpec =
@@ -448,6 +489,30 @@ mod tests {
         assert_eq!(yaml["queue_defaults"]["lease_ms"], 5000);
         assert_eq!(yaml["listen"], "0.0.0.0:7400");
         assert_eq!(yaml["http_listen"], "0.0.0.0:9400");
+        assert!(
+            yaml.get("memory").is_none(),
+            "no limit: the node's defaults"
+        );
+    }
+
+    #[test]
+    fn memory_budgets_follow_the_pod_memory_limit() {
+        let mut jq = queue(3, 1);
+        jq.spec.resources = Some(ResourceRequirements {
+            limits: Some(BTreeMap::from([(
+                "memory".to_string(),
+                Quantity("4Gi".into()),
+            )])),
+            ..ResourceRequirements::default()
+        });
+        let yaml: serde_json::Value =
+            serde_yaml::from_str(&node_config_yaml(&jq).expect("render")).expect("yaml");
+        assert_eq!(yaml["memory"]["content_cache_mib"], 1024);
+        assert_eq!(yaml["memory"]["block_cache_mib"], 256);
+        assert_eq!(quantity_bytes("512Mi"), Some(512 << 20));
+        assert_eq!(quantity_bytes("1G"), Some(1_000_000_000));
+        assert_eq!(quantity_bytes("1.5Gi"), Some(3 << 29));
+        assert_eq!(quantity_bytes("100m"), None);
     }
 
     #[test]

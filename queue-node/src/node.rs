@@ -144,9 +144,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     let mut shards = Vec::new();
     for id in 0..config.shards {
         let raft_config = Arc::new(shard_raft_config(&config, id)?);
-        let (sm, shared) =
-            StateMachineStore::open(store.clone(), id, content_cache.clone())
-                .context("loading the state machine")?;
+        let (sm, shared) = StateMachineStore::open(store.clone(), id, content_cache.clone())
+            .context("loading the state machine")?;
         let log = LogStore::new(store.clone(), id, shared.clone());
         // The state on disk may trail the log (state writes skip the WAL and
         // are re-applied from the log), so the log counts too.

@@ -200,8 +200,8 @@ async fn a_data_dir_in_a_newer_format_is_refused_and_left_intact() {
     assert_eq!(ready_jobs(&mut node).await, JOBS as u64);
 }
 
-/// Rewrites a stopped node's job records as data format 1 left them (the
-/// payload and headers inside the job record, no content records). Returns
+/// Rewrites a stopped node's job records as data format 1 left them
+/// (`(JobBody, JobStatus)`: the payload and headers in the body). Returns
 /// how many it rewrote.
 fn make_format_1(dir: &Path) -> usize {
     use raftq_node::ops::{BackoffPolicy, JobContent, JobMeta, JobStatus};
@@ -225,19 +225,13 @@ fn make_format_1(dir: &Path) -> usize {
         .iterator_cf(cf, rocksdb::IteratorMode::Start)
         .map(|r| r.unwrap())
         .collect();
-    let content_of = |key: &[u8]| {
-        let mut content_key = key.to_vec();
-        content_key[4] = b'c';
-        content_key
-    };
     let mut rewritten = 0;
     for (key, value) in &records {
         if key.len() != 17 || key[4] != b'j' {
             continue;
         }
-        let (meta, status): (JobMeta, JobStatus) = postcard::from_bytes(value).unwrap();
-        let content: JobContent =
-            postcard::from_bytes(&db.get_cf(cf, content_of(key)).unwrap().unwrap()).unwrap();
+        let (meta, status, content): (JobMeta, JobStatus, JobContent) =
+            postcard::from_bytes(value).unwrap();
         let body = BodyV1 {
             queue: &meta.queue,
             payload: &content.payload,
@@ -250,7 +244,6 @@ fn make_format_1(dir: &Path) -> usize {
         };
         db.put_cf(cf, key, postcard::to_allocvec(&(&body, &status)).unwrap())
             .unwrap();
-        db.delete_cf(cf, content_of(key)).unwrap();
         rewritten += 1;
     }
     db.flush_cf(cf).unwrap();

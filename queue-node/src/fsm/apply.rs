@@ -256,15 +256,13 @@ impl ShardState {
             last_error: None,
             worker: None,
         };
-        sink.put(&keys::job_key(keys::JOB, id), &(&*meta, &status));
-        // Written once; read back only to serve the job.
-        sink.put(
-            &keys::job_key(keys::CONTENT, id),
-            &ContentRef {
-                payload: &job.payload,
-                headers: &job.headers,
-            },
-        );
+        // The content is written here once and read back only to serve
+        // the job; memory keeps the metadata.
+        let content = ContentRef {
+            payload: &job.payload,
+            headers: &job.headers,
+        };
+        sink.put(&keys::job_key(keys::JOB, id), &(&*meta, &status, content));
         let job = Job { meta, status };
         let q = self.queue_mut(&queue);
         q.totals.enqueued += 1;
@@ -578,7 +576,6 @@ impl ShardState {
         if self.jobs.remove(&id).is_some() {
             sink.delete(&keys::job_key(keys::JOB, id));
             sink.delete(&keys::job_key(keys::STATUS, id));
-            sink.delete(&keys::job_key(keys::CONTENT, id));
             self.finished.push(id);
         }
     }

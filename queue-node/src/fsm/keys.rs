@@ -8,11 +8,10 @@
 use raftq_api::JobId;
 use serde::Serialize;
 
-/// Job payload and headers ([`crate::ops::JobContent`]), written once and
-/// read only to serve the job: `shard | 'c' | index | position`. A rebuild
-/// skips this range.
-pub const CONTENT: u8 = b'c';
-/// Job metadata plus its status at enqueue: `shard | 'j' | index | position`.
+/// A job as enqueued, written once: `(JobMeta, JobStatus, JobContent)` —
+/// what scheduling needs, the status at enqueue, then the payload and
+/// headers, which a rebuild skips and only serving reads:
+/// `shard | 'j' | index | position`.
 pub const JOB: u8 = b'j';
 /// Idempotency key: `shard | 'k' | queue | 0 | key`.
 pub const DEDUP: u8 = b'k';

@@ -131,15 +131,17 @@ pub struct ShardState {
     finished: Vec<JobId>,
 }
 
-/// Why persisted state could not be loaded.
+/// Why persisted state could not be loaded (`E`: reading it).
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+pub enum LoadError<E> {
+    #[error("reading the state: {0}")]
+    Read(E),
     #[error("corrupt state record at key {key:02x?}: {source}")]
     Decode {
         key: Vec<u8>,
         source: postcard::Error,
     },
-    #[error("status record {0:02x?} has no job body")]
+    #[error("status record {0:02x?} has no job record")]
     OrphanStatus(Vec<u8>),
 }
 
@@ -164,22 +166,30 @@ impl ShardState {
     }
 
     /// Rebuilds the state from its keys, in key order (as RocksDB iterates
-    /// them). Meta keys are the store's and are skipped here, and so are
-    /// job contents: the store need not read them at all.
-    pub fn load<'a>(
+    /// them), one record at a time. Meta keys are the store's and are
+    /// skipped here; of a job record only the metadata and status are
+    /// decoded, never the content that follows them.
+    pub fn load<K: AsRef<[u8]>, V: AsRef<[u8]>, E>(
         shard: u32,
         now_ms: u64,
-        records: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
-    ) -> Result<ShardState, LoadError> {
-        fn decode<'v, T: Deserialize<'v>>(key: &[u8], value: &'v [u8]) -> Result<T, LoadError> {
-            postcard::from_bytes(value).map_err(|source| LoadError::Decode {
-                key: key.to_vec(),
-                source,
-            })
+        records: impl IntoIterator<Item = Result<(K, V), E>>,
+    ) -> Result<ShardState, LoadError<E>> {
+        fn decode<'v, T: Deserialize<'v>, E>(
+            key: &[u8],
+            value: &'v [u8],
+        ) -> Result<T, LoadError<E>> {
+            postcard::take_from_bytes(value)
+                .map(|(value, _rest)| value)
+                .map_err(|source| LoadError::Decode {
+                    key: key.to_vec(),
+                    source,
+                })
         }
         let mut state = ShardState::new(shard);
         state.now_ms = now_ms;
-        for (key, value) in records {
+        for record in records {
+            let (key, value) = record.map_err(LoadError::Read)?;
+            let (key, value) = (key.as_ref(), value.as_ref());
             let kind = key.get(4).copied();
             match kind {
                 Some(keys::JOB) => {

@@ -65,9 +65,10 @@ impl Harness {
 
     /// The payload apply wrote for `id` (contents live only in the sink).
     fn payload(&self, id: JobId) -> Bytes {
-        let key = super::keys::job_key(super::keys::CONTENT, id);
-        let bytes = self.sink.map.get(&key[..]).expect("content record");
-        let content: JobContent = postcard::from_bytes(bytes).expect("content decodes");
+        let key = super::keys::job_key(super::keys::JOB, id);
+        let bytes = self.sink.map.get(&key[..]).expect("job record");
+        let (_, _, content): (JobMeta, JobStatus, JobContent) =
+            postcard::from_bytes(bytes).expect("job record decodes");
         content.payload
     }
 
@@ -131,7 +132,11 @@ impl Harness {
 
     /// The state rebuilt from what apply wrote must equal the live one.
     fn assert_rebuilds(&self) {
-        let records = self.sink.map.iter().map(|(k, v)| (&k[..], &v[..]));
+        let records = self
+            .sink
+            .map
+            .iter()
+            .map(|(k, v)| Ok::<_, std::convert::Infallible>((k, v)));
         let rebuilt = ShardState::load(0, self.state.now_ms(), records).expect("load");
         assert_eq!(rebuilt.digest(), self.state.digest());
     }

@@ -10,21 +10,19 @@
 //!
 //! - Data format 1: a job record is `(JobBody, JobStatus)`, the payload
 //!   and headers inside the body.
-//! - Data format 2: a job record is `(JobMeta, JobStatus)`; the payload
-//!   and headers are a record of their own ([`keys::CONTENT`]), never
-//!   loaded into memory. Raft entries are unchanged (format 1); snapshots,
-//!   which are the shard's records, move to format 2. A format-2 node
-//!   installs format-1 snapshots (converting them); a format-1 node refuses
-//!   format-2 snapshots with "upgrade this node".
+//! - Data format 2: a job record is `(JobMeta, JobStatus, JobContent)`:
+//!   the metadata first, so a rebuild decodes only that and keeps the
+//!   payload and headers on disk. Raft entries are unchanged (format 1);
+//!   snapshots, which are the shard's records, name their format (2) in a
+//!   field after the records. A format-2 node installs format-1 snapshots
+//!   (converting them); a format-1 node refuses format-2 snapshot messages
+//!   with "upgrade this node".
 //!
 //! The golden-bytes tests below pin every encoding. Any change to a
 //! persisted or replicated type that changes those bytes must raise the
 //! matching format and teach the node to read (or convert) the old one.
 
-use std::collections::HashSet;
-
 use bytes::Bytes;
-use raftq_api::JobId;
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
 
@@ -115,8 +113,8 @@ struct JobBodyV1 {
     idempotency_key: Option<String>,
 }
 
-/// A format-1 job record as its format-2 job record and content record.
-pub fn split_v1_job(value: &[u8]) -> Result<(Vec<u8>, Vec<u8>), postcard::Error> {
+/// A format-1 job record as a format-2 one.
+pub fn convert_v1_job(value: &[u8]) -> Result<Vec<u8>, postcard::Error> {
     let (body, status): (JobBodyV1, JobStatus) = postcard::from_bytes(value)?;
     let meta = JobMeta {
         answer_bytes: answer_bytes(
@@ -132,12 +130,11 @@ pub fn split_v1_job(value: &[u8]) -> Result<(Vec<u8>, Vec<u8>), postcard::Error>
         enqueued_at_ms: body.enqueued_at_ms,
         idempotency_key: body.idempotency_key,
     };
-    let record = postcard::to_allocvec(&(&meta, &status))?;
-    let content = postcard::to_allocvec(&ContentRef {
+    let content = ContentRef {
         payload: &body.payload,
         headers: &body.headers,
-    })?;
-    Ok((record, content))
+    };
+    postcard::to_allocvec(&(&meta, &status, content))
 }
 
 fn is_job_record(key: &[u8]) -> bool {
@@ -164,16 +161,12 @@ fn convert_from_1(store: &Store, mut start: Vec<u8>) -> Result<(), OpenError> {
             if !is_job_record(&key) || (!start.is_empty() && *key == *start) {
                 continue;
             }
-            let id = keys::job_id_of(&key).ok_or_else(|| {
-                OpenError::NodeRecord(format!("job record key {key:02x?} is malformed"))
-            })?;
-            let (record, content) = split_v1_job(&value).map_err(|e| {
+            let record = convert_v1_job(&value).map_err(|e| {
                 OpenError::NodeRecord(format!(
-                    "job {id}'s record is not in data format 1 ({e}): the data dir is corrupt"
+                    "job record {key:02x?} is not in data format 1 ({e}): the data dir is corrupt"
                 ))
             })?;
             batch.put_cf(cf, &key, record);
-            batch.put_cf(cf, keys::job_key(keys::CONTENT, id), content);
             last = Some(key);
             in_chunk += 1;
             if in_chunk == CONVERT_CHUNK {
@@ -199,44 +192,49 @@ fn convert_from_1(store: &Store, mut start: Vec<u8>) -> Result<(), OpenError> {
     }
 }
 
-/// The records of a snapshot as this node stores them: a format-1
-/// snapshot (from a node not yet upgraded) has job records carrying their
-/// payload and no content records; they are split as at start.
-pub fn snapshot_records(
-    records: Vec<(Bytes, Bytes)>,
-) -> Result<Vec<(Bytes, Bytes)>, postcard::Error> {
-    let with_content: HashSet<JobId> = records
-        .iter()
-        .filter(|(k, _)| k.len() == 17 && k[4] == keys::CONTENT)
-        .filter_map(|(k, _)| keys::job_id_of(k))
-        .collect();
-    let mut out = Vec::with_capacity(records.len());
-    for (key, value) in records {
-        let old = key.len() == 17
-            && key[4] == keys::JOB
-            && keys::job_id_of(&key).is_some_and(|id| !with_content.contains(&id));
-        if !old {
-            out.push((key, value));
-            continue;
-        }
-        let (record, content) = split_v1_job(&value)?;
-        if let Some(id) = keys::job_id_of(&key) {
-            out.push((
-                Bytes::copy_from_slice(&keys::job_key(keys::CONTENT, id)),
-                Bytes::from(content),
-            ));
-        }
-        out.push((key, Bytes::from(record)));
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
-}
-
-/// A snapshot as it travels: its records and the shard clock.
+/// A snapshot as it travels: the shard's records and clock, then the
+/// format of the records (absent before format 2).
 #[derive(Serialize, Deserialize)]
 pub struct SnapshotPayload {
     pub now_ms: u64,
     pub records: Vec<(Bytes, Bytes)>,
+    pub format: u32,
+}
+
+#[derive(Deserialize)]
+struct SnapshotPayloadV1 {
+    now_ms: u64,
+    records: Vec<(Bytes, Bytes)>,
+}
+
+/// A snapshot, its records as this node stores them: a format-1 snapshot
+/// (from a node not yet upgraded) has its job records converted.
+pub fn decode_snapshot(data: &[u8]) -> Result<SnapshotPayload, postcard::Error> {
+    match postcard::from_bytes::<SnapshotPayload>(data) {
+        Ok(payload) if payload.format <= SNAPSHOT_FORMAT => Ok(payload),
+        Ok(_) => Err(postcard::Error::DeserializeBadEncoding),
+        // Format 1 ended after the records.
+        Err(postcard::Error::DeserializeUnexpectedEnd) => {
+            let old: SnapshotPayloadV1 = postcard::from_bytes(data)?;
+            let records = old
+                .records
+                .into_iter()
+                .map(|(key, value)| {
+                    if is_job_record(&key) {
+                        Ok((key, Bytes::from(convert_v1_job(&value)?)))
+                    } else {
+                        Ok((key, value))
+                    }
+                })
+                .collect::<Result<_, postcard::Error>>()?;
+            Ok(SnapshotPayload {
+                now_ms: old.now_ms,
+                records,
+                format: SNAPSHOT_FORMAT,
+            })
+        }
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -370,37 +368,38 @@ mod tests {
             answer_bytes: answer_bytes("q", b"hi", &[("k".into(), "v".into())], None),
         };
         let status = leased_status();
-        let record = postcard::to_allocvec(&(&meta, &status)).expect("encodes");
-        assert_eq!(hex(&record), GOLDEN_JOB_RECORD);
         let content = JobContent {
             payload: Bytes::from_static(b"hi"),
             headers: vec![("k".into(), "v".into())],
         };
-        let written = postcard::to_allocvec(&ContentRef {
+        let written = ContentRef {
             payload: &content.payload,
             headers: &content.headers,
-        })
-        .expect("encodes");
-        assert_eq!(hex(&written), GOLDEN_CONTENT_RECORD);
-        let read: JobContent = postcard::from_bytes(&written).expect("decodes");
-        assert_eq!(read, content);
+        };
+        let record = postcard::to_allocvec(&(&meta, &status, written)).expect("encodes");
+        assert_eq!(hex(&record), GOLDEN_JOB_RECORD);
+        let (m, s, c): (JobMeta, JobStatus, JobContent) =
+            postcard::from_bytes(&record).expect("decodes");
+        assert_eq!((m, s, c), (meta.clone(), status.clone(), content));
+        // A rebuild decodes the metadata and status only.
+        let (prefix, _content): ((JobMeta, JobStatus), _) =
+            postcard::take_from_bytes(&record).expect("decodes");
+        assert_eq!(prefix, (meta, status.clone()));
         let status_only = postcard::to_allocvec(&status).expect("encodes");
         assert_eq!(hex(&status_only), GOLDEN_STATUS_RECORD);
     }
 
-    /// A job record of data format 1 (the body carried the payload) splits
-    /// into exactly today's job record and content record.
+    /// A job record of data format 1 (the body carried the payload)
+    /// converts to exactly today's job record.
     #[test]
     fn format_1_job_records_convert() {
-        let v1 = unhex(GOLDEN_JOB_RECORD_V1);
-        let (record, content) = super::split_v1_job(&v1).expect("converts");
+        let record = super::convert_v1_job(&unhex(GOLDEN_JOB_RECORD_V1)).expect("converts");
         assert_eq!(hex(&record), GOLDEN_JOB_RECORD);
-        assert_eq!(hex(&content), GOLDEN_CONTENT_RECORD);
     }
 
     /// Format-1 records of `n` jobs of shard 0 written into `store`, as a
     /// queue-node of that format left them.
-    fn write_v1_jobs(store: &super::Store, n: u64) -> Vec<(JobId, Vec<u8>)> {
+    fn write_v1_jobs(store: &super::Store, n: u64) -> Vec<Vec<u8>> {
         let v1 = unhex(GOLDEN_JOB_RECORD_V1);
         let cf = store.cf(super::CF_STATE);
         (0..n)
@@ -412,22 +411,16 @@ mod tests {
                 };
                 let key = crate::fsm::keys::job_key(crate::fsm::keys::JOB, id);
                 store.db.put_cf(cf, key, &v1).expect("write");
-                (id, key.to_vec())
+                key.to_vec()
             })
             .collect()
     }
 
-    fn assert_all_converted(store: &super::Store, jobs: &[(JobId, Vec<u8>)]) {
+    fn assert_all_converted(store: &super::Store, jobs: &[Vec<u8>]) {
         let cf = store.cf(super::CF_STATE);
-        for (id, key) in jobs {
+        for key in jobs {
             let record = store.db.get_cf(cf, key).expect("read").expect("job record");
-            assert_eq!(hex(&record), GOLDEN_JOB_RECORD, "job {id}");
-            let content_key = crate::fsm::keys::job_key(crate::fsm::keys::CONTENT, *id);
-            let content = store.db.get_cf(cf, content_key).expect("read");
-            assert_eq!(
-                content.map(|c| hex(&c)).as_deref(),
-                Some(GOLDEN_CONTENT_RECORD)
-            );
+            assert_eq!(hex(&record), GOLDEN_JOB_RECORD, "job {key:02x?}");
         }
         assert_eq!(
             store
@@ -446,7 +439,8 @@ mod tests {
     fn a_format_1_data_dir_converts_and_a_cut_conversion_resumes() {
         let n = 2 * super::CONVERT_CHUNK as u64 + 17;
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = super::Store::open(dir.path(), super::super::Durability::Fsync, 8 << 20).expect("open");
+        let store =
+            super::Store::open(dir.path(), super::super::Durability::Fsync, 8 << 20).expect("open");
         let jobs = write_v1_jobs(&store, n);
         store
             .put_node_record(super::FORMAT_KEY, 1)
@@ -456,22 +450,21 @@ mod tests {
         drop(store);
 
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = super::Store::open(dir.path(), super::super::Durability::Fsync, 8 << 20).expect("open");
+        let store =
+            super::Store::open(dir.path(), super::super::Durability::Fsync, 8 << 20).expect("open");
         let jobs = write_v1_jobs(&store, n);
         // What a run cut short after its first chunk left behind.
         let cf = store.cf(super::CF_STATE);
         let first = &jobs[..super::CONVERT_CHUNK];
-        for (id, key) in first {
+        for key in first {
             let v1 = store.db.get_cf(cf, key).expect("read").expect("record");
-            let (record, content) = super::split_v1_job(&v1).expect("converts");
+            let record = super::convert_v1_job(&v1).expect("converts");
             store.db.put_cf(cf, key, record).expect("write");
-            let content_key = crate::fsm::keys::job_key(crate::fsm::keys::CONTENT, *id);
-            store.db.put_cf(cf, content_key, content).expect("write");
         }
         let raft_cf = store.cf(super::CF_RAFT);
         store
             .db
-            .put_cf(raft_cf, super::CONVERTED_KEY, &first[first.len() - 1].1)
+            .put_cf(raft_cf, super::CONVERTED_KEY, &first[first.len() - 1])
             .expect("write");
         store
             .put_node_record(super::FORMAT_KEY, super::DATA_FORMAT)
@@ -481,33 +474,48 @@ mod tests {
     }
 
     /// A snapshot from a node still on format 1 installs as format 2; one
-    /// already in format 2 passes unchanged.
+    /// in format 2 decodes as it was sent.
     #[test]
     fn format_1_snapshots_convert_on_install() {
-        use crate::fsm::keys::{job_key, CONTENT, JOB, STATUS};
-        let job = |key: [u8; 17]| Bytes::copy_from_slice(&key);
+        use crate::fsm::keys::{job_key, JOB, STATUS};
+        let key = |k: [u8; 17]| Bytes::copy_from_slice(&k);
         let status = Bytes::from(postcard::to_allocvec(&leased_status()).expect("encodes"));
-        let v1 = vec![
+
+        #[derive(serde::Serialize)]
+        struct V1<'a> {
+            now_ms: u64,
+            records: &'a [(Bytes, Bytes)],
+        }
+        let v1_records = vec![
             (
-                job(job_key(JOB, id(1))),
+                key(job_key(JOB, id(1))),
                 Bytes::from(unhex(GOLDEN_JOB_RECORD_V1)),
             ),
-            (job(job_key(STATUS, id(1))), status.clone()),
+            (key(job_key(STATUS, id(1))), status.clone()),
         ];
-        let v2 = super::snapshot_records(v1).expect("converts");
+        let v1 = postcard::to_allocvec(&V1 {
+            now_ms: 7,
+            records: &v1_records,
+        })
+        .expect("encodes");
         let expected = vec![
             (
-                job(job_key(CONTENT, id(1))),
-                Bytes::from(unhex(GOLDEN_CONTENT_RECORD)),
-            ),
-            (
-                job(job_key(JOB, id(1))),
+                key(job_key(JOB, id(1))),
                 Bytes::from(unhex(GOLDEN_JOB_RECORD)),
             ),
-            (job(job_key(STATUS, id(1))), status),
+            (key(job_key(STATUS, id(1))), status),
         ];
-        assert_eq!(v2, expected);
-        assert_eq!(super::snapshot_records(v2).expect("unchanged"), expected);
+        let installed = super::decode_snapshot(&v1).expect("converts");
+        assert_eq!((installed.now_ms, &installed.records), (7, &expected));
+
+        let v2 = postcard::to_allocvec(&super::SnapshotPayload {
+            now_ms: 7,
+            records: expected.clone(),
+            format: super::SNAPSHOT_FORMAT,
+        })
+        .expect("encodes");
+        let installed = super::decode_snapshot(&v2).expect("decodes");
+        assert_eq!(installed.records, expected);
     }
 
     fn unhex(text: &str) -> Vec<u8> {
@@ -527,9 +535,11 @@ mod tests {
     /// Data format 1: `(JobBody, JobStatus)`, payload and headers inside.
     const GOLDEN_JOB_RECORD_V1: &str =
         "017102686901016b017608000080d095ffbc3100020301b0ba97ffbc310104626f6f6d010177";
-    /// Data format 2: `(JobMeta, JobStatus)` and the content record.
-    const GOLDEN_JOB_RECORD: &str =
-        "017108000080d095ffbc31008d01020301b0ba97ffbc310104626f6f6d010177";
-    const GOLDEN_CONTENT_RECORD: &str = "02686901016b0176";
+    /// Data format 2: `(JobMeta, JobStatus, JobContent)`.
+    const GOLDEN_JOB_RECORD: &str = concat!(
+        "017108000080d095ffbc31008d01",         // JobMeta
+        "020301b0ba97ffbc310104626f6f6d010177", // JobStatus
+        "02686901016b0176",                     // JobContent
+    );
     const GOLDEN_STATUS_RECORD: &str = "020301b0ba97ffbc310104626f6f6d010177";
 }

@@ -89,7 +89,7 @@ pub enum LoadStateError {
     #[error("shard {shard}: {source}")]
     Records {
         shard: u32,
-        source: crate::fsm::LoadError,
+        source: crate::fsm::LoadError<rocksdb::Error>,
     },
 }
 
@@ -114,14 +114,15 @@ impl StateMachineStore {
                 .map_err(|source| LoadStateError::Meta { shard, source })?,
             None => AppliedMeta::default(),
         };
-        let records =
-            read_shard(&store, shard).map_err(|source| LoadStateError::Read { shard, source })?;
-        let state = ShardState::load(
-            shard,
-            meta.now_ms,
-            records.iter().map(|(k, v)| (&k[..], &v[..])),
-        )
-        .map_err(|source| LoadStateError::Records { shard, source })?;
+        // Streamed: the shard's records are never all in memory at once.
+        let prefix = keys::shard_prefix(shard);
+        let end = keys::shard_end(shard);
+        let records = store
+            .db
+            .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward))
+            .take_while(|item| item.as_ref().map_or(true, |(key, _)| **key < *end));
+        let state = ShardState::load(shard, meta.now_ms, records)
+            .map_err(|source| LoadStateError::Records { shard, source })?;
         let shared = Arc::new(ShardShared::new(state));
         let applied = meta.last_applied.map(|l| l.index).unwrap_or(0);
         shared.set_applied_index(applied);
@@ -228,33 +229,15 @@ fn encode_snapshot(records: Vec<Record>, now_ms: u64) -> Result<Vec<u8>, postcar
         .filter(|(k, _)| k.get(4) != Some(&keys::META))
         .map(|(k, v)| (Bytes::from(k), Bytes::from(v)))
         .collect();
-    postcard::to_allocvec(&SnapshotPayload { now_ms, records })
+    postcard::to_allocvec(&SnapshotPayload {
+        now_ms,
+        records,
+        format: format::SNAPSHOT_FORMAT,
+    })
 }
 
 /// One key and its value, as RocksDB hands them out.
 type Record = (Box<[u8]>, Box<[u8]>);
-
-/// Every state key of a shard a rebuild reads, in key order: all but the
-/// job contents, which stay on disk.
-fn read_shard(store: &Store, shard: u32) -> Result<Vec<Record>, rocksdb::Error> {
-    let cf = store.cf(CF_STATE);
-    let contents = keys::named_key(shard, keys::CONTENT, b"");
-    let after_contents = keys::named_key(shard, keys::CONTENT + 1, b"");
-    let prefix = keys::shard_prefix(shard);
-    let mut records = collect_until(
-        store
-            .db
-            .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)),
-        &contents,
-    )?;
-    records.extend(collect_until(
-        store
-            .db
-            .iterator_cf(cf, IteratorMode::From(&after_contents, Direction::Forward)),
-        &keys::shard_end(shard),
-    )?);
-    Ok(records)
-}
 
 /// The records of `scan` before `end`.
 fn collect_until(
@@ -341,8 +324,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         state.apply_batch(entry.log_id.index, batch, &mut sink)
                     }
                     EntryPayload::Membership(m) => {
-                        self.meta.membership =
-                            StoredMembership::new(Some(entry.log_id), m.clone());
+                        self.meta.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                         BatchResult::default()
                     }
                 });
@@ -384,10 +366,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
-        let mut payload: SnapshotPayload =
-            postcard::from_bytes(&data).map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
-        payload.records = format::snapshot_records(payload.records)
-            .map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
+        let payload =
+            format::decode_snapshot(&data).map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
         let cf = self.store.cf(CF_STATE);
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(
@@ -401,7 +381,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let state = ShardState::load(
             self.shard,
             payload.now_ms,
-            payload.records.iter().map(|(k, v)| (&k[..], &v[..])),
+            payload
+                .records
+                .iter()
+                .map(|(k, v)| Ok::<_, std::convert::Infallible>((k, v))),
         )
         .map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
         let applied = AppliedMeta {

@@ -41,6 +41,12 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MemoryConfig {
+    /// The job index (every live job's metadata and status), in MiB:
+    /// enqueues are refused with `RESOURCE_EXHAUSTED` once it would grow
+    /// past this (about 512 bytes per live job). Unset: half the memory
+    /// the node may use (its cgroup's limit, else the machine's). 0 = no
+    /// limit.
+    pub index_mib: Option<u64>,
     /// Payloads and headers of live jobs kept in memory so that serving
     /// them needs no disk read, in MiB (all shards together). Jobs
     /// enqueued while it is full are read from disk when served. 0 = none.
@@ -53,6 +59,7 @@ pub struct MemoryConfig {
 impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
+            index_mib: None,
             content_cache_mib: 256,
             block_cache_mib: 64,
         }

@@ -13,6 +13,7 @@ use tonic::{Request, Status};
 use crate::batcher::Batcher;
 use crate::drain::WorkerDrain;
 use crate::forward::{self, Leader};
+use crate::memory::MemoryBudget;
 use crate::network::{peer_channel, CampaignGate};
 use crate::ops::QueueDefaults;
 use crate::raft_types::{NodeId, Raft};
@@ -42,6 +43,8 @@ pub struct NodeContext {
     pub joining: bool,
     /// Closed while this node hands its leaderships away before stopping.
     pub campaigns: Arc<CampaignGate>,
+    /// The memory budgets, and the enqueue backpressure that keeps them.
+    pub memory: MemoryBudget,
     peers: Mutex<HashMap<String, Channel>>,
 }
 
@@ -58,6 +61,7 @@ impl NodeContext {
         shards: Vec<ShardHandle>,
         defaults: QueueDefaults,
         joining: bool,
+        memory: MemoryBudget,
     ) -> NodeContext {
         NodeContext {
             id,
@@ -67,6 +71,7 @@ impl NodeContext {
             workers: WorkerDrain::default(),
             joining,
             campaigns: Arc::default(),
+            memory,
             peers: Mutex::new(HashMap::new()),
         }
     }

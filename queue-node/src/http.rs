@@ -182,6 +182,32 @@ pub fn render(ctx: &NodeContext) -> String {
             }
         }
     }
+    let mut budget = Family::new(
+        "raftq_memory_budget_bytes",
+        "gauge",
+        "Memory budgets of the node's parts (0 = no limit): the job index (enqueues are refused past it), payloads kept in memory, RocksDB's block cache",
+    );
+    let mut used = Family::new(
+        "raftq_memory_used_bytes",
+        "gauge",
+        "Memory the node's parts hold now (the job index is estimated from its live jobs)",
+    );
+    let memory = &ctx.memory;
+    let index_used = crate::memory::MemoryBudget::index_used(&ctx.shards);
+    budget.add("part=\"index\"".into(), memory.index_bytes as f64);
+    budget.add(
+        "part=\"content_cache\"".into(),
+        memory.content_cache.budget() as f64,
+    );
+    budget.add(
+        "part=\"block_cache\"".into(),
+        memory.block_cache_bytes as f64,
+    );
+    used.add("part=\"index\"".into(), index_used as f64);
+    used.add(
+        "part=\"content_cache\"".into(),
+        memory.content_cache.bytes() as f64,
+    );
     let mut out = String::new();
     for f in [
         leader,
@@ -195,6 +221,8 @@ pub fn render(ctx: &NodeContext) -> String {
         batch_bytes,
         jobs,
         totals,
+        budget,
+        used,
     ] {
         let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
         let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);

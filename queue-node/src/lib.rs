@@ -16,6 +16,7 @@ pub mod fsm;
 pub mod handoff;
 pub mod http;
 pub mod leadership;
+pub mod memory;
 pub mod network;
 pub mod node;
 pub mod ops;

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use crate::batcher::Batcher;
 use crate::config::NodeConfig;
 use crate::context::{NodeContext, ShardHandle};
+use crate::memory::MemoryBudget;
 use crate::network::{NetworkFactory, TransportService};
 use crate::raft_types::{NodeId, Raft};
 use crate::service::{ClusterService, QueueAdminService, QueueService};
@@ -189,6 +190,14 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         shards,
         defaults,
         config.join,
+        MemoryBudget {
+            index_bytes: match config.memory.index_mib {
+                Some(n) => mib(n) as u64,
+                None => crate::memory::default_index_bytes(),
+            },
+            content_cache: content_cache.clone(),
+            block_cache_bytes: mib(config.memory.block_cache_mib) as u64,
+        },
     ));
 
     let watermark_task = tokio::spawn(watermark::run(

@@ -28,6 +28,8 @@ pub struct ShardShared {
     /// `applied_index` until the state column family is flushed; the log
     /// is never purged past it.
     durable_index: AtomicU64,
+    /// Live jobs as of the last apply (for the memory budget).
+    jobs: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -38,6 +40,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl ShardShared {
     pub fn new(state: ShardState) -> ShardShared {
+        let jobs = AtomicU64::new(state.job_count() as u64);
         ShardShared {
             clock: Arc::new(ShardClock::new(state.now_ms())),
             state: Mutex::new(state),
@@ -45,6 +48,7 @@ impl ShardShared {
             applied: Notify::new(),
             applied_index: AtomicU64::new(0),
             durable_index: AtomicU64::new(0),
+            jobs,
         }
     }
 
@@ -70,8 +74,18 @@ impl ShardShared {
         lock(&self.state)
     }
 
+    /// Live jobs as of the last apply.
+    pub fn job_count(&self) -> u64 {
+        self.jobs.load(Ordering::Relaxed)
+    }
+
+    pub fn set_job_count(&self, jobs: usize) {
+        self.jobs.store(jobs as u64, Ordering::Relaxed);
+    }
+
     pub fn replace_state(&self, state: ShardState) {
         self.clock.applied(state.now_ms());
+        self.set_job_count(state.job_count());
         *lock(&self.state) = state;
         let waiters: Vec<Arc<Notify>> = lock(&self.waiters).values().cloned().collect();
         for w in waiters {

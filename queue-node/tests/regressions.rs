@@ -559,3 +559,88 @@ async fn a_leader_cut_off_from_its_quorum_does_not_answer_reads() {
     )
     .await;
 }
+
+/// A node whose job index reaches its memory budget refuses enqueues with
+/// RESOURCE_EXHAUSTED, saying why and what to do, while fetches and acks
+/// carry on; once workers drain part of the backlog it takes enqueues
+/// again, and nothing accepted is lost. `/metrics` reports the budgets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_job_index_refuses_enqueues_until_workers_drain_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fast_config(dir.path());
+    // 1 MiB at about 512 bytes per job: room for 2,048 live jobs.
+    config.memory.index_mib = Some(1);
+    let (node, client) = common::start_with(config).await;
+    let jobs = |n: usize, from: usize| pb::EnqueueRequest {
+        queue: "full".into(),
+        jobs: (from..from + n)
+            .map(|i| pb::NewJob {
+                payload: format!("job-{i}").into_bytes().into(),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let mut accepted = 0usize;
+    let refused = loop {
+        match client.queue().enqueue(jobs(100, accepted)).await {
+            Ok(_) => accepted += 100,
+            Err(status) => break status,
+        }
+        assert!(accepted <= 10_000, "the budget never stopped enqueues");
+    };
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("memory.index_mib")
+            && refused.message().contains("until workers drain"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        (1_900..=2_048).contains(&accepted),
+        "accepted {accepted} jobs under a budget for 2,048"
+    );
+
+    // Workers keep working: fetch and ack 1,000.
+    let mut acked = 0;
+    while acked < 1_000 {
+        let leased = fetch(&client, "full", 100).await;
+        assert!(!leased.is_empty(), "the queue ran dry at {acked} acked");
+        let tokens: Vec<_> = leased.into_iter().filter_map(|j| j.token).collect();
+        acked += tokens.len();
+        client
+            .queue()
+            .ack(pb::AckRequest { tokens })
+            .await
+            .expect("ack while the index is full");
+    }
+
+    // Room again: enqueues are taken.
+    client
+        .queue()
+        .enqueue(jobs(100, accepted))
+        .await
+        .expect("enqueue after the backlog shrank");
+    accepted += 100;
+    let stats = client
+        .admin()
+        .stats(pb::StatsRequest {
+            queue: "full".into(),
+            local: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.queues[0].ready as usize, accepted - acked);
+
+    let metrics = raftq_node::http::render(&node.context);
+    assert!(
+        metrics.contains("raftq_memory_budget_bytes{part=\"index\"} 1048576"),
+        "{metrics}"
+    );
+    let used: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("raftq_memory_used_bytes{part=\"index\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("index use in /metrics");
+    assert_eq!(used as usize, (accepted - acked) * 512);
+}

@@ -289,6 +289,11 @@ impl ShardState {
         std::mem::take(&mut self.woken)
     }
 
+    /// Live jobs (any state, dead ones included).
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+
     /// Jobs acked, cancelled, purged or dead since the last call.
     pub fn take_finished(&mut self) -> Vec<JobId> {
         std::mem::take(&mut self.finished)

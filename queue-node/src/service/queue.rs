@@ -99,6 +99,13 @@ impl pb::queue_server::Queue for QueueService {
             }
             Route::Local(shard) => shard,
         };
+        if let Some(why) = self
+            .ctx
+            .memory
+            .refuse_enqueue(&self.ctx.shards, req.jobs.len())
+        {
+            return Err(Status::resource_exhausted(why));
+        }
         let req = request.into_inner();
         let jobs = req
             .jobs

@@ -5,8 +5,9 @@
 //! jobs survive, then shrinks it to 1 and checks the remaining node still
 //! serves every job.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,19 +16,7 @@ use raftq_client::{Client, JobSpec};
 use raftq_operator::crd::{JobQueue, JobQueueSpec};
 use raftq_operator::membership::{self, GrpcNodeAdmin, Hold, NodeAdmin, QueueRef, Step};
 use raftq_operator::objects;
-
-/// The `queue-node` binary `cargo test --workspace` builds next to this test.
-fn queue_node_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join(format!("queue-node{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (it builds queue-node)",
-        bin.display()
-    );
-    bin
-}
+use support::queue_node_bin;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

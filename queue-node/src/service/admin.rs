@@ -10,7 +10,9 @@ use raftq_api::v1 as pb;
 use raftq_api::validate;
 use tonic::{Request, Response, Status};
 
-use super::{convert, forwarded, invalid, submit_one, unexpected, with_contents, Ctx, Route};
+use super::{
+    convert, forwarded, invalid, read_contents, submit_one, unexpected, with_contents, Ctx, Route,
+};
 use crate::context::ShardHandle;
 use crate::forward;
 use crate::ops::{Op, OpResult, QueueConfigPatch};
@@ -323,13 +325,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
             }
             Route::Local(shard) => {
                 // Read first: the cancel deletes the content with the job.
-                let content = shard
-                    .contents
-                    .read(vec![id])
-                    .await
-                    .map_err(|e| Status::internal(format!("shard {}: {e}", shard.id)))?
-                    .pop()
-                    .flatten();
+                let content = read_contents(shard, vec![id]).await?.pop().flatten();
                 match submit_one(shard, Op::Cancel { id }).await? {
                     OpResult::Job(view) => Ok(Response::new(pb::CancelJobResponse {
                         job: Some(convert::job(&view, &content.unwrap_or_default())),

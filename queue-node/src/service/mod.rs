@@ -97,6 +97,18 @@ pub(crate) async fn submit_one(shard: &ShardHandle, op: Op) -> Result<OpResult, 
         .ok_or_else(|| Status::internal("no result for op"))
 }
 
+/// The contents of `ids` (`None` where a job is gone), as a gRPC result.
+pub(crate) async fn read_contents(
+    shard: &ShardHandle,
+    ids: Vec<raftq_api::JobId>,
+) -> Result<Vec<Option<JobContent>>, Status> {
+    shard
+        .contents
+        .read(ids)
+        .await
+        .map_err(|e| Status::internal(format!("shard {}: {e}", shard.id)))
+}
+
 /// `views` as served: each with its payload and headers, read from disk in
 /// one batch. A job that left the state in between (acked by the holder of
 /// a later lease, purged) is left out: it is no longer the caller's.
@@ -104,12 +116,7 @@ pub(crate) async fn with_contents(
     shard: &ShardHandle,
     views: Vec<JobView>,
 ) -> Result<Vec<(JobView, JobContent)>, Status> {
-    let ids = views.iter().map(|v| v.id).collect();
-    let contents = shard
-        .contents
-        .read(ids)
-        .await
-        .map_err(|e| Status::internal(format!("shard {}: {e}", shard.id)))?;
+    let contents = read_contents(shard, views.iter().map(|v| v.id).collect()).await?;
     Ok(views
         .into_iter()
         .zip(contents)

@@ -146,16 +146,17 @@ pub fn node_config_yaml(jq: &JobQueue) -> Result<String, Error> {
 
 /// The node's memory budgets from the pod's memory limit: half for the
 /// job index (enqueues are refused past it, so the pod is never killed for
-/// a backlog), a quarter for payloads kept in memory, a sixteenth for
-/// RocksDB's block cache; the rest for memtables and requests. No limit:
-/// the node's defaults.
+/// a backlog), an eighth for payloads kept in memory, a sixteenth each for
+/// RocksDB's block cache and memtables; the last quarter for requests in
+/// flight and the Raft log's recent entries. No limit: the node's defaults.
 fn memory_budgets(jq: &JobQueue) -> Option<serde_json::Value> {
     let limit = jq.spec.resources.as_ref()?.limits.as_ref()?.get("memory")?;
     let mib = quantity_bytes(&limit.0)? >> 20;
     Some(serde_json::json!({
         "index_mib": mib / 2,
-        "content_cache_mib": mib / 4,
+        "content_cache_mib": mib / 8,
         "block_cache_mib": (mib / 16).max(8),
+        "memtable_mib": (mib / 16).max(8),
     }))
 }
 
@@ -510,8 +511,9 @@ mod tests {
         let yaml: serde_json::Value =
             serde_yaml::from_str(&node_config_yaml(&jq).expect("render")).expect("yaml");
         assert_eq!(yaml["memory"]["index_mib"], 2048);
-        assert_eq!(yaml["memory"]["content_cache_mib"], 1024);
+        assert_eq!(yaml["memory"]["content_cache_mib"], 512);
         assert_eq!(yaml["memory"]["block_cache_mib"], 256);
+        assert_eq!(yaml["memory"]["memtable_mib"], 256);
         assert_eq!(quantity_bytes("512Mi"), Some(512 << 20));
         assert_eq!(quantity_bytes("1G"), Some(1_000_000_000));
         assert_eq!(quantity_bytes("1.5Gi"), Some(3 << 29));

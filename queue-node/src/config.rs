@@ -54,6 +54,10 @@ pub struct MemoryConfig {
     /// RocksDB's block cache for the state (job records and contents read
     /// back from disk), in MiB.
     pub block_cache_mib: u64,
+    /// RocksDB's memtables (recent writes of the log and the state, before
+    /// they are flushed to files), all together, in MiB; writes stall
+    /// rather than grow past it. At least 4.
+    pub memtable_mib: u64,
 }
 
 impl Default for MemoryConfig {
@@ -62,6 +66,7 @@ impl Default for MemoryConfig {
             index_mib: None,
             content_cache_mib: 256,
             block_cache_mib: 64,
+            memtable_mib: 128,
         }
     }
 }
@@ -218,6 +223,12 @@ impl NodeConfig {
         }
         if !(q.backoff_multiplier.is_finite() && q.backoff_multiplier >= 1.0) {
             return invalid("queue_defaults: backoff_multiplier must be >= 1.0".into());
+        }
+        if self.memory.memtable_mib < 4 {
+            return invalid(format!(
+                "memory.memtable_mib must be at least 4 (got {}): RocksDB needs room for the log's and the state's memtables",
+                self.memory.memtable_mib
+            ));
         }
         Ok(())
     }

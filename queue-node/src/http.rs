@@ -185,7 +185,7 @@ pub fn render(ctx: &NodeContext) -> String {
     let mut budget = Family::new(
         "raftq_memory_budget_bytes",
         "gauge",
-        "Memory budgets of the node's parts (0 = no limit): the job index (enqueues are refused past it), payloads kept in memory, RocksDB's block cache",
+        "Memory budgets of the node's parts (0 = no limit): the job index (enqueues are refused past it), payloads kept in memory, RocksDB's block cache and memtables",
     );
     let mut used = Family::new(
         "raftq_memory_used_bytes",
@@ -203,10 +203,19 @@ pub fn render(ctx: &NodeContext) -> String {
         "part=\"block_cache\"".into(),
         memory.block_cache_bytes as f64,
     );
+    budget.add("part=\"memtables\"".into(), memory.memtable_bytes as f64);
     used.add("part=\"index\"".into(), index_used as f64);
     used.add(
         "part=\"content_cache\"".into(),
         memory.content_cache.bytes() as f64,
+    );
+    used.add(
+        "part=\"block_cache\"".into(),
+        memory.store.block_cache_bytes() as f64,
+    );
+    used.add(
+        "part=\"memtables\"".into(),
+        memory.store.memtable_bytes() as f64,
     );
     let mut out = String::new();
     for f in [

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use crate::context::ShardHandle;
-use crate::store::ContentCache;
+use crate::store::{ContentCache, Store};
 
 /// What one live job costs in the index, about: its metadata and status,
 /// the map and index entries that hold it, and their allocator slack
@@ -42,6 +42,9 @@ pub struct MemoryBudget {
     pub index_bytes: u64,
     pub content_cache: Arc<ContentCache>,
     pub block_cache_bytes: u64,
+    pub memtable_bytes: u64,
+    /// Reports what RocksDB's block cache and memtables hold.
+    pub store: Store,
 }
 
 impl MemoryBudget {

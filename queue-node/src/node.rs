@@ -26,7 +26,7 @@ use crate::raft_types::{NodeId, Raft};
 use crate::service::{ClusterService, QueueAdminService, QueueService};
 use crate::store::log_store::LogStore;
 use crate::store::state_machine::StateMachineStore;
-use crate::store::{health, watermark, ContentCache, Contents, Store};
+use crate::store::{health, watermark, ContentCache, Contents, Store, StoreMemory};
 
 /// A running node.
 pub struct NodeHandle {
@@ -121,7 +121,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     let store = Store::open(
         &config.data_dir,
         config.durability,
-        mib(config.memory.block_cache_mib),
+        StoreMemory {
+            block_cache_bytes: mib(config.memory.block_cache_mib),
+            memtable_bytes: mib(config.memory.memtable_mib),
+        },
     )?;
     let listener = TcpListener::bind(&config.listen)
         .await
@@ -197,6 +200,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             },
             content_cache: content_cache.clone(),
             block_cache_bytes: mib(config.memory.block_cache_mib) as u64,
+            memtable_bytes: mib(config.memory.memtable_mib) as u64,
+            store: store.clone(),
         },
     ));
 

@@ -254,20 +254,23 @@ pub struct TokenOutcome {
     pub result: Result<Option<u64>, OpError>,
 }
 
-/// A job as the state machine shows it to readers and lease holders: its
-/// metadata and status. The payload and headers are not in memory; the
+/// A job as the state machine shows it to readers and lease holders:
+/// everything but its payload and headers, which are not in memory; the
 /// serving side reads them ([`JobContent`]) before answering.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
     pub id: JobId,
-    pub meta: Arc<JobMeta>,
+    pub queue: Arc<str>,
+    pub priority: i32,
+    pub enqueued_at_ms: u64,
+    pub idempotency_key: Option<String>,
     pub status: JobStatus,
     /// The job's own limit, or else its queue's.
     pub max_attempts: u32,
 }
 
-/// What scheduling needs of a job, written once at enqueue and kept in
-/// memory for every live job. The job record is `(JobMeta, JobStatus)`.
+/// What scheduling needs of a job, written once at enqueue at the head of
+/// its record, `(JobMeta, JobStatus, JobContent)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobMeta {
     pub queue: Arc<str>,

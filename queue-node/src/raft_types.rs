@@ -1,7 +1,5 @@
 //! The openraft type configuration of a raftq shard.
 
-use std::io::Cursor;
-
 use crate::ops::{Batch, BatchResult};
 
 pub type NodeId = u64;
@@ -14,7 +12,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::store::snapshot_file::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -167,11 +167,11 @@ async fn a_peer_sending_garbage_gets_an_error_and_the_node_serves_on() {
         "{}",
         status.message()
     );
-    // Snapshots are in the data format (2): a newer one is refused too.
+    // Snapshots have a format of their own (3): a newer one is refused too.
     let newer_snapshot = RaftMessage {
         shard: 0,
         data: vec![0u8; 8].into(),
-        format: 3,
+        format: 4,
     };
     let status = transport
         .install_snapshot(newer_snapshot)
@@ -179,7 +179,7 @@ async fn a_peer_sending_garbage_gets_an_error_and_the_node_serves_on() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     assert!(
-        status.message().contains("data format 3"),
+        status.message().contains("data format 4"),
         "{}",
         status.message()
     );

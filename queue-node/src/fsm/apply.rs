@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use raftq_api::JobId;
 
+use super::job::{JobKey, QueueId, NO_WORKER};
 use super::keys::{self, WriteSink};
-use super::{queue_view, DedupEntry, Job, ShardState};
+use super::{max_attempts, queue_view, DedupEntry, ShardState};
 use crate::ops::{
-    answer_bytes, Batch, BatchResult, ContentRef, JobMeta, JobState, JobStatus, Nack, NewJob, Op,
-    OpError, OpResult, QueueDefaults, TokenOutcome, When,
+    answer_bytes, Batch, BatchResult, ContentRef, JobMeta, JobState, JobStatus, JobView, Nack,
+    NewJob, Op, OpError, OpResult, QueueDefaults, TokenOutcome, When,
 };
 
 impl ShardState {
@@ -122,23 +123,23 @@ impl ShardState {
                 Err(e) => OpResult::Failed(e),
             },
             Op::RequeueDead { queue, ids } => match self.dead_selection(queue, ids) {
-                Ok(ids) => {
-                    for &id in &ids {
-                        self.requeue_dead(id, sink);
+                Ok(keys) => {
+                    for &key in &keys {
+                        self.requeue_dead(key, sink);
                     }
-                    OpResult::Count(ids.len() as u64)
+                    OpResult::Count(keys.len() as u64)
                 }
                 Err(e) => OpResult::Failed(e),
             },
             Op::PurgeDead { queue, ids } => match self.dead_selection(queue, ids) {
-                Ok(ids) => {
-                    for &id in &ids {
-                        if let Some(q) = self.queues.get_mut(queue.as_str()) {
-                            q.dead.remove(&id);
+                Ok(keys) => {
+                    for &key in &keys {
+                        if let Some(q) = self.queue_ids.get(queue.as_str()) {
+                            self.queues[*q as usize].dead.remove(&key);
                         }
-                        self.remove_job(id, sink);
+                        self.remove_job(key, sink);
                     }
-                    OpResult::Count(ids.len() as u64)
+                    OpResult::Count(keys.len() as u64)
                 }
                 Err(e) => OpResult::Failed(e),
             },
@@ -151,42 +152,45 @@ impl ShardState {
 
     fn fire_timers(&mut self, defaults: &QueueDefaults, sink: &mut impl WriteSink) {
         let now = self.now_ms;
-        while let Some(&(due, id)) = self.scheduled.first() {
+        while let Some(&((due, key), ())) = self.scheduled.first() {
             if due > now {
                 break;
             }
             self.scheduled.pop_first();
-            let Some(job) = self.jobs.get_mut(&id) else {
+            let Some(job) = self.jobs.get_mut(&key) else {
                 continue;
             };
-            job.status.state = JobState::Ready;
-            let queue = job.meta.queue.clone();
-            let key = job.ready_key(id);
-            sink.put(&keys::job_key(keys::STATUS, id), &job.status);
-            let q = self.queue_mut(&queue);
+            job.state = JobState::Ready;
+            let (queue, ready_key) = (job.queue, job.ready_key(key));
+            self.write_status(key, sink);
+            let q = &mut self.queues[queue as usize];
             q.scheduled -= 1;
-            q.ready.insert(key);
-            self.wake(&queue);
+            q.ready.insert(ready_key, ());
+            self.wake_id(queue);
         }
-        while let Some(&(due, id)) = self.leases.first() {
+        while let Some(&((due, key), ())) = self.leases.first() {
             if due > now {
                 break;
             }
             self.leases.pop_first();
-            let Some(job) = self.jobs.get(&id) else {
+            let Some(job) = self.jobs.get_mut(&key) else {
                 continue;
             };
-            let queue = job.meta.queue.clone();
-            let attempt = job.status.attempts_used();
-            let out_of_attempts = attempt >= job.max_attempts(&self.queue_view(&queue, defaults));
-            let q = self.queue_mut(&queue);
+            self.extras.unlease(job);
+            let job = *job;
+            let queue = job.queue;
+            let attempt = job.attempts_used();
+            let q = &self.queues[queue as usize];
+            let out_of_attempts =
+                attempt >= max_attempts(&job, &queue_view(&q.name, &q.meta, defaults));
+            let q = &mut self.queues[queue as usize];
             q.leased -= 1;
             q.totals.expired += 1;
             let error = format!("lease expired (attempt {attempt})");
             if out_of_attempts {
-                self.make_dead(id, Some(error), sink);
+                self.make_dead(key, Some(error), sink);
             } else {
-                self.make_ready(id, due, Some(error), sink);
+                self.make_ready(key, due, Some(error), sink);
             }
         }
         while let Some((due, _, _)) = self.dedup_expiry.first() {
@@ -209,7 +213,6 @@ impl ShardState {
         job: &NewJob,
         sink: &mut impl WriteSink,
     ) -> (JobId, bool) {
-        let queue = queue.clone();
         if let Some(key) = &job.idempotency_key {
             if let Some(existing) = self.dedup.get(&(queue.clone(), key.clone())) {
                 return (existing.id, true);
@@ -218,7 +221,7 @@ impl ShardState {
                 id,
                 expires_at_ms: self.now_ms.saturating_add(dedup_window_ms),
             };
-            sink.put(&keys::dedup_key(self.shard, &queue, key), &entry);
+            sink.put(&keys::dedup_key(self.shard, queue, key), &entry);
             self.dedup_expiry
                 .insert((entry.expires_at_ms, queue.clone(), key.clone()));
             self.dedup.insert((queue.clone(), key.clone()), entry);
@@ -234,7 +237,7 @@ impl ShardState {
         } else {
             JobState::Ready
         };
-        let meta = Arc::new(JobMeta {
+        let meta = JobMeta {
             queue: queue.clone(),
             priority: job.priority,
             max_attempts: job.max_attempts,
@@ -242,12 +245,12 @@ impl ShardState {
             enqueued_at_ms: now,
             idempotency_key: job.idempotency_key.clone(),
             answer_bytes: answer_bytes(
-                &queue,
+                queue,
                 &job.payload,
                 &job.headers,
                 job.idempotency_key.as_deref(),
             ),
-        });
+        };
         let status = JobStatus {
             state,
             attempt: 0,
@@ -262,21 +265,29 @@ impl ShardState {
             payload: &job.payload,
             headers: &job.headers,
         };
-        sink.put(&keys::job_key(keys::JOB, id), &(&*meta, &status, content));
-        let job = Job { meta, status };
-        let q = self.queue_mut(&queue);
+        sink.put(&keys::job_key(keys::JOB, id), &(&meta, &status, content));
+        let key = JobKey::of(id);
+        self.insert_job(key, &meta, status);
+        let queue = self.queue_id(queue);
+        let q = &mut self.queues[queue as usize];
         q.totals.enqueued += 1;
         match state {
             JobState::Ready => {
-                q.ready.insert(job.ready_key(id));
-                self.wake(&queue);
+                q.ready.insert(
+                    super::job::ReadyKey {
+                        priority: std::cmp::Reverse(job.priority),
+                        since_ms: run_at,
+                        key,
+                    },
+                    (),
+                );
+                self.wake_id(queue);
             }
             _ => {
                 q.scheduled += 1;
-                self.scheduled.insert((run_at, id));
+                self.scheduled.insert((run_at, key), ());
             }
         }
-        self.jobs.insert(id, job);
         (id, false)
     }
 
@@ -288,69 +299,90 @@ impl ShardState {
         lease_ms: Option<u64>,
         defaults: &QueueDefaults,
         sink: &mut impl WriteSink,
-    ) -> Vec<super::JobView> {
-        let Some(q) = self.queues.get_mut(queue) else {
+    ) -> Vec<JobView> {
+        let Some(&queue_id) = self.queue_ids.get(queue) else {
             return Vec::new();
         };
-        if q.meta.paused {
+        let q = &self.queues[queue_id as usize];
+        if q.meta.paused || q.ready.is_empty() {
             return Vec::new();
         }
-        let limits = super::queue_view(queue, &q.meta, defaults);
+        let limits = queue_view(queue, &q.meta, defaults);
         let lease = lease_ms.unwrap_or(limits.lease_ms);
         let expires = self.now_ms.saturating_add(lease);
+        let worker_id = self.extras.workers.intern(worker);
         let mut claimed = Vec::with_capacity(max.min(q.ready.len() as u32) as usize);
         let mut bytes = 0u64;
         while claimed.len() < max as usize {
-            let Some(&(_, _, id)) = q.ready.first() else {
+            let q = &mut self.queues[queue_id as usize];
+            let Some(&(ready, ())) = q.ready.first() else {
                 break;
             };
-            let Some(job) = self.jobs.get_mut(&id) else {
+            let key = ready.key;
+            let Some(job) = self.jobs.get_mut(&key) else {
                 q.ready.pop_first();
                 continue;
             };
             // Lease only what one answer can carry: a job that would take
             // the answer over the budget stays ready for the next claim
             // (the first job always fits: one job is at most ~2 MiB).
-            let size = job.meta.answer_bytes;
+            let size = u64::from(job.answer_bytes);
             if !claimed.is_empty() && bytes + size > super::MAX_CLAIM_BYTES as u64 {
                 break;
             }
             bytes += size;
             q.ready.pop_first();
-            job.status.state = JobState::Leased;
-            job.status.attempt += 1;
-            job.status.due_at_ms = expires;
-            job.status.worker = Some(worker.to_string());
-            sink.put(&keys::job_key(keys::STATUS, id), &job.status);
-            self.leases.insert((expires, id));
             q.leased += 1;
-            claimed.push(job.view(id, &limits));
+            job.state = JobState::Leased;
+            job.attempt += 1;
+            job.due_at_ms = expires;
+            job.worker = worker_id;
+            self.leases.insert((expires, key), ());
+            self.write_status(key, sink);
+            claimed.push(key);
         }
+        self.extras.workers.add(worker_id, claimed.len() as u32);
         claimed
+            .into_iter()
+            .filter_map(|key| {
+                let job = self.jobs.get(&key)?;
+                Some(self.view(key, job, defaults))
+            })
+            .collect()
     }
 
-    /// The job `id` if it is leased at `attempt`; otherwise why the token is stale.
-    fn leased_job(&self, id: JobId, attempt: u32) -> Result<&Job, OpError> {
-        let job = self.jobs.get(&id).ok_or(OpError::JobNotFound { id })?;
-        if job.status.state != JobState::Leased || job.status.attempt != attempt {
+    /// The key of job `id` if it is leased at `attempt`; otherwise why the
+    /// token is stale.
+    fn leased_job(&self, id: JobId, attempt: u32) -> Result<JobKey, OpError> {
+        let key = self.key_of(id).ok_or(OpError::JobNotFound { id })?;
+        let job = self.jobs.get(&key).ok_or(OpError::JobNotFound { id })?;
+        if job.state != JobState::Leased || job.attempt != attempt {
             return Err(OpError::LeaseLost {
                 id,
                 attempt,
-                state: job.status.state,
-                current_attempt: job.status.attempt,
+                state: job.state,
+                current_attempt: job.attempt,
             });
         }
-        Ok(job)
+        Ok(key)
+    }
+
+    /// Takes a leased job out of the lease index and its queue's count.
+    fn end_lease(&mut self, key: JobKey) -> Option<QueueId> {
+        let job = self.jobs.get_mut(&key)?;
+        self.leases.remove(&(job.due_at_ms, key));
+        self.extras.unlease(job);
+        let queue = job.queue;
+        self.queues[queue as usize].leased -= 1;
+        Some(queue)
     }
 
     fn ack(&mut self, id: JobId, attempt: u32, sink: &mut impl WriteSink) -> Result<(), OpError> {
-        let job = self.leased_job(id, attempt)?;
-        let (due, queue) = (job.status.due_at_ms, job.meta.queue.clone());
-        self.leases.remove(&(due, id));
-        let q = self.queue_mut(&queue);
-        q.leased -= 1;
-        q.totals.acked += 1;
-        self.remove_job(id, sink);
+        let key = self.leased_job(id, attempt)?;
+        if let Some(queue) = self.end_lease(key) {
+            self.queues[queue as usize].totals.acked += 1;
+        }
+        self.remove_job(key, sink);
         Ok(())
     }
 
@@ -360,33 +392,37 @@ impl ShardState {
         defaults: &QueueDefaults,
         sink: &mut impl WriteSink,
     ) -> Result<(), OpError> {
-        let job = self.leased_job(nack.id, nack.attempt)?;
-        let (due, queue) = (job.status.due_at_ms, job.meta.queue.clone());
-        let limits = self.queue_view(&queue, defaults);
-        let out_of_attempts = job.status.attempts_used() >= job.max_attempts(&limits);
+        let key = self.leased_job(nack.id, nack.attempt)?;
+        let Some(job) = self.jobs.get(&key) else {
+            return Err(OpError::JobNotFound { id: nack.id });
+        };
+        let q = &self.queues[job.queue as usize];
+        let limits = queue_view(&q.name, &q.meta, defaults);
+        let used = job.attempts_used();
+        let out_of_attempts = used >= max_attempts(job, &limits);
         let delay = nack
             .retry_delay_ms
-            .unwrap_or_else(|| job.backoff(&limits).delay_ms(job.status.attempts_used()));
-        self.leases.remove(&(due, nack.id));
-        let q = self.queue_mut(&queue);
-        q.leased -= 1;
-        q.totals.nacked += 1;
+            .unwrap_or_else(|| self.backoff(key, job, &limits).delay_ms(used));
+        if let Some(queue) = self.end_lease(key) {
+            self.queues[queue as usize].totals.nacked += 1;
+        }
         let error = Some(nack.error.clone()).filter(|e| !e.is_empty());
         if nack.dead || out_of_attempts {
-            self.make_dead(nack.id, error, sink);
+            self.make_dead(key, error, sink);
         } else if delay == 0 {
-            self.make_ready(nack.id, self.now_ms, error, sink);
+            self.make_ready(key, self.now_ms, error, sink);
         } else {
             let run_at = self.now_ms.saturating_add(delay);
-            if let Some(job) = self.jobs.get_mut(&nack.id) {
-                job.status.state = JobState::Scheduled;
-                job.status.due_at_ms = run_at;
-                job.status.last_error = error;
-                job.status.worker = None;
-                sink.put(&keys::job_key(keys::STATUS, nack.id), &job.status);
-            }
-            self.queue_mut(&queue).scheduled += 1;
-            self.scheduled.insert((run_at, nack.id));
+            let Some(job) = self.jobs.get_mut(&key) else {
+                return Ok(());
+            };
+            job.state = JobState::Scheduled;
+            job.due_at_ms = run_at;
+            let queue = job.queue;
+            self.extras.set_error(key, job, error);
+            self.write_status(key, sink);
+            self.queues[queue as usize].scheduled += 1;
+            self.scheduled.insert((run_at, key), ());
         }
         Ok(())
     }
@@ -397,16 +433,15 @@ impl ShardState {
         attempt: u32,
         sink: &mut impl WriteSink,
     ) -> Result<(), OpError> {
-        let job = self.leased_job(id, attempt)?;
-        let (due, queue) = (job.status.due_at_ms, job.meta.queue.clone());
-        let enqueued_at = job.meta.enqueued_at_ms;
-        self.leases.remove(&(due, id));
-        self.queue_mut(&queue).leased -= 1;
-        if let Some(job) = self.jobs.get_mut(&id) {
-            // Not started, so not an attempt used.
-            job.status.retry_base = job.status.retry_base.saturating_add(1).min(attempt);
-        }
-        self.make_ready(id, enqueued_at, None, sink);
+        let key = self.leased_job(id, attempt)?;
+        self.end_lease(key);
+        let Some(job) = self.jobs.get_mut(&key) else {
+            return Ok(());
+        };
+        // Not started, so not an attempt used.
+        job.retry_base = job.retry_base.saturating_add(1).min(attempt);
+        let enqueued_at = job.enqueued_at_ms;
+        self.make_ready(key, enqueued_at, None, sink);
         Ok(())
     }
 
@@ -418,22 +453,22 @@ impl ShardState {
         defaults: &QueueDefaults,
         sink: &mut impl WriteSink,
     ) -> Result<u64, OpError> {
-        let job = self.leased_job(id, attempt)?;
-        let old_due = job.status.due_at_ms;
-        let queue = job.meta.queue.clone();
+        let key = self.leased_job(id, attempt)?;
+        let Some(job) = self.jobs.get_mut(&key) else {
+            return Err(OpError::JobNotFound { id });
+        };
         let lease = lease_ms.unwrap_or_else(|| {
-            self.queues
-                .get(&queue)
-                .and_then(|q| q.meta.config.lease_ms)
+            self.queues[job.queue as usize]
+                .meta
+                .config
+                .lease_ms
                 .unwrap_or(defaults.lease_ms)
         });
         let expires = self.now_ms.saturating_add(lease);
-        self.leases.remove(&(old_due, id));
-        self.leases.insert((expires, id));
-        if let Some(job) = self.jobs.get_mut(&id) {
-            job.status.due_at_ms = expires;
-            sink.put(&keys::job_key(keys::STATUS, id), &job.status);
-        }
+        self.leases.remove(&(job.due_at_ms, key));
+        self.leases.insert((expires, key), ());
+        job.due_at_ms = expires;
+        self.write_status(key, sink);
         Ok(expires)
     }
 
@@ -442,10 +477,13 @@ impl ShardState {
         id: JobId,
         defaults: &QueueDefaults,
         sink: &mut impl WriteSink,
-    ) -> Result<super::JobView, OpError> {
+    ) -> Result<JobView, OpError> {
         let view = self.job(id, defaults).ok_or(OpError::JobNotFound { id })?;
-        let status = &view.status;
-        let queue = view.meta.queue.clone();
+        let key = JobKey::of(id);
+        let Some(job) = self.jobs.get(&key) else {
+            return Err(OpError::JobNotFound { id });
+        };
+        let (queue, status) = (job.queue as usize, &view.status);
         match status.state {
             JobState::Leased => {
                 return Err(OpError::Leased {
@@ -455,125 +493,131 @@ impl ShardState {
                 })
             }
             JobState::Ready => {
-                let key = (std::cmp::Reverse(view.meta.priority), status.due_at_ms, id);
-                self.queue_mut(&queue).ready.remove(&key);
+                self.queues[queue].ready.remove(&job.ready_key(key));
             }
             JobState::Scheduled => {
-                self.scheduled.remove(&(status.due_at_ms, id));
-                self.queue_mut(&queue).scheduled -= 1;
+                self.scheduled.remove(&(status.due_at_ms, key));
+                self.queues[queue].scheduled -= 1;
             }
             JobState::Dead => {
-                self.queue_mut(&queue).dead.remove(&id);
+                self.queues[queue].dead.remove(&key);
             }
         }
-        self.remove_job(id, sink);
+        self.remove_job(key, sink);
         Ok(view)
     }
 
     fn purge_queue(&mut self, queue: &str, sink: &mut impl WriteSink) -> u64 {
-        let Some(q) = self.queues.get_mut(queue) else {
+        let Some(&queue_id) = self.queue_ids.get(queue) else {
             return 0;
         };
-        let mut victims: Vec<JobId> = std::mem::take(&mut q.ready)
-            .into_iter()
-            .map(|(_, _, id)| id)
+        let q = &mut self.queues[queue_id as usize];
+        let mut victims: Vec<JobKey> = std::mem::take(&mut q.ready)
+            .iter()
+            .map(|(ready, ())| ready.key)
             .collect();
         q.scheduled = 0;
-        let scheduled: Vec<(u64, JobId)> = self
+        let scheduled: Vec<(u64, JobKey)> = self
             .scheduled
-            .iter()
-            .filter(|(_, id)| self.jobs.get(id).is_some_and(|j| &*j.meta.queue == queue))
-            .copied()
+            .keys()
+            .filter(|(_, key)| self.jobs.get(key).is_some_and(|j| j.queue == queue_id))
             .collect();
         for entry in scheduled {
             self.scheduled.remove(&entry);
             victims.push(entry.1);
         }
-        for &id in &victims {
-            self.remove_job(id, sink);
+        for &key in &victims {
+            self.remove_job(key, sink);
         }
         victims.len() as u64
     }
 
     /// The dead jobs an op targets: all of the queue's, or the listed ones,
     /// which must all be dead jobs of that queue.
-    fn dead_selection(&self, queue: &str, ids: &[JobId]) -> Result<Vec<JobId>, OpError> {
-        let dead = self.queues.get(queue).map(|q| &q.dead);
+    fn dead_selection(&self, queue: &str, ids: &[JobId]) -> Result<Vec<JobKey>, OpError> {
+        let dead = self.queue(queue).map(|q| &q.dead);
         if ids.is_empty() {
-            return Ok(dead
-                .map(|d| d.iter().copied().collect())
-                .unwrap_or_default());
+            return Ok(dead.map(|d| d.keys().collect()).unwrap_or_default());
         }
-        for id in ids {
-            if !dead.is_some_and(|d| d.contains(id)) {
-                return Err(OpError::NotDead {
-                    id: *id,
-                    queue: queue.to_string(),
-                });
+        let mut keys = Vec::with_capacity(ids.len());
+        for &id in ids {
+            match (self.key_of(id), dead) {
+                (Some(key), Some(dead)) if dead.contains_key(&key) => keys.push(key),
+                _ => {
+                    return Err(OpError::NotDead {
+                        id,
+                        queue: queue.to_string(),
+                    })
+                }
             }
         }
-        let mut ids = ids.to_vec();
-        ids.sort_unstable();
-        ids.dedup();
-        Ok(ids)
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
     }
 
-    fn requeue_dead(&mut self, id: JobId, sink: &mut impl WriteSink) {
-        let Some(job) = self.jobs.get_mut(&id) else {
+    fn requeue_dead(&mut self, key: JobKey, sink: &mut impl WriteSink) {
+        let Some(job) = self.jobs.get_mut(&key) else {
             return;
         };
         // Retries count afresh; the attempt number itself keeps growing so
         // tokens of earlier deliveries stay stale.
-        job.status.retry_base = job.status.attempt;
-        let queue = job.meta.queue.clone();
-        let error = job.status.last_error.clone();
-        self.queue_mut(&queue).dead.remove(&id);
-        self.make_ready(id, self.now_ms, error, sink);
+        job.retry_base = job.attempt;
+        let queue = job.queue;
+        self.queues[queue as usize].dead.remove(&key);
+        self.make_ready(key, self.now_ms, None, sink);
     }
 
+    /// Makes a job that is in no index ready from `since_ms`; `error`, if
+    /// any, becomes its last error.
     fn make_ready(
         &mut self,
-        id: JobId,
+        key: JobKey,
         since_ms: u64,
         error: Option<String>,
         sink: &mut impl WriteSink,
     ) {
-        let Some(job) = self.jobs.get_mut(&id) else {
+        let Some(job) = self.jobs.get_mut(&key) else {
             return;
         };
-        job.status.state = JobState::Ready;
-        job.status.due_at_ms = since_ms;
-        job.status.worker = None;
-        if error.is_some() {
-            job.status.last_error = error;
-        }
-        sink.put(&keys::job_key(keys::STATUS, id), &job.status);
-        let queue = job.meta.queue.clone();
-        let key = job.ready_key(id);
-        self.queue_mut(&queue).ready.insert(key);
-        self.wake(&queue);
+        job.state = JobState::Ready;
+        job.due_at_ms = since_ms;
+        debug_assert_eq!(job.worker, NO_WORKER);
+        self.extras.set_error(key, job, error);
+        let (queue, ready_key) = (job.queue, job.ready_key(key));
+        self.write_status(key, sink);
+        self.queues[queue as usize].ready.insert(ready_key, ());
+        self.wake_id(queue);
     }
 
-    fn make_dead(&mut self, id: JobId, error: Option<String>, sink: &mut impl WriteSink) {
+    fn make_dead(&mut self, key: JobKey, error: Option<String>, sink: &mut impl WriteSink) {
         let now = self.now_ms;
-        let Some(job) = self.jobs.get_mut(&id) else {
+        let Some(job) = self.jobs.get_mut(&key) else {
             return;
         };
-        job.status.state = JobState::Dead;
-        job.status.due_at_ms = now;
-        job.status.worker = None;
-        if error.is_some() {
-            job.status.last_error = error;
+        job.state = JobState::Dead;
+        job.due_at_ms = now;
+        self.extras.set_error(key, job, error);
+        let queue = job.queue;
+        self.write_status(key, sink);
+        self.queues[queue as usize].dead.insert(key, ());
+        self.finished.push(self.id_of(key));
+    }
+
+    fn write_status(&self, key: JobKey, sink: &mut impl WriteSink) {
+        if let Some(job) = self.jobs.get(&key) {
+            sink.put(
+                &keys::job_key(keys::STATUS, self.id_of(key)),
+                &self.extras.status(key, job),
+            );
         }
-        sink.put(&keys::job_key(keys::STATUS, id), &job.status);
-        let queue = job.meta.queue.clone();
-        self.queue_mut(&queue).dead.insert(id);
-        self.finished.push(id);
     }
 
     /// Forgets a job that left every index.
-    fn remove_job(&mut self, id: JobId, sink: &mut impl WriteSink) {
-        if self.jobs.remove(&id).is_some() {
+    fn remove_job(&mut self, key: JobKey, sink: &mut impl WriteSink) {
+        if let Some(mut job) = self.jobs.remove(&key) {
+            self.extras.forget(key, &mut job);
+            let id = self.id_of(key);
             sink.delete(&keys::job_key(keys::JOB, id));
             sink.delete(&keys::job_key(keys::STATUS, id));
             self.finished.push(id);
@@ -581,9 +625,14 @@ impl ShardState {
     }
 
     fn wake(&mut self, queue: &str) {
-        if !self.woken.iter().any(|q| &**q == queue) {
-            let name = self.queue_name(queue);
-            self.woken.push(name);
+        let id = self.queue_id(queue);
+        self.wake_id(id);
+    }
+
+    fn wake_id(&mut self, queue: QueueId) {
+        let name = &self.queues[queue as usize].name;
+        if !self.woken.iter().any(|q| q == name) {
+            self.woken.push(name.clone());
         }
     }
 }

@@ -1,9 +1,10 @@
 //! The job-queue state machine of one shard.
 //!
-//! [`ShardState`] is the working set: every live job's metadata and status
-//! (not its payload and headers, which apply writes under their own key and
-//! the serving side reads back) and the indexes apply needs — ready jobs by priority then age, leases by
-//! expiry, scheduled jobs by run time, idempotency keys by expiry. Apply
+//! [`ShardState`] is the working set: every live job's scheduling
+//! metadata and status, packed small ([`job::Job`]; the payload, headers
+//! and anything else only a reader needs stay on disk), and the indexes
+//! apply needs — ready jobs by priority then age, leases by expiry,
+//! scheduled jobs by run time, idempotency keys by expiry. Apply
 //! ([`ShardState::apply_batch`]) is a pure function of the batch and this
 //! state; it records what changed into a [`keys::WriteSink`] and never reads
 //! RocksDB. The state is rebuilt from the written keys at start and after a
@@ -12,17 +13,21 @@
 //! This module owns no I/O, no locks and no clocks.
 
 mod apply;
+mod chunk_map;
+mod job;
 pub mod keys;
 
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use raftq_api::JobId;
 use serde::{Deserialize, Serialize};
 
+use self::chunk_map::ChunkMap;
+use self::job::{flags, Job, JobKey, QueueId, ReadyKey, StatusRecord, Workers, NO_WORKER};
 use crate::ops::{
-    JobMeta, JobState, JobStatus, JobView, QueueConfigPatch, QueueDefaults, QueueView,
+    BackoffPolicy, JobMeta, JobState, JobStatus, JobView, QueueConfigPatch, QueueDefaults,
+    QueueView,
 };
 
 /// Most bytes of jobs one claim leases: a fetch answer or worker frame
@@ -31,41 +36,6 @@ use crate::ops::{
 /// number, so it must never change between versions that share a log.
 pub const MAX_CLAIM_BYTES: usize = 48 * 1024 * 1024;
 
-/// Where a ready job sorts: highest priority first, then oldest.
-type ReadyKey = (Reverse<i32>, u64, JobId);
-
-#[derive(Debug, Clone)]
-struct Job {
-    meta: Arc<JobMeta>,
-    status: JobStatus,
-}
-
-impl Job {
-    fn ready_key(&self, id: JobId) -> ReadyKey {
-        (Reverse(self.meta.priority), self.status.due_at_ms, id)
-    }
-
-    fn view(&self, id: JobId, limits: &QueueView) -> JobView {
-        JobView {
-            id,
-            meta: self.meta.clone(),
-            status: self.status.clone(),
-            max_attempts: self.max_attempts(limits),
-        }
-    }
-
-    fn max_attempts(&self, limits: &QueueView) -> u32 {
-        match self.meta.max_attempts {
-            0 => limits.max_attempts,
-            n => n,
-        }
-    }
-
-    fn backoff(&self, limits: &QueueView) -> crate::ops::BackoffPolicy {
-        self.meta.backoff.unwrap_or(limits.backoff)
-    }
-}
-
 /// What is persisted of a queue (only once a user changed something).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct QueueMeta {
@@ -73,14 +43,29 @@ struct QueueMeta {
     config: QueueConfigPatch,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Queue {
+    name: Arc<str>,
     meta: QueueMeta,
-    ready: BTreeSet<ReadyKey>,
+    ready: ChunkMap<ReadyKey, ()>,
     scheduled: u64,
     leased: u64,
-    dead: BTreeSet<JobId>,
+    dead: ChunkMap<JobKey, ()>,
     totals: QueueTotals,
+}
+
+impl Queue {
+    fn new(name: Arc<str>) -> Queue {
+        Queue {
+            name,
+            meta: QueueMeta::default(),
+            ready: ChunkMap::new(),
+            scheduled: 0,
+            leased: 0,
+            dead: ChunkMap::new(),
+            totals: QueueTotals::default(),
+        }
+    }
 }
 
 /// Counters since this node started (not replicated state).
@@ -109,21 +94,91 @@ struct DedupEntry {
     expires_at_ms: u64,
 }
 
+/// What only some jobs have, kept beside [`Job`] so that a plain job stays
+/// 48 bytes; a job's [`flags`] say which maps to look in.
+#[derive(Debug, Default)]
+struct Extras {
+    backoffs: BTreeMap<JobKey, BackoffPolicy>,
+    idempotency_keys: BTreeMap<JobKey, Box<str>>,
+    errors: BTreeMap<JobKey, Box<str>>,
+    workers: Workers,
+}
+
+impl Extras {
+    fn error(&self, key: JobKey, job: &Job) -> Option<&str> {
+        if job.has(flags::ERROR) {
+            self.errors.get(&key).map(|e| &**e)
+        } else {
+            None
+        }
+    }
+
+    fn worker(&self, job: &Job) -> Option<&str> {
+        if job.worker == NO_WORKER {
+            None
+        } else {
+            self.workers.name(job.worker).map(|w| &**w)
+        }
+    }
+
+    fn status<'a>(&'a self, key: JobKey, job: &Job) -> StatusRecord<'a> {
+        StatusRecord {
+            state: job.state,
+            attempt: job.attempt,
+            retry_base: job.retry_base,
+            due_at_ms: job.due_at_ms,
+            last_error: self.error(key, job),
+            worker: self.worker(job),
+        }
+    }
+
+    /// Records `error` as the job's last (none keeps the one it has).
+    fn set_error(&mut self, key: JobKey, job: &mut Job, error: Option<String>) {
+        if let Some(error) = error {
+            self.errors.insert(key, error.into_boxed_str());
+            job.flags |= flags::ERROR;
+        }
+    }
+
+    /// Drops the job's lease holder, if it has one.
+    fn unlease(&mut self, job: &mut Job) {
+        if job.worker != NO_WORKER {
+            self.workers.release(job.worker);
+            job.worker = NO_WORKER;
+        }
+    }
+
+    /// Forgets everything kept for a job that left the state.
+    fn forget(&mut self, key: JobKey, job: &mut Job) {
+        if job.has(flags::BACKOFF) {
+            self.backoffs.remove(&key);
+        }
+        if job.has(flags::IDEMPOTENCY_KEY) {
+            self.idempotency_keys.remove(&key);
+        }
+        if job.has(flags::ERROR) {
+            self.errors.remove(&key);
+        }
+        self.unlease(job);
+    }
+}
+
 #[derive(Debug)]
 pub struct ShardState {
     shard: u32,
     /// The newest batch time applied: the shard's clock, never going back.
     now_ms: u64,
-    /// Ordered by id, not hashed: ids only grow, so inserts append at the
-    /// right edge and the map grows a node at a time. A hash map doubled
-    /// and rehashed millions of jobs at once (10% of a node's CPU under
-    /// enqueue load, and second-long apply stalls at each doubling).
-    jobs: BTreeMap<JobId, Job>,
-    queues: HashMap<Arc<str>, Queue>,
-    leases: BTreeSet<(u64, JobId)>,
-    scheduled: BTreeSet<(u64, JobId)>,
+    /// Ordered by id in filled chunks: ids only grow, so inserts append,
+    /// and a million ready jobs cost 84 MB of index (this map and the
+    /// queue's ready set), not the 450 MB of a `BTreeMap` of full records.
+    jobs: ChunkMap<JobKey, Job>,
+    queues: Vec<Queue>,
+    queue_ids: HashMap<Arc<str>, QueueId>,
+    leases: ChunkMap<(u64, JobKey), ()>,
+    scheduled: ChunkMap<(u64, JobKey), ()>,
     dedup: HashMap<(Arc<str>, String), DedupEntry>,
     dedup_expiry: BTreeSet<(u64, Arc<str>, String)>,
+    extras: Extras,
     /// Queues that gained ready jobs since the last [`ShardState::take_woken`].
     woken: Vec<Arc<str>>,
     /// Jobs that left the state or died since the last
@@ -150,12 +205,14 @@ impl ShardState {
         ShardState {
             shard,
             now_ms: 0,
-            jobs: BTreeMap::new(),
-            queues: HashMap::new(),
-            leases: BTreeSet::new(),
-            scheduled: BTreeSet::new(),
+            jobs: ChunkMap::new(),
+            queues: Vec::new(),
+            queue_ids: HashMap::new(),
+            leases: ChunkMap::new(),
+            scheduled: ChunkMap::new(),
             dedup: HashMap::new(),
             dedup_expiry: BTreeSet::new(),
+            extras: Extras::default(),
             woken: Vec::new(),
             finished: Vec::new(),
         }
@@ -196,19 +253,18 @@ impl ShardState {
                     let id = keys::job_id_of(key)
                         .ok_or_else(|| LoadError::OrphanStatus(key.to_vec()))?;
                     let (meta, status): (JobMeta, JobStatus) = decode(key, value)?;
-                    state.queue_mut(&meta.queue);
-                    let meta = state.intern_meta(meta);
-                    state.jobs.insert(id, Job { meta, status });
+                    state.insert_job(JobKey::of(id), &meta, status);
                 }
                 Some(keys::STATUS) => {
                     let id = keys::job_id_of(key)
                         .ok_or_else(|| LoadError::OrphanStatus(key.to_vec()))?;
                     let status: JobStatus = decode(key, value)?;
-                    let job = state
-                        .jobs
-                        .get_mut(&id)
-                        .ok_or_else(|| LoadError::OrphanStatus(key.to_vec()))?;
-                    job.status = status;
+                    let key = JobKey::of(id);
+                    let ShardState { jobs, extras, .. } = &mut state;
+                    let job = jobs.get_mut(&key).ok_or_else(|| {
+                        LoadError::OrphanStatus(keys::job_key(keys::STATUS, id).to_vec())
+                    })?;
+                    set_status(extras, key, job, status);
                 }
                 Some(keys::QUEUE) => {
                     let name = String::from_utf8_lossy(&key[5..]).into_owned();
@@ -235,53 +291,101 @@ impl ShardState {
         Ok(state)
     }
 
-    fn intern_meta(&mut self, mut meta: JobMeta) -> Arc<JobMeta> {
-        meta.queue = self.queue_name(&meta.queue);
-        Arc::new(meta)
+    /// Adds a job from its record (at enqueue, and at load); no index.
+    fn insert_job(&mut self, key: JobKey, meta: &JobMeta, status: JobStatus) {
+        let queue = self.queue_id(&meta.queue);
+        let mut job = Job {
+            due_at_ms: 0,
+            enqueued_at_ms: meta.enqueued_at_ms,
+            queue,
+            priority: meta.priority,
+            attempt: 0,
+            retry_base: 0,
+            max_attempts: meta.max_attempts,
+            answer_bytes: u32::try_from(meta.answer_bytes).unwrap_or(u32::MAX),
+            worker: NO_WORKER,
+            state: status.state,
+            flags: 0,
+        };
+        if let Some(backoff) = meta.backoff {
+            self.extras.backoffs.insert(key, backoff);
+            job.flags |= flags::BACKOFF;
+        }
+        if let Some(idem) = &meta.idempotency_key {
+            self.extras
+                .idempotency_keys
+                .insert(key, idem.clone().into_boxed_str());
+            job.flags |= flags::IDEMPOTENCY_KEY;
+        }
+        set_status(&mut self.extras, key, &mut job, status);
+        self.jobs.insert(key, job);
     }
 
     fn rebuild_indexes(&mut self) {
-        let ids: Vec<JobId> = self.jobs.keys().copied().collect();
-        for id in ids {
-            let job = &self.jobs[&id];
-            let queue = job.meta.queue.clone();
-            let status = job.status.clone();
-            let ready_key = job.ready_key(id);
-            let q = self.queue_mut(&queue);
-            match status.state {
+        let ShardState {
+            jobs,
+            queues,
+            leases,
+            scheduled,
+            ..
+        } = self;
+        for (key, job) in jobs.iter() {
+            let q = &mut queues[job.queue as usize];
+            match job.state {
                 JobState::Ready => {
-                    q.ready.insert(ready_key);
+                    q.ready.insert(job.ready_key(*key), ());
                 }
                 JobState::Scheduled => {
                     q.scheduled += 1;
-                    self.scheduled.insert((status.due_at_ms, id));
+                    scheduled.insert((job.due_at_ms, *key), ());
                 }
                 JobState::Leased => {
                     q.leased += 1;
-                    self.leases.insert((status.due_at_ms, id));
+                    leases.insert((job.due_at_ms, *key), ());
                 }
                 JobState::Dead => {
-                    q.dead.insert(id);
+                    q.dead.insert(*key, ());
                 }
             }
         }
+    }
+
+    /// The key of `id` in this state: none for another shard's id.
+    fn key_of(&self, id: JobId) -> Option<JobKey> {
+        (id.shard == self.shard).then(|| JobKey::of(id))
+    }
+
+    fn id_of(&self, key: JobKey) -> JobId {
+        key.id(self.shard)
+    }
+
+    /// The queue's number, creating it on first use.
+    fn queue_id(&mut self, name: &str) -> QueueId {
+        if let Some(&id) = self.queue_ids.get(name) {
+            return id;
+        }
+        let name: Arc<str> = Arc::from(name);
+        let id = self.queues.len() as QueueId;
+        self.queues.push(Queue::new(name.clone()));
+        self.queue_ids.insert(name, id);
+        id
     }
 
     /// The shared name of a queue (so a million jobs share one allocation).
     fn queue_name(&mut self, name: &str) -> Arc<str> {
-        match self.queues.get_key_value(name) {
-            Some((key, _)) => key.clone(),
-            None => {
-                let key: Arc<str> = Arc::from(name);
-                self.queues.insert(key.clone(), Queue::default());
-                key
-            }
-        }
+        let id = self.queue_id(name);
+        self.queues[id as usize].name.clone()
     }
 
     fn queue_mut(&mut self, name: &str) -> &mut Queue {
-        let key = self.queue_name(name);
-        self.queues.entry(key).or_default()
+        let id = self.queue_id(name);
+        &mut self.queues[id as usize]
+    }
+
+    fn queue(&self, name: &str) -> Option<&Queue> {
+        self.queue_ids
+            .get(name)
+            .map(|&id| &self.queues[id as usize])
     }
 
     /// Queues that gained ready jobs since the last call (for waking fetchers).
@@ -302,8 +406,8 @@ impl ShardState {
     /// The earliest time a timer (scheduled job, lease, idempotency key) is due.
     pub fn next_deadline_ms(&self) -> Option<u64> {
         [
-            self.scheduled.first().map(|(t, _)| *t),
-            self.leases.first().map(|(t, _)| *t),
+            self.scheduled.first().map(|((t, _), ())| *t),
+            self.leases.first().map(|((t, _), ())| *t),
             self.dedup_expiry.first().map(|(t, _, _)| *t),
         ]
         .into_iter()
@@ -312,43 +416,70 @@ impl ShardState {
     }
 
     pub fn job(&self, id: JobId, defaults: &QueueDefaults) -> Option<JobView> {
-        let job = self.jobs.get(&id)?;
-        Some(job.view(id, &self.queue_view(&job.meta.queue, defaults)))
+        let key = self.key_of(id)?;
+        let job = self.jobs.get(&key)?;
+        Some(self.view(key, job, defaults))
+    }
+
+    fn view(&self, key: JobKey, job: &Job, defaults: &QueueDefaults) -> JobView {
+        let queue = &self.queues[job.queue as usize];
+        let limits = queue_view(&queue.name, &queue.meta, defaults);
+        let status = self.extras.status(key, job);
+        JobView {
+            id: self.id_of(key),
+            queue: queue.name.clone(),
+            priority: job.priority,
+            enqueued_at_ms: job.enqueued_at_ms,
+            idempotency_key: self.idempotency_key(key, job).map(str::to_string),
+            status: JobStatus {
+                state: status.state,
+                attempt: status.attempt,
+                retry_base: status.retry_base,
+                due_at_ms: status.due_at_ms,
+                last_error: status.last_error.map(str::to_string),
+                worker: status.worker.map(str::to_string),
+            },
+            max_attempts: max_attempts(job, &limits),
+        }
+    }
+
+    fn idempotency_key(&self, key: JobKey, job: &Job) -> Option<&str> {
+        if job.has(flags::IDEMPOTENCY_KEY) {
+            self.extras.idempotency_keys.get(&key).map(|k| &**k)
+        } else {
+            None
+        }
+    }
+
+    fn backoff(&self, key: JobKey, job: &Job, limits: &QueueView) -> BackoffPolicy {
+        if job.has(flags::BACKOFF) {
+            if let Some(backoff) = self.extras.backoffs.get(&key) {
+                return *backoff;
+            }
+        }
+        limits.backoff
     }
 
     pub fn queue_view(&self, name: &str, defaults: &QueueDefaults) -> QueueView {
-        let meta = self
-            .queues
-            .get(name)
-            .map(|q| q.meta.clone())
-            .unwrap_or_default();
+        let meta = self.queue(name).map(|q| q.meta.clone()).unwrap_or_default();
         queue_view(name, &meta, defaults)
     }
 
     /// Whether a claim on `queue` could lease anything now: it has ready
     /// jobs and is not paused. Lets idle fetchers skip a Raft round.
     pub fn has_ready(&self, queue: &str) -> bool {
-        self.queues
-            .get(queue)
+        self.queue(queue)
             .is_some_and(|q| !q.meta.paused && !q.ready.is_empty())
     }
 
     pub fn stats(&self, name: &str) -> Option<QueueStats> {
-        self.queues.get(name).map(|q| QueueStats {
-            queue: name.to_string(),
-            ready: q.ready.len() as u64,
-            scheduled: q.scheduled,
-            leased: q.leased,
-            dead: q.dead.len() as u64,
-            paused: q.meta.paused,
-            totals: q.totals,
-        })
+        self.queue(name).map(stats)
     }
 
     pub fn all_stats(&self) -> Vec<QueueStats> {
-        let mut names: Vec<&Arc<str>> = self.queues.keys().collect();
-        names.sort();
-        names.into_iter().filter_map(|n| self.stats(n)).collect()
+        let mut all: Vec<QueueStats> = self.queues.iter().map(stats).collect();
+        all.sort_by(|a, b| a.queue.cmp(&b.queue));
+        all
     }
 
     /// One page of a queue's dead jobs, in id order, after `after`.
@@ -359,47 +490,60 @@ impl ShardState {
         limit: usize,
         defaults: &QueueDefaults,
     ) -> Vec<JobView> {
-        let limits = self.queue_view(queue, defaults);
-        let Some(q) = self.queues.get(queue) else {
+        let Some(q) = self.queue(queue) else {
             return Vec::new();
         };
-        let range = match after {
-            Some(after) => q
-                .dead
-                .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
-            None => q.dead.range(..),
-        };
-        range
+        q.dead
+            .iter_after(after.map(JobKey::of))
             .take(limit)
-            .filter_map(|id| self.jobs.get(id).map(|job| job.view(*id, &limits)))
+            .filter_map(|(key, ())| self.jobs.get(key).map(|job| self.view(*key, job, defaults)))
             .collect()
     }
 
     /// A canonical dump of the replicated state, for comparing replicas and
     /// rebuilds in tests. Excludes node-local counters.
     pub fn digest(&self) -> String {
-        let jobs = self.jobs.iter();
         let mut out = format!("now={}\n", self.now_ms);
-        for (id, job) in jobs {
-            out.push_str(&format!("{id} {:?} {:?}\n", job.meta, job.status));
+        for (key, job) in self.jobs.iter() {
+            let queue = &self.queues[job.queue as usize].name;
+            let backoff = job
+                .has(flags::BACKOFF)
+                .then(|| self.extras.backoffs.get(key))
+                .flatten();
+            let status = self.extras.status(*key, job);
+            out.push_str(&format!(
+                "{} queue={queue} priority={} max_attempts={} backoff={backoff:?} enqueued={} key={:?} bytes={} state={:?} attempt={} base={} due={} error={:?} worker={:?}\n",
+                self.id_of(*key),
+                { job.priority },
+                { job.max_attempts },
+                { job.enqueued_at_ms },
+                self.idempotency_key(*key, job),
+                { job.answer_bytes },
+                status.state,
+                status.attempt,
+                status.retry_base,
+                status.due_at_ms,
+                status.last_error,
+                status.worker,
+            ));
         }
         // Queues with nothing in them and default settings exist only in
         // memory (a name was used); they carry no replicated state.
-        let mut queues: Vec<_> = self
+        let mut queues: Vec<&Queue> = self
             .queues
             .iter()
-            .filter(|(_, q)| {
+            .filter(|q| {
                 q.meta != QueueMeta::default()
                     || !q.ready.is_empty()
                     || q.scheduled + q.leased > 0
                     || !q.dead.is_empty()
             })
             .collect();
-        queues.sort_by(|a, b| a.0.cmp(b.0));
-        for (name, q) in queues {
+        queues.sort_by(|a, b| a.name.cmp(&b.name));
+        for q in queues {
             out.push_str(&format!(
-                "queue {name} {:?} ready={:?} scheduled={} leased={} dead={:?}\n",
-                q.meta, q.ready, q.scheduled, q.leased, q.dead
+                "queue {} {:?} ready={:?} scheduled={} leased={} dead={:?}\n",
+                q.name, q.meta, q.ready, q.scheduled, q.leased, q.dead
             ));
         }
         let mut dedup: Vec<_> = self.dedup.iter().collect();
@@ -409,6 +553,47 @@ impl ShardState {
             self.leases, self.scheduled
         ));
         out
+    }
+}
+
+/// Sets a job's status from a record: at enqueue and at load.
+fn set_status(extras: &mut Extras, key: JobKey, job: &mut Job, status: JobStatus) {
+    job.state = status.state;
+    job.attempt = status.attempt;
+    job.retry_base = status.retry_base;
+    job.due_at_ms = status.due_at_ms;
+    extras.unlease(job);
+    if let Some(worker) = status.worker {
+        job.worker = extras.workers.intern(&worker);
+        extras.workers.add(job.worker, 1);
+    }
+    match status.last_error {
+        Some(error) => extras.set_error(key, job, Some(error)),
+        None => {
+            if job.has(flags::ERROR) {
+                extras.errors.remove(&key);
+                job.flags &= !flags::ERROR;
+            }
+        }
+    }
+}
+
+fn max_attempts(job: &Job, limits: &QueueView) -> u32 {
+    match job.max_attempts {
+        0 => limits.max_attempts,
+        n => n,
+    }
+}
+
+fn stats(q: &Queue) -> QueueStats {
+    QueueStats {
+        queue: q.name.to_string(),
+        ready: q.ready.len() as u64,
+        scheduled: q.scheduled,
+        leased: q.leased,
+        dead: q.dead.len() as u64,
+        paused: q.meta.paused,
+        totals: q.totals,
     }
 }
 

@@ -112,21 +112,20 @@ pub fn job_state(state: JobState) -> pb::JobState {
 }
 
 pub fn job(view: &JobView, content: &JobContent) -> pb::Job {
-    let b = &view.meta;
     let s = &view.status;
     pb::Job {
         id: view.id.to_string(),
-        queue: b.queue.to_string(),
+        queue: view.queue.to_string(),
         payload: content.payload.clone(),
         headers: content.headers.iter().cloned().collect(),
-        priority: b.priority,
+        priority: view.priority,
         state: job_state(s.state) as i32,
         attempt: s.attempts_used(),
         max_attempts: view.max_attempts,
-        enqueued_at_ms: b.enqueued_at_ms as i64,
+        enqueued_at_ms: view.enqueued_at_ms as i64,
         due_at_ms: s.due_at_ms as i64,
         last_error: s.last_error.clone().unwrap_or_default(),
-        idempotency_key: b.idempotency_key.clone().unwrap_or_default(),
+        idempotency_key: view.idempotency_key.clone().unwrap_or_default(),
         worker_id: s.worker.clone().unwrap_or_default(),
     }
 }

@@ -5,7 +5,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 
 use openraft::storage::LogFlushed;
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, DB};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, WriteBufferManager, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::raft_types::TypeConfig;
@@ -51,21 +51,34 @@ pub enum OpenError {
 /// Node-wide records in `raft_meta` sort after every shard's (all-ones prefix).
 const NODE_SHARDS_KEY: &[u8] = b"\xff\xff\xff\xffshards";
 
+/// What RocksDB may hold in memory.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreMemory {
+    /// The state's block cache (job records read back from disk).
+    pub block_cache_bytes: usize,
+    /// Every column family's memtables together: past it RocksDB flushes
+    /// the largest, and stalls writes until flushes catch up rather than
+    /// grow.
+    pub memtable_bytes: usize,
+}
+
 /// The node's database plus its fsync thread.
 #[derive(Clone)]
 pub struct Store {
     pub db: Arc<DB>,
     pub durability: Durability,
     syncer: mpsc::Sender<LogFlushed<TypeConfig>>,
+    block_cache: Cache,
+    memtables: WriteBufferManager,
+    data_dir: std::path::PathBuf,
 }
 
 impl Store {
-    /// Opens (or creates) the node's RocksDB; `block_cache_bytes` is the
-    /// state's block cache.
+    /// Opens (or creates) the node's RocksDB within `memory`.
     pub fn open(
         dir: &Path,
         durability: Durability,
-        block_cache_bytes: usize,
+        memory: StoreMemory,
     ) -> Result<Store, OpenError> {
         std::fs::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
             path: dir.display().to_string(),
@@ -88,6 +101,8 @@ impl Store {
         opts.set_bytes_per_sync(1 << 20);
         opts.set_wal_bytes_per_sync(1 << 20);
         opts.set_keep_log_file_num(3);
+        let memtables = WriteBufferManager::new_write_buffer_manager(memory.memtable_bytes, true);
+        opts.set_write_buffer_manager(&memtables);
         // A torn last record is what a crash mid-write leaves, and it was
         // never acknowledged: drop it. Damage anywhere else must stop the
         // node, not silently cut the log short (RocksDB's default).
@@ -95,9 +110,15 @@ impl Store {
         opts.set_paranoid_checks(true);
         // A missing or shortened older WAL fails the open too.
         opts.set_track_and_verify_wals_in_manifest(true);
+        // The log and the state take the memtables' budget between them
+        // (two memtables each, one filling while one flushes); the Raft
+        // metadata is tiny.
+        let memtable_size = (memory.memtable_bytes / 4).max(1 << 20);
         let mut log_opts = Options::default();
         log_opts.set_compression_type(rocksdb::DBCompressionType::None);
+        log_opts.set_write_buffer_size(memtable_size);
         let mut state_opts = Options::default();
+        state_opts.set_write_buffer_size(memtable_size);
         state_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         // Job ids only grow, so a flush overlaps just the newest file of
         // the last level; small files keep each compaction to that file
@@ -111,7 +132,8 @@ impl Store {
         table.set_bloom_filter(10.0, false);
         table.set_cache_index_and_filter_blocks(true);
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-        table.set_block_cache(&Cache::new_lru_cache(block_cache_bytes));
+        let block_cache = Cache::new_lru_cache(memory.block_cache_bytes);
+        table.set_block_cache(&block_cache);
         state_opts.set_block_based_table_factory(&table);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_LOG, log_opts),
@@ -138,7 +160,27 @@ impl Store {
             db,
             durability,
             syncer,
+            block_cache,
+            memtables,
+            data_dir: dir.to_path_buf(),
         })
+    }
+
+    /// Where `shard`'s snapshot files are built, received and kept.
+    pub fn snapshot_dir(&self, shard: u32) -> std::path::PathBuf {
+        self.data_dir
+            .join("snapshots")
+            .join(format!("shard-{shard}"))
+    }
+
+    /// Bytes in the state's block cache now.
+    pub fn block_cache_bytes(&self) -> usize {
+        self.block_cache.get_usage()
+    }
+
+    /// Bytes held by every memtable now.
+    pub fn memtable_bytes(&self) -> usize {
+        self.memtables.get_usage()
     }
 
     /// Records the shard count on first start; refuses a different one later.

@@ -17,6 +17,12 @@
 //!   field after the records. A format-2 node installs format-1 snapshots
 //!   (converting them); a format-1 node refuses format-2 snapshot messages
 //!   with "upgrade this node".
+//! - Snapshot format 3 (data format still 2): the same records, streamed
+//!   as a file of length-prefixed keys and values with a checked end
+//!   ([`super::snapshot_file`]) instead of one postcard message, so neither
+//!   side holds a whole shard in memory. Snapshots of formats 1 and 2 are
+//!   still read (whole); a node before format 3 refuses format-3 snapshot
+//!   messages with "upgrade this node".
 //!
 //! The golden-bytes tests below pin every encoding. Any change to a
 //! persisted or replicated type that changes those bytes must raise the
@@ -34,8 +40,10 @@ use crate::ops::{answer_bytes, BackoffPolicy, ContentRef, JobMeta, JobStatus};
 pub const DATA_FORMAT: u32 = 2;
 /// The format of Raft entries (and votes, heartbeats) this binary sends.
 pub const ENTRY_FORMAT: u32 = 1;
-/// The format of the snapshots this binary sends: the data format.
-pub const SNAPSHOT_FORMAT: u32 = DATA_FORMAT;
+/// The format of the snapshots this binary sends (and the newest it reads).
+pub const SNAPSHOT_FORMAT: u32 = 3;
+/// The last snapshot format that travelled as one postcard message.
+const WHOLE_SNAPSHOT_FORMAT: u32 = 2;
 
 /// Node-wide records sort after every shard's (all-ones prefix).
 const FORMAT_KEY: &[u8] = b"\xff\xff\xff\xffformat";
@@ -211,7 +219,7 @@ struct SnapshotPayloadV1 {
 /// (from a node not yet upgraded) has its job records converted.
 pub fn decode_snapshot(data: &[u8]) -> Result<SnapshotPayload, postcard::Error> {
     match postcard::from_bytes::<SnapshotPayload>(data) {
-        Ok(payload) if payload.format <= SNAPSHOT_FORMAT => Ok(payload),
+        Ok(payload) if payload.format <= WHOLE_SNAPSHOT_FORMAT => Ok(payload),
         Ok(_) => Err(postcard::Error::DeserializeBadEncoding),
         // Format 1 ended after the records.
         Err(postcard::Error::DeserializeUnexpectedEnd) => {
@@ -230,7 +238,7 @@ pub fn decode_snapshot(data: &[u8]) -> Result<SnapshotPayload, postcard::Error> 
             Ok(SnapshotPayload {
                 now_ms: old.now_ms,
                 records,
-                format: SNAPSHOT_FORMAT,
+                format: WHOLE_SNAPSHOT_FORMAT,
             })
         }
         Err(e) => Err(e),
@@ -439,8 +447,15 @@ mod tests {
     fn a_format_1_data_dir_converts_and_a_cut_conversion_resumes() {
         let n = 2 * super::CONVERT_CHUNK as u64 + 17;
         let dir = tempfile::tempdir().expect("temp dir");
-        let store =
-            super::Store::open(dir.path(), super::super::Durability::Fsync, 8 << 20).expect("open");
+        let store = super::Store::open(
+            dir.path(),
+            super::super::Durability::Fsync,
+            crate::store::StoreMemory {
+                block_cache_bytes: 8 << 20,
+                memtable_bytes: 32 << 20,
+            },
+        )
+        .expect("open");
         let jobs = write_v1_jobs(&store, n);
         store
             .put_node_record(super::FORMAT_KEY, 1)
@@ -450,8 +465,15 @@ mod tests {
         drop(store);
 
         let dir = tempfile::tempdir().expect("temp dir");
-        let store =
-            super::Store::open(dir.path(), super::super::Durability::Fsync, 8 << 20).expect("open");
+        let store = super::Store::open(
+            dir.path(),
+            super::super::Durability::Fsync,
+            crate::store::StoreMemory {
+                block_cache_bytes: 8 << 20,
+                memtable_bytes: 32 << 20,
+            },
+        )
+        .expect("open");
         let jobs = write_v1_jobs(&store, n);
         // What a run cut short after its first chunk left behind.
         let cf = store.cf(super::CF_STATE);
@@ -511,7 +533,7 @@ mod tests {
         let v2 = postcard::to_allocvec(&super::SnapshotPayload {
             now_ms: 7,
             records: expected.clone(),
-            format: super::SNAPSHOT_FORMAT,
+            format: 2,
         })
         .expect("encodes");
         let installed = super::decode_snapshot(&v2).expect("decodes");

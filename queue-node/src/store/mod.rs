@@ -7,6 +7,7 @@
 //! - [`db`]: opening RocksDB and the group-commit fsync thread.
 //! - [`health`]: noticing a RocksDB that stalls writes for good.
 //! - [`log_store`]: openraft's `RaftLogStorage`.
+//! - [`snapshot_file`]: snapshots streamed to and from files.
 //! - [`state_machine`]: openraft's `RaftStateMachine` over [`crate::fsm`].
 //! - [`watermark`]: the file that catches a WAL or database cut short.
 
@@ -19,11 +20,12 @@ pub mod db;
 pub mod format;
 pub mod health;
 pub mod log_store;
+pub mod snapshot_file;
 pub mod state_machine;
 pub mod watermark;
 
 pub use contents::{ContentCache, ContentError, Contents};
-pub use db::{Durability, Store};
+pub use db::{Durability, Store, StoreMemory};
 
 use crate::raft_types::StorageError;
 

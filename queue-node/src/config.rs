@@ -37,38 +37,33 @@ pub struct NodeConfig {
     pub memory: MemoryConfig,
 }
 
-/// What the node may hold in memory beyond its job index.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What the node may hold in memory, part by part, in MiB. A part left
+/// unset is sized from the memory the node may use — its cgroup's limit
+/// (what a container's memory limit sets), else the machine's — so a node
+/// in a small container is not killed by defaults meant for a big one
+/// ([`crate::memory::Budgets::resolve`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MemoryConfig {
-    /// The job index (every live job's metadata and status), in MiB:
+    /// The job index (every live job's scheduling metadata and status):
     /// enqueues are refused with `RESOURCE_EXHAUSTED` once it would grow
-    /// past this (about 512 bytes per live job). Unset: half the memory
-    /// the node may use (its cgroup's limit, else the machine's). 0 = no
-    /// limit.
+    /// past this (128 bytes counted per live job). Unset: half the memory
+    /// the node may use. 0 = no limit.
     pub index_mib: Option<u64>,
     /// Payloads and headers of live jobs kept in memory so that serving
-    /// them needs no disk read, in MiB (all shards together). Jobs
-    /// enqueued while it is full are read from disk when served. 0 = none.
-    pub content_cache_mib: u64,
+    /// them needs no disk read (all shards together). Jobs enqueued while
+    /// it is full are read from disk when served. Unset: 256, or an eighth
+    /// of the node's memory if that is less. 0 = none.
+    pub content_cache_mib: Option<u64>,
     /// RocksDB's block cache for the state (job records and contents read
-    /// back from disk), in MiB.
-    pub block_cache_mib: u64,
+    /// back from disk). Unset: 64, or a sixteenth of the node's memory if
+    /// that is less (at least 8).
+    pub block_cache_mib: Option<u64>,
     /// RocksDB's memtables (recent writes of the log and the state, before
-    /// they are flushed to files), all together, in MiB; writes stall
-    /// rather than grow past it. At least 4.
-    pub memtable_mib: u64,
-}
-
-impl Default for MemoryConfig {
-    fn default() -> Self {
-        MemoryConfig {
-            index_mib: None,
-            content_cache_mib: 256,
-            block_cache_mib: 64,
-            memtable_mib: 128,
-        }
-    }
+    /// they are flushed to files), all together; writes stall rather than
+    /// grow past it. Unset: 128, or a sixteenth of the node's memory if
+    /// that is less (at least 8). At least 4.
+    pub memtable_mib: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -224,10 +219,9 @@ impl NodeConfig {
         if !(q.backoff_multiplier.is_finite() && q.backoff_multiplier >= 1.0) {
             return invalid("queue_defaults: backoff_multiplier must be >= 1.0".into());
         }
-        if self.memory.memtable_mib < 4 {
+        if let Some(n) = self.memory.memtable_mib.filter(|&n| n < 4) {
             return invalid(format!(
-                "memory.memtable_mib must be at least 4 (got {}): RocksDB needs room for the log's and the state's memtables",
-                self.memory.memtable_mib
+                "memory.memtable_mib must be at least 4 (got {n}): RocksDB needs room for the log's and the state's memtables"
             ));
         }
         Ok(())

@@ -10,30 +10,85 @@
 
 use std::sync::Arc;
 
+use crate::config::MemoryConfig;
 use crate::context::ShardHandle;
 use crate::store::{ContentCache, Store};
 
-/// What one live job costs in the index, about: its metadata and status,
-/// the map and index entries that hold it, and their allocator slack
-/// (measured: ~450 B per job of a million, memtables included).
-pub const INDEX_BYTES_PER_JOB: u64 = 512;
+/// What one live job is counted at in the index: a ready job takes 84
+/// bytes (its 60-byte entry in the job map and its 24-byte place in the
+/// queue), a leased or scheduled one as much with its timer; the rest is
+/// room for chunk slack and the side maps of the few jobs that carry an
+/// idempotency key, an error or a backoff policy.
+pub const INDEX_BYTES_PER_JOB: u64 = 128;
 
-/// Half the memory this process may use: its cgroup's limit (what a
-/// container's memory limit sets), else the machine's; 0 (no limit) where
-/// neither can be read.
-pub fn default_index_bytes() -> u64 {
-    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok());
+const MIB: u64 = 1 << 20;
+
+/// The memory this process may use: its cgroup's limit (v2 or v1, found
+/// through `/proc/self/cgroup`), else the machine's; `None` where neither
+/// can be read.
+pub fn memory_limit() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let cgroup = cgroups.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let file = if controllers.is_empty() {
+            format!("/sys/fs/cgroup{path}/memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+        } else {
+            return None;
+        };
+        // "max" (v2) or a huge number (v1) is no limit.
+        std::fs::read_to_string(file)
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|&n| n < 1 << 60)
+    });
     let machine = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
         let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib * 1024)
     });
     match (cgroup, machine) {
-        (Some(c), Some(m)) => c.min(m) / 2,
-        (Some(x), None) | (None, Some(x)) => x / 2,
-        (None, None) => 0,
+        (Some(c), Some(m)) => Some(c.min(m)),
+        (Some(x), None) | (None, Some(x)) => Some(x),
+        (None, None) => None,
+    }
+}
+
+/// The node's memory budgets in bytes (0 index = no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budgets {
+    pub index: u64,
+    pub content_cache: u64,
+    pub block_cache: u64,
+    pub memtables: u64,
+}
+
+impl Budgets {
+    /// What `config` sets, and for what it leaves unset a share of
+    /// `limit` (the memory the node may use): half for the index, an
+    /// eighth for payloads (at most 256 MiB), a sixteenth each for the
+    /// block cache (at most 64) and memtables (at most 128).
+    pub fn resolve(config: &MemoryConfig, limit: Option<u64>) -> Budgets {
+        let share = |set: Option<u64>, divisor: u64, cap_mib: u64, floor_mib: u64| match set {
+            Some(mib) => mib.saturating_mul(MIB),
+            None => match limit {
+                Some(limit) => (limit / divisor).clamp(floor_mib * MIB, cap_mib * MIB),
+                None => cap_mib * MIB,
+            },
+        };
+        Budgets {
+            index: match config.index_mib {
+                Some(mib) => mib.saturating_mul(MIB),
+                None => limit.map_or(0, |l| l / 2),
+            },
+            content_cache: share(config.content_cache_mib, 8, 256, 0),
+            block_cache: share(config.block_cache_mib, 16, 64, 8),
+            memtables: share(config.memtable_mib, 16, 128, 8),
+        }
     }
 }
 
@@ -74,5 +129,60 @@ impl MemoryBudget {
                 self.index_bytes >> 20
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unset_budgets_follow_the_memory_limit_and_set_ones_win() {
+        let unset = MemoryConfig::default();
+        let gib = 1 << 30;
+        assert_eq!(
+            Budgets::resolve(&unset, Some(gib)),
+            Budgets {
+                index: 512 * MIB,
+                content_cache: 128 * MIB,
+                block_cache: 64 * MIB,
+                memtables: 64 * MIB,
+            }
+        );
+        assert_eq!(
+            Budgets::resolve(&unset, Some(64 * gib)),
+            Budgets {
+                index: 32 * gib,
+                content_cache: 256 * MIB,
+                block_cache: 64 * MIB,
+                memtables: 128 * MIB,
+            }
+        );
+        let tiny = Budgets::resolve(&unset, Some(64 * MIB));
+        assert_eq!((tiny.block_cache, tiny.memtables), (8 * MIB, 8 * MIB));
+        let none = Budgets::resolve(&unset, None);
+        assert_eq!((none.index, none.content_cache), (0, 256 * MIB));
+        let set = MemoryConfig {
+            index_mib: Some(0),
+            content_cache_mib: Some(0),
+            block_cache_mib: Some(16),
+            memtable_mib: Some(32),
+        };
+        assert_eq!(
+            Budgets::resolve(&set, Some(gib)),
+            Budgets {
+                index: 0,
+                content_cache: 0,
+                block_cache: 16 * MIB,
+                memtables: 32 * MIB,
+            }
+        );
+    }
+
+    #[test]
+    fn this_process_has_a_memory_limit() {
+        // Every Linux machine reports at least its own memory.
+        let limit = memory_limit().expect("a limit");
+        assert!(limit > 16 * MIB, "{limit}");
     }
 }

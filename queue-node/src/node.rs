@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use crate::batcher::Batcher;
 use crate::config::NodeConfig;
 use crate::context::{NodeContext, ShardHandle};
-use crate::memory::MemoryBudget;
+use crate::memory::{Budgets, MemoryBudget};
 use crate::network::{NetworkFactory, TransportService};
 use crate::raft_types::{NodeId, Raft};
 use crate::service::{ClusterService, QueueAdminService, QueueService};
@@ -118,12 +118,14 @@ async fn shard_failure(context: &NodeContext) -> anyhow::Error {
 
 pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     config.validate()?;
+    let budgets = Budgets::resolve(&config.memory, crate::memory::memory_limit());
+    tracing::info!(?budgets, "memory budgets");
     let store = Store::open(
         &config.data_dir,
         config.durability,
         StoreMemory {
-            block_cache_bytes: mib(config.memory.block_cache_mib),
-            memtable_bytes: mib(config.memory.memtable_mib),
+            block_cache_bytes: budgets.block_cache as usize,
+            memtable_bytes: budgets.memtables as usize,
         },
     )?;
     let listener = TcpListener::bind(&config.listen)
@@ -144,7 +146,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     crate::store::format::check_data_dir(&store)?;
     store.check_shard_count(config.shards)?;
     let watermark = watermark::read(&config.data_dir)?;
-    let content_cache = Arc::new(ContentCache::new(mib(config.memory.content_cache_mib)));
+    let content_cache = Arc::new(ContentCache::new(budgets.content_cache as usize));
     let mut shards = Vec::new();
     for id in 0..config.shards {
         let raft_config = Arc::new(shard_raft_config(&config, id)?);
@@ -194,13 +196,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         defaults,
         config.join,
         MemoryBudget {
-            index_bytes: match config.memory.index_mib {
-                Some(n) => mib(n) as u64,
-                None => crate::memory::default_index_bytes(),
-            },
+            index_bytes: budgets.index,
             content_cache: content_cache.clone(),
-            block_cache_bytes: mib(config.memory.block_cache_mib) as u64,
-            memtable_bytes: mib(config.memory.memtable_mib) as u64,
+            block_cache_bytes: budgets.block_cache,
+            memtable_bytes: budgets.memtables,
             store: store.clone(),
         },
     ));
@@ -348,9 +347,4 @@ async fn bootstrap(
         }
     }
     Ok(())
-}
-
-/// `n` MiB in bytes (saturating: a config value cannot overflow it).
-fn mib(n: u64) -> usize {
-    usize::try_from(n.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
 }

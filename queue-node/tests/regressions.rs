@@ -568,8 +568,9 @@ async fn a_leader_cut_off_from_its_quorum_does_not_answer_reads() {
 async fn a_full_job_index_refuses_enqueues_until_workers_drain_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = fast_config(dir.path());
-    // 1 MiB at about 512 bytes per job: room for 2,048 live jobs.
+    // 1 MiB at the index's cost per job: room for 8,192 live jobs.
     config.memory.index_mib = Some(1);
+    let room = (1usize << 20) / raftq_node::memory::INDEX_BYTES_PER_JOB as usize;
     let (node, client) = common::start_with(config).await;
     let jobs = |n: usize, from: usize| pb::EnqueueRequest {
         queue: "full".into(),
@@ -586,7 +587,10 @@ async fn a_full_job_index_refuses_enqueues_until_workers_drain_it() {
             Ok(_) => accepted += 100,
             Err(status) => break status,
         }
-        assert!(accepted <= 10_000, "the budget never stopped enqueues");
+        assert!(
+            accepted <= room + 1_000,
+            "the budget never stopped enqueues"
+        );
     };
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(
@@ -596,8 +600,8 @@ async fn a_full_job_index_refuses_enqueues_until_workers_drain_it() {
         refused.message()
     );
     assert!(
-        (1_900..=2_048).contains(&accepted),
-        "accepted {accepted} jobs under a budget for 2,048"
+        (room - 100..=room).contains(&accepted),
+        "accepted {accepted} jobs under a budget for {room}"
     );
 
     // Workers keep working: fetch and ack 1,000.
@@ -642,5 +646,14 @@ async fn a_full_job_index_refuses_enqueues_until_workers_drain_it() {
         .find(|l| l.starts_with("raftq_memory_used_bytes{part=\"index\"}"))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .expect("index use in /metrics");
-    assert_eq!(used as usize, (accepted - acked) * 512);
+    assert_eq!(
+        used as usize,
+        (accepted - acked) * raftq_node::memory::INDEX_BYTES_PER_JOB as usize
+    );
+    for part in ["block_cache", "memtables"] {
+        assert!(
+            metrics.contains(&format!("raftq_memory_used_bytes{{part=\"{part}\"}}")),
+            "{part} missing from {metrics}"
+        );
+    }
 }

@@ -202,10 +202,15 @@ fn load_state(
 ) -> Result<ShardState, crate::fsm::LoadError<rocksdb::Error>> {
     let prefix = keys::shard_prefix(shard);
     let end = keys::shard_end(shard);
+    // A rebuild reads every record once: keep it out of the block cache,
+    // which is for the job records served next.
+    let mut once = rocksdb::ReadOptions::default();
+    once.fill_cache(false);
     let records = store
         .db
-        .iterator_cf(
+        .iterator_cf_opt(
             store.cf(CF_STATE),
+            once,
             IteratorMode::From(&prefix, Direction::Forward),
         )
         .take_while(|item| item.as_ref().map_or(true, |(key, _)| **key < *end));

@@ -64,6 +64,11 @@ pub struct MemoryConfig {
     /// grow past it. Unset: 128, or a sixteenth of the node's memory if
     /// that is less (at least 8). At least 4.
     pub memtable_mib: Option<u64>,
+    /// The Raft logs' newest entries kept in memory (all shards together,
+    /// shared out evenly), so apply and replication do not read them back
+    /// from disk. Unset: 16 per shard up to 64, or a thirty-second of the
+    /// node's memory if that is less (at least 1 per shard).
+    pub log_cache_mib: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -222,6 +227,16 @@ impl NodeConfig {
         if let Some(n) = self.memory.memtable_mib.filter(|&n| n < 4) {
             return invalid(format!(
                 "memory.memtable_mib must be at least 4 (got {n}): RocksDB needs room for the log's and the state's memtables"
+            ));
+        }
+        if let Some(n) = self
+            .memory
+            .log_cache_mib
+            .filter(|&n| n < u64::from(self.shards))
+        {
+            return invalid(format!(
+                "memory.log_cache_mib must be at least 1 per shard ({} here; got {n})",
+                self.shards
             ));
         }
         Ok(())

@@ -185,7 +185,7 @@ pub fn render(ctx: &NodeContext) -> String {
     let mut budget = Family::new(
         "raftq_memory_budget_bytes",
         "gauge",
-        "Memory budgets of the node's parts (0 = no limit): the job index (enqueues are refused past it), payloads kept in memory, RocksDB's block cache and memtables",
+        "Memory budgets of the node's parts (0 = no limit): the job index (enqueues are refused past it), payloads kept in memory, RocksDB's block cache and memtables, the Raft logs' recent entries",
     );
     let mut used = Family::new(
         "raftq_memory_used_bytes",
@@ -204,6 +204,7 @@ pub fn render(ctx: &NodeContext) -> String {
         memory.block_cache_bytes as f64,
     );
     budget.add("part=\"memtables\"".into(), memory.memtable_bytes as f64);
+    budget.add("part=\"log_cache\"".into(), memory.log_cache_bytes as f64);
     used.add("part=\"index\"".into(), index_used as f64);
     used.add(
         "part=\"content_cache\"".into(),
@@ -216,6 +217,13 @@ pub fn render(ctx: &NodeContext) -> String {
     used.add(
         "part=\"memtables\"".into(),
         memory.store.memtable_bytes() as f64,
+    );
+    used.add(
+        "part=\"log_cache\"".into(),
+        ctx.shards
+            .iter()
+            .map(|s| s.shared.log_cache_bytes())
+            .sum::<u64>() as f64,
     );
     let mut out = String::new();
     for f in [

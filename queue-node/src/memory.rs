@@ -65,14 +65,19 @@ pub struct Budgets {
     pub content_cache: u64,
     pub block_cache: u64,
     pub memtables: u64,
+    /// Every shard's recent log entries together.
+    pub log_cache: u64,
 }
 
 impl Budgets {
     /// What `config` sets, and for what it leaves unset a share of
     /// `limit` (the memory the node may use): half for the index, an
     /// eighth for payloads (at most 256 MiB), a sixteenth each for the
-    /// block cache (at most 64) and memtables (at most 128).
-    pub fn resolve(config: &MemoryConfig, limit: Option<u64>) -> Budgets {
+    /// block cache (at most 64) and memtables (at most 128), a
+    /// thirty-second for the Raft logs' recent entries (at most 16 per
+    /// shard and 64 in all, at least 1 per shard).
+    pub fn resolve(config: &MemoryConfig, limit: Option<u64>, shards: u32) -> Budgets {
+        let shards = u64::from(shards.max(1));
         let share = |set: Option<u64>, divisor: u64, cap_mib: u64, floor_mib: u64| match set {
             Some(mib) => mib.saturating_mul(MIB),
             None => match limit {
@@ -88,7 +93,13 @@ impl Budgets {
             content_cache: share(config.content_cache_mib, 8, 256, 0),
             block_cache: share(config.block_cache_mib, 16, 64, 8),
             memtables: share(config.memtable_mib, 16, 128, 8),
+            log_cache: share(config.log_cache_mib, 32, (16 * shards).min(64), shards),
         }
+    }
+
+    /// What each of `shards` may keep of its log's recent entries.
+    pub fn log_cache_per_shard(&self, shards: u32) -> usize {
+        (self.log_cache / u64::from(shards.max(1))).max(MIB) as usize
     }
 }
 
@@ -98,6 +109,7 @@ pub struct MemoryBudget {
     pub content_cache: Arc<ContentCache>,
     pub block_cache_bytes: u64,
     pub memtable_bytes: u64,
+    pub log_cache_bytes: u64,
     /// Reports what RocksDB's block cache and memtables hold.
     pub store: Store,
 }
@@ -141,40 +153,48 @@ mod tests {
         let unset = MemoryConfig::default();
         let gib = 1 << 30;
         assert_eq!(
-            Budgets::resolve(&unset, Some(gib)),
+            Budgets::resolve(&unset, Some(gib), 4),
             Budgets {
                 index: 512 * MIB,
                 content_cache: 128 * MIB,
                 block_cache: 64 * MIB,
                 memtables: 64 * MIB,
+                log_cache: 32 * MIB,
             }
         );
         assert_eq!(
-            Budgets::resolve(&unset, Some(64 * gib)),
+            Budgets::resolve(&unset, Some(64 * gib), 4),
             Budgets {
                 index: 32 * gib,
                 content_cache: 256 * MIB,
                 block_cache: 64 * MIB,
                 memtables: 128 * MIB,
+                log_cache: 64 * MIB,
             }
         );
-        let tiny = Budgets::resolve(&unset, Some(64 * MIB));
+        let one_shard = Budgets::resolve(&unset, Some(64 * gib), 1);
+        assert_eq!(one_shard.log_cache_per_shard(1), 16 << 20);
+        let many = Budgets::resolve(&unset, Some(64 * gib), 64);
+        assert_eq!(many.log_cache_per_shard(64), 1 << 20);
+        let tiny = Budgets::resolve(&unset, Some(64 * MIB), 4);
         assert_eq!((tiny.block_cache, tiny.memtables), (8 * MIB, 8 * MIB));
-        let none = Budgets::resolve(&unset, None);
+        let none = Budgets::resolve(&unset, None, 4);
         assert_eq!((none.index, none.content_cache), (0, 256 * MIB));
         let set = MemoryConfig {
             index_mib: Some(0),
             content_cache_mib: Some(0),
             block_cache_mib: Some(16),
             memtable_mib: Some(32),
+            log_cache_mib: Some(8),
         };
         assert_eq!(
-            Budgets::resolve(&set, Some(gib)),
+            Budgets::resolve(&set, Some(gib), 4),
             Budgets {
                 index: 0,
                 content_cache: 0,
                 block_cache: 16 * MIB,
                 memtables: 32 * MIB,
+                log_cache: 8 * MIB,
             }
         );
     }

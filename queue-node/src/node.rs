@@ -118,7 +118,7 @@ async fn shard_failure(context: &NodeContext) -> anyhow::Error {
 
 pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     config.validate()?;
-    let budgets = Budgets::resolve(&config.memory, crate::memory::memory_limit());
+    let budgets = Budgets::resolve(&config.memory, crate::memory::memory_limit(), config.shards);
     tracing::info!(?budgets, "memory budgets");
     let store = Store::open(
         &config.data_dir,
@@ -152,7 +152,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         let raft_config = Arc::new(shard_raft_config(&config, id)?);
         let (sm, shared) = StateMachineStore::open(store.clone(), id, content_cache.clone())
             .context("loading the state machine")?;
-        let log = LogStore::new(store.clone(), id, shared.clone());
+        let log = LogStore::new(
+            store.clone(),
+            id,
+            shared.clone(),
+            budgets.log_cache_per_shard(config.shards),
+        );
         // The state on disk may trail the log (state writes skip the WAL and
         // are re-applied from the log), so the log counts too.
         let last_log = log
@@ -200,6 +205,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             content_cache: content_cache.clone(),
             block_cache_bytes: budgets.block_cache,
             memtable_bytes: budgets.memtables,
+            log_cache_bytes: budgets.log_cache,
             store: store.clone(),
         },
     ));

@@ -30,6 +30,8 @@ pub struct ShardShared {
     durable_index: AtomicU64,
     /// Live jobs as of the last apply (for the memory budget).
     jobs: AtomicU64,
+    /// Bytes of recent log entries the log store keeps in memory.
+    log_cache_bytes: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -49,6 +51,7 @@ impl ShardShared {
             applied_index: AtomicU64::new(0),
             durable_index: AtomicU64::new(0),
             jobs,
+            log_cache_bytes: AtomicU64::new(0),
         }
     }
 
@@ -81,6 +84,14 @@ impl ShardShared {
 
     pub fn set_job_count(&self, jobs: usize) {
         self.jobs.store(jobs as u64, Ordering::Relaxed);
+    }
+
+    pub fn log_cache_bytes(&self) -> u64 {
+        self.log_cache_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn set_log_cache_bytes(&self, bytes: usize) {
+        self.log_cache_bytes.store(bytes as u64, Ordering::Relaxed);
     }
 
     pub fn replace_state(&self, state: ShardState) {

@@ -650,7 +650,7 @@ async fn a_full_job_index_refuses_enqueues_until_workers_drain_it() {
         used as usize,
         (accepted - acked) * raftq_node::memory::INDEX_BYTES_PER_JOB as usize
     );
-    for part in ["block_cache", "memtables"] {
+    for part in ["block_cache", "memtables", "log_cache"] {
         assert!(
             metrics.contains(&format!("raftq_memory_used_bytes{{part=\"{part}\"}}")),
             "{part} missing from {metrics}"

@@ -50,6 +50,31 @@ fn invalid_settings_exit_non_zero_with_a_reason() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+    // Memory budgets too small to work with are refused, not bent.
+    for (yaml, needle) in [
+        (
+            "memory:\n  memtable_mib: 2\n",
+            "memory.memtable_mib must be at least 4",
+        ),
+        (
+            "shards: 4\nmemory:\n  log_cache_mib: 2\n",
+            "memory.log_cache_mib must be at least 1 per shard",
+        ),
+    ] {
+        let file = dir.path().join("memory.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let out = queue_node(&[
+            "--data-dir",
+            &data,
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            &file.display().to_string(),
+        ]);
+        assert!(!out.status.success(), "{yaml:?} started");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{yaml:?}: {stderr}");
+    }
     let yaml = dir.path().join("bad.yaml");
     std::fs::write(&yaml, "nodeid: 3\n").unwrap();
     let out = queue_node(&["--config", &yaml.display().to_string()]);

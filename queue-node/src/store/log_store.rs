@@ -39,18 +39,24 @@ pub struct LogStore {
 /// Largest append buffer kept between appends.
 const ENCODE_BUFFER_KEPT: usize = 8 << 20;
 
-/// Most bytes (as encoded) of entries kept in memory.
-const RECENT_BYTES: usize = 16 << 20;
-
 /// The newest appended entries: a contiguous run that ends at the last
-/// entry of the log, bounded by [`RECENT_BYTES`].
-#[derive(Default)]
+/// entry of the log, bounded by a budget of encoded bytes (the node's
+/// `memory.log_cache_mib`, shared out among its shards).
 struct RecentEntries {
     entries: VecDeque<(Entry<TypeConfig>, usize)>,
     bytes: usize,
+    budget: usize,
 }
 
 impl RecentEntries {
+    fn new(budget: usize) -> RecentEntries {
+        RecentEntries {
+            entries: VecDeque::new(),
+            bytes: 0,
+            budget,
+        }
+    }
+
     fn first_index(&self) -> Option<u64> {
         self.entries.front().map(|(e, _)| e.get_log_id().index)
     }
@@ -67,7 +73,7 @@ impl RecentEntries {
         }
         self.entries.push_back((entry, size));
         self.bytes += size;
-        while self.bytes > RECENT_BYTES && self.entries.len() > 1 {
+        while self.bytes > self.budget && self.entries.len() > 1 {
             if let Some((_, size)) = self.entries.pop_front() {
                 self.bytes -= size;
             }
@@ -133,12 +139,13 @@ fn meta_key(shard: u32, name: &str) -> Vec<u8> {
 }
 
 impl LogStore {
-    pub fn new(store: Store, shard: u32, shared: Arc<ShardShared>) -> LogStore {
+    /// `cache_bytes`: most bytes of recent entries kept in memory.
+    pub fn new(store: Store, shard: u32, shared: Arc<ShardShared>, cache_bytes: usize) -> LogStore {
         LogStore {
             store,
             shard,
             shared,
-            recent: Arc::default(),
+            recent: Arc::new(Mutex::new(RecentEntries::new(cache_bytes))),
             encode_buffer: Vec::new(),
         }
     }
@@ -327,13 +334,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for (entry, range) in appended {
             recent.push(entry, range.len());
         }
+        self.shared.set_log_cache_bytes(recent.bytes);
         drop(recent);
         self.store.after_sync(callback);
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.recent().truncate(log_id.index);
+        let mut recent = self.recent();
+        recent.truncate(log_id.index);
+        self.shared.set_log_cache_bytes(recent.bytes);
+        drop(recent);
         let cf = self.store.cf(CF_LOG);
         self.store
             .db
@@ -365,7 +376,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // they go too; keeping them would leave a hole in the log.
         }
         self.put_meta("purged", &log_id, true)?;
-        self.recent().purge(log_id.index);
+        let mut recent = self.recent();
+        recent.purge(log_id.index);
+        self.shared.set_log_cache_bytes(recent.bytes);
+        drop(recent);
         let cf = self.store.cf(CF_LOG);
         self.store
             .db
@@ -397,7 +411,7 @@ mod tests {
 
     #[test]
     fn recent_entries_serve_only_what_they_hold_in_full() {
-        let mut recent = RecentEntries::default();
+        let mut recent = RecentEntries::new(1 << 20);
         assert_eq!(indexes(recent.read(1, &(1..))), None, "empty: read RocksDB");
         for i in 5..=9 {
             recent.push(entry(i), 100);
@@ -431,16 +445,17 @@ mod tests {
 
     #[test]
     fn recent_entries_stay_within_their_byte_budget() {
-        let mut recent = RecentEntries::default();
-        let size = RECENT_BYTES / 4;
+        const BUDGET: usize = 16 << 20;
+        let mut recent = RecentEntries::new(BUDGET);
+        let size = BUDGET / 4;
         for i in 1..=10 {
             recent.push(entry(i), size);
         }
-        assert!(recent.bytes <= RECENT_BYTES);
+        assert!(recent.bytes <= BUDGET);
         assert_eq!(recent.first_index(), Some(7));
         assert_eq!(indexes(recent.read(3, &(3..))), None);
         // One entry larger than the budget is still kept (it is the newest).
-        recent.push(entry(11), RECENT_BYTES * 2);
+        recent.push(entry(11), BUDGET * 2);
         assert_eq!(recent.first_index(), Some(11));
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use raftq_api::JobId;
 
-use super::job::{JobKey, QueueId, NO_WORKER};
+use super::job::{Job, JobKey, QueueId, ReadyKey, NO_WORKER};
 use super::keys::{self, WriteSink};
 use super::{max_attempts, queue_view, DedupEntry, ShardState};
 use crate::ops::{
@@ -43,8 +43,10 @@ impl ShardState {
     ) -> OpResult {
         match op {
             Op::Enqueue { queue, jobs } => {
-                // Once per op, not per job: the queue's shared name and window.
-                let queue = self.queue_name(queue);
+                // Once per op, not per job: the queue's number, shared
+                // name and window.
+                let queue_id = self.queue_id(queue);
+                let queue = self.queues[queue_id as usize].name.clone();
                 let dedup_window_ms = self.queue_view(&queue, defaults).dedup_window_ms;
                 let ids = jobs
                     .iter()
@@ -55,7 +57,7 @@ impl ShardState {
                             position: *position,
                         };
                         *position += 1;
-                        self.enqueue(id, &queue, dedup_window_ms, job, sink)
+                        self.enqueue(id, queue_id, &queue, dedup_window_ms, job, sink)
                     })
                     .collect();
                 OpResult::Enqueued(ids)
@@ -161,8 +163,9 @@ impl ShardState {
                 continue;
             };
             job.state = JobState::Ready;
+            let job = *job;
+            self.write_status(key, &job, sink);
             let (queue, ready_key) = (job.queue, job.ready_key(key));
-            self.write_status(key, sink);
             let q = &mut self.queues[queue as usize];
             q.scheduled -= 1;
             q.ready.insert(ready_key, ());
@@ -208,6 +211,7 @@ impl ShardState {
     fn enqueue(
         &mut self,
         id: JobId,
+        queue_id: QueueId,
         queue: &Arc<str>,
         dedup_window_ms: u64,
         job: &NewJob,
@@ -267,21 +271,13 @@ impl ShardState {
         };
         sink.put(&keys::job_key(keys::JOB, id), &(&meta, &status, content));
         let key = JobKey::of(id);
-        self.insert_job(key, &meta, status);
-        let queue = self.queue_id(queue);
-        let q = &mut self.queues[queue as usize];
+        self.insert_job(key, queue_id, &meta, status);
+        let q = &mut self.queues[queue_id as usize];
         q.totals.enqueued += 1;
         match state {
             JobState::Ready => {
-                q.ready.insert(
-                    super::job::ReadyKey {
-                        priority: std::cmp::Reverse(job.priority),
-                        since_ms: run_at,
-                        key,
-                    },
-                    (),
-                );
-                self.wake_id(queue);
+                q.ready.insert(ReadyKey::new(job.priority, run_at, key), ());
+                self.wake_id(queue_id);
             }
             _ => {
                 q.scheduled += 1;
@@ -337,17 +333,15 @@ impl ShardState {
             job.attempt += 1;
             job.due_at_ms = expires;
             job.worker = worker_id;
+            let job = *job;
             self.leases.insert((expires, key), ());
-            self.write_status(key, sink);
-            claimed.push(key);
+            self.write_status(key, &job, sink);
+            claimed.push((key, job));
         }
         self.extras.workers.add(worker_id, claimed.len() as u32);
         claimed
-            .into_iter()
-            .filter_map(|key| {
-                let job = self.jobs.get(&key)?;
-                Some(self.view(key, job, defaults))
-            })
+            .iter()
+            .map(|(key, job)| self.view_in(*key, job, &limits))
             .collect()
     }
 
@@ -418,9 +412,10 @@ impl ShardState {
             };
             job.state = JobState::Scheduled;
             job.due_at_ms = run_at;
-            let queue = job.queue;
             self.extras.set_error(key, job, error);
-            self.write_status(key, sink);
+            let job = *job;
+            self.write_status(key, &job, sink);
+            let queue = job.queue;
             self.queues[queue as usize].scheduled += 1;
             self.scheduled.insert((run_at, key), ());
         }
@@ -468,7 +463,8 @@ impl ShardState {
         self.leases.remove(&(job.due_at_ms, key));
         self.leases.insert((expires, key), ());
         job.due_at_ms = expires;
-        self.write_status(key, sink);
+        let job = *job;
+        self.write_status(key, &job, sink);
         Ok(expires)
     }
 
@@ -584,8 +580,9 @@ impl ShardState {
         job.due_at_ms = since_ms;
         debug_assert_eq!(job.worker, NO_WORKER);
         self.extras.set_error(key, job, error);
+        let job = *job;
+        self.write_status(key, &job, sink);
         let (queue, ready_key) = (job.queue, job.ready_key(key));
-        self.write_status(key, sink);
         self.queues[queue as usize].ready.insert(ready_key, ());
         self.wake_id(queue);
     }
@@ -598,19 +595,19 @@ impl ShardState {
         job.state = JobState::Dead;
         job.due_at_ms = now;
         self.extras.set_error(key, job, error);
+        let job = *job;
+        self.write_status(key, &job, sink);
         let queue = job.queue;
-        self.write_status(key, sink);
         self.queues[queue as usize].dead.insert(key, ());
         self.finished.push(self.id_of(key));
     }
 
-    fn write_status(&self, key: JobKey, sink: &mut impl WriteSink) {
-        if let Some(job) = self.jobs.get(&key) {
-            sink.put(
-                &keys::job_key(keys::STATUS, self.id_of(key)),
-                &self.extras.status(key, job),
-            );
-        }
+    /// Writes `job`'s status record (the job as just changed).
+    fn write_status(&self, key: JobKey, job: &Job, sink: &mut impl WriteSink) {
+        sink.put(
+            &keys::job_key(keys::STATUS, self.id_of(key)),
+            &self.extras.status(key, job),
+        );
     }
 
     /// Forgets a job that left every index.

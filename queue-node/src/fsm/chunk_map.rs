@@ -186,16 +186,6 @@ impl<K: Ord + Copy, V> ChunkMap<K, V> {
     }
 }
 
-impl<K: Ord + Copy, V> FromIterator<(K, V)> for ChunkMap<K, V> {
-    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        let mut map = ChunkMap::new();
-        for (k, v) in iter {
-            map.insert(k, v);
-        }
-        map
-    }
-}
-
 impl<K: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for ChunkMap<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_map()
@@ -266,7 +256,10 @@ mod tests {
 
     #[test]
     fn appends_fill_chunks_and_removals_keep_them_from_thinning_out() {
-        let mut map: ChunkMap<u64, ()> = (0..100_000).map(|k| (k, ())).collect();
+        let mut map = ChunkMap::new();
+        for k in 0..100_000u64 {
+            map.insert(k, ());
+        }
         assert_eq!(map.chunks.len(), 100_000 / CHUNK + 1);
         // Remove 7 of every 8, spread over the whole map.
         for k in (0..100_000).filter(|k| k % 8 != 0) {

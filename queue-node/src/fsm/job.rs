@@ -87,11 +87,7 @@ impl Job {
     }
 
     pub fn ready_key(&self, key: JobKey) -> ReadyKey {
-        ReadyKey {
-            priority: std::cmp::Reverse(self.priority),
-            since_ms: self.due_at_ms,
-            key,
-        }
+        ReadyKey::new(self.priority, self.due_at_ms, key)
     }
 }
 
@@ -101,6 +97,16 @@ pub(super) struct ReadyKey {
     pub priority: std::cmp::Reverse<i32>,
     pub since_ms: u64,
     pub key: JobKey,
+}
+
+impl ReadyKey {
+    pub fn new(priority: i32, since_ms: u64, key: JobKey) -> ReadyKey {
+        ReadyKey {
+            priority: std::cmp::Reverse(priority),
+            since_ms,
+            key,
+        }
+    }
 }
 
 /// A job's status record as written to RocksDB, borrowed from the packed

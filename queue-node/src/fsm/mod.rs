@@ -253,7 +253,8 @@ impl ShardState {
                     let id = keys::job_id_of(key)
                         .ok_or_else(|| LoadError::OrphanStatus(key.to_vec()))?;
                     let (meta, status): (JobMeta, JobStatus) = decode(key, value)?;
-                    state.insert_job(JobKey::of(id), &meta, status);
+                    let queue = state.queue_id(&meta.queue);
+                    state.insert_job(JobKey::of(id), queue, &meta, status);
                 }
                 Some(keys::STATUS) => {
                     let id = keys::job_id_of(key)
@@ -291,9 +292,9 @@ impl ShardState {
         Ok(state)
     }
 
-    /// Adds a job from its record (at enqueue, and at load); no index.
-    fn insert_job(&mut self, key: JobKey, meta: &JobMeta, status: JobStatus) {
-        let queue = self.queue_id(&meta.queue);
+    /// Adds a job of `queue` from its record (at enqueue, and at load); no
+    /// index.
+    fn insert_job(&mut self, key: JobKey, queue: QueueId, meta: &JobMeta, status: JobStatus) {
         let mut job = Job {
             due_at_ms: 0,
             enqueued_at_ms: meta.enqueued_at_ms,
@@ -423,7 +424,12 @@ impl ShardState {
 
     fn view(&self, key: JobKey, job: &Job, defaults: &QueueDefaults) -> JobView {
         let queue = &self.queues[job.queue as usize];
-        let limits = queue_view(&queue.name, &queue.meta, defaults);
+        self.view_in(key, job, &queue_view(&queue.name, &queue.meta, defaults))
+    }
+
+    /// [`ShardState::view`] of a job of the queue whose settings are `limits`.
+    fn view_in(&self, key: JobKey, job: &Job, limits: &QueueView) -> JobView {
+        let queue = &self.queues[job.queue as usize];
         let status = self.extras.status(key, job);
         JobView {
             id: self.id_of(key),
@@ -439,7 +445,7 @@ impl ShardState {
                 last_error: status.last_error.map(str::to_string),
                 worker: status.worker.map(str::to_string),
             },
-            max_attempts: max_attempts(job, &limits),
+            max_attempts: max_attempts(job, limits),
         }
     }
 
@@ -493,10 +499,15 @@ impl ShardState {
         let Some(q) = self.queue(queue) else {
             return Vec::new();
         };
+        let limits = queue_view(&q.name, &q.meta, defaults);
         q.dead
             .iter_after(after.map(JobKey::of))
             .take(limit)
-            .filter_map(|(key, ())| self.jobs.get(key).map(|job| self.view(*key, job, defaults)))
+            .filter_map(|(key, ())| {
+                self.jobs
+                    .get(key)
+                    .map(|job| self.view_in(*key, job, &limits))
+            })
             .collect()
     }
 

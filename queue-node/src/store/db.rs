@@ -173,6 +173,22 @@ impl Store {
             .join(format!("shard-{shard}"))
     }
 
+    /// A store with small caches, for tests on a temporary dir.
+    #[cfg(test)]
+    pub fn open_for_test(dir: &Path) -> Store {
+        match Store::open(
+            dir,
+            Durability::Fsync,
+            StoreMemory {
+                block_cache_bytes: 8 << 20,
+                memtable_bytes: 32 << 20,
+            },
+        ) {
+            Ok(store) => store,
+            Err(e) => panic!("opening a test store in {}: {e}", dir.display()),
+        }
+    }
+
     /// Bytes in the state's block cache now.
     pub fn block_cache_bytes(&self) -> usize {
         self.block_cache.get_usage()

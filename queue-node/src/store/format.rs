@@ -447,15 +447,7 @@ mod tests {
     fn a_format_1_data_dir_converts_and_a_cut_conversion_resumes() {
         let n = 2 * super::CONVERT_CHUNK as u64 + 17;
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = super::Store::open(
-            dir.path(),
-            super::super::Durability::Fsync,
-            crate::store::StoreMemory {
-                block_cache_bytes: 8 << 20,
-                memtable_bytes: 32 << 20,
-            },
-        )
-        .expect("open");
+        let store = super::Store::open_for_test(dir.path());
         let jobs = write_v1_jobs(&store, n);
         store
             .put_node_record(super::FORMAT_KEY, 1)
@@ -465,15 +457,7 @@ mod tests {
         drop(store);
 
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = super::Store::open(
-            dir.path(),
-            super::super::Durability::Fsync,
-            crate::store::StoreMemory {
-                block_cache_bytes: 8 << 20,
-                memtable_bytes: 32 << 20,
-            },
-        )
-        .expect("open");
+        let store = super::Store::open_for_test(dir.path());
         let jobs = write_v1_jobs(&store, n);
         // What a run cut short after its first chunk left behind.
         let cf = store.cf(super::CF_STATE);

@@ -70,7 +70,8 @@ pub struct StateMachineStore {
     shared: Arc<ShardShared>,
     meta: AppliedMeta,
     current_snapshot: SnapshotCache,
-    snapshots_built: u64,
+    /// Numbers snapshot ids and received files.
+    snapshot_seq: u64,
     /// This shard's snapshot files.
     snapshot_dir: PathBuf,
     /// The file a snapshot is being received into.
@@ -278,7 +279,7 @@ impl StateMachineStore {
                 shared: shared.clone(),
                 meta,
                 current_snapshot: SnapshotCache::default(),
-                snapshots_built: 0,
+                snapshot_seq: 0,
                 snapshot_dir,
                 receiving: None,
             },
@@ -316,7 +317,7 @@ impl StateMachineStore {
     /// pins that state; the scan of the shard's keys and their encoding
     /// run on a blocking thread while this task applies the next entries.
     async fn start_snapshot(&mut self) -> PreparedSnapshot {
-        self.snapshots_built += 1;
+        self.snapshot_seq += 1;
         let meta = SnapshotMeta {
             last_log_id: self.meta.last_applied,
             last_membership: self.meta.membership.clone(),
@@ -324,7 +325,7 @@ impl StateMachineStore {
                 "{}-{}-{}",
                 self.shard,
                 self.meta.last_applied.map(|l| l.index).unwrap_or(0),
-                self.snapshots_built
+                self.snapshot_seq
             ),
         };
         let (pinned_tx, pinned) = tokio::sync::oneshot::channel();
@@ -373,10 +374,7 @@ fn write_snapshot_file(
         }
     }
     writer.finish()?;
-    std::fs::rename(&building, path).map_err(|source| SnapshotFileError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    std::fs::rename(&building, path).map_err(|e| SnapshotFileError::io(path, e))?;
     Ok(())
 }
 
@@ -489,10 +487,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if let Some(old) = self.receiving.take() {
             let _ = tokio::fs::remove_file(old).await;
         }
-        self.snapshots_built += 1;
+        self.snapshot_seq += 1;
         let path = self
             .snapshot_dir
-            .join(format!("receiving-{}.snap", self.snapshots_built));
+            .join(format!("receiving-{}.snap", self.snapshot_seq));
         let data = SnapshotData::create(path.clone()).await.map_err(failed)?;
         self.receiving = Some(path);
         Ok(Box::new(data))
@@ -514,6 +512,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if self.receiving.as_ref() == Some(&received) {
             self.receiving = None;
         }
+        // The clock comes from the file.
         let applied = AppliedMeta {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
@@ -521,13 +520,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         let (store, shard, dir) = (self.store.clone(), self.shard, self.snapshot_dir.clone());
         let kept = dir.join(format!("{}.snap", meta.snapshot_id));
-        let installed = tokio::task::spawn_blocking(move || {
-            install_file(&store, shard, &dir, &received, &kept, applied)
+        let target = kept.clone();
+        let (state, applied) = tokio::task::spawn_blocking(move || {
+            install_file(&store, shard, &dir, &received, &target, applied)
         })
         .await
         .map_err(|_| io_err(subject(), ErrorVerb::Write, InstallError::Stopped))?
         .map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
-        let (state, applied, kept) = installed;
         self.meta = applied;
         self.contents.forget_shard(self.shard);
         self.shared.replace_state(state);
@@ -559,7 +558,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 /// Installs the received snapshot file `received`: checks it whole, marks
 /// the install (so a crash midway is finished at the next start), writes
 /// it into the shard's key range, and keeps the file as `kept`. Returns
-/// the state loaded from what was written.
+/// the state loaded from what was written, and `applied` with the
+/// snapshot's clock.
 fn install_file(
     store: &Store,
     shard: u32,
@@ -567,14 +567,10 @@ fn install_file(
     received: &Path,
     kept: &Path,
     mut applied: AppliedMeta,
-) -> Result<(ShardState, AppliedMeta, PathBuf), InstallError> {
-    SnapshotReader::verify(received)?;
-    applied.now_ms = SnapshotReader::open(received)?.now_ms;
+) -> Result<(ShardState, AppliedMeta), InstallError> {
+    let io = SnapshotFileError::io;
+    applied.now_ms = SnapshotReader::verify(received)?;
     let installing = dir.join(INSTALLING);
-    let io = |path: &Path, source| SnapshotFileError::Io {
-        path: path.display().to_string(),
-        source,
-    };
     std::fs::rename(received, &installing).map_err(|e| io(&installing, e))?;
     sync_dir(dir).map_err(|e| io(dir, e))?;
     let mut synced = WriteOptions::default();
@@ -590,7 +586,7 @@ fn install_file(
     std::fs::rename(&installing, kept).map_err(|e| io(kept, e))?;
     let state =
         load_state(store, shard, applied.now_ms).map_err(|e| InstallError::Load(e.to_string()))?;
-    Ok((state, applied, kept.to_path_buf()))
+    Ok((state, applied))
 }
 
 #[cfg(test)]
@@ -598,18 +594,6 @@ mod tests {
     use super::*;
     use crate::fsm::keys::MapSink;
     use crate::ops::{Batch, NewJob, QueueDefaults, When};
-
-    fn open_store(dir: &Path) -> Store {
-        Store::open(
-            dir,
-            super::super::Durability::Fsync,
-            super::super::StoreMemory {
-                block_cache_bytes: 8 << 20,
-                memtable_bytes: 32 << 20,
-            },
-        )
-        .expect("open")
-    }
 
     /// A shard state with jobs in it, and the records apply wrote.
     fn some_state() -> (ShardState, MapSink) {
@@ -647,11 +631,19 @@ mod tests {
         (state, sink)
     }
 
+    fn write_snapshot(path: &Path, sink: &MapSink) {
+        let mut writer = SnapshotWriter::create(path, 1_000).unwrap();
+        for (k, v) in &sink.map {
+            writer.push(k, v).unwrap();
+        }
+        writer.finish().unwrap();
+    }
+
     #[test]
     fn an_install_cut_short_is_finished_at_the_next_start() {
         let dir = tempfile::tempdir().unwrap();
         let (want, sink) = some_state();
-        let store = open_store(dir.path());
+        let store = Store::open_for_test(dir.path());
         let snapshots = store.snapshot_dir(0);
         std::fs::create_dir_all(&snapshots).unwrap();
         // A stale record the snapshot replaces.
@@ -663,11 +655,7 @@ mod tests {
                 b"x",
             )
             .unwrap();
-        let mut writer = SnapshotWriter::create(&snapshots.join(INSTALLING), 1_000).unwrap();
-        for (k, v) in &sink.map {
-            writer.push(k, v).unwrap();
-        }
-        writer.finish().unwrap();
+        write_snapshot(&snapshots.join(INSTALLING), &sink);
         let applied = AppliedMeta {
             last_applied: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), 1)),
             membership: StoredMembership::default(),
@@ -684,7 +672,7 @@ mod tests {
             .unwrap();
         drop(store);
 
-        let store = open_store(dir.path());
+        let store = Store::open_for_test(dir.path());
         let (sm, shared) =
             StateMachineStore::open(store.clone(), 0, Arc::new(ContentCache::new(0)))
                 .expect("finishes the install");
@@ -701,16 +689,18 @@ mod tests {
     #[test]
     fn a_damaged_received_snapshot_is_refused_and_the_state_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open_store(dir.path());
+        let store = Store::open_for_test(dir.path());
         let (sm, _shared) =
             StateMachineStore::open(store.clone(), 0, Arc::new(ContentCache::new(0))).unwrap();
+        // What the shard holds now, which a refused install must leave.
+        let queue_key = keys::named_key(0, keys::QUEUE, b"kept");
+        store
+            .db
+            .put_cf(store.cf(CF_STATE), &queue_key, b"x")
+            .unwrap();
         let received = sm.snapshot_dir.join("receiving-1.snap");
         let (_, sink) = some_state();
-        let mut writer = SnapshotWriter::create(&received, 1_000).unwrap();
-        for (k, v) in &sink.map {
-            writer.push(k, v).unwrap();
-        }
-        writer.finish().unwrap();
+        write_snapshot(&received, &sink);
         let whole = std::fs::read(&received).unwrap();
         std::fs::write(&received, &whole[..whole.len() / 2]).unwrap();
         let applied = AppliedMeta::default();
@@ -721,6 +711,15 @@ mod tests {
         assert!(store
             .db
             .get_cf(store.cf(CF_RAFT), installing_key(0))
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            store.db.get_cf(store.cf(CF_STATE), &queue_key).unwrap(),
+            Some(b"x".to_vec())
+        );
+        assert!(store
+            .db
+            .get_cf(store.cf(CF_STATE), meta_key(0))
             .unwrap()
             .is_none());
     }

@@ -14,12 +14,7 @@ use crate::config::MemoryConfig;
 use crate::context::ShardHandle;
 use crate::store::{ContentCache, Store};
 
-/// What one live job is counted at in the index: a ready job takes 84
-/// bytes (its 60-byte entry in the job map and its 24-byte place in the
-/// queue), a leased or scheduled one as much with its timer; the rest is
-/// room for chunk slack and the side maps of the few jobs that carry an
-/// idempotency key, an error or a backoff policy.
-pub const INDEX_BYTES_PER_JOB: u64 = 128;
+pub use crate::fsm::INDEX_BYTES_PER_JOB;
 
 const MIB: u64 = 1 << 20;
 
@@ -122,7 +117,7 @@ impl MemoryBudget {
 
     /// The index's estimated size now.
     pub fn index_used(shards: &[ShardHandle]) -> u64 {
-        Self::live_jobs(shards).saturating_mul(INDEX_BYTES_PER_JOB)
+        shards.iter().map(|s| s.shared.index_bytes()).sum()
     }
 
     /// Why `new_jobs` more jobs may not be enqueued now, if they may not.
@@ -131,7 +126,9 @@ impl MemoryBudget {
             return None;
         }
         let live = Self::live_jobs(shards);
-        let after = (live + new_jobs as u64).saturating_mul(INDEX_BYTES_PER_JOB);
+        // New jobs counted as unpacked: the budget holds whatever they are.
+        let after = Self::index_used(shards)
+            .saturating_add((new_jobs as u64).saturating_mul(INDEX_BYTES_PER_JOB));
         (after > self.index_bytes).then(|| {
             format!(
                 "this node holds {live} jobs, about {} MiB of its {} MiB job index budget \

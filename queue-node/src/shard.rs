@@ -28,8 +28,10 @@ pub struct ShardShared {
     /// `applied_index` until the state column family is flushed; the log
     /// is never purged past it.
     durable_index: AtomicU64,
-    /// Live jobs as of the last apply (for the memory budget).
+    /// Live jobs as of the last apply.
     jobs: AtomicU64,
+    /// What they take in memory (for the memory budget).
+    index_bytes: AtomicU64,
     /// Bytes of recent log entries the log store keeps in memory.
     log_cache_bytes: AtomicU64,
 }
@@ -43,6 +45,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl ShardShared {
     pub fn new(state: ShardState) -> ShardShared {
         let jobs = AtomicU64::new(state.job_count() as u64);
+        let index_bytes = AtomicU64::new(state.index_bytes());
         ShardShared {
             clock: Arc::new(ShardClock::new(state.now_ms())),
             state: Mutex::new(state),
@@ -51,6 +54,7 @@ impl ShardShared {
             applied_index: AtomicU64::new(0),
             durable_index: AtomicU64::new(0),
             jobs,
+            index_bytes,
             log_cache_bytes: AtomicU64::new(0),
         }
     }
@@ -82,8 +86,16 @@ impl ShardShared {
         self.jobs.load(Ordering::Relaxed)
     }
 
-    pub fn set_job_count(&self, jobs: usize) {
-        self.jobs.store(jobs as u64, Ordering::Relaxed);
+    /// What the live jobs take in memory as of the last apply.
+    pub fn index_bytes(&self) -> u64 {
+        self.index_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Records the state's job count and index size after an apply.
+    pub fn count_jobs(&self, state: &ShardState) {
+        self.jobs.store(state.job_count() as u64, Ordering::Relaxed);
+        self.index_bytes
+            .store(state.index_bytes(), Ordering::Relaxed);
     }
 
     pub fn log_cache_bytes(&self) -> u64 {
@@ -96,7 +108,7 @@ impl ShardShared {
 
     pub fn replace_state(&self, state: ShardState) {
         self.clock.applied(state.now_ms());
-        self.set_job_count(state.job_count());
+        self.count_jobs(&state);
         *lock(&self.state) = state;
         let waiters: Vec<Arc<Notify>> = lock(&self.waiters).values().cloned().collect();
         for w in waiters {

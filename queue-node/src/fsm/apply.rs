@@ -8,7 +8,7 @@ use raftq_api::JobId;
 
 use super::job::{Job, JobKey, QueueId, ReadyKey, NO_WORKER};
 use super::keys::{self, WriteSink};
-use super::{max_attempts, queue_view, DedupEntry, ShardState};
+use super::{fresh_job, max_attempts, queue_view, DedupEntry, NextReady, ShardState};
 use crate::ops::{
     answer_bytes, Batch, BatchResult, ContentRef, JobMeta, JobState, JobStatus, JobView, Nack,
     NewJob, Op, OpError, OpResult, QueueDefaults, TokenOutcome, When,
@@ -94,7 +94,7 @@ impl ShardState {
             Op::SetPaused { queue, paused } => {
                 let q = self.queue_mut(queue);
                 q.meta.paused = *paused;
-                let woke = !paused && !q.ready.is_empty();
+                let woke = !paused && q.ready_len() > 0;
                 let meta = q.meta.clone();
                 sink.put(
                     &keys::named_key(self.shard, keys::QUEUE, queue.as_bytes()),
@@ -271,12 +271,17 @@ impl ShardState {
         };
         sink.put(&keys::job_key(keys::JOB, id), &(&meta, &status, content));
         let key = JobKey::of(id);
-        self.insert_job(key, queue_id, &meta, status);
+        let packed = self.pack(key, queue_id, &meta, &status);
+        if !packed {
+            self.insert_job(key, queue_id, &meta, status);
+        }
         let q = &mut self.queues[queue_id as usize];
         q.totals.enqueued += 1;
         match state {
             JobState::Ready => {
-                q.ready.insert(ReadyKey::new(job.priority, run_at, key), ());
+                if !packed {
+                    q.ready.insert(ReadyKey::new(job.priority, run_at, key), ());
+                }
                 self.wake_id(queue_id);
             }
             _ => {
@@ -300,34 +305,49 @@ impl ShardState {
             return Vec::new();
         };
         let q = &self.queues[queue_id as usize];
-        if q.meta.paused || q.ready.is_empty() {
+        if q.meta.paused || q.ready_len() == 0 {
             return Vec::new();
         }
         let limits = queue_view(queue, &q.meta, defaults);
         let lease = lease_ms.unwrap_or(limits.lease_ms);
         let expires = self.now_ms.saturating_add(lease);
         let worker_id = self.extras.workers.intern(worker);
-        let mut claimed = Vec::with_capacity(max.min(q.ready.len() as u32) as usize);
+        let mut claimed = Vec::with_capacity(max.min(q.ready_len() as u32) as usize);
         let mut bytes = 0u64;
         while claimed.len() < max as usize {
             let q = &mut self.queues[queue_id as usize];
-            let Some(&(ready, ())) = q.ready.first() else {
-                break;
-            };
-            let key = ready.key;
-            let Some(job) = self.jobs.get_mut(&key) else {
-                q.ready.pop_first();
-                continue;
+            let (key, size) = match q.next_ready() {
+                None => break,
+                Some(NextReady::Fresh(job)) => (job.key, job.answer_bytes),
+                Some(NextReady::Unpacked(ready)) => match self.jobs.get(&ready.key) {
+                    Some(job) => (ready.key, job.answer_bytes),
+                    None => {
+                        q.ready.pop_first();
+                        continue;
+                    }
+                },
             };
             // Lease only what one answer can carry: a job that would take
             // the answer over the budget stays ready for the next claim
             // (the first job always fits: one job is at most ~2 MiB).
-            let size = u64::from(job.answer_bytes);
+            let size = u64::from(size);
             if !claimed.is_empty() && bytes + size > super::MAX_CLAIM_BYTES as u64 {
                 break;
             }
             bytes += size;
-            q.ready.pop_first();
+            match q.fresh.first() {
+                Some((priority, fresh)) if fresh.key == key => {
+                    q.fresh.pop_first();
+                    self.jobs.insert(key, fresh_job(queue_id, priority, &fresh));
+                }
+                _ => {
+                    q.ready.pop_first();
+                }
+            }
+            let q = &mut self.queues[queue_id as usize];
+            let Some(job) = self.jobs.get_mut(&key) else {
+                continue;
+            };
             q.leased += 1;
             job.state = JobState::Leased;
             job.attempt += 1;
@@ -349,7 +369,7 @@ impl ShardState {
     /// token is stale.
     fn leased_job(&self, id: JobId, attempt: u32) -> Result<JobKey, OpError> {
         let key = self.key_of(id).ok_or(OpError::JobNotFound { id })?;
-        let job = self.jobs.get(&key).ok_or(OpError::JobNotFound { id })?;
+        let job = self.find(key).ok_or(OpError::JobNotFound { id })?;
         if job.state != JobState::Leased || job.attempt != attempt {
             return Err(OpError::LeaseLost {
                 id,
@@ -476,7 +496,7 @@ impl ShardState {
     ) -> Result<JobView, OpError> {
         let view = self.job(id, defaults).ok_or(OpError::JobNotFound { id })?;
         let key = JobKey::of(id);
-        let Some(job) = self.jobs.get(&key) else {
+        let Some(job) = self.find(key) else {
             return Err(OpError::JobNotFound { id });
         };
         let (queue, status) = (job.queue as usize, &view.status);
@@ -489,7 +509,11 @@ impl ShardState {
                 })
             }
             JobState::Ready => {
-                self.queues[queue].ready.remove(&job.ready_key(key));
+                let q = &mut self.queues[queue];
+                if q.ready.remove(&job.ready_key(key)).is_none() {
+                    q.fresh.remove(key);
+                    self.delete_records(key, sink);
+                }
             }
             JobState::Scheduled => {
                 self.scheduled.remove(&(status.due_at_ms, key));
@@ -508,11 +532,15 @@ impl ShardState {
             return 0;
         };
         let q = &mut self.queues[queue_id as usize];
+        let fresh = q.fresh.take();
         let mut victims: Vec<JobKey> = std::mem::take(&mut q.ready)
             .iter()
             .map(|(ready, ())| ready.key)
             .collect();
         q.scheduled = 0;
+        for (_, job) in fresh.iter() {
+            self.delete_records(job.key, sink);
+        }
         let scheduled: Vec<(u64, JobKey)> = self
             .scheduled
             .keys()
@@ -525,7 +553,7 @@ impl ShardState {
         for &key in &victims {
             self.remove_job(key, sink);
         }
-        victims.len() as u64
+        (victims.len() + fresh.len()) as u64
     }
 
     /// The dead jobs an op targets: all of the queue's, or the listed ones,
@@ -614,11 +642,16 @@ impl ShardState {
     fn remove_job(&mut self, key: JobKey, sink: &mut impl WriteSink) {
         if let Some(mut job) = self.jobs.remove(&key) {
             self.extras.forget(key, &mut job);
-            let id = self.id_of(key);
-            sink.delete(&keys::job_key(keys::JOB, id));
-            sink.delete(&keys::job_key(keys::STATUS, id));
-            self.finished.push(id);
+            self.delete_records(key, sink);
         }
+    }
+
+    /// Deletes the records of a job that left the state.
+    fn delete_records(&mut self, key: JobKey, sink: &mut impl WriteSink) {
+        let id = self.id_of(key);
+        sink.delete(&keys::job_key(keys::JOB, id));
+        sink.delete(&keys::job_key(keys::STATUS, id));
+        self.finished.push(id);
     }
 
     fn wake(&mut self, queue: &str) {

@@ -23,17 +23,31 @@ pub(super) struct JobKey {
 
 impl JobKey {
     pub fn of(id: JobId) -> JobKey {
+        JobKey::new(id.index, id.position)
+    }
+
+    pub fn new(index: u64, position: u32) -> JobKey {
         JobKey {
-            index_high: (id.index >> 32) as u32,
-            index_low: id.index as u32,
-            position: id.position,
+            index_high: (index >> 32) as u32,
+            index_low: index as u32,
+            position,
         }
+    }
+
+    /// The log index of the entry that enqueued the job.
+    pub fn index(self) -> u64 {
+        (u64::from(self.index_high) << 32) | u64::from(self.index_low)
+    }
+
+    /// The job's place among the jobs of its entry.
+    pub fn position(self) -> u32 {
+        self.position
     }
 
     pub fn id(self, shard: u32) -> JobId {
         JobId {
             shard,
-            index: (u64::from(self.index_high) << 32) | u64::from(self.index_low),
+            index: self.index(),
             position: self.position,
         }
     }

@@ -14,6 +14,7 @@
 
 mod apply;
 mod chunk_map;
+mod fresh;
 mod job;
 pub mod keys;
 
@@ -24,6 +25,7 @@ use raftq_api::JobId;
 use serde::{Deserialize, Serialize};
 
 use self::chunk_map::ChunkMap;
+use self::fresh::{FreshJob, FreshJobs};
 use self::job::{flags, Job, JobKey, QueueId, ReadyKey, StatusRecord, Workers, NO_WORKER};
 use crate::ops::{
     BackoffPolicy, JobMeta, JobState, JobStatus, JobView, QueueConfigPatch, QueueDefaults,
@@ -36,6 +38,14 @@ use crate::ops::{
 /// number, so it must never change between versions that share a log.
 pub const MAX_CLAIM_BYTES: usize = 48 * 1024 * 1024;
 
+/// What one job in the job map is counted at in memory: a ready job there
+/// takes 84 bytes (its 60-byte entry in the job map and its 24-byte place
+/// in the queue), a leased or scheduled one as much with its timer; the
+/// rest is room for chunk slack and the side maps of the jobs that carry
+/// an idempotency key, an error or a backoff policy. Fresh jobs are not
+/// in the map and are counted at what they take packed.
+pub const INDEX_BYTES_PER_JOB: u64 = 128;
+
 /// What is persisted of a queue (only once a user changed something).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct QueueMeta {
@@ -47,7 +57,10 @@ struct QueueMeta {
 struct Queue {
     name: Arc<str>,
     meta: QueueMeta,
+    /// Ready jobs that are in the job map; the rest are `fresh`.
     ready: ChunkMap<ReadyKey, ()>,
+    /// Ready jobs never touched since enqueue, packed, in no other map.
+    fresh: FreshJobs,
     scheduled: u64,
     leased: u64,
     dead: ChunkMap<JobKey, ()>,
@@ -60,12 +73,39 @@ impl Queue {
             name,
             meta: QueueMeta::default(),
             ready: ChunkMap::new(),
+            fresh: FreshJobs::default(),
             scheduled: 0,
             leased: 0,
             dead: ChunkMap::new(),
             totals: QueueTotals::default(),
         }
     }
+
+    fn ready_len(&self) -> usize {
+        self.ready.len() + self.fresh.len()
+    }
+
+    /// The ready job a claim takes next: from the job map, or fresh.
+    fn next_ready(&self) -> Option<NextReady> {
+        let unpacked = self.ready.first().map(|(ready, ())| *ready);
+        let fresh = self
+            .fresh
+            .first()
+            .map(|(priority, job)| (ReadyKey::new(priority, job.enqueued_at_ms, job.key), job));
+        match (unpacked, fresh) {
+            (Some(ready), Some((fresh_key, job))) if fresh_key < ready => {
+                Some(NextReady::Fresh(job))
+            }
+            (Some(ready), _) => Some(NextReady::Unpacked(ready)),
+            (None, Some((_, job))) => Some(NextReady::Fresh(job)),
+            (None, None) => None,
+        }
+    }
+}
+
+enum NextReady {
+    Unpacked(ReadyKey),
+    Fresh(FreshJob),
 }
 
 /// Counters since this node started (not replicated state).
@@ -168,9 +208,10 @@ pub struct ShardState {
     shard: u32,
     /// The newest batch time applied: the shard's clock, never going back.
     now_ms: u64,
-    /// Ordered by id in filled chunks: ids only grow, so inserts append,
-    /// and a million ready jobs cost 84 MB of index (this map and the
-    /// queue's ready set), not the 450 MB of a `BTreeMap` of full records.
+    /// Every live job but the queues' fresh ones. Ordered by id in filled
+    /// chunks: ids only grow, so inserts mostly append, and a ready job
+    /// costs 84 bytes here and in its queue's ready set, not the 450 of a
+    /// `BTreeMap` of full records.
     jobs: ChunkMap<JobKey, Job>,
     queues: Vec<Queue>,
     queue_ids: HashMap<Arc<str>, QueueId>,
@@ -254,13 +295,19 @@ impl ShardState {
                         .ok_or_else(|| LoadError::OrphanStatus(key.to_vec()))?;
                     let (meta, status): (JobMeta, JobStatus) = decode(key, value)?;
                     let queue = state.queue_id(&meta.queue);
-                    state.insert_job(JobKey::of(id), queue, &meta, status);
+                    let key = JobKey::of(id);
+                    if !state.pack(key, queue, &meta, &status) {
+                        state.insert_job(key, queue, &meta, status);
+                    }
                 }
                 Some(keys::STATUS) => {
                     let id = keys::job_id_of(key)
                         .ok_or_else(|| LoadError::OrphanStatus(key.to_vec()))?;
                     let status: JobStatus = decode(key, value)?;
                     let key = JobKey::of(id);
+                    // Its job record made it fresh; this record says it
+                    // was touched since.
+                    state.unpack(key);
                     let ShardState { jobs, extras, .. } = &mut state;
                     let job = jobs.get_mut(&key).ok_or_else(|| {
                         LoadError::OrphanStatus(keys::job_key(keys::STATUS, id).to_vec())
@@ -320,6 +367,57 @@ impl ShardState {
         }
         set_status(&mut self.extras, key, &mut job, status);
         self.jobs.insert(key, job);
+    }
+
+    /// Keeps a job as fresh if it is one (ready since its enqueue, with
+    /// nothing of its own in the side maps): false if it is not.
+    fn pack(&mut self, key: JobKey, queue: QueueId, meta: &JobMeta, status: &JobStatus) -> bool {
+        let fresh = status.state == JobState::Ready
+            && status.attempt == 0
+            && status.retry_base == 0
+            && status.due_at_ms == meta.enqueued_at_ms
+            && status.worker.is_none()
+            && status.last_error.is_none()
+            && meta.backoff.is_none()
+            && meta.idempotency_key.is_none();
+        fresh
+            && self.queues[queue as usize].fresh.push(
+                meta.priority,
+                FreshJob {
+                    key,
+                    enqueued_at_ms: meta.enqueued_at_ms,
+                    max_attempts: meta.max_attempts,
+                    answer_bytes: u32::try_from(meta.answer_bytes).unwrap_or(u32::MAX),
+                },
+            )
+    }
+
+    /// The fresh job `key`'s queue, priority and data, if it is one.
+    fn find_fresh(&self, key: JobKey) -> Option<(QueueId, i32, FreshJob)> {
+        self.queues.iter().enumerate().find_map(|(queue, q)| {
+            q.fresh
+                .get(key)
+                .map(|(priority, job)| (queue as QueueId, priority, job))
+        })
+    }
+
+    /// Moves the fresh job `key`, if it is one, into the job map (in no
+    /// index: the caller puts it where it belongs).
+    fn unpack(&mut self, key: JobKey) -> Option<QueueId> {
+        let (queue, _, _) = self.find_fresh(key)?;
+        let (priority, job) = self.queues[queue as usize].fresh.remove(key)?;
+        self.jobs.insert(key, fresh_job(queue, priority, &job));
+        Some(queue)
+    }
+
+    /// Job `key` as it stands, wherever it is kept.
+    fn find(&self, key: JobKey) -> Option<Job> {
+        match self.jobs.get(&key) {
+            Some(job) => Some(*job),
+            None => self
+                .find_fresh(key)
+                .map(|(queue, priority, job)| fresh_job(queue, priority, &job)),
+        }
     }
 
     fn rebuild_indexes(&mut self) {
@@ -396,7 +494,15 @@ impl ShardState {
 
     /// Live jobs (any state, dead ones included).
     pub fn job_count(&self) -> usize {
-        self.jobs.len()
+        self.jobs.len() + self.queues.iter().map(|q| q.fresh.len()).sum::<usize>()
+    }
+
+    /// What the live jobs take in memory: [`INDEX_BYTES_PER_JOB`] for each
+    /// one in the job map (with its index entries and side maps), and what
+    /// the fresh ones take packed.
+    pub fn index_bytes(&self) -> u64 {
+        let fresh: usize = self.queues.iter().map(|q| q.fresh.footprint()).sum();
+        (self.jobs.len() as u64).saturating_mul(INDEX_BYTES_PER_JOB) + fresh as u64
     }
 
     /// Jobs acked, cancelled, purged or dead since the last call.
@@ -418,8 +524,8 @@ impl ShardState {
 
     pub fn job(&self, id: JobId, defaults: &QueueDefaults) -> Option<JobView> {
         let key = self.key_of(id)?;
-        let job = self.jobs.get(&key)?;
-        Some(self.view(key, job, defaults))
+        let job = self.find(key)?;
+        Some(self.view(key, &job, defaults))
     }
 
     fn view(&self, key: JobKey, job: &Job, defaults: &QueueDefaults) -> JobView {
@@ -475,7 +581,7 @@ impl ShardState {
     /// jobs and is not paused. Lets idle fetchers skip a Raft round.
     pub fn has_ready(&self, queue: &str) -> bool {
         self.queue(queue)
-            .is_some_and(|q| !q.meta.paused && !q.ready.is_empty())
+            .is_some_and(|q| !q.meta.paused && q.ready_len() > 0)
     }
 
     pub fn stats(&self, name: &str) -> Option<QueueStats> {
@@ -515,7 +621,18 @@ impl ShardState {
     /// rebuilds in tests. Excludes node-local counters.
     pub fn digest(&self) -> String {
         let mut out = format!("now={}\n", self.now_ms);
-        for (key, job) in self.jobs.iter() {
+        // Packed or not is how a job is kept, not what it is.
+        let mut all: Vec<(JobKey, Job)> = self.jobs.iter().map(|(k, j)| (*k, *j)).collect();
+        for (queue, q) in self.queues.iter().enumerate() {
+            all.extend(
+                q.fresh
+                    .iter()
+                    .map(|(priority, job)| (job.key, fresh_job(queue as QueueId, priority, &job))),
+            );
+        }
+        all.sort_by_key(|(key, _)| *key);
+        for (key, job) in &all {
+            let (key, job) = (key, job);
             let queue = &self.queues[job.queue as usize].name;
             let backoff = job
                 .has(flags::BACKOFF)
@@ -545,16 +662,23 @@ impl ShardState {
             .iter()
             .filter(|q| {
                 q.meta != QueueMeta::default()
-                    || !q.ready.is_empty()
+                    || q.ready_len() > 0
                     || q.scheduled + q.leased > 0
                     || !q.dead.is_empty()
             })
             .collect();
         queues.sort_by(|a, b| a.name.cmp(&b.name));
         for q in queues {
+            let mut ready: Vec<ReadyKey> = q.ready.keys().collect();
+            ready.extend(
+                q.fresh
+                    .iter()
+                    .map(|(priority, job)| ReadyKey::new(priority, job.enqueued_at_ms, job.key)),
+            );
+            ready.sort();
             out.push_str(&format!(
                 "queue {} {:?} ready={:?} scheduled={} leased={} dead={:?}\n",
-                q.name, q.meta, q.ready, q.scheduled, q.leased, q.dead
+                q.name, q.meta, ready, q.scheduled, q.leased, q.dead
             ));
         }
         let mut dedup: Vec<_> = self.dedup.iter().collect();
@@ -589,6 +713,23 @@ fn set_status(extras: &mut Extras, key: JobKey, job: &mut Job, status: JobStatus
     }
 }
 
+/// A fresh job as the job map keeps jobs.
+fn fresh_job(queue: QueueId, priority: i32, job: &FreshJob) -> Job {
+    Job {
+        due_at_ms: job.enqueued_at_ms,
+        enqueued_at_ms: job.enqueued_at_ms,
+        queue,
+        priority,
+        attempt: 0,
+        retry_base: 0,
+        max_attempts: job.max_attempts,
+        answer_bytes: job.answer_bytes,
+        worker: NO_WORKER,
+        state: JobState::Ready,
+        flags: 0,
+    }
+}
+
 fn max_attempts(job: &Job, limits: &QueueView) -> u32 {
     match job.max_attempts {
         0 => limits.max_attempts,
@@ -599,7 +740,7 @@ fn max_attempts(job: &Job, limits: &QueueView) -> u32 {
 fn stats(q: &Queue) -> QueueStats {
     QueueStats {
         queue: q.name.to_string(),
-        ready: q.ready.len() as u64,
+        ready: q.ready_len() as u64,
         scheduled: q.scheduled,
         leased: q.leased,
         dead: q.dead.len() as u64,

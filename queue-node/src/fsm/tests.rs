@@ -455,6 +455,81 @@ fn cancel_and_purge() {
     h.assert_rebuilds();
 }
 
+/// A backlog of plain jobs is kept packed — a few bytes a job, against
+/// the 128 counted for a job in the job map — and behaves exactly like
+/// unpacked jobs: order with priorities and redelivered jobs among them,
+/// lookups, cancel, stale tokens, the records on disk, and the rebuild.
+#[test]
+fn a_fresh_backlog_is_packed_and_behaves_like_any_ready_job() {
+    let mut h = Harness::new();
+    let mut ids = Vec::new();
+    for round in 0..100 {
+        h.now += 1;
+        let jobs = (0..100).map(|i| job(&format!("job-{round}-{i}"))).collect();
+        ids.extend(h.enqueue("q", jobs).into_iter().map(|(id, _)| id));
+    }
+    let bytes = h.state.index_bytes();
+    assert!(bytes < 10 * 10_000, "{bytes} bytes for 10,000 fresh jobs");
+    let mut keyed = job("keyed");
+    keyed.idempotency_key = Some("k".into());
+    h.enqueue("q", vec![keyed]);
+    assert!(
+        h.state.index_bytes() >= bytes + super::INDEX_BYTES_PER_JOB,
+        "a job with a key of its own is not packed"
+    );
+    assert_eq!(h.state.job_count(), 10_001);
+
+    // Lookups, a token for a job never leased, cancel.
+    let view = h
+        .state
+        .job(ids[7], &h.defaults)
+        .expect("a fresh job is found");
+    assert_eq!(
+        (view.status.state, view.status.attempt),
+        (JobState::Ready, 0)
+    );
+    assert!(matches!(
+        h.ack(ids[7], 1),
+        Err(OpError::LeaseLost {
+            current_attempt: 0,
+            state: JobState::Ready,
+            ..
+        })
+    ));
+    assert!(matches!(h.one(Op::Cancel { id: ids[7] }), OpResult::Job(_)));
+    assert!(h.state.job(ids[7], &h.defaults).is_none());
+    assert!(!h
+        .sink
+        .map
+        .contains_key(&super::keys::job_key(super::keys::JOB, ids[7])[..]));
+    h.assert_rebuilds();
+
+    // An urgent job jumps the backlog; a released one goes back to its
+    // place at the front, among the packed ones.
+    let mut urgent = job("urgent");
+    urgent.priority = 5;
+    let urgent = h.enqueue("q", vec![urgent])[0].0;
+    let first = h.claim("q", "w", 3);
+    assert_eq!(first[0].id, urgent);
+    assert_eq!(first[1].id, ids[0]);
+    assert_eq!(first[2].id, ids[1]);
+    h.tokens(Op::Release {
+        tokens: vec![(ids[0], 1)],
+    });
+    h.assert_rebuilds();
+    let next: Vec<JobId> = h.claim("q", "w", 3).iter().map(|j| j.id).collect();
+    assert_eq!(next, vec![ids[0], ids[2], ids[3]]);
+    // 10,000 + the keyed + the urgent - the cancelled, five of them leased.
+    assert_eq!(h.stats("q"), (9_996, 0, 5, 0));
+    h.assert_rebuilds();
+    assert_eq!(
+        h.one(Op::PurgeQueue { queue: "q".into() }),
+        OpResult::Count(9_996)
+    );
+    assert_eq!(h.stats("q"), (0, 0, 5, 0));
+    h.assert_rebuilds();
+}
+
 #[test]
 fn set_queue_config_changes_new_leases() {
     let mut h = Harness::new();

@@ -457,7 +457,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             self.meta.now_ms = state.now_ms();
             self.shared.clock.applied(self.meta.now_ms);
-            self.shared.set_job_count(state.job_count());
+            self.shared.count_jobs(&state);
             (state.take_woken(), state.take_finished())
         };
         self.cache_contents(&entries, &results);

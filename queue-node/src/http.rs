@@ -1,13 +1,17 @@
 //! The node's HTTP endpoints: `/healthz` (the process serves), `/readyz`
 //! (every shard has this node as a member and knows a leader, so requests
 //! here can be served or forwarded) and `/metrics` (Prometheus text).
+//! They answer from the moment the node binds its port: while it is still
+//! rebuilding its shards' job indexes (minutes for tens of millions of
+//! jobs) `/healthz` says it is alive, so a liveness probe does not kill a
+//! node in the middle of a rebuild, and `/readyz` says how far it got.
 //!
 //! Read-only: this module looks at Raft metrics, batcher counters and the
 //! state machines' queue counts; it never writes.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -17,16 +21,45 @@ use tokio::net::TcpListener;
 
 use crate::context::NodeContext;
 
-pub fn router(ctx: Arc<NodeContext>) -> axum::Router {
+/// What the endpoints serve: the node once it has started, and until then
+/// what it is doing.
+#[derive(Default)]
+pub struct HttpState {
+    node: OnceLock<Arc<NodeContext>>,
+    starting: Mutex<String>,
+}
+
+impl HttpState {
+    /// Says what the starting node is doing (shown by `/readyz`).
+    pub fn starting(&self, what: impl Into<String>) {
+        *self
+            .starting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = what.into();
+    }
+
+    pub fn started(&self, node: Arc<NodeContext>) {
+        let _ = self.node.set(node);
+    }
+
+    fn starting_message(&self) -> String {
+        self.starting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+pub fn router(state: Arc<HttpState>) -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(ctx)
+        .with_state(state)
 }
 
-pub async fn serve(listener: TcpListener, ctx: Arc<NodeContext>) -> std::io::Result<()> {
-    axum::serve(listener, router(ctx)).await
+pub async fn serve(listener: TcpListener, state: Arc<HttpState>) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).await
 }
 
 /// Why the node cannot take requests yet, if it cannot.
@@ -46,21 +79,34 @@ pub fn not_ready(ctx: &NodeContext) -> Option<String> {
     None
 }
 
-async fn readyz(State(ctx): State<Arc<NodeContext>>) -> (StatusCode, String) {
-    match not_ready(&ctx) {
+async fn readyz(State(state): State<Arc<HttpState>>) -> (StatusCode, String) {
+    let why = match state.node.get() {
+        Some(ctx) => not_ready(ctx),
+        None => Some(format!("starting: {}", state.starting_message())),
+    };
+    match why {
         None => (StatusCode::OK, "ready\n".into()),
         Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 
-async fn metrics(State(ctx): State<Arc<NodeContext>>) -> impl axum::response::IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        render(&ctx),
-    )
+async fn metrics(State(state): State<Arc<HttpState>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match state.node.get() {
+        Some(ctx) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            render(ctx),
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("starting: {}\n", state.starting_message()),
+        )
+            .into_response(),
+    }
 }
 
 /// One metric family: its help, type and samples.

@@ -116,6 +116,23 @@ async fn shard_failure(context: &NodeContext) -> anyhow::Error {
     futures::future::select_all(watches).await.0
 }
 
+/// A task that ends if start-up fails before handing it over.
+struct TaskGuard<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T> TaskGuard<T> {
+    fn keep(mut self) -> Option<tokio::task::JoinHandle<T>> {
+        self.0.take()
+    }
+}
+
+impl<T> Drop for TaskGuard<T> {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
 pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     config.validate()?;
     let budgets = Budgets::resolve(&config.memory, crate::memory::memory_limit(), config.shards);
@@ -140,6 +157,20 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         ),
         None => None,
     };
+    // Up before the shards load: a rebuild of a large backlog takes minutes,
+    // and a liveness probe must see a live process all along.
+    let http_state = Arc::new(crate::http::HttpState::default());
+    http_state.starting("opening the data directory");
+    let (http_addr, http) = match http_listener {
+        Some(l) => (
+            Some(l.local_addr()?),
+            Some(TaskGuard(Some(tokio::spawn(crate::http::serve(
+                l,
+                http_state.clone(),
+            ))))),
+        ),
+        None => (None, None),
+    };
     let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
     let defaults = config.queue_defaults.to_defaults();
 
@@ -150,8 +181,19 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     let mut shards = Vec::new();
     for id in 0..config.shards {
         let raft_config = Arc::new(shard_raft_config(&config, id)?);
-        let (sm, shared) = StateMachineStore::open(store.clone(), id, content_cache.clone())
-            .context("loading the state machine")?;
+        http_state.starting(format!(
+            "rebuilding the job index of shard {id} ({} of {})",
+            id + 1,
+            config.shards
+        ));
+        // On a blocking thread: the rebuild reads every live job's record.
+        let (sm, shared) = {
+            let (store, cache) = (store.clone(), content_cache.clone());
+            tokio::task::spawn_blocking(move || StateMachineStore::open(store, id, cache))
+                .await
+                .context("loading the state machine")?
+                .context("loading the state machine")?
+        };
         let log = LogStore::new(
             store.clone(),
             id,
@@ -259,13 +301,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         let _ = stopped.await;
     }));
 
-    let (http_addr, http) = match http_listener {
-        Some(l) => (
-            Some(l.local_addr()?),
-            Some(tokio::spawn(crate::http::serve(l, context.clone()))),
-        ),
-        None => (None, None),
-    };
+    http_state.started(context.clone());
 
     if !config.join {
         bootstrap(&context, &config, &advertise).await?;
@@ -285,7 +321,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         http_addr,
         stop: Some(stop),
         server,
-        http,
+        http: http.and_then(TaskGuard::keep),
         watermark: watermark_task,
         balancer,
     })

@@ -83,3 +83,25 @@ async fn a_node_waiting_to_join_is_live_but_not_ready() {
     assert!(body.contains("not a member yet"), "{body}");
     node.shutdown().await.expect("shutdown");
 }
+
+/// Before the shards are loaded (a rebuild of a large backlog takes
+/// minutes) the endpoints already answer: alive, not ready, and why.
+#[tokio::test]
+async fn a_starting_node_is_live_and_says_what_it_is_doing() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap();
+    let state = std::sync::Arc::new(raftq_node::http::HttpState::default());
+    state.starting("rebuilding the job index of shard 2 (3 of 4)");
+    let server = tokio::spawn(raftq_node::http::serve(listener, state.clone()));
+    assert_eq!(get(http, "/healthz").await, (200, "ok\n".into()));
+    assert_eq!(
+        get(http, "/readyz").await,
+        (
+            503,
+            "starting: rebuilding the job index of shard 2 (3 of 4)\n".into()
+        )
+    );
+    let (code, body) = get(http, "/metrics").await;
+    assert_eq!(code, 503, "{body}");
+    server.abort();
+}

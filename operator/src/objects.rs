@@ -147,8 +147,9 @@ pub fn node_config_yaml(jq: &JobQueue) -> Result<String, Error> {
 /// The node's memory budgets from the pod's memory limit: half for the
 /// job index (enqueues are refused past it, so the pod is never killed for
 /// a backlog), an eighth for payloads kept in memory, a sixteenth each for
-/// RocksDB's block cache and memtables; the last quarter for requests in
-/// flight and the Raft log's recent entries. No limit: the node's defaults.
+/// RocksDB's block cache and memtables, and for enqueue requests held;
+/// the rest for the Raft log's recent entries, connections and the
+/// runtime. No limit: the node's defaults.
 fn memory_budgets(jq: &JobQueue) -> Option<serde_json::Value> {
     let limit = jq.spec.resources.as_ref()?.limits.as_ref()?.get("memory")?;
     let mib = quantity_bytes(&limit.0)? >> 20;
@@ -157,6 +158,7 @@ fn memory_budgets(jq: &JobQueue) -> Option<serde_json::Value> {
         "content_cache_mib": mib / 8,
         "block_cache_mib": (mib / 16).max(8),
         "memtable_mib": (mib / 16).max(8),
+        "requests_mib": (mib / 16).max(1),
     }))
 }
 
@@ -514,6 +516,7 @@ mod tests {
         assert_eq!(yaml["memory"]["content_cache_mib"], 512);
         assert_eq!(yaml["memory"]["block_cache_mib"], 256);
         assert_eq!(yaml["memory"]["memtable_mib"], 256);
+        assert_eq!(yaml["memory"]["requests_mib"], 256);
         assert_eq!(quantity_bytes("512Mi"), Some(512 << 20));
         assert_eq!(quantity_bytes("1G"), Some(1_000_000_000));
         assert_eq!(quantity_bytes("1.5Gi"), Some(3 << 29));

@@ -69,6 +69,13 @@ pub struct MemoryConfig {
     /// from disk. Unset: 16 per shard up to 64, or a thirty-second of the
     /// node's memory if that is less (at least 1 per shard).
     pub log_cache_mib: Option<u64>,
+    /// Enqueue requests held at once (decoded, waiting for their Raft
+    /// entry to apply, or forwarded to the leader); past it enqueues get
+    /// RESOURCE_EXHAUSTED until earlier ones are answered. A request
+    /// larger than the whole budget is taken when nothing else is held.
+    /// Unset: 128, or a sixteenth of the node's memory if that is less
+    /// (at least 16). At least 1.
+    pub requests_mib: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,6 +235,11 @@ impl NodeConfig {
             return invalid(format!(
                 "memory.memtable_mib must be at least 4 (got {n}): RocksDB needs room for the log's and the state's memtables"
             ));
+        }
+        if self.memory.requests_mib == Some(0) {
+            return invalid(
+                "memory.requests_mib must be at least 1: no enqueue could be taken".into(),
+            );
         }
         if let Some(n) = self
             .memory

@@ -251,6 +251,8 @@ pub fn render(ctx: &NodeContext) -> String {
     );
     budget.add("part=\"memtables\"".into(), memory.memtable_bytes as f64);
     budget.add("part=\"log_cache\"".into(), memory.log_cache_bytes as f64);
+    budget.add("part=\"requests\"".into(), memory.requests.bytes() as f64);
+    used.add("part=\"requests\"".into(), memory.requests.used() as f64);
     used.add("part=\"index\"".into(), index_used as f64);
     used.add(
         "part=\"content_cache\"".into(),

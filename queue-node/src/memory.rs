@@ -10,8 +10,11 @@
 
 use std::sync::Arc;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use crate::config::MemoryConfig;
 use crate::context::ShardHandle;
+
 use crate::store::{ContentCache, Store};
 
 pub use crate::fsm::INDEX_BYTES_PER_JOB;
@@ -62,6 +65,8 @@ pub struct Budgets {
     pub memtables: u64,
     /// Every shard's recent log entries together.
     pub log_cache: u64,
+    /// Enqueue requests held at once.
+    pub requests: u64,
 }
 
 impl Budgets {
@@ -70,7 +75,8 @@ impl Budgets {
     /// eighth for payloads (at most 256 MiB), a sixteenth each for the
     /// block cache (at most 64) and memtables (at most 128), a
     /// thirty-second for the Raft logs' recent entries (at most 16 per
-    /// shard and 64 in all, at least 1 per shard).
+    /// shard and 64 in all, at least 1 per shard), a sixteenth for
+    /// enqueue requests held (at most 128, at least 16).
     pub fn resolve(config: &MemoryConfig, limit: Option<u64>, shards: u32) -> Budgets {
         let shards = u64::from(shards.max(1));
         let share = |set: Option<u64>, divisor: u64, cap_mib: u64, floor_mib: u64| match set {
@@ -89,6 +95,7 @@ impl Budgets {
             block_cache: share(config.block_cache_mib, 16, 64, 8),
             memtables: share(config.memtable_mib, 16, 128, 8),
             log_cache: share(config.log_cache_mib, 32, (16 * shards).min(64), shards),
+            requests: share(config.requests_mib, 16, 128, 16),
         }
     }
 
@@ -105,8 +112,53 @@ pub struct MemoryBudget {
     pub block_cache_bytes: u64,
     pub memtable_bytes: u64,
     pub log_cache_bytes: u64,
+    pub requests: RequestBudget,
     /// Reports what RocksDB's block cache and memtables hold.
     pub store: Store,
+}
+
+/// Room for the enqueue requests a node holds at once, in KiB.
+pub struct RequestBudget {
+    permits: Arc<Semaphore>,
+    kib: u32,
+}
+
+impl RequestBudget {
+    pub fn new(bytes: u64) -> RequestBudget {
+        let kib = (bytes >> 10).clamp(1, u64::from(u32::MAX)) as u32;
+        RequestBudget {
+            permits: Arc::new(Semaphore::new(kib as usize)),
+            kib,
+        }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        u64::from(self.kib) << 10
+    }
+
+    /// What the requests held now take.
+    pub fn used(&self) -> u64 {
+        (self.kib as u64).saturating_sub(self.permits.available_permits() as u64) << 10
+    }
+
+    /// Holds room for a request of `bytes` until the permit is dropped, or
+    /// says why there is none. A request over the whole budget takes all
+    /// of it.
+    pub fn hold(&self, bytes: usize) -> Result<OwnedSemaphorePermit, String> {
+        let kib = (bytes as u64).div_ceil(1024).clamp(1, u64::from(self.kib)) as u32;
+        self.permits
+            .clone()
+            .try_acquire_many_owned(kib)
+            .map_err(|_| {
+                format!(
+                    "this node holds {} MiB of enqueue requests, its whole budget for them \
+                 (memory.requests_mib = {}): retry shortly (producers of the raftq SDK do), \
+                 or give the node more memory",
+                    self.used() >> 20,
+                    self.bytes() >> 20
+                )
+            })
+    }
 }
 
 impl MemoryBudget {
@@ -157,6 +209,7 @@ mod tests {
                 block_cache: 64 * MIB,
                 memtables: 64 * MIB,
                 log_cache: 32 * MIB,
+                requests: 64 * MIB,
             }
         );
         assert_eq!(
@@ -167,6 +220,7 @@ mod tests {
                 block_cache: 64 * MIB,
                 memtables: 128 * MIB,
                 log_cache: 64 * MIB,
+                requests: 128 * MIB,
             }
         );
         let one_shard = Budgets::resolve(&unset, Some(64 * gib), 1);
@@ -174,7 +228,10 @@ mod tests {
         let many = Budgets::resolve(&unset, Some(64 * gib), 64);
         assert_eq!(many.log_cache_per_shard(64), 1 << 20);
         let tiny = Budgets::resolve(&unset, Some(64 * MIB), 4);
-        assert_eq!((tiny.block_cache, tiny.memtables), (8 * MIB, 8 * MIB));
+        assert_eq!(
+            (tiny.block_cache, tiny.memtables, tiny.requests),
+            (8 * MIB, 8 * MIB, 16 * MIB)
+        );
         let none = Budgets::resolve(&unset, None, 4);
         assert_eq!((none.index, none.content_cache), (0, 256 * MIB));
         let set = MemoryConfig {
@@ -183,6 +240,7 @@ mod tests {
             block_cache_mib: Some(16),
             memtable_mib: Some(32),
             log_cache_mib: Some(8),
+            requests_mib: Some(2),
         };
         assert_eq!(
             Budgets::resolve(&set, Some(gib), 4),
@@ -192,8 +250,26 @@ mod tests {
                 block_cache: 16 * MIB,
                 memtables: 32 * MIB,
                 log_cache: 8 * MIB,
+                requests: 2 * MIB,
             }
         );
+    }
+
+    #[test]
+    fn requests_are_held_until_answered_and_refused_past_the_budget() {
+        let budget = RequestBudget::new(2 * MIB);
+        let first = budget.hold(1_500_000).expect("room for the first");
+        assert_eq!(budget.used(), 1465 << 10);
+        let why = budget.hold(1_000_000).expect_err("no room for the second");
+        assert!(why.contains("memory.requests_mib = 2"), "{why}");
+        let small = budget.hold(100).expect("a small one fits");
+        drop((first, small));
+        let huge = budget
+            .hold(64 << 20)
+            .expect("a request over the budget takes all of it");
+        assert!(budget.hold(1).is_err());
+        drop(huge);
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]

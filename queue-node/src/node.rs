@@ -248,6 +248,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             block_cache_bytes: budgets.block_cache,
             memtable_bytes: budgets.memtables,
             log_cache_bytes: budgets.log_cache,
+            requests: crate::memory::RequestBudget::new(budgets.requests),
             store: store.clone(),
         },
     ));

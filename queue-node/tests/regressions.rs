@@ -655,7 +655,7 @@ async fn a_full_job_index_refuses_enqueues_until_workers_drain_it() {
         "{metrics}"
     );
     assert!(index_used() < used, "draining the backlog freed no index");
-    for part in ["block_cache", "memtables", "log_cache"] {
+    for part in ["block_cache", "memtables", "log_cache", "requests"] {
         assert!(
             metrics.contains(&format!("raftq_memory_used_bytes{{part=\"{part}\"}}")),
             "{part} missing from {metrics}"

@@ -60,6 +60,10 @@ fn invalid_settings_exit_non_zero_with_a_reason() {
             "shards: 4\nmemory:\n  log_cache_mib: 2\n",
             "memory.log_cache_mib must be at least 1 per shard",
         ),
+        (
+            "memory:\n  requests_mib: 0\n",
+            "memory.requests_mib must be at least 1",
+        ),
     ] {
         let file = dir.path().join("memory.yaml");
         std::fs::write(&file, yaml).unwrap();

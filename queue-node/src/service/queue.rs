@@ -88,6 +88,13 @@ impl pb::queue_server::Queue for QueueService {
         let req = request.get_ref();
         validate::queue_name(&req.queue).map_err(invalid)?;
         validate::batch_len("jobs", req.jobs.len(), MAX_ENQUEUE_BATCH).map_err(invalid)?;
+        // Held until the answer, here or from the leader it is forwarded to.
+        let _held = self
+            .ctx
+            .memory
+            .requests
+            .hold(prost::Message::encoded_len(req))
+            .map_err(Status::resource_exhausted)?;
         let shard = match self
             .ctx
             .route(self.ctx.shard_of_queue(&req.queue), &request)?

@@ -4,7 +4,9 @@
 //! metadata and status, packed small ([`job::Job`]; the payload, headers
 //! and anything else only a reader needs stay on disk), and the indexes
 //! apply needs — ready jobs by priority then age, leases by expiry,
-//! scheduled jobs by run time, idempotency keys by expiry. Apply
+//! scheduled jobs by run time, idempotency keys by expiry. Jobs ready
+//! since their enqueue and never touched — most of a backlog — are kept
+//! in each queue's [`fresh::FreshJobs`] instead, a few bytes each. Apply
 //! ([`ShardState::apply_batch`]) is a pure function of the batch and this
 //! state; it records what changed into a [`keys::WriteSink`] and never reads
 //! RocksDB. The state is rebuilt from the written keys at start and after a

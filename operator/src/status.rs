@@ -249,6 +249,20 @@ pub fn check_spec(jq: &JobQueue) -> Result<(), String> {
             b.linger_min_micros, b.linger_max_micros
         ));
     }
+    // Accepted by the schema for forward compatibility, but not wired into
+    // the nodes yet: refused rather than ignored, so nobody believes a
+    // cluster is encrypted or authenticated when it is not.
+    for (field, set) in [
+        ("tlsSecretRef", s.tls_secret_ref.is_some()),
+        ("authSecretRef", s.auth_secret_ref.is_some()),
+    ] {
+        if set {
+            return Err(format!(
+                "spec.{field} is not supported by this release: the nodes would run without it; \
+                 remove the field (TLS and client authentication come in a later release)"
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -309,6 +323,21 @@ mod tests {
     use super::*;
     use crate::crd::JobQueueSpec;
     use crate::membership::{Hold, Observed, Plan};
+
+    #[test]
+    fn secrets_the_nodes_cannot_use_yet_are_refused_not_ignored() {
+        assert_eq!(check_spec(&queue(3)), Ok(()));
+        let mut jq = queue(3);
+        jq.spec.tls_secret_ref = Some(crate::crd::SecretRef { name: "tls".into() });
+        let why = check_spec(&jq).expect_err("tlsSecretRef refused");
+        assert!(why.contains("spec.tlsSecretRef is not supported"), "{why}");
+        let mut jq = queue(3);
+        jq.spec.auth_secret_ref = Some(crate::crd::SecretRef {
+            name: "tokens".into(),
+        });
+        let why = check_spec(&jq).expect_err("authSecretRef refused");
+        assert!(why.contains("spec.authSecretRef"), "{why}");
+    }
 
     fn queue(replicas: i32) -> JobQueue {
         let spec: JobQueueSpec =

@@ -316,10 +316,12 @@ impl ShardState {
         let mut bytes = 0u64;
         while claimed.len() < max as usize {
             let q = &mut self.queues[queue_id as usize];
-            let (key, size) = match q.next_ready() {
-                None => break,
-                Some(NextReady::Fresh(job)) => (job.key, job.answer_bytes),
-                Some(NextReady::Unpacked(ready)) => match self.jobs.get(&ready.key) {
+            let Some(next) = q.next_ready() else {
+                break;
+            };
+            let (key, size) = match next {
+                NextReady::Fresh(job) => (job.key, job.answer_bytes),
+                NextReady::Unpacked(ready) => match self.jobs.get(&ready.key) {
                     Some(job) => (ready.key, job.answer_bytes),
                     None => {
                         q.ready.pop_first();
@@ -335,12 +337,13 @@ impl ShardState {
                 break;
             }
             bytes += size;
-            match q.fresh.first() {
-                Some((priority, fresh)) if fresh.key == key => {
-                    q.fresh.pop_first();
-                    self.jobs.insert(key, fresh_job(queue_id, priority, &fresh));
+            match next {
+                NextReady::Fresh(_) => {
+                    if let Some((priority, fresh)) = q.fresh.pop_first() {
+                        self.jobs.insert(key, fresh_job(queue_id, priority, &fresh));
+                    }
                 }
-                _ => {
+                NextReady::Unpacked(_) => {
                     q.ready.pop_first();
                 }
             }

@@ -263,17 +263,13 @@ impl FreshJobs {
 
     /// Takes the fresh job `key` out, with its priority.
     pub fn remove(&mut self, key: JobKey) -> Option<(i32, FreshJob)> {
-        let (priority, b) = self.runs.iter().find_map(|(priority, run)| {
+        let (priority, b, mut jobs, at) = self.runs.iter().find_map(|(priority, run)| {
             let b = run.block_of(key)?;
-            run.blocks[b]
-                .jobs()
-                .iter()
-                .any(|job| job.key == key)
-                .then_some((*priority, b))
+            let jobs = run.blocks[b].jobs();
+            let at = jobs.iter().position(|job| job.key == key)?;
+            Some((*priority, b, jobs, at))
         })?;
         let run = self.runs.get_mut(&priority)?;
-        let mut jobs = run.blocks[b].jobs();
-        let at = jobs.iter().position(|job| job.key == key)?;
         let job = jobs.remove(at);
         self.footprint -= run.blocks[b].footprint();
         match Block::from_jobs(&jobs) {

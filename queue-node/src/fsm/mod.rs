@@ -406,8 +406,11 @@ impl ShardState {
     /// Moves the fresh job `key`, if it is one, into the job map (in no
     /// index: the caller puts it where it belongs).
     fn unpack(&mut self, key: JobKey) -> Option<QueueId> {
-        let (queue, _, _) = self.find_fresh(key)?;
-        let (priority, job) = self.queues[queue as usize].fresh.remove(key)?;
+        let (queue, (priority, job)) = self
+            .queues
+            .iter_mut()
+            .enumerate()
+            .find_map(|(queue, q)| Some((queue as QueueId, q.fresh.remove(key)?)))?;
         self.jobs.insert(key, fresh_job(queue, priority, &job));
         Some(queue)
     }

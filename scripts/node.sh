@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Starts a local one-node raftq cluster: gRPC on 127.0.0.1:7400, data in
-# ./raftq-data. Extra arguments go to queue-node (see --help).
+# Starts a local one-node raftq cluster: clients on 127.0.0.1:7400, peers
+# and ClusterAdmin on 127.0.0.1:7401, data in ./raftq-data. Loopback only,
+# without TLS or auth (see docs/SECURITY.md to turn them on). Extra
+# arguments go to queue-node (see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh

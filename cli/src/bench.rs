@@ -10,12 +10,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::ConnArgs;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use raftq_client::proto as pb;
 use raftq_client::Client;
+use raftq_client::ConnectOptions;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -71,6 +73,10 @@ pub struct BenchArgs {
     /// Start this many local nodes (1, 3 or 5) instead of using --addr.
     #[arg(long)]
     spawn: Option<usize>,
+    /// With --spawn: run the nodes with TLS on both ports and auth (a
+    /// fresh CA, node certificate and token), to measure what they cost.
+    #[arg(long, requires = "spawn")]
+    secure: bool,
     /// With --spawn: shards per node.
     #[arg(long, default_value_t = 1)]
     shards: u32,
@@ -111,7 +117,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Local nodes started for the run; killed and removed on drop.
 struct Spawned {
     children: Vec<Child>,
-    addrs: Vec<String>,
+    /// Peer ports.
+    peer_addrs: Vec<String>,
+    /// With --secure: how to connect.
+    options: Option<ConnectOptions>,
     _dir: tempfile::TempDir,
 }
 
@@ -180,18 +189,29 @@ fn spawn_nodes(args: &BenchArgs, count: usize) -> anyhow::Result<Spawned> {
     let addrs = (0..count)
         .map(|_| free_addr())
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let members = addrs
+    let peer_addrs = (0..count)
+        .map(|_| free_addr())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let secure = match args.secure {
+        true => Some(crate::certs::DevCerts::create(
+            dir.path(),
+            &["127.0.0.1", "localhost"],
+        )?),
+        false => None,
+    };
+    let members = peer_addrs
         .iter()
         .enumerate()
         .map(|(i, a)| format!("{}={a}", i + 1))
         .collect::<Vec<_>>()
         .join(",");
     let mut children = Vec::new();
-    for (i, addr) in addrs.iter().enumerate() {
+    for (i, (addr, peer_addr)) in addrs.iter().zip(&peer_addrs).enumerate() {
         let data: PathBuf = dir.path().join(format!("node{}", i + 1));
         let log = std::fs::File::create(dir.path().join(format!("node{}.log", i + 1)))?;
         let mut cmd = Command::new(&exe);
         cmd.args(["--node-id", &(i + 1).to_string(), "--listen", addr])
+            .args(["--peer-listen", peer_addr])
             .arg("--data-dir")
             .arg(&data)
             .args([
@@ -210,6 +230,16 @@ fn spawn_nodes(args: &BenchArgs, count: usize) -> anyhow::Result<Spawned> {
             .args(["--log", "warn"])
             .stdout(Stdio::null())
             .stderr(log);
+        if let Some(certs) = &secure {
+            cmd.arg("--tls-cert")
+                .arg(&certs.node_cert)
+                .arg("--tls-key")
+                .arg(&certs.node_key)
+                .arg("--tls-ca")
+                .arg(&certs.ca_cert)
+                .arg("--auth-file")
+                .arg(&certs.auth_file);
+        }
         if let Some(v) = args.max_batch_ops {
             cmd.args(["--max-batch-ops", &v.to_string()]);
         }
@@ -227,9 +257,11 @@ fn spawn_nodes(args: &BenchArgs, count: usize) -> anyhow::Result<Spawned> {
                 .with_context(|| format!("starting {}", exe.display()))?,
         );
     }
+    let options = secure.map(|c| c.options()).transpose()?;
     Ok(Spawned {
         children,
-        addrs,
+        peer_addrs,
+        options,
         _dir: dir,
     })
 }
@@ -242,10 +274,17 @@ struct Router {
 }
 
 impl Router {
-    async fn discover(addr: &str, connections: usize) -> anyhow::Result<Router> {
+    /// Finds each shard's leader through the peer port at `peer_addr`,
+    /// and connects to the leaders' client ports.
+    async fn discover(
+        peer_addr: &str,
+        options: &ConnectOptions,
+        connections: usize,
+    ) -> anyhow::Result<Router> {
+        let addr = peer_addr;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(router) = Router::try_discover(addr, connections).await {
+            if let Some(router) = Router::try_discover(addr, options, connections).await {
                 return Ok(router);
             }
             if Instant::now() > deadline {
@@ -255,8 +294,12 @@ impl Router {
         }
     }
 
-    async fn try_discover(addr: &str, connections: usize) -> Option<Router> {
-        let client = Client::connect(addr).await.ok()?;
+    async fn try_discover(
+        addr: &str,
+        options: &ConnectOptions,
+        connections: usize,
+    ) -> Option<Router> {
+        let client = Client::connect_with(addr, options.clone()).await.ok()?;
         let status = client
             .cluster()
             .status(pb::ClusterStatusRequest {})
@@ -276,9 +319,25 @@ impl Router {
                 .addr
                 .clone();
             if !by_addr.contains_key(&leader_addr) {
+                // The membership holds peer addresses: ask the leader for
+                // its client port.
+                let leader = Client::connect_with(&leader_addr, options.clone())
+                    .await
+                    .ok()?;
+                let client_addr = leader
+                    .cluster()
+                    .status(pb::ClusterStatusRequest {})
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .client_addr;
                 let mut pool = Vec::with_capacity(connections);
                 for _ in 0..connections {
-                    pool.push(Client::connect(&leader_addr).await.ok()?);
+                    pool.push(
+                        Client::connect_with(&client_addr, options.clone())
+                            .await
+                            .ok()?,
+                    );
                 }
                 by_addr.insert(leader_addr.clone(), pool);
             }
@@ -558,7 +617,7 @@ async fn prefill(
     Ok(())
 }
 
-pub async fn run(args: BenchArgs, addr: &str) -> anyhow::Result<()> {
+pub async fn run(args: BenchArgs, conn: &ConnArgs) -> anyhow::Result<()> {
     if args.fetch_batch == 0
         || args.ack_batch == 0
         || args.enqueue_batch == 0
@@ -573,12 +632,15 @@ pub async fn run(args: BenchArgs, addr: &str) -> anyhow::Result<()> {
         Some(n) => Some(spawn_nodes(&args, n)?),
         None => None,
     };
-    let target = spawned
-        .as_ref()
-        .map(|s| s.addrs[0].clone())
-        .unwrap_or_else(|| addr.to_string());
+    let (target, options) = match &spawned {
+        Some(s) => (
+            s.peer_addrs[0].clone(),
+            s.options.clone().unwrap_or_default(),
+        ),
+        None => (conn.peer_addr.clone(), conn.options()?),
+    };
     eprintln!("waiting for shard leaders at {target} ...");
-    let router = Arc::new(Router::discover(&target, args.connections).await?);
+    let router = Arc::new(Router::discover(&target, &options, args.connections).await?);
     let queues = queue_names(args.queues);
     let payload = Bytes::from(vec![b'x'; args.payload]);
 

@@ -1,6 +1,7 @@
 //! `raftq`: the command-line tool for raftq queues, jobs and clusters.
 
 mod bench;
+mod certs;
 
 use std::io::{BufRead, Write};
 use std::process::{ExitCode, Stdio};
@@ -11,7 +12,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use raftq_client::proto as pb;
-use raftq_client::{Client, JobSpec, RetryPolicy, Worker};
+use std::path::PathBuf;
+
+use raftq_client::{Client, ConnectOptions, JobSpec, RetryPolicy, TlsOptions, Worker};
 use tokio::io::AsyncWriteExt;
 
 #[derive(Debug, Parser)]
@@ -21,16 +24,93 @@ use tokio::io::AsyncWriteExt;
     about = "Command-line tool for raftq, the replicated job queue"
 )]
 struct Cli {
-    /// Address of any raftq node.
+    #[command(flatten)]
+    conn: ConnArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnArgs {
+    /// Client port of any raftq node.
     #[arg(
         long,
         global = true,
         env = "RAFTQ_ADDR",
-        default_value = "http://127.0.0.1:7400"
+        default_value = "127.0.0.1:7400"
     )]
-    addr: String,
-    #[command(subcommand)]
-    command: Command,
+    pub addr: String,
+    /// Peer port of any raftq node: `cluster` commands go there.
+    #[arg(
+        long,
+        global = true,
+        env = "RAFTQ_PEER_ADDR",
+        default_value = "127.0.0.1:7401"
+    )]
+    pub peer_addr: String,
+    /// Connect with TLS (implied by --ca-cert and --client-cert).
+    #[arg(long, global = true, env = "RAFTQ_TLS")]
+    pub tls: bool,
+    /// The CA that signed the node's certificate (PEM); default: the
+    /// system's roots.
+    #[arg(long, global = true, env = "RAFTQ_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// A client certificate (PEM), for nodes that identify callers by it.
+    #[arg(
+        long,
+        global = true,
+        env = "RAFTQ_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    #[arg(
+        long,
+        global = true,
+        env = "RAFTQ_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+    /// The name the node's certificate must carry, when it is not the
+    /// host connected to.
+    #[arg(long, global = true, env = "RAFTQ_TLS_DOMAIN")]
+    pub tls_domain: Option<String>,
+    /// A bearer token for nodes with auth on.
+    #[arg(long, global = true, env = "RAFTQ_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ConnArgs {
+    pub fn options(&self) -> anyhow::Result<ConnectOptions> {
+        let mut options = ConnectOptions::new();
+        if self.tls || self.ca_cert.is_some() || self.client_cert.is_some() {
+            let mut tls = TlsOptions::new();
+            if let Some(path) = &self.ca_cert {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("reading --ca-cert {}", path.display()))?;
+                tls = tls.ca_cert_pem(pem);
+            }
+            if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+                let cert_pem = std::fs::read(cert)
+                    .with_context(|| format!("reading --client-cert {}", cert.display()))?;
+                let key_pem = std::fs::read(key)
+                    .with_context(|| format!("reading --client-key {}", key.display()))?;
+                tls = tls.client_identity_pem(cert_pem, key_pem);
+            }
+            if let Some(domain) = &self.tls_domain {
+                tls = tls.domain(domain.clone());
+            }
+            options = options.tls(tls);
+        }
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
+        Ok(options)
+    }
+
+    pub async fn connect(&self, addr: &str) -> anyhow::Result<Client> {
+        Ok(Client::connect_with(addr, self.options()?).await?)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,6 +135,18 @@ enum Command {
     /// Pause, resume or purge a queue, or change its defaults.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Write a CA, a node certificate, a client certificate, an admin token
+    /// and an auth file to a directory: TLS and auth on one machine in one
+    /// step (`queue-node --tls-cert DIR/node.pem --tls-key DIR/node-key.pem
+    /// --tls-ca DIR/ca.pem --auth-file DIR/auth.yaml`).
+    DevCerts {
+        /// Where to write them.
+        #[arg(long, default_value = "raftq-dev-certs")]
+        out: PathBuf,
+        /// Names the node certificate is valid for.
+        #[arg(long = "host", default_values_t = ["127.0.0.1".to_string(), "localhost".to_string()])]
+        hosts: Vec<String>,
+    },
     /// Cluster membership and Raft status.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -348,9 +440,34 @@ macro_rules! call {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Bench(args) = cli.command {
-        return bench::run(args, &cli.addr).await;
+        return bench::run(args, &cli.conn).await;
     }
-    let client = Client::connect(&cli.addr).await?;
+    if let Command::DevCerts { out, hosts } = &cli.command {
+        let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        let certs = certs::DevCerts::create(out, &hosts)?;
+        println!(
+            "wrote a CA, node and client certificates and an admin token to {}",
+            out.display()
+        );
+        println!(
+            "start a node:  queue-node --tls-cert {} --tls-key {} --tls-ca {} --auth-file {}",
+            certs.node_cert.display(),
+            certs.node_key.display(),
+            certs.ca_cert.display(),
+            certs.auth_file.display()
+        );
+        println!(
+            "connect:       RAFTQ_TOKEN=$(cat {}) raftq --ca-cert {} stats",
+            certs.token_file.display(),
+            certs.ca_cert.display()
+        );
+        return Ok(());
+    }
+    let addr = match cli.command {
+        Command::Cluster(_) => &cli.conn.peer_addr,
+        _ => &cli.conn.addr,
+    };
+    let client = cli.conn.connect(addr).await?;
     match cli.command {
         Command::Enqueue(args) => enqueue(&client, args).await?,
         Command::Work(args) => work(client, args).await?,
@@ -490,7 +607,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Cluster(ClusterCommand::Status) => {
             let s = call!(client, cluster, status, pb::ClusterStatusRequest {}).into_inner();
-            println!("node {} at {}", s.node_id, s.addr);
+            println!(
+                "node {} at {} (clients: {})",
+                s.node_id, s.addr, s.client_addr
+            );
             for shard in s.shards {
                 let leader = if shard.has_leader {
                     shard.leader_id.to_string()
@@ -526,7 +646,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             println!("node {node_id} is a learner");
         }
-        Command::Bench(_) => bail!("bench runs before connecting; this line is never reached"),
+        Command::Bench(_) | Command::DevCerts { .. } => {
+            bail!("bench and dev-certs run before connecting; this line is never reached")
+        }
         Command::Cluster(ClusterCommand::ChangeMembership { voters, retain }) => {
             call!(
                 client,
@@ -595,6 +717,9 @@ fn describe(e: &anyhow::Error) -> String {
 
 fn status_text(status: &tonic::Status) -> String {
     use tonic::Code;
+    if let Some(hint) = raftq_client::connection_hint(status) {
+        return hint;
+    }
     let message = status.message();
     let message = if message.is_empty() {
         "the server gave no reason"

@@ -34,8 +34,8 @@ mod producer;
 mod retry;
 mod worker;
 
-pub use client::Client;
-pub use error::Error;
+pub use client::{Client, ConnectOptions, Credentials, TlsOptions, Transport};
+pub use error::{connection_hint, Error};
 pub use producer::{JobSpec, Producer};
 pub use raftq_api::v1 as proto;
 pub use retry::RetryPolicy;

@@ -137,6 +137,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             instance: Some(args.identity.clone()),
         },
         metrics: metrics.clone(),
+        operator_namespace: args.lease_namespace.clone(),
     });
     let mut controllers = Vec::new();
     for ns in &namespaces {

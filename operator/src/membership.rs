@@ -350,7 +350,7 @@ impl Default for GrpcNodeAdmin {
                     name = q.name,
                     ordinal = id - 1,
                     ns = q.namespace,
-                    port = crate::objects::GRPC_PORT
+                    port = crate::objects::PEER_PORT
                 )
             }),
         }

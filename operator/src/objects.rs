@@ -14,6 +14,10 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec,
     Volume, VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -24,7 +28,10 @@ use sha2::{Digest, Sha256};
 use crate::crd::{Durability, JobQueue};
 use crate::Error;
 
+/// Clients: `Queue`, `QueueAdmin`.
 pub const GRPC_PORT: i32 = 7400;
+/// Nodes and the operator: Raft, `ClusterAdmin`, forwarded requests.
+pub const PEER_PORT: i32 = 7401;
 pub const HTTP_PORT: i32 = 9400;
 /// Where the rendered node config is mounted in the pod.
 const CONFIG_DIR: &str = "/etc/raftq";
@@ -42,6 +49,7 @@ pub struct Names {
     pub client_service: String,
     pub stateful_set: String,
     pub pdb: String,
+    pub network_policy: String,
 }
 
 pub fn names(jq: &JobQueue) -> Names {
@@ -51,6 +59,7 @@ pub fn names(jq: &JobQueue) -> Names {
         peer_service: format!("{name}-peers"),
         client_service: name.clone(),
         stateful_set: name.clone(),
+        network_policy: format!("{name}-peers"),
         pdb: name,
     }
 }
@@ -91,12 +100,13 @@ fn metadata(jq: &JobQueue, name: &str) -> Result<ObjectMeta, Error> {
     })
 }
 
-/// The gRPC address of pod `ordinal` as its peers reach it.
+/// The peer address of pod `ordinal`: where other nodes and the operator
+/// reach it.
 pub fn node_addr(jq: &JobQueue, ordinal: u32) -> String {
     let n = names(jq);
     let ns = jq.namespace().unwrap_or_else(|| "default".into());
     format!(
-        "{}-{ordinal}.{}.{ns}.svc:{GRPC_PORT}",
+        "{}-{ordinal}.{}.{ns}.svc:{PEER_PORT}",
         n.stateful_set, n.peer_service
     )
 }
@@ -116,6 +126,7 @@ pub fn node_config_yaml(jq: &JobQueue) -> Result<String, Error> {
     let mut config = serde_json::json!({
         "data_dir": DATA_DIR,
         "listen": format!("0.0.0.0:{GRPC_PORT}"),
+        "peer_listen": format!("0.0.0.0:{PEER_PORT}"),
         "http_listen": format!("0.0.0.0:{HTTP_PORT}"),
         // The operator bootstraps and grows the cluster through the admin API.
         "join": true,
@@ -214,8 +225,19 @@ fn grpc_port() -> ServicePort {
     }
 }
 
+fn peer_port() -> ServicePort {
+    ServicePort {
+        name: Some("peer".into()),
+        port: PEER_PORT,
+        target_port: Some(IntOrString::String("peer".into())),
+        app_protocol: Some("kubernetes.io/h2c".into()),
+        ..ServicePort::default()
+    }
+}
+
 /// Headless: stable DNS per pod for Raft traffic, published before the pods
-/// are ready (a node must reach its peers to become ready at all).
+/// are ready (a node must reach its peers to become ready at all). Only the
+/// peer port: clients use the client Service.
 pub fn peer_service(jq: &JobQueue) -> Result<Service, Error> {
     Ok(Service {
         metadata: metadata(jq, &names(jq).peer_service)?,
@@ -223,7 +245,7 @@ pub fn peer_service(jq: &JobQueue) -> Result<Service, Error> {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),
             selector: Some(selector_labels(jq)),
-            ports: Some(vec![grpc_port()]),
+            ports: Some(vec![peer_port()]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -287,6 +309,55 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// Who may reach the queue's pods: anyone the cluster's network lets in on
+/// the client and metrics ports; on the peer port (Raft, ClusterAdmin)
+/// only the queue's own pods and the operator's.
+pub fn network_policy(jq: &JobQueue, operator_namespace: &str) -> Result<NetworkPolicy, Error> {
+    let port = |p: i32| NetworkPolicyPort {
+        port: Some(IntOrString::Int(p)),
+        protocol: Some("TCP".into()),
+        ..NetworkPolicyPort::default()
+    };
+    let pods = |labels: BTreeMap<String, String>| LabelSelector {
+        match_labels: Some(labels),
+        ..LabelSelector::default()
+    };
+    Ok(NetworkPolicy {
+        metadata: metadata(jq, &names(jq).network_policy)?,
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(pods(selector_labels(jq))),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    ports: Some(vec![port(GRPC_PORT), port(HTTP_PORT)]),
+                    from: None,
+                },
+                NetworkPolicyIngressRule {
+                    ports: Some(vec![port(PEER_PORT)]),
+                    from: Some(vec![
+                        NetworkPolicyPeer {
+                            pod_selector: Some(pods(selector_labels(jq))),
+                            ..NetworkPolicyPeer::default()
+                        },
+                        NetworkPolicyPeer {
+                            namespace_selector: Some(pods(BTreeMap::from([(
+                                "kubernetes.io/metadata.name".to_string(),
+                                operator_namespace.to_string(),
+                            )]))),
+                            pod_selector: Some(pods(BTreeMap::from([(
+                                "app.kubernetes.io/name".to_string(),
+                                "raftq-operator".to_string(),
+                            )]))),
+                            ..NetworkPolicyPeer::default()
+                        },
+                    ]),
+                },
+            ]),
+            ..NetworkPolicySpec::default()
+        }),
+    })
+}
+
 /// `replicas` is the StatefulSet size the membership plan allows now: during
 /// a scale-down it stays above the spec until the removed nodes left Raft.
 pub fn stateful_set(jq: &JobQueue, replicas: i32) -> Result<StatefulSet, Error> {
@@ -313,6 +384,14 @@ pub fn stateful_set(jq: &JobQueue, replicas: i32) -> Result<StatefulSet, Error> 
             env(
                 "RAFTQ_ADVERTISE",
                 &format!(
+                    "$(POD_NAME).{}.{}.svc:{PEER_PORT}",
+                    n.peer_service,
+                    jq.namespace().unwrap_or_else(|| "default".into())
+                ),
+            ),
+            env(
+                "RAFTQ_CLIENT_ADVERTISE",
+                &format!(
                     "$(POD_NAME).{}.{}.svc:{GRPC_PORT}",
                     n.peer_service,
                     jq.namespace().unwrap_or_else(|| "default".into())
@@ -324,6 +403,11 @@ pub fn stateful_set(jq: &JobQueue, replicas: i32) -> Result<StatefulSet, Error> 
             ContainerPort {
                 name: Some("grpc".into()),
                 container_port: GRPC_PORT,
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("peer".into()),
+                container_port: PEER_PORT,
                 ..ContainerPort::default()
             },
             ContainerPort {
@@ -345,7 +429,7 @@ pub fn stateful_set(jq: &JobQueue, replicas: i32) -> Result<StatefulSet, Error> 
                         "step-down".into(),
                         "--drain-workers".into(),
                         "--addr".into(),
-                        format!("127.0.0.1:{GRPC_PORT}"),
+                        format!("127.0.0.1:{PEER_PORT}"),
                     ]),
                 }),
                 ..LifecycleHandler::default()
@@ -561,6 +645,8 @@ mod tests {
         let spec = peer_service(&queue(3, 1)).expect("svc").spec.expect("spec");
         assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
         assert_eq!(spec.publish_not_ready_addresses, Some(true));
+        let peer_ports: Vec<i32> = spec.ports.expect("ports").iter().map(|p| p.port).collect();
+        assert_eq!(peer_ports, [PEER_PORT], "only the peer port");
         let client = client_service(&queue(3, 1))
             .expect("svc")
             .spec
@@ -571,7 +657,7 @@ mod tests {
             .iter()
             .map(|p| p.port)
             .collect();
-        assert_eq!(ports, [GRPC_PORT, HTTP_PORT]);
+        assert_eq!(ports, [GRPC_PORT, HTTP_PORT], "never the peer port");
     }
 
     #[test]
@@ -611,7 +697,7 @@ mod tests {
         );
         assert_eq!(
             env["RAFTQ_ADVERTISE"].value.as_deref(),
-            Some("$(POD_NAME).orders-peers.shop.svc:7400")
+            Some("$(POD_NAME).orders-peers.shop.svc:7401")
         );
         let ready = c.readiness_probe.as_ref().expect("readiness");
         assert_eq!(

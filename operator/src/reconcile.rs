@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -38,6 +39,9 @@ pub struct Context {
     /// its own event rather than a repeat count on the first one).
     pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
+    /// The operator's own namespace: the queues' NetworkPolicies admit its
+    /// pods to the peer port.
+    pub operator_namespace: String,
 }
 
 pub async fn reconcile(jq: Arc<JobQueue>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -219,6 +223,14 @@ async fn apply_objects(jq: &JobQueue, ctx: &Context, replicas: i32) -> Result<()
         &ns,
         &names.client_service,
         &objects::client_service(jq)?,
+        &params,
+    )
+    .await?;
+    server_side_apply::<NetworkPolicy>(
+        client,
+        &ns,
+        &names.network_policy,
+        &objects::network_policy(jq, &ctx.operator_namespace)?,
         &params,
     )
     .await?;

@@ -37,14 +37,22 @@ impl Drop for Pod {
     }
 }
 
-fn start_pod(config: &std::path::Path, data: &std::path::Path, ordinal: u32, port: u16) -> Pod {
+fn start_pod(
+    config: &std::path::Path,
+    data: &std::path::Path,
+    ordinal: u32,
+    port: u16,
+    client_port: u16,
+) -> Pod {
     let child = Command::new(queue_node_bin())
         .arg("--config")
         .arg(config)
         .arg("--data-dir")
         .arg(data.join(format!("pod-{ordinal}")))
-        // The pod listens on 0.0.0.0:7400; on one machine each needs a port.
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+        // The pod listens on 0.0.0.0:7400 and :7401; on one machine each
+        // needs ports of its own. The operator speaks to the peer port.
+        .args(["--listen", &format!("127.0.0.1:{client_port}")])
+        .args(["--peer-listen", &format!("127.0.0.1:{port}")])
         .args(["--http-listen", "127.0.0.1:0"])
         .env("RAFTQ_POD_INDEX", ordinal.to_string())
         .env("RAFTQ_ADVERTISE", format!("127.0.0.1:{port}"))
@@ -112,9 +120,18 @@ async fn grow_to_three_then_shrink_to_one_keeps_every_job() {
     )
     .expect("write config");
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let ports_by_id: BTreeMap<u64, u16> = (1..=3).zip(ports.iter().copied()).collect();
     let mut pods: Vec<Option<Pod>> = (0..3)
-        .map(|i| Some(start_pod(&config, dir.path(), i, ports[i as usize])))
+        .map(|i| {
+            Some(start_pod(
+                &config,
+                dir.path(),
+                i,
+                ports[i as usize],
+                client_ports[i as usize],
+            ))
+        })
         .collect();
     let by_id = Arc::new(ports_by_id);
     let admin = GrpcNodeAdmin {
@@ -157,7 +174,7 @@ async fn grow_to_three_then_shrink_to_one_keeps_every_job() {
     }
 
     // Jobs on both shards, through the highest pod (it forwards to leaders).
-    let client = Client::connect(&format!("127.0.0.1:{}", ports[2]))
+    let client = Client::connect(&format!("127.0.0.1:{}", client_ports[2]))
         .await
         .expect("connect");
     let producer = client.producer();
@@ -177,7 +194,7 @@ async fn grow_to_three_then_shrink_to_one_keeps_every_job() {
     pods[1].take();
     pods[2].take();
 
-    let client = Client::connect(&format!("127.0.0.1:{}", ports[0]))
+    let client = Client::connect(&format!("127.0.0.1:{}", client_ports[0]))
         .await
         .expect("connect");
     for q in queues {

@@ -169,6 +169,7 @@ impl FakeNodes {
         pb::ClusterStatus {
             node_id: id,
             addr: format!("node-{id}"),
+            client_addr: format!("node-{id}-client"),
             shards: (0..m.shards)
                 .map(|shard| pb::ShardStatus {
                     shard,
@@ -266,6 +267,7 @@ fn context(client: Client, nodes: Arc<FakeNodes>) -> Arc<Context> {
         failures: Default::default(),
         nodes,
         metrics: Arc::new(Metrics::default()),
+        operator_namespace: "raftq-system".into(),
     })
 }
 
@@ -360,6 +362,7 @@ async fn create_applies_every_object_bootstraps_and_grows_to_three() {
             "/namespaces/shop/configmaps/orders-config",
             "/namespaces/shop/services/orders-peers",
             "/namespaces/shop/services/orders",
+            "/namespaces/shop/networkpolicies/orders-peers",
             "/namespaces/shop/statefulsets/orders",
             "/namespaces/shop/poddisruptionbudgets/orders",
         ] {

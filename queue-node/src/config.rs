@@ -16,9 +16,19 @@ use crate::store::Durability;
 pub struct NodeConfig {
     pub node_id: NodeId,
     pub data_dir: PathBuf,
-    /// Address the gRPC server binds (port 0 = any free port).
+    /// Where clients connect: the `Queue` and `QueueAdmin` services
+    /// (port 0 = any free port).
     pub listen: String,
-    /// Address peers and forwarded clients use; defaults to the bound address.
+    /// The address of the client port clients use (reported by
+    /// `ClusterAdmin.Status`); defaults to the bound client address.
+    pub client_advertise: Option<String>,
+    /// Where other nodes and cluster administrators connect: the Raft
+    /// transport, `ClusterAdmin` and requests forwarded to a shard's
+    /// leader. Keep it off the clients' network (the operator's
+    /// NetworkPolicy does).
+    pub peer_listen: String,
+    /// The address of the peer port other nodes use (the address in the
+    /// shards' membership); defaults to the bound peer address.
     pub advertise: Option<String>,
     /// Where `/healthz`, `/readyz` and `/metrics` are served; none when unset.
     pub http_listen: Option<String>,
@@ -35,6 +45,96 @@ pub struct NodeConfig {
     pub raft: RaftTimings,
     pub queue_defaults: QueueDefaultsConfig,
     pub memory: MemoryConfig,
+    /// TLS on both ports: server TLS for clients, mutual TLS between
+    /// nodes. Off when unset.
+    pub tls: Option<TlsConfig>,
+    /// Who may call what. Unset: every caller may do everything.
+    pub auth: Option<AuthConfig>,
+    /// Refuse to start when a port listens beyond loopback without TLS
+    /// or without auth (`--require-auth`).
+    pub require_auth: bool,
+    pub limits: LimitsConfig,
+}
+
+/// Certificates, all PEM files, re-read when they change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// This node's certificate chain, served on both ports and presented
+    /// to other nodes. Its names must cover the address others use.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The cluster CA: other nodes' certificates, and clients'
+    /// certificates, must be signed by it.
+    pub ca_file: PathBuf,
+    /// Client certificates on the client port: `none`, `optional` (a
+    /// certificate, when given, identifies the caller) or `required`.
+    #[serde(default)]
+    pub client_certs: ClientCerts,
+    /// Names (DNS or IP) a peer's certificate may carry besides the hosts
+    /// in the shards' membership, so that nodes not yet members (a new
+    /// node joining) are trusted. The operator lists every pod's name.
+    #[serde(default)]
+    pub peer_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCerts {
+    #[default]
+    None,
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The principals, their token hashes and their grants (YAML; see
+    /// docs/SECURITY.md), re-read when it changes.
+    pub file: PathBuf,
+}
+
+/// Limits against callers that hold resources without using them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Open connections per port; further connections are closed at once.
+    pub max_connections: u32,
+    /// Concurrent gRPC streams (calls) per connection.
+    pub max_streams_per_connection: u32,
+    /// A connection that sends nothing for this long is closed (HTTP/2
+    /// keepalive answers count, so a healthy idle client stays).
+    pub idle_timeout_ms: u64,
+    /// The server pings every connection this often ...
+    pub keepalive_interval_ms: u64,
+    /// ... and closes it when a ping is not answered within this.
+    pub keepalive_timeout_ms: u64,
+    /// A TLS handshake must complete within this.
+    pub handshake_timeout_ms: u64,
+    /// A worker stream must send its `open` frame within this.
+    pub open_timeout_ms: u64,
+    /// Calls per second per principal on the client port; past it,
+    /// RESOURCE_EXHAUSTED. 0 = no limit.
+    pub requests_per_second_per_principal: u32,
+    /// Largest message between nodes (entries, snapshot chunks).
+    pub peer_message_mib: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 4096,
+            max_streams_per_connection: 1024,
+            idle_timeout_ms: 120_000,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 10_000,
+            handshake_timeout_ms: 10_000,
+            open_timeout_ms: 30_000,
+            requests_per_second_per_principal: 0,
+            peer_message_mib: 512,
+        }
+    }
 }
 
 /// What the node may hold in memory, part by part, in MiB. A part left
@@ -112,6 +212,8 @@ impl Default for NodeConfig {
             node_id: 1,
             data_dir: PathBuf::from("raftq-data"),
             listen: "127.0.0.1:7400".into(),
+            client_advertise: None,
+            peer_listen: "127.0.0.1:7401".into(),
             advertise: None,
             http_listen: None,
             initial_members: BTreeMap::new(),
@@ -122,6 +224,10 @@ impl Default for NodeConfig {
             raft: RaftTimings::default(),
             queue_defaults: QueueDefaultsConfig::default(),
             memory: MemoryConfig::default(),
+            tls: None,
+            auth: None,
+            require_auth: false,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -240,6 +346,30 @@ impl NodeConfig {
             return invalid(
                 "memory.requests_mib must be at least 1: no enqueue could be taken".into(),
             );
+        }
+        let l = &self.limits;
+        if l.max_connections == 0
+            || l.max_streams_per_connection == 0
+            || l.idle_timeout_ms == 0
+            || l.keepalive_interval_ms == 0
+            || l.keepalive_timeout_ms == 0
+            || l.handshake_timeout_ms == 0
+            || l.open_timeout_ms == 0
+            || l.peer_message_mib == 0
+        {
+            return invalid("limits: every limit but requests_per_second_per_principal must be > 0 (a 0 would refuse every caller)".into());
+        }
+        if l.idle_timeout_ms <= l.keepalive_interval_ms {
+            return invalid(format!(
+                "limits.idle_timeout_ms ({}) must be longer than limits.keepalive_interval_ms ({}): idle clients answering pings would be closed",
+                l.idle_timeout_ms, l.keepalive_interval_ms
+            ));
+        }
+        if self.listen == self.peer_listen && !self.listen.ends_with(":0") {
+            return invalid(format!(
+                "listen and peer_listen are both {}: the client port and the peer port must differ",
+                self.listen
+            ));
         }
         if let Some(n) = self
             .memory

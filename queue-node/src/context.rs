@@ -4,7 +4,7 @@
 //!
 //! Owns routing only; it proposes nothing and reads no job state.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use tonic::transport::Channel;
@@ -14,9 +14,11 @@ use crate::batcher::Batcher;
 use crate::drain::WorkerDrain;
 use crate::forward::{self, Leader};
 use crate::memory::MemoryBudget;
-use crate::network::{peer_channel, CampaignGate};
+use crate::network::CampaignGate;
 use crate::ops::QueueDefaults;
 use crate::raft_types::{NodeId, Raft};
+use crate::security::identity::host_of;
+use crate::security::{Call, Caller, Port, Security};
 use crate::shard::ShardShared;
 use crate::store::Contents;
 
@@ -33,7 +35,10 @@ pub struct ShardHandle {
 /// Everything the gRPC services share.
 pub struct NodeContext {
     pub id: NodeId,
+    /// The peer address, as in the shards' membership.
     pub addr: String,
+    /// Where clients reach this node.
+    pub client_addr: String,
     pub shards: Vec<ShardHandle>,
     pub defaults: QueueDefaults,
     /// Ends worker streams when the node stops.
@@ -45,7 +50,25 @@ pub struct NodeContext {
     pub campaigns: Arc<CampaignGate>,
     /// The memory budgets, and the enqueue backpressure that keeps them.
     pub memory: MemoryBudget,
+    /// TLS, principals and limits: what every handler checks first.
+    pub security: Arc<Security>,
+    /// Hosts of the voters a new cluster starts with: members before any
+    /// membership is known.
+    initial_hosts: Vec<String>,
     peers: Mutex<HashMap<String, Channel>>,
+}
+
+/// Who this node is, for [`NodeContext::new`].
+pub struct NodeIdentity {
+    pub id: NodeId,
+    /// The peer address, as in the shards' membership.
+    pub addr: String,
+    /// Where clients reach this node.
+    pub client_addr: String,
+    /// Started with `--join`.
+    pub joining: bool,
+    /// The peer addresses of a new cluster's voters, this node's included.
+    pub initial_members: Vec<String>,
 }
 
 /// Where a request for a shard goes.
@@ -56,24 +79,59 @@ pub enum Route<'a> {
 
 impl NodeContext {
     pub fn new(
-        id: NodeId,
-        addr: String,
+        identity: NodeIdentity,
         shards: Vec<ShardHandle>,
         defaults: QueueDefaults,
-        joining: bool,
         memory: MemoryBudget,
+        security: Arc<Security>,
     ) -> NodeContext {
         NodeContext {
-            id,
-            addr,
+            id: identity.id,
+            addr: identity.addr,
+            client_addr: identity.client_addr,
             shards,
             defaults,
             workers: WorkerDrain::default(),
-            joining,
+            joining: identity.joining,
             campaigns: Arc::default(),
             memory,
+            security,
+            initial_hosts: identity
+                .initial_members
+                .iter()
+                .map(|addr| host_of(addr).to_owned())
+                .collect(),
             peers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Authenticates the caller of `request` on `port` and checks it may
+    /// make `call` (on `queue`, when the call names one).
+    pub fn authorize<T>(
+        &self,
+        port: Port,
+        request: &Request<T>,
+        call: Call,
+        queue: Option<&str>,
+    ) -> Result<Caller, Status> {
+        self.security
+            .authorize(port, request, call, queue, || self.member_hosts())
+    }
+
+    /// The hosts of every node in any shard's membership, and of the
+    /// initial members: whom a peer certificate must be valid for.
+    pub fn member_hosts(&self) -> BTreeSet<String> {
+        let mut hosts: BTreeSet<String> = self.initial_hosts.iter().cloned().collect();
+        for shard in &self.shards {
+            let metrics = shard.raft.metrics();
+            let m = metrics.borrow();
+            hosts.extend(
+                m.membership_config
+                    .nodes()
+                    .map(|(_, node)| host_of(&node.addr).to_owned()),
+            );
+        }
+        hosts
     }
 
     /// A (cached) channel to another node.
@@ -82,7 +140,10 @@ impl NodeContext {
         if let Some(ch) = peers.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = peer_channel(addr)
+        let ch = self
+            .security
+            .dialer
+            .channel(addr)
             .map_err(|e| Status::unavailable(format!("bad leader address {addr:?}: {e}")))?;
         peers.insert(addr.to_string(), ch.clone());
         Ok(ch)

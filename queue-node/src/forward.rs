@@ -3,8 +3,9 @@
 //! limits and every way a forward can fail reaches the caller as
 //! `UNAVAILABLE` (retry), never as tonic's `UNKNOWN "transport error"`.
 //!
-//! A forwarded request carries [`FORWARDED`] so it is never forwarded a
-//! second time; an all-shard read forwarded for one shard also carries
+//! Forwards go to the leader's peer port. A forwarded request carries the
+//! caller the forwarding node verified (the leader checks its permissions
+//! again), and [`FORWARDED`] so it is never forwarded a second time; an all-shard read forwarded for one shard also carries
 //! [`SHARD`], so the leader answers for that shard only.
 
 use raftq_api::limits::MAX_MESSAGE_BYTES;
@@ -16,6 +17,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use crate::raft_types::NodeId;
+use crate::security::Caller;
 
 /// Set on forwarded requests so they are never forwarded twice.
 const FORWARDED: &str = "x-raftq-forwarded";
@@ -94,18 +96,19 @@ pub fn forwarded_shard(metadata: &MetadataMap) -> Option<u32> {
     metadata.get(SHARD)?.to_str().ok()?.parse().ok()
 }
 
-/// The forwarded copy of a request.
-pub fn forwarded<T>(message: T) -> Request<T> {
+/// The forwarded copy of a request, made for `caller` (whom the leader
+/// checks again).
+pub fn forwarded<T>(message: T, caller: &Caller) -> Request<T> {
     let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(FORWARDED, MetadataValue::from_static("1"));
+    let metadata = request.metadata_mut();
+    metadata.insert(FORWARDED, MetadataValue::from_static("1"));
+    caller.stamp(metadata);
     request
 }
 
 /// The forwarded copy of an all-shard read, for `shard` only.
-pub fn forwarded_for_shard<T>(message: T, shard: u32) -> Request<T> {
-    let mut request = forwarded(message);
+pub fn forwarded_for_shard<T>(message: T, shard: u32, caller: &Caller) -> Request<T> {
+    let mut request = forwarded(message, caller);
     request
         .metadata_mut()
         .insert(SHARD, MetadataValue::from(shard));

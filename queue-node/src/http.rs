@@ -27,9 +27,19 @@ use crate::context::NodeContext;
 pub struct HttpState {
     node: OnceLock<Arc<NodeContext>>,
     starting: Mutex<String>,
+    /// Warnings about ports open beyond loopback without TLS or auth,
+    /// shown on `/readyz`.
+    warnings: Vec<String>,
 }
 
 impl HttpState {
+    pub fn new(warnings: Vec<String>) -> HttpState {
+        HttpState {
+            warnings,
+            ..HttpState::default()
+        }
+    }
+
     /// Says what the starting node is doing (shown by `/readyz`).
     pub fn starting(&self, what: impl Into<String>) {
         *self
@@ -84,10 +94,18 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> (StatusCode, String) {
         Some(ctx) => not_ready(ctx),
         None => Some(format!("starting: {}", state.starting_message())),
     };
-    match why {
-        None => (StatusCode::OK, "ready\n".into()),
-        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+    let mut answer = match &why {
+        None => "ready\n".to_string(),
+        Some(why) => format!("{why}\n"),
+    };
+    for warning in &state.warnings {
+        let _ = writeln!(answer, "warning: {warning}");
     }
+    let code = match why {
+        None => StatusCode::OK,
+        Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (code, answer)
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> axum::response::Response {

@@ -21,6 +21,7 @@ pub mod network;
 pub mod node;
 pub mod ops;
 pub mod raft_types;
+pub mod security;
 pub mod service;
 pub mod shard;
 pub mod store;

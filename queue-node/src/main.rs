@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use raftq_node::config::NodeConfig;
+use raftq_node::config::{AuthConfig, ClientCerts, NodeConfig, TlsConfig};
 use raftq_node::drain::DRAIN_TIMEOUT;
 use raftq_node::store::Durability;
 
@@ -18,8 +18,8 @@ use raftq_node::store::Durability;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Runs a raftq queue node. With no flags: a one-node cluster on
-/// 127.0.0.1:7400 with its data in ./raftq-data.
+/// Runs a raftq queue node. With no flags: a one-node cluster with clients
+/// on 127.0.0.1:7400, peers on 127.0.0.1:7401 and its data in ./raftq-data.
 #[derive(Debug, Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
 struct Args {
@@ -38,12 +38,36 @@ struct Args {
     /// Data directory (RocksDB).
     #[arg(long, env = "RAFTQ_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// gRPC listen address.
+    /// The client port (Queue, QueueAdmin).
     #[arg(long, env = "RAFTQ_LISTEN")]
     listen: Option<String>,
-    /// Address other nodes and forwarded clients use to reach this node.
+    /// The address of the client port clients use.
+    #[arg(long, env = "RAFTQ_CLIENT_ADVERTISE")]
+    client_advertise: Option<String>,
+    /// The peer port (Raft, ClusterAdmin, forwarded requests).
+    #[arg(long, env = "RAFTQ_PEER_LISTEN")]
+    peer_listen: Option<String>,
+    /// The address of the peer port other nodes use to reach this node.
     #[arg(long, env = "RAFTQ_ADVERTISE")]
     advertise: Option<String>,
+    /// This node's certificate (PEM): turns TLS on, on both ports.
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): peers' and clients' certificates must be signed by it.
+    #[arg(long, requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificates on the client port.
+    #[arg(long, value_enum, requires = "tls_cert")]
+    client_certs: Option<ClientCerts>,
+    /// The principals file (tokens' SHA-256 hashes and grants): turns auth on.
+    #[arg(long, env = "RAFTQ_AUTH_FILE")]
+    auth_file: Option<PathBuf>,
+    /// Refuse to start with a port beyond loopback lacking TLS or auth.
+    #[arg(long)]
+    require_auth: bool,
     /// Serve /healthz, /readyz and /metrics over HTTP here, e.g. 127.0.0.1:9400.
     #[arg(long, env = "RAFTQ_HTTP_LISTEN")]
     http_listen: Option<String>,
@@ -79,9 +103,13 @@ enum Command {
     /// Ask a running node to hand the shards it leads to its peers (run
     /// before stopping it; the operator's preStop hook does).
     StepDown {
-        /// The node's gRPC address.
-        #[arg(long, default_value = "127.0.0.1:7400")]
+        /// The node's peer port.
+        #[arg(long, default_value = "127.0.0.1:7401")]
         addr: String,
+        /// The node's config file: with TLS on, the call is made with the
+        /// node's own certificate.
+        #[arg(long, env = "RAFTQ_CONFIG")]
+        config: Option<PathBuf>,
         /// How long to wait for new leaders.
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u32,
@@ -119,9 +147,31 @@ fn config_from(args: &Args) -> anyhow::Result<NodeConfig> {
     if let Some(v) = &args.listen {
         c.listen = v.clone();
     }
+    if let Some(v) = &args.client_advertise {
+        c.client_advertise = Some(v.clone());
+    }
+    if let Some(v) = &args.peer_listen {
+        c.peer_listen = v.clone();
+    }
     if let Some(v) = &args.advertise {
         c.advertise = Some(v.clone());
     }
+    if let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        let peer_names = c.tls.take().map(|t| t.peer_names).unwrap_or_default();
+        c.tls = Some(TlsConfig {
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+            ca_file: ca.clone(),
+            client_certs: args.client_certs.unwrap_or_default(),
+            peer_names,
+        });
+    } else if let (Some(tls), Some(mode)) = (&mut c.tls, args.client_certs) {
+        tls.client_certs = mode;
+    }
+    if let Some(v) = &args.auth_file {
+        c.auth = Some(AuthConfig { file: v.clone() });
+    }
+    c.require_auth |= args.require_auth;
     if let Some(v) = &args.http_listen {
         c.http_listen = Some(v.clone());
     }
@@ -175,18 +225,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
     node.shutdown().await
 }
 
-async fn step_down(addr: &str, timeout_ms: u32, drain_workers: bool) -> anyhow::Result<()> {
+async fn step_down(
+    addr: &str,
+    config: Option<&std::path::Path>,
+    timeout_ms: u32,
+    drain_workers: bool,
+) -> anyhow::Result<()> {
     use raftq_api::v1::cluster_admin_client::ClusterAdminClient;
-    let mut client = ClusterAdminClient::connect(format!("http://{addr}"))
-        .await
-        .with_context(|| format!("cannot reach the node at {addr}"))?;
+    let tls = match config {
+        Some(path) => NodeConfig::from_file(path)?.tls,
+        None => None,
+    };
+    let tls = tls
+        .map(raftq_node::security::tls::TlsState::load)
+        .transpose()?
+        .map(std::sync::Arc::new);
+    let channel = raftq_node::security::dial::Dialer::new(tls)
+        .channel(addr)
+        .with_context(|| format!("bad address {addr}"))?;
+    let mut client = ClusterAdminClient::new(channel);
     let answer = client
         .step_down(raftq_api::v1::StepDownRequest {
             timeout_ms,
             drain_workers,
         })
         .await
-        .map_err(|s| anyhow::anyhow!("step-down refused by {addr}: {}", s.message()))?
+        .map_err(|s| match std::error::Error::source(&s) {
+            // Made by the transport, not sent by the node.
+            Some(cause) => {
+                anyhow::anyhow!("cannot reach the node at {addr} (its peer port): {cause}")
+            }
+            None => anyhow::anyhow!("step-down refused by {addr}: {}", s.message()),
+        })?
         .into_inner();
     for shard in &answer.shards {
         match shard.new_leader_id {
@@ -243,9 +313,15 @@ fn main() -> std::process::ExitCode {
     let result = match &args.command {
         Some(Command::StepDown {
             addr,
+            config,
             timeout_ms,
             drain_workers,
-        }) => runtime.block_on(step_down(addr, *timeout_ms, *drain_workers)),
+        }) => runtime.block_on(step_down(
+            addr,
+            config.as_deref(),
+            *timeout_ms,
+            *drain_workers,
+        )),
         None => runtime.block_on(run(args)),
     };
     match result {

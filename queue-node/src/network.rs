@@ -16,20 +16,14 @@ use raftq_api::v1::raft_transport_server::RaftTransport;
 use raftq_api::v1::{CampaignReply, CampaignRequest, RaftMessage};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::context::NodeContext;
 use crate::raft_types::{NodeId, Raft, TypeConfig};
+use crate::security::dial::Dialer;
+use crate::security::{Call, Port};
 use crate::store::format;
-
-/// A lazily connected channel to a peer, shared by every shard.
-pub fn peer_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(std::time::Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_adaptive_window(true)
-        .connect_lazy())
-}
 
 /// Makes the clients one shard's Raft uses to reach its peers.
 ///
@@ -43,13 +37,15 @@ pub fn peer_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
 #[derive(Clone)]
 pub struct NetworkFactory {
     shard: u32,
+    dialer: Dialer,
     control: Arc<std::sync::Mutex<std::collections::HashMap<String, Channel>>>,
 }
 
 impl NetworkFactory {
-    pub fn new(shard: u32) -> NetworkFactory {
+    pub fn new(shard: u32, dialer: Dialer) -> NetworkFactory {
         NetworkFactory {
             shard,
+            dialer,
             control: Arc::default(),
         }
     }
@@ -59,7 +55,7 @@ impl NetworkFactory {
         if let Some(ch) = channels.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = peer_channel(addr)?;
+        let ch = self.dialer.channel(addr)?;
         channels.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }
@@ -79,6 +75,7 @@ pub struct PeerClient {
     /// This client's own connection, made on first use: entries, snapshots.
     bulk: Option<RaftTransportClient<Channel>>,
     addr: String,
+    dialer: Dialer,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -89,6 +86,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             shard: self.shard,
             target,
             control: self.control_channel(&node.addr).ok().map(transport),
+            dialer: self.dialer.clone(),
             bulk: None,
             addr: node.addr.clone(),
         }
@@ -119,7 +117,7 @@ impl PeerClient {
         let client = match kind {
             RpcKind::Entries | RpcKind::Snapshot => {
                 if self.bulk.is_none() {
-                    self.bulk = peer_channel(&self.addr).ok().map(transport);
+                    self.bulk = self.dialer.channel(&self.addr).ok().map(transport);
                 }
                 self.bulk.as_mut()
             }
@@ -302,8 +300,7 @@ impl CampaignGate {
 
 /// The receiving side: hands each message to the named shard's Raft.
 pub struct TransportService {
-    pub shards: Arc<Vec<Raft>>,
-    pub campaigns: Arc<CampaignGate>,
+    pub ctx: Arc<NodeContext>,
 }
 
 fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T, Status> {
@@ -328,8 +325,10 @@ impl TransportService {
         if let Some(why) = format::refuse_message(msg.format, readable) {
             return Err(Status::failed_precondition(why));
         }
-        self.shards
+        self.ctx
+            .shards
             .get(msg.shard as usize)
+            .map(|s| &s.raft)
             .ok_or_else(|| Status::not_found(format!("this node has no shard {}", msg.shard)))
     }
 }
@@ -340,6 +339,7 @@ impl RaftTransport for TransportService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.ctx.authorize(Port::Peer, &request, Call::Raft, None)?;
         let msg = request.into_inner();
         let raft = self.shard(&msg, format::ENTRY_FORMAT)?;
         let req: AppendEntriesRequest<TypeConfig> = decode(&msg.data)?;
@@ -347,6 +347,7 @@ impl RaftTransport for TransportService {
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.ctx.authorize(Port::Peer, &request, Call::Raft, None)?;
         let msg = request.into_inner();
         let raft = self.shard(&msg, format::ENTRY_FORMAT)?;
         let req: VoteRequest<NodeId> = decode(&msg.data)?;
@@ -357,6 +358,7 @@ impl RaftTransport for TransportService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.ctx.authorize(Port::Peer, &request, Call::Raft, None)?;
         let msg = request.into_inner();
         let raft = self.shard(&msg, format::SNAPSHOT_FORMAT)?;
         let req = decode_snapshot_chunk(&msg.data)?;
@@ -367,16 +369,19 @@ impl RaftTransport for TransportService {
         &self,
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignReply>, Status> {
+        self.ctx.authorize(Port::Peer, &request, Call::Raft, None)?;
         let req = request.into_inner();
-        if !self.campaigns.is_open() {
+        if !self.ctx.campaigns.is_open() {
             return Err(Status::failed_precondition(
                 "this node is handing its leaderships away (it is stopping)",
             ));
         }
         let raft = self
+            .ctx
             .shards
             .get(req.shard as usize)
             .ok_or_else(|| Status::not_found(format!("this node has no shard {}", req.shard)))?
+            .raft
             .clone();
         let term = raft.metrics().borrow().current_term;
         if term != req.term {

@@ -19,10 +19,11 @@ use tokio::task::JoinHandle;
 
 use crate::batcher::Batcher;
 use crate::config::NodeConfig;
-use crate::context::{NodeContext, ShardHandle};
+use crate::context::{NodeContext, NodeIdentity, ShardHandle};
 use crate::memory::{Budgets, MemoryBudget};
 use crate::network::{NetworkFactory, TransportService};
 use crate::raft_types::{NodeId, Raft};
+use crate::security::{Port, Security};
 use crate::service::{ClusterService, QueueAdminService, QueueService};
 use crate::store::log_store::LogStore;
 use crate::store::state_machine::StateMachineStore;
@@ -30,7 +31,10 @@ use crate::store::{health, watermark, ContentCache, Contents, Store, StoreMemory
 
 /// A running node.
 pub struct NodeHandle {
+    /// The client port: `Queue` and `QueueAdmin`.
     pub addr: SocketAddr,
+    /// The peer port: Raft, `ClusterAdmin`, forwarded requests.
+    pub peer_addr: SocketAddr,
     db: std::sync::Weak<rocksdb::DB>,
     data_dir: std::path::PathBuf,
     pub context: Arc<NodeContext>,
@@ -38,6 +42,8 @@ pub struct NodeHandle {
     pub http_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    peer_server: JoinHandle<Result<(), tonic::transport::Error>>,
+    reload: JoinHandle<()>,
     http: Option<JoinHandle<std::io::Result<()>>>,
     watermark: JoinHandle<()>,
     balancer: Option<JoinHandle<()>>,
@@ -50,6 +56,8 @@ impl NodeHandle {
             let _ = stop.send(());
         }
         let served = (&mut self.server).await;
+        let peer_served = (&mut self.peer_server).await;
+        self.reload.abort();
         if let Some(http) = self.http.take() {
             http.abort();
         }
@@ -73,6 +81,9 @@ impl NodeHandle {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         served.context("gRPC server task")?.context("gRPC server")?;
+        peer_served
+            .context("peer gRPC server task")?
+            .context("peer gRPC server")?;
         Ok(())
     }
 
@@ -85,6 +96,9 @@ impl NodeHandle {
             served = &mut self.server => served
                 .context("gRPC server task")?
                 .context("gRPC server"),
+            served = &mut self.peer_server => served
+                .context("peer gRPC server task")?
+                .context("peer gRPC server"),
             failure = shard_failure(&self.context) => Err(failure),
             failure = health::storage_failure(self.db.clone(), self.data_dir.clone()) => {
                 Err(anyhow::anyhow!(failure))
@@ -135,6 +149,15 @@ impl<T> Drop for TaskGuard<T> {
 
 pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     config.validate()?;
+    let exposure = crate::security::exposure::check(&config)?;
+    let security = Arc::new(
+        Security::new(
+            config.tls.clone(),
+            config.auth.clone(),
+            config.limits.clone(),
+        )
+        .context("loading TLS and auth settings")?,
+    );
     let budgets = Budgets::resolve(&config.memory, crate::memory::memory_limit(), config.shards);
     tracing::info!(?budgets, "memory budgets");
     let store = Store::open(
@@ -149,6 +172,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let peer_listener = TcpListener::bind(&config.peer_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (peer_listen)", config.peer_listen))?;
+    let peer_addr = peer_listener.local_addr()?;
     let http_listener = match &config.http_listen {
         Some(http) => Some(
             TcpListener::bind(http)
@@ -159,7 +186,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     };
     // Up before the shards load: a rebuild of a large backlog takes minutes,
     // and a liveness probe must see a live process all along.
-    let http_state = Arc::new(crate::http::HttpState::default());
+    let http_state = Arc::new(crate::http::HttpState::new(exposure.clone()));
     http_state.starting("opening the data directory");
     let (http_addr, http) = match http_listener {
         Some(l) => (
@@ -171,7 +198,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         ),
         None => (None, None),
     };
-    let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| peer_addr.to_string());
     let defaults = config.queue_defaults.to_defaults();
 
     crate::store::format::check_data_dir(&store)?;
@@ -209,7 +239,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         let raft = Raft::new(
             config.node_id,
             raft_config,
-            NetworkFactory::new(id),
+            NetworkFactory::new(id, security.dialer.clone()),
             log,
             sm,
         )
@@ -236,12 +266,25 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         });
     }
 
+    let identity = NodeIdentity {
+        id: config.node_id,
+        addr: advertise.clone(),
+        client_addr: config
+            .client_advertise
+            .clone()
+            .unwrap_or_else(|| addr.to_string()),
+        joining: config.join,
+        initial_members: config
+            .initial_members
+            .values()
+            .cloned()
+            .chain([advertise.clone()])
+            .collect(),
+    };
     let context = Arc::new(NodeContext::new(
-        config.node_id,
-        advertise.clone(),
+        identity,
         shards,
         defaults,
-        config.join,
         MemoryBudget {
             index_bytes: budgets.index,
             content_cache: content_cache.clone(),
@@ -251,6 +294,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             requests: crate::memory::RequestBudget::new(budgets.requests),
             store: store.clone(),
         },
+        security.clone(),
     ));
 
     let watermark_task = tokio::spawn(watermark::run(
@@ -263,44 +307,60 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             .collect(),
     ));
 
-    let rafts = Arc::new(
-        context
-            .shards
-            .iter()
-            .map(|s| s.raft.clone())
-            .collect::<Vec<_>>(),
-    );
     let (stop, stopped) = oneshot::channel::<()>();
-    let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_adaptive_window(Some(true))
-        .add_service(
-            QueueServer::new(QueueService::new(context.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
-            QueueAdminServer::new(QueueAdminService::new(context.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
+    let stopped = futures::FutureExt::shared(async {
+        let _ = stopped.await;
+    });
+    let limits = &config.limits;
+    let server = || {
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_adaptive_window(Some(true))
+            .max_concurrent_streams(Some(limits.max_streams_per_connection))
+            .http2_keepalive_interval(Some(Duration::from_millis(limits.keepalive_interval_ms)))
+            .http2_keepalive_timeout(Some(Duration::from_millis(limits.keepalive_timeout_ms)))
+    };
+    let queue = |port| {
+        QueueServer::new(QueueService::new(context.clone(), port))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    };
+    let admin = |port| {
+        QueueAdminServer::new(QueueAdminService::new(context.clone(), port))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    };
+    let client_router = server()
+        .add_service(queue(Port::Client))
+        .add_service(admin(Port::Client));
+    let peer_message_bytes =
+        usize::try_from(limits.peer_message_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+    // Forwarded requests come in on the peer port.
+    let peer_router = server()
+        .add_service(queue(Port::Peer))
+        .add_service(admin(Port::Peer))
         .add_service(ClusterAdminServer::new(ClusterService::new(
             context.clone(),
         )))
         .add_service(
             RaftTransportServer::new(TransportService {
-                shards: rafts,
-                campaigns: context.campaigns.clone(),
+                ctx: context.clone(),
             })
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX),
+            .max_decoding_message_size(peer_message_bytes)
+            .max_encoding_message_size(peer_message_bytes),
         );
-    // A custom incoming gets none of the builder's TCP settings: without
-    // TCP_NODELAY small responses wait out the client's delayed ACK (40 ms).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-        let _ = stopped.await;
-    }));
+    let incoming = |listener, port, stats| {
+        crate::security::listener::incoming(listener, port, security.tls.clone(), limits, stats)
+    };
+    let server = tokio::spawn(client_router.serve_with_incoming_shutdown(
+        incoming(listener, Port::Client, security.client_conns.clone()),
+        stopped.clone(),
+    ));
+    let peer_server = tokio::spawn(peer_router.serve_with_incoming_shutdown(
+        incoming(peer_listener, Port::Peer, security.peer_conns.clone()),
+        stopped,
+    ));
+    let reload = tokio::spawn(security.clone().watch(RELOAD_EVERY));
 
     http_state.started(context.clone());
 
@@ -313,20 +373,26 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             Duration::from_millis(config.raft.leader_balance_every_ms),
         ))
     });
-    tracing::info!(node_id = config.node_id, %addr, advertise, data_dir = %config.data_dir.display(), "queue-node started");
+    tracing::info!(node_id = config.node_id, %addr, %peer_addr, advertise, tls = security.tls.is_some(), auth = security.auth_enabled(), data_dir = %config.data_dir.display(), "queue-node started");
     Ok(NodeHandle {
         addr,
+        peer_addr,
         db: store.weak(),
         data_dir: config.data_dir.clone(),
         context,
         http_addr,
         stop: Some(stop),
         server,
+        peer_server,
+        reload,
         http: http.and_then(TaskGuard::keep),
         watermark: watermark_task,
         balancer,
     })
 }
+
+/// How often certificates and the auth file are checked for changes.
+const RELOAD_EVERY: Duration = Duration::from_secs(1);
 
 /// Raft settings of one shard. Every node has the same election timeouts:
 /// a leadership hand-over relies on every voter's leader lease (its

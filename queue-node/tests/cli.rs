@@ -20,10 +20,27 @@ fn raftq_bin() -> PathBuf {
     bin
 }
 
-fn raftq(addr: &str, args: &[&str], stdin: Option<&str>) -> Output {
+/// A node's client and peer ports, as the CLI's `--addr` and `--peer-addr`.
+struct Target {
+    addr: String,
+    peer: String,
+}
+
+impl From<&ProcNode> for Target {
+    fn from(node: &ProcNode) -> Target {
+        Target {
+            addr: node.addr.clone(),
+            peer: node.peer_addr.clone(),
+        }
+    }
+}
+
+fn raftq(to: &Target, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(raftq_bin())
         .arg("--addr")
-        .arg(addr)
+        .arg(&to.addr)
+        .arg("--peer-addr")
+        .arg(&to.peer)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -39,7 +56,7 @@ fn raftq(addr: &str, args: &[&str], stdin: Option<&str>) -> Output {
 }
 
 /// Waits until the node at `addr` reports itself leader, through the CLI.
-async fn wait_until_leading(addr: &str) {
+async fn wait_until_leading(addr: &Target) {
     wait_for("the node to lead", Duration::from_secs(30), || async {
         let out = raftq(addr, &["cluster", "status"], None);
         String::from_utf8_lossy(&out.stdout)
@@ -63,7 +80,8 @@ fn ok(out: &Output) -> String {
 async fn cli_tour() {
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
-    let _node = ProcNode::spawn(1, &addr, &dir.path().join("n1"), &format!("1={addr}"));
+    let node = ProcNode::single(1, &addr, &dir.path().join("n1"));
+    let addr = Target::from(&node);
     wait_until_leading(&addr).await;
 
     let ids = ok(&raftq(&addr, &["enqueue", "tour", "hello", "world"], None));
@@ -132,14 +150,19 @@ async fn cli_errors_are_clear_and_exit_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     // No node yet: connection refused.
-    let out = raftq(&addr, &["stats"], None);
+    let nowhere = Target {
+        addr: addr.clone(),
+        peer: format!("127.0.0.1:{}", free_port()),
+    };
+    let out = raftq(&nowhere, &["stats"], None);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("cannot connect"),
         "{out:?}"
     );
 
-    let _node = ProcNode::spawn(1, &addr, &dir.path().join("n1"), &format!("1={addr}"));
+    let node = ProcNode::single(1, &addr, &dir.path().join("n1"));
+    let addr = Target::from(&node);
     wait_until_leading(&addr).await;
     for (args, needle) in [
         (vec!["enqueue", "bad/name", "x"], "contains '/'"),
@@ -175,7 +198,7 @@ async fn cli_errors_are_clear_and_exit_non_zero() {
 async fn cli_on_three_nodes_and_four_shards_from_every_node() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = common::spawn_cluster(dir.path(), 3, &["--shards".into(), "4".into()]);
-    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let addrs: Vec<Target> = nodes.iter().map(Target::from).collect();
     // Wait until every shard has a leader and the leaders sit on at least
     // two nodes (the bootstrap spreads them).
     wait_for("spread shard leaders", Duration::from_secs(60), || async {
@@ -203,7 +226,8 @@ async fn cli_on_three_nodes_and_four_shards_from_every_node() {
                 stats
                     .lines()
                     .any(|l| l.split_whitespace().next() == Some(q.as_str())),
-                "{q} missing from `raftq stats` on {addr}:\n{stats}"
+                "{q} missing from `raftq stats` on {}:\n{stats}",
+                addr.addr
             );
         }
         for id in &ids {

@@ -41,7 +41,11 @@ async fn leader_crash_under_load_loses_nothing() {
     for a in &addrs {
         clients.push(connect(a).await);
     }
-    leader_of(&clients).await;
+    let mut admins = Vec::new();
+    for n in &nodes {
+        admins.push(n.admin().await);
+    }
+    leader_of(&admins).await;
 
     // Workers on every node (followers forward their streams to the leader).
     let delivered: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
@@ -82,7 +86,7 @@ async fn leader_crash_under_load_loses_nothing() {
     let mut attempts_by_node = 0usize;
     for start in (0..JOBS).step_by(BATCH) {
         if start == JOBS / 3 {
-            let leader = leader_of(&clients).await;
+            let leader = leader_of(&admins).await;
             let index = (leader - 1) as usize;
             nodes[index].kill();
             killed = Some(index);
@@ -164,7 +168,7 @@ async fn leader_crash_under_load_loses_nothing() {
     // All three replicas converge on the same applied state.
     wait_for("replicas converge", Duration::from_secs(30), || async {
         let mut applied = Vec::new();
-        for c in &clients {
+        for c in &admins {
             let s = c
                 .cluster()
                 .status(pb::ClusterStatusRequest {})

@@ -18,7 +18,7 @@ const JOBS: usize = 300;
 /// file covers them.
 async fn node_with_jobs(dir: &Path) -> ProcNode {
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut node = ProcNode::spawn(1, &addr, &dir.join("n1"), &format!("1={addr}"));
+    let mut node = ProcNode::single(1, &addr, &dir.join("n1"));
     let client = connect(&addr).await;
     wait_for_leader(&client).await;
     for chunk in 0..JOBS / 50 {
@@ -29,7 +29,9 @@ async fn node_with_jobs(dir: &Path) -> ProcNode {
             .collect();
         client.producer().enqueue_batch("keep", jobs).await.unwrap();
     }
-    let applied = client
+    let applied = node
+        .admin()
+        .await
         .cluster()
         .status(pb::ClusterStatusRequest {})
         .await

@@ -19,7 +19,7 @@ use raftq_client::{Client, JobSpec, RetryPolicy};
 async fn sigkill_mid_write_loses_no_acknowledged_job() {
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut node = ProcNode::spawn(1, &addr, &dir.path().join("n1"), &format!("1={addr}"));
+    let mut node = ProcNode::single(1, &addr, &dir.path().join("n1"));
     let client = connect(&addr).await;
     wait_for_leader(&client).await;
 
@@ -187,8 +187,7 @@ async fn sigkill_after_log_purges_restarts_with_every_job() {
         "--http-listen".to_string(),
         http.clone(),
     ];
-    let mut node =
-        ProcNode::spawn_with(1, &addr, &dir.path().join("n1"), &format!("1={addr}"), args);
+    let mut node = ProcNode::single_with(1, &addr, &dir.path().join("n1"), args);
     let client = connect(&addr).await;
     wait_for_leader(&client).await;
 

@@ -125,7 +125,7 @@ proptest! {
 async fn a_peer_sending_garbage_gets_an_error_and_the_node_serves_on() {
     let dir = tempfile::tempdir().unwrap();
     let (node, client) = common::start_single(dir.path()).await;
-    let mut transport = RaftTransportClient::connect(format!("http://{}", node.addr))
+    let mut transport = RaftTransportClient::connect(format!("http://{}", node.peer_addr))
         .await
         .unwrap();
     let garbage: Vec<Vec<u8>> = vec![
@@ -190,7 +190,8 @@ async fn a_peer_sending_garbage_gets_an_error_and_the_node_serves_on() {
         .await
         .unwrap();
     assert!(!id.is_empty());
-    let status = client
+    let status = common::peer(&node)
+        .await
         .cluster()
         .status(pb::ClusterStatusRequest {})
         .await

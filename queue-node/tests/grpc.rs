@@ -302,8 +302,9 @@ async fn admin_operations() {
         "{names:?}"
     );
 
-    // Cluster status.
-    let status = client
+    // Cluster status, on the peer port.
+    let status = common::peer(&node)
+        .await
         .cluster()
         .status(pb::ClusterStatusRequest {})
         .await

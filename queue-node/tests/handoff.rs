@@ -39,10 +39,12 @@ async fn step_down_moves_every_led_shard_and_service_continues() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = common::spawn_cluster(dir.path(), 3, &["--shards".into(), "2".into()]);
     let mut clients = Vec::new();
+    let mut admins = Vec::new();
     for n in &nodes {
         clients.push(connect(&n.addr).await);
+        admins.push(n.admin().await);
     }
-    let before = leaders(&clients).await;
+    let before = leaders(&admins).await;
     let old = before[&0];
     let led_by_old: Vec<u32> = before
         .iter()
@@ -50,7 +52,7 @@ async fn step_down_moves_every_led_shard_and_service_continues() {
         .map(|(s, _)| *s)
         .collect();
 
-    let answer = clients[(old - 1) as usize]
+    let answer = admins[(old - 1) as usize]
         .cluster()
         .step_down(pb::StepDownRequest {
             timeout_ms: 20_000,
@@ -94,7 +96,7 @@ async fn step_down_moves_every_led_shard_and_service_continues() {
     // The preStop command, against the new leader of shard 0, while a
     // worker stream is open on it: the stream is ended so its worker can
     // reconnect elsewhere, and the node takes no new ones.
-    let after = leaders(&clients).await;
+    let after = leaders(&admins).await;
     let new = after[&0];
     let on_new = &clients[(new - 1) as usize];
     let (frames, frames_rx) = tokio::sync::mpsc::channel::<pb::WorkerFrame>(4);
@@ -120,7 +122,7 @@ async fn step_down_moves_every_led_shard_and_service_continues() {
             "step-down",
             "--drain-workers",
             "--addr",
-            &nodes[(new - 1) as usize].addr,
+            &nodes[(new - 1) as usize].peer_addr,
         ])
         .output()
         .expect("run queue-node step-down");
@@ -154,7 +156,7 @@ async fn step_down_moves_every_led_shard_and_service_continues() {
             .expect_err("a draining node takes no new stream"),
     };
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
-    let last = leaders(&clients).await;
+    let last = leaders(&admins).await;
     assert_ne!(last[&0], new, "shard 0 moved again");
 }
 

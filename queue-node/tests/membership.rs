@@ -5,36 +5,39 @@ mod common;
 
 use std::time::Duration;
 
-use common::{connect, free_port, wait_for, ProcNode};
+use common::{connect, loopback, wait_for, ProcNode};
 use raftq_client::proto as pb;
 use raftq_client::JobSpec;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_learners_promote_them_and_survive_the_first_node() {
     let dir = tempfile::tempdir().unwrap();
-    let addrs: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let mut first = ProcNode::spawn(
+    let addrs: Vec<String> = (0..3).map(|_| loopback()).collect();
+    let peers: Vec<String> = (0..3).map(|_| loopback()).collect();
+    let mut first = ProcNode::spawn_with(
         1,
         &addrs[0],
+        &peers[0],
         &dir.path().join("n1"),
-        &format!("1={}", addrs[0]),
+        &format!("1={}", peers[0]),
+        Vec::new(),
     );
     let joiners: Vec<ProcNode> = (1..3)
         .map(|i| {
             ProcNode::spawn_with(
                 i as u64 + 1,
                 &addrs[i],
+                &peers[i],
                 &dir.path().join(format!("n{}", i + 1)),
-                &format!("{}={}", i + 1, addrs[i]),
+                &format!("{}={}", i + 1, peers[i]),
                 vec!["--join".into()],
             )
         })
         .collect();
     let c1 = connect(&addrs[0]).await;
+    let p1 = connect(&peers[0]).await;
     wait_for("node 1 leads", Duration::from_secs(30), || async {
-        let s = c1
+        let s = p1
             .cluster()
             .status(pb::ClusterStatusRequest {})
             .await
@@ -50,8 +53,8 @@ async fn add_learners_promote_them_and_survive_the_first_node() {
         .unwrap();
 
     // A joining node has no leader until it is added.
-    let c2 = connect(&addrs[1]).await;
-    let s = c2
+    let p2 = connect(&peers[1]).await;
+    let s = p2
         .cluster()
         .status(pb::ClusterStatusRequest {})
         .await
@@ -59,8 +62,8 @@ async fn add_learners_promote_them_and_survive_the_first_node() {
         .into_inner();
     assert!(!s.shards[0].has_leader);
 
-    for (i, addr) in addrs.iter().enumerate().skip(1) {
-        c1.cluster()
+    for (i, addr) in peers.iter().enumerate().skip(1) {
+        p1.cluster()
             .add_learner(pb::AddLearnerRequest {
                 node_id: i as u64 + 1,
                 addr: addr.clone(),
@@ -70,7 +73,7 @@ async fn add_learners_promote_them_and_survive_the_first_node() {
             .await
             .expect("add learner");
     }
-    let s = c1
+    let s = p1
         .cluster()
         .status(pb::ClusterStatusRequest {})
         .await
@@ -80,7 +83,7 @@ async fn add_learners_promote_them_and_survive_the_first_node() {
     assert_eq!(learners, 2);
 
     // Bad membership requests are refused with a reason, and change nothing.
-    let e = c1
+    let e = p1
         .cluster()
         .change_membership(pb::ChangeMembershipRequest {
             voters: vec![],
@@ -90,7 +93,7 @@ async fn add_learners_promote_them_and_survive_the_first_node() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    let e = c1
+    let e = p1
         .cluster()
         .change_membership(pb::ChangeMembershipRequest {
             voters: vec![1, 9],
@@ -113,7 +116,7 @@ async fn add_learners_promote_them_and_survive_the_first_node() {
                 retain: false,
                 shard: None,
             };
-            match c2.cluster().change_membership(request).await {
+            match p2.cluster().change_membership(request).await {
                 Ok(status) => Some(status.into_inner()),
                 Err(e) if e.code() == tonic::Code::Unavailable => None,
                 Err(e) => panic!("promote: {e}"),
@@ -182,9 +185,8 @@ async fn leaderships(client: &raftq_client::Client, nodes: &[u64]) -> Option<Vec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaders_spread_after_joins_and_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let addrs: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
+    let addrs: Vec<String> = (0..3).map(|_| loopback()).collect();
+    let peers: Vec<String> = (0..3).map(|_| loopback()).collect();
     let shards = || vec!["--shards".to_string(), "4".to_string()];
     let mut nodes: Vec<ProcNode> = (0..3)
         .map(|i| {
@@ -195,22 +197,23 @@ async fn leaders_spread_after_joins_and_after_a_restart() {
             ProcNode::spawn_with(
                 i as u64 + 1,
                 &addrs[i],
+                &peers[i],
                 &dir.path().join(format!("n{}", i + 1)),
-                &format!("{}={}", i + 1, addrs[i]),
+                &format!("{}={}", i + 1, peers[i]),
                 args,
             )
         })
         .collect();
-    let c1 = connect(&addrs[0]).await;
+    let p1 = connect(&peers[0]).await;
     let ids = [1, 2, 3];
     wait_for(
         "node 1 leads every shard",
         Duration::from_secs(30),
-        || async { (leaderships(&c1, &ids).await? == vec![4, 0, 0]).then_some(()) },
+        || async { (leaderships(&p1, &ids).await? == vec![4, 0, 0]).then_some(()) },
     )
     .await;
-    for (i, addr) in addrs.iter().enumerate().skip(1) {
-        c1.cluster()
+    for (i, addr) in peers.iter().enumerate().skip(1) {
+        p1.cluster()
             .add_learner(pb::AddLearnerRequest {
                 node_id: i as u64 + 1,
                 addr: addr.clone(),
@@ -220,7 +223,7 @@ async fn leaders_spread_after_joins_and_after_a_restart() {
             .await
             .expect("add learner");
     }
-    c1.cluster()
+    p1.cluster()
         .change_membership(pb::ChangeMembershipRequest {
             voters: ids.to_vec(),
             retain: false,
@@ -234,7 +237,7 @@ async fn leaders_spread_after_joins_and_after_a_restart() {
         matches!((min, max), (Some(min), Some(max)) if max - min <= 1)
     };
     let counts = wait_for("leaders spread", Duration::from_secs(60), || async {
-        let counts = leaderships(&c1, &ids).await?;
+        let counts = leaderships(&p1, &ids).await?;
         even(&counts).then_some(counts)
     })
     .await;
@@ -250,7 +253,7 @@ async fn leaders_spread_after_joins_and_after_a_restart() {
         nodes[busy].terminate(Duration::from_secs(20)),
         "stops in time"
     );
-    let other = connect(&addrs[(busy + 1) % 3]).await;
+    let other = connect(&peers[(busy + 1) % 3]).await;
     let mut away = ids.to_vec();
     away.remove(busy);
     wait_for(

@@ -224,8 +224,9 @@ async fn run_at_is_bounded_like_delay() {
 async fn an_unreachable_learner_cannot_wedge_the_shard() {
     let dir = tempfile::tempdir().unwrap();
     let (node, client) = start_single(dir.path()).await;
+    let admin = common::peer(&node).await;
     let nowhere = format!("127.0.0.1:{}", free_port());
-    let e = client
+    let e = admin
         .cluster()
         .add_learner(pb::AddLearnerRequest {
             node_id: 97,
@@ -241,7 +242,7 @@ async fn an_unreachable_learner_cannot_wedge_the_shard() {
         "{}",
         e.message()
     );
-    let status = client
+    let status = admin
         .cluster()
         .status(pb::ClusterStatusRequest {})
         .await
@@ -253,7 +254,7 @@ async fn an_unreachable_learner_cannot_wedge_the_shard() {
     );
 
     // Not a member: refused before anything changes.
-    let e = client
+    let e = admin
         .cluster()
         .change_membership(pb::ChangeMembershipRequest {
             voters: vec![1, 97],
@@ -267,7 +268,7 @@ async fn an_unreachable_learner_cannot_wedge_the_shard() {
 
     // The shard still commits, and reverting is not refused.
     enqueue(&client, "after", vec![JobSpec::new("x").into_proto()]).await;
-    client
+    admin
         .cluster()
         .change_membership(pb::ChangeMembershipRequest {
             voters: vec![1],
@@ -287,7 +288,8 @@ async fn initialize_is_refused_on_a_joining_node() {
     config.join = true;
     let handle = node::start(config).await.expect("start");
     let client = common::connect(&handle.addr.to_string()).await;
-    let e = client
+    let admin = common::peer(&handle).await;
+    let e = admin
         .cluster()
         .initialize(pb::InitializeRequest::default())
         .await
@@ -298,7 +300,7 @@ async fn initialize_is_refused_on_a_joining_node() {
         "{}",
         e.message()
     );
-    let status = client
+    let status = admin
         .cluster()
         .status(pb::ClusterStatusRequest {})
         .await
@@ -309,7 +311,7 @@ async fn initialize_is_refused_on_a_joining_node() {
         "{status:?}"
     );
     // Asked explicitly (the operator's bootstrap of pod 0), it initialises.
-    client
+    admin
         .cluster()
         .initialize(pb::InitializeRequest {
             bootstrap_joining_node: true,
@@ -327,8 +329,9 @@ async fn an_idle_stream_proposes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (node, client) = start_single(dir.path()).await;
     let (tx, mut inbound) = open_stream(&client, "idle", 10).await;
+    let admin = common::peer(&node).await;
     let last_log = || async {
-        client
+        admin
             .cluster()
             .status(pb::ClusterStatusRequest {})
             .await
@@ -366,8 +369,9 @@ async fn forwarding_has_the_servers_limits_and_fails_as_unavailable() {
     for n in &nodes {
         clients.push(common::connect(&n.addr).await);
     }
+    let admin = nodes[0].admin().await;
     let leader = wait_for("a leader", Duration::from_secs(30), || async {
-        let s = clients[0]
+        let s = admin
             .cluster()
             .status(pb::ClusterStatusRequest {})
             .await
@@ -507,7 +511,8 @@ async fn a_leader_cut_off_from_its_quorum_does_not_answer_reads() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = common::spawn_cluster(dir.path(), 3, &[]);
     let clients = futures::future::join_all(nodes.iter().map(|n| common::connect(&n.addr))).await;
-    let leader = common::wait_for_leader(&clients[0]).await;
+    let admin = nodes[0].admin().await;
+    let leader = common::shard_leader(&admin).await;
     let client = &clients[(leader - 1) as usize];
     let id = client
         .producer()
@@ -553,7 +558,7 @@ async fn a_leader_cut_off_from_its_quorum_does_not_answer_reads() {
         "reads after the quorum is back",
         Duration::from_secs(30),
         || async {
-            let leader = common::wait_for_leader(&clients[0]).await;
+            let leader = common::shard_leader(&admin).await;
             get(&clients[(leader - 1) as usize]).await.ok()
         },
     )

@@ -38,8 +38,8 @@ async fn rolling_restart_under_load_loses_no_acknowledged_job() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = common::spawn_cluster(dir.path(), 3, &["--shards".into(), "2".into()]);
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
-    for a in &addrs {
-        let c = connect(a).await;
+    for n in &nodes {
+        let c = n.admin().await;
         wait_for("node serving", Duration::from_secs(30), || {
             let c = c.clone();
             async move { serving(&c).await.then_some(()) }
@@ -148,7 +148,7 @@ async fn rolling_restart_under_load_loses_no_acknowledged_job() {
         })
     };
 
-    for i in 0..nodes.len() {
+    for node in nodes.iter_mut() {
         let before = acked.lock().unwrap().len();
         wait_for("load flowing", Duration::from_secs(30), || {
             let acked = acked.clone();
@@ -156,13 +156,13 @@ async fn rolling_restart_under_load_loses_no_acknowledged_job() {
         })
         .await;
         assert!(
-            nodes[i].terminate(Duration::from_secs(20)),
+            node.terminate(Duration::from_secs(20)),
             "node {} did not stop within 20 s of SIGTERM:\n{}",
-            i + 1,
-            nodes[i].log()
+            node.id,
+            node.log()
         );
-        nodes[i].start();
-        let c = connect(&addrs[i]).await;
+        node.start();
+        let c = node.admin().await;
         wait_for("restarted node serving", Duration::from_secs(60), || {
             let c = c.clone();
             async move { serving(&c).await.then_some(()) }

@@ -52,8 +52,9 @@ async fn lagging_follower_installs_a_snapshot() {
             .await,
         );
     }
+    let admins: Vec<Client> = futures::future::join_all(nodes.iter().map(|n| n.admin())).await;
     let leader = wait_for("a leader", Duration::from_secs(30), || async {
-        let s = status(&clients[0]).await?;
+        let s = status(&admins[0]).await?;
         s.has_leader.then_some(s.leader_id)
     })
     .await;
@@ -69,7 +70,7 @@ async fn lagging_follower_installs_a_snapshot() {
             .await
             .expect("enqueue with a quorum of two");
     }
-    let leader_status = status(&writer).await.unwrap();
+    let leader_status = status(&admins[(leader - 1) as usize]).await.unwrap();
     assert!(leader_status.applied_index > 120);
 
     nodes[li].start();
@@ -79,11 +80,12 @@ async fn lagging_follower_installs_a_snapshot() {
         || async { Client::connect(&addrs[li]).await.ok() },
     )
     .await;
+    let lagging_admin = nodes[li].admin().await;
     wait_for(
         "the lagging node to catch up",
         Duration::from_secs(60),
         || async {
-            let s = status(&lagging).await?;
+            let s = status(&lagging_admin).await?;
             (s.applied_index >= leader_status.applied_index).then_some(())
         },
     )

@@ -94,7 +94,7 @@ async fn a_data_dir_keeps_its_shard_count() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("n1");
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut node = ProcNode::spawn(1, &addr, &data, &format!("1={addr}"));
+    let mut node = ProcNode::single(1, &addr, &data);
     let client = wait_for("connect", Duration::from_secs(30), || async {
         Client::connect(&addr).await.ok()
     })

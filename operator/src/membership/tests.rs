@@ -17,6 +17,7 @@ fn node(id: u64, shards: u32, leader: u64, voters: &[u64], learners: &[u64]) -> 
         }))
         .collect::<Vec<_>>();
     pb::ClusterStatus {
+        client_addr: String::new(),
         node_id: id,
         addr: format!("n{id}"),
         shards: (0..shards)

@@ -16,7 +16,8 @@
 //! (`hostname.subdomain.namespace.svc`) resolves to it through a marked
 //! block of `/etc/hosts`, and the node is told to listen on that address
 //! instead of 0.0.0.0 and to keep its data in the claim's directory
-//! (`RAFTQ_LISTEN`, `RAFTQ_HTTP_LISTEN`, `RAFTQ_DATA_DIR`); a `preStop`
+//! (`RAFTQ_LISTEN`, `RAFTQ_PEER_LISTEN`, `RAFTQ_HTTP_LISTEN`,
+//! `RAFTQ_DATA_DIR`); a `preStop`
 //! command that dials 127.0.0.1 dials the Pod's address.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -381,6 +382,9 @@ async fn start(shared: &Arc<Shared>, pod: &Pod) -> Result<(), String> {
     };
     if let Some(p) = port("grpc") {
         env.push(("RAFTQ_LISTEN".into(), format!("{ip}:{p}")));
+    }
+    if let Some(p) = port("peer") {
+        env.push(("RAFTQ_PEER_LISTEN".into(), format!("{ip}:{p}")));
     }
     if let Some(p) = port("http") {
         env.push(("RAFTQ_HTTP_LISTEN".into(), format!("{ip}:{p}")));

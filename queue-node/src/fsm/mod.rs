@@ -527,6 +527,12 @@ impl ShardState {
         .min()
     }
 
+    /// The queue of a live job.
+    pub fn queue_of(&self, id: JobId) -> Option<Arc<str>> {
+        let job = self.find(self.key_of(id)?)?;
+        Some(self.queues[job.queue as usize].name.clone())
+    }
+
     pub fn job(&self, id: JobId, defaults: &QueueDefaults) -> Option<JobView> {
         let key = self.key_of(id)?;
         let job = self.find(key)?;

@@ -11,25 +11,45 @@ use raftq_api::validate;
 use tonic::{Request, Response, Status};
 
 use super::{
-    convert, forwarded, invalid, read_contents, submit_one, unexpected, with_contents, Ctx, Route,
+    convert, forwarded, invalid, may_on_jobs, read_contents, submit_one, unexpected, with_contents,
+    Ctx, Route,
 };
 use crate::context::ShardHandle;
 use crate::forward;
 use crate::ops::{Op, OpResult, QueueConfigPatch};
+use crate::security::{Call, Caller, Port};
 
 pub struct QueueAdminService {
     ctx: Ctx,
+    port: Port,
 }
 
 impl QueueAdminService {
-    pub fn new(ctx: Ctx) -> QueueAdminService {
-        QueueAdminService { ctx }
+    pub fn new(ctx: Ctx, port: Port) -> QueueAdminService {
+        QueueAdminService { ctx, port }
     }
 
-    /// The leader-side shard of `queue`, or the leader to forward to.
-    fn queue_route<T>(&self, queue: &str, request: &Request<T>) -> Result<Route<'_>, Status> {
+    /// The caller, once it may make `call` on `queue`; and the
+    /// leader-side shard of `queue`, or the leader to forward to.
+    fn queue_route<T>(
+        &self,
+        call: Call,
+        queue: &str,
+        request: &Request<T>,
+    ) -> Result<(Caller, Route<'_>), Status> {
         validate::queue_name(queue).map_err(invalid)?;
-        self.ctx.route(self.ctx.shard_of_queue(queue), request)
+        let caller = self.authorize(request, call, Some(queue))?;
+        let route = self.ctx.route(self.ctx.shard_of_queue(queue), request)?;
+        Ok((caller, route))
+    }
+
+    fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        call: Call,
+        queue: Option<&str>,
+    ) -> Result<Caller, Status> {
+        self.ctx.authorize(self.port, request, call, queue)
     }
 
     async fn queue_op(
@@ -48,10 +68,15 @@ impl QueueAdminService {
         request: Request<pb::QueueRef>,
         paused: bool,
     ) -> Result<Response<pb::QueueInfo>, Status> {
-        match self.queue_route(&request.get_ref().queue, &request)? {
+        let call = match paused {
+            true => Call::PauseQueue,
+            false => Call::ResumeQueue,
+        };
+        let (caller, route) = self.queue_route(call, &request.get_ref().queue, &request)?;
+        match route {
             Route::Leader(leader) => {
                 let mut admin = leader.admin();
-                let request = forwarded(request.into_inner());
+                let request = forwarded(request.into_inner(), &caller);
                 match paused {
                     true => leader.relay(admin.pause_queue(request)).await,
                     false => leader.relay(admin.resume_queue(request)).await,
@@ -142,6 +167,11 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
         request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
         let queue = request.get_ref().queue.clone();
+        let caller = self.authorize(
+            &request,
+            Call::Stats,
+            Some(queue.as_str()).filter(|q| !q.is_empty()),
+        )?;
         if request.get_ref().local {
             let mut queues = Vec::new();
             for shard in &self.ctx.shards {
@@ -152,6 +182,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
                     queues.push(stats(s));
                 }
             }
+            queues.retain(|q| caller.may_read(&q.queue));
             return Ok(Response::new(pb::StatsResponse { queues }));
         }
         if queue.is_empty() {
@@ -161,16 +192,23 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
                     Route::Local(handle) => shard_stats(handle).await?,
                     Route::Leader(_) => unreachable_forward(shard)?,
                 };
+                let queues = queues
+                    .into_iter()
+                    .filter(|q| caller.may_read(&q.queue))
+                    .collect();
                 return Ok(Response::new(pb::StatsResponse { queues }));
             }
             // Every shard's queues, each from its leader, all at once.
-            let request = &request;
+            let (request, caller) = (&request, &caller);
             let per_shard = self.ctx.shards.iter().map(|shard| async move {
                 match self.ctx.route(shard.id, request)? {
                     Route::Local(handle) => shard_stats(handle).await,
                     Route::Leader(leader) => {
-                        let request =
-                            forward::forwarded_for_shard(pb::StatsRequest::default(), shard.id);
+                        let request = forward::forwarded_for_shard(
+                            pb::StatsRequest::default(),
+                            shard.id,
+                            caller,
+                        );
                         let remote = leader.relay(leader.admin().stats(request)).await?;
                         let this_shard =
                             |q: &pb::QueueStats| self.ctx.shard_of_queue(&q.queue) == shard.id;
@@ -185,14 +223,19 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
             });
             let mut queues = Vec::new();
             for answer in futures::future::join_all(per_shard).await {
-                queues.extend(answer?);
+                queues.extend(answer?.into_iter().filter(|q| caller.may_read(&q.queue)));
             }
             return Ok(Response::new(pb::StatsResponse { queues }));
         }
-        match self.queue_route(&queue, &request)? {
+        let (caller, route) = self.queue_route(Call::Stats, &queue, &request)?;
+        match route {
             Route::Leader(leader) => {
                 leader
-                    .relay(leader.admin().stats(forwarded(request.into_inner())))
+                    .relay(
+                        leader
+                            .admin()
+                            .stats(forwarded(request.into_inner(), &caller)),
+                    )
                     .await
             }
             Route::Local(shard) => {
@@ -227,10 +270,16 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
         &self,
         request: Request<pb::QueueRef>,
     ) -> Result<Response<pb::PurgeResponse>, Status> {
-        match self.queue_route(&request.get_ref().queue, &request)? {
+        let (caller, route) =
+            self.queue_route(Call::PurgeQueue, &request.get_ref().queue, &request)?;
+        match route {
             Route::Leader(leader) => {
                 leader
-                    .relay(leader.admin().purge_queue(forwarded(request.into_inner())))
+                    .relay(
+                        leader
+                            .admin()
+                            .purge_queue(forwarded(request.into_inner(), &caller)),
+                    )
                     .await
             }
             Route::Local(shard) => {
@@ -260,13 +309,14 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
                 )));
             }
         }
-        match self.queue_route(&req.queue, &request)? {
+        let (caller, route) = self.queue_route(Call::SetQueueConfig, &req.queue, &request)?;
+        match route {
             Route::Leader(leader) => {
                 leader
                     .relay(
                         leader
                             .admin()
-                            .set_queue_config(forwarded(request.into_inner())),
+                            .set_queue_config(forwarded(request.into_inner(), &caller)),
                     )
                     .await
             }
@@ -292,15 +342,23 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
 
     async fn get_job(&self, request: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
         let id = validate::job_id("job_id", &request.get_ref().job_id).map_err(invalid)?;
+        let caller = self.authorize(&request, Call::GetJob, None)?;
         match self.ctx.route(id.shard, &request)? {
             Route::Leader(leader) => {
                 leader
-                    .relay(leader.admin().get_job(forwarded(request.into_inner())))
+                    .relay(
+                        leader
+                            .admin()
+                            .get_job(forwarded(request.into_inner(), &caller)),
+                    )
                     .await
             }
             Route::Local(shard) => {
                 linearizable(shard).await?;
                 let view = shard.shared.state().job(id, &self.ctx.defaults);
+                if let Some(view) = &view {
+                    caller.may(Call::GetJob, &view.queue)?;
+                }
                 let served = with_contents(shard, view.into_iter().collect()).await?;
                 served
                     .first()
@@ -317,13 +375,19 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
         request: Request<pb::JobRef>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
         let id = validate::job_id("job_id", &request.get_ref().job_id).map_err(invalid)?;
+        let caller = self.authorize(&request, Call::CancelJob, None)?;
         match self.ctx.route(id.shard, &request)? {
             Route::Leader(leader) => {
                 leader
-                    .relay(leader.admin().cancel_job(forwarded(request.into_inner())))
+                    .relay(
+                        leader
+                            .admin()
+                            .cancel_job(forwarded(request.into_inner(), &caller)),
+                    )
                     .await
             }
             Route::Local(shard) => {
+                may_on_jobs(&caller, Call::CancelJob, shard, [id])?;
                 // Read first: the cancel deletes the content with the job.
                 let content = read_contents(shard, vec![id]).await?.pop().flatten();
                 match submit_one(shard, Op::Cancel { id }).await? {
@@ -354,10 +418,15 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
             "" => None,
             id => Some(validate::job_id("after", id).map_err(invalid)?),
         };
-        match self.queue_route(&req.queue, &request)? {
+        let (caller, route) = self.queue_route(Call::ListDead, &req.queue, &request)?;
+        match route {
             Route::Leader(leader) => {
                 leader
-                    .relay(leader.admin().list_dead(forwarded(request.into_inner())))
+                    .relay(
+                        leader
+                            .admin()
+                            .list_dead(forwarded(request.into_inner(), &caller)),
+                    )
                     .await
             }
             Route::Local(shard) => {
@@ -390,10 +459,16 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
         request: Request<pb::DeadSelector>,
     ) -> Result<Response<pb::CountResponse>, Status> {
         let ids = dead_ids(&request.get_ref().job_ids)?;
-        match self.queue_route(&request.get_ref().queue, &request)? {
+        let (caller, route) =
+            self.queue_route(Call::RequeueDead, &request.get_ref().queue, &request)?;
+        match route {
             Route::Leader(leader) => {
                 leader
-                    .relay(leader.admin().requeue_dead(forwarded(request.into_inner())))
+                    .relay(
+                        leader
+                            .admin()
+                            .requeue_dead(forwarded(request.into_inner(), &caller)),
+                    )
                     .await
             }
             Route::Local(shard) => {
@@ -409,10 +484,16 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
         request: Request<pb::DeadSelector>,
     ) -> Result<Response<pb::CountResponse>, Status> {
         let ids = dead_ids(&request.get_ref().job_ids)?;
-        match self.queue_route(&request.get_ref().queue, &request)? {
+        let (caller, route) =
+            self.queue_route(Call::PurgeDead, &request.get_ref().queue, &request)?;
+        match route {
             Route::Leader(leader) => {
                 leader
-                    .relay(leader.admin().purge_dead(forwarded(request.into_inner())))
+                    .relay(
+                        leader
+                            .admin()
+                            .purge_dead(forwarded(request.into_inner(), &caller)),
+                    )
                     .await
             }
             Route::Local(shard) => {

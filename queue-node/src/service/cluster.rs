@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use super::{forwarded, membership, Ctx, Route};
 use crate::context::ShardHandle;
 use crate::drain::DRAIN_TIMEOUT;
+use crate::security::{Call, Caller, Port};
 
 pub struct ClusterService {
     ctx: Ctx,
@@ -28,10 +29,16 @@ impl ClusterService {
         }
     }
 
+    fn authorize<T>(&self, request: &Request<T>, call: &'static str) -> Result<Caller, Status> {
+        self.ctx
+            .authorize(Port::Peer, request, Call::Cluster(call), None)
+    }
+
     fn status(&self) -> pb::ClusterStatus {
         pb::ClusterStatus {
             node_id: self.ctx.id,
             addr: self.ctx.addr.clone(),
+            client_addr: self.ctx.client_addr.clone(),
             shards: self.ctx.shards.iter().map(shard_status).collect(),
         }
     }
@@ -100,8 +107,9 @@ fn raft_status<E: std::fmt::Display>(what: &str, e: E) -> Status {
 impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
     async fn status(
         &self,
-        _request: Request<pb::ClusterStatusRequest>,
+        request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.authorize(&request, "Status")?;
         Ok(Response::new(self.status()))
     }
 
@@ -109,6 +117,7 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
         &self,
         request: Request<pb::InitializeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.authorize(&request, "Initialize")?;
         if self.ctx.joining && !request.get_ref().bootstrap_joining_node {
             return Err(Status::failed_precondition(format!(
                 "node {} was started with --join: it waits to be added to an existing cluster (AddLearner on that cluster's leader) and must not form a cluster of its own; to make it the first node of a new cluster, set bootstrap_joining_node",
@@ -139,6 +148,7 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
         &self,
         request: Request<pb::StepDownRequest>,
     ) -> Result<Response<pb::StepDownResponse>, Status> {
+        self.authorize(&request, "StepDown")?;
         let timeout = match request.get_ref().timeout_ms {
             0 => std::time::Duration::from_secs(10),
             ms => std::time::Duration::from_millis(u64::from(ms)),
@@ -164,6 +174,7 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
         &self,
         request: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let caller = self.authorize(&request, "AddLearner")?;
         let req = request.get_ref().clone();
         if req.addr.is_empty() {
             return Err(Status::invalid_argument(
@@ -182,7 +193,7 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
                         ..req.clone()
                     };
                     leader
-                        .relay(leader.cluster().add_learner(forwarded(one)))
+                        .relay(leader.cluster().add_learner(forwarded(one, &caller)))
                         .await?;
                 }
                 Route::Local(handle) => {
@@ -197,6 +208,7 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
         &self,
         request: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let caller = self.authorize(&request, "ChangeMembership")?;
         let req = request.get_ref().clone();
         if req.voters.is_empty() {
             return Err(Status::invalid_argument(
@@ -212,11 +224,18 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
                         ..req.clone()
                     };
                     leader
-                        .relay(leader.cluster().change_membership(forwarded(one)))
+                        .relay(leader.cluster().change_membership(forwarded(one, &caller)))
                         .await?;
                 }
                 Route::Local(handle) => {
-                    membership::change_voters(handle, self.ctx.id, &voters, req.retain).await?;
+                    membership::change_voters(
+                        handle,
+                        self.ctx.id,
+                        &voters,
+                        req.retain,
+                        &self.ctx.security.dialer,
+                    )
+                    .await?;
                 }
             }
         }

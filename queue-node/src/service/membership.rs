@@ -12,8 +12,8 @@ use raftq_api::v1::cluster_admin_client::ClusterAdminClient;
 use tonic::Status;
 
 use crate::context::ShardHandle;
-use crate::network::peer_channel;
 use crate::raft_types::NodeId;
+use crate::security::dial::Dialer;
 
 /// How long AddLearner waits for catch-up when the request says 0.
 pub const DEFAULT_CATCH_UP: Duration = Duration::from_secs(30);
@@ -89,6 +89,7 @@ pub async fn change_voters(
     me: NodeId,
     voters: &BTreeSet<NodeId>,
     retain: bool,
+    dialer: &Dialer,
 ) -> Result<(), Status> {
     let (current, nodes, lags) = {
         let metrics = shard.raft.metrics();
@@ -138,7 +139,7 @@ pub async fn change_voters(
                 )))
             }
         }
-        probe(*id, addr).await.map_err(|why| {
+        probe(*id, addr, dialer).await.map_err(|why| {
             Status::failed_precondition(format!(
                 "node {id} ({addr}) does not answer ({why}); a voter that is not there could leave shard {} unable to commit, so it is not promoted",
                 shard.id
@@ -161,8 +162,8 @@ pub async fn change_voters(
 }
 
 /// Whether the node at `addr` answers a status call, and is node `id`.
-async fn probe(id: NodeId, addr: &str) -> Result<(), String> {
-    let channel = peer_channel(addr).map_err(|e| e.to_string())?;
+async fn probe(id: NodeId, addr: &str, dialer: &Dialer) -> Result<(), String> {
+    let channel = dialer.channel(addr).map_err(|e| e.to_string())?;
     let mut client = ClusterAdminClient::new(channel);
     let call = client.status(pb::ClusterStatusRequest {});
     match tokio::time::timeout(PROBE_TIMEOUT, call).await {

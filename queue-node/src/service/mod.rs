@@ -24,6 +24,7 @@ pub(crate) use crate::context::Route;
 use crate::context::{NodeContext, ShardHandle};
 pub(crate) use crate::forward::{forwarded, is_forwarded};
 use crate::ops::{JobContent, JobView, Op, OpError, OpResult};
+use crate::security::{Call, Caller};
 
 /// How long a request waits for its batch to commit.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -138,3 +139,24 @@ pub(crate) fn unexpected(result: OpResult) -> Status {
 }
 
 pub(crate) type Ctx = Arc<NodeContext>;
+
+/// `PERMISSION_DENIED` unless `caller` may make `call` on the queue of each
+/// job of `ids` that exists (jobs name no queue in their ids, so the
+/// leader looks them up before proposing anything).
+pub(crate) fn may_on_jobs(
+    caller: &Caller,
+    call: Call,
+    shard: &ShardHandle,
+    ids: impl IntoIterator<Item = raftq_api::JobId>,
+) -> Result<(), Status> {
+    if call.role().is_none_or(|role| caller.everywhere(role)) {
+        return Ok(());
+    }
+    let queues: Vec<Arc<str>> = {
+        let state = shard.shared.state();
+        ids.into_iter()
+            .filter_map(|id| state.queue_of(id))
+            .collect()
+    };
+    queues.iter().try_for_each(|q| caller.may(call, q))
+}

@@ -17,12 +17,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
-    convert, forwarded, invalid, submit, submit_one, unexpected, with_contents, Ctx, Route,
+    convert, forwarded, invalid, may_on_jobs, submit, submit_one, unexpected, with_contents, Ctx,
+    Route,
 };
 use crate::context::ShardHandle;
 use crate::drain::SessionGuard;
 use crate::ops::{Op, OpResult};
 use crate::raft_types::NodeId;
+use crate::security::{Call, Caller, Port, Role};
 
 /// Most jobs a worker stream may ask for ahead.
 const MAX_CREDIT: u32 = 10_000;
@@ -34,11 +36,21 @@ const DRAIN_GRACE: Duration = Duration::from_millis(200);
 
 pub struct QueueService {
     ctx: Ctx,
+    port: Port,
 }
 
 impl QueueService {
-    pub fn new(ctx: Ctx) -> QueueService {
-        QueueService { ctx }
+    pub fn new(ctx: Ctx, port: Port) -> QueueService {
+        QueueService { ctx, port }
+    }
+
+    fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        call: Call,
+        queue: Option<&str>,
+    ) -> Result<Caller, Status> {
+        self.ctx.authorize(self.port, request, call, queue)
     }
 
     /// The one shard every token of a request lives on.
@@ -88,6 +100,7 @@ impl pb::queue_server::Queue for QueueService {
         let req = request.get_ref();
         validate::queue_name(&req.queue).map_err(invalid)?;
         validate::batch_len("jobs", req.jobs.len(), MAX_ENQUEUE_BATCH).map_err(invalid)?;
+        let caller = self.authorize(&request, Call::Enqueue, Some(&req.queue))?;
         // Held until the answer, here or from the leader it is forwarded to.
         let _held = self
             .ctx
@@ -101,7 +114,11 @@ impl pb::queue_server::Queue for QueueService {
         {
             Route::Leader(leader) => {
                 return leader
-                    .relay(leader.queue().enqueue(forwarded(request.into_inner())))
+                    .relay(
+                        leader
+                            .queue()
+                            .enqueue(forwarded(request.into_inner(), &caller)),
+                    )
                     .await
             }
             Route::Local(shard) => shard,
@@ -158,13 +175,18 @@ impl pb::queue_server::Queue for QueueService {
                 req.wait_ms
             )));
         }
+        let caller = self.authorize(&request, Call::Fetch, Some(&req.queue))?;
         let shard = match self
             .ctx
             .route(self.ctx.shard_of_queue(&req.queue), &request)?
         {
             Route::Leader(leader) => {
                 return leader
-                    .relay(leader.queue().fetch(forwarded(request.into_inner())))
+                    .relay(
+                        leader
+                            .queue()
+                            .fetch(forwarded(request.into_inner(), &caller)),
+                    )
                     .await
             }
             Route::Local(shard) => shard,
@@ -211,14 +233,16 @@ impl pb::queue_server::Queue for QueueService {
     ) -> Result<Response<pb::AckResponse>, Status> {
         let tokens = convert::tokens("tokens", &request.get_ref().tokens).map_err(invalid)?;
         let shard_id = self.shard_of_tokens(tokens.iter().map(|(id, _)| id))?;
+        let caller = self.authorize(&request, Call::Ack, None)?;
         let shard = match self.ctx.route(shard_id, &request)? {
             Route::Leader(leader) => {
                 return leader
-                    .relay(leader.queue().ack(forwarded(request.into_inner())))
+                    .relay(leader.queue().ack(forwarded(request.into_inner(), &caller)))
                     .await
             }
             Route::Local(shard) => shard,
         };
+        may_on_jobs(&caller, Call::Ack, shard, tokens.iter().map(|(id, _)| *id))?;
         let results = token_results(submit(shard, vec![Op::Ack { tokens }]).await?)?;
         Ok(Response::new(pb::AckResponse { results }))
     }
@@ -229,14 +253,20 @@ impl pb::queue_server::Queue for QueueService {
     ) -> Result<Response<pb::NackResponse>, Status> {
         let items = convert::nacks("items", request.get_ref().items.clone()).map_err(invalid)?;
         let shard_id = self.shard_of_tokens(items.iter().map(|n| &n.id))?;
+        let caller = self.authorize(&request, Call::Nack, None)?;
         let shard = match self.ctx.route(shard_id, &request)? {
             Route::Leader(leader) => {
                 return leader
-                    .relay(leader.queue().nack(forwarded(request.into_inner())))
+                    .relay(
+                        leader
+                            .queue()
+                            .nack(forwarded(request.into_inner(), &caller)),
+                    )
                     .await
             }
             Route::Local(shard) => shard,
         };
+        may_on_jobs(&caller, Call::Nack, shard, items.iter().map(|n| n.id))?;
         let results = token_results(submit(shard, vec![Op::Nack { items }]).await?)?;
         Ok(Response::new(pb::NackResponse { results }))
     }
@@ -249,14 +279,25 @@ impl pb::queue_server::Queue for QueueService {
         let tokens = convert::tokens("tokens", &req.tokens).map_err(invalid)?;
         let lease_ms = convert::lease_ms("lease_ms", req.lease_ms).map_err(invalid)?;
         let shard_id = self.shard_of_tokens(tokens.iter().map(|(id, _)| id))?;
+        let caller = self.authorize(&request, Call::ExtendLease, None)?;
         let shard = match self.ctx.route(shard_id, &request)? {
             Route::Leader(leader) => {
                 return leader
-                    .relay(leader.queue().extend_lease(forwarded(request.into_inner())))
+                    .relay(
+                        leader
+                            .queue()
+                            .extend_lease(forwarded(request.into_inner(), &caller)),
+                    )
                     .await
             }
             Route::Local(shard) => shard,
         };
+        may_on_jobs(
+            &caller,
+            Call::ExtendLease,
+            shard,
+            tokens.iter().map(|(id, _)| *id),
+        )?;
         let results = token_results(submit(shard, vec![Op::Extend { tokens, lease_ms }]).await?)?;
         Ok(Response::new(pb::ExtendLeaseResponse { results }))
     }
@@ -268,10 +309,17 @@ impl pb::queue_server::Queue for QueueService {
         request: Request<Streaming<pb::WorkerFrame>>,
     ) -> Result<Response<Self::WorkerStreamStream>, Status> {
         let forwarded_already = super::is_forwarded(request.metadata());
+        let caller = self.authorize(&request, Call::WorkerStream, None)?;
         let mut inbound = request.into_inner();
-        let first = inbound.message().await?.ok_or_else(|| {
-            Status::invalid_argument("worker stream closed before its first frame")
-        })?;
+        let open_timeout = Duration::from_millis(self.ctx.security.limits.open_timeout_ms);
+        let first = tokio::time::timeout(open_timeout, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "the worker stream sent no `open` frame within {open_timeout:?} (limits.open_timeout_ms)"
+                ))
+            })??
+            .ok_or_else(|| Status::invalid_argument("worker stream closed before its first frame"))?;
         let open = first.open.clone().ok_or_else(|| {
             Status::invalid_argument("the first worker frame must carry `open` (queue, worker_id)")
         })?;
@@ -279,6 +327,7 @@ impl pb::queue_server::Queue for QueueService {
         worker_id("open.worker_id", &open.worker_id)?;
         validate::optional_duration("open.lease_ms", open.lease_ms, MAX_LEASE_MS)
             .map_err(invalid)?;
+        caller.may(Call::WorkerStream, &open.queue)?;
         if self.ctx.workers.is_draining() {
             return Err(shutting_down(self.ctx.id));
         }
@@ -289,7 +338,7 @@ impl pb::queue_server::Queue for QueueService {
                 let frames = futures::stream::once(async move { first })
                     .chain(inbound.filter_map(|f| futures::future::ready(f.ok())));
                 let upstream = leader
-                    .relay(leader.queue().worker_stream(forwarded(frames)))
+                    .relay(leader.queue().worker_stream(forwarded(frames, &caller)))
                     .await?;
                 // Ends with this node: the worker reconnects elsewhere.
                 let until_drained = async move { session.draining().await };
@@ -303,7 +352,16 @@ impl pb::queue_server::Queue for QueueService {
                 let ctx = self.ctx.clone();
                 tokio::spawn(async move {
                     if let Ok(shard) = ctx.shard(shard_id) {
-                        run_worker_session(shard, open, first, inbound, tx, session, ctx.id).await;
+                        run_worker_session(
+                            shard,
+                            Opened { open, caller },
+                            first,
+                            inbound,
+                            tx,
+                            session,
+                            ctx.id,
+                        )
+                        .await;
                     }
                 });
                 Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -312,19 +370,26 @@ impl pb::queue_server::Queue for QueueService {
     }
 }
 
+/// A worker stream's `open` frame and the caller allowed to open it.
+struct Opened {
+    open: pb::WorkerOpen,
+    caller: Caller,
+}
+
 /// Serves one worker stream on the leader. Each inbound frame becomes one
 /// group of ops (its acks, nacks, extends and a claim for the credit), so
 /// it costs one Raft round-trip; jobs that become ready later are pushed
 /// while credit remains.
 async fn run_worker_session(
     shard: &ShardHandle,
-    open: pb::WorkerOpen,
+    opened: Opened,
     first: pb::WorkerFrame,
     mut inbound: Streaming<pb::WorkerFrame>,
     tx: mpsc::Sender<Result<pb::ServerFrame, Status>>,
     mut session: SessionGuard,
     node: NodeId,
 ) {
+    let Opened { open, caller } = opened;
     let lease_ms = open.lease_ms.map(|l| l as u64);
     let waiter = shard.shared.waiter(&open.queue);
     let mut credit: u32 = 0;
@@ -336,6 +401,10 @@ async fn run_worker_session(
         tokio::pin!(notified);
         notified.as_mut().enable();
         if let Some(f) = frame.take() {
+            if let Err(status) = may_report(&caller, shard, &open.queue, &f) {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
             credit = credit.saturating_add(f.credit).min(MAX_CREDIT);
             // A claim only when something is ready: an idle stream with
             // spare credit costs no Raft round.
@@ -435,6 +504,32 @@ async fn run_worker_session(
             }
         }
     }
+}
+
+/// `PERMISSION_DENIED` if a frame reports on a job of a queue the caller
+/// may not consume (a stream serves one queue, but tokens name only jobs).
+fn may_report(
+    caller: &Caller,
+    shard: &ShardHandle,
+    queue: &str,
+    f: &pb::WorkerFrame,
+) -> Result<(), Status> {
+    if caller.everywhere(Role::Consume) {
+        return Ok(());
+    }
+    let ids = f
+        .acks
+        .iter()
+        .chain(&f.extends)
+        .chain(f.nacks.iter().filter_map(|n| n.token.as_ref()))
+        .filter_map(|t| t.job_id.parse::<JobId>().ok());
+    let state = shard.shared.state();
+    for id in ids {
+        if let Some(q) = state.queue_of(id).filter(|q| **q != *queue) {
+            caller.may(Call::WorkerStream, &q)?;
+        }
+    }
+    Ok(())
 }
 
 fn shutting_down(node: NodeId) -> Status {

@@ -28,7 +28,10 @@ pub struct Node {
     pub id: NodeId,
     /// Where the node listens (clients of the test connect here).
     pub listen: SocketAddr,
-    /// Its proxy, which is the address every other node uses.
+    /// Its peer port (the test's cluster-admin calls connect here).
+    pub peer_listen: SocketAddr,
+    /// Its proxy to the peer port, which is the address every other node
+    /// uses.
     pub advertise: SocketAddr,
     pub dir: PathBuf,
     child: Option<Child>,
@@ -42,7 +45,7 @@ pub struct Cluster {
     members: String,
     config: PathBuf,
     shards: u32,
-    clients: HashMap<NodeId, Client>,
+    admins: HashMap<NodeId, Client>,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -76,7 +79,9 @@ impl Cluster {
         for i in 0..spec.nodes {
             let id = i as NodeId + 1;
             let listen: SocketAddr = format!("127.0.0.1:{}", super::ports::free_port()).parse()?;
-            let advertise = net.proxy(id, listen).await?;
+            let peer_listen: SocketAddr =
+                format!("127.0.0.1:{}", super::ports::free_port()).parse()?;
+            let advertise = net.proxy(id, peer_listen).await?;
             let node_dir = dir.path().join(format!("n{id}"));
             std::fs::create_dir_all(&node_dir)?;
             let mut mounted = false;
@@ -96,6 +101,7 @@ impl Cluster {
             nodes.push(Node {
                 id,
                 listen,
+                peer_listen,
                 advertise,
                 dir: node_dir,
                 child: None,
@@ -114,7 +120,7 @@ impl Cluster {
             members,
             config,
             shards: spec.shards,
-            clients: HashMap::new(),
+            admins: HashMap::new(),
             dir: Some(dir),
         };
         for id in cluster.ids() {
@@ -164,6 +170,7 @@ impl Cluster {
         cmd.args(["--config", &config.display().to_string()])
             .args(["--node-id", &id.to_string()])
             .args(["--listen", &node.listen.to_string()])
+            .args(["--peer-listen", &node.peer_listen.to_string()])
             .args(["--advertise", &node.advertise.to_string()])
             .args(["--data-dir", &node.dir.display().to_string()])
             .args(["--initial-members", &members])
@@ -231,16 +238,17 @@ impl Cluster {
         self.nodes[(id - 1) as usize].dir.clone()
     }
 
-    pub async fn client(&mut self, id: NodeId) -> Option<Client> {
-        if let Some(c) = self.clients.get(&id) {
+    /// A client of a node's peer port (`ClusterAdmin`), directly.
+    pub async fn admin(&mut self, id: NodeId) -> Option<Client> {
+        if let Some(c) = self.admins.get(&id) {
             return Some(c.clone());
         }
-        let addr = self.nodes[(id - 1) as usize].listen.to_string();
+        let addr = self.nodes[(id - 1) as usize].peer_listen.to_string();
         let c = tokio::time::timeout(Duration::from_secs(2), Client::connect(&addr))
             .await
             .ok()?
             .ok()?;
-        self.clients.insert(id, c.clone());
+        self.admins.insert(id, c.clone());
         Some(c)
     }
 
@@ -248,7 +256,7 @@ impl Cluster {
         if !self.is_running(id) {
             return None;
         }
-        let c = self.client(id).await?;
+        let c = self.admin(id).await?;
         tokio::time::timeout(
             Duration::from_secs(2),
             c.cluster().status(pb::ClusterStatusRequest {}),

@@ -395,7 +395,7 @@ async fn make_leader(c: &mut Cluster, shard: u32, target: NodeId) -> anyhow::Res
             Instant::now() < deadline,
             "node {target} did not become leader of shard {shard} in 60 s"
         );
-        if let Some(client) = c.client(current).await {
+        if let Some(client) = c.admin(current).await {
             let req = raftq_client::proto::StepDownRequest {
                 timeout_ms: 5_000,
                 drain_workers: false,

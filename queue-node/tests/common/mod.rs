@@ -2,6 +2,7 @@
 //! and waiting on conditions with deadlines.
 #![allow(dead_code)]
 
+pub mod certs;
 mod ports;
 
 use std::future::Future;
@@ -69,6 +70,7 @@ pub fn fast_config(dir: &Path) -> NodeConfig {
     let mut c = NodeConfig {
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".into(),
+        peer_listen: "127.0.0.1:0".into(),
         ..NodeConfig::default()
     };
     c.raft.heartbeat_ms = 50;
@@ -93,9 +95,37 @@ pub async fn start_with(config: NodeConfig) -> (NodeHandle, Client) {
     (handle, client)
 }
 
-pub async fn wait_for_leader(client: &Client) -> u64 {
+/// A client of an in-process node's peer port (`ClusterAdmin`).
+pub async fn peer(handle: &NodeHandle) -> Client {
+    connect(&handle.peer_addr.to_string()).await
+}
+
+/// A fresh loopback address.
+pub fn loopback() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// Waits until the node behind `client` (its client port) can serve:
+/// every shard has a leader.
+pub async fn wait_for_leader(client: &Client) {
+    wait_for(
+        "a leader for every shard",
+        Duration::from_secs(20),
+        || async {
+            let request = pb::StatsRequest {
+                queue: String::new(),
+                local: false,
+            };
+            client.admin().stats(request).await.ok().map(|_| ())
+        },
+    )
+    .await
+}
+
+/// The leader of shard 0, asked through a peer port's `ClusterAdmin`.
+pub async fn shard_leader(admin: &Client) -> u64 {
     wait_for("a shard leader", Duration::from_secs(20), || async {
-        let status = client
+        let status = admin
             .cluster()
             .status(pb::ClusterStatusRequest {})
             .await
@@ -110,10 +140,9 @@ pub async fn wait_for_leader(client: &Client) -> u64 {
 /// Starts `n` `queue-node` processes forming one cluster on loopback, node
 /// ids 1..=n with data dirs `n1`, `n2`, ... under `dir`.
 pub fn spawn_cluster(dir: &Path, n: usize, extra_args: &[String]) -> Vec<ProcNode> {
-    let addrs: Vec<String> = (0..n)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let members = addrs
+    let addrs: Vec<String> = (0..n).map(|_| loopback()).collect();
+    let peer_addrs: Vec<String> = (0..n).map(|_| loopback()).collect();
+    let members = peer_addrs
         .iter()
         .enumerate()
         .map(|(i, a)| format!("{}={a}", i + 1))
@@ -127,6 +156,7 @@ pub fn spawn_cluster(dir: &Path, n: usize, extra_args: &[String]) -> Vec<ProcNod
             ProcNode::spawn_with(
                 id,
                 a,
+                &peer_addrs[i],
                 &dir.join(format!("n{id}")),
                 &members,
                 extra_args.to_vec(),
@@ -138,7 +168,10 @@ pub fn spawn_cluster(dir: &Path, n: usize, extra_args: &[String]) -> Vec<ProcNod
 /// A `queue-node` process.
 pub struct ProcNode {
     pub id: u64,
+    /// The client port.
     pub addr: String,
+    /// The peer port (`ClusterAdmin`), the address in the membership.
+    pub peer_addr: String,
     pub dir: PathBuf,
     pub members: String,
     /// Extra command-line arguments (e.g. `--config file.yaml`).
@@ -147,13 +180,20 @@ pub struct ProcNode {
 }
 
 impl ProcNode {
-    pub fn spawn(id: u64, addr: &str, dir: &Path, members: &str) -> ProcNode {
-        ProcNode::spawn_with(id, addr, dir, members, Vec::new())
+    /// A one-node cluster with clients on `addr`.
+    pub fn single(id: u64, addr: &str, dir: &Path) -> ProcNode {
+        ProcNode::single_with(id, addr, dir, Vec::new())
+    }
+
+    pub fn single_with(id: u64, addr: &str, dir: &Path, extra_args: Vec<String>) -> ProcNode {
+        let peer = loopback();
+        ProcNode::spawn_with(id, addr, &peer, dir, &format!("{id}={peer}"), extra_args)
     }
 
     pub fn spawn_with(
         id: u64,
         addr: &str,
+        peer_addr: &str,
         dir: &Path,
         members: &str,
         extra_args: Vec<String>,
@@ -161,6 +201,7 @@ impl ProcNode {
         let mut node = ProcNode {
             id,
             addr: addr.to_string(),
+            peer_addr: peer_addr.to_string(),
             dir: dir.to_path_buf(),
             members: members.to_string(),
             extra_args,
@@ -179,6 +220,7 @@ impl ProcNode {
         let child = Command::new(env!("CARGO_BIN_EXE_queue-node"))
             .args(["--node-id", &self.id.to_string()])
             .args(["--listen", &self.addr])
+            .args(["--peer-listen", &self.peer_addr])
             .args(["--data-dir", &self.dir.display().to_string()])
             .args(["--initial-members", &self.members])
             .args(&self.extra_args)
@@ -243,6 +285,11 @@ impl ProcNode {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// A client of the peer port (`ClusterAdmin`).
+    pub async fn admin(&self) -> Client {
+        connect(&self.peer_addr).await
     }
 
     pub fn log(&self) -> String {

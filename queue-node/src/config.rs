@@ -71,9 +71,11 @@ pub struct TlsConfig {
     /// certificate, when given, identifies the caller) or `required`.
     #[serde(default)]
     pub client_certs: ClientCerts,
-    /// Names (DNS or IP) a peer's certificate may carry besides the hosts
-    /// in the shards' membership, so that nodes not yet members (a new
-    /// node joining) are trusted. The operator lists every pod's name.
+    /// Names (DNS or IP) a peer's certificate may be valid for besides the
+    /// hosts in the shards' membership, so that nodes not yet members (a
+    /// new node joining) are trusted. `*.domain` admits a certificate for
+    /// any host one label under `domain` (every pod of a headless
+    /// Service).
     #[serde(default)]
     pub peer_names: Vec<String>,
 }

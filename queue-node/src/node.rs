@@ -319,6 +319,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             .max_concurrent_streams(Some(limits.max_streams_per_connection))
             .http2_keepalive_interval(Some(Duration::from_millis(limits.keepalive_interval_ms)))
             .http2_keepalive_timeout(Some(Duration::from_millis(limits.keepalive_timeout_ms)))
+            .layer(crate::security::over_limit::OverLimitLayer)
     };
     let queue = |port| {
         QueueServer::new(QueueService::new(context.clone(), port))

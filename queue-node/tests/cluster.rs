@@ -34,16 +34,34 @@ async fn leader_of(clients: &[Client]) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_crash_under_load_loses_nothing() {
+    leader_crash_under_load(false).await;
+}
+
+/// The same with TLS on both ports and auth: the nodes speak mutual TLS,
+/// requests forwarded to the leader carry the verified principal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_crash_under_load_loses_nothing_with_tls_and_auth() {
+    leader_crash_under_load(true).await;
+}
+
+async fn leader_crash_under_load(secure: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = common::spawn_cluster(dir.path(), 3, &[]);
-    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let tls = secure.then(|| common::certs::TestTls::new(&dir.path().join("tls")));
+    let args = tls.as_ref().map(|t| t.node_args()).unwrap_or_default();
+    let mut nodes = common::spawn_cluster(dir.path(), 3, &args);
     let mut clients = Vec::new();
-    for a in &addrs {
-        clients.push(connect(a).await);
-    }
     let mut admins = Vec::new();
     for n in &nodes {
-        admins.push(n.admin().await);
+        match &tls {
+            Some(t) => {
+                clients.push(common::connect_with(&n.addr, t.worker_options()).await);
+                admins.push(common::connect_with(&n.peer_addr, t.ops_options()).await);
+            }
+            None => {
+                clients.push(connect(&n.addr).await);
+                admins.push(n.admin().await);
+            }
+        }
     }
     leader_of(&admins).await;
 

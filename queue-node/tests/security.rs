@@ -587,3 +587,32 @@ async fn require_auth_refuses_an_open_node() {
         "{e}"
     );
 }
+
+/// A request over the message size limit is refused with
+/// RESOURCE_EXHAUSTED (tonic's own code would be OUT_OF_RANGE), and the
+/// node serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_is_resource_exhausted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, client) = common::start_single(dir.path()).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // A client without its own limit, as any language's client may be.
+    let mut raw = raftq_api::v1::queue_client::QueueClient::new(channel)
+        .max_encoding_message_size(usize::MAX);
+    let payload = vec![b'x'; raftq_api::limits::MAX_MESSAGE_BYTES + 1024];
+    let e = raw
+        .enqueue(pb::EnqueueRequest {
+            queue: "big".into(),
+            jobs: vec![JobSpec::new(payload).into_proto()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(e.message().contains("too large"), "{}", e.message());
+    enqueue(&client, "small").await.expect("serving on");
+    node.shutdown().await.unwrap();
+}

@@ -46,6 +46,22 @@ impl PeerCert {
         cert.verify_is_valid_for_subject_name(&name).is_ok()
     }
 
+    /// Whether the certificate names a host under `domain` (one label
+    /// below it: `*.domain` itself, or `x.domain`). How `*.domain` in
+    /// `tls.peer_names` admits every pod of a StatefulSet's headless
+    /// Service, however many there are.
+    pub fn names_a_host_under(&self, domain: &str) -> bool {
+        let Ok(cert) = webpki::EndEntityCert::try_from(&self.der) else {
+            return false;
+        };
+        let suffix = format!(".{}", domain.to_ascii_lowercase());
+        cert.valid_dns_names().any(|name| {
+            let name = name.to_ascii_lowercase();
+            name.strip_suffix(&suffix)
+                .is_some_and(|label| !label.is_empty() && !label.contains('.'))
+        })
+    }
+
     /// The principal a member node acts as (cluster members may do
     /// everything; requests they forward for themselves carry this).
     pub fn node_name(&self) -> String {
@@ -121,6 +137,18 @@ mod tests {
         );
         assert!(c.is_valid_for("worker.example"));
         assert!(!c.is_valid_for("other.example"));
+    }
+
+    #[test]
+    fn a_wildcard_peer_name_admits_hosts_one_label_under_it() {
+        let c = cert(rcgen::CertificateParams::new(vec!["*.q-peers.ns.svc".to_string()]).unwrap());
+        assert!(c.names_a_host_under("q-peers.ns.svc"));
+        assert!(c.is_valid_for("q-2.q-peers.ns.svc"));
+        assert!(!c.names_a_host_under("ns.svc"));
+        let c =
+            cert(rcgen::CertificateParams::new(vec!["q-0.q-peers.ns.svc".to_string()]).unwrap());
+        assert!(c.names_a_host_under("q-peers.ns.svc"));
+        assert!(!c.names_a_host_under("other.ns.svc"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod dial;
 pub mod exposure;
 pub mod identity;
 pub mod listener;
+pub mod over_limit;
 mod rate;
 mod stream;
 pub mod tls;
@@ -506,8 +507,10 @@ fn is_member(
     if cert.member.load(Ordering::Relaxed) {
         return true;
     }
-    let member = peer_names.iter().any(|n| cert.is_valid_for(n))
-        || members().iter().any(|host| cert.is_valid_for(host));
+    let member = peer_names.iter().any(|n| match n.strip_prefix("*.") {
+        Some(domain) => cert.names_a_host_under(domain),
+        None => cert.is_valid_for(n),
+    }) || members().iter().any(|host| cert.is_valid_for(host));
     if member {
         cert.member.store(true, Ordering::Relaxed);
     }

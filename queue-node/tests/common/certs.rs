@@ -115,3 +115,73 @@ impl NodeFiles {
 pub fn token_hash(token: &str) -> String {
     raftq_node::security::auth::to_hex(&raftq_node::security::auth::token_hash(token))
 }
+
+/// A whole TLS + auth setup for cluster tests: a CA, one certificate
+/// every node uses (valid for 127.0.0.1), an auth file with a `worker`
+/// token that may do everything to every queue and an `ops` client
+/// certificate with `cluster-admin`.
+pub struct TestTls {
+    ca: Ca,
+    ops: Leaf,
+    files: NodeFiles,
+    auth: PathBuf,
+}
+
+pub const WORKER_TOKEN: &str = "worker-token";
+
+impl TestTls {
+    pub fn new(dir: &Path) -> TestTls {
+        let ca = Ca::new("test cluster CA");
+        let files = NodeFiles::write(dir, &ca, &ca.leaf(&["127.0.0.1"], "node"));
+        let auth = dir.join("auth.yaml");
+        std::fs::write(
+            &auth,
+            format!(
+                "principals:\n  - name: worker\n    tokens_sha256: ['{}']\n    grants:\n      - {{ role: produce, queues: ['*'] }}\n      - {{ role: consume, queues: ['*'] }}\n      - {{ role: read, queues: ['*'] }}\n      - {{ role: queue-admin, queues: ['*'] }}\n  - name: ops\n    grants: [{{ role: cluster-admin }}]\n",
+                token_hash(WORKER_TOKEN)
+            ),
+        )
+        .unwrap();
+        TestTls {
+            ops: ca.leaf(&[], "ops"),
+            ca,
+            files,
+            auth,
+        }
+    }
+
+    /// `queue-node` flags: TLS on both ports, client certificates
+    /// optional, auth on.
+    pub fn node_args(&self) -> Vec<String> {
+        [
+            "--tls-cert",
+            &self.files.cert.display().to_string(),
+            "--tls-key",
+            &self.files.key.display().to_string(),
+            "--tls-ca",
+            &self.files.ca.display().to_string(),
+            "--client-certs",
+            "optional",
+            "--auth-file",
+            &self.auth.display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// The `worker` principal on a client port, over TLS.
+    pub fn worker_options(&self) -> raftq_client::ConnectOptions {
+        raftq_client::ConnectOptions::new()
+            .tls(raftq_client::TlsOptions::new().ca_cert_pem(self.ca.pem.clone()))
+            .token(WORKER_TOKEN)
+    }
+
+    /// The `ops` principal (a client certificate) on a peer port.
+    pub fn ops_options(&self) -> raftq_client::ConnectOptions {
+        raftq_client::ConnectOptions::new().tls(
+            raftq_client::TlsOptions::new()
+                .ca_cert_pem(self.ca.pem.clone())
+                .client_identity_pem(self.ops.cert.clone(), self.ops.key.clone()),
+        )
+    }
+}

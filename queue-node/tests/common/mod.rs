@@ -34,6 +34,17 @@ where
     }
 }
 
+/// A client of the node at `addr` connected with `options`, once it
+/// accepts connections.
+pub async fn connect_with(addr: &str, options: raftq_client::ConnectOptions) -> Client {
+    wait_for(
+        "node accepts connections",
+        Duration::from_secs(30),
+        || async { Client::connect_with(addr, options.clone()).await.ok() },
+    )
+    .await
+}
+
 /// A client of the node at `addr`, once it accepts connections.
 pub async fn connect(addr: &str) -> Client {
     wait_for(

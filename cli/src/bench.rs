@@ -119,8 +119,8 @@ struct Spawned {
     children: Vec<Child>,
     /// Peer ports.
     peer_addrs: Vec<String>,
-    /// With --secure: how to connect.
-    options: Option<ConnectOptions>,
+    /// With --secure: how to connect to the client and the peer ports.
+    options: Option<(ConnectOptions, ConnectOptions)>,
     _dir: tempfile::TempDir,
 }
 
@@ -257,7 +257,10 @@ fn spawn_nodes(args: &BenchArgs, count: usize) -> anyhow::Result<Spawned> {
                 .with_context(|| format!("starting {}", exe.display()))?,
         );
     }
-    let options = secure.map(|c| c.options()).transpose()?;
+    let options = match secure {
+        Some(c) => Some((c.options()?, c.peer_options()?)),
+        None => None,
+    };
     Ok(Spawned {
         children,
         peer_addrs,
@@ -279,12 +282,15 @@ impl Router {
     async fn discover(
         peer_addr: &str,
         options: &ConnectOptions,
+        peer_options: &ConnectOptions,
         connections: usize,
     ) -> anyhow::Result<Router> {
         let addr = peer_addr;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(router) = Router::try_discover(addr, options, connections).await {
+            if let Some(router) =
+                Router::try_discover(addr, options, peer_options, connections).await
+            {
                 return Ok(router);
             }
             if Instant::now() > deadline {
@@ -297,9 +303,12 @@ impl Router {
     async fn try_discover(
         addr: &str,
         options: &ConnectOptions,
+        peer_options: &ConnectOptions,
         connections: usize,
     ) -> Option<Router> {
-        let client = Client::connect_with(addr, options.clone()).await.ok()?;
+        let client = Client::connect_with(addr, peer_options.clone())
+            .await
+            .ok()?;
         let status = client
             .cluster()
             .status(pb::ClusterStatusRequest {})
@@ -321,7 +330,7 @@ impl Router {
             if !by_addr.contains_key(&leader_addr) {
                 // The membership holds peer addresses: ask the leader for
                 // its client port.
-                let leader = Client::connect_with(&leader_addr, options.clone())
+                let leader = Client::connect_with(&leader_addr, peer_options.clone())
                     .await
                     .ok()?;
                 let client_addr = leader
@@ -632,15 +641,16 @@ pub async fn run(args: BenchArgs, conn: &ConnArgs) -> anyhow::Result<()> {
         Some(n) => Some(spawn_nodes(&args, n)?),
         None => None,
     };
-    let (target, options) = match &spawned {
+    let (target, (options, peer_options)) = match &spawned {
         Some(s) => (
             s.peer_addrs[0].clone(),
             s.options.clone().unwrap_or_default(),
         ),
-        None => (conn.peer_addr.clone(), conn.options()?),
+        None => (conn.peer_addr.clone(), (conn.options()?, conn.options()?)),
     };
     eprintln!("waiting for shard leaders at {target} ...");
-    let router = Arc::new(Router::discover(&target, &options, args.connections).await?);
+    let router =
+        Arc::new(Router::discover(&target, &options, &peer_options, args.connections).await?);
     let queues = queue_names(args.queues);
     let payload = Bytes::from(vec![b'x'; args.payload]);
 

@@ -22,6 +22,33 @@ pub struct Spec {
     pub small_disk: Option<(NodeId, u64)>,
     /// Node settings (YAML) instead of [`NODE_CONFIG`].
     pub config: Option<&'static str>,
+    /// Mutual TLS between the nodes, TLS and a token for clients.
+    pub tls: bool,
+}
+
+/// The client ports of a cluster and how to connect to them.
+#[derive(Clone)]
+pub struct Endpoints {
+    pub addrs: Vec<String>,
+    pub options: raftq_client::ConnectOptions,
+}
+
+impl Endpoints {
+    pub fn len(&self) -> usize {
+        self.addrs.len()
+    }
+
+    /// A client of node `i` (modulo the count), if it answers within 1 s.
+    pub async fn connect(&self, i: usize) -> Option<Client> {
+        let addr = &self.addrs[i % self.addrs.len()];
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            Client::connect_with(addr, self.options.clone()),
+        )
+        .await
+        .ok()?
+        .ok()
+    }
 }
 
 pub struct Node {
@@ -46,6 +73,7 @@ pub struct Cluster {
     config: PathBuf,
     shards: u32,
     admins: HashMap<NodeId, Client>,
+    tls: Option<super::certs::TestTls>,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -121,6 +149,9 @@ impl Cluster {
             config,
             shards: spec.shards,
             admins: HashMap::new(),
+            tls: spec
+                .tls
+                .then(|| super::certs::TestTls::new(&dir.path().join("tls"))),
             dir: Some(dir),
         };
         for id in cluster.ids() {
@@ -140,8 +171,16 @@ impl Cluster {
         self.nodes.iter().map(|n| n.id).collect()
     }
 
-    pub fn listen_addrs(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.listen.to_string()).collect()
+    /// The nodes' client ports, and how to connect.
+    pub fn endpoints(&self) -> Endpoints {
+        Endpoints {
+            addrs: self.nodes.iter().map(|n| n.listen.to_string()).collect(),
+            options: self
+                .tls
+                .as_ref()
+                .map(|t| t.worker_options())
+                .unwrap_or_default(),
+        }
     }
 
     fn node(&mut self, id: NodeId) -> &mut Node {
@@ -154,6 +193,7 @@ impl Cluster {
     }
 
     pub fn start_node(&mut self, id: NodeId) -> anyhow::Result<()> {
+        let tls_args = self.tls.as_ref().map(|t| t.node_args()).unwrap_or_default();
         let members = self.members.clone();
         let config = self.config.clone();
         let shards = self.shards;
@@ -175,6 +215,7 @@ impl Cluster {
             .args(["--data-dir", &node.dir.display().to_string()])
             .args(["--initial-members", &members])
             .args(["--shards", &shards.to_string()])
+            .args(&tls_args)
             .env("RAFTQ_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log);
@@ -244,7 +285,12 @@ impl Cluster {
             return Some(c.clone());
         }
         let addr = self.nodes[(id - 1) as usize].peer_listen.to_string();
-        let c = tokio::time::timeout(Duration::from_secs(2), Client::connect(&addr))
+        let options = self
+            .tls
+            .as_ref()
+            .map(|t| t.ops_options())
+            .unwrap_or_default();
+        let c = tokio::time::timeout(Duration::from_secs(2), Client::connect_with(&addr, options))
             .await
             .ok()?
             .ok()?;

@@ -2,6 +2,8 @@
 //! `tests/faults.rs` for how to run it and docs/RELIABILITY.md for what each
 //! scenario checks).
 
+#[path = "../common/certs.rs"]
+pub mod certs;
 pub mod cluster;
 pub mod history;
 #[path = "../common/ports.rs"]

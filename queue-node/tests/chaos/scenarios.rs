@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::cluster::{Cluster, Spec};
+use super::cluster::{Cluster, Endpoints, Spec};
 use super::history::{check, Op, Report};
 use super::proxy::{fastrand, NodeId};
 use super::workload::{final_states, wait_drained, Workload};
@@ -61,10 +61,17 @@ pub struct Scenario {
     pub needs_root: bool,
 }
 
-pub const ALL: [Scenario; 11] = [
+pub const ALL: [Scenario; 12] = [
     Scenario {
         name: "kill-leader",
         what: "SIGKILL the leader of a shard, restart it, repeat",
+        nodes: 3,
+        shards: 2,
+        needs_root: false,
+    },
+    Scenario {
+        name: "kill-leader-tls",
+        what: "kill-leader with mutual TLS between the nodes, TLS and a token for every client",
         nodes: 3,
         shards: 2,
         needs_root: false,
@@ -157,6 +164,7 @@ pub async fn run(s: &Scenario, size: Size) -> anyhow::Result<Outcome> {
         fake_clock: s.name.starts_with("clock-"),
         small_disk: (s.name == "disk-full").then_some((1, 256)),
         config: (s.name == "partition-leader-returns").then_some(SNAPSHOT_OFTEN_ONE_IN_FLIGHT),
+        tls: s.name.ends_with("-tls"),
     };
     let mut cluster = Cluster::start(&spec).await?;
     let outcome = run_on(s, size, &mut cluster).await;
@@ -175,8 +183,8 @@ pub async fn run(s: &Scenario, size: Size) -> anyhow::Result<Outcome> {
 
 async fn run_on(s: &Scenario, size: Size, cluster: &mut Cluster) -> anyhow::Result<Outcome> {
     let started = Instant::now();
-    let addrs = cluster.listen_addrs();
-    let mut load = Workload::start(addrs.clone(), &QUEUES, 3, 4);
+    let endpoints = cluster.endpoints();
+    let mut load = Workload::start(endpoints.clone(), &QUEUES, 3, 4);
     wait_acknowledged(&load, 100, Duration::from_secs(60)).await?;
 
     let mut notes = Vec::new();
@@ -186,7 +194,7 @@ async fn run_on(s: &Scenario, size: Size, cluster: &mut Cluster) -> anyhow::Resu
         phase = Instant::now();
     };
     let faults = match s.name {
-        "kill-leader" | "kill-leader-5" => kill_leader(cluster, size).await?,
+        "kill-leader" | "kill-leader-5" | "kill-leader-tls" => kill_leader(cluster, size).await?,
         "kill-follower" => kill_follower(cluster, size).await?,
         "kill-all" => kill_all(cluster, size).await?,
         "partition-leader" => partition_leader(cluster, size).await?,
@@ -236,7 +244,7 @@ async fn run_on(s: &Scenario, size: Size, cluster: &mut Cluster) -> anyhow::Resu
     }
     lap(&mut notes, "heal");
     load.stop_producing().await;
-    let drained = wait_drained(&addrs, Duration::from_secs(90)).await;
+    let drained = wait_drained(&endpoints, Duration::from_secs(90)).await;
     load.stop_working().await;
     drained?;
     cluster.wait_converged(Duration::from_secs(30)).await?;
@@ -252,7 +260,7 @@ async fn run_on(s: &Scenario, size: Size, cluster: &mut Cluster) -> anyhow::Resu
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let finals = final_states(&addrs, jobs).await?;
+    let finals = final_states(&endpoints, jobs).await?;
     lap(&mut notes, "final states");
     let mut report = check(&events, &finals);
     for problem in cluster.log_problems() {
@@ -447,7 +455,7 @@ async fn disk_full(c: &mut Cluster, size: Size, notes: &mut Vec<String>) -> anyh
     let ballast = c.data_dir(victim).join("ballast");
     fill(&ballast)?;
     // RocksDB keeps space reserved for its WAL; big jobs use it up.
-    let filler = tokio::spawn(fill_with_jobs(c.listen_addrs()));
+    let filler = tokio::spawn(fill_with_jobs(c.endpoints()));
     // The node must stop (to be restarted by its supervisor) and say why.
     let deadline = Instant::now() + Duration::from_secs(60);
     let how = loop {
@@ -481,22 +489,19 @@ async fn disk_full(c: &mut Cluster, size: Size, notes: &mut Vec<String>) -> anyh
     c.kill(victim);
     c.start_node(victim)?;
     c.wait_serving(&c.ids(), Duration::from_secs(60)).await?;
-    purge(&c.listen_addrs(), BULK_QUEUE).await?;
+    purge(&c.endpoints(), BULK_QUEUE).await?;
     Ok(1)
 }
 
 /// Big jobs, outside the checked history, to fill a disk quickly.
 const BULK_QUEUE: &str = "bulk";
 
-async fn fill_with_jobs(addrs: Vec<String>) {
+async fn fill_with_jobs(endpoints: Endpoints) {
     let payload = bytes::Bytes::from(vec![0x42u8; 256 * 1024]);
     let mut i = 0usize;
     loop {
         i += 1;
-        let addr = &addrs[i % addrs.len()];
-        let Ok(Ok(c)) =
-            tokio::time::timeout(Duration::from_secs(1), raftq_client::Client::connect(addr)).await
-        else {
+        let Some(c) = endpoints.connect(i).await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -513,13 +518,10 @@ async fn fill_with_jobs(addrs: Vec<String>) {
     }
 }
 
-async fn purge(addrs: &[String], queue: &str) -> anyhow::Result<()> {
+async fn purge(endpoints: &Endpoints, queue: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     for i in 0.. {
-        let addr = &addrs[i % addrs.len()];
-        if let Ok(Ok(c)) =
-            tokio::time::timeout(Duration::from_secs(1), raftq_client::Client::connect(addr)).await
-        {
+        if let Some(c) = endpoints.connect(i).await {
             let req = raftq_client::proto::QueueRef {
                 queue: queue.into(),
             };

@@ -18,6 +18,7 @@ use raftq_client::proto as pb;
 use raftq_client::Client;
 use tokio::task::JoinHandle;
 
+use super::cluster::Endpoints;
 use super::history::{History, Op, Settle};
 use super::proxy::fastrand;
 
@@ -39,16 +40,12 @@ pub struct Workload {
 /// reconnected on its next use.
 #[derive(Clone)]
 struct Nodes {
-    addrs: Arc<Vec<String>>,
+    endpoints: Arc<Endpoints>,
 }
 
 impl Nodes {
     async fn connect(&self, i: usize) -> Option<Client> {
-        let addr = &self.addrs[i % self.addrs.len()];
-        tokio::time::timeout(Duration::from_secs(1), Client::connect(addr))
-            .await
-            .ok()?
-            .ok()
+        self.endpoints.connect(i).await
     }
 }
 
@@ -89,7 +86,7 @@ impl Rotation {
 
 impl Workload {
     pub fn start(
-        addrs: Vec<String>,
+        endpoints: Endpoints,
         queues: &[&str],
         producers: usize,
         workers: usize,
@@ -100,7 +97,7 @@ impl Workload {
         let enqueue_errors = Arc::new(AtomicU64::new(0));
         let last_enqueue_error: Arc<std::sync::Mutex<String>> = Arc::default();
         let nodes = Nodes {
-            addrs: Arc::new(addrs),
+            endpoints: Arc::new(endpoints),
         };
         let queues: Arc<Vec<String>> = Arc::new(queues.iter().map(|q| q.to_string()).collect());
         let producers = (0..producers)
@@ -558,16 +555,13 @@ fn record_results(history: &History, results: Vec<pb::TokenResult>, kind: impl F
 /// Asks the cluster for the final state of every acknowledged job (many
 /// at a time, each on the next node that answers).
 pub async fn final_states(
-    addrs: &[String],
+    endpoints: &Endpoints,
     jobs: impl IntoIterator<Item = String>,
 ) -> anyhow::Result<super::history::FinalStates> {
     use futures::StreamExt;
-    let nodes = Nodes {
-        addrs: Arc::new(addrs.to_vec()),
-    };
     let mut clients = Vec::new();
-    for i in 0..addrs.len() {
-        if let Some(c) = nodes.connect(i).await {
+    for i in 0..endpoints.len() {
+        if let Some(c) = endpoints.connect(i).await {
             clients.push(c);
         }
     }
@@ -616,15 +610,13 @@ pub async fn final_states(
 
 /// Waits until no queue holds a ready, scheduled or leased job on any
 /// node that answers (every job acked or dead).
-pub async fn wait_drained(addrs: &[String], timeout: Duration) -> anyhow::Result<()> {
+pub async fn wait_drained(endpoints: &Endpoints, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut answered = 0;
         let mut busy = Vec::new();
-        for addr in addrs {
-            let Ok(Ok(c)) =
-                tokio::time::timeout(Duration::from_secs(1), Client::connect(addr)).await
-            else {
+        for (i, addr) in endpoints.addrs.iter().enumerate() {
+            let Some(c) = endpoints.connect(i).await else {
                 continue;
             };
             let req = pb::StatsRequest {
@@ -662,7 +654,7 @@ pub async fn wait_drained(addrs: &[String], timeout: Duration) -> anyhow::Result
                 }
             }
         }
-        if answered == addrs.len() && busy.is_empty() {
+        if answered == endpoints.len() && busy.is_empty() {
             return Ok(());
         }
         if Instant::now() > deadline {

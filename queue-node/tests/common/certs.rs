@@ -1,4 +1,6 @@
 //! Certificates for TLS tests, made with rcgen: a CA and leaves it signs.
+//! Shared by the test crates that include it, each using a part.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::ConnArgs;
+use crate::Conn;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
@@ -626,7 +626,7 @@ async fn prefill(
     Ok(())
 }
 
-pub async fn run(args: BenchArgs, conn: &ConnArgs) -> anyhow::Result<()> {
+pub async fn run(args: BenchArgs, conn: &Conn) -> anyhow::Result<()> {
     if args.fetch_batch == 0
         || args.ack_batch == 0
         || args.enqueue_batch == 0

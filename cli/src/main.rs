@@ -30,25 +30,17 @@ struct Cli {
     command: Command,
 }
 
-/// Where and how to connect.
+/// Where and how to connect: flags, else their environment variables,
+/// else the config file, else the defaults.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnArgs {
-    /// Client port of any raftq node.
-    #[arg(
-        long,
-        global = true,
-        env = "RAFTQ_ADDR",
-        default_value = "127.0.0.1:7400"
-    )]
-    pub addr: String,
-    /// Peer port of any raftq node: `cluster` commands go there.
-    #[arg(
-        long,
-        global = true,
-        env = "RAFTQ_PEER_ADDR",
-        default_value = "127.0.0.1:7401"
-    )]
-    pub peer_addr: String,
+    /// Client port of any raftq node [default: 127.0.0.1:7400].
+    #[arg(long, global = true, env = "RAFTQ_ADDR")]
+    pub addr: Option<String>,
+    /// Peer port of any raftq node: `cluster` commands go there
+    /// [default: 127.0.0.1:7401].
+    #[arg(long, global = true, env = "RAFTQ_PEER_ADDR")]
+    pub peer_addr: Option<String>,
     /// Connect with TLS (implied by --ca-cert and --client-cert).
     #[arg(long, global = true, env = "RAFTQ_TLS")]
     pub tls: bool,
@@ -78,9 +70,99 @@ pub struct ConnArgs {
     /// A bearer token for nodes with auth on.
     #[arg(long, global = true, env = "RAFTQ_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A YAML file with any of: addr, peer_addr, tls, ca_cert, client_cert,
+    /// client_key, tls_domain, token, token_file [default:
+    /// ~/.config/raftq/config.yaml, when it exists].
+    #[arg(long = "config", global = true, env = "RAFTQ_CLI_CONFIG")]
+    pub config_file: Option<PathBuf>,
+}
+
+/// The CLI's config file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    addr: Option<String>,
+    peer_addr: Option<String>,
+    #[serde(default)]
+    tls: bool,
+    ca_cert: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    tls_domain: Option<String>,
+    token: Option<String>,
+    /// A file holding the token (a mounted Secret, say).
+    token_file: Option<PathBuf>,
+}
+
+/// [`ConnArgs`] with the config file and the defaults applied.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub addr: String,
+    pub peer_addr: String,
+    tls: bool,
+    ca_cert: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    tls_domain: Option<String>,
+    token: Option<String>,
 }
 
 impl ConnArgs {
+    pub fn resolve(self) -> anyhow::Result<Conn> {
+        let (path, required) = match self.config_file.clone() {
+            Some(path) => (Some(path), true),
+            None => (
+                std::env::var_os("HOME")
+                    .map(|home| PathBuf::from(home).join(".config/raftq/config.yaml")),
+                false,
+            ),
+        };
+        let file = match path {
+            Some(path) if required || path.exists() => {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading the config file {}", path.display()))?;
+                serde_yaml::from_str::<ConfigFile>(&text)
+                    .with_context(|| format!("the config file {} is not valid", path.display()))?
+            }
+            _ => ConfigFile::default(),
+        };
+        let token = match (self.token, file.token, file.token_file) {
+            (Some(t), _, _) | (None, Some(t), _) => Some(t),
+            (None, None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading token_file {}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None, None) => None,
+        };
+        let (client_cert, client_key) = match (self.client_cert, self.client_key) {
+            (Some(c), Some(k)) => (Some(c), Some(k)),
+            _ => (file.client_cert, file.client_key),
+        };
+        if client_cert.is_some() != client_key.is_some() {
+            bail!("client_cert and client_key go together: give both or neither");
+        }
+        Ok(Conn {
+            addr: self
+                .addr
+                .or(file.addr)
+                .unwrap_or_else(|| "127.0.0.1:7400".into()),
+            peer_addr: self
+                .peer_addr
+                .or(file.peer_addr)
+                .unwrap_or_else(|| "127.0.0.1:7401".into()),
+            tls: self.tls || file.tls,
+            ca_cert: self.ca_cert.or(file.ca_cert),
+            client_cert,
+            client_key,
+            tls_domain: self.tls_domain.or(file.tls_domain),
+            token,
+        })
+    }
+}
+
+impl Conn {
     pub fn options(&self) -> anyhow::Result<ConnectOptions> {
         let mut options = ConnectOptions::new();
         if self.tls || self.ca_cert.is_some() || self.client_cert.is_some() {
@@ -439,8 +521,9 @@ macro_rules! call {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let conn = cli.conn.resolve()?;
     if let Command::Bench(args) = cli.command {
-        return bench::run(args, &cli.conn).await;
+        return bench::run(args, &conn).await;
     }
     if let Command::DevCerts { out, hosts } = &cli.command {
         let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
@@ -464,10 +547,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let addr = match cli.command {
-        Command::Cluster(_) => &cli.conn.peer_addr,
-        _ => &cli.conn.addr,
+        Command::Cluster(_) => &conn.peer_addr,
+        _ => &conn.addr,
     };
-    let client = cli.conn.connect(addr).await?;
+    let client = conn.connect(addr).await?;
     match cli.command {
         Command::Enqueue(args) => enqueue(&client, args).await?,
         Command::Work(args) => work(client, args).await?,

@@ -156,6 +156,48 @@ fn label_value(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Connections per port: open now, and those the limits closed.
+fn connection_families(ctx: &NodeContext) -> (Family, Family, Family, Family) {
+    let mut open = Family::new(
+        "raftq_connections_open",
+        "gauge",
+        "Connections open on the port",
+    );
+    let mut refused = Family::new(
+        "raftq_connections_refused_total",
+        "counter",
+        "Connections closed at once: limits.max_connections were open",
+    );
+    let mut handshakes = Family::new(
+        "raftq_tls_handshakes_failed_total",
+        "counter",
+        "TLS handshakes that failed or timed out (plaintext clients, untrusted certificates)",
+    );
+    let mut idle = Family::new(
+        "raftq_connections_closed_idle_total",
+        "counter",
+        "Connections closed after limits.idle_timeout_ms without a byte",
+    );
+    let security = &ctx.security;
+    for (port, stats) in [
+        ("client", &security.client_conns),
+        ("peer", &security.peer_conns),
+    ] {
+        let label = format!("port=\"{port}\"");
+        open.add(label.clone(), stats.open.load(Ordering::Relaxed) as f64);
+        refused.add(
+            label.clone(),
+            stats.refused_over_limit.load(Ordering::Relaxed) as f64,
+        );
+        handshakes.add(
+            label.clone(),
+            stats.failed_handshakes.load(Ordering::Relaxed) as f64,
+        );
+        idle.add(label, stats.closed_idle.load(Ordering::Relaxed) as f64);
+    }
+    (open, refused, handshakes, idle)
+}
+
 /// The Prometheus text exposition of this node.
 pub fn render(ctx: &NodeContext) -> String {
     let mut leader = Family::new(
@@ -291,6 +333,7 @@ pub fn render(ctx: &NodeContext) -> String {
             .map(|s| s.shared.log_cache_bytes())
             .sum::<u64>() as f64,
     );
+    let (open, refused, handshakes, idle) = connection_families(ctx);
     let mut out = String::new();
     for f in [
         leader,
@@ -306,6 +349,10 @@ pub fn render(ctx: &NodeContext) -> String {
         totals,
         budget,
         used,
+        open,
+        refused,
+        handshakes,
+        idle,
     ] {
         let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
         let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);

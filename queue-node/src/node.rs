@@ -41,8 +41,8 @@ pub struct NodeHandle {
     /// Where the HTTP endpoints listen, when enabled.
     pub http_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
-    peer_server: JoinHandle<Result<(), tonic::transport::Error>>,
+    server: ServerTask,
+    peer_server: ServerTask,
     reload: JoinHandle<()>,
     http: Option<JoinHandle<std::io::Result<()>>>,
     watermark: JoinHandle<()>,
@@ -55,8 +55,11 @@ impl NodeHandle {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let served = (&mut self.server).await;
-        let peer_served = (&mut self.peer_server).await;
+        // In-flight calls finish; a connection that never sends anything
+        // (it would be held until the idle timeout) does not hold the
+        // shutdown up beyond SERVER_DRAIN.
+        let served = drain(&mut self.server, "client").await;
+        let peer_served = drain(&mut self.peer_server, "peer").await;
         self.reload.abort();
         if let Some(http) = self.http.take() {
             http.abort();
@@ -103,6 +106,30 @@ impl NodeHandle {
             failure = health::storage_failure(self.db.clone(), self.data_dir.clone()) => {
                 Err(anyhow::anyhow!(failure))
             }
+        }
+    }
+}
+
+/// How long a stopping node waits for its connections to close.
+const SERVER_DRAIN: Duration = Duration::from_secs(10);
+
+type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// Waits for a server stopped by its shutdown signal, at most
+/// [`SERVER_DRAIN`]; then drops the connections still open.
+async fn drain(
+    server: &mut ServerTask,
+    port: &str,
+) -> Result<Result<(), tonic::transport::Error>, tokio::task::JoinError> {
+    match tokio::time::timeout(SERVER_DRAIN, &mut *server).await {
+        Ok(served) => served,
+        Err(_) => {
+            tracing::warn!(
+                port,
+                "connections still open {SERVER_DRAIN:?} after shutdown; closing them"
+            );
+            server.abort();
+            Ok(Ok(()))
         }
     }
 }

@@ -304,3 +304,69 @@ fn bench_spawns_nodes_and_reports_json() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--connections must be > 0"));
 }
+
+/// The CLI against a node with TLS and auth: its settings from a config
+/// file (the CA and a token file); without credentials, or in plaintext,
+/// an error that says what to do.
+#[tokio::test]
+async fn cli_with_tls_and_a_token_from_its_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = common::certs::TestTls::new(&dir.path().join("tls"));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let node = ProcNode::single_with(1, &addr, &dir.path().join("n1"), tls.node_args());
+    let to = Target::from(&node);
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{}\n", common::certs::WORKER_TOKEN)).unwrap();
+    let config = dir.path().join("cli.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "addr: {addr}\nca_cert: {}\ntoken_file: {}\n",
+            tls.ca_file().display(),
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    let with_config = |args: &[&str]| {
+        let mut all = vec!["--config", config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        raftq(&to, &all, None)
+    };
+    wait_for(
+        "the node serves over TLS",
+        Duration::from_secs(30),
+        || async {
+            with_config(&["enqueue", "secure", "hello"])
+                .status
+                .success()
+                .then_some(())
+        },
+    )
+    .await;
+    let stats = ok(&with_config(&["stats", "secure"]));
+    assert!(stats.contains("secure"), "{stats}");
+
+    // The CA but no token: told to sign in.
+    let out = raftq(
+        &to,
+        &["--ca-cert", tls.ca_file().to_str().unwrap(), "stats"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("requires credentials"), "{stderr}");
+    // Plaintext to a TLS port: told the server may require TLS.
+    let out = raftq(&to, &["stats"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("may require TLS"), "{stderr}");
+    // A config file with a typo is refused, naming the file.
+    std::fs::write(&config, "adress: x\n").unwrap();
+    let out = with_config(&["stats"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cli.yaml") && stderr.contains("adress"),
+        "{stderr}"
+    );
+}

@@ -512,53 +512,58 @@ async fn certificates_and_tokens_rotate_under_load_without_a_failed_request() {
     node.shutdown().await.unwrap();
 }
 
+/// A non-blocking read of a closed connection ends (or fails), after
+/// whatever the server sent first (its HTTP/2 settings); of an open one
+/// that sends nothing, it would block.
+fn closed(mut stream: &std::net::TcpStream) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match std::io::Read::read(&mut stream, &mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+fn open_idle(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_nonblocking(true).unwrap();
+    stream
+}
+
+/// A counter or gauge of the node's `/metrics`.
+async fn metric(node: &raftq_node::node::NodeHandle, line: &str) -> f64 {
+    let metrics = http_get(node.http_addr.unwrap(), "/metrics").await;
+    metrics
+        .lines()
+        .find(|l| l.starts_with(line))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {line} in /metrics:\n{metrics}"))
+}
+
 /// 2,000 connections that never send a byte are closed by the idle
-/// timeout, over the connection limit a connection is closed at once, and
-/// the node serves throughout.
+/// timeout (and counted) while the node serves; a client answering
+/// keepalive pings stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_and_the_node_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::fast_config(dir.path());
+    config.http_listen = Some("127.0.0.1:0".into());
     config.limits.idle_timeout_ms = 2_000;
     config.limits.keepalive_interval_ms = 500;
-    config.limits.max_connections = 2_010;
     let (node, client) = common::start_with(config).await;
-    let addr = node.addr;
-    let open = |addr| {
-        let stream = std::net::TcpStream::connect(addr).unwrap();
-        stream.set_nonblocking(true).unwrap();
-        stream
-    };
-    let idle: Vec<_> = (0..2_000).map(|_| open(addr)).collect();
-    // Still serving while they are open.
+    let idle: Vec<_> = (0..2_000).map(|_| open_idle(node.addr)).collect();
     enqueue(&client, "busy")
         .await
         .expect("enqueue while 2,000 sit idle");
-    // Over the limit: closed at once.
-    let extra: Vec<_> = (0..20).map(|_| open(addr)).collect();
-    // A non-blocking read of a closed connection ends (or fails); of an
-    // open one that sends nothing, it would block.
-    fn closed(mut stream: &std::net::TcpStream) -> bool {
-        let mut buf = [0u8; 16];
-        !matches!(std::io::Read::read(&mut stream, &mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-    }
-    // 2,001 are open (the client's own included): 9 more fit.
-    wait_for(
-        "connections over the limit closed",
-        Duration::from_secs(10),
-        || {
-            let n = extra.iter().filter(|s| closed(s)).count();
-            async move { (n >= 10).then_some(()) }
-        },
-    )
-    .await;
-    // Every idle one is closed within the timeout and a little.
     wait_for("idle connections closed", Duration::from_secs(30), || {
         let n = idle.iter().filter(|s| closed(s)).count();
         async move { (n == 2_000).then_some(()) }
     })
     .await;
-    // The client's own connection answers keepalive pings and stays.
     let stats = client
         .admin()
         .stats(pb::StatsRequest::default())
@@ -566,6 +571,113 @@ async fn idle_connections_are_closed_and_the_node_keeps_serving() {
         .expect("serving after the idle connections went")
         .into_inner();
     assert_eq!(stats.queues[0].ready, 1);
+    let counted = metric(
+        &node,
+        "raftq_connections_closed_idle_total{port=\"client\"}",
+    )
+    .await;
+    assert!(counted >= 2_000.0, "{counted}");
+    node.shutdown().await.unwrap();
+}
+
+/// Past `limits.max_connections` a connection is closed at once, counted,
+/// and the node serves the ones it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_closed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::fast_config(dir.path());
+    config.http_listen = Some("127.0.0.1:0".into());
+    config.limits.max_connections = 50;
+    let (node, client) = common::start_with(config).await;
+    // The client's own connection and 49 more fill the limit.
+    let held: Vec<_> = (0..49).map(|_| open_idle(node.addr)).collect();
+    wait_for("the limit filled", Duration::from_secs(10), || async {
+        let open = metric(&node, "raftq_connections_open{port=\"client\"}").await;
+        (open >= 50.0).then_some(())
+    })
+    .await;
+    let extra: Vec<_> = (0..10).map(|_| open_idle(node.addr)).collect();
+    wait_for(
+        "connections over the limit closed",
+        Duration::from_secs(10),
+        || {
+            let n = extra.iter().filter(|s| closed(s)).count();
+            async move { (n == 10).then_some(()) }
+        },
+    )
+    .await;
+    assert!(
+        held.iter().all(|s| !closed(s)),
+        "held connections stay open"
+    );
+    let refused = metric(&node, "raftq_connections_refused_total{port=\"client\"}").await;
+    assert_eq!(refused, 10.0);
+    enqueue(&client, "busy")
+        .await
+        .expect("the held connection serves");
+    // Connections that never sent a byte do not hold a shutdown up past
+    // its drain time (the idle timeout here is the default 120 s).
+    let started = std::time::Instant::now();
+    node.shutdown().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    drop((held, extra));
+}
+
+/// `GET path` over plain HTTP/1.1; the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+/// `limits.requests_per_second_per_principal`: a principal over its rate
+/// gets RESOURCE_EXHAUSTED naming it and the setting; another principal
+/// is not held back; a second later the first may call again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_over_its_request_rate_is_held_back_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, s) = secure_config(dir.path());
+    config.limits.requests_per_second_per_principal = 20;
+    let node = raftq_node::node::start(config).await.expect("start");
+    let addr = node.addr.to_string();
+    let producer = as_token(&addr, &s.ca, "producer-token").await;
+    let admin = as_token(&addr, &s.ca, "admin-token").await;
+    wait_for("the node leads", Duration::from_secs(20), || async {
+        enqueue(&producer, "jobs").await.ok()
+    })
+    .await;
+    let mut refused = None;
+    for _ in 0..100 {
+        if let Err(e) = enqueue(&producer, "jobs").await {
+            refused = Some(e);
+            break;
+        }
+    }
+    let e = refused.expect("100 requests at once exceed 20 per second");
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(
+        e.message().contains("`producer`")
+            && e.message().contains("requests_per_second_per_principal"),
+        "{}",
+        e.message()
+    );
+    admin
+        .admin()
+        .stats(pb::StatsRequest::default())
+        .await
+        .expect("another principal is not held back");
+    wait_for("the rate refills", Duration::from_secs(5), || async {
+        enqueue(&producer, "jobs").await.ok()
+    })
+    .await;
     node.shutdown().await.unwrap();
 }
 

@@ -171,6 +171,11 @@ impl TestTls {
         .to_vec()
     }
 
+    /// The CA file clients trust.
+    pub fn ca_file(&self) -> &Path {
+        &self.files.ca
+    }
+
     /// The `worker` principal on a client port, over TLS.
     pub fn worker_options(&self) -> raftq_client::ConnectOptions {
         raftq_client::ConnectOptions::new()

@@ -60,7 +60,7 @@ struct Args {
     #[arg(long, requires = "tls_cert")]
     tls_ca: Option<PathBuf>,
     /// Client certificates on the client port.
-    #[arg(long, value_enum, requires = "tls_cert")]
+    #[arg(long, value_enum)]
     client_certs: Option<ClientCerts>,
     /// The principals file (tokens' SHA-256 hashes and grants): turns auth on.
     #[arg(long, env = "RAFTQ_AUTH_FILE")]
@@ -165,8 +165,13 @@ fn config_from(args: &Args) -> anyhow::Result<NodeConfig> {
             client_certs: args.client_certs.unwrap_or_default(),
             peer_names,
         });
-    } else if let (Some(tls), Some(mode)) = (&mut c.tls, args.client_certs) {
-        tls.client_certs = mode;
+    } else if let Some(mode) = args.client_certs {
+        match &mut c.tls {
+            Some(tls) => tls.client_certs = mode,
+            None => anyhow::bail!(
+                "--client-certs needs TLS: give --tls-cert, --tls-key and --tls-ca, or `tls` in the config file"
+            ),
+        }
     }
     if let Some(v) = &args.auth_file {
         c.auth = Some(AuthConfig { file: v.clone() });

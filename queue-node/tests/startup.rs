@@ -38,6 +38,21 @@ fn invalid_settings_exit_non_zero_with_a_reason() {
             vec!["--config", "/nonexistent/raftq.yaml"],
             "cannot read config file",
         ),
+        (
+            vec!["--client-certs", "required"],
+            "--client-certs needs TLS",
+        ),
+        (
+            vec![
+                "--tls-cert",
+                "/nonexistent/node.pem",
+                "--tls-key",
+                "/nonexistent/key.pem",
+                "--tls-ca",
+                "/nonexistent/ca.pem",
+            ],
+            "cannot read certificate /nonexistent/node.pem",
+        ),
     ] {
         let out = queue_node(
             &[

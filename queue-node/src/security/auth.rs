@@ -15,7 +15,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -170,12 +169,6 @@ fn from_hex(s: &str) -> Option<[u8; 32]> {
 }
 
 impl Principals {
-    pub fn load(path: &Path) -> Result<Principals, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the auth file {}: {e}", path.display()))?;
-        Principals::parse(&text).map_err(|e| format!("auth file {}: {e}", path.display()))
-    }
-
     pub fn parse(text: &str) -> Result<Principals, String> {
         let file: FileFormat = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
         let mut principals = Principals::default();

@@ -3,20 +3,16 @@
 //! can reach it. Warned about at start and on `/readyz`; refused with
 //! `require_auth`.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 
 use crate::config::NodeConfig;
 
 /// Whether an address binds beyond loopback (unresolvable: assume so).
 fn beyond_loopback(addr: &str) -> bool {
     match addr.to_socket_addrs() {
-        Ok(mut addrs) => addrs.any(|a: SocketAddr| !is_loopback(a.ip())),
+        Ok(mut addrs) => addrs.any(|a| !a.ip().is_loopback()),
         Err(_) => true,
     }
-}
-
-fn is_loopback(ip: IpAddr) -> bool {
-    ip.is_loopback()
 }
 
 /// The warnings for `config`, or an error when `require_auth` forbids it.

@@ -363,7 +363,8 @@ impl Security {
         members: impl FnOnce() -> BTreeSet<String>,
     ) -> Result<Caller, Status> {
         let info = request.extensions().get::<ConnInfo>();
-        let remote = info.map(|i| i.remote.to_string()).unwrap_or_default();
+        // Formatted only when a refusal is logged: Raft messages pass here.
+        let remote = Remote(info.map(|i| i.remote));
         let cert = info.and_then(|i| i.cert.as_deref());
         let metadata = request.metadata();
         let forwarded = crate::forward::is_forwarded(metadata);
@@ -410,7 +411,7 @@ impl Security {
                     }
                     // No TLS between nodes: only a token proves who the
                     // caller is.
-                    (_, Some(principals)) => self.by_token(&principals, metadata, &remote)?.ok_or_else(|| {
+                    (_, Some(principals)) => self.by_token(&principals, metadata, remote)?.ok_or_else(|| {
                         Status::unauthenticated(
                             "a request forwarded over a peer port without TLS must carry the caller's token; turn on TLS to forward certificate identities",
                         )
@@ -430,7 +431,7 @@ impl Security {
         let Some(principals) = self.principals() else {
             return Ok(Caller::everything(ANONYMOUS));
         };
-        if let Some(caller) = self.by_token(&principals, metadata, &remote)? {
+        if let Some(caller) = self.by_token(&principals, metadata, remote)? {
             return Ok(caller);
         }
         if let Some(cert) = cert {
@@ -455,7 +456,7 @@ impl Security {
         &self,
         principals: &Principals,
         metadata: &MetadataMap,
-        remote: &str,
+        remote: Remote,
     ) -> Result<Option<Caller>, Status> {
         let Some(value) = metadata.get(AUTHORIZATION) else {
             return Ok(None);
@@ -484,6 +485,19 @@ impl Security {
                     "the token is not known to this node (revoked, mistyped, or for another cluster)",
                 ))
             }
+        }
+    }
+}
+
+/// Where a request came from, for logs.
+#[derive(Clone, Copy)]
+struct Remote(Option<std::net::SocketAddr>);
+
+impl std::fmt::Display for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("unknown"),
         }
     }
 }

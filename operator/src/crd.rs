@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.auth) || !has(self.auth.enabled) || self.auth.enabled || (has(self.tls) && has(self.tls.allowInsecure) && self.tls.allowInsecure)").message("auth.enabled: false lets anyone who reaches the client port do anything; set tls.allowInsecure: true to accept that"))]
 pub struct JobQueueSpec {
     /// Queue nodes. Odd so that a majority survives the loss of the rest.
     #[serde(default = "default_replicas")]
@@ -52,11 +53,20 @@ pub struct JobQueueSpec {
     pub resources: Option<ResourceRequirements>,
     #[serde(default)]
     pub queue_defaults: QueueDefaults,
-    /// Secret with `tls.crt`, `tls.key` and `ca.crt` for the gRPC endpoints.
+    /// Encryption of the client and peer ports; on by default, with
+    /// certificates the operator issues.
+    #[serde(default)]
+    pub tls: Tls,
+    /// Who may call the nodes, and what they may do; on by default.
+    #[serde(default)]
+    pub auth: Auth,
+    /// Replaced by `spec.tls` (`mode: secret`, `secretName`); refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("false").message("spec.tlsSecretRef was replaced by spec.tls: set tls.mode: secret and tls.secretName"))]
     pub tls_secret_ref: Option<SecretRef>,
-    /// Secret with the bearer tokens clients must present.
+    /// Replaced by `spec.auth.secretRef`; refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("false").message("spec.authSecretRef was replaced by spec.auth.secretRef"))]
     pub auth_secret_ref: Option<SecretRef>,
     /// Stop reconciling: the operator leaves every object as it is.
     #[serde(default)]
@@ -156,6 +166,117 @@ impl Default for QueueDefaults {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct SecretRef {
     pub name: String,
+}
+
+/// TLS on both ports. The peer port (Raft, ClusterAdmin) always uses
+/// mutual TLS; the client port serves TLS and asks clients for a
+/// certificate as `clientCerts` says.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.mode != 'disabled' || self.allowInsecure").message("tls.mode: disabled sends jobs and tokens in clear text; set tls.allowInsecure: true to accept that"))]
+#[x_kube(validation = Rule::new("self.mode == 'certManager' ? has(self.issuerRef) : !has(self.issuerRef)").message("tls.issuerRef is used with tls.mode: certManager, and only then"))]
+#[x_kube(validation = Rule::new("self.mode == 'secret' ? has(self.secretName) && has(self.operatorSecretName) : !has(self.secretName) && !has(self.caSecretName) && !has(self.operatorSecretName)").message("tls.mode: secret needs secretName and operatorSecretName (caSecretName optional); the other modes take none of them"))]
+pub struct Tls {
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// `certManager`: the Issuer or ClusterIssuer that signs the nodes'
+    /// and the operator's certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+    /// `secret`: the nodes' certificate (`tls.crt`, `tls.key`, and
+    /// `ca.crt` unless `caSecretName` is set), valid for
+    /// `*.<name>-peers.<namespace>.svc` and the client Service's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// `secret`: the CA (`ca.crt`) that signed every certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_name: Option<String>,
+    /// `secret`: the operator's client certificate (`tls.crt`, `tls.key`)
+    /// from the same CA, naming `raftq-operator` (CN, DNS or URI SAN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_secret_name: Option<String>,
+    /// Client certificates on the client port: `none`, `optional` (a
+    /// certificate naming a principal authenticates it) or `required`.
+    #[serde(default)]
+    pub client_certs: ClientCerts,
+    /// Accept `mode: disabled` and `auth.enabled: false`.
+    #[serde(default)]
+    pub allow_insecure: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TlsMode {
+    /// The operator keeps a CA per JobQueue (Secret `<name>-ca`) and
+    /// issues and renews the certificates.
+    #[default]
+    OperatorManaged,
+    /// cert-manager issues them from `issuerRef`.
+    CertManager,
+    /// Bring your own Secrets.
+    Secret,
+    /// No TLS (needs `allowInsecure`).
+    Disabled,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ClientCerts {
+    None,
+    #[default]
+    Optional,
+    Required,
+}
+
+/// A cert-manager issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    pub name: String,
+    /// `Issuer` (in the JobQueue's namespace) or `ClusterIssuer`.
+    #[serde(default = "default_issuer_kind")]
+    #[schemars(regex(pattern = r"^(Issuer|ClusterIssuer)$"))]
+    pub kind: String,
+    #[serde(default = "default_issuer_group")]
+    pub group: String,
+}
+
+fn default_issuer_kind() -> String {
+    "Issuer".into()
+}
+
+fn default_issuer_group() -> String {
+    "cert-manager.io".into()
+}
+
+/// Authentication and per-queue permissions on the client port.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Auth {
+    /// Off only with `tls.allowInsecure`: then anyone who reaches the
+    /// client port may do anything.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// A Secret whose `principals.yaml` lists principals, their tokens'
+    /// SHA-256 hashes and their grants (docs/SECURITY.md). Changes reach
+    /// the nodes without a restart. The operator adds its own principal
+    /// (`raftq-operator`) and a starter one (`admin`, token in Secret
+    /// `<name>-admin`); those two names are reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            enabled: true,
+            secret_ref: None,
+        }
+    }
 }
 
 /// What the operator last observed.

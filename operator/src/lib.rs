@@ -4,9 +4,13 @@
 //! Data flows one way: [`reconcile`] reads the resource and the nodes'
 //! status, asks [`membership::plan`] for the next step, applies the objects
 //! [`objects`] builds, performs the step and writes the status [`status`]
-//! computes. Building objects and planning are pure; only `reconcile`,
+//! computes. Certificates and auth Secrets come first ([`credentials`],
+//! deciding with the pure [`secrets`] and [`certs`]). Building objects and
+//! planning are pure; only `reconcile`, `credentials`,
 //! `membership::execute` and [`leader`] talk to the outside.
 
+pub mod certs;
+pub mod credentials;
 pub mod crd;
 mod error;
 pub mod leader;
@@ -14,6 +18,7 @@ pub mod membership;
 pub mod metrics;
 pub mod objects;
 pub mod reconcile;
+pub mod secrets;
 pub mod status;
 
 pub use error::Error;

@@ -230,28 +230,54 @@ pub fn plan(replicas: i32, bootstrapped: bool, observed: &Observed) -> Plan {
 /// tested against a mocked Kubernetes API without real pods.
 #[tonic::async_trait]
 pub trait NodeAdmin: Send + Sync {
-    /// The gRPC address of node `id` of the queue `queue` (`namespace/name`).
+    /// The peer address of node `id` of the queue `queue` (`namespace/name`).
     fn addr(&self, queue: &QueueRef, id: u64) -> String;
-    async fn status(&self, addr: &str) -> Result<pb::ClusterStatus, tonic::Status>;
-    async fn initialize(&self, addr: &str) -> Result<pb::ClusterStatus, tonic::Status>;
+    async fn status(&self, queue: &QueueRef, addr: &str)
+        -> Result<pb::ClusterStatus, tonic::Status>;
+    async fn initialize(
+        &self,
+        queue: &QueueRef,
+        addr: &str,
+    ) -> Result<pb::ClusterStatus, tonic::Status>;
     async fn add_learner(
         &self,
+        queue: &QueueRef,
         addr: &str,
         id: u64,
         learner_addr: &str,
     ) -> Result<pb::ClusterStatus, tonic::Status>;
     async fn set_voters(
         &self,
+        queue: &QueueRef,
         addr: &str,
         voters: &BTreeSet<u64>,
     ) -> Result<pb::ClusterStatus, tonic::Status>;
 }
 
-/// Identifies one JobQueue for address lookups.
+/// Identifies one JobQueue for address lookups, with how to reach its
+/// nodes' peer ports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueRef {
     pub namespace: String,
     pub name: String,
+    /// The operator's client certificate for this queue's nodes and the
+    /// CA they are checked against; `None` when TLS is off.
+    pub tls: Option<std::sync::Arc<ClientTls>>,
+}
+
+/// A client identity and the CA to trust, PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ClientTls {
+    // Never print a private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientTls { .. }")
+    }
 }
 
 /// Asks nodes 1..=`replicas` for their status, then any member above that
@@ -273,7 +299,7 @@ async fn observe_ids(
 ) -> Observed {
     let mut observed = Observed::default();
     for id in ids {
-        if let Ok(status) = admin.status(&admin.addr(queue, id)).await {
+        if let Ok(status) = admin.status(queue, &admin.addr(queue, id)).await {
             observed.nodes.insert(id, status);
         }
     }
@@ -289,20 +315,20 @@ pub async fn execute(
 ) -> Result<(), tonic::Status> {
     match step {
         Step::Bootstrap => admin
-            .initialize(&admin.addr(queue, node_id(0)))
+            .initialize(queue, &admin.addr(queue, node_id(0)))
             .await
             .map(drop),
         Step::AddLearner { id } => {
             let via = some_member(observed);
             admin
-                .add_learner(&admin.addr(queue, via), *id, &admin.addr(queue, *id))
+                .add_learner(queue, &admin.addr(queue, via), *id, &admin.addr(queue, *id))
                 .await
                 .map(drop)
         }
         Step::SetVoters { voters } => {
             let via = some_member(observed);
             admin
-                .set_voters(&admin.addr(queue, via), voters)
+                .set_voters(queue, &admin.addr(queue, via), voters)
                 .await
                 .map(drop)
         }
@@ -360,17 +386,33 @@ impl Default for GrpcNodeAdmin {
 impl GrpcNodeAdmin {
     async fn client(
         &self,
+        queue: &QueueRef,
         addr: &str,
         timeout: Duration,
     ) -> Result<ClusterAdminClient<tonic::transport::Channel>, tonic::Status> {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        let scheme = if queue.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| tonic::Status::invalid_argument(format!("bad node address {addr}: {e}")))?
             .connect_timeout(self.status_timeout)
             .timeout(timeout);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| tonic::Status::unavailable(format!("cannot reach {addr}: {e}")))?;
+        if let Some(tls) = &queue.tls {
+            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+            endpoint = endpoint
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .domain_name(host)
+                        .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem))
+                        .identity(tonic::transport::Identity::from_pem(
+                            &tls.cert_pem,
+                            &tls.key_pem,
+                        )),
+                )
+                .map_err(|e| tonic::Status::internal(format!("TLS settings for {addr}: {e}")))?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| {
+            let cause = std::error::Error::source(&e).map_or_else(|| e.to_string(), |c| c.to_string());
+            tonic::Status::unavailable(format!("cannot reach {addr}: {cause}"))
+        })?;
         Ok(ClusterAdminClient::new(channel))
     }
 }
@@ -381,16 +423,24 @@ impl NodeAdmin for GrpcNodeAdmin {
         (self.addr_of)(queue, id)
     }
 
-    async fn status(&self, addr: &str) -> Result<pb::ClusterStatus, tonic::Status> {
-        let mut client = self.client(addr, self.status_timeout).await?;
+    async fn status(
+        &self,
+        queue: &QueueRef,
+        addr: &str,
+    ) -> Result<pb::ClusterStatus, tonic::Status> {
+        let mut client = self.client(queue, addr, self.status_timeout).await?;
         Ok(client
             .status(pb::ClusterStatusRequest {})
             .await?
             .into_inner())
     }
 
-    async fn initialize(&self, addr: &str) -> Result<pb::ClusterStatus, tonic::Status> {
-        let mut client = self.client(addr, self.change_timeout).await?;
+    async fn initialize(
+        &self,
+        queue: &QueueRef,
+        addr: &str,
+    ) -> Result<pb::ClusterStatus, tonic::Status> {
+        let mut client = self.client(queue, addr, self.change_timeout).await?;
         Ok(client
             .initialize(pb::InitializeRequest {
                 bootstrap_joining_node: true,
@@ -401,11 +451,12 @@ impl NodeAdmin for GrpcNodeAdmin {
 
     async fn add_learner(
         &self,
+        queue: &QueueRef,
         addr: &str,
         id: u64,
         learner_addr: &str,
     ) -> Result<pb::ClusterStatus, tonic::Status> {
-        let mut client = self.client(addr, self.change_timeout).await?;
+        let mut client = self.client(queue, addr, self.change_timeout).await?;
         Ok(client
             .add_learner(pb::AddLearnerRequest {
                 node_id: id,
@@ -419,10 +470,11 @@ impl NodeAdmin for GrpcNodeAdmin {
 
     async fn set_voters(
         &self,
+        queue: &QueueRef,
         addr: &str,
         voters: &BTreeSet<u64>,
     ) -> Result<pb::ClusterStatus, tonic::Status> {
-        let mut client = self.client(addr, self.change_timeout).await?;
+        let mut client = self.client(queue, addr, self.change_timeout).await?;
         Ok(client
             .change_membership(pb::ChangeMembershipRequest {
                 voters: voters.iter().copied().collect(),

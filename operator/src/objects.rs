@@ -11,8 +11,8 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction,
     HTTPGetAction, LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec,
-    Volume, VolumeMount, VolumeResourceRequirements,
+    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, SecretVolumeSource, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -25,7 +25,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use crate::crd::{Durability, JobQueue};
+use crate::crd::{ClientCerts, Durability, JobQueue, TlsMode};
 use crate::Error;
 
 /// Clients: `Queue`, `QueueAdmin`.
@@ -34,8 +34,19 @@ pub const GRPC_PORT: i32 = 7400;
 pub const PEER_PORT: i32 = 7401;
 pub const HTTP_PORT: i32 = 9400;
 /// Where the rendered node config is mounted in the pod.
-const CONFIG_DIR: &str = "/etc/raftq";
+const CONFIG_DIR: &str = "/etc/raftq/config";
 const CONFIG_FILE: &str = "node.yaml";
+/// The nodes' certificate, key and (usually) CA.
+const TLS_DIR: &str = "/etc/raftq/tls";
+/// The CA, when it comes from a Secret of its own (`tls.caSecretName`).
+const CA_DIR: &str = "/etc/raftq/ca";
+/// The operator's principals (itself and the starter admin).
+const AUTH_DIR: &str = "/etc/raftq/auth";
+/// The user's principals (`auth.secretRef`).
+const USERS_DIR: &str = "/etc/raftq/users";
+/// The principals file in the operator's auth Secret, and in a user's.
+pub const OPERATOR_PRINCIPALS_KEY: &str = "operator.yaml";
+pub const USER_PRINCIPALS_KEY: &str = "principals.yaml";
 const DATA_DIR: &str = "/var/lib/raftq";
 /// Changes when the node config changes, so the StatefulSet rolls its pods.
 pub const CONFIG_CHECKSUM_ANNOTATION: &str = "raftq.dev/config-checksum";
@@ -50,6 +61,18 @@ pub struct Names {
     pub stateful_set: String,
     pub pdb: String,
     pub network_policy: String,
+    /// `operatorManaged`: the CA's certificate and key.
+    pub ca_secret: String,
+    /// `operatorManaged`, `certManager`: the nodes' certificate.
+    pub tls_secret: String,
+    /// `operatorManaged`, `certManager`: the operator's client certificate.
+    pub operator_secret: String,
+    /// The starter admin token (and the CA, to connect with).
+    pub admin_secret: String,
+    /// The operator's principals file.
+    pub auth_secret: String,
+    /// The CA certificate for clients (public; a ConfigMap to mount).
+    pub ca_bundle: String,
 }
 
 pub fn names(jq: &JobQueue) -> Names {
@@ -60,8 +83,61 @@ pub fn names(jq: &JobQueue) -> Names {
         client_service: name.clone(),
         stateful_set: name.clone(),
         network_policy: format!("{name}-peers"),
+        ca_secret: format!("{name}-ca"),
+        tls_secret: format!("{name}-tls"),
+        operator_secret: format!("{name}-operator"),
+        admin_secret: format!("{name}-admin"),
+        auth_secret: format!("{name}-auth"),
+        ca_bundle: format!("{name}-ca-bundle"),
         pdb: name,
     }
+}
+
+/// Where the nodes' TLS files come from: the Secret with the certificate
+/// and key, and the one with the CA when separate. `None`: TLS is off.
+pub struct TlsSecrets {
+    pub cert: String,
+    pub ca: Option<String>,
+}
+
+pub fn tls_secrets(jq: &JobQueue) -> Option<TlsSecrets> {
+    let tls = &jq.spec.tls;
+    match tls.mode {
+        TlsMode::Disabled => None,
+        TlsMode::OperatorManaged | TlsMode::CertManager => Some(TlsSecrets {
+            cert: names(jq).tls_secret,
+            ca: None,
+        }),
+        TlsMode::Secret => Some(TlsSecrets {
+            cert: tls.secret_name.clone().unwrap_or_default(),
+            ca: tls.ca_secret_name.clone(),
+        }),
+    }
+}
+
+/// The domain every pod's peer name is under: `<name>-peers.<ns>.svc`.
+pub fn peer_domain(jq: &JobQueue) -> String {
+    let ns = jq.namespace().unwrap_or_else(|| "default".into());
+    format!("{}.{ns}.svc", names(jq).peer_service)
+}
+
+/// The names a node certificate must be valid for: every pod (a
+/// wildcard, so scaling needs no new certificate), the client Service,
+/// and loopback (a `kubectl port-forward`, the preStop hook).
+pub fn node_cert_names(jq: &JobQueue) -> Vec<String> {
+    let ns = jq.namespace().unwrap_or_else(|| "default".into());
+    let svc = names(jq).client_service;
+    let peers = peer_domain(jq);
+    vec![
+        format!("*.{peers}"),
+        format!("*.{peers}.cluster.local"),
+        format!("{svc}.{ns}.svc"),
+        format!("{svc}.{ns}.svc.cluster.local"),
+        format!("{svc}.{ns}"),
+        svc,
+        "localhost".into(),
+        "127.0.0.1".into(),
+    ]
 }
 
 /// Selector labels shared by the pods and the Services that pick them.
@@ -90,7 +166,7 @@ fn owner_reference(jq: &JobQueue) -> Result<OwnerReference, Error> {
         .ok_or_else(|| Error::InvalidResource("the JobQueue has no uid yet".into()))
 }
 
-fn metadata(jq: &JobQueue, name: &str) -> Result<ObjectMeta, Error> {
+pub(crate) fn metadata(jq: &JobQueue, name: &str) -> Result<ObjectMeta, Error> {
     Ok(ObjectMeta {
         name: Some(name.to_string()),
         namespace: jq.namespace(),
@@ -152,6 +228,32 @@ pub fn node_config_yaml(jq: &JobQueue) -> Result<String, Error> {
     if let Some(memory) = memory_budgets(jq) {
         config["memory"] = memory;
     }
+    if let Some(secrets) = tls_secrets(jq) {
+        let ca_dir = if secrets.ca.is_some() { CA_DIR } else { TLS_DIR };
+        config["tls"] = serde_json::json!({
+            "cert_file": format!("{TLS_DIR}/tls.crt"),
+            "key_file": format!("{TLS_DIR}/tls.key"),
+            "ca_file": format!("{ca_dir}/ca.crt"),
+            "client_certs": match s.tls.client_certs {
+                ClientCerts::None => "none",
+                ClientCerts::Optional => "optional",
+                ClientCerts::Required => "required",
+            },
+            // A node joining the cluster takes Raft messages from peers
+            // before it knows the membership: any pod of this queue.
+            "peer_names": [format!("*.{}", peer_domain(jq))],
+        });
+    }
+    if s.auth.enabled {
+        let mut files = vec![format!("{AUTH_DIR}/{OPERATOR_PRINCIPALS_KEY}")];
+        if s.auth.secret_ref.is_some() {
+            files.push(format!("{USERS_DIR}/{USER_PRINCIPALS_KEY}"));
+        }
+        config["auth"] = serde_json::json!({ "files": files });
+    }
+    // Never start a node that would serve the pod network unprotected
+    // (a config the insecure switch did not ask for).
+    config["require_auth"] = serde_json::json!(!s.tls.allow_insecure);
     serde_yaml::to_string(&config).map_err(|e| Error::Render(format!("node config: {e}")))
 }
 
@@ -358,6 +460,45 @@ pub fn network_policy(jq: &JobQueue, operator_namespace: &str) -> Result<Network
     })
 }
 
+/// The pod's read-only volumes and where they are mounted: the node
+/// config, and the Secrets TLS and auth need. A Secret's update reaches
+/// the files in place; the nodes re-read them, no pod restarts.
+fn pod_volumes(jq: &JobQueue) -> Vec<(Volume, &'static str)> {
+    let n = names(jq);
+    let secret = |volume: &str, name: &str| Volume {
+        name: volume.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(name.into()),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    let mut volumes = vec![(
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: n.config_map.clone(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        CONFIG_DIR,
+    )];
+    if let Some(tls) = tls_secrets(jq) {
+        volumes.push((secret("tls", &tls.cert), TLS_DIR));
+        if let Some(ca) = &tls.ca {
+            volumes.push((secret("ca", ca), CA_DIR));
+        }
+    }
+    if jq.spec.auth.enabled {
+        volumes.push((secret("auth", &n.auth_secret), AUTH_DIR));
+        if let Some(users) = &jq.spec.auth.secret_ref {
+            volumes.push((secret("users", &users.name), USERS_DIR));
+        }
+    }
+    volumes
+}
+
 /// `replicas` is the StatefulSet size the membership plan allows now: during
 /// a scale-down it stays above the spec until the removed nodes left Raft.
 pub fn stateful_set(jq: &JobQueue, replicas: i32) -> Result<StatefulSet, Error> {
@@ -366,6 +507,7 @@ pub fn stateful_set(jq: &JobQueue, replicas: i32) -> Result<StatefulSet, Error> 
     let config_sum = checksum(&node_config_yaml(jq)?);
     let mut template_labels = labels(jq);
     template_labels.remove("app.kubernetes.io/managed-by");
+    let mounts = pod_volumes(jq);
     let container = Container {
         name: "queue-node".into(),
         image: Some(spec.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.into())),
@@ -430,6 +572,10 @@ pub fn stateful_set(jq: &JobQueue, replicas: i32) -> Result<StatefulSet, Error> 
                         "--drain-workers".into(),
                         "--addr".into(),
                         format!("127.0.0.1:{PEER_PORT}"),
+                        // With TLS, the call is made with the node's own
+                        // certificate, checked for RAFTQ_ADVERTISE's name.
+                        "--config".into(),
+                        format!("{CONFIG_DIR}/{CONFIG_FILE}"),
                     ]),
                 }),
                 ..LifecycleHandler::default()
@@ -437,19 +583,22 @@ pub fn stateful_set(jq: &JobQueue, replicas: i32) -> Result<StatefulSet, Error> 
             ..k8s_openapi::api::core::v1::Lifecycle::default()
         }),
         resources: spec.resources.clone(),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "config".into(),
-                mount_path: CONFIG_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "data".into(),
-                mount_path: DATA_DIR.into(),
-                ..VolumeMount::default()
-            },
-        ]),
+        volume_mounts: Some(
+            mounts
+                .iter()
+                .map(|(volume, dir)| VolumeMount {
+                    name: volume.name.clone(),
+                    mount_path: dir.to_string(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                })
+                .chain([VolumeMount {
+                    name: "data".into(),
+                    mount_path: DATA_DIR.into(),
+                    ..VolumeMount::default()
+                }])
+                .collect(),
+        ),
         ..Container::default()
     };
     let claim = PersistentVolumeClaim {
@@ -506,14 +655,7 @@ pub fn stateful_set(jq: &JobQueue, replicas: i32) -> Result<StatefulSet, Error> 
                 spec: Some(PodSpec {
                     containers: vec![container],
                     termination_grace_period_seconds: Some(30),
-                    volumes: Some(vec![Volume {
-                        name: "config".into(),
-                        config_map: Some(ConfigMapVolumeSource {
-                            name: n.config_map.clone(),
-                            ..ConfigMapVolumeSource::default()
-                        }),
-                        ..Volume::default()
-                    }]),
+                    volumes: Some(mounts.into_iter().map(|(v, _)| v).collect()),
                     ..PodSpec::default()
                 }),
             },

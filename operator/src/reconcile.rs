@@ -15,6 +15,8 @@ use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 
+use crate::certs::Day;
+use crate::credentials;
 use crate::crd::JobQueue;
 use crate::membership::{self, Hold, NodeAdmin, QueueRef, Step};
 use crate::metrics::Metrics;
@@ -108,10 +110,6 @@ pub fn retry_delay(consecutive_failures: u32) -> Duration {
 
 async fn apply(jq: &JobQueue, ctx: &Context) -> Result<Action, Error> {
     let ns = jq.namespace().unwrap_or_default();
-    let queue = QueueRef {
-        namespace: ns.clone(),
-        name: jq.name_any(),
-    };
     if jq.spec.paused {
         patch_status(jq, ctx, &status::paused(jq, &now())).await?;
         return Ok(Action::requeue(IDLE_REQUEUE));
@@ -140,8 +138,37 @@ async fn apply(jq: &JobQueue, ctx: &Context) -> Result<Action, Error> {
         .and_then(|s| s.status.as_ref())
         .and_then(status::rollout);
 
-    let observed = membership::observe(ctx.nodes.as_ref(), &queue, jq.spec.replicas).await;
-    let mut plan = membership::plan(jq.spec.replicas, status::bootstrapped(jq), &observed);
+    // Certificates and auth Secrets first: the pods mount them.
+    let credentials =
+        credentials::ensure(jq, &ctx.client, Day::of(k8s_openapi::jiff::Timestamp::now())).await?;
+    for note in &credentials.issued {
+        publish(ctx, jq, EventType::Normal, "CertificateIssued", note.clone()).await?;
+    }
+    if let Some(problem) = &credentials.auth_problem {
+        publish(ctx, jq, EventType::Warning, "AuthSecretInvalid", problem.clone()).await?;
+    }
+    let queue = QueueRef {
+        namespace: ns.clone(),
+        name: jq.name_any(),
+        tls: credentials.client_tls.clone(),
+    };
+
+    let (observed, mut plan) = match credentials.waiting() {
+        // The nodes only take the operator over TLS; wait for its
+        // certificate rather than call them without.
+        Some(why) => {
+            let observed = membership::Observed::default();
+            let mut plan = membership::plan(jq.spec.replicas, status::bootstrapped(jq), &observed);
+            plan.next = Err(Hold::Waiting(format!("certificates: {why}")));
+            (observed, plan)
+        }
+        None => {
+            let observed =
+                membership::observe(ctx.nodes.as_ref(), &queue, jq.spec.replicas).await;
+            let plan = membership::plan(jq.spec.replicas, status::bootstrapped(jq), &observed);
+            (observed, plan)
+        }
+    };
     if observed.nodes.is_empty() {
         // Nothing answers: never shrink blind, a removed pod may still vote.
         plan.stateful_set_replicas = plan
@@ -187,6 +214,7 @@ async fn apply(jq: &JobQueue, ctx: &Context) -> Result<Action, Error> {
             ready_replicas,
             step_error,
             rollout,
+            credentials: &credentials,
         },
         &now(),
     );

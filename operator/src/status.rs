@@ -1,7 +1,8 @@
 //! The `JobQueue` status a reconcile reports, computed from what it
 //! observed. Pure: the caller passes the time.
 
-use crate::crd::{Condition, JobQueue, JobQueueStatus, ShardStatus};
+use crate::credentials::Credentials;
+use crate::crd::{Condition, JobQueue, JobQueueStatus, ShardStatus, TlsMode};
 use crate::membership::{Hold, Observed, Plan, Step};
 use crate::objects;
 
@@ -16,6 +17,8 @@ pub struct Observation<'a> {
     /// A StatefulSet rollout under way (its update revision differs from
     /// its current one): how far it got.
     pub rollout: Option<Rollout>,
+    /// The certificates' and auth Secrets' state.
+    pub credentials: &'a Credentials,
 }
 
 /// A rolling update of the StatefulSet's pods, as its status reports it.
@@ -118,6 +121,12 @@ pub fn compute(jq: &JobQueue, seen: &Observation<'_>, now: &str) -> JobQueueStat
     if let Err(Hold::Refused(why)) = &seen.plan.next {
         degraded_reasons.push(("ChangeRefused", why.clone()));
     }
+    if let Some(certs) = seen.credentials.certificates.as_ref().filter(|c| !c.ready) {
+        degraded_reasons.push(("CertificatesNotReady", certs.message.clone()));
+    }
+    if let Some(problem) = &seen.credentials.auth_problem {
+        degraded_reasons.push(("AuthSecretInvalid", problem.clone()));
+    }
     if initialized && !leaderless.is_empty() {
         degraded_reasons.push((
             "NoLeader",
@@ -153,7 +162,7 @@ pub fn compute(jq: &JobQueue, seen: &Observation<'_>, now: &str) -> JobQueueStat
             observed_generation: generation,
         }
     };
-    let conditions = vec![
+    let mut conditions = vec![
         if available {
             condition(
                 "Available",
@@ -187,6 +196,14 @@ pub fn compute(jq: &JobQueue, seen: &Observation<'_>, now: &str) -> JobQueueStat
             None => condition("Degraded", false, "Healthy", "no problem seen".into()),
         },
     ];
+    if let Some(certs) = &seen.credentials.certificates {
+        conditions.push(condition(
+            "CertificatesReady",
+            certs.ready,
+            &certs.reason,
+            certs.message.clone(),
+        ));
+    }
 
     let voters = shards
         .first()
@@ -249,17 +266,83 @@ pub fn check_spec(jq: &JobQueue) -> Result<(), String> {
             b.linger_min_micros, b.linger_max_micros
         ));
     }
-    // Accepted by the schema for forward compatibility, but not wired into
-    // the nodes yet: refused rather than ignored, so nobody believes a
-    // cluster is encrypted or authenticated when it is not.
-    for (field, set) in [
-        ("tlsSecretRef", s.tls_secret_ref.is_some()),
-        ("authSecretRef", s.auth_secret_ref.is_some()),
-    ] {
-        if set {
+    check_security(s)
+}
+
+/// TLS and auth settings that are inconsistent, or unsafe without the
+/// insecure switch (the CRD's CEL rules say the same; this guards
+/// against an older CRD).
+fn check_security(s: &crate::crd::JobQueueSpec) -> Result<(), String> {
+    if s.tls_secret_ref.is_some() {
+        return Err(
+            "spec.tlsSecretRef was replaced by spec.tls: set tls.mode: secret, tls.secretName \
+             and tls.operatorSecretName, and remove tlsSecretRef"
+                .into(),
+        );
+    }
+    if s.auth_secret_ref.is_some() {
+        return Err(
+            "spec.authSecretRef was replaced by spec.auth.secretRef (a Secret with \
+             principals.yaml); remove authSecretRef"
+                .into(),
+        );
+    }
+    let tls = &s.tls;
+    if tls.mode == TlsMode::Disabled && !tls.allow_insecure {
+        return Err(
+            "spec.tls.mode is disabled: jobs and tokens would cross the network in clear \
+             text; set tls.allowInsecure: true to accept that"
+                .into(),
+        );
+    }
+    if !s.auth.enabled && !tls.allow_insecure {
+        return Err(
+            "spec.auth.enabled is false: anyone who reaches the client port could do \
+             anything; set tls.allowInsecure: true to accept that"
+                .into(),
+        );
+    }
+    let mode = match tls.mode {
+        TlsMode::OperatorManaged => "operatorManaged",
+        TlsMode::CertManager => "certManager",
+        TlsMode::Secret => "secret",
+        TlsMode::Disabled => "disabled",
+    };
+    let fields = [
+        ("issuerRef", tls.issuer_ref.is_some(), TlsMode::CertManager),
+        ("secretName", tls.secret_name.is_some(), TlsMode::Secret),
+        ("caSecretName", tls.ca_secret_name.is_some(), TlsMode::Secret),
+        (
+            "operatorSecretName",
+            tls.operator_secret_name.is_some(),
+            TlsMode::Secret,
+        ),
+    ];
+    for (field, set, used_by) in fields {
+        if set && tls.mode != used_by {
             return Err(format!(
-                "spec.{field} is not supported by this release: the nodes would run without it; \
-                 remove the field (TLS and client authentication come in a later release)"
+                "spec.tls.{field} is not used with tls.mode: {mode}; remove it or change the mode"
+            ));
+        }
+    }
+    let required: &[(&str, bool)] = match tls.mode {
+        TlsMode::CertManager => &[("issuerRef", tls.issuer_ref.is_some())],
+        TlsMode::Secret => &[
+            ("secretName", tls.secret_name.is_some()),
+            ("operatorSecretName", tls.operator_secret_name.is_some()),
+        ],
+        _ => &[],
+    };
+    for (field, set) in required {
+        if !set {
+            return Err(format!("spec.tls.mode: {mode} needs spec.tls.{field}"));
+        }
+    }
+    if let Some(issuer) = &tls.issuer_ref {
+        if issuer.kind != "Issuer" && issuer.kind != "ClusterIssuer" {
+            return Err(format!(
+                "spec.tls.issuerRef.kind is {:?}: it must be Issuer or ClusterIssuer",
+                issuer.kind
             ));
         }
     }
@@ -325,18 +408,49 @@ mod tests {
     use crate::membership::{Hold, Observed, Plan};
 
     #[test]
-    fn secrets_the_nodes_cannot_use_yet_are_refused_not_ignored() {
+    fn security_settings_that_do_not_fit_are_refused_with_a_reason() {
         assert_eq!(check_spec(&queue(3)), Ok(()));
-        let mut jq = queue(3);
-        jq.spec.tls_secret_ref = Some(crate::crd::SecretRef { name: "tls".into() });
-        let why = check_spec(&jq).expect_err("tlsSecretRef refused");
-        assert!(why.contains("spec.tlsSecretRef is not supported"), "{why}");
-        let mut jq = queue(3);
-        jq.spec.auth_secret_ref = Some(crate::crd::SecretRef {
-            name: "tokens".into(),
-        });
-        let why = check_spec(&jq).expect_err("authSecretRef refused");
-        assert!(why.contains("spec.authSecretRef"), "{why}");
+        let refused = |spec: serde_json::Value, expected: &str| {
+            let mut jq = queue(3);
+            jq.spec = serde_json::from_value(spec).expect("a spec");
+            let why = check_spec(&jq).expect_err("refused");
+            assert!(why.contains(expected), "{why}");
+        };
+        refused(
+            serde_json::json!({"tlsSecretRef": {"name": "t"}}),
+            "replaced by spec.tls",
+        );
+        refused(
+            serde_json::json!({"authSecretRef": {"name": "t"}}),
+            "replaced by spec.auth.secretRef",
+        );
+        refused(
+            serde_json::json!({"tls": {"mode": "disabled"}}),
+            "allowInsecure",
+        );
+        refused(serde_json::json!({"auth": {"enabled": false}}), "allowInsecure");
+        refused(
+            serde_json::json!({"tls": {"mode": "certManager"}}),
+            "needs spec.tls.issuerRef",
+        );
+        refused(
+            serde_json::json!({"tls": {"mode": "secret", "secretName": "s"}}),
+            "needs spec.tls.operatorSecretName",
+        );
+        refused(
+            serde_json::json!({"tls": {"secretName": "s"}}),
+            "spec.tls.secretName is not used with tls.mode: operatorManaged",
+        );
+        refused(
+            serde_json::json!({"tls": {"mode": "certManager", "issuerRef": {"name": "i", "kind": "Vault"}}}),
+            "Issuer or ClusterIssuer",
+        );
+        let mut insecure = queue(3);
+        insecure.spec = serde_json::from_value(serde_json::json!({
+            "tls": {"mode": "disabled", "allowInsecure": true}, "auth": {"enabled": false}
+        }))
+        .expect("a spec");
+        assert_eq!(check_spec(&insecure), Ok(()));
     }
 
     fn queue(replicas: i32) -> JobQueue {
@@ -368,12 +482,14 @@ mod tests {
             next: Err(Hold::Settled),
             stateful_set_replicas: 3,
         };
+        let credentials = Credentials::default();
         let seen = |rollout| Observation {
             observed: &observed,
             plan: &plan,
             ready_replicas: 2,
             step_error: None,
             rollout,
+            credentials: &credentials,
         };
         let during = compute(&jq, &seen(Some(rolling)), "t");
         assert_eq!(during.phase, "Updating");

@@ -1,9 +1,11 @@
 //! The operator's membership steps against real `queue-node` processes on
 //! loopback, each started the way its pod would be: the node config the
 //! operator renders, the pod index and advertised address from the
-//! environment. Grows a cluster 1 → 3 one planned step at a time, checks
-//! jobs survive, then shrinks it to 1 and checks the remaining node still
-//! serves every job.
+//! environment, and the certificates and principals the operator issues
+//! (so every call is the operator's, over mutual TLS, as `cluster-admin`).
+//! Grows a cluster 1 → 3 one planned step at a time, checks jobs survive,
+//! then shrinks it to 1 and checks the remaining node still serves every
+//! job.
 
 mod support;
 
@@ -12,10 +14,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use raftq_client::{Client, JobSpec};
+use raftq_client::{Client, ConnectOptions, JobSpec, TlsOptions};
+use raftq_operator::certs::{self, Day};
 use raftq_operator::crd::{JobQueue, JobQueueSpec};
-use raftq_operator::membership::{self, GrpcNodeAdmin, Hold, NodeAdmin, QueueRef, Step};
-use raftq_operator::objects;
+use raftq_operator::membership::{
+    self, ClientTls, GrpcNodeAdmin, Hold, NodeAdmin, QueueRef, Step,
+};
+use raftq_operator::{objects, secrets};
 use support::queue_node_bin;
 
 fn free_port() -> u16 {
@@ -77,21 +82,56 @@ fn job_queue(replicas: i32) -> JobQueue {
     jq
 }
 
-/// Plans and executes steps until the plan is settled; returns the steps.
-async fn converge(admin: &GrpcNodeAdmin, replicas: i32, bootstrapped: bool) -> Vec<Step> {
+/// What the operator would write for `jq` (`tls.mode: operatorManaged`):
+/// the CA, the nodes' certificate (`<dir>/tls`) and the principals file
+/// (`<dir>/auth`); returns the operator's queue reference with its
+/// client certificate, and the starter admin token.
+fn operator_credentials(jq: &JobQueue, dir: &std::path::Path) -> (QueueRef, String) {
+    let today = Day::of(k8s_openapi::jiff::Timestamp::now());
+    let ca_name = secrets::ca_common_name(jq);
+    let ca = certs::new_ca(&ca_name, today).expect("CA");
+    let issue = |leaf| certs::issue(&ca_name, &ca.key_pem, &leaf, today, 90).expect("issue");
+    let node = issue(secrets::node_leaf(jq));
+    let operator = issue(secrets::operator_leaf());
+    let token = certs::random_token().expect("token");
+    for (path, text) in [
+        ("tls/tls.crt", &node.cert_pem),
+        ("tls/tls.key", &node.key_pem),
+        ("tls/ca.crt", &ca.cert_pem),
+        ("auth/operator.yaml", &secrets::operator_principals(&token)),
+    ] {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    }
     let queue = QueueRef {
         namespace: "shop".into(),
         name: "orders".into(),
+        tls: Some(Arc::new(ClientTls {
+            ca_pem: ca.cert_pem.clone(),
+            cert_pem: operator.cert_pem,
+            key_pem: operator.key_pem,
+        })),
     };
+    (queue, token)
+}
+
+/// Plans and executes steps until the plan is settled; returns the steps.
+async fn converge(
+    admin: &GrpcNodeAdmin,
+    queue: &QueueRef,
+    replicas: i32,
+    bootstrapped: bool,
+) -> Vec<Step> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut steps = Vec::new();
     let mut bootstrapped = bootstrapped;
     loop {
-        let observed = membership::observe(admin, &queue, replicas).await;
+        let observed = membership::observe(admin, queue, replicas).await;
         let plan = membership::plan(replicas, bootstrapped, &observed);
         match plan.next {
             Ok(step) => {
-                membership::execute(admin, &queue, &observed, &step)
+                membership::execute(admin, queue, &observed, &step)
                     .await
                     .unwrap_or_else(|e| panic!("{step:?} failed: {e}"));
                 bootstrapped = true;
@@ -113,10 +153,15 @@ async fn converge(admin: &GrpcNodeAdmin, replicas: i32, bootstrapped: bool) -> V
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grow_to_three_then_shrink_to_one_keeps_every_job() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let jq = job_queue(3);
+    let (queue, admin_token) = operator_credentials(&jq, dir.path());
+    // The pod's mount points, under the test's directory.
+    let rendered = objects::node_config_yaml(&jq).expect("render");
+    assert!(rendered.contains("/etc/raftq/tls/tls.crt"), "{rendered}");
     let config = dir.path().join("node.yaml");
     std::fs::write(
         &config,
-        objects::node_config_yaml(&job_queue(3)).expect("render"),
+        rendered.replace("/etc/raftq/", &format!("{}/", dir.path().display())),
     )
     .expect("write config");
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -139,7 +184,7 @@ async fn grow_to_three_then_shrink_to_one_keeps_every_job() {
         ..GrpcNodeAdmin::default()
     };
 
-    let steps = converge(&admin, 3, false).await;
+    let steps = converge(&admin, &queue, 3, false).await;
     assert_eq!(
         steps,
         [
@@ -151,9 +196,19 @@ async fn grow_to_three_then_shrink_to_one_keeps_every_job() {
             },
         ]
     );
+    // The peer port takes the operator only with its certificate.
+    let plaintext = QueueRef {
+        tls: None,
+        ..queue.clone()
+    };
+    let refused = admin
+        .status(&plaintext, &format!("127.0.0.1:{}", ports[0]))
+        .await
+        .expect_err("a call without TLS is refused");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
     for port in &ports {
         let status = admin
-            .status(&format!("127.0.0.1:{port}"))
+            .status(&queue, &format!("127.0.0.1:{port}"))
             .await
             .expect("status");
         for shard in &status.shards {
@@ -174,7 +229,10 @@ async fn grow_to_three_then_shrink_to_one_keeps_every_job() {
     }
 
     // Jobs on both shards, through the highest pod (it forwards to leaders).
-    let client = Client::connect(&format!("127.0.0.1:{}", client_ports[2]))
+    let user = ConnectOptions::new()
+        .tls(TlsOptions::new().ca_cert_pem(queue.tls.as_ref().unwrap().ca_pem.clone()))
+        .token(admin_token.clone());
+    let client = Client::connect_with(&format!("127.0.0.1:{}", client_ports[2]), user.clone())
         .await
         .expect("connect");
     let producer = client.producer();
@@ -189,12 +247,12 @@ async fn grow_to_three_then_shrink_to_one_keeps_every_job() {
     }
 
     // Shrink to one: the voters change first, then pods 1 and 2 can go.
-    let steps = converge(&admin, 1, true).await;
+    let steps = converge(&admin, &queue, 1, true).await;
     assert_eq!(steps, [Step::SetVoters { voters: [1].into() }]);
     pods[1].take();
     pods[2].take();
 
-    let client = Client::connect(&format!("127.0.0.1:{}", client_ports[0]))
+    let client = Client::connect_with(&format!("127.0.0.1:{}", client_ports[0]), user)
         .await
         .expect("connect");
     for q in queues {

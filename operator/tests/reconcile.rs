@@ -35,36 +35,44 @@ impl Sent {
     }
 }
 
-/// The fake API server's state: the StatefulSet it has (for GET) and all
-/// requests received.
+/// The fake API server's state: the objects it stores (by path, for GET)
+/// and all requests received.
 #[derive(Default)]
 struct ApiState {
     sent: Vec<Sent>,
-    statefulset: Option<Value>,
+    objects: std::collections::BTreeMap<String, Value>,
+    /// Kinds this API server does not serve (404 on every request), by
+    /// a part of their path.
+    missing_kinds: Vec<String>,
 }
+
+const STS_PATH: &str = "/apis/apps/v1/namespaces/shop/statefulsets/orders";
 
 fn status_body(code: u16, reason: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
            "message": reason, "reason": reason, "code": code})
 }
 
-/// Answers like the API server: applies echo the object back, GETs return
-/// what was applied, deletes of missing objects are 404.
+/// Answers like the API server: applies store and echo the object,
+/// creates store it unless it exists (409), GETs return what is stored
+/// (404 otherwise), deletes of missing objects are 404.
 fn answer(state: &mut ApiState, method: &Method, path: &str, body: &Value) -> (StatusCode, Value) {
-    let is_sts = path.contains("/statefulsets/");
+    if state.missing_kinds.iter().any(|k| path.contains(k.as_str())) {
+        return (StatusCode::NOT_FOUND, status_body(404, "NotFound"));
+    }
     match *method {
-        Method::GET if is_sts => match &state.statefulset {
-            Some(sts) => (StatusCode::OK, sts.clone()),
+        Method::GET => match state.objects.get(path) {
+            Some(object) => (StatusCode::OK, object.clone()),
             None => (StatusCode::NOT_FOUND, status_body(404, "NotFound")),
         },
-        Method::PATCH if is_sts => {
-            let mut sts = body.clone();
-            // The API server keeps the status the controller manager wrote.
-            if let Some(old) = &state.statefulset {
-                sts["status"] = old["status"].clone();
+        Method::POST if !path.ends_with("/events") => {
+            let name = body["metadata"]["name"].as_str().unwrap_or_default();
+            let at = format!("{path}/{name}");
+            if state.objects.contains_key(&at) {
+                return (StatusCode::CONFLICT, status_body(409, "AlreadyExists"));
             }
-            state.statefulset = Some(sts.clone());
-            (StatusCode::OK, sts)
+            state.objects.insert(at, body.clone());
+            (StatusCode::CREATED, body.clone())
         }
         Method::DELETE => (StatusCode::NOT_FOUND, status_body(404, "NotFound")),
         // The JobQueue itself (finalizer JSON patches, status applies): the
@@ -80,6 +88,17 @@ fn answer(state: &mut ApiState, method: &Method, path: &str, body: &Value) -> (S
                 jq["status"] = status.clone();
             }
             (StatusCode::OK, jq)
+        }
+        Method::PATCH => {
+            let mut object = body.clone();
+            // The API server keeps the status the controller manager wrote.
+            if let Some(old) = state.objects.get(path) {
+                if let Some(status) = old.get("status") {
+                    object["status"] = status.clone();
+                }
+            }
+            state.objects.insert(path.to_string(), object.clone());
+            (StatusCode::OK, object)
         }
         _ => (StatusCode::OK, body.clone()),
     }
@@ -127,6 +146,8 @@ struct NodesModel {
     learners: BTreeSet<u64>,
     shards: u32,
     calls: Vec<String>,
+    /// The nodes run without TLS (`tls.mode: disabled`).
+    plaintext: bool,
 }
 
 struct FakeNodes(Mutex<NodesModel>);
@@ -195,17 +216,27 @@ impl NodeAdmin for FakeNodes {
         format!("node-{id}")
     }
 
-    async fn status(&self, addr: &str) -> Result<pb::ClusterStatus, tonic::Status> {
+    async fn status(
+        &self,
+        queue: &QueueRef,
+        addr: &str,
+    ) -> Result<pb::ClusterStatus, tonic::Status> {
         let m = self.model();
         let id = id_of(addr);
         if !m.up.contains(&id) {
             return Err(tonic::Status::unavailable("down"));
         }
+        m.check_credentials(queue)?;
         Ok(Self::status_of(&m, id))
     }
 
-    async fn initialize(&self, addr: &str) -> Result<pb::ClusterStatus, tonic::Status> {
+    async fn initialize(
+        &self,
+        queue: &QueueRef,
+        addr: &str,
+    ) -> Result<pb::ClusterStatus, tonic::Status> {
         let mut m = self.model();
+        m.check_credentials(queue)?;
         let id = id_of(addr);
         m.calls.push(format!("initialize {id}"));
         if m.voters.is_empty() {
@@ -216,11 +247,13 @@ impl NodeAdmin for FakeNodes {
 
     async fn add_learner(
         &self,
+        queue: &QueueRef,
         addr: &str,
         id: u64,
         _learner_addr: &str,
     ) -> Result<pb::ClusterStatus, tonic::Status> {
         let mut m = self.model();
+        m.check_credentials(queue)?;
         m.calls.push(format!("add_learner {id}"));
         if !m.up.contains(&id) {
             return Err(tonic::Status::unavailable("learner down"));
@@ -231,14 +264,31 @@ impl NodeAdmin for FakeNodes {
 
     async fn set_voters(
         &self,
+        queue: &QueueRef,
         addr: &str,
         voters: &BTreeSet<u64>,
     ) -> Result<pb::ClusterStatus, tonic::Status> {
         let mut m = self.model();
+        m.check_credentials(queue)?;
         m.calls.push(format!("set_voters {voters:?}"));
         m.learners.retain(|l| !voters.contains(l));
         m.voters = voters.clone();
         Ok(Self::status_of(&m, id_of(addr)))
+    }
+}
+
+impl NodesModel {
+    /// The nodes speak TLS unless told otherwise: a call without the
+    /// operator's certificate fails as the handshake would.
+    fn check_credentials(&self, queue: &QueueRef) -> Result<(), tonic::Status> {
+        match (&queue.tls, self.plaintext) {
+            (Some(tls), false) if tls.cert_pem.contains("BEGIN CERTIFICATE") => Ok(()),
+            (None, true) => Ok(()),
+            (tls, _) => Err(tonic::Status::unavailable(format!(
+                "TLS mismatch: the operator dialled with TLS {}",
+                tls.is_some()
+            ))),
+        }
     }
 }
 
@@ -327,7 +377,7 @@ async fn settle(mut jq: JobQueue, ctx: &Arc<Context>, api: &Arc<Mutex<ApiState>>
 /// Sets the StatefulSet's ready count, as the controller manager would.
 fn mark_ready(api: &Arc<Mutex<ApiState>>, ready: i64) {
     let mut s = api.lock().unwrap();
-    if let Some(sts) = s.statefulset.as_mut() {
+    if let Some(sts) = s.objects.get_mut(STS_PATH) {
         sts["status"] = json!({"replicas": ready, "readyReplicas": ready});
     }
 }
@@ -382,7 +432,17 @@ async fn create_applies_every_object_bootstraps_and_grows_to_three() {
         let node_yaml = cm.body["data"]["node.yaml"].as_str().unwrap();
         assert!(node_yaml.contains("shards: 2"), "{node_yaml}");
         assert_eq!(applied_sts_replicas(&sent), 3);
-        assert_eq!(event_reasons(&sent), ["Bootstrapped"]);
+        // The CA, then the nodes' and the operator's certificates: before
+        // the first call to a node, which takes the operator over TLS only.
+        assert_eq!(
+            event_reasons(&sent),
+            [
+                "CertificateIssued",
+                "CertificateIssued",
+                "CertificateIssued",
+                "Bootstrapped"
+            ]
+        );
         assert_eq!(nodes.model().calls, ["initialize 1"]);
     }
 
@@ -406,7 +466,7 @@ async fn create_applies_every_object_bootstraps_and_grows_to_three() {
     );
     let reasons = event_reasons(&api.lock().unwrap().sent);
     assert_eq!(
-        reasons,
+        reasons[3..],
         ["Bootstrapped", "NodeAdded", "NodeAdded", "VotersChanged"]
     );
 
@@ -693,4 +753,350 @@ fn a_bad_spec_is_rejected_by_the_schema_with_a_reason() {
         .to_string()
         .contains("oldSelf"));
     assert_eq!(spec["durability"]["enum"], json!(["fsync", "async"]));
+}
+
+/// The object the API server stores at `path` (under namespace `shop`).
+fn stored(api: &Arc<Mutex<ApiState>>, path: &str) -> Option<Value> {
+    api.lock()
+        .unwrap()
+        .objects
+        .get(&format!("/api/v1/namespaces/shop/{path}"))
+        .cloned()
+}
+
+fn secret_text(secret: &Value, key: &str) -> String {
+    use base64::Engine;
+    let b64 = secret["data"][key].as_str().unwrap_or_default();
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap_or_default(),
+    )
+    .unwrap()
+}
+
+fn with_spec(spec: Value) -> JobQueue {
+    let mut jq = finalized(queue(1, 1));
+    let mut full = json!({"replicas": 1, "shards": 1});
+    for (k, v) in spec.as_object().unwrap() {
+        full[k] = v.clone();
+    }
+    jq.spec = serde_json::from_value(full).unwrap();
+    jq
+}
+
+#[tokio::test]
+async fn operator_managed_tls_issues_once_mounts_the_secrets_and_renews_when_due() {
+    let (client, api) = mock_client();
+    let nodes = FakeNodes::new([1], 1);
+    let ctx = context(client, nodes.clone());
+    let jq = finalized(queue(1, 1));
+    reconcile(Arc::new(jq.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
+
+    let ca = stored(&api, "secrets/orders-ca").expect("the CA Secret");
+    let ca_pem = secret_text(&ca, "ca.crt");
+    assert!(ca_pem.contains("BEGIN CERTIFICATE"));
+    assert!(secret_text(&ca, "ca.key").contains("PRIVATE KEY"));
+    for name in ["orders-tls", "orders-operator"] {
+        let s = stored(&api, &format!("secrets/{name}")).expect(name);
+        assert_eq!(secret_text(&s, "ca.crt"), ca_pem, "{name} names its CA");
+        assert!(secret_text(&s, "tls.key").contains("PRIVATE KEY"));
+        assert!(s["metadata"]["annotations"]["raftq.dev/not-after"].is_string());
+        assert_eq!(s["metadata"]["ownerReferences"][0]["name"], "orders");
+    }
+    let bundle = stored(&api, "configmaps/orders-ca-bundle").expect("the CA bundle");
+    assert_eq!(bundle["data"]["ca.crt"], ca_pem.as_str());
+    let admin = stored(&api, "secrets/orders-admin").expect("the admin Secret");
+    let token = secret_text(&admin, "token");
+    assert!(token.starts_with("rq_"), "{token}");
+    let auth = stored(&api, "secrets/orders-auth").expect("the auth Secret");
+    let principals = secret_text(&auth, "operator.yaml");
+    assert!(principals.contains("raftq-operator"));
+    assert!(!principals.contains(&token), "only the token's hash");
+
+    // The pods mount them and the node config points at them.
+    let sent = api.lock().unwrap().sent.clone();
+    let sts = sent
+        .iter()
+        .rev()
+        .find(|s| s.is(Method::PATCH, "/statefulsets/orders"))
+        .unwrap();
+    let volumes = sts.body["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(
+        volumes.contains("\"secretName\":\"orders-tls\"")
+            && volumes.contains("\"secretName\":\"orders-auth\""),
+        "{volumes}"
+    );
+    let node_yaml = sent
+        .iter()
+        .find(|s| s.path.ends_with("/configmaps/orders-config"))
+        .unwrap()
+        .body["data"]["node.yaml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for line in [
+        "cert_file: /etc/raftq/tls/tls.crt",
+        "ca_file: /etc/raftq/tls/ca.crt",
+        "client_certs: optional",
+        "'*.orders-peers.shop.svc'",
+        "/etc/raftq/auth/operator.yaml",
+        "require_auth: true",
+    ] {
+        assert!(node_yaml.contains(line), "{line} in {node_yaml}");
+    }
+    let status = last_status(&sent);
+    let certs = condition(&status, "CertificatesReady");
+    assert_eq!((certs.status.as_str(), certs.reason.as_str()), ("True", "Issued"));
+
+    // Another reconcile issues nothing: same CA, same certificates.
+    let node_cert = secret_text(&stored(&api, "secrets/orders-tls").unwrap(), "tls.crt");
+    let before = api.lock().unwrap().sent.len();
+    reconcile(Arc::new(jq.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
+    let sent = api.lock().unwrap().sent[before..].to_vec();
+    assert!(!event_reasons(&sent).contains(&"CertificateIssued".to_string()));
+    assert_eq!(
+        secret_text(&stored(&api, "secrets/orders-tls").unwrap(), "tls.crt"),
+        node_cert
+    );
+    assert_eq!(
+        secret_text(&stored(&api, "secrets/orders-admin").unwrap(), "token"),
+        token,
+        "the admin token is made once"
+    );
+
+    // Within 30 days of expiry: a new node certificate, an event, the CA kept.
+    {
+        let mut state = api.lock().unwrap();
+        let tls = state
+            .objects
+            .get_mut("/api/v1/namespaces/shop/secrets/orders-tls")
+            .unwrap();
+        let soon = k8s_openapi::jiff::Timestamp::now()
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_hours(24 * 10))
+            .unwrap();
+        tls["metadata"]["annotations"]["raftq.dev/not-after"] =
+            json!(raftq_operator::certs::Day::of(soon).to_string());
+    }
+    let before = api.lock().unwrap().sent.len();
+    reconcile(Arc::new(jq), ctx).await.expect("reconcile");
+    let sent = api.lock().unwrap().sent[before..].to_vec();
+    let renewed: Vec<&Sent> = sent
+        .iter()
+        .filter(|s| s.path.ends_with("/events") && s.body["reason"] == "CertificateIssued")
+        .collect();
+    assert_eq!(renewed.len(), 1, "only the node certificate: {renewed:?}");
+    assert!(
+        renewed[0].body["note"]
+            .as_str()
+            .unwrap()
+            .contains("orders-tls (it expires on"),
+        "{:?}",
+        renewed[0].body["note"]
+    );
+    let renewed_tls = stored(&api, "secrets/orders-tls").unwrap();
+    assert_ne!(secret_text(&renewed_tls, "tls.crt"), node_cert);
+    assert_eq!(secret_text(&renewed_tls, "ca.crt"), ca_pem);
+}
+
+#[tokio::test]
+async fn cert_manager_certificates_are_applied_and_the_nodes_wait_for_their_secrets() {
+    let (client, api) = mock_client();
+    let nodes = FakeNodes::new([1], 1);
+    let ctx = context(client, nodes.clone());
+    let jq = with_spec(json!({"tls": {
+        "mode": "certManager", "issuerRef": {"name": "corp", "kind": "ClusterIssuer"}
+    }}));
+    reconcile(Arc::new(jq.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
+    let sent = api.lock().unwrap().sent.clone();
+    for name in ["orders-tls", "orders-operator"] {
+        let cert = sent
+            .iter()
+            .find(|s| {
+                s.is(
+                    Method::PATCH,
+                    &format!("/apis/cert-manager.io/v1/namespaces/shop/certificates/{name}"),
+                )
+            })
+            .unwrap_or_else(|| panic!("no Certificate {name}: {sent:?}"));
+        assert_eq!(cert.body["spec"]["issuerRef"]["name"], "corp");
+        assert_eq!(cert.body["spec"]["secretName"], name);
+    }
+    assert!(stored(&api, "secrets/orders-ca").is_none(), "no CA of our own");
+    assert!(nodes.model().calls.is_empty(), "no node called without TLS");
+    let status = last_status(&sent);
+    let certs = condition(&status, "CertificatesReady");
+    assert_eq!(
+        (certs.status.as_str(), certs.reason.as_str()),
+        ("False", "WaitingForIssuer")
+    );
+    assert_eq!(status.phase, "Pending");
+
+    // cert-manager fills the Secrets: the nodes are called, over TLS.
+    let ca = raftq_operator::certs::new_ca("corp", raftq_operator::certs::Day::of(k8s_openapi::jiff::Timestamp::now())).unwrap();
+    {
+        use base64::Engine;
+        let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
+        let mut state = api.lock().unwrap();
+        for name in ["orders-tls", "orders-operator"] {
+            state.objects.insert(
+                format!("/api/v1/namespaces/shop/secrets/{name}"),
+                json!({"apiVersion": "v1", "kind": "Secret",
+                       "metadata": {"name": name, "namespace": "shop"},
+                       "data": {"tls.crt": b64(&ca.cert_pem), "tls.key": b64(&ca.key_pem),
+                                "ca.crt": b64(&ca.cert_pem)}}),
+            );
+        }
+    }
+    reconcile(Arc::new(jq), ctx).await.expect("reconcile");
+    assert_eq!(nodes.model().calls, ["initialize 1"]);
+    let status = last_status(&api.lock().unwrap().sent);
+    assert_eq!(condition(&status, "CertificatesReady").status, "True");
+}
+
+#[tokio::test]
+async fn cert_manager_mode_without_cert_manager_says_so() {
+    let (client, api) = mock_client();
+    api.lock().unwrap().missing_kinds.push("/cert-manager.io/".into());
+    let ctx = context(client, FakeNodes::new([1], 1));
+    let jq = with_spec(json!({"tls": {"mode": "certManager", "issuerRef": {"name": "corp"}}}));
+    reconcile(Arc::new(jq), ctx).await.expect("reconcile");
+    let status = last_status(&api.lock().unwrap().sent);
+    let certs = condition(&status, "CertificatesReady");
+    assert_eq!(certs.reason, "CertManagerMissing");
+    assert!(certs.message.contains("install cert-manager"), "{certs:?}");
+    assert_eq!(condition(&status, "Degraded").reason, "CertificatesNotReady");
+}
+
+#[tokio::test]
+async fn own_secrets_are_checked_for_every_key_before_the_nodes_are_called() {
+    let (client, api) = mock_client();
+    let nodes = FakeNodes::new([1], 1);
+    let ctx = context(client, nodes.clone());
+    let jq = with_spec(json!({"tls": {
+        "mode": "secret", "secretName": "my-tls", "caSecretName": "my-ca",
+        "operatorSecretName": "my-operator"
+    }}));
+    reconcile(Arc::new(jq.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
+    let status = last_status(&api.lock().unwrap().sent);
+    let certs = condition(&status, "CertificatesReady");
+    assert_eq!(certs.reason, "SecretMissing");
+    for key in ["my-tls/tls.crt", "my-operator/tls.key", "my-ca/ca.crt"] {
+        assert!(certs.message.contains(key), "{key}: {certs:?}");
+    }
+    assert!(nodes.model().calls.is_empty());
+    let sent = api.lock().unwrap().sent.clone();
+    let sts = sent
+        .iter()
+        .rev()
+        .find(|s| s.is(Method::PATCH, "/statefulsets/orders"))
+        .unwrap();
+    let volumes = sts.body["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(
+        volumes.contains("\"secretName\":\"my-tls\"") && volumes.contains("\"secretName\":\"my-ca\""),
+        "the user's Secrets are mounted: {volumes}"
+    );
+
+    let ca = raftq_operator::certs::new_ca("mine", raftq_operator::certs::Day::of(k8s_openapi::jiff::Timestamp::now())).unwrap();
+    {
+        use base64::Engine;
+        let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
+        let mut state = api.lock().unwrap();
+        for (name, data) in [
+            ("my-tls", json!({"tls.crt": b64(&ca.cert_pem), "tls.key": b64(&ca.key_pem)})),
+            ("my-operator", json!({"tls.crt": b64(&ca.cert_pem), "tls.key": b64(&ca.key_pem)})),
+            ("my-ca", json!({"ca.crt": b64(&ca.cert_pem)})),
+        ] {
+            state.objects.insert(
+                format!("/api/v1/namespaces/shop/secrets/{name}"),
+                json!({"apiVersion": "v1", "kind": "Secret",
+                       "metadata": {"name": name, "namespace": "shop"}, "data": data}),
+            );
+        }
+    }
+    reconcile(Arc::new(jq), ctx).await.expect("reconcile");
+    assert_eq!(nodes.model().calls, ["initialize 1"]);
+    let status = last_status(&api.lock().unwrap().sent);
+    assert_eq!(condition(&status, "CertificatesReady").reason, "Provided");
+}
+
+#[tokio::test]
+async fn insecure_mode_touches_no_secret_and_calls_the_nodes_in_plaintext() {
+    let (client, api) = mock_client();
+    let nodes = FakeNodes::new([1], 1);
+    nodes.model().plaintext = true;
+    let ctx = context(client, nodes.clone());
+    let jq = with_spec(json!({
+        "tls": {"mode": "disabled", "allowInsecure": true}, "auth": {"enabled": false}
+    }));
+    reconcile(Arc::new(jq), ctx).await.expect("reconcile");
+    let sent = api.lock().unwrap().sent.clone();
+    assert!(
+        !sent.iter().any(|s| s.path.contains("/secrets")),
+        "no Secret read or written: {sent:?}"
+    );
+    assert_eq!(nodes.model().calls, ["initialize 1"]);
+    let status = last_status(&sent);
+    assert!(status.conditions.iter().all(|c| c.type_ != "CertificatesReady"));
+    let node_yaml = sent
+        .iter()
+        .find(|s| s.path.ends_with("/configmaps/orders-config"))
+        .unwrap()
+        .body["data"]["node.yaml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        !node_yaml.lines().any(|l| l.starts_with("tls:") || l.starts_with("auth:")),
+        "{node_yaml}"
+    );
+    assert!(node_yaml.contains("require_auth: false"), "{node_yaml}");
+}
+
+#[tokio::test]
+async fn a_missing_or_bad_user_principals_secret_is_reported() {
+    let (client, api) = mock_client();
+    let ctx = context(client, FakeNodes::new([1], 1));
+    let jq = with_spec(json!({"auth": {"secretRef": {"name": "team-principals"}}}));
+    reconcile(Arc::new(jq.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
+    let sent = api.lock().unwrap().sent.clone();
+    assert!(event_reasons(&sent).contains(&"AuthSecretInvalid".to_string()));
+    let degraded = condition(&last_status(&sent), "Degraded").clone();
+    assert_eq!(degraded.reason, "AuthSecretInvalid");
+    assert!(degraded.message.contains("team-principals"), "{degraded:?}");
+    let node_yaml = sent
+        .iter()
+        .find(|s| s.path.ends_with("/configmaps/orders-config"))
+        .unwrap()
+        .body["data"]["node.yaml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(node_yaml.contains("/etc/raftq/users/principals.yaml"), "{node_yaml}");
+
+    {
+        use base64::Engine;
+        let yaml = "principals:\n- name: billing\n  grants: [{role: consume, queues: ['billing.*']}]\n";
+        api.lock().unwrap().objects.insert(
+            "/api/v1/namespaces/shop/secrets/team-principals".into(),
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "team-principals", "namespace": "shop"},
+                   "data": {"principals.yaml": base64::engine::general_purpose::STANDARD.encode(yaml)}}),
+        );
+    }
+    let before = api.lock().unwrap().sent.len();
+    reconcile(Arc::new(jq), ctx).await.expect("reconcile");
+    let sent = api.lock().unwrap().sent[before..].to_vec();
+    assert!(!event_reasons(&sent).contains(&"AuthSecretInvalid".to_string()));
+    assert_ne!(condition(&last_status(&sent), "Degraded").reason, "AuthSecretInvalid");
 }

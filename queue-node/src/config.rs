@@ -93,8 +93,10 @@ pub enum ClientCerts {
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// The principals, their token hashes and their grants (YAML; see
-    /// docs/SECURITY.md), re-read when it changes.
-    pub file: PathBuf,
+    /// docs/SECURITY.md), re-read when they change. Several files make
+    /// one set (the operator's own principals and a user's, say); a name
+    /// may appear in only one of them.
+    pub files: Vec<PathBuf>,
 }
 
 /// Limits against callers that hold resources without using them.

@@ -62,9 +62,10 @@ struct Args {
     /// Client certificates on the client port.
     #[arg(long, value_enum)]
     client_certs: Option<ClientCerts>,
-    /// The principals file (tokens' SHA-256 hashes and grants): turns auth on.
-    #[arg(long, env = "RAFTQ_AUTH_FILE")]
-    auth_file: Option<PathBuf>,
+    /// A principals file (tokens' SHA-256 hashes and grants): turns auth
+    /// on. Repeat it (or separate with commas) to merge several files.
+    #[arg(long, env = "RAFTQ_AUTH_FILE", value_delimiter = ',')]
+    auth_file: Vec<PathBuf>,
     /// Refuse to start with a port beyond loopback lacking TLS or auth.
     #[arg(long)]
     require_auth: bool,
@@ -110,6 +111,11 @@ enum Command {
         /// node's own certificate.
         #[arg(long, env = "RAFTQ_CONFIG")]
         config: Option<PathBuf>,
+        /// With TLS, the name the node's certificate is checked for: its
+        /// advertised peer address (the host part), when `--addr` is
+        /// 127.0.0.1 and the certificate names only the pod's DNS names.
+        #[arg(long, env = "RAFTQ_ADVERTISE")]
+        advertise: Option<String>,
         /// How long to wait for new leaders.
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u32,
@@ -173,8 +179,10 @@ fn config_from(args: &Args) -> anyhow::Result<NodeConfig> {
             ),
         }
     }
-    if let Some(v) = &args.auth_file {
-        c.auth = Some(AuthConfig { file: v.clone() });
+    if !args.auth_file.is_empty() {
+        c.auth = Some(AuthConfig {
+            files: args.auth_file.clone(),
+        });
     }
     c.require_auth |= args.require_auth;
     if let Some(v) = &args.http_listen {
@@ -233,6 +241,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 async fn step_down(
     addr: &str,
     config: Option<&std::path::Path>,
+    advertise: Option<&str>,
     timeout_ms: u32,
     drain_workers: bool,
 ) -> anyhow::Result<()> {
@@ -245,7 +254,9 @@ async fn step_down(
         .map(raftq_node::security::tls::TlsState::load)
         .transpose()?
         .map(std::sync::Arc::new);
+    let server_name = advertise.map(|a| raftq_node::security::identity::host_of(a).to_string());
     let channel = raftq_node::security::dial::Dialer::new(tls)
+        .verifying_name(server_name)
         .channel(addr)
         .with_context(|| format!("bad address {addr}"))?;
     let mut client = ClusterAdminClient::new(channel);
@@ -319,11 +330,13 @@ fn main() -> std::process::ExitCode {
         Some(Command::StepDown {
             addr,
             config,
+            advertise,
             timeout_ms,
             drain_workers,
         }) => runtime.block_on(step_down(
             addr,
             config.as_deref(),
+            advertise.as_deref(),
             *timeout_ms,
             *drain_workers,
         )),

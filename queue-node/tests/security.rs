@@ -61,7 +61,7 @@ fn secure_config(dir: &Path) -> (NodeConfig, Secure) {
     let mut config = common::fast_config(&dir.join("data"));
     config.tls = Some(files.tls_config());
     config.auth = Some(AuthConfig {
-        file: auth_file(dir, ""),
+        files: vec![auth_file(dir, "")],
     });
     (config, Secure { ca, files })
 }

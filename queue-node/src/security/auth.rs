@@ -170,9 +170,25 @@ fn from_hex(s: &str) -> Option<[u8; 32]> {
 
 impl Principals {
     pub fn parse(text: &str) -> Result<Principals, String> {
-        let file: FileFormat = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        Self::parse_all([("", text)])
+    }
+
+    /// The principals of several files (`(path, text)`) as one set: a name
+    /// or a token hash in two files is an error, as within one. Errors
+    /// name the file.
+    pub fn parse_all<'a>(
+        files: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Principals, String> {
+        let mut entries = Vec::new();
+        for (path, text) in files {
+            let file: FileFormat = serde_yaml::from_str(text).map_err(|e| match path {
+                "" => e.to_string(),
+                path => format!("{path}: {e}"),
+            })?;
+            entries.extend(file.principals);
+        }
         let mut principals = Principals::default();
-        for entry in file.principals {
+        for entry in entries {
             let name = entry.name;
             if name.is_empty() || name.len() > 256 || !name.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(format!(
@@ -216,7 +232,7 @@ impl Principals {
                 }
             }
             if principals.by_name.insert(name.clone(), principal).is_some() {
-                return Err(format!("principal {name} is listed twice"));
+                return Err(format!("principal {name} is listed twice (in one file or two)"));
             }
         }
         Ok(principals)
@@ -300,5 +316,19 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.contains("share a token"), "{e}");
+    }
+
+    #[test]
+    fn several_files_make_one_set_and_may_not_repeat_a_name() {
+        let operator = "principals:\n- name: raftq-operator\n  grants: [{role: cluster-admin}]\n";
+        let users = "principals:\n- name: w\n  grants: [{role: consume, queues: ['*']}]\n";
+        let p = Principals::parse_all([("op.yaml", operator), ("users.yaml", users)]).unwrap();
+        assert!(p.by_name("raftq-operator").is_some() && p.by_name("w").is_some());
+        let e = Principals::parse_all([("op.yaml", operator), ("users.yaml", operator)])
+            .unwrap_err();
+        assert!(e.contains("listed twice"), "{e}");
+        let e = Principals::parse_all([("op.yaml", operator), ("users.yaml", "principals: 3")])
+            .unwrap_err();
+        assert!(e.starts_with("users.yaml: "), "{e}");
     }
 }

@@ -26,11 +26,23 @@ type Dialed = TokioIo<MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>>;
 #[derive(Clone, Default)]
 pub struct Dialer {
     tls: Option<Arc<TlsState>>,
+    /// The name the peer's certificate must be valid for, when not the
+    /// host dialed (a node's own advertised name, dialed on 127.0.0.1).
+    server_name: Option<String>,
 }
 
 impl Dialer {
     pub fn new(tls: Option<Arc<TlsState>>) -> Dialer {
-        Dialer { tls }
+        Dialer {
+            tls,
+            server_name: None,
+        }
+    }
+
+    /// Checks the peer's certificate for `name` instead of the host dialed.
+    pub fn verifying_name(mut self, name: Option<String>) -> Dialer {
+        self.server_name = name;
+        self
     }
 
     /// A lazily connected channel to the peer port at `addr`; it
@@ -54,6 +66,7 @@ impl tower_service::Service<Uri> for Dialer {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let tls = self.tls.clone();
+        let server_name = self.server_name.clone();
         Box::pin(async move {
             let host = uri
                 .host()
@@ -78,8 +91,9 @@ impl tower_service::Service<Uri> for Dialer {
             let Some(tls) = tls else {
                 return Ok(TokioIo::new(MaybeTls::Plain(tcp)));
             };
-            let name = ServerName::try_from(host.clone()).map_err(|e| {
-                io::Error::other(format!("{host} is not a valid TLS server name: {e}"))
+            let expected = server_name.unwrap_or_else(|| host.clone());
+            let name = ServerName::try_from(expected.clone()).map_err(|e| {
+                io::Error::other(format!("{expected} is not a valid TLS server name: {e}"))
             })?;
             let connector = tokio_rustls::TlsConnector::from(tls.dial());
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))

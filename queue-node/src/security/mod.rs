@@ -203,8 +203,8 @@ impl Caller {
 
 /// The principals file, re-read when it changes.
 struct AuthState {
-    path: PathBuf,
-    text: RwLock<String>,
+    paths: Vec<PathBuf>,
+    texts: RwLock<Vec<String>>,
     principals: RwLock<Arc<Principals>>,
 }
 
@@ -237,18 +237,16 @@ impl Security {
         let auth = match auth {
             None => None,
             Some(a) => {
-                let text = std::fs::read_to_string(&a.file).map_err(|e| {
-                    SecurityError::Auth(format!(
-                        "cannot read the auth file {}: {e}",
-                        a.file.display()
-                    ))
-                })?;
-                let principals = Principals::parse(&text).map_err(|e| {
-                    SecurityError::Auth(format!("auth file {}: {e}", a.file.display()))
-                })?;
+                if a.files.is_empty() {
+                    return Err(SecurityError::Auth(
+                        "auth.files is empty: name at least one principals file".into(),
+                    ));
+                }
+                let texts = read_auth_files(&a.files).map_err(SecurityError::Auth)?;
+                let principals = parse_auth_files(&a.files, &texts).map_err(SecurityError::Auth)?;
                 Some(AuthState {
-                    path: a.file,
-                    text: RwLock::new(text),
+                    paths: a.files,
+                    texts: RwLock::new(texts),
                     principals: RwLock::new(Arc::new(principals)),
                 })
             }
@@ -293,31 +291,27 @@ impl Security {
             }
         }
         if let Some(auth) = &self.auth {
-            let text = match std::fs::read_to_string(&auth.path) {
-                Ok(text) => text,
+            let texts = match read_auth_files(&auth.paths) {
+                Ok(texts) => texts,
                 Err(e) => {
-                    tracing::warn!(
-                        "cannot read the auth file {}: {e}; the previous one stays in force",
-                        auth.path.display()
-                    );
+                    tracing::warn!("{e}; the previous principals stay in force");
                     return;
                 }
             };
-            if *auth.text.read().unwrap_or_else(|p| p.into_inner()) == text {
+            if *auth.texts.read().unwrap_or_else(|p| p.into_inner()) == texts {
                 return;
             }
-            match Principals::parse(&text) {
+            match parse_auth_files(&auth.paths, &texts) {
                 Ok(principals) => {
                     *auth.principals.write().unwrap_or_else(|p| p.into_inner()) =
                         Arc::new(principals);
-                    tracing::info!("auth file {} reloaded", auth.path.display());
+                    tracing::info!("auth files reloaded");
                 }
                 Err(e) => tracing::warn!(
-                    "auth file {} not reloaded, the previous one stays in force: {e}",
-                    auth.path.display()
+                    "auth files not reloaded, the previous principals stay in force: {e}"
                 ),
             }
-            *auth.text.write().unwrap_or_else(|p| p.into_inner()) = text;
+            *auth.texts.write().unwrap_or_else(|p| p.into_inner()) = texts;
         }
     }
 
@@ -508,6 +502,22 @@ fn grants(p: &Arc<Principal>) -> Caller {
         access: Access::Grants(p.clone()),
         token: None,
     }
+}
+
+fn read_auth_files(paths: &[PathBuf]) -> Result<Vec<String>, String> {
+    paths
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read the auth file {}: {e}", p.display()))
+        })
+        .collect()
+}
+
+fn parse_auth_files(paths: &[PathBuf], texts: &[String]) -> Result<Principals, String> {
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    Principals::parse_all(names.iter().map(String::as_str).zip(texts.iter().map(String::as_str)))
+        .map_err(|e| format!("auth files: {e}"))
 }
 
 /// Whether `cert` is valid for a member's host, or for one of the

@@ -63,7 +63,6 @@ impl Day {
             day: date.day(),
         })
     }
-
 }
 
 /// Valid from the start of `from` to the start of `until` (UTC).
@@ -94,8 +93,8 @@ fn rcgen_error(what: &str) -> impl Fn(rcgen::Error) -> String + '_ {
 /// signature later (rcgen signs with the subject and key identifier these
 /// give, so they must match the certificate).
 fn ca_params(common_name: &str, from: Day, days: i32) -> Result<CertificateParams, String> {
-    let mut params = CertificateParams::new(Vec::<String>::new())
-        .map_err(rcgen_error("CA parameters"))?;
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(rcgen_error("CA parameters"))?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params
         .distinguished_name
@@ -229,7 +228,14 @@ mod tests {
             names: vec!["*.orders-peers.shop.svc".into(), "127.0.0.1".into()],
             server: true,
         };
-        let node = issue("raftq shop/orders CA", &ca.key_pem, &leaf, day(2026, 6, 1), 90).unwrap();
+        let node = issue(
+            "raftq shop/orders CA",
+            &ca.key_pem,
+            &leaf,
+            day(2026, 6, 1),
+            90,
+        )
+        .unwrap();
         let ca_der = rustls_pki_types::pem::PemObject::from_pem_slice(ca.cert_pem.as_bytes())
             .map(|c: rustls_pki_types::CertificateDer<'static>| c)
             .unwrap();

@@ -274,9 +274,9 @@ async fn cert_manager(
         (Some(ca), Some(op)) => identity(op, ca),
         _ => None,
     };
-    let node_ready = node
-        .as_ref()
-        .is_some_and(|s| secrets::text(s, TLS_CERT).is_some() && secrets::text(s, TLS_KEY).is_some());
+    let node_ready = node.as_ref().is_some_and(|s| {
+        secrets::text(s, TLS_CERT).is_some() && secrets::text(s, TLS_KEY).is_some()
+    });
     if !node_ready || client.is_none() || ca_pem.is_none() {
         out.certificates = Some(Readiness::not_ready(
             "WaitingForIssuer",
@@ -319,7 +319,10 @@ async fn own_secrets(
     let operator = store.get(&operator_name).await?;
     let (ca_pem, ca_from) = match &tls.ca_secret_name {
         Some(ca) => (
-            store.get(ca).await?.and_then(|s| secrets::text(&s, CA_CERT)),
+            store
+                .get(ca)
+                .await?
+                .and_then(|s| secrets::text(&s, CA_CERT)),
             ca.clone(),
         ),
         None => (
@@ -328,7 +331,8 @@ async fn own_secrets(
         ),
     };
     let mut missing = Vec::new();
-    let has = |s: &Option<Secret>, key: &str| s.as_ref().and_then(|s| secrets::text(s, key)).is_some();
+    let has =
+        |s: &Option<Secret>, key: &str| s.as_ref().and_then(|s| secrets::text(s, key)).is_some();
     for (secret, name, keys) in [
         (&node, &node_name, [TLS_CERT, TLS_KEY]),
         (&operator, &operator_name, [TLS_CERT, TLS_KEY]),

@@ -10,8 +10,8 @@
 //! `membership::execute` and [`leader`] talk to the outside.
 
 pub mod certs;
-pub mod credentials;
 pub mod crd;
+pub mod credentials;
 mod error;
 pub mod leader;
 pub mod membership;

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::events::Reporter;
 use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
@@ -169,12 +169,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .owns(owned.config_maps, watcher::Config::default())
                 .owns(owned.services, watcher::Config::default())
                 .owns(owned.disruption_budgets, watcher::Config::default())
-                // Only the Secrets it made: a deleted certificate or token
-                // comes back at once, and no other Secret is cached here.
-                .owns(
-                    owned.secrets,
-                    watcher::Config::default().labels("app.kubernetes.io/managed-by=raftq-operator"),
-                )
                 .shutdown_on_signal()
                 .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
                 .for_each(|_| futures::future::ready(())),
@@ -207,7 +201,6 @@ struct OwnedApis {
     config_maps: Api<ConfigMap>,
     services: Api<Service>,
     disruption_budgets: Api<PodDisruptionBudget>,
-    secrets: Api<Secret>,
 }
 
 impl OwnedApis {
@@ -217,7 +210,6 @@ impl OwnedApis {
             config_maps: Api::all(client.clone()),
             services: Api::all(client.clone()),
             disruption_budgets: Api::all(client.clone()),
-            secrets: Api::all(client.clone()),
         }
     }
 
@@ -227,7 +219,6 @@ impl OwnedApis {
             config_maps: Api::namespaced(client.clone(), ns),
             services: Api::namespaced(client.clone(), ns),
             disruption_budgets: Api::namespaced(client.clone(), ns),
-            secrets: Api::namespaced(client.clone(), ns),
         }
     }
 }

@@ -232,8 +232,11 @@ pub fn plan(replicas: i32, bootstrapped: bool, observed: &Observed) -> Plan {
 pub trait NodeAdmin: Send + Sync {
     /// The peer address of node `id` of the queue `queue` (`namespace/name`).
     fn addr(&self, queue: &QueueRef, id: u64) -> String;
-    async fn status(&self, queue: &QueueRef, addr: &str)
-        -> Result<pb::ClusterStatus, tonic::Status>;
+    async fn status(
+        &self,
+        queue: &QueueRef,
+        addr: &str,
+    ) -> Result<pb::ClusterStatus, tonic::Status>;
     async fn initialize(
         &self,
         queue: &QueueRef,
@@ -410,7 +413,8 @@ impl GrpcNodeAdmin {
                 .map_err(|e| tonic::Status::internal(format!("TLS settings for {addr}: {e}")))?;
         }
         let channel = endpoint.connect().await.map_err(|e| {
-            let cause = std::error::Error::source(&e).map_or_else(|| e.to_string(), |c| c.to_string());
+            let cause =
+                std::error::Error::source(&e).map_or_else(|| e.to_string(), |c| c.to_string());
             tonic::Status::unavailable(format!("cannot reach {addr}: {cause}"))
         })?;
         Ok(ClusterAdminClient::new(channel))

@@ -229,7 +229,11 @@ pub fn node_config_yaml(jq: &JobQueue) -> Result<String, Error> {
         config["memory"] = memory;
     }
     if let Some(secrets) = tls_secrets(jq) {
-        let ca_dir = if secrets.ca.is_some() { CA_DIR } else { TLS_DIR };
+        let ca_dir = if secrets.ca.is_some() {
+            CA_DIR
+        } else {
+            TLS_DIR
+        };
         config["tls"] = serde_json::json!({
             "cert_file": format!("{TLS_DIR}/tls.crt"),
             "key_file": format!("{TLS_DIR}/tls.key"),

@@ -16,8 +16,8 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 
 use crate::certs::Day;
-use crate::credentials;
 use crate::crd::JobQueue;
+use crate::credentials;
 use crate::membership::{self, Hold, NodeAdmin, QueueRef, Step};
 use crate::metrics::Metrics;
 use crate::objects;
@@ -139,13 +139,31 @@ async fn apply(jq: &JobQueue, ctx: &Context) -> Result<Action, Error> {
         .and_then(status::rollout);
 
     // Certificates and auth Secrets first: the pods mount them.
-    let credentials =
-        credentials::ensure(jq, &ctx.client, Day::of(k8s_openapi::jiff::Timestamp::now())).await?;
+    let credentials = credentials::ensure(
+        jq,
+        &ctx.client,
+        Day::of(k8s_openapi::jiff::Timestamp::now()),
+    )
+    .await?;
     for note in &credentials.issued {
-        publish(ctx, jq, EventType::Normal, "CertificateIssued", note.clone()).await?;
+        publish(
+            ctx,
+            jq,
+            EventType::Normal,
+            "CertificateIssued",
+            note.clone(),
+        )
+        .await?;
     }
     if let Some(problem) = &credentials.auth_problem {
-        publish(ctx, jq, EventType::Warning, "AuthSecretInvalid", problem.clone()).await?;
+        publish(
+            ctx,
+            jq,
+            EventType::Warning,
+            "AuthSecretInvalid",
+            problem.clone(),
+        )
+        .await?;
     }
     let queue = QueueRef {
         namespace: ns.clone(),
@@ -163,8 +181,7 @@ async fn apply(jq: &JobQueue, ctx: &Context) -> Result<Action, Error> {
             (observed, plan)
         }
         None => {
-            let observed =
-                membership::observe(ctx.nodes.as_ref(), &queue, jq.spec.replicas).await;
+            let observed = membership::observe(ctx.nodes.as_ref(), &queue, jq.spec.replicas).await;
             let plan = membership::plan(jq.spec.replicas, status::bootstrapped(jq), &observed);
             (observed, plan)
         }

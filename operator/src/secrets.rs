@@ -376,7 +376,10 @@ mod tests {
         let principals = file["principals"].as_array().unwrap();
         assert_eq!(principals[0]["name"], OPERATOR_PRINCIPAL);
         assert_eq!(principals[0]["grants"][0]["role"], "cluster-admin");
-        assert!(principals[0].get("tokens_sha256").is_none(), "by certificate only");
+        assert!(
+            principals[0].get("tokens_sha256").is_none(),
+            "by certificate only"
+        );
         assert_eq!(principals[1]["name"], ADMIN_PRINCIPAL);
         assert_eq!(
             principals[1]["tokens_sha256"][0],
@@ -399,7 +402,13 @@ mod tests {
     fn a_users_principals_secret_is_checked_before_the_nodes_see_it() {
         let jq = queue(serde_json::json!({}));
         let with = |yaml: &str| {
-            secret(&jq, "users", &[(USER_PRINCIPALS_KEY, yaml)], BTreeMap::new()).unwrap()
+            secret(
+                &jq,
+                "users",
+                &[(USER_PRINCIPALS_KEY, yaml)],
+                BTreeMap::new(),
+            )
+            .unwrap()
         };
         assert!(check_user_principals("users", None)
             .unwrap_err()
@@ -434,7 +443,10 @@ mod tests {
         assert_eq!(cert["spec"]["secretName"], "orders-tls");
         assert_eq!(cert["spec"]["issuerRef"]["kind"], "ClusterIssuer");
         assert_eq!(cert["spec"]["issuerRef"]["group"], "cert-manager.io");
-        assert_eq!(cert["spec"]["ipAddresses"], serde_json::json!(["127.0.0.1"]));
+        assert_eq!(
+            cert["spec"]["ipAddresses"],
+            serde_json::json!(["127.0.0.1"])
+        );
         assert!(cert["spec"]["dnsNames"]
             .as_array()
             .unwrap()

@@ -1,8 +1,8 @@
 //! The `JobQueue` status a reconcile reports, computed from what it
 //! observed. Pure: the caller passes the time.
 
-use crate::credentials::Credentials;
 use crate::crd::{Condition, JobQueue, JobQueueStatus, ShardStatus, TlsMode};
+use crate::credentials::Credentials;
 use crate::membership::{Hold, Observed, Plan, Step};
 use crate::objects;
 
@@ -311,7 +311,11 @@ fn check_security(s: &crate::crd::JobQueueSpec) -> Result<(), String> {
     let fields = [
         ("issuerRef", tls.issuer_ref.is_some(), TlsMode::CertManager),
         ("secretName", tls.secret_name.is_some(), TlsMode::Secret),
-        ("caSecretName", tls.ca_secret_name.is_some(), TlsMode::Secret),
+        (
+            "caSecretName",
+            tls.ca_secret_name.is_some(),
+            TlsMode::Secret,
+        ),
         (
             "operatorSecretName",
             tls.operator_secret_name.is_some(),
@@ -428,7 +432,10 @@ mod tests {
             serde_json::json!({"tls": {"mode": "disabled"}}),
             "allowInsecure",
         );
-        refused(serde_json::json!({"auth": {"enabled": false}}), "allowInsecure");
+        refused(
+            serde_json::json!({"auth": {"enabled": false}}),
+            "allowInsecure",
+        );
         refused(
             serde_json::json!({"tls": {"mode": "certManager"}}),
             "needs spec.tls.issuerRef",

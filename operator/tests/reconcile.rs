@@ -57,7 +57,11 @@ fn status_body(code: u16, reason: &str) -> Value {
 /// creates store it unless it exists (409), GETs return what is stored
 /// (404 otherwise), deletes of missing objects are 404.
 fn answer(state: &mut ApiState, method: &Method, path: &str, body: &Value) -> (StatusCode, Value) {
-    if state.missing_kinds.iter().any(|k| path.contains(k.as_str())) {
+    if state
+        .missing_kinds
+        .iter()
+        .any(|k| path.contains(k.as_str()))
+    {
         return (StatusCode::NOT_FOUND, status_body(404, "NotFound"));
     }
     match *method {
@@ -849,7 +853,10 @@ async fn operator_managed_tls_issues_once_mounts_the_secrets_and_renews_when_due
     }
     let status = last_status(&sent);
     let certs = condition(&status, "CertificatesReady");
-    assert_eq!((certs.status.as_str(), certs.reason.as_str()), ("True", "Issued"));
+    assert_eq!(
+        (certs.status.as_str(), certs.reason.as_str()),
+        ("True", "Issued")
+    );
 
     // Another reconcile issues nothing: same CA, same certificates.
     let node_cert = secret_text(&stored(&api, "secrets/orders-tls").unwrap(), "tls.crt");
@@ -928,7 +935,10 @@ async fn cert_manager_certificates_are_applied_and_the_nodes_wait_for_their_secr
         assert_eq!(cert.body["spec"]["issuerRef"]["name"], "corp");
         assert_eq!(cert.body["spec"]["secretName"], name);
     }
-    assert!(stored(&api, "secrets/orders-ca").is_none(), "no CA of our own");
+    assert!(
+        stored(&api, "secrets/orders-ca").is_none(),
+        "no CA of our own"
+    );
     assert!(nodes.model().calls.is_empty(), "no node called without TLS");
     let status = last_status(&sent);
     let certs = condition(&status, "CertificatesReady");
@@ -939,7 +949,11 @@ async fn cert_manager_certificates_are_applied_and_the_nodes_wait_for_their_secr
     assert_eq!(status.phase, "Pending");
 
     // cert-manager fills the Secrets: the nodes are called, over TLS.
-    let ca = raftq_operator::certs::new_ca("corp", raftq_operator::certs::Day::of(k8s_openapi::jiff::Timestamp::now())).unwrap();
+    let ca = raftq_operator::certs::new_ca(
+        "corp",
+        raftq_operator::certs::Day::of(k8s_openapi::jiff::Timestamp::now()),
+    )
+    .unwrap();
     {
         use base64::Engine;
         let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
@@ -963,7 +977,10 @@ async fn cert_manager_certificates_are_applied_and_the_nodes_wait_for_their_secr
 #[tokio::test]
 async fn cert_manager_mode_without_cert_manager_says_so() {
     let (client, api) = mock_client();
-    api.lock().unwrap().missing_kinds.push("/cert-manager.io/".into());
+    api.lock()
+        .unwrap()
+        .missing_kinds
+        .push("/cert-manager.io/".into());
     let ctx = context(client, FakeNodes::new([1], 1));
     let jq = with_spec(json!({"tls": {"mode": "certManager", "issuerRef": {"name": "corp"}}}));
     reconcile(Arc::new(jq), ctx).await.expect("reconcile");
@@ -971,7 +988,10 @@ async fn cert_manager_mode_without_cert_manager_says_so() {
     let certs = condition(&status, "CertificatesReady");
     assert_eq!(certs.reason, "CertManagerMissing");
     assert!(certs.message.contains("install cert-manager"), "{certs:?}");
-    assert_eq!(condition(&status, "Degraded").reason, "CertificatesNotReady");
+    assert_eq!(
+        condition(&status, "Degraded").reason,
+        "CertificatesNotReady"
+    );
 }
 
 #[tokio::test]
@@ -1001,18 +1021,29 @@ async fn own_secrets_are_checked_for_every_key_before_the_nodes_are_called() {
         .unwrap();
     let volumes = sts.body["spec"]["template"]["spec"]["volumes"].to_string();
     assert!(
-        volumes.contains("\"secretName\":\"my-tls\"") && volumes.contains("\"secretName\":\"my-ca\""),
+        volumes.contains("\"secretName\":\"my-tls\"")
+            && volumes.contains("\"secretName\":\"my-ca\""),
         "the user's Secrets are mounted: {volumes}"
     );
 
-    let ca = raftq_operator::certs::new_ca("mine", raftq_operator::certs::Day::of(k8s_openapi::jiff::Timestamp::now())).unwrap();
+    let ca = raftq_operator::certs::new_ca(
+        "mine",
+        raftq_operator::certs::Day::of(k8s_openapi::jiff::Timestamp::now()),
+    )
+    .unwrap();
     {
         use base64::Engine;
         let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
         let mut state = api.lock().unwrap();
         for (name, data) in [
-            ("my-tls", json!({"tls.crt": b64(&ca.cert_pem), "tls.key": b64(&ca.key_pem)})),
-            ("my-operator", json!({"tls.crt": b64(&ca.cert_pem), "tls.key": b64(&ca.key_pem)})),
+            (
+                "my-tls",
+                json!({"tls.crt": b64(&ca.cert_pem), "tls.key": b64(&ca.key_pem)}),
+            ),
+            (
+                "my-operator",
+                json!({"tls.crt": b64(&ca.cert_pem), "tls.key": b64(&ca.key_pem)}),
+            ),
             ("my-ca", json!({"ca.crt": b64(&ca.cert_pem)})),
         ] {
             state.objects.insert(
@@ -1045,7 +1076,10 @@ async fn insecure_mode_touches_no_secret_and_calls_the_nodes_in_plaintext() {
     );
     assert_eq!(nodes.model().calls, ["initialize 1"]);
     let status = last_status(&sent);
-    assert!(status.conditions.iter().all(|c| c.type_ != "CertificatesReady"));
+    assert!(status
+        .conditions
+        .iter()
+        .all(|c| c.type_ != "CertificatesReady"));
     let node_yaml = sent
         .iter()
         .find(|s| s.path.ends_with("/configmaps/orders-config"))
@@ -1055,7 +1089,9 @@ async fn insecure_mode_touches_no_secret_and_calls_the_nodes_in_plaintext() {
         .unwrap()
         .to_string();
     assert!(
-        !node_yaml.lines().any(|l| l.starts_with("tls:") || l.starts_with("auth:")),
+        !node_yaml
+            .lines()
+            .any(|l| l.starts_with("tls:") || l.starts_with("auth:")),
         "{node_yaml}"
     );
     assert!(node_yaml.contains("require_auth: false"), "{node_yaml}");
@@ -1082,11 +1118,15 @@ async fn a_missing_or_bad_user_principals_secret_is_reported() {
         .as_str()
         .unwrap()
         .to_string();
-    assert!(node_yaml.contains("/etc/raftq/users/principals.yaml"), "{node_yaml}");
+    assert!(
+        node_yaml.contains("/etc/raftq/users/principals.yaml"),
+        "{node_yaml}"
+    );
 
     {
         use base64::Engine;
-        let yaml = "principals:\n- name: billing\n  grants: [{role: consume, queues: ['billing.*']}]\n";
+        let yaml =
+            "principals:\n- name: billing\n  grants: [{role: consume, queues: ['billing.*']}]\n";
         api.lock().unwrap().objects.insert(
             "/api/v1/namespaces/shop/secrets/team-principals".into(),
             json!({"apiVersion": "v1", "kind": "Secret",
@@ -1098,5 +1138,8 @@ async fn a_missing_or_bad_user_principals_secret_is_reported() {
     reconcile(Arc::new(jq), ctx).await.expect("reconcile");
     let sent = api.lock().unwrap().sent[before..].to_vec();
     assert!(!event_reasons(&sent).contains(&"AuthSecretInvalid".to_string()));
-    assert_ne!(condition(&last_status(&sent), "Degraded").reason, "AuthSecretInvalid");
+    assert_ne!(
+        condition(&last_status(&sent), "Degraded").reason,
+        "AuthSecretInvalid"
+    );
 }

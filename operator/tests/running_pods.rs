@@ -1,9 +1,13 @@
 //! The operator's whole life of a JobQueue on a real control plane with
 //! real queue-node processes as its pods (the test plays the kubelet, see
 //! `support/kubelet.rs`): create the production example (3 nodes × 4
-//! shards), scale 3 → 5 → 3, roll a config change under steady enqueues
-//! (no failed client call), pause, delete — with every acknowledged job
-//! still there at each stage.
+//! shards, TLS and auth on by default, with the operator's certificates),
+//! reach it as a user does (the CA and the starter token from Secret
+//! `<name>-admin`; a plaintext or tokenless client is refused), scale
+//! 3 → 5 → 3, roll a config change under steady enqueues (no failed
+//! client call), rotate the nodes' certificate under load (no failed
+//! call, no restart), pause, delete — with every acknowledged job still
+//! there at each stage.
 //!
 //! Skipped, with a message, where there is no control plane or
 //! `/etc/hosts` cannot be written (the pods' DNS names live there).
@@ -16,11 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Api;
 use raftq_client::proto as pb;
-use raftq_client::{Client, JobSpec};
+use raftq_client::{Client, ConnectOptions, JobSpec, TlsOptions};
 use raftq_operator::crd::JobQueue;
 use support::kubelet::Kubelet;
 use support::{example, install_crd, queue_node_bin, wait_for, ControlPlane, Operator};
@@ -31,6 +35,40 @@ const QUEUES: [&str; 8] = ["q0", "q1", "q2", "q3", "q4", "q5", "q6", "q7"];
 const JOBS_PER_QUEUE: u64 = 25;
 /// A membership step, a pod start or a rollout on a busy 2-core machine.
 const STAGE: Duration = Duration::from_secs(240);
+
+/// How a user connects: TLS with the queue's CA and the starter admin
+/// token, both from Secret `<name>-admin` (set once the operator made it).
+static USER: std::sync::OnceLock<ConnectOptions> = std::sync::OnceLock::new();
+static CA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn user() -> ConnectOptions {
+    USER.get().expect("the admin Secret was read").clone()
+}
+
+async fn connect(ordinal: u32) -> Result<Client, raftq_client::Error> {
+    Client::connect_with(&pod_addr(ordinal), user()).await
+}
+
+/// Reads the CA and the token from Secret `<name>-admin`.
+async fn read_admin_secret(client: &kube::Client) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let (ca, token) = wait_for("Secret orders-admin", STAGE, || async {
+        let s = secrets.get_opt(&format!("{NAME}-admin")).await.ok()??;
+        let data = s.data?;
+        let text = |k: &str| {
+            data.get(k)
+                .and_then(|b| String::from_utf8(b.0.clone()).ok())
+        };
+        Some((text("ca.crt")?, text("token")?))
+    })
+    .await;
+    let _ = CA.set(ca.clone());
+    let _ = USER.set(
+        ConnectOptions::new()
+            .tls(TlsOptions::new().ca_cert_pem(ca))
+            .token(token),
+    );
+}
 
 fn pod_addr(ordinal: u32) -> String {
     format!("{NAME}-{ordinal}.{NAME}-peers.{NS}.svc:7400")
@@ -64,7 +102,7 @@ async fn patch_spec(queues: &Api<JobQueue>, spec: serde_json::Value) {
 /// Ready jobs over every queue, as node `ordinal` answers (from any node
 /// the answer is the cluster's).
 async fn stored(ordinal: u32) -> Option<u64> {
-    let client = Client::connect(&pod_addr(ordinal)).await.ok()?;
+    let client = connect(ordinal).await.ok()?;
     let stats = client
         .admin()
         .stats(pb::StatsRequest {
@@ -109,17 +147,18 @@ struct Load {
 }
 
 impl Load {
-    async fn start(pods: u32) -> Load {
+    /// `stage` names the keys, so two loads never share one.
+    async fn start(pods: u32, stage: &'static str) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for i in 0..pods {
-            let client = Client::connect(&pod_addr(i)).await.expect("connect");
+            let client = connect(i).await.expect("connect");
             let stop = stop.clone();
             tasks.push(tokio::spawn(async move {
                 let (mut acked, mut failed) = (0u64, Vec::new());
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    let key = format!("rolling-{i}-{n}");
+                    let key = format!("{stage}-{i}-{n}");
                     let job = JobSpec::new(key.clone()).idempotency_key(key.clone());
                     match client.producer().enqueue(QUEUES[n as usize % 8], job).await {
                         Ok(_) => acked += 1,
@@ -182,9 +221,31 @@ async fn a_jobqueue_is_created_scaled_rolled_paused_and_deleted() {
         settled(&queues, &[1, 2, 3])
     })
     .await;
-    let producer = Client::connect(&pod_addr(1))
+    read_admin_secret(&client).await;
+    let producer = connect(1).await.expect("connect to pod 1");
+    // Refused: a plaintext client, and TLS without a token.
+    let plaintext = Client::connect(&pod_addr(1)).await;
+    let answer = match plaintext {
+        Ok(c) => c.producer().enqueue("q0", JobSpec::new("x")).await.err(),
+        Err(e) => Some(e),
+    };
+    assert!(answer.is_some(), "a plaintext client was served");
+    let tokenless = Client::connect_with(
+        &pod_addr(1),
+        ConnectOptions::new()
+            .tls(TlsOptions::new().ca_cert_pem(CA.get().cloned().unwrap_or_default())),
+    )
+    .await
+    .expect("a TLS connection");
+    let refused = tokenless
+        .producer()
+        .enqueue("q0", JobSpec::new("x"))
         .await
-        .expect("connect to pod 1");
+        .expect_err("an enqueue without a token was accepted");
+    assert!(
+        refused.to_string().contains("credentials"),
+        "not refused for its credentials: {refused}"
+    );
     for q in QUEUES {
         for n in 0..JOBS_PER_QUEUE {
             producer
@@ -246,7 +307,7 @@ async fn a_jobqueue_is_created_scaled_rolled_paused_and_deleted() {
     };
     // Steady enqueues through every pod while they roll, with the SDK's
     // default retries: a client must see no failed call.
-    let load = Load::start(3).await;
+    let load = Load::start(3, "rolling").await;
     patch_spec(
         &queues,
         serde_json::json!({ "batching": { "lingerMaxMicros": 3000 } }),
@@ -290,6 +351,65 @@ async fn a_jobqueue_is_created_scaled_rolled_paused_and_deleted() {
             .any(|(t, r, _)| t == "Progressing" && r == "RollingUpdate"),
         "the rollout was never reported as Progressing/RollingUpdate; conditions seen: {seen:?}"
     );
+    every_node_stores(&[0, 1, 2], jobs).await;
+
+    // Certificate rotation under load: the nodes' certificate is issued
+    // again (its Secret deleted, as a leak would call for), the nodes
+    // read it in place, no pod restarts and no call fails.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let old_cert = secrets
+        .get(&format!("{NAME}-tls"))
+        .await
+        .expect("the nodes' certificate Secret")
+        .data
+        .and_then(|d| d.get("tls.crt").cloned())
+        .expect("tls.crt");
+    let starts_before: Vec<u32> = (0..3)
+        .map(|i| kubelet.starts(&format!("{NAME}-{i}")))
+        .collect();
+    let load = Load::start(3, "rotation").await;
+    secrets
+        .delete(&format!("{NAME}-tls"), &DeleteParams::default())
+        .await
+        .expect("delete the certificate Secret");
+    wait_for("a new node certificate", STAGE, || async {
+        let s = secrets.get_opt(&format!("{NAME}-tls")).await.ok()??;
+        let cert = s.data?.get("tls.crt")?.clone();
+        (cert != old_cert).then_some(())
+    })
+    .await;
+    wait_for("every node to load the new certificate", STAGE, || async {
+        (0..3)
+            .all(|i| {
+                kubelet
+                    .log_tail(&format!("{NAME}-{i}"), 2000)
+                    .contains("TLS certificates reloaded")
+            })
+            .then_some(())
+    })
+    .await;
+    // Calls on fresh connections, which handshake with the new certificate.
+    for i in 0..3 {
+        connect(i)
+            .await
+            .expect("connect after the rotation")
+            .producer()
+            .enqueue(QUEUES[0], JobSpec::new(format!("after-rotation-{i}")))
+            .await
+            .expect("enqueue after the rotation");
+    }
+    let (acked, failed) = load.stop().await;
+    assert!(
+        failed.is_empty(),
+        "{} enqueues failed during the certificate rotation; first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    let starts_after: Vec<u32> = (0..3)
+        .map(|i| kubelet.starts(&format!("{NAME}-{i}")))
+        .collect();
+    assert_eq!(starts_after, starts_before, "a rotation restarted a node");
+    let jobs = jobs + acked + 3;
     every_node_stores(&[0, 1, 2], jobs).await;
 
     // Pause: the operator writes only its status; a spec change waits.

@@ -38,16 +38,29 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# Watched so that a deleted or edited one is put back at once.
 - apiGroups: [""]
   resources: ["services", "configmaps"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+# The CA, the certificates, the admin token and the principals files it
+# writes, and a user's principals Secret it checks: by name only (no list
+# or watch, so no other Secret can be read or enumerated).
+- apiGroups: [""]
+  resources: ["secrets"]
   verbs: ["get", "create", "patch"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if .Values.certManager.enabled }}
+# tls.mode: certManager — the Certificates it asks cert-manager for.
+- apiGroups: ["cert-manager.io"]
+  resources: ["certificates"]
+  verbs: ["get", "create", "patch"]
+{{- end }}
 {{- end -}}

@@ -68,12 +68,31 @@ class ChartTest(unittest.TestCase):
                    for r in rule["resources"] for v in rule["verbs"]}
         for rule in rules:
             self.assertNotIn("*", rule["verbs"] + rule["resources"] + rule["apiGroups"], rule)
-        # What reconcile does, and nothing more: no secrets, no pods, no deletes of data.
+        # What reconcile does, and nothing more: Secrets by name only (no
+        # list or watch), no pods, no deletes of data.
         self.assertIn(("apps", "statefulsets", "patch"), granted)
         self.assertIn(("raftq.dev", "jobqueues/status", "patch"), granted)
         self.assertIn(("events.k8s.io", "events", "create"), granted)
-        self.assertFalse(any(r in ("secrets", "pods", "persistentvolumeclaims") for _, r, _ in granted))
+        for verb in ("get", "create", "patch"):
+            self.assertIn(("", "secrets", verb), granted)
+        for verb in ("list", "watch", "delete", "update"):
+            self.assertNotIn(("", "secrets", verb), granted)
+        # The owned kinds the controller watches can be watched.
+        for kind in ("configmaps", "services"):
+            self.assertIn(("", kind, "watch"), granted)
+        self.assertIn(("policy", "poddisruptionbudgets", "watch"), granted)
+        self.assertFalse(any(r in ("pods", "persistentvolumeclaims") for _, r, _ in granted))
         self.assertNotIn(("apps", "statefulsets", "delete"), granted)
+        self.assertFalse(any(g == "cert-manager.io" for g, _, _ in granted))
+
+    def test_cert_manager_support_grants_certificates_only_when_on(self):
+        objects, files = render({"certManager": {"enabled": True}})
+        rules = by_kind(objects, "ClusterRole")[0]["rules"]
+        granted = {(g, r, v) for rule in rules for g in rule["apiGroups"]
+                   for r in rule["resources"] for v in rule["verbs"]}
+        self.assertIn(("cert-manager.io", "certificates", "create"), granted)
+        notes = next(text for path, text in files.items() if path.endswith("NOTES.txt"))
+        self.assertIn("tls.mode: certManager", notes)
         lease_role = [r for r in by_kind(objects, "Role") if r["metadata"]["name"].endswith("leader-election")][0]
         self.assertEqual(lease_role["metadata"]["namespace"], "raftq-system")
         self.assertEqual(lease_role["rules"][0]["resources"], ["leases"])
@@ -97,7 +116,7 @@ class ChartTest(unittest.TestCase):
 
     def test_bad_values_are_rejected_by_the_schema(self):
         for bad in ({"logLevel": "loud"}, {"replicaCount": 0}, {"watchNamespaces": ["Not_A_Namespace"]},
-                    {"unknownKey": 1}):
+                    {"unknownKey": 1}, {"certManager": {"enabled": "yes"}}):
             with self.subTest(values=bad):
                 with self.assertRaises(helm.HelmError):
                     render(bad)
@@ -113,6 +132,8 @@ class ChartTest(unittest.TestCase):
         notes = next(text for path, text in files.items() if path.endswith("NOTES.txt"))
         self.assertIn("kind: JobQueue", notes)
         self.assertIn("kubectl get jobqueues", notes)
+        self.assertIn("jobs-admin", notes)
+        self.assertIn("jobs-ca-bundle", notes)
 
     def test_examples_are_valid_jobqueues(self):
         crd = yaml.safe_load((ROOT / "crds" / "jobqueue.yaml").read_text())

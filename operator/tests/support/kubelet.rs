@@ -2,9 +2,11 @@
 //! namespace as real `queue-node` processes on this machine.
 //!
 //! What it does, as a kubelet would: registers a Node and keeps its Ready
-//! condition fresh; binds each new Pod to it; mounts its ConfigMap volumes
-//! (files in a directory) and its PersistentVolumeClaims (a directory per
-//! claim, so a claim deleted on scale-down comes back empty); starts the
+//! condition fresh; binds each new Pod to it; mounts its ConfigMap and
+//! Secret volumes (files in a directory, refreshed every few seconds as a
+//! kubelet does, so a rotated certificate reaches the running node) and
+//! its PersistentVolumeClaims (a directory per claim, so a claim deleted
+//! on scale-down comes back empty); starts the
 //! container with the Pod's args and environment (field references and
 //! `$(VAR)` expanded); restarts it when it exits; probes `readinessProbe`
 //! and writes the Pod's status (phase, IP, Ready); and on deletion runs the
@@ -17,8 +19,10 @@
 //! block of `/etc/hosts`, and the node is told to listen on that address
 //! instead of 0.0.0.0 and to keep its data in the claim's directory
 //! (`RAFTQ_LISTEN`, `RAFTQ_PEER_LISTEN`, `RAFTQ_HTTP_LISTEN`,
-//! `RAFTQ_DATA_DIR`); a `preStop`
-//! command that dials 127.0.0.1 dials the Pod's address.
+//! `RAFTQ_DATA_DIR`); a path under a mount point, in the container's
+//! arguments or in a ConfigMap file, is rewritten to the volume's
+//! directory here; a `preStop` command that dials 127.0.0.1 dials the
+//! Pod's address.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -27,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    Binding, ConfigMap, Container, Node, ObjectReference, PersistentVolumeClaim, Pod,
+    Binding, ConfigMap, Container, Node, ObjectReference, PersistentVolumeClaim, Pod, Secret,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -41,6 +45,8 @@ use super::hosts::HostsBlock;
 const NODE: &str = "raftq-test-kubelet";
 const SYNC_EVERY: Duration = Duration::from_millis(250);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+/// How often ConfigMap and Secret volumes are brought up to date.
+const REFRESH_VOLUMES_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs until dropped; every process it started is killed with it.
 pub struct Kubelet {
@@ -76,6 +82,23 @@ struct Running {
     ready: bool,
     restarts: i32,
     started_at: String,
+    volumes: Vec<FilledVolume>,
+    /// (container path, directory here) of every mount.
+    mount_paths: Vec<(String, PathBuf)>,
+    refreshed: tokio::time::Instant,
+}
+
+/// A volume whose files come from an API object.
+#[derive(Clone)]
+struct FilledVolume {
+    dir: PathBuf,
+    source: VolumeSource,
+}
+
+#[derive(Clone)]
+enum VolumeSource {
+    ConfigMap(String),
+    Secret(String),
 }
 
 /// How to start the Pod's container again.
@@ -266,8 +289,28 @@ async fn sync(shared: &Arc<Shared>) -> Result<(), String> {
     Ok(())
 }
 
-/// Restarts an exited container and follows its readiness.
+/// Restarts an exited container, keeps its volumes current and follows
+/// its readiness.
 async fn tend(shared: &Arc<Shared>, name: &str) -> Result<(), String> {
+    let due = {
+        let mut running = lock(&shared.running);
+        match running.get_mut(name) {
+            Some(r) if r.refreshed.elapsed() >= REFRESH_VOLUMES_EVERY => {
+                r.refreshed = tokio::time::Instant::now();
+                Some((r.volumes.clone(), r.mount_paths.clone()))
+            }
+            _ => None,
+        }
+    };
+    if let Some((volumes, mount_paths)) = due {
+        for volume in &volumes {
+            // As a kubelet does: a source gone for now leaves the files
+            // as they were.
+            if let Err(e) = fill(shared, volume, &mount_paths).await {
+                eprintln!("test kubelet: pod {name}: {e}; its last files stay");
+            }
+        }
+    }
     let (probe, ip, was_ready, exited) = {
         let mut running = lock(&shared.running);
         let Some(r) = running.get_mut(name) else {
@@ -329,21 +372,27 @@ async fn start(shared: &Arc<Shared>, pod: &Pod) -> Result<(), String> {
         bind(shared, &name).await?;
     }
 
-    // Volumes: a directory per ConfigMap volume, one per claim.
+    // Volumes: a directory per ConfigMap or Secret volume, one per claim.
     let mut mounts: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut filled = Vec::new();
     let pod_dir = shared.root.join("pods").join(&uid);
     for volume in spec.volumes.iter().flatten() {
-        let dir = if let Some(cm) = &volume.config_map {
-            let maps: Api<ConfigMap> = Api::namespaced(shared.client.clone(), &shared.namespace);
-            let map = maps
-                .get(&cm.name)
-                .await
-                .map_err(|e| format!("pod {name}: ConfigMap {}: {e}", cm.name))?;
+        let source = if let Some(cm) = &volume.config_map {
+            Some(VolumeSource::ConfigMap(cm.name.clone()))
+        } else {
+            volume
+                .secret
+                .as_ref()
+                .and_then(|s| s.secret_name.clone())
+                .map(VolumeSource::Secret)
+        };
+        let dir = if let Some(source) = source {
             let dir = pod_dir.join(&volume.name);
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            for (file, text) in map.data.unwrap_or_default() {
-                std::fs::write(dir.join(file), text).map_err(|e| e.to_string())?;
-            }
+            filled.push(FilledVolume {
+                dir: dir.clone(),
+                source,
+            });
             dir
         } else if let Some(claim) = &volume.persistent_volume_claim {
             let claims: Api<PersistentVolumeClaim> =
@@ -369,6 +418,13 @@ async fn start(shared: &Arc<Shared>, pod: &Pod) -> Result<(), String> {
         .flatten()
         .filter_map(|m| Some((m.mount_path.clone(), mounts.get(&m.name)?.clone())))
         .collect();
+    // As a kubelet does: the container starts once every volume is there
+    // (a missing Secret keeps the Pod waiting; the next pass retries).
+    for volume in &filled {
+        fill(shared, volume, &mount_paths)
+            .await
+            .map_err(|e| format!("pod {name}: {e}"))?;
+    }
 
     let mut env = container_env(pod, container, ip)?;
     // The pod's own network and volumes (see the module docs).
@@ -439,6 +495,9 @@ async fn start(shared: &Arc<Shared>, pod: &Pod) -> Result<(), String> {
         ready: false,
         restarts: 0,
         started_at: now(),
+        volumes: filled,
+        mount_paths,
+        refreshed: tokio::time::Instant::now(),
     };
     let status = pod_status(&running);
     lock(&shared.running).insert(name.clone(), running);
@@ -533,16 +592,86 @@ fn expand(text: &str, env: &[(String, String)]) -> String {
     out
 }
 
-/// A path under a mount point, as the container sees it → on this machine.
+/// A path under a mount point, as the container sees it → on this machine
+/// (the deepest mount point that holds it).
 fn in_mounts(arg: &str, mounts: &[(String, PathBuf)]) -> String {
+    let mut best: Option<(&str, &PathBuf)> = None;
     for (at, dir) in mounts {
         if let Some(rest) = arg.strip_prefix(at.as_str()) {
-            if rest.is_empty() || rest.starts_with('/') {
-                return format!("{}{rest}", dir.display());
+            if (rest.is_empty() || rest.starts_with('/'))
+                && best.is_none_or(|(b, _)| at.len() > b.len())
+            {
+                best = Some((at, dir));
             }
         }
     }
-    arg.to_string()
+    match best {
+        Some((at, dir)) => format!("{}{}", dir.display(), &arg[at.len()..]),
+        None => arg.to_string(),
+    }
+}
+
+/// Every mount path in `text` (a config file) → its directory here.
+fn paths_in_text(text: &str, mounts: &[(String, PathBuf)]) -> String {
+    let mut sorted: Vec<&(String, PathBuf)> = mounts.iter().collect();
+    sorted.sort_by_key(|(at, _)| std::cmp::Reverse(at.len()));
+    let mut out = text.to_string();
+    for (at, dir) in sorted {
+        out = out.replace(&format!("{at}/"), &format!("{}/", dir.display()));
+    }
+    out
+}
+
+fn short(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Writes the files of a ConfigMap or Secret volume that changed, each
+/// by rename so a reader never sees half a file.
+async fn fill(
+    shared: &Shared,
+    volume: &FilledVolume,
+    mounts: &[(String, PathBuf)],
+) -> Result<(), String> {
+    let files: Vec<(String, Vec<u8>)> = match &volume.source {
+        VolumeSource::ConfigMap(cm) => {
+            let maps: Api<ConfigMap> = Api::namespaced(shared.client.clone(), &shared.namespace);
+            let map = maps
+                .get(cm)
+                .await
+                .map_err(|e| format!("ConfigMap {cm}: {}", short(&e)))?;
+            map.data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(file, text)| (file, paths_in_text(&text, mounts).into_bytes()))
+                .collect()
+        }
+        VolumeSource::Secret(secret) => {
+            let secrets: Api<Secret> = Api::namespaced(shared.client.clone(), &shared.namespace);
+            let s = secrets
+                .get(secret)
+                .await
+                .map_err(|e| format!("Secret {secret}: {}", short(&e)))?;
+            s.data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(file, bytes)| (file, bytes.0))
+                .collect()
+        }
+    };
+    for (file, bytes) in files {
+        let path = volume.dir.join(&file);
+        if std::fs::read(&path).ok().as_deref() == Some(bytes.as_slice()) {
+            continue;
+        }
+        let tmp = volume.dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, &bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn spawn(launch: &Launch) -> Result<Child, String> {
@@ -677,6 +806,7 @@ async fn run_pre_stop(
     let args: Vec<String> = rest
         .iter()
         .map(|a| a.replace("127.0.0.1", &r.ip.to_string()))
+        .map(|a| in_mounts(&a, &r.mount_paths))
         .collect();
     let hook = Launch {
         program,

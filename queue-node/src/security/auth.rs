@@ -232,7 +232,9 @@ impl Principals {
                 }
             }
             if principals.by_name.insert(name.clone(), principal).is_some() {
-                return Err(format!("principal {name} is listed twice (in one file or two)"));
+                return Err(format!(
+                    "principal {name} is listed twice (in one file or two)"
+                ));
             }
         }
         Ok(principals)
@@ -324,8 +326,8 @@ mod tests {
         let users = "principals:\n- name: w\n  grants: [{role: consume, queues: ['*']}]\n";
         let p = Principals::parse_all([("op.yaml", operator), ("users.yaml", users)]).unwrap();
         assert!(p.by_name("raftq-operator").is_some() && p.by_name("w").is_some());
-        let e = Principals::parse_all([("op.yaml", operator), ("users.yaml", operator)])
-            .unwrap_err();
+        let e =
+            Principals::parse_all([("op.yaml", operator), ("users.yaml", operator)]).unwrap_err();
         assert!(e.contains("listed twice"), "{e}");
         let e = Principals::parse_all([("op.yaml", operator), ("users.yaml", "principals: 3")])
             .unwrap_err();

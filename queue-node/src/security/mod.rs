@@ -516,8 +516,13 @@ fn read_auth_files(paths: &[PathBuf]) -> Result<Vec<String>, String> {
 
 fn parse_auth_files(paths: &[PathBuf], texts: &[String]) -> Result<Principals, String> {
     let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-    Principals::parse_all(names.iter().map(String::as_str).zip(texts.iter().map(String::as_str)))
-        .map_err(|e| format!("auth files: {e}"))
+    Principals::parse_all(
+        names
+            .iter()
+            .map(String::as_str)
+            .zip(texts.iter().map(String::as_str)),
+    )
+    .map_err(|e| format!("auth files: {e}"))
 }
 
 /// Whether `cert` is valid for a member's host, or for one of the

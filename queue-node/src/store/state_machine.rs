@@ -26,6 +26,7 @@ use super::contents::ContentCache;
 use super::db::{Store, CF_RAFT, CF_STATE};
 use super::io_err;
 use super::snapshot_file::{SnapshotData, SnapshotFileError, SnapshotReader, SnapshotWriter};
+use super::sorted_batch::SortedBatch;
 use crate::fsm::keys::{self, WriteSink};
 use crate::fsm::ShardState;
 use crate::ops::{BatchResult, Op, OpResult};
@@ -40,22 +41,21 @@ struct AppliedMeta {
     now_ms: u64,
 }
 
-struct BatchSink<'a> {
-    batch: WriteBatch,
-    cf: &'a rocksdb::ColumnFamily,
+struct BatchSink {
+    batch: SortedBatch,
     error: Option<postcard::Error>,
     scratch: Vec<u8>,
 }
 
-impl WriteSink for BatchSink<'_> {
+impl WriteSink for BatchSink {
     fn put_raw(&mut self, key: &[u8], value: &[u8]) {
-        self.batch.put_cf(self.cf, key, value);
+        self.batch.put(key, value);
     }
     fn scratch(&mut self) -> &mut Vec<u8> {
         &mut self.scratch
     }
     fn delete(&mut self, key: &[u8]) {
-        self.batch.delete_cf(self.cf, key);
+        self.batch.delete(key);
     }
     fn encoding_failed(&mut self, error: postcard::Error) {
         self.error.get_or_insert(error);
@@ -434,8 +434,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .sum::<usize>()
             + 1024;
         let mut sink = BatchSink {
-            batch: WriteBatch::with_capacity_bytes(capacity),
-            cf,
+            batch: SortedBatch::with_capacity_bytes(capacity),
             error: None,
             scratch: Vec::with_capacity(1024),
         };
@@ -470,7 +469,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         no_wal.disable_wal(true);
         self.store
             .db
-            .write_opt(sink.batch, &no_wal)
+            .write_opt(sink.batch.into_write_batch(cf), &no_wal)
             .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
         self.shared.set_applied_index(self.applied_index());
         self.shared.wake(&woken);

@@ -4,7 +4,9 @@
 //! goes. SDK workers stay connected throughout, so a node that waited on
 //! their streams would not stop in time. Every acknowledged enqueue must
 //! be stored or handled afterwards, and the longest time no enqueue
-//! succeeded is reported (printed; the number goes into docs).
+//! succeeded is reported (printed; the number goes into docs). Run in
+//! plaintext and with TLS on both ports and auth (the nodes hand over
+//! leadership and forward over mutual TLS; clients use TLS and a token).
 
 mod common;
 
@@ -13,9 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{connect, wait_for};
+use common::wait_for;
 use raftq_client::proto as pb;
-use raftq_client::{Client, JobSpec, Worker};
+use raftq_client::{Client, ConnectOptions, JobSpec, Worker};
 
 const QUEUES: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
 /// Jobs on this queue are handled by SDK workers during the restarts.
@@ -35,11 +37,38 @@ async fn serving(client: &Client) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_under_load_loses_no_acknowledged_job() {
+    rolling_restart(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_under_load_loses_no_acknowledged_job_with_tls_and_auth() {
+    rolling_restart(true).await;
+}
+
+async fn rolling_restart(secure: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = common::spawn_cluster(dir.path(), 3, &["--shards".into(), "2".into()]);
+    let tls = secure.then(|| common::certs::TestTls::new(&dir.path().join("tls")));
+    let mut args: Vec<String> = vec!["--shards".into(), "2".into()];
+    args.extend(tls.as_ref().map(|t| t.node_args()).unwrap_or_default());
+    let mut nodes = common::spawn_cluster(dir.path(), 3, &args);
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    // How clients and operators connect: plaintext, or TLS with the
+    // worker's token (client port) and the ops certificate (peer port).
+    let user = tls
+        .as_ref()
+        .map_or_else(ConnectOptions::new, |t| t.worker_options());
+    let admin_of = |n: &common::ProcNode| {
+        let ops = tls.as_ref().map(|t| t.ops_options());
+        let peer = n.peer_addr.clone();
+        async move {
+            match ops {
+                Some(ops) => common::connect_with(&peer, ops).await,
+                None => common::connect(&peer).await,
+            }
+        }
+    };
     for n in &nodes {
-        let c = n.admin().await;
+        let c = admin_of(n).await;
         wait_for("node serving", Duration::from_secs(30), || {
             let c = c.clone();
             async move { serving(&c).await.then_some(()) }
@@ -61,12 +90,13 @@ async fn rolling_restart_under_load_loses_no_acknowledged_job() {
             stop.clone(),
         );
         let addr = addr.clone();
+        let user = user.clone();
         producers.push(tokio::spawn(async move {
             let mut n = 0u64;
             let mut client: Option<Client> = None;
             while !stop.load(Ordering::Relaxed) {
                 if client.is_none() {
-                    client = Client::connect(&addr).await.ok();
+                    client = Client::connect_with(&addr, user.clone()).await.ok();
                 }
                 let Some(c) = &client else {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -103,7 +133,7 @@ async fn rolling_restart_under_load_loses_no_acknowledged_job() {
     let (stop_workers, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut workers = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
-        let client = connect(addr).await;
+        let client = common::connect_with(addr, user.clone()).await;
         let handled = handled.clone();
         let mut stop = stop_workers.subscribe();
         let worker = Worker::new(client, WORK)
@@ -127,13 +157,18 @@ async fn rolling_restart_under_load_loses_no_acknowledged_job() {
     }
     let work_acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let work_producer = {
-        let (addrs, work_acked, stop) = (addrs.clone(), work_acked.clone(), stop.clone());
+        let (addrs, work_acked, stop, user) = (
+            addrs.clone(),
+            work_acked.clone(),
+            stop.clone(),
+            user.clone(),
+        );
         tokio::spawn(async move {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let payload = format!("work-{n}");
                 let addr = &addrs[n as usize % addrs.len()];
-                let Ok(c) = Client::connect(addr).await else {
+                let Ok(c) = Client::connect_with(addr, user.clone()).await else {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     n += 1;
                     continue;
@@ -162,7 +197,7 @@ async fn rolling_restart_under_load_loses_no_acknowledged_job() {
             node.log()
         );
         node.start();
-        let c = node.admin().await;
+        let c = admin_of(node).await;
         wait_for("restarted node serving", Duration::from_secs(60), || {
             let c = c.clone();
             async move { serving(&c).await.then_some(()) }
@@ -208,7 +243,7 @@ async fn rolling_restart_under_load_loses_no_acknowledged_job() {
     let redelivered = handled.len() - handled.iter().collect::<BTreeSet<_>>().len();
 
     // Every acknowledged enqueue is in the queue (nothing was fetched).
-    let client = connect(&addrs[0]).await;
+    let client = common::connect_with(&addrs[0], user.clone()).await;
     let acked = acked.lock().unwrap().clone();
     let mut stored = 0u64;
     for q in QUEUES {
@@ -230,7 +265,7 @@ async fn rolling_restart_under_load_loses_no_acknowledged_job() {
     );
     let longest = *longest_gap.lock().unwrap();
     eprintln!(
-        "rolling restart: {} acknowledged enqueues, {stored} stored, longest gap without a successful enqueue {longest:?}; workers handled {} of {} acknowledged work jobs ({redelivered} handled twice)",
+        "rolling restart (TLS and auth: {secure}): {} acknowledged enqueues, {stored} stored, longest gap without a successful enqueue {longest:?}; workers handled {} of {} acknowledged work jobs ({redelivered} handled twice)",
         acked.len(),
         handled.iter().collect::<BTreeSet<_>>().len(),
         work_acked.len()

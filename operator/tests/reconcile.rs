@@ -768,6 +768,47 @@ fn stored(api: &Arc<Mutex<ApiState>>, path: &str) -> Option<Value> {
         .cloned()
 }
 
+/// The node config of the first ConfigMap apply.
+fn applied_node_yaml(sent: &[Sent]) -> String {
+    sent.iter()
+        .find(|s| s.path.ends_with("/configmaps/orders-config"))
+        .expect("a ConfigMap apply")
+        .body["data"]["node.yaml"]
+        .as_str()
+        .expect("node.yaml")
+        .to_string()
+}
+
+/// The pod volumes of the last StatefulSet apply, as JSON text.
+fn applied_volumes(sent: &[Sent]) -> String {
+    sent.iter()
+        .rev()
+        .find(|s| s.is(Method::PATCH, "/statefulsets/orders"))
+        .expect("a StatefulSet apply")
+        .body["spec"]["template"]["spec"]["volumes"]
+        .to_string()
+}
+
+/// Stores Secret `name` with `data` (key → text), as a user or
+/// cert-manager would create it.
+fn put_secret(api: &Arc<Mutex<ApiState>>, name: &str, data: &[(&str, &str)]) {
+    use base64::Engine;
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                json!(base64::engine::general_purpose::STANDARD.encode(v)),
+            )
+        })
+        .collect();
+    api.lock().unwrap().objects.insert(
+        format!("/api/v1/namespaces/shop/secrets/{name}"),
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": name, "namespace": "shop"}, "data": data}),
+    );
+}
+
 fn secret_text(secret: &Value, key: &str) -> String {
     use base64::Engine;
     let b64 = secret["data"][key].as_str().unwrap_or_default();
@@ -822,25 +863,13 @@ async fn operator_managed_tls_issues_once_mounts_the_secrets_and_renews_when_due
 
     // The pods mount them and the node config points at them.
     let sent = api.lock().unwrap().sent.clone();
-    let sts = sent
-        .iter()
-        .rev()
-        .find(|s| s.is(Method::PATCH, "/statefulsets/orders"))
-        .unwrap();
-    let volumes = sts.body["spec"]["template"]["spec"]["volumes"].to_string();
+    let volumes = applied_volumes(&sent);
     assert!(
         volumes.contains("\"secretName\":\"orders-tls\"")
             && volumes.contains("\"secretName\":\"orders-auth\""),
         "{volumes}"
     );
-    let node_yaml = sent
-        .iter()
-        .find(|s| s.path.ends_with("/configmaps/orders-config"))
-        .unwrap()
-        .body["data"]["node.yaml"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let node_yaml = applied_node_yaml(&sent);
     for line in [
         "cert_file: /etc/raftq/tls/tls.crt",
         "ca_file: /etc/raftq/tls/ca.crt",
@@ -954,19 +983,16 @@ async fn cert_manager_certificates_are_applied_and_the_nodes_wait_for_their_secr
         raftq_operator::certs::Day::of(k8s_openapi::jiff::Timestamp::now()),
     )
     .unwrap();
-    {
-        use base64::Engine;
-        let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
-        let mut state = api.lock().unwrap();
-        for name in ["orders-tls", "orders-operator"] {
-            state.objects.insert(
-                format!("/api/v1/namespaces/shop/secrets/{name}"),
-                json!({"apiVersion": "v1", "kind": "Secret",
-                       "metadata": {"name": name, "namespace": "shop"},
-                       "data": {"tls.crt": b64(&ca.cert_pem), "tls.key": b64(&ca.key_pem),
-                                "ca.crt": b64(&ca.cert_pem)}}),
-            );
-        }
+    for name in ["orders-tls", "orders-operator"] {
+        put_secret(
+            &api,
+            name,
+            &[
+                ("tls.crt", &ca.cert_pem),
+                ("tls.key", &ca.key_pem),
+                ("ca.crt", &ca.cert_pem),
+            ],
+        );
     }
     reconcile(Arc::new(jq), ctx).await.expect("reconcile");
     assert_eq!(nodes.model().calls, ["initialize 1"]);
@@ -1014,12 +1040,7 @@ async fn own_secrets_are_checked_for_every_key_before_the_nodes_are_called() {
     }
     assert!(nodes.model().calls.is_empty());
     let sent = api.lock().unwrap().sent.clone();
-    let sts = sent
-        .iter()
-        .rev()
-        .find(|s| s.is(Method::PATCH, "/statefulsets/orders"))
-        .unwrap();
-    let volumes = sts.body["spec"]["template"]["spec"]["volumes"].to_string();
+    let volumes = applied_volumes(&sent);
     assert!(
         volumes.contains("\"secretName\":\"my-tls\"")
             && volumes.contains("\"secretName\":\"my-ca\""),
@@ -1031,28 +1052,13 @@ async fn own_secrets_are_checked_for_every_key_before_the_nodes_are_called() {
         raftq_operator::certs::Day::of(k8s_openapi::jiff::Timestamp::now()),
     )
     .unwrap();
-    {
-        use base64::Engine;
-        let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
-        let mut state = api.lock().unwrap();
-        for (name, data) in [
-            (
-                "my-tls",
-                json!({"tls.crt": b64(&ca.cert_pem), "tls.key": b64(&ca.key_pem)}),
-            ),
-            (
-                "my-operator",
-                json!({"tls.crt": b64(&ca.cert_pem), "tls.key": b64(&ca.key_pem)}),
-            ),
-            ("my-ca", json!({"ca.crt": b64(&ca.cert_pem)})),
-        ] {
-            state.objects.insert(
-                format!("/api/v1/namespaces/shop/secrets/{name}"),
-                json!({"apiVersion": "v1", "kind": "Secret",
-                       "metadata": {"name": name, "namespace": "shop"}, "data": data}),
-            );
-        }
-    }
+    let pair = [
+        ("tls.crt", ca.cert_pem.as_str()),
+        ("tls.key", ca.key_pem.as_str()),
+    ];
+    put_secret(&api, "my-tls", &pair);
+    put_secret(&api, "my-operator", &pair);
+    put_secret(&api, "my-ca", &[("ca.crt", &ca.cert_pem)]);
     reconcile(Arc::new(jq), ctx).await.expect("reconcile");
     assert_eq!(nodes.model().calls, ["initialize 1"]);
     let status = last_status(&api.lock().unwrap().sent);
@@ -1080,14 +1086,7 @@ async fn insecure_mode_touches_no_secret_and_calls_the_nodes_in_plaintext() {
         .conditions
         .iter()
         .all(|c| c.type_ != "CertificatesReady"));
-    let node_yaml = sent
-        .iter()
-        .find(|s| s.path.ends_with("/configmaps/orders-config"))
-        .unwrap()
-        .body["data"]["node.yaml"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let node_yaml = applied_node_yaml(&sent);
     assert!(
         !node_yaml
             .lines()
@@ -1110,30 +1109,20 @@ async fn a_missing_or_bad_user_principals_secret_is_reported() {
     let degraded = condition(&last_status(&sent), "Degraded").clone();
     assert_eq!(degraded.reason, "AuthSecretInvalid");
     assert!(degraded.message.contains("team-principals"), "{degraded:?}");
-    let node_yaml = sent
-        .iter()
-        .find(|s| s.path.ends_with("/configmaps/orders-config"))
-        .unwrap()
-        .body["data"]["node.yaml"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let node_yaml = applied_node_yaml(&sent);
     assert!(
         node_yaml.contains("/etc/raftq/users/principals.yaml"),
         "{node_yaml}"
     );
 
-    {
-        use base64::Engine;
-        let yaml =
-            "principals:\n- name: billing\n  grants: [{role: consume, queues: ['billing.*']}]\n";
-        api.lock().unwrap().objects.insert(
-            "/api/v1/namespaces/shop/secrets/team-principals".into(),
-            json!({"apiVersion": "v1", "kind": "Secret",
-                   "metadata": {"name": "team-principals", "namespace": "shop"},
-                   "data": {"principals.yaml": base64::engine::general_purpose::STANDARD.encode(yaml)}}),
-        );
-    }
+    put_secret(
+        &api,
+        "team-principals",
+        &[(
+            "principals.yaml",
+            "principals:\n- name: billing\n  grants: [{role: consume, queues: ['billing.*']}]\n",
+        )],
+    );
     let before = api.lock().unwrap().sent.len();
     reconcile(Arc::new(jq), ctx).await.expect("reconcile");
     let sent = api.lock().unwrap().sent[before..].to_vec();

@@ -236,44 +236,36 @@ mod tests {
             90,
         )
         .unwrap();
-        let ca_der = rustls_pki_types::pem::PemObject::from_pem_slice(ca.cert_pem.as_bytes())
-            .map(|c: rustls_pki_types::CertificateDer<'static>| c)
-            .unwrap();
-        let leaf_der: rustls_pki_types::CertificateDer<'static> =
-            rustls_pki_types::pem::PemObject::from_pem_slice(node.cert_pem.as_bytes()).unwrap();
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+        let ca_der = CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap();
+        let leaf_der = CertificateDer::from_pem_slice(node.cert_pem.as_bytes()).unwrap();
         let anchor = webpki::anchor_from_trusted_cert(&ca_der).unwrap();
         let end = webpki::EndEntityCert::try_from(&leaf_der).unwrap();
-        let at = rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
-            1_785_000_000, // 2026-07-25
-        ));
-        end.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            std::slice::from_ref(&anchor),
-            &[],
-            at,
-            webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        )
-        .expect("the node certificate chains to the CA");
-        end.verify_is_valid_for_subject_name(
-            &rustls_pki_types::ServerName::try_from("orders-2.orders-peers.shop.svc").unwrap(),
-        )
-        .expect("the wildcard covers every pod");
-        let late = rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
-            1_800_000_000, // 2027-01-15: past the 90 days
-        ));
-        assert!(end
-            .verify_for_usage(
+        let chains_at = |unix_seconds: u64| {
+            end.verify_for_usage(
                 webpki::ALL_VERIFICATION_ALGS,
                 std::slice::from_ref(&anchor),
                 &[],
-                late,
+                UnixTime::since_unix_epoch(std::time::Duration::from_secs(unix_seconds)),
                 webpki::KeyUsage::server_auth(),
                 None,
                 None,
             )
-            .is_err());
+            .is_ok()
+        };
+        assert!(
+            chains_at(1_785_000_000), // 2026-07-25
+            "the node certificate chains to the CA"
+        );
+        end.verify_is_valid_for_subject_name(
+            &ServerName::try_from("orders-2.orders-peers.shop.svc").unwrap(),
+        )
+        .expect("the wildcard covers every pod");
+        assert!(
+            !chains_at(1_800_000_000), // 2027-01-15: past the 90 days
+            "an expired certificate still verifies"
+        );
     }
 
     #[test]

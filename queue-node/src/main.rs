@@ -267,9 +267,16 @@ async fn step_down(
         })
         .await
         .map_err(|s| match std::error::Error::source(&s) {
-            // Made by the transport, not sent by the node.
+            // Made by the transport, not sent by the node: every cause,
+            // down to the one that says what to fix (a certificate name).
             Some(cause) => {
-                anyhow::anyhow!("cannot reach the node at {addr} (its peer port): {cause}")
+                let mut why = cause.to_string();
+                let mut next = cause.source();
+                while let Some(inner) = next {
+                    why = format!("{why}: {inner}");
+                    next = inner.source();
+                }
+                anyhow::anyhow!("cannot reach the node at {addr} (its peer port): {why}")
             }
             None => anyhow::anyhow!("step-down refused by {addr}: {}", s.message()),
         })?

@@ -171,3 +171,78 @@ fn step_down_against_nothing_fails_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot reach the node"), "{stderr}");
 }
+
+/// The preStop hook dials its own node on 127.0.0.1 but, with TLS, must
+/// check the node's certificate for the node's advertised name (a pod's
+/// certificate names its DNS name, not loopback): `--advertise`, which a
+/// pod sets through `RAFTQ_ADVERTISE`.
+#[test]
+fn step_down_over_tls_checks_the_advertised_name_not_loopback() {
+    use common::certs::{Ca, NodeFiles};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("pod CA");
+    let files = NodeFiles::write(
+        &dir.path().join("tls"),
+        &ca,
+        &ca.leaf(&["orders-0.orders-peers.shop.svc"], "orders"),
+    );
+    let path = |p: &std::path::Path| p.display().to_string();
+    let node = common::ProcNode::single_with(
+        1,
+        &common::loopback(),
+        &dir.path().join("n1"),
+        [
+            "--tls-cert",
+            &path(&files.cert),
+            "--tls-key",
+            &path(&files.key),
+            "--tls-ca",
+            &path(&files.ca),
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    let config = dir.path().join("node.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "tls:\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n",
+            path(&files.cert),
+            path(&files.key),
+            path(&files.ca)
+        ),
+    )
+    .unwrap();
+    let step_down = |advertise: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_queue-node"));
+        cmd.args(["step-down", "--addr", &node.peer_addr, "--config"])
+            .arg(&config)
+            .env_remove("RAFTQ_ADVERTISE");
+        if let Some(name) = advertise {
+            cmd.args(["--advertise", name]);
+        }
+        cmd.output().expect("run queue-node step-down")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let out = step_down(Some("orders-0.orders-peers.shop.svc:7401"));
+        if out.status.success() || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        out.status.success(),
+        "step-down checking the advertised name failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Checked against 127.0.0.1, the pod's certificate does not fit.
+    let out = step_down(None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot reach the node"), "{stderr}");
+    assert!(
+        stderr.contains("certificate"),
+        "the cause is named: {stderr}"
+    );
+}

@@ -545,3 +545,35 @@ fn is_member(
     }
     member
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AuthConfig, LimitsConfig};
+
+    fn with_files(files: Vec<PathBuf>) -> Result<Security, SecurityError> {
+        Security::new(None, Some(AuthConfig { files }), LimitsConfig::default())
+    }
+
+    #[test]
+    fn bad_auth_files_stop_the_start_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = |files| match with_files(files) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(error(Vec::new()).contains("auth.files is empty"));
+        let missing = dir.path().join("missing.yaml");
+        assert!(error(vec![missing]).contains("cannot read the auth file"));
+        let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+        std::fs::write(
+            &a,
+            "principals:\n- name: op\n  grants: [{role: cluster-admin}]\n",
+        )
+        .unwrap();
+        std::fs::write(&b, "principals:\n- name: op\n").unwrap();
+        let twice = error(vec![a.clone(), b]);
+        assert!(twice.contains("listed twice"), "{twice}");
+        assert!(with_files(vec![a]).is_ok_and(|s| s.auth_enabled()));
+    }
+}

@@ -50,34 +50,32 @@ impl SortedBatch {
         self.ops.push(Rec { key, value: None });
     }
 
+    fn slice(&self, (start, len): (usize, usize)) -> &[u8] {
+        &self.bytes[start..start + len]
+    }
+
+    /// The writes in key order: `(key, Some(value))`, or `(key, None)`
+    /// for a delete.
+    fn sorted(&mut self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        let mut ops = std::mem::take(&mut self.ops);
+        ops.sort_by(|a, b| self.slice(a.key).cmp(self.slice(b.key)));
+        self.ops = ops;
+        self.ops
+            .iter()
+            .map(|op| (self.slice(op.key), op.value.map(|v| self.slice(v))))
+    }
+
     /// The writes in key order, as one RocksDB batch for `cf`.
     pub fn into_write_batch(mut self, cf: &ColumnFamily) -> WriteBatch {
-        let bytes = &self.bytes;
-        let slice = |(start, len): (usize, usize)| &bytes[start..start + len];
-        self.ops.sort_by(|a, b| slice(a.key).cmp(slice(b.key)));
-        let mut batch = WriteBatch::with_capacity_bytes(bytes.len() + 16 * self.ops.len() + 64);
-        for op in &self.ops {
-            match op.value {
-                Some(value) => batch.put_cf(cf, slice(op.key), slice(value)),
-                None => batch.delete_cf(cf, slice(op.key)),
+        let capacity = self.bytes.len() + 16 * self.ops.len() + 64;
+        let mut batch = WriteBatch::with_capacity_bytes(capacity);
+        for (key, value) in self.sorted() {
+            match value {
+                Some(value) => batch.put_cf(cf, key, value),
+                None => batch.delete_cf(cf, key),
             }
         }
         batch
-    }
-
-    /// The writes in the order [`SortedBatch::into_write_batch`] gives
-    /// them: `(key, Some(value))` or `(key, None)` for a delete.
-    #[cfg(test)]
-    fn sorted(mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-        let bytes = &self.bytes;
-        let slice = |(start, len): (usize, usize)| bytes[start..start + len].to_vec();
-        self.ops.sort_by(|a, b| {
-            bytes[a.key.0..a.key.0 + a.key.1].cmp(&bytes[b.key.0..b.key.0 + b.key.1])
-        });
-        self.ops
-            .iter()
-            .map(|op| (slice(op.key), op.value.map(slice)))
-            .collect()
     }
 }
 
@@ -94,7 +92,10 @@ mod tests {
         batch.delete(b"s1");
         batch.put(b"s1", b"x");
         batch.delete(b"s1");
-        let sorted = batch.sorted();
+        let sorted: Vec<(Vec<u8>, Option<Vec<u8>>)> = batch
+            .sorted()
+            .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
+            .collect();
         let expected: Vec<(Vec<u8>, Option<Vec<u8>>)> = vec![
             (b"j1".to_vec(), None),
             (b"j1".to_vec(), Some(b"again".to_vec())),

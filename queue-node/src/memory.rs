@@ -99,6 +99,13 @@ impl Budgets {
         }
     }
 
+    /// What each of `shards` may hold of applied state writes waiting for
+    /// a checkpoint (they are on their way to the memtables): a quarter of
+    /// the memtables' budget over all shards, from 256 KiB to 8 MiB each.
+    pub fn pending_writes_per_shard(&self, shards: u32) -> usize {
+        (self.memtables / 4 / u64::from(shards.max(1))).clamp(256 << 10, 8 * MIB) as usize
+    }
+
     /// What each of `shards` may keep of its log's recent entries.
     pub fn log_cache_per_shard(&self, shards: u32) -> usize {
         (self.log_cache / u64::from(shards.max(1))).max(MIB) as usize

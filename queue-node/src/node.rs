@@ -246,7 +246,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         // On a blocking thread: the rebuild reads every live job's record.
         let (sm, shared) = {
             let (store, cache) = (store.clone(), content_cache.clone());
-            tokio::task::spawn_blocking(move || StateMachineStore::open(store, id, cache))
+            let pending = budgets.pending_writes_per_shard(config.shards);
+            tokio::task::spawn_blocking(move || StateMachineStore::open(store, id, cache, pending))
                 .await
                 .context("loading the state machine")?
                 .context("loading the state machine")?

@@ -269,7 +269,7 @@ impl ShardState {
             payload: &job.payload,
             headers: &job.headers,
         };
-        sink.put(&keys::job_key(keys::JOB, id), &(&meta, &status, content));
+        sink.put_new(&keys::job_key(keys::JOB, id), &(&meta, &status, content));
         let key = JobKey::of(id);
         let packed = self.pack(key, queue_id, &meta, &status);
         if !packed {
@@ -337,6 +337,9 @@ impl ShardState {
                 break;
             }
             bytes += size;
+            // A fresh job has never had a status record (that is what
+            // makes it fresh, at enqueue and at load).
+            let first_status = matches!(next, NextReady::Fresh(_));
             match next {
                 NextReady::Fresh(_) => {
                     if let Some((priority, fresh)) = q.fresh.pop_first() {
@@ -358,7 +361,11 @@ impl ShardState {
             job.worker = worker_id;
             let job = *job;
             self.leases.insert((expires, key), ());
-            self.write_status(key, &job, sink);
+            if first_status {
+                sink.put_new(&self.status_key(key), &self.extras.status(key, &job));
+            } else {
+                self.write_status(key, &job, sink);
+            }
             claimed.push((key, job));
         }
         self.extras.workers.add(worker_id, claimed.len() as u32);
@@ -635,10 +642,11 @@ impl ShardState {
 
     /// Writes `job`'s status record (the job as just changed).
     fn write_status(&self, key: JobKey, job: &Job, sink: &mut impl WriteSink) {
-        sink.put(
-            &keys::job_key(keys::STATUS, self.id_of(key)),
-            &self.extras.status(key, job),
-        );
+        sink.put(&self.status_key(key), &self.extras.status(key, job));
+    }
+
+    fn status_key(&self, key: JobKey) -> [u8; 17] {
+        keys::job_key(keys::STATUS, self.id_of(key))
     }
 
     /// Forgets a job that left every index.

@@ -70,24 +70,39 @@ pub fn dedup_key(shard: u32, queue: &str, idempotency_key: &str) -> Vec<u8> {
     named_key(shard, DEDUP, &name)
 }
 
-/// Where apply puts its writes: a RocksDB `WriteBatch` in the node, a map in
-/// tests. Encoding errors are kept and reported by the caller after apply,
-/// so apply itself never panics on them.
+/// Where apply puts its writes: pending state writes in the node
+/// ([`crate::store`]), a map in tests. Encoding errors are kept and
+/// reported by the caller after apply, so apply itself never panics on
+/// them.
 pub trait WriteSink {
-    fn put_raw(&mut self, key: &[u8], value: &[u8]);
+    /// Stores `value` under `key`. `created`: apply knows no record exists
+    /// under `key` (a new job's, or the first status of a job that never
+    /// had one), which lets the store drop a record deleted again before
+    /// it was ever written.
+    fn put_raw(&mut self, key: &[u8], value: &[u8], created: bool);
     fn delete(&mut self, key: &[u8]);
     fn encoding_failed(&mut self, error: postcard::Error);
     /// A buffer [`WriteSink::put`] encodes into, kept between calls.
     fn scratch(&mut self) -> &mut Vec<u8>;
 
+    /// Replaces (or creates) the record under `key`.
     fn put<T: Serialize + ?Sized>(&mut self, key: &[u8], value: &T) {
+        self.encode_put(key, value, false);
+    }
+
+    /// Creates the record under `key`: none exists.
+    fn put_new<T: Serialize + ?Sized>(&mut self, key: &[u8], value: &T) {
+        self.encode_put(key, value, true);
+    }
+
+    fn encode_put<T: Serialize + ?Sized>(&mut self, key: &[u8], value: &T, created: bool) {
         // One buffer for every value: a fresh `Vec` per job grew through
         // half a dozen reallocations, on the apply path of every job.
         let mut buf = std::mem::take(self.scratch());
         buf.clear();
         match postcard::to_extend(value, buf) {
             Ok(buf) => {
-                self.put_raw(key, &buf);
+                self.put_raw(key, &buf, created);
                 *self.scratch() = buf;
             }
             Err(e) => self.encoding_failed(e),
@@ -114,8 +129,13 @@ impl PartialEq for MapSink {
 impl Eq for MapSink {}
 
 impl WriteSink for MapSink {
-    fn put_raw(&mut self, key: &[u8], value: &[u8]) {
-        self.map.insert(key.to_vec(), value.to_vec());
+    fn put_raw(&mut self, key: &[u8], value: &[u8], created: bool) {
+        let replaced = self.map.insert(key.to_vec(), value.to_vec());
+        // Apply's claim that nothing was there must hold.
+        debug_assert!(
+            !(created && replaced.is_some()),
+            "a record said to be new replaced one: {key:?}"
+        );
     }
     fn delete(&mut self, key: &[u8]) {
         self.map.remove(key);

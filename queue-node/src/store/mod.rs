@@ -21,7 +21,7 @@ pub mod format;
 pub mod health;
 pub mod log_store;
 pub mod snapshot_file;
-mod sorted_batch;
+mod pending;
 pub mod state_machine;
 pub mod watermark;
 

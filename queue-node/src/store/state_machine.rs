@@ -13,6 +13,15 @@
 //! the log may only be purged up to what is flushed: see
 //! [`crate::shard::ShardShared::durable_index`], kept by the flushes of
 //! [`super::watermark::run`] and by [`super::log_store`]'s purge.
+//!
+//! Apply's writes reach RocksDB at checkpoints ([`super::pending`]): every
+//! [`CHECKPOINT_AFTER`], when they fill the shard's share of memory, and
+//! before a snapshot. A checkpoint is one batch ending in the applied log
+//! id, so the state in RocksDB is always the state at one log index, and a
+//! restart re-applies the log from there. One kind of record is written at
+//! once instead: a new job's, whose contents are served from RocksDB. Its
+//! key names the log index that created it, so a load skips the ones past
+//! the stored state's index (the entries re-applied write them again).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -26,7 +35,7 @@ use super::contents::ContentCache;
 use super::db::{Store, CF_RAFT, CF_STATE};
 use super::io_err;
 use super::snapshot_file::{SnapshotData, SnapshotFileError, SnapshotReader, SnapshotWriter};
-use super::sorted_batch::SortedBatch;
+use super::pending::PendingWrites;
 use crate::fsm::keys::{self, WriteSink};
 use crate::fsm::ShardState;
 use crate::ops::{BatchResult, Op, OpResult};
@@ -41,21 +50,45 @@ struct AppliedMeta {
     now_ms: u64,
 }
 
-struct BatchSink {
-    batch: SortedBatch,
+/// How long applied changes may wait in memory for a checkpoint. Long
+/// enough that a job claimed and acked within it costs RocksDB nothing
+/// for its status; short enough that a restart re-applies little.
+pub const CHECKPOINT_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Where one apply's writes go: new jobs' records into `ahead` (written
+/// when the apply ends), the rest into the shard's pending writes.
+struct BatchSink<'a> {
+    ahead: WriteBatch,
+    cf: &'a rocksdb::ColumnFamily,
+    pending: &'a mut PendingWrites,
     error: Option<postcard::Error>,
     scratch: Vec<u8>,
 }
 
-impl WriteSink for BatchSink {
-    fn put_raw(&mut self, key: &[u8], value: &[u8]) {
-        self.batch.put(key, value);
+/// A new job's record: written before the checkpoint that covers it.
+fn written_ahead(key: &[u8], created: bool) -> bool {
+    created && key.get(4) == Some(&keys::JOB)
+}
+
+/// A record written ahead of the state's applied index `applied`: a job
+/// enqueued by an entry the stored state does not reflect yet.
+fn ahead_of(key: &[u8], applied: u64) -> bool {
+    key.get(4) == Some(&keys::JOB) && keys::job_id_of(key).is_some_and(|id| id.index > applied)
+}
+
+impl WriteSink for BatchSink<'_> {
+    fn put_raw(&mut self, key: &[u8], value: &[u8], created: bool) {
+        if written_ahead(key, created) {
+            self.ahead.put_cf(self.cf, key, value);
+        } else {
+            self.pending.put(key, value, created);
+        }
     }
     fn scratch(&mut self) -> &mut Vec<u8> {
         &mut self.scratch
     }
     fn delete(&mut self, key: &[u8]) {
-        self.batch.delete(key);
+        self.pending.delete(key);
     }
     fn encoding_failed(&mut self, error: postcard::Error) {
         self.error.get_or_insert(error);
@@ -76,6 +109,16 @@ pub struct StateMachineStore {
     snapshot_dir: PathBuf,
     /// The file a snapshot is being received into.
     receiving: Option<PathBuf>,
+    /// Applied writes not in RocksDB yet.
+    pending: PendingWrites,
+    /// Checkpoint once `pending` holds this many bytes.
+    pending_limit: usize,
+    /// Since when something applied waits for a checkpoint.
+    unwritten_since: Option<std::time::Instant>,
+    /// The checkpoint being written: its outcome, and its emptied buffer.
+    writing: Option<tokio::sync::oneshot::Receiver<(Result<(), InstallError>, PendingWrites)>>,
+    /// A buffer to fill after the next checkpoint.
+    spare: Option<PendingWrites>,
 }
 
 /// The last snapshot built or installed, kept to send to followers: its
@@ -195,10 +238,12 @@ fn write_snapshot_state(
     Ok(())
 }
 
-/// The shard's state as stored, read one record at a time.
+/// The shard's state as stored at log index `applied`, read one record at
+/// a time.
 fn load_state(
     store: &Store,
     shard: u32,
+    applied: u64,
     now_ms: u64,
 ) -> Result<ShardState, crate::fsm::LoadError<rocksdb::Error>> {
     let prefix = keys::shard_prefix(shard);
@@ -214,7 +259,8 @@ fn load_state(
             once,
             IteratorMode::From(&prefix, Direction::Forward),
         )
-        .take_while(|item| item.as_ref().map_or(true, |(key, _)| **key < *end));
+        .take_while(|item| item.as_ref().map_or(true, |(key, _)| **key < *end))
+        .filter(|item| item.as_ref().map_or(true, |(key, _)| !ahead_of(key, applied)));
     ShardState::load(shard, now_ms, records)
 }
 
@@ -224,10 +270,12 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 impl StateMachineStore {
     /// Loads the shard's state and indexes from RocksDB.
+    /// `pending_limit`: the bytes of applied writes held for a checkpoint.
     pub fn open(
         store: Store,
         shard: u32,
         contents: Arc<ContentCache>,
+        pending_limit: usize,
     ) -> Result<(StateMachineStore, Arc<ShardShared>), LoadStateError> {
         let snapshot_dir = store.snapshot_dir(shard);
         let dir_error = |source| LoadStateError::SnapshotDir {
@@ -264,10 +312,10 @@ impl StateMachineStore {
             None => AppliedMeta::default(),
         };
         // Streamed: the shard's records are never all in memory at once.
-        let state = load_state(&store, shard, meta.now_ms)
+        let applied = meta.last_applied.map(|l| l.index).unwrap_or(0);
+        let state = load_state(&store, shard, applied, meta.now_ms)
             .map_err(|source| LoadStateError::Records { shard, source })?;
         let shared = Arc::new(ShardShared::new(state));
-        let applied = meta.last_applied.map(|l| l.index).unwrap_or(0);
         shared.set_applied_index(applied);
         // What was read back from disk is, by definition, on disk.
         shared.set_durable_index(applied);
@@ -282,9 +330,51 @@ impl StateMachineStore {
                 snapshot_seq: 0,
                 snapshot_dir,
                 receiving: None,
+                pending: PendingWrites::default(),
+                pending_limit,
+                unwritten_since: None,
+                writing: None,
+                spare: None,
             },
             shared,
         ))
+    }
+
+    /// Starts writing what was applied since the last checkpoint, ending
+    /// in the applied log id, as one batch. The write runs on a blocking
+    /// thread while apply carries on (tens of thousands of records take
+    /// tens of milliseconds); checkpoints are written one after another.
+    async fn checkpoint(&mut self) -> Result<(), InstallError> {
+        self.checkpoint_written().await?;
+        let meta = postcard::to_allocvec(&self.meta)?;
+        let next = self.spare.take().unwrap_or_default();
+        let mut pending = std::mem::replace(&mut self.pending, next);
+        pending.put(&meta_key(self.shard), &meta, false);
+        self.unwritten_since = None;
+        let (store, shared, index) = (self.store.clone(), self.shared.clone(), self.applied_index());
+        let (done, written) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let batch = pending.take_write_batch(store.cf(CF_STATE));
+            let mut no_wal = WriteOptions::default();
+            no_wal.disable_wal(true);
+            let result = store.db.write_opt(batch, &no_wal);
+            if result.is_ok() {
+                shared.set_applied_index(index);
+            }
+            let _ = done.send((result.map_err(InstallError::from), pending));
+        });
+        self.writing = Some(written);
+        Ok(())
+    }
+
+    /// Waits until the checkpoint being written (if any) is in RocksDB.
+    async fn checkpoint_written(&mut self) -> Result<(), InstallError> {
+        let Some(writing) = self.writing.take() else {
+            return Ok(());
+        };
+        let (result, emptied) = writing.await.map_err(|_| InstallError::Stopped)?;
+        self.spare = Some(emptied);
+        result
     }
 
     /// The last applied log index (0 before the first entry).
@@ -317,6 +407,21 @@ impl StateMachineStore {
     /// pins that state; the scan of the shard's keys and their encoding
     /// run on a blocking thread while this task applies the next entries.
     async fn start_snapshot(&mut self) -> PreparedSnapshot {
+        let (built_tx, built) = tokio::sync::oneshot::channel();
+        let cache = self.current_snapshot.clone();
+        // The snapshot is read from RocksDB: everything applied goes there first.
+        let checkpointed = match self.checkpoint().await {
+            Ok(()) => self.checkpoint_written().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = checkpointed {
+            let _ = built_tx.send(Err(e));
+            return PreparedSnapshot {
+                meta: SnapshotMeta::default(),
+                built: Some(built),
+                cache,
+            };
+        }
         self.snapshot_seq += 1;
         let meta = SnapshotMeta {
             last_log_id: self.meta.last_applied,
@@ -329,8 +434,8 @@ impl StateMachineStore {
             ),
         };
         let (pinned_tx, pinned) = tokio::sync::oneshot::channel();
-        let (built_tx, built) = tokio::sync::oneshot::channel();
         let (store, shard, now_ms) = (self.store.clone(), self.shard, self.meta.now_ms);
+        let applied = self.applied_index();
         let path = self.snapshot_dir.join(format!("{}.snap", meta.snapshot_id));
         tokio::task::spawn_blocking(move || {
             let view = store.db.snapshot();
@@ -341,24 +446,27 @@ impl StateMachineStore {
                 store.cf(CF_STATE),
                 IteratorMode::From(&prefix, Direction::Forward),
             );
-            let _ = built_tx.send(write_snapshot_file(scan, &end, &path, now_ms).map(|()| path));
+            let built = write_snapshot_file(scan, &end, applied, &path, now_ms);
+            let _ = built_tx.send(built.map(|()| path));
         });
         // If the thread could not start, `built` reports it.
         let _ = pinned.await;
         PreparedSnapshot {
             meta,
             built: Some(built),
-            cache: self.current_snapshot.clone(),
+            cache,
         }
     }
 }
 
-/// The shard's state records (not its applied-state record) of `scan`
-/// before `end`, into a snapshot file at `path` (written under a
-/// temporary name, then renamed: a file there is complete).
+/// The shard's state records at log index `applied` (not its
+/// applied-state record, nor records written ahead of it) of `scan` before
+/// `end`, into a snapshot file at `path` (written under a temporary name,
+/// then renamed: a file there is complete).
 fn write_snapshot_file(
     scan: impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
     end: &[u8],
+    applied: u64,
     path: &Path,
     now_ms: u64,
 ) -> Result<(), InstallError> {
@@ -369,7 +477,7 @@ fn write_snapshot_file(
         if &*key >= end {
             break;
         }
-        if key.get(4) != Some(&keys::META) {
+        if key.get(4) != Some(&keys::META) && !ahead_of(&key, applied) {
             writer.push(&key, &value)?;
         }
     }
@@ -420,21 +528,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let cf = self.store.cf(CF_STATE);
         let entries: Vec<_> = entries.into_iter().collect();
-        // Sized up front: grown by doubling, the batch (a few MiB under
-        // load) was copied several times over and faulted in fresh pages.
-        let capacity = entries
-            .iter()
-            .map(|e| match &e.payload {
-                // Each record adds its key and status to the op's bytes.
-                EntryPayload::Normal(batch) => batch.ops.iter().map(|op| 2 * op.size_hint()).sum(),
-                _ => 0,
-            })
-            .sum::<usize>()
-            + 1024;
+        let store = self.store.clone();
+        let cf = store.cf(CF_STATE);
         let mut sink = BatchSink {
-            batch: SortedBatch::with_capacity_bytes(capacity),
+            ahead: WriteBatch::default(),
+            cf,
+            pending: &mut self.pending,
             error: None,
             scratch: Vec::with_capacity(1024),
         };
@@ -459,19 +559,28 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.shared.count_jobs(&state);
             (state.take_woken(), state.take_finished())
         };
-        self.cache_contents(&entries, &results);
-        self.contents.forget(finished);
-        sink.put(&meta_key(self.shard), &self.meta);
-        if let Some(e) = sink.error {
+        let BatchSink { ahead, error, .. } = sink;
+        if let Some(e) = error {
             return Err(io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e));
         }
-        let mut no_wal = WriteOptions::default();
-        no_wal.disable_wal(true);
-        self.store
-            .db
-            .write_opt(sink.batch.into_write_batch(cf), &no_wal)
-            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
-        self.shared.set_applied_index(self.applied_index());
+        self.cache_contents(&entries, &results);
+        self.contents.forget(finished);
+        if !ahead.is_empty() {
+            let mut no_wal = WriteOptions::default();
+            no_wal.disable_wal(true);
+            store
+                .db
+                .write_opt(ahead, &no_wal)
+                .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+        }
+        let since = *self
+            .unwritten_since
+            .get_or_insert_with(std::time::Instant::now);
+        if self.pending.bytes() >= self.pending_limit || since.elapsed() >= CHECKPOINT_AFTER {
+            self.checkpoint()
+                .await
+                .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+        }
         self.shared.wake(&woken);
         self.shared.applied.notify_waiters();
         Ok(results)
@@ -508,6 +617,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
         let received = snapshot.path.clone();
         drop(snapshot);
+        // A checkpoint still being written would land on the installed state.
+        self.checkpoint_written()
+            .await
+            .map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
         if self.receiving.as_ref() == Some(&received) {
             self.receiving = None;
         }
@@ -527,6 +640,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         .map_err(|_| io_err(subject(), ErrorVerb::Write, InstallError::Stopped))?
         .map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
         self.meta = applied;
+        // What was applied before is replaced, written or not.
+        self.pending.clear();
+        self.unwritten_since = None;
         self.contents.forget_shard(self.shard);
         self.shared.replace_state(state);
         self.shared.set_applied_index(self.applied_index());
@@ -583,8 +699,9 @@ fn install_file(
     store.db.write_opt(mark, &synced)?;
     write_snapshot_state(store, shard, dir, &applied)?;
     std::fs::rename(&installing, kept).map_err(|e| io(kept, e))?;
-    let state =
-        load_state(store, shard, applied.now_ms).map_err(|e| InstallError::Load(e.to_string()))?;
+    let index = applied.last_applied.map(|l| l.index).unwrap_or(0);
+    let state = load_state(store, shard, index, applied.now_ms)
+        .map_err(|e| InstallError::Load(e.to_string()))?;
     Ok((state, applied))
 }
 
@@ -593,6 +710,7 @@ mod tests {
     use super::*;
     use crate::fsm::keys::MapSink;
     use crate::ops::{Batch, NewJob, QueueDefaults, When};
+    use raftq_api::JobId;
 
     /// A shard state with jobs in it, and the records apply wrote.
     fn some_state() -> (ShardState, MapSink) {
@@ -638,6 +756,141 @@ mod tests {
         writer.finish().unwrap();
     }
 
+    fn entry(index: u64, ops: Vec<Op>) -> openraft::Entry<TypeConfig> {
+        openraft::Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Batch {
+                time_ms: 1_000 + index,
+                defaults: QueueDefaults::default(),
+                ops: ops.into(),
+            }),
+        }
+    }
+
+    fn enqueue(n: usize) -> Op {
+        Op::Enqueue {
+            queue: "q".into(),
+            jobs: (0..n)
+                .map(|i| NewJob {
+                    payload: bytes::Bytes::from(format!("job {i}")),
+                    headers: Vec::new(),
+                    priority: 0,
+                    when: When::Now,
+                    max_attempts: 0,
+                    backoff: None,
+                    idempotency_key: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn claim(max: u32) -> Op {
+        Op::Claim {
+            queue: "q".into(),
+            worker: "w".into(),
+            max,
+            lease_ms: None,
+        }
+    }
+
+    fn claimed(results: &[BatchResult]) -> Vec<(JobId, u32)> {
+        results
+            .iter()
+            .flat_map(|r| &r.0)
+            .filter_map(|r| match r {
+                OpResult::Claimed(jobs) => Some(jobs),
+                _ => None,
+            })
+            .flatten()
+            .map(|job| (job.id, job.status.attempt))
+            .collect()
+    }
+
+    async fn checkpoint(sm: &mut StateMachineStore) {
+        sm.checkpoint().await.unwrap();
+        sm.checkpoint_written().await.unwrap();
+    }
+
+    fn stored_statuses(store: &Store) -> Vec<JobId> {
+        store
+            .db
+            .iterator_cf(store.cf(CF_STATE), IteratorMode::Start)
+            .map(|item| item.unwrap().0)
+            .filter(|key| key.get(4) == Some(&keys::STATUS))
+            .filter_map(|key| keys::job_id_of(&key))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_restart_before_the_checkpoint_loads_the_state_of_the_last_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_for_test(dir.path());
+        let open = |store: &Store| {
+            StateMachineStore::open(store.clone(), 0, Arc::new(ContentCache::new(0)), 1 << 20)
+                .unwrap()
+        };
+        let (mut sm, shared) = open(&store);
+        sm.apply([entry(1, vec![enqueue(10)])]).await.unwrap();
+        checkpoint(&mut sm).await;
+        let at_checkpoint = shared.state().digest();
+        assert_eq!(shared.applied_index(), 1, "written up to the checkpoint");
+        // Applied, not checkpointed: jobs enqueued (their records written
+        // ahead), claimed and acked.
+        let later = [
+            entry(2, vec![enqueue(5), claim(4)]),
+            entry(3, vec![claim(3)]),
+        ];
+        let results = sm.apply(later.clone()).await.unwrap();
+        let leased = claimed(&results);
+        let ack = entry(4, vec![Op::Ack { tokens: leased[..2].to_vec() }]);
+        sm.apply([ack.clone()]).await.unwrap();
+        let before_crash = shared.state().digest();
+        assert_eq!(shared.applied_index(), 1, "nothing written since");
+        drop((sm, shared));
+
+        let (mut sm, shared) = open(&store);
+        assert_eq!(sm.applied_index(), 1);
+        assert_eq!(
+            shared.state().digest(),
+            at_checkpoint,
+            "the jobs written ahead of the checkpoint are not loaded"
+        );
+        // Re-applying the log from there gives the same state.
+        sm.apply(later).await.unwrap();
+        sm.apply([ack]).await.unwrap();
+        assert_eq!(shared.state().digest(), before_crash);
+        checkpoint(&mut sm).await;
+        drop((sm, shared));
+        let (_sm, shared) = open(&store);
+        assert_eq!(shared.state().digest(), before_crash);
+    }
+
+    #[tokio::test]
+    async fn a_status_created_and_deleted_between_checkpoints_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_for_test(dir.path());
+        let (mut sm, _shared) =
+            StateMachineStore::open(store.clone(), 0, Arc::new(ContentCache::new(0)), 1 << 20)
+                .unwrap();
+        sm.apply([entry(1, vec![enqueue(6)])]).await.unwrap();
+        checkpoint(&mut sm).await;
+        let results = sm.apply([entry(2, vec![claim(4)])]).await.unwrap();
+        let leased = claimed(&results);
+        // Two acked and two still leased at the checkpoint.
+        sm.apply([entry(3, vec![Op::Ack { tokens: leased[..2].to_vec() }])])
+            .await
+            .unwrap();
+        checkpoint(&mut sm).await;
+        let still_leased: Vec<JobId> = leased[2..].iter().map(|(id, _)| *id).collect();
+        assert_eq!(stored_statuses(&store), still_leased);
+        // Acked after the checkpoint that wrote their statuses: deleted.
+        sm.apply([entry(4, vec![Op::Ack { tokens: leased[2..].to_vec() }])])
+            .await
+            .unwrap();
+        checkpoint(&mut sm).await;
+        assert_eq!(stored_statuses(&store), Vec::<JobId>::new());
+    }
+
     #[test]
     fn an_install_cut_short_is_finished_at_the_next_start() {
         let dir = tempfile::tempdir().unwrap();
@@ -673,7 +926,7 @@ mod tests {
 
         let store = Store::open_for_test(dir.path());
         let (sm, shared) =
-            StateMachineStore::open(store.clone(), 0, Arc::new(ContentCache::new(0)))
+            StateMachineStore::open(store.clone(), 0, Arc::new(ContentCache::new(0)), 1 << 20)
                 .expect("finishes the install");
         assert_eq!(sm.applied_index(), 1);
         assert_eq!(shared.state().digest(), want.digest());
@@ -690,7 +943,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_for_test(dir.path());
         let (sm, _shared) =
-            StateMachineStore::open(store.clone(), 0, Arc::new(ContentCache::new(0))).unwrap();
+            StateMachineStore::open(store.clone(), 0, Arc::new(ContentCache::new(0)), 1 << 20).unwrap();
         // What the shard holds now, which a refused install must leave.
         let queue_key = keys::named_key(0, keys::QUEUE, b"kept");
         store

@@ -20,8 +20,8 @@ pub mod db;
 pub mod format;
 pub mod health;
 pub mod log_store;
-pub mod snapshot_file;
 mod pending;
+pub mod snapshot_file;
 pub mod state_machine;
 pub mod watermark;
 

@@ -6,11 +6,15 @@
 //! each of those became a memtable insert, a tombstone, and work for every
 //! flush and compaction after it — on every node, the largest cost of a
 //! 3-node fetch+ack (docs/BENCHMARKS.md). Held here until the checkpoint,
-//! a record created and deleted in between never reaches RocksDB, and a
-//! key written several times reaches it once.
+//! a record created and deleted in between never reaches RocksDB (the
+//! delete cancels the writes on the spot), and a key written several
+//! times reaches it once.
 //!
 //! A checkpoint hands RocksDB the writes sorted by key (a memtable insert
 //! just after the previous one is the cheap kind), one per key: the last.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use rocksdb::{ColumnFamily, WriteBatch};
 
@@ -19,18 +23,62 @@ pub struct PendingWrites {
     /// Keys and values, back to back.
     bytes: Vec<u8>,
     ops: Vec<Rec>,
+    /// Keys whose record was created since the last checkpoint, by the
+    /// hash of the key: the last write to each. A delete of one of them
+    /// cancels its writes on the spot, so they are never sorted.
+    created: HashMap<u64, u32, BuildHasherDefault<KeyHashed>>,
+    /// Writes cancelled that way.
+    cancelled: usize,
 }
 
 struct Rec {
     key: (usize, usize),
     /// `None`: a delete.
     value: Option<(usize, usize)>,
-    /// The put created the record: nothing was stored under its key.
-    created: bool,
+    /// The write before this one to the same created key, or [`NONE`].
+    prev: u32,
+    cancelled: bool,
 }
 
+const NONE: u32 = u32::MAX;
+
 /// What one write costs here besides its key and value.
-const REC_BYTES: usize = std::mem::size_of::<Rec>();
+const REC_BYTES: usize = std::mem::size_of::<Rec>() + 16;
+
+/// FxHash's mixing over a key's bytes: fast, and good enough for keys
+/// the state machine makes (only job records' keys are ever inserted).
+fn hash(key: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = key.len() as u64;
+    let mut chunks = key.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
+    }
+    for &byte in chunks.remainder() {
+        h = (h.rotate_left(5) ^ u64::from(byte)).wrapping_mul(K);
+    }
+    h
+}
+
+/// The map's keys are [`hash`]es already.
+#[derive(Default)]
+struct KeyHashed(u64);
+
+impl Hasher for KeyHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 << 8) | u64::from(byte);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
 
 impl PendingWrites {
     fn push(&mut self, data: &[u8]) -> (usize, usize) {
@@ -39,26 +87,69 @@ impl PendingWrites {
         (start, data.len())
     }
 
+    /// The last write to `key` if it is a created key's (and its hash).
+    fn created_write(&self, key: &[u8]) -> (u64, Option<u32>) {
+        let hash = hash(key);
+        let last = self
+            .created
+            .get(&hash)
+            .copied()
+            .filter(|&i| self.slice(self.ops[i as usize].key) == key);
+        (hash, last)
+    }
+
+    fn push_op(&mut self, key: &[u8], value: Option<&[u8]>, prev: u32) -> u32 {
+        let index = u32::try_from(self.ops.len()).unwrap_or(NONE);
+        let key = self.push(key);
+        let value = value.map(|v| self.push(v));
+        self.ops.push(Rec {
+            key,
+            value,
+            prev,
+            cancelled: false,
+        });
+        index
+    }
+
     /// Stores `value` under `key`; `created` when no record exists under
     /// it (never written, or deleted since), so a delete before the
     /// checkpoint cancels both.
     pub fn put(&mut self, key: &[u8], value: &[u8], created: bool) {
-        let key = self.push(key);
-        let value = Some(self.push(value));
-        self.ops.push(Rec {
-            key,
-            value,
-            created,
-        });
+        let (hash, last) = self.created_write(key);
+        match (last, created) {
+            (Some(prev), _) => {
+                let index = self.push_op(key, Some(value), prev);
+                self.created.insert(hash, index);
+            }
+            (None, true) => {
+                let index = self.push_op(key, Some(value), NONE);
+                // A hash shared with another created key: this one is
+                // left to the checkpoint's sort, which is as correct.
+                if index != NONE {
+                    self.created.entry(hash).or_insert(index);
+                }
+            }
+            (None, false) => {
+                self.push_op(key, Some(value), NONE);
+            }
+        }
     }
 
     pub fn delete(&mut self, key: &[u8]) {
-        let key = self.push(key);
-        self.ops.push(Rec {
-            key,
-            value: None,
-            created: false,
-        });
+        let (hash, last) = self.created_write(key);
+        let Some(mut at) = last else {
+            self.push_op(key, None, NONE);
+            return;
+        };
+        // Nothing was stored before the first of these writes, and
+        // nothing will be after this delete: none of them need happen.
+        self.created.remove(&hash);
+        while at != NONE {
+            let op = &mut self.ops[at as usize];
+            op.cancelled = true;
+            self.cancelled += 1;
+            at = op.prev;
+        }
     }
 
     /// Memory held (keys, values and bookkeeping).
@@ -69,6 +160,8 @@ impl PendingWrites {
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.ops.clear();
+        self.created.clear();
+        self.cancelled = 0;
     }
 
     fn slice(&self, (start, len): (usize, usize)) -> &[u8] {
@@ -76,17 +169,19 @@ impl PendingWrites {
     }
 
     /// What RocksDB must be told, in key order: per key its last write
-    /// (`Some(value)`, or `None` for a delete), and nothing for a key
-    /// whose first write created the record and whose last deleted it.
+    /// (`Some(value)`, or `None` for a delete).
     fn net_writes(&mut self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
         let mut ops = std::mem::take(&mut self.ops);
-        // Stable: one key's writes keep their order.
+        if self.cancelled > 0 {
+            ops.retain(|op| !op.cancelled);
+        }
+        // Stable: one key's writes keep their order, and the last wins.
         ops.sort_by(|a, b| self.slice(a.key).cmp(self.slice(b.key)));
         self.ops = ops;
         let ops = &self.ops;
         let this = &*self;
         let mut i = 0;
-        std::iter::from_fn(move || loop {
+        std::iter::from_fn(move || {
             let first = ops.get(i)?;
             let key = this.slice(first.key);
             let mut last = first;
@@ -95,10 +190,7 @@ impl PendingWrites {
                 last = next;
                 i += 1;
             }
-            if first.created && last.value.is_none() {
-                continue;
-            }
-            return Some((key, last.value.map(|v| this.slice(v))));
+            Some((key, last.value.map(|v| this.slice(v))))
         })
     }
 
@@ -165,6 +257,20 @@ mod tests {
                 (b"s2".to_vec(), None),
                 (b"s3".to_vec(), Some(b"leased".to_vec())),
             ]
+        );
+    }
+
+    #[test]
+    fn a_created_key_sharing_a_hash_with_another_is_left_to_the_sort() {
+        let mut pending = PendingWrites::default();
+        pending.put(b"a", b"1", true);
+        // As if "b" hashed like "a".
+        pending.created.insert(hash(b"b"), 0);
+        pending.put(b"b", b"2", true);
+        pending.delete(b"b");
+        assert_eq!(
+            net(&mut pending),
+            vec![(b"a".to_vec(), Some(b"1".to_vec())), (b"b".to_vec(), None)]
         );
     }
 }

@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 use super::contents::ContentCache;
 use super::db::{Store, CF_RAFT, CF_STATE};
 use super::io_err;
-use super::snapshot_file::{SnapshotData, SnapshotFileError, SnapshotReader, SnapshotWriter};
 use super::pending::PendingWrites;
+use super::snapshot_file::{SnapshotData, SnapshotFileError, SnapshotReader, SnapshotWriter};
 use crate::fsm::keys::{self, WriteSink};
 use crate::fsm::ShardState;
 use crate::ops::{BatchResult, Op, OpResult};
@@ -260,7 +260,10 @@ fn load_state(
             IteratorMode::From(&prefix, Direction::Forward),
         )
         .take_while(|item| item.as_ref().map_or(true, |(key, _)| **key < *end))
-        .filter(|item| item.as_ref().map_or(true, |(key, _)| !ahead_of(key, applied)));
+        .filter(|item| {
+            item.as_ref()
+                .map_or(true, |(key, _)| !ahead_of(key, applied))
+        });
     ShardState::load(shard, now_ms, records)
 }
 
@@ -351,7 +354,11 @@ impl StateMachineStore {
         let mut pending = std::mem::replace(&mut self.pending, next);
         pending.put(&meta_key(self.shard), &meta, false);
         self.unwritten_since = None;
-        let (store, shared, index) = (self.store.clone(), self.shared.clone(), self.applied_index());
+        let (store, shared, index) = (
+            self.store.clone(),
+            self.shared.clone(),
+            self.applied_index(),
+        );
         let (done, written) = tokio::sync::oneshot::channel();
         tokio::task::spawn_blocking(move || {
             let batch = pending.take_write_batch(store.cf(CF_STATE));
@@ -842,7 +849,12 @@ mod tests {
         ];
         let results = sm.apply(later.clone()).await.unwrap();
         let leased = claimed(&results);
-        let ack = entry(4, vec![Op::Ack { tokens: leased[..2].to_vec() }]);
+        let ack = entry(
+            4,
+            vec![Op::Ack {
+                tokens: leased[..2].to_vec(),
+            }],
+        );
         sm.apply([ack.clone()]).await.unwrap();
         let before_crash = shared.state().digest();
         assert_eq!(shared.applied_index(), 1, "nothing written since");
@@ -877,16 +889,26 @@ mod tests {
         let results = sm.apply([entry(2, vec![claim(4)])]).await.unwrap();
         let leased = claimed(&results);
         // Two acked and two still leased at the checkpoint.
-        sm.apply([entry(3, vec![Op::Ack { tokens: leased[..2].to_vec() }])])
-            .await
-            .unwrap();
+        sm.apply([entry(
+            3,
+            vec![Op::Ack {
+                tokens: leased[..2].to_vec(),
+            }],
+        )])
+        .await
+        .unwrap();
         checkpoint(&mut sm).await;
         let still_leased: Vec<JobId> = leased[2..].iter().map(|(id, _)| *id).collect();
         assert_eq!(stored_statuses(&store), still_leased);
         // Acked after the checkpoint that wrote their statuses: deleted.
-        sm.apply([entry(4, vec![Op::Ack { tokens: leased[2..].to_vec() }])])
-            .await
-            .unwrap();
+        sm.apply([entry(
+            4,
+            vec![Op::Ack {
+                tokens: leased[2..].to_vec(),
+            }],
+        )])
+        .await
+        .unwrap();
         checkpoint(&mut sm).await;
         assert_eq!(stored_statuses(&store), Vec::<JobId>::new());
     }
@@ -943,7 +965,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_for_test(dir.path());
         let (sm, _shared) =
-            StateMachineStore::open(store.clone(), 0, Arc::new(ContentCache::new(0)), 1 << 20).unwrap();
+            StateMachineStore::open(store.clone(), 0, Arc::new(ContentCache::new(0)), 1 << 20)
+                .unwrap();
         // What the shard holds now, which a refused install must leave.
         let queue_key = keys::named_key(0, keys::QUEUE, b"kept");
         store

@@ -23,10 +23,10 @@ pub struct PendingWrites {
     /// Keys and values, back to back.
     bytes: Vec<u8>,
     ops: Vec<Rec>,
-    /// Keys whose record was created since the last checkpoint, by the
-    /// hash of the key: the last write to each. A delete of one of them
-    /// cancels its writes on the spot, so they are never sorted.
-    created: HashMap<u64, u32, BuildHasherDefault<KeyHashed>>,
+    /// Job records' keys whose record was created since the last
+    /// checkpoint: the last write to each. A delete of one of them cancels
+    /// its writes on the spot, so they are never sorted.
+    created: HashMap<[u8; JOB_KEY_LEN], u32, BuildHasherDefault<KeyHasher>>,
     /// Writes cancelled that way.
     cancelled: usize,
 }
@@ -43,40 +43,31 @@ struct Rec {
 const NONE: u32 = u32::MAX;
 
 /// What one write costs here besides its key and value.
-const REC_BYTES: usize = std::mem::size_of::<Rec>() + 16;
+const REC_BYTES: usize = std::mem::size_of::<Rec>() + 8;
 
-/// FxHash's mixing over a key's bytes: fast, and good enough for keys
-/// the state machine makes (only job records' keys are ever inserted).
-fn hash(key: &[u8]) -> u64 {
-    const K: u64 = 0x517c_c1b7_2722_0a95;
-    let mut h = key.len() as u64;
-    let mut chunks = key.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
-    }
-    for &byte in chunks.remainder() {
-        h = (h.rotate_left(5) ^ u64::from(byte)).wrapping_mul(K);
-    }
-    h
-}
+/// The keys of job records (`shard | kind | job`), the only records apply
+/// creates; others are left to the checkpoint's sort.
+const JOB_KEY_LEN: usize = 17;
 
-/// The map's keys are [`hash`]es already.
+/// FxHash's mixing: fast, and enough for keys the state machine makes.
 #[derive(Default)]
-struct KeyHashed(u64);
+struct KeyHasher(u64);
 
-impl Hasher for KeyHashed {
+impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = (self.0 << 8) | u64::from(byte);
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
         }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
+        for &byte in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(K);
+        }
     }
 }
 
@@ -87,15 +78,13 @@ impl PendingWrites {
         (start, data.len())
     }
 
-    /// The last write to `key` if it is a created key's (and its hash).
-    fn created_write(&self, key: &[u8]) -> (u64, Option<u32>) {
-        let hash = hash(key);
-        let last = self
-            .created
-            .get(&hash)
-            .copied()
-            .filter(|&i| self.slice(self.ops[i as usize].key) == key);
-        (hash, last)
+    /// `key` as a job record's key, and the last write to it if its
+    /// record was created since the checkpoint.
+    fn created_write(&self, key: &[u8]) -> (Option<[u8; JOB_KEY_LEN]>, Option<u32>) {
+        let Ok(key) = <[u8; JOB_KEY_LEN]>::try_from(key) else {
+            return (None, None);
+        };
+        (Some(key), self.created.get(&key).copied())
     }
 
     fn push_op(&mut self, key: &[u8], value: Option<&[u8]>, prev: u32) -> u32 {
@@ -115,35 +104,27 @@ impl PendingWrites {
     /// it (never written, or deleted since), so a delete before the
     /// checkpoint cancels both.
     pub fn put(&mut self, key: &[u8], value: &[u8], created: bool) {
-        let (hash, last) = self.created_write(key);
-        match (last, created) {
-            (Some(prev), _) => {
-                let index = self.push_op(key, Some(value), prev);
-                self.created.insert(hash, index);
-            }
-            (None, true) => {
-                let index = self.push_op(key, Some(value), NONE);
-                // A hash shared with another created key: this one is
-                // left to the checkpoint's sort, which is as correct.
-                if index != NONE {
-                    self.created.entry(hash).or_insert(index);
-                }
-            }
-            (None, false) => {
-                self.push_op(key, Some(value), NONE);
-            }
+        let (job_key, last) = self.created_write(key);
+        let tracked = match (job_key, last, created) {
+            (Some(job_key), Some(prev), _) => Some((job_key, prev)),
+            (Some(job_key), None, true) => Some((job_key, NONE)),
+            _ => None,
+        };
+        let prev = tracked.map_or(NONE, |(_, prev)| prev);
+        let index = self.push_op(key, Some(value), prev);
+        if let Some((job_key, _)) = tracked.filter(|_| index != NONE) {
+            self.created.insert(job_key, index);
         }
     }
 
     pub fn delete(&mut self, key: &[u8]) {
-        let (hash, last) = self.created_write(key);
-        let Some(mut at) = last else {
+        let (Some(job_key), Some(mut at)) = self.created_write(key) else {
             self.push_op(key, None, NONE);
             return;
         };
         // Nothing was stored before the first of these writes, and
         // nothing will be after this delete: none of them need happen.
-        self.created.remove(&hash);
+        self.created.remove(&job_key);
         while at != NONE {
             let op = &mut self.ops[at as usize];
             op.cancelled = true;
@@ -238,39 +219,48 @@ mod tests {
         );
     }
 
+    /// A job record's key: `kind`, job `n`.
+    fn job(kind: u8, n: u8) -> Vec<u8> {
+        let mut key = vec![0u8; JOB_KEY_LEN];
+        key[4] = kind;
+        key[16] = n;
+        key
+    }
+
     #[test]
     fn a_record_created_and_deleted_before_the_checkpoint_never_reaches_rocksdb() {
         let mut pending = PendingWrites::default();
         // Claimed (created), nacked, claimed again, acked.
-        pending.put(b"s1", b"leased", true);
-        pending.put(b"s1", b"ready", false);
-        pending.put(b"s1", b"leased again", false);
-        pending.delete(b"s1");
+        pending.put(&job(b's', 1), b"leased", true);
+        pending.put(&job(b's', 1), b"ready", false);
+        pending.put(&job(b's', 1), b"leased again", false);
+        pending.delete(&job(b's', 1));
         // A record that existed before: its delete must be written.
-        pending.put(b"s2", b"leased", false);
-        pending.delete(b"s2");
+        pending.put(&job(b's', 2), b"leased", false);
+        pending.delete(&job(b's', 2));
         // Created and still there.
-        pending.put(b"s3", b"leased", true);
+        pending.put(&job(b's', 3), b"leased", true);
+        // Created, deleted, and created again.
+        pending.put(&job(b's', 4), b"leased", true);
+        pending.delete(&job(b's', 4));
+        pending.put(&job(b's', 4), b"leased again", true);
         assert_eq!(
             net(&mut pending),
             vec![
-                (b"s2".to_vec(), None),
-                (b"s3".to_vec(), Some(b"leased".to_vec())),
+                (job(b's', 2), None),
+                (job(b's', 3), Some(b"leased".to_vec())),
+                (job(b's', 4), Some(b"leased again".to_vec())),
             ]
         );
+        // The four puts cancelled (the deletes were never pushed).
+        assert_eq!(pending.cancelled, 4);
     }
 
     #[test]
-    fn a_created_key_sharing_a_hash_with_another_is_left_to_the_sort() {
+    fn a_created_record_under_another_kind_of_key_is_left_to_the_sort() {
         let mut pending = PendingWrites::default();
-        pending.put(b"a", b"1", true);
-        // As if "b" hashed like "a".
-        pending.created.insert(hash(b"b"), 0);
-        pending.put(b"b", b"2", true);
-        pending.delete(b"b");
-        assert_eq!(
-            net(&mut pending),
-            vec![(b"a".to_vec(), Some(b"1".to_vec())), (b"b".to_vec(), None)]
-        );
+        pending.put(b"short", b"1", true);
+        pending.delete(b"short");
+        assert_eq!(net(&mut pending), vec![(b"short".to_vec(), None)]);
     }
 }

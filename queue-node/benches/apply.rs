@@ -23,7 +23,7 @@ struct CountingSink {
 }
 
 impl WriteSink for CountingSink {
-    fn put_raw(&mut self, key: &[u8], value: &[u8]) {
+    fn put_raw(&mut self, key: &[u8], value: &[u8], _created: bool) {
         self.puts += 1;
         self.bytes += key.len() + value.len();
         black_box(value);

@@ -220,6 +220,11 @@ pub fn render(ctx: &NodeContext) -> String {
         "gauge",
         "Last log index stored for the shard",
     );
+    let mut written = Family::new(
+        "raftq_shard_written_index",
+        "gauge",
+        "Last log index whose state is written to RocksDB (the last checkpoint, at most a second behind)",
+    );
     let mut durable = Family::new(
         "raftq_shard_durable_index",
         "gauge",
@@ -262,6 +267,7 @@ pub fn render(ctx: &NodeContext) -> String {
         term.add(s.clone(), m.current_term as f64);
         applied.add(s.clone(), m.last_applied.map_or(0, |l| l.index) as f64);
         last_log.add(s.clone(), m.last_log_index.unwrap_or(0) as f64);
+        written.add(s.clone(), shard.shared.applied_index() as f64);
         durable.add(s.clone(), shard.shared.durable_index() as f64);
         purged.add(s.clone(), m.purged.map_or(0, |l| l.index) as f64);
         let b = &shard.batcher.stats;
@@ -340,6 +346,7 @@ pub fn render(ctx: &NodeContext) -> String {
         term,
         applied,
         last_log,
+        written,
         durable,
         purged,
         batches,

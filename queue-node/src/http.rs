@@ -267,7 +267,7 @@ pub fn render(ctx: &NodeContext) -> String {
         term.add(s.clone(), m.current_term as f64);
         applied.add(s.clone(), m.last_applied.map_or(0, |l| l.index) as f64);
         last_log.add(s.clone(), m.last_log_index.unwrap_or(0) as f64);
-        written.add(s.clone(), shard.shared.applied_index() as f64);
+        written.add(s.clone(), shard.shared.written_index() as f64);
         durable.add(s.clone(), shard.shared.durable_index() as f64);
         purged.add(s.clone(), m.purged.map_or(0, |l| l.index) as f64);
         let b = &shard.batcher.stats;

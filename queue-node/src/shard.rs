@@ -21,11 +21,14 @@ pub struct ShardShared {
     waiters: Mutex<HashMap<Arc<str>, Arc<Notify>>>,
     /// Signalled after every apply, so the ticker re-reads the next deadline.
     pub applied: Notify,
-    /// The last log index whose effects are written to RocksDB.
+    /// The last log index applied (in memory; its entry is in the log).
     applied_index: AtomicU64,
+    /// The last log index whose effects are written to RocksDB (the last
+    /// checkpoint of [`crate::store::state_machine`]).
+    written_index: AtomicU64,
     /// The last log index whose effects are on disk. State writes skip the
     /// WAL (the Raft log is the state machine's WAL), so this trails
-    /// `applied_index` until the state column family is flushed; the log
+    /// `written_index` until the state column family is flushed; the log
     /// is never purged past it.
     durable_index: AtomicU64,
     /// Live jobs as of the last apply.
@@ -52,6 +55,7 @@ impl ShardShared {
             waiters: Mutex::new(HashMap::new()),
             applied: Notify::new(),
             applied_index: AtomicU64::new(0),
+            written_index: AtomicU64::new(0),
             durable_index: AtomicU64::new(0),
             jobs,
             index_bytes,
@@ -63,9 +67,18 @@ impl ShardShared {
         self.applied_index.load(Ordering::Acquire)
     }
 
-    /// Called by the state machine once `index` is written to RocksDB.
+    /// Called by the state machine once `index` is applied.
     pub fn set_applied_index(&self, index: u64) {
         self.applied_index.store(index, Ordering::Release);
+    }
+
+    pub fn written_index(&self) -> u64 {
+        self.written_index.load(Ordering::Acquire)
+    }
+
+    /// Called by the state machine once `index` is written to RocksDB.
+    pub fn set_written_index(&self, index: u64) {
+        self.written_index.store(index, Ordering::Release);
     }
 
     pub fn durable_index(&self) -> u64 {

@@ -366,14 +366,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // could rebuild it go. The watermark task's flushes usually got
         // there first; if not, flush now.
         if self.shared.durable_index() < log_id.index {
-            let applied = self.shared.applied_index();
+            let written = self.shared.written_index();
             self.store
                 .flush_state()
                 .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
-            self.shared.set_durable_index(applied);
-            // Entries past `applied` were never applied here: a snapshot
-            // being installed replaces them (and is written synced), so
-            // they go too; keeping them would leave a hole in the log.
+            self.shared.set_durable_index(written);
+            // A snapshot is built right after a checkpoint and an installed
+            // one is written whole, so `log_id` passes `written` only over
+            // entries an install superseded (never applied here): they go
+            // too; keeping them would leave a hole in the log.
         }
         self.put_meta("purged", &log_id, true)?;
         let mut recent = self.recent();

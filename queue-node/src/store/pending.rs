@@ -18,6 +18,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use rocksdb::{ColumnFamily, WriteBatch};
 
+use crate::fsm::keys;
+
 #[derive(Default)]
 pub struct PendingWrites {
     /// Keys and values, back to back.
@@ -179,15 +181,81 @@ impl PendingWrites {
     pub fn take_write_batch(&mut self, cf: &ColumnFamily) -> WriteBatch {
         let capacity = self.bytes.len() + 16 * self.ops.len() + 64;
         let mut batch = WriteBatch::with_capacity_bytes(capacity);
-        for (key, value) in self.net_writes() {
-            match value {
-                Some(value) => batch.put_cf(cf, key, value),
-                None => batch.delete_cf(cf, key),
+        let writes: Vec<_> = self.net_writes().collect();
+        for write in with_ranges(&writes) {
+            match write {
+                Write::Put(key, value) => batch.put_cf(cf, key, value),
+                Write::Delete(key) => batch.delete_cf(cf, key),
+                Write::DeleteRange(from, to) => batch.delete_range_cf(cf, from, &to[..]),
             }
         }
         self.clear();
         batch
     }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Write<'a> {
+    Put(&'a [u8], &'a [u8]),
+    Delete(&'a [u8]),
+    /// Every key from the first up to (not including) the second.
+    DeleteRange(&'a [u8], [u8; JOB_KEY_LEN]),
+}
+
+/// Deletes of this many job records or more, one after another, become
+/// one range delete.
+const MIN_RANGE: usize = 8;
+
+/// A job record's key split at its position: `shard | kind | index`, and
+/// the position within the log entry.
+fn entry_and_position(key: &[u8]) -> Option<(&[u8], u32)> {
+    let key: &[u8; JOB_KEY_LEN] = key.try_into().ok()?;
+    let (entry, position) = key.split_at(13);
+    Some((entry, u32::from_be_bytes(position.try_into().ok()?)))
+}
+
+/// `writes` (in key order) with each run of [`MIN_RANGE`] or more deletes
+/// of job records at consecutive positions of one log entry as one range
+/// delete. Nothing else can lie between two such keys (job records' keys
+/// are all of one length), so the range deletes exactly what the run did:
+/// acks of a claim's jobs, which sit side by side, leave one range
+/// tombstone instead of one tombstone per job.
+fn with_ranges<'a>(writes: &[(&'a [u8], Option<&'a [u8]>)]) -> Vec<Write<'a>> {
+    let job_delete = |i: usize| match writes.get(i) {
+        Some((key, None)) if key.get(4) == Some(&keys::JOB) => entry_and_position(key),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(writes.len());
+    let mut i = 0;
+    while i < writes.len() {
+        let mut end = i + 1;
+        if let Some((entry, first)) = job_delete(i) {
+            let mut last = first;
+            while let Some((next_entry, next)) = job_delete(end) {
+                if next_entry != entry || Some(next) != last.checked_add(1) {
+                    break;
+                }
+                last = next;
+                end += 1;
+            }
+            if let Some(after) = last.checked_add(1).filter(|_| end - i >= MIN_RANGE) {
+                let mut to = [0u8; JOB_KEY_LEN];
+                to[..13].copy_from_slice(entry);
+                to[13..].copy_from_slice(&after.to_be_bytes());
+                out.push(Write::DeleteRange(writes[i].0, to));
+                i = end;
+                continue;
+            }
+        }
+        for (key, value) in &writes[i..end] {
+            out.push(match value {
+                Some(value) => Write::Put(key, value),
+                None => Write::Delete(key),
+            });
+        }
+        i = end;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -262,5 +330,53 @@ mod tests {
         pending.put(b"short", b"1", true);
         pending.delete(b"short");
         assert_eq!(net(&mut pending), vec![(b"short".to_vec(), None)]);
+    }
+
+    fn at(kind: u8, index: u8, position: u32) -> Vec<u8> {
+        let mut key = vec![0u8; JOB_KEY_LEN];
+        key[4] = kind;
+        key[12] = index;
+        key[13..].copy_from_slice(&position.to_be_bytes());
+        key
+    }
+
+    #[test]
+    fn runs_of_job_record_deletes_become_range_deletes() {
+        let run: Vec<Vec<u8>> = (3..13).map(|p| at(keys::JOB, 1, p)).collect();
+        let short: Vec<Vec<u8>> = (20..23).map(|p| at(keys::JOB, 1, p)).collect();
+        // Consecutive positions, but of two entries.
+        let split: Vec<Vec<u8>> = [at(keys::JOB, 2, 0), at(keys::JOB, 3, 1)].into();
+        let statuses: Vec<Vec<u8>> = (0..10).map(|p| at(keys::STATUS, 1, p)).collect();
+        let mut writes: Vec<(&[u8], Option<&[u8]>)> = Vec::new();
+        writes.extend(run.iter().map(|k| (k.as_slice(), None)));
+        writes.extend(short.iter().map(|k| (k.as_slice(), None)));
+        writes.extend(split.iter().map(|k| (k.as_slice(), None)));
+        writes.extend(statuses.iter().map(|k| (k.as_slice(), None)));
+        let planned = with_ranges(&writes);
+        let end = at(keys::JOB, 1, 13);
+        assert_eq!(
+            planned[0],
+            Write::DeleteRange(&run[0], end.try_into().unwrap())
+        );
+        let rest: Vec<_> = planned[1..].iter().collect();
+        assert_eq!(rest.len(), 3 + 2 + 10, "everything else one by one");
+        assert!(rest.iter().all(|w| matches!(w, Write::Delete(_))));
+    }
+
+    #[test]
+    fn a_put_or_a_gap_ends_a_run() {
+        let keys: Vec<Vec<u8>> = (0..20).map(|p| at(keys::JOB, 1, p)).collect();
+        let mut writes: Vec<(&[u8], Option<&[u8]>)> =
+            keys.iter().map(|k| (k.as_slice(), None)).collect();
+        writes[9].1 = Some(b"kept");
+        writes.remove(15);
+        let planned = with_ranges(&writes);
+        assert_eq!(
+            planned[0],
+            Write::DeleteRange(&keys[0], at(keys::JOB, 1, 9).try_into().unwrap())
+        );
+        assert_eq!(planned[1], Write::Put(&keys[9], b"kept"));
+        // 10..15 is five deletes (too few), 16..20 four.
+        assert_eq!(planned.len(), 2 + 5 + 4);
     }
 }

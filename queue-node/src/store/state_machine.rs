@@ -320,6 +320,7 @@ impl StateMachineStore {
             .map_err(|source| LoadStateError::Records { shard, source })?;
         let shared = Arc::new(ShardShared::new(state));
         shared.set_applied_index(applied);
+        shared.set_written_index(applied);
         // What was read back from disk is, by definition, on disk.
         shared.set_durable_index(applied);
         Ok((
@@ -366,7 +367,7 @@ impl StateMachineStore {
             no_wal.disable_wal(true);
             let result = store.db.write_opt(batch, &no_wal);
             if result.is_ok() {
-                shared.set_applied_index(index);
+                shared.set_written_index(index);
             }
             let _ = done.send((result.map_err(InstallError::from), pending));
         });
@@ -588,6 +589,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .await
                 .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
         }
+        self.shared.set_applied_index(self.applied_index());
         self.shared.wake(&woken);
         self.shared.applied.notify_waiters();
         Ok(results)
@@ -653,6 +655,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.contents.forget_shard(self.shard);
         self.shared.replace_state(state);
         self.shared.set_applied_index(self.applied_index());
+        self.shared.set_written_index(self.applied_index());
         self.shared.set_durable_index(self.applied_index());
         self.current_snapshot.set(meta.clone(), kept);
         tracing::info!(shard = self.shard, snapshot = %meta.snapshot_id, "installed snapshot");
@@ -840,7 +843,7 @@ mod tests {
         sm.apply([entry(1, vec![enqueue(10)])]).await.unwrap();
         checkpoint(&mut sm).await;
         let at_checkpoint = shared.state().digest();
-        assert_eq!(shared.applied_index(), 1, "written up to the checkpoint");
+        assert_eq!(shared.written_index(), 1, "written up to the checkpoint");
         // Applied, not checkpointed: jobs enqueued (their records written
         // ahead), claimed and acked.
         let later = [
@@ -857,7 +860,8 @@ mod tests {
         );
         sm.apply([ack.clone()]).await.unwrap();
         let before_crash = shared.state().digest();
-        assert_eq!(shared.applied_index(), 1, "nothing written since");
+        assert_eq!(shared.written_index(), 1, "nothing written since");
+        assert_eq!(shared.applied_index(), 4);
         drop((sm, shared));
 
         let (mut sm, shared) = open(&store);

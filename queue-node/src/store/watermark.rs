@@ -142,15 +142,15 @@ pub async fn run(store: Store, data_dir: PathBuf, shards: Vec<(u32, Arc<ShardSha
         tick.tick().await;
         let lag = shards
             .iter()
-            .map(|(_, s)| s.applied_index().saturating_sub(s.durable_index()))
+            .map(|(_, s)| s.written_index().saturating_sub(s.durable_index()))
             .max()
             .unwrap_or(0);
         if lag >= FLUSH_AFTER_ENTRIES || (lag > 0 && last_flush.elapsed() >= FLUSH_AFTER) {
             let (store, shards) = (store.clone(), shards.clone());
             let flushed = tokio::task::spawn_blocking(move || {
-                let applied: Vec<u64> = shards.iter().map(|(_, s)| s.applied_index()).collect();
+                let written: Vec<u64> = shards.iter().map(|(_, s)| s.written_index()).collect();
                 store.flush_state()?;
-                for ((_, shard), index) in shards.iter().zip(applied) {
+                for ((_, shard), index) in shards.iter().zip(written) {
                     shard.set_durable_index(index);
                 }
                 Ok::<_, rocksdb::Error>(())

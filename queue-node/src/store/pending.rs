@@ -11,7 +11,8 @@
 //! times reaches it once.
 //!
 //! A checkpoint hands RocksDB the writes sorted by key (a memtable insert
-//! just after the previous one is the cheap kind), one per key: the last.
+//! just after the previous one is the cheap kind), one per key: the last;
+//! and the deletes of a claim's jobs, acked together, as one range delete.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use raftq_node::fsm::keys::WriteSink;
 use raftq_node::fsm::ShardState;
-use raftq_node::ops::{Batch, NewJob, Op, OpResult, QueueDefaults, When};
+use raftq_node::ops::{Batch, NewJob, Op, OpResult, QueueDefaults};
 
 /// 16 ops of 64 jobs: the reference workload's batches.
 const JOBS: usize = 1_024;
@@ -54,15 +54,7 @@ fn enqueue_ops() -> Vec<Op> {
         .map(|_| Op::Enqueue {
             queue: "bench".to_string(),
             jobs: (0..JOBS / OPS_PER_BATCH)
-                .map(|_| NewJob {
-                    payload: payload.clone(),
-                    headers: Vec::new(),
-                    priority: 0,
-                    when: When::Now,
-                    max_attempts: 0,
-                    backoff: None,
-                    idempotency_key: None,
-                })
+                .map(|_| NewJob::ready(payload.clone()))
                 .collect(),
         })
         .collect()

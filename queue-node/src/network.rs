@@ -413,18 +413,10 @@ mod tests {
     use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 
     use super::*;
-    use crate::ops::{Batch, NewJob, Op, QueueDefaults, When};
+    use crate::ops::{Batch, NewJob, Op, QueueDefaults};
 
     fn entry(index: u64, payload_bytes: usize) -> Entry<TypeConfig> {
-        let job = NewJob {
-            payload: Bytes::from(vec![0u8; payload_bytes]),
-            headers: Vec::new(),
-            priority: 0,
-            when: When::Now,
-            max_attempts: 0,
-            backoff: None,
-            idempotency_key: None,
-        };
+        let job = NewJob::ready(Bytes::from(vec![0u8; payload_bytes]));
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(Batch {

@@ -70,6 +70,22 @@ pub struct NewJob {
     pub idempotency_key: Option<String>,
 }
 
+impl NewJob {
+    /// A job of `payload` with every option at its default: no headers,
+    /// priority 0, ready now (tests and benches build most jobs this way).
+    pub fn ready(payload: Bytes) -> NewJob {
+        NewJob {
+            payload,
+            headers: Vec::new(),
+            priority: 0,
+            when: When::Now,
+            max_attempts: 0,
+            backoff: None,
+            idempotency_key: None,
+        }
+    }
+}
+
 /// About how many bytes a job takes in a fetch answer: its payload,
 /// headers, queue name and idempotency key plus a fixed allowance for the
 /// other fields. Claims are bounded by it, so every replica must compute

@@ -34,8 +34,11 @@ pub fn shard_end(shard: u32) -> Vec<u8> {
     }
 }
 
-pub fn job_key(kind: u8, id: JobId) -> [u8; 17] {
-    let mut key = [0u8; 17];
+/// The length of every job record's key ([`JOB`] and [`STATUS`]).
+pub const JOB_KEY_LEN: usize = 17;
+
+pub fn job_key(kind: u8, id: JobId) -> [u8; JOB_KEY_LEN] {
+    let mut key = [0u8; JOB_KEY_LEN];
     let bytes = id.to_bytes();
     key[..4].copy_from_slice(&bytes[..4]);
     key[4] = kind;
@@ -45,7 +48,7 @@ pub fn job_key(kind: u8, id: JobId) -> [u8; 17] {
 
 /// Inverse of [`job_key`].
 pub fn job_id_of(key: &[u8]) -> Option<JobId> {
-    if key.len() != 17 {
+    if key.len() != JOB_KEY_LEN {
         return None;
     }
     let mut bytes = [0u8; 16];

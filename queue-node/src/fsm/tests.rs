@@ -20,15 +20,7 @@ struct Harness {
 }
 
 fn job(payload: &str) -> NewJob {
-    NewJob {
-        payload: Bytes::copy_from_slice(payload.as_bytes()),
-        headers: vec![],
-        priority: 0,
-        when: When::Now,
-        max_attempts: 0,
-        backoff: None,
-        idempotency_key: None,
-    }
+    NewJob::ready(Bytes::copy_from_slice(payload.as_bytes()))
 }
 
 impl Harness {

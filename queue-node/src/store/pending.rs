@@ -17,17 +17,18 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use raftq_api::JobId;
 use rocksdb::{ColumnFamily, WriteBatch};
 
-use crate::fsm::keys;
+use crate::fsm::keys::{self, JOB_KEY_LEN};
 
 #[derive(Default)]
 pub struct PendingWrites {
     /// Keys and values, back to back.
     bytes: Vec<u8>,
     ops: Vec<Rec>,
-    /// Job records' keys whose record was created since the last
-    /// checkpoint: the last write to each. A delete of one of them cancels
+    /// Job records' keys (the only records apply creates) whose record was
+    /// created since the last checkpoint: the last write to each. A delete of one of them cancels
     /// its writes on the spot, so they are never sorted.
     created: HashMap<[u8; JOB_KEY_LEN], u32, BuildHasherDefault<KeyHasher>>,
     /// Writes cancelled that way.
@@ -47,10 +48,6 @@ const NONE: u32 = u32::MAX;
 
 /// What one write costs here besides its key and value.
 const REC_BYTES: usize = std::mem::size_of::<Rec>() + 8;
-
-/// The keys of job records (`shard | kind | job`), the only records apply
-/// creates; others are left to the checkpoint's sort.
-const JOB_KEY_LEN: usize = 17;
 
 /// FxHash's mixing: fast, and enough for keys the state machine makes.
 #[derive(Default)]
@@ -207,14 +204,6 @@ enum Write<'a> {
 /// one range delete.
 const MIN_RANGE: usize = 8;
 
-/// A job record's key split at its position: `shard | kind | index`, and
-/// the position within the log entry.
-fn entry_and_position(key: &[u8]) -> Option<(&[u8], u32)> {
-    let key: &[u8; JOB_KEY_LEN] = key.try_into().ok()?;
-    let (entry, position) = key.split_at(13);
-    Some((entry, u32::from_be_bytes(position.try_into().ok()?)))
-}
-
 /// `writes` (in key order) with each run of [`MIN_RANGE`] or more deletes
 /// of job records at consecutive positions of one log entry as one range
 /// delete. Nothing else can lie between two such keys (job records' keys
@@ -222,27 +211,37 @@ fn entry_and_position(key: &[u8]) -> Option<(&[u8], u32)> {
 /// acks of a claim's jobs, which sit side by side, leave one range
 /// tombstone instead of one tombstone per job.
 fn with_ranges<'a>(writes: &[(&'a [u8], Option<&'a [u8]>)]) -> Vec<Write<'a>> {
+    // The job whose record `writes[i]` deletes.
     let job_delete = |i: usize| match writes.get(i) {
-        Some((key, None)) if key.get(4) == Some(&keys::JOB) => entry_and_position(key),
+        Some((key, None)) if key.get(4) == Some(&keys::JOB) => keys::job_id_of(key),
         _ => None,
     };
     let mut out = Vec::with_capacity(writes.len());
     let mut i = 0;
     while i < writes.len() {
         let mut end = i + 1;
-        if let Some((entry, first)) = job_delete(i) {
+        if let Some(first) = job_delete(i) {
             let mut last = first;
-            while let Some((next_entry, next)) = job_delete(end) {
-                if next_entry != entry || Some(next) != last.checked_add(1) {
+            while let Some(next) = job_delete(end) {
+                let same_entry = (next.shard, next.index) == (first.shard, first.index);
+                if !same_entry || Some(next.position) != last.position.checked_add(1) {
                     break;
                 }
                 last = next;
                 end += 1;
             }
-            if let Some(after) = last.checked_add(1).filter(|_| end - i >= MIN_RANGE) {
-                let mut to = [0u8; JOB_KEY_LEN];
-                to[..13].copy_from_slice(entry);
-                to[13..].copy_from_slice(&after.to_be_bytes());
+            if let Some(after) = last
+                .position
+                .checked_add(1)
+                .filter(|_| end - i >= MIN_RANGE)
+            {
+                let to = keys::job_key(
+                    keys::JOB,
+                    JobId {
+                        position: after,
+                        ..last
+                    },
+                );
                 out.push(Write::DeleteRange(writes[i].0, to));
                 i = end;
                 continue;
@@ -289,11 +288,8 @@ mod tests {
     }
 
     /// A job record's key: `kind`, job `n`.
-    fn job(kind: u8, n: u8) -> Vec<u8> {
-        let mut key = vec![0u8; JOB_KEY_LEN];
-        key[4] = kind;
-        key[16] = n;
-        key
+    fn job(kind: u8, n: u32) -> Vec<u8> {
+        at(kind, 1, n)
     }
 
     #[test]
@@ -333,12 +329,14 @@ mod tests {
         assert_eq!(net(&mut pending), vec![(b"short".to_vec(), None)]);
     }
 
-    fn at(kind: u8, index: u8, position: u32) -> Vec<u8> {
-        let mut key = vec![0u8; JOB_KEY_LEN];
-        key[4] = kind;
-        key[12] = index;
-        key[13..].copy_from_slice(&position.to_be_bytes());
-        key
+    /// A job record's key: `kind`, the job at `position` of log entry `index`.
+    fn at(kind: u8, index: u64, position: u32) -> Vec<u8> {
+        let id = JobId {
+            shard: 0,
+            index,
+            position,
+        };
+        keys::job_key(kind, id).to_vec()
     }
 
     #[test]

@@ -537,11 +537,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: Send,
     {
         let entries: Vec<_> = entries.into_iter().collect();
-        let store = self.store.clone();
-        let cf = store.cf(CF_STATE);
         let mut sink = BatchSink {
             ahead: WriteBatch::default(),
-            cf,
+            cf: self.store.cf(CF_STATE),
             pending: &mut self.pending,
             error: None,
             scratch: Vec::with_capacity(1024),
@@ -576,7 +574,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if !ahead.is_empty() {
             let mut no_wal = WriteOptions::default();
             no_wal.disable_wal(true);
-            store
+            self.store
                 .db
                 .write_opt(ahead, &no_wal)
                 .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
@@ -781,15 +779,7 @@ mod tests {
         Op::Enqueue {
             queue: "q".into(),
             jobs: (0..n)
-                .map(|i| NewJob {
-                    payload: bytes::Bytes::from(format!("job {i}")),
-                    headers: Vec::new(),
-                    priority: 0,
-                    when: When::Now,
-                    max_attempts: 0,
-                    backoff: None,
-                    idempotency_key: None,
-                })
+                .map(|i| NewJob::ready(bytes::Bytes::from(format!("job {i}"))))
                 .collect(),
         }
     }

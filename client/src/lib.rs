@@ -26,12 +26,17 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Producers write the current OpenTelemetry context's `traceparent` into
+//! each job's headers; workers run each handler in a consumer span that is
+//! its child (OpenTelemetry's API: install an SDK to record them).
+//!
 //! This crate depends on the wire protocol only: no storage code.
 
 mod client;
 mod error;
 mod producer;
 mod retry;
+mod trace_context;
 mod worker;
 
 pub use client::{Client, ConnectOptions, Credentials, TlsOptions, Transport};

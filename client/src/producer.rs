@@ -122,7 +122,14 @@ impl Producer {
     ) -> Result<Vec<String>, Error> {
         let request = pb::EnqueueRequest {
             queue: queue.to_string(),
-            jobs: jobs.into_iter().map(JobSpec::into_proto).collect(),
+            jobs: jobs
+                .into_iter()
+                .map(|job| {
+                    let mut job = job.into_proto();
+                    crate::trace_context::inject(&mut job.headers);
+                    job
+                })
+                .collect(),
         };
         let response = self
             .retry

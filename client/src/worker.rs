@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use opentelemetry::trace::{FutureExt, TraceContextExt};
 use raftq_api::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -264,7 +265,8 @@ async fn run_job<F, Fut, E>(
         .unwrap_or(0);
     let lease = Duration::from_millis((job.lease_expires_at_ms - now_ms).max(300) as u64);
     let mut extend = tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
-    let work = handler(job);
+    let cx = crate::trace_context::handler_context(&job.queue, &job.id, job.attempt, &job.headers);
+    let work = handler(job).with_context(cx.clone());
     tokio::pin!(work);
     let result = loop {
         tokio::select! {
@@ -274,15 +276,21 @@ async fn run_job<F, Fut, E>(
             }
         }
     };
+    let span = cx.span();
     let outcome = match result {
         Ok(()) => Outcome::Ack(token),
-        Err(e) => Outcome::Nack(pb::NackItem {
-            token: Some(token),
-            retry_delay_ms: None,
-            error: error_text(e.to_string()),
-            dead: false,
-        }),
+        Err(e) => {
+            let error = error_text(e.to_string());
+            span.set_status(opentelemetry::trace::Status::error(error.clone()));
+            Outcome::Nack(pb::NackItem {
+                token: Some(token),
+                retry_delay_ms: None,
+                error,
+                dead: false,
+            })
+        }
     };
+    span.end();
     let _ = outcomes.send(outcome);
 }
 

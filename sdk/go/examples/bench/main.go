@@ -1,0 +1,68 @@
+// How many jobs one worker process acks per second with a no-op handler.
+//
+//	go run ./examples/bench -address 127.0.0.1:7400 -jobs 500000 -concurrency 256
+//
+// Enqueues the jobs first (in batches), then times the worker until every
+// one is acked (read from the queue's acked_total).
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"flag"
+	"fmt"
+	"log"
+	"time"
+
+	raftq "github.com/raftq/raftq/sdk/go"
+)
+
+func main() {
+	address := flag.String("address", "127.0.0.1:7400", "a node's client address")
+	jobs := flag.Int("jobs", 500_000, "jobs to process")
+	concurrency := flag.Int("concurrency", 256, "handlers at once (prefetch the same)")
+	flag.Parse()
+	client, err := raftq.Dial(*address)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+	ctx := context.Background()
+	queue := "bench-go-" + rand.Text()[:8]
+	batch := make([]raftq.NewJob, 5000)
+	for i := range batch {
+		batch[i] = raftq.NewJob{Payload: []byte("xxxxxxxxxxxxxxxx")}
+	}
+	for start := 0; start < *jobs; start += len(batch) {
+		if _, err := client.Producer().EnqueueMany(ctx, queue, batch[:min(len(batch), *jobs-start)]); err != nil {
+			log.Fatal(err)
+		}
+	}
+	acked := func() uint64 {
+		stats, err := client.Stats(ctx, queue)
+		if err != nil {
+			log.Fatal(err)
+		}
+		for _, q := range stats {
+			if q.GetQueue() == queue {
+				return q.GetAckedTotal()
+			}
+		}
+		return 0
+	}
+	started := time.Now()
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	worker := raftq.NewWorker(client, queue, func(context.Context, *raftq.Job) error { return nil },
+		raftq.Concurrency(*concurrency), raftq.Prefetch(*concurrency))
+	go func() { done <- worker.Run(runCtx) }()
+	for acked() < uint64(*jobs) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	stop()
+	if err := <-done; err != nil {
+		log.Fatal(err)
+	}
+	elapsed := time.Since(started)
+	fmt.Printf("go: %d jobs in %.2fs = %.0f jobs/s\n", *jobs, elapsed.Seconds(), float64(*jobs)/elapsed.Seconds())
+}

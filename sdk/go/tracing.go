@@ -1,0 +1,46 @@
+package raftq
+
+import (
+	"context"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// W3C trace context across the queue, with OpenTelemetry's API only:
+// without an SDK installed there is no span and nothing is written.
+var traceContext = propagation.TraceContext{}
+
+// injectTrace adds the traceparent (and tracestate) of ctx's span to
+// headers, unless the caller set one.
+func injectTrace(ctx context.Context, headers map[string]string) {
+	if _, set := headers["traceparent"]; set {
+		return
+	}
+	traceContext.Inject(ctx, propagation.MapCarrier(headers))
+}
+
+// handlerSpan starts the span a handler runs in: a consumer span, child
+// of the producer's.
+func handlerSpan(ctx context.Context, job *Job) (context.Context, trace.Span) {
+	parent := traceContext.Extract(ctx, propagation.MapCarrier(job.Headers))
+	return otel.Tracer("raftq").Start(parent, job.Queue+" process",
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(
+			attribute.String("messaging.system", "raftq"),
+			attribute.String("messaging.destination.name", job.Queue),
+			attribute.String("messaging.message.id", job.ID),
+			attribute.Int("raftq.attempt", int(job.Attempt)),
+		))
+}
+
+func endSpan(span trace.Span, err error) {
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
+}

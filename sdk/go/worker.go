@@ -1,0 +1,251 @@
+package raftq
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	pb "github.com/raftq/raftq/sdk/go/raftqpb"
+)
+
+// Handler processes one job. nil acks it; an error nacks it with the
+// error's text (see [JobError] to choose a delay or the dead letters).
+type Handler func(ctx context.Context, job *Job) error
+
+// Worker runs a Handler over a queue's jobs, over one worker stream.
+//
+// Up to Concurrency handlers run at once. While a handler runs, its lease
+// is extended every third of the lease. Acks, nacks, extensions and the
+// request for more jobs travel together in one frame. A broken stream is
+// reopened with backoff.
+type Worker struct {
+	client   *Client
+	queue    string
+	handler  Handler
+	lease    time.Duration
+	workerID string
+	logger   *slog.Logger
+	ledger   *ledger
+}
+
+// WorkerOption configures a [Worker].
+type WorkerOption func(*Worker)
+
+// Concurrency is how many handlers run at once (default 1).
+func Concurrency(n int) WorkerOption { return func(w *Worker) { w.ledger.concurrency = max(n, 1) } }
+
+// Prefetch keeps n jobs waiting beyond Concurrency, so a free slot never
+// waits a round trip for its next job (default 0). Their leases are
+// extended too.
+func Prefetch(n int) WorkerOption { return func(w *Worker) { w.ledger.prefetch = max(n, 0) } }
+
+// Lease is the lease asked for each job (default: the queue's).
+func Lease(d time.Duration) WorkerOption { return func(w *Worker) { w.lease = d } }
+
+// WorkerID is the name the worker reports (default host-pid).
+func WorkerID(id string) WorkerOption { return func(w *Worker) { w.workerID = id } }
+
+// Logger receives the worker's warnings (default slog.Default()).
+func Logger(l *slog.Logger) WorkerOption { return func(w *Worker) { w.logger = l } }
+
+// NewWorker makes a worker of queue's jobs.
+func NewWorker(client *Client, queue string, handler Handler, opts ...WorkerOption) *Worker {
+	host, _ := os.Hostname()
+	w := &Worker{
+		client:   client,
+		queue:    queue,
+		handler:  handler,
+		workerID: fmt.Sprintf("%s-%d", host, os.Getpid()),
+		logger:   slog.Default(),
+		ledger:   newLedger(1, 0),
+	}
+	for _, opt := range opts {
+		opt(w)
+	}
+	return w
+}
+
+type outcome struct {
+	jobID string
+	err   error
+}
+
+// Run works until ctx is cancelled, then stops gracefully: no new job is
+// started, running handlers finish (their context is not cancelled) and
+// report, and the stream is closed, which hands the jobs given but not
+// started back to the queue at once. It returns nil after a graceful stop,
+// or an [*Error] when the node refuses the stream for good (a bad queue
+// name, a missing role). Run once per Worker.
+func (w *Worker) Run(ctx context.Context) error {
+	handlerCtx := context.WithoutCancel(ctx)
+	outcomes := make(chan outcome, w.ledger.concurrency)
+	stopCh := ctx.Done()
+	delay := 100 * time.Millisecond
+	for {
+		done, err := w.runStream(ctx, handlerCtx, outcomes, &stopCh)
+		if done {
+			return nil
+		}
+		if err != nil {
+			if e := asError(err).(*Error); !e.Retryable() {
+				return e
+			}
+			w.logger.Warn("raftq: worker stream broke; reconnecting", "queue", w.queue, "error", err)
+		} else {
+			delay = 100 * time.Millisecond
+		}
+		// Wait before reconnecting, still collecting handler outcomes.
+		timer := time.NewTimer(delay)
+	wait:
+		for {
+			select {
+			case o := <-outcomes:
+				w.ledger.finish(o.jobID, o.err)
+				w.startWaiting(handlerCtx, outcomes)
+			case <-stopCh:
+				stopCh = nil
+				w.ledger.stop()
+			case <-timer.C:
+				break wait
+			}
+		}
+		if w.ledger.done() {
+			return nil
+		}
+		delay = min(delay*2, 5*time.Second)
+	}
+}
+
+// runStream runs one stream until it ends: done when the worker is done.
+func (w *Worker) runStream(ctx, handlerCtx context.Context, outcomes chan outcome, stopCh *<-chan struct{}) (bool, error) {
+	streamCtx, cancel := context.WithCancel(w.client.Context(context.WithoutCancel(ctx)))
+	defer cancel()
+	stream, err := w.client.queue.WorkerStream(streamCtx)
+	if err != nil {
+		return false, err
+	}
+	open := &pb.WorkerOpen{Queue: w.queue, WorkerId: w.workerID}
+	if w.lease > 0 {
+		ms := w.lease.Milliseconds()
+		open.LeaseMs = &ms
+	}
+	if err := stream.Send(w.ledger.takeFrame(open, time.Now())); err != nil {
+		return false, w.recvError(stream, err)
+	}
+	frames := make(chan *pb.ServerFrame)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			frame, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case frames <- frame:
+			case <-streamCtx.Done():
+				return
+			}
+		}
+	}()
+	closed := false
+	extend := time.NewTimer(time.Hour)
+	defer extend.Stop()
+	for {
+		if w.ledger.done() && !closed {
+			// Close our side; the node applies what we sent, hands back
+			// what we never started, and ends the stream.
+			closed = true
+			if err := stream.CloseSend(); err != nil {
+				return false, err
+			}
+		}
+		if next := w.ledger.nextExtend(); !next.IsZero() {
+			extend.Reset(time.Until(next))
+		}
+		select {
+		case frame := <-frames:
+			for _, result := range frame.GetResults() {
+				if result.GetCode() != 0 {
+					w.logger.Warn("raftq: job result", "job", result.GetToken().GetJobId(), "message", result.GetMessage())
+				}
+			}
+			now := time.Now()
+			for _, leased := range frame.GetJobs() {
+				w.ledger.receive(leased, now)
+			}
+			w.startWaiting(handlerCtx, outcomes)
+		case err := <-recvErr:
+			if err == io.EOF {
+				return w.ledger.done(), nil
+			}
+			return false, err
+		case o := <-outcomes:
+			w.ledger.finish(o.jobID, o.err)
+			// Everything finished meanwhile goes in the same frame.
+		drain:
+			for {
+				select {
+				case o := <-outcomes:
+					w.ledger.finish(o.jobID, o.err)
+				default:
+					break drain
+				}
+			}
+			w.startWaiting(handlerCtx, outcomes)
+		case <-extend.C:
+		case <-*stopCh:
+			*stopCh = nil
+			w.ledger.stop()
+		}
+		if closed {
+			continue
+		}
+		if frame := w.ledger.takeFrame(nil, time.Now()); frame != nil {
+			if err := stream.Send(frame); err != nil {
+				w.ledger.restore(frame)
+				return false, w.recvError(stream, err)
+			}
+		}
+	}
+}
+
+// recvError is the stream's real error after a failed Send (Send reports
+// only io.EOF).
+func (w *Worker) recvError(stream pb.Queue_WorkerStreamClient, sendErr error) error {
+	if sendErr != io.EOF {
+		return sendErr
+	}
+	for {
+		if _, err := stream.Recv(); err != nil {
+			if err == io.EOF {
+				return sendErr
+			}
+			return err
+		}
+	}
+}
+
+func (w *Worker) startWaiting(ctx context.Context, outcomes chan<- outcome) {
+	for job := w.ledger.nextToStart(); job != nil; job = w.ledger.nextToStart() {
+		go func(job *Job) {
+			spanCtx, span := handlerSpan(ctx, job)
+			err := w.run(spanCtx, job)
+			endSpan(span, err)
+			outcomes <- outcome{jobID: job.ID, err: err}
+		}(job)
+	}
+}
+
+// run calls the handler, turning a panic into the job's error.
+func (w *Worker) run(ctx context.Context, job *Job) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("handler panicked: %v", p)
+		}
+	}()
+	return w.handler(ctx, job)
+}

@@ -1,0 +1,129 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Member(_message.Message):
+    __slots__ = ("node_id", "addr", "voter")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDR_FIELD_NUMBER: _ClassVar[int]
+    VOTER_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    addr: str
+    voter: bool
+    def __init__(self, node_id: _Optional[int] = ..., addr: _Optional[str] = ..., voter: _Optional[bool] = ...) -> None: ...
+
+class ShardStatus(_message.Message):
+    __slots__ = ("shard", "leader_id", "has_leader", "term", "commit_index", "applied_index", "last_log_index", "members", "role")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    HAS_LEADER_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LAST_LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    leader_id: int
+    has_leader: bool
+    term: int
+    commit_index: int
+    applied_index: int
+    last_log_index: int
+    members: _containers.RepeatedCompositeFieldContainer[Member]
+    role: str
+    def __init__(self, shard: _Optional[int] = ..., leader_id: _Optional[int] = ..., has_leader: _Optional[bool] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., last_log_index: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., role: _Optional[str] = ...) -> None: ...
+
+class ClusterStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClusterStatus(_message.Message):
+    __slots__ = ("node_id", "addr", "shards", "client_addr")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDR_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ADDR_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    addr: str
+    shards: _containers.RepeatedCompositeFieldContainer[ShardStatus]
+    client_addr: str
+    def __init__(self, node_id: _Optional[int] = ..., addr: _Optional[str] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., client_addr: _Optional[str] = ...) -> None: ...
+
+class InitializeRequest(_message.Message):
+    __slots__ = ("bootstrap_joining_node",)
+    BOOTSTRAP_JOINING_NODE_FIELD_NUMBER: _ClassVar[int]
+    bootstrap_joining_node: bool
+    def __init__(self, bootstrap_joining_node: _Optional[bool] = ...) -> None: ...
+
+class AddLearnerRequest(_message.Message):
+    __slots__ = ("node_id", "addr", "shard", "timeout_ms")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDR_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    addr: str
+    shard: int
+    timeout_ms: int
+    def __init__(self, node_id: _Optional[int] = ..., addr: _Optional[str] = ..., shard: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class ChangeMembershipRequest(_message.Message):
+    __slots__ = ("voters", "retain", "shard")
+    VOTERS_FIELD_NUMBER: _ClassVar[int]
+    RETAIN_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    voters: _containers.RepeatedScalarFieldContainer[int]
+    retain: bool
+    shard: int
+    def __init__(self, voters: _Optional[_Iterable[int]] = ..., retain: _Optional[bool] = ..., shard: _Optional[int] = ...) -> None: ...
+
+class StepDownRequest(_message.Message):
+    __slots__ = ("timeout_ms", "drain_workers")
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    timeout_ms: int
+    drain_workers: bool
+    def __init__(self, timeout_ms: _Optional[int] = ..., drain_workers: _Optional[bool] = ...) -> None: ...
+
+class ShardHandoff(_message.Message):
+    __slots__ = ("shard", "new_leader_id")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    NEW_LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    new_leader_id: int
+    def __init__(self, shard: _Optional[int] = ..., new_leader_id: _Optional[int] = ...) -> None: ...
+
+class StepDownResponse(_message.Message):
+    __slots__ = ("shards",)
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    shards: _containers.RepeatedCompositeFieldContainer[ShardHandoff]
+    def __init__(self, shards: _Optional[_Iterable[_Union[ShardHandoff, _Mapping]]] = ...) -> None: ...
+
+class CampaignRequest(_message.Message):
+    __slots__ = ("shard", "term", "after_ms")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    term: int
+    after_ms: int
+    def __init__(self, shard: _Optional[int] = ..., term: _Optional[int] = ..., after_ms: _Optional[int] = ...) -> None: ...
+
+class CampaignReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RaftMessage(_message.Message):
+    __slots__ = ("shard", "data", "format")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    data: bytes
+    format: int
+    def __init__(self, shard: _Optional[int] = ..., data: _Optional[bytes] = ..., format: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,311 @@
+"""Connections to a raftq node: ``Client`` (blocking) and ``AsyncClient``
+(asyncio). Any node will do: it forwards each call to its shard's leader."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from raftq._limits import MAX_MESSAGE_BYTES, error_text
+from raftq._proto.raftq.v1 import queue_pb2 as pb
+from raftq._proto.raftq.v1 import queue_pb2_grpc as pb_grpc
+from raftq.errors import RaftqError
+from raftq.jobs import Job, job_from_leased
+
+
+def _seconds_ms(value: float | None) -> int | None:
+    return None if value is None else int(value * 1000)
+
+
+def _fetch_request(queue: str, max_jobs: int, lease: float | None, wait: float, worker_id: str) -> pb.FetchRequest:
+    request = pb.FetchRequest(queue=queue, worker_id=worker_id, max_jobs=max_jobs, wait_ms=int(wait * 1000))
+    if lease is not None:
+        request.lease_ms = int(lease * 1000)
+    return request
+
+
+def _one_result(results: Sequence[pb.TokenResult], job: Job) -> pb.TokenResult:
+    """A single-token call's answer; the node reports failures as a status,
+    so any result here succeeded."""
+    if len(results) != 1:
+        raise RaftqError(grpc.StatusCode.INTERNAL, f"the node answered {len(results)} results for job {job.id}")
+    return results[0]
+
+
+def _nack_request(job: Job, error: str, retry_after: float | None, dead: bool) -> pb.NackRequest:
+    item = pb.NackItem(token=job.token, error=error_text(error), dead=dead)
+    delay = _seconds_ms(retry_after)
+    if delay is not None:
+        item.retry_delay_ms = delay
+    return pb.NackRequest(items=[item])
+
+
+if TYPE_CHECKING:
+    from raftq.producer import AsyncProducer, Producer
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TLS:
+    """TLS settings. ``ca_cert``: the CA that signed the node's certificate
+    (PEM bytes or a file path; None trusts the system's roots).
+    ``cert`` / ``key``: a client certificate, which makes the caller the
+    principal its SAN or CN names. ``server_name``: the name the node's
+    certificate must carry when it differs from the host connected to."""
+
+    ca_cert: bytes | str | Path | None = None
+    cert: bytes | str | Path | None = None
+    key: bytes | str | Path | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("TLS needs both cert and key for a client certificate, or neither")
+        return grpc.ssl_channel_credentials(
+            root_certificates=_pem(self.ca_cert),
+            private_key=_pem(self.key),
+            certificate_chain=_pem(self.cert),
+        )
+
+
+def _pem(value: bytes | str | Path | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    text = str(value)
+    if text.lstrip().startswith("-----BEGIN"):
+        return text.encode()
+    return Path(text).read_bytes()
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How failed calls that may succeed later (elections, restarts,
+    backpressure) are retried: exponential backoff until ``deadline``
+    seconds have passed. ``RetryPolicy.never()`` tries once."""
+
+    deadline: float = 30.0
+    initial_backoff: float = 0.05
+    max_backoff: float = 1.0
+
+    @staticmethod
+    def never() -> RetryPolicy:
+        return RetryPolicy(deadline=0.0)
+
+    def run(self, call: Callable[[], T]) -> T:
+        started = time.monotonic()
+        backoff = self.initial_backoff
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as e:
+                error = RaftqError.from_rpc(e)
+                if not error.retryable or time.monotonic() - started + backoff > self.deadline:
+                    raise error from None
+            time.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+
+    async def run_async(self, call: Callable[[], Awaitable[T]]) -> T:
+        import asyncio
+
+        started = time.monotonic()
+        backoff = self.initial_backoff
+        while True:
+            try:
+                return await call()
+            except grpc.RpcError as e:
+                error = RaftqError.from_rpc(e)
+                if not error.retryable or time.monotonic() - started + backoff > self.deadline:
+                    raise error from None
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+
+
+def _target(address: str, tls: TLS | None) -> str:
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        return address.rstrip("/")
+    if scheme == "http" and tls is not None:
+        raise ValueError(f"{address}: an http:// address with TLS on; use https:// or host:port")
+    if scheme == "https" and tls is None:
+        raise ValueError(f"{address}: an https:// address needs TLS settings (tls=TLS(...))")
+    if scheme not in ("http", "https"):
+        raise ValueError(f"{address}: unknown scheme {scheme!r}; use host:port")
+    return rest.rstrip("/")
+
+
+_OPTIONS: Sequence[tuple[str, Any]] = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+)
+
+
+def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    if token is None:
+        return ()
+    token = token.strip()
+    if not token.isascii() or not token.isprintable():
+        raise ValueError("the token must be printable ASCII")
+    return (("authorization", f"Bearer {token}"),)
+
+
+def _options(tls: TLS | None) -> list[tuple[str, Any]]:
+    options = list(_OPTIONS)
+    if tls is not None and tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return options
+
+
+class Client:
+    """A blocking connection to a raftq node.
+
+    >>> client = Client("127.0.0.1:7400")                       # doctest: +SKIP
+    >>> client = Client("queue.example:7400", tls=TLS(ca_cert="ca.pem"), token=t)  # doctest: +SKIP
+    """
+
+    def __init__(self, address: str, *, tls: TLS | None = None, token: str | None = None) -> None:
+        target = _target(address, tls)
+        self.address = target
+        self.metadata = _metadata(token)
+        if tls is None:
+            self.channel = grpc.insecure_channel(target, options=_options(None))
+        else:
+            self.channel = grpc.secure_channel(target, tls.credentials(), options=_options(tls))
+        self.queue = pb_grpc.QueueStub(self.channel)
+        self.admin = pb_grpc.QueueAdminStub(self.channel)
+
+    def producer(self, retry: RetryPolicy | None = None) -> Producer:
+        from raftq.producer import Producer
+
+        return Producer(self, retry or RetryPolicy())
+
+    def stats(self, queue: str = "") -> list[pb.QueueStats]:
+        """Counts per queue (every queue when ``queue`` is empty)."""
+        response = RetryPolicy().run(lambda: self.admin.Stats(pb.StatsRequest(queue=queue), metadata=self.metadata))
+        return list(response.queues)
+
+    def get_job(self, job_id: str) -> pb.Job:
+        return RetryPolicy().run(lambda: self.admin.GetJob(pb.JobRef(job_id=job_id), metadata=self.metadata))
+
+    # Leases by hand, for code that does not use a Worker: fetch, then ack,
+    # nack or extend each job with the token it came with. A token from an
+    # earlier delivery is refused (FAILED_PRECONDITION, "lease lost").
+
+    def fetch(
+        self, queue: str, *, max_jobs: int = 1, lease: float | None = None, wait: float = 0.0, worker_id: str = ""
+    ) -> list[Job]:
+        """Leases up to ``max_jobs`` ready jobs, waiting up to ``wait``
+        seconds for one to appear."""
+        request = _fetch_request(queue, max_jobs, lease, wait, worker_id)
+        response = RetryPolicy().run(lambda: self.queue.Fetch(request, metadata=self.metadata))
+        return [job_from_leased(leased) for leased in response.jobs]
+
+    def ack(self, job: Job) -> None:
+        request = pb.AckRequest(tokens=[job.token])
+        _one_result(self._call(lambda: self.queue.Ack(request, metadata=self.metadata)).results, job)
+
+    def nack(self, job: Job, error: str = "", *, retry_after: float | None = None, dead: bool = False) -> None:
+        """Gives the job back: it retries after ``retry_after`` seconds (or
+        its backoff), or goes to the dead letters with ``dead=True``."""
+        request = _nack_request(job, error, retry_after, dead)
+        _one_result(self._call(lambda: self.queue.Nack(request, metadata=self.metadata)).results, job)
+
+    def extend(self, job: Job, lease: float | None = None) -> float:
+        """Extends the lease by ``lease`` seconds from now (default: the
+        queue's) and returns the new expiry as unix seconds."""
+        request = pb.ExtendLeaseRequest(tokens=[job.token], lease_ms=_seconds_ms(lease))
+        result = _one_result(self._call(lambda: self.queue.ExtendLease(request, metadata=self.metadata)).results, job)
+        job.lease_expires_at = result.lease_expires_at_ms / 1000.0
+        return job.lease_expires_at
+
+    @staticmethod
+    def _call(call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except grpc.RpcError as e:
+            raise RaftqError.from_rpc(e) from None
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """An asyncio connection to a raftq node (create it inside a running
+    event loop)."""
+
+    def __init__(self, address: str, *, tls: TLS | None = None, token: str | None = None) -> None:
+        target = _target(address, tls)
+        self.address = target
+        self.metadata = _metadata(token)
+        if tls is None:
+            self.channel = grpc.aio.insecure_channel(target, options=_options(None))
+        else:
+            self.channel = grpc.aio.secure_channel(target, tls.credentials(), options=_options(tls))
+        self.queue = pb_grpc.QueueStub(self.channel)
+        self.admin = pb_grpc.QueueAdminStub(self.channel)
+
+    def producer(self, retry: RetryPolicy | None = None) -> AsyncProducer:
+        from raftq.producer import AsyncProducer
+
+        return AsyncProducer(self, retry or RetryPolicy())
+
+    async def stats(self, queue: str = "") -> list[pb.QueueStats]:
+        response = await RetryPolicy().run_async(
+            lambda: self.admin.Stats(pb.StatsRequest(queue=queue), metadata=self.metadata)
+        )
+        return list(response.queues)
+
+    async def get_job(self, job_id: str) -> pb.Job:
+        return await RetryPolicy().run_async(
+            lambda: self.admin.GetJob(pb.JobRef(job_id=job_id), metadata=self.metadata)
+        )
+
+    async def fetch(
+        self, queue: str, *, max_jobs: int = 1, lease: float | None = None, wait: float = 0.0, worker_id: str = ""
+    ) -> list[Job]:
+        request = _fetch_request(queue, max_jobs, lease, wait, worker_id)
+        response = await RetryPolicy().run_async(lambda: self.queue.Fetch(request, metadata=self.metadata))
+        return [job_from_leased(leased) for leased in response.jobs]
+
+    async def ack(self, job: Job) -> None:
+        request = pb.AckRequest(tokens=[job.token])
+        _one_result((await self._call(self.queue.Ack(request, metadata=self.metadata))).results, job)
+
+    async def nack(self, job: Job, error: str = "", *, retry_after: float | None = None, dead: bool = False) -> None:
+        request = _nack_request(job, error, retry_after, dead)
+        _one_result((await self._call(self.queue.Nack(request, metadata=self.metadata))).results, job)
+
+    async def extend(self, job: Job, lease: float | None = None) -> float:
+        request = pb.ExtendLeaseRequest(tokens=[job.token], lease_ms=_seconds_ms(lease))
+        response = await self._call(self.queue.ExtendLease(request, metadata=self.metadata))
+        job.lease_expires_at = _one_result(response.results, job).lease_expires_at_ms / 1000.0
+        return job.lease_expires_at
+
+    @staticmethod
+    async def _call(call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except grpc.RpcError as e:
+            raise RaftqError.from_rpc(e) from None
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

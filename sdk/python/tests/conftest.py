@@ -48,11 +48,11 @@ def free_port() -> str:
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0) -> T:
-    """Polls ``check`` until it returns a value other than None or False."""
+    """Polls ``check`` until it returns a true value (a non-empty list, True, ...)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
-        if value is not None and value is not False:
+        if value:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")

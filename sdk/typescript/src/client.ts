@@ -63,6 +63,7 @@ export class Client {
   readonly queue: QueueClient;
   readonly admin: QueueAdminClient;
   private readonly token: string | undefined;
+  private isClosed = false;
 
   constructor(options: ConnectOptions) {
     const address = target(options.address, options.tls);
@@ -159,7 +160,13 @@ export class Client {
     return job.leaseExpiresAt;
   }
 
+  /** Whether `close()` was called. */
+  get closed(): boolean {
+    return this.isClosed;
+  }
+
   close(): void {
+    this.isClosed = true;
     this.queue.close();
     this.admin.close();
   }

@@ -1,5 +1,6 @@
 // Worker: runs a handler over a queue's jobs, over one worker stream.
 import type { Client } from "./client.js";
+import { status } from "@grpc/grpc-js";
 import { RaftqError } from "./errors.js";
 import type { ServerFrame } from "./gen/raftq/v1/queue.js";
 import type { Job } from "./jobs.js";
@@ -76,6 +77,7 @@ export class Worker {
       } catch (e) {
         const error = RaftqError.from(e);
         if (!error.retryable) throw error;
+        if (this.client.closed) throw new RaftqError(status.CANCELLED, "the client was closed while the worker ran");
         this.warn(`worker stream on ${this.queue} broke (${error.message}); reconnecting`);
       }
       if (this.ledger.done()) return;
@@ -122,6 +124,8 @@ export class Worker {
         }
         for (const leased of frame.jobs) this.ledger.receive(leased);
         this.startWaiting();
+        // Plan the next flush around the new leases' extensions.
+        this.wake();
       });
       call.on("error", (error) => {
         close();

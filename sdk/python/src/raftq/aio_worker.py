@@ -123,6 +123,8 @@ class AsyncWorker:
                 log.warning("job %s: %s", result.token.job_id, result.message)
         for leased in frame.jobs:
             self._ledger.receive(leased)
+        # The frame writer plans its next wake-up around these leases.
+        self._changed.set()
         self._start_waiting()
 
     def _start_waiting(self) -> None:

@@ -150,6 +150,8 @@ class Worker:
         with self._changed:
             for leased in frame.jobs:
                 self._ledger.receive(leased)
+            # The frame writer plans its next wake-up around these leases.
+            self._changed.notify_all()
         self._start_waiting()
 
     def _start_waiting(self) -> None:

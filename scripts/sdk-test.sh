@@ -6,11 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/raftq"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
-cargo build --workspace --bins --locked
+# The binaries as `cargo test` builds them (same features: nothing rebuilt
+# after the Rust tests).
+cargo test --workspace --locked --no-run
 export RAFTQ_BIN_DIR="$CARGO_TARGET_DIR/debug"
+for tool in python3 node npm go; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "sdk-test: $tool not found; the SDK tests need Python 3.10+, Node.js 20+ and Go 1.26+" >&2; exit 1; }
+done
 
 echo "sdk: python"
-venv="$cache/venv"
+venv="$cache/sdk-venv"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q -e "sdk/python[dev]"
 (

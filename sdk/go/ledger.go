@@ -109,6 +109,9 @@ func (l *ledger) nextExtend() time.Time {
 	return soonest
 }
 
+// outcomes is how many acks and nacks wait to be sent.
+func (l *ledger) outcomes() int { return len(l.acks) + len(l.nacks) }
+
 // done: stopping, nothing running and nothing left to report.
 func (l *ledger) done() bool {
 	return l.stopping && l.active == 0 && len(l.acks) == 0 && len(l.nacks) == 0

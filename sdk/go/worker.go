@@ -68,6 +68,13 @@ func NewWorker(client *Client, queue string, handler Handler, opts ...WorkerOpti
 	return w
 }
 
+const (
+	// minFrameGap is the shortest time between two frames of a stream.
+	minFrameGap = 2 * time.Millisecond
+	// fullBatch outcomes go out at once.
+	fullBatch = 1024
+)
+
 type outcome struct {
 	jobID string
 	err   error
@@ -154,6 +161,9 @@ func (w *Worker) runStream(ctx, handlerCtx context.Context, outcomes chan outcom
 	closed := false
 	extend := time.NewTimer(time.Hour)
 	defer extend.Stop()
+	flush := time.NewTimer(time.Hour)
+	defer flush.Stop()
+	var lastSend time.Time
 	for {
 		if w.ledger.done() && !closed {
 			// Close our side; the node applies what we sent, hands back
@@ -197,6 +207,7 @@ func (w *Worker) runStream(ctx, handlerCtx context.Context, outcomes chan outcom
 			}
 			w.startWaiting(handlerCtx, outcomes)
 		case <-extend.C:
+		case <-flush.C:
 		case <-*stopCh:
 			*stopCh = nil
 			w.ledger.stop()
@@ -204,7 +215,15 @@ func (w *Worker) runStream(ctx, handlerCtx context.Context, outcomes chan outcom
 		if closed {
 			continue
 		}
-		if frame := w.ledger.takeFrame(nil, time.Now()); frame != nil {
+		// Frames at most every minFrameGap unless a batch is full: the
+		// node refuses a flood of tiny frames, and bigger ones cost it less.
+		now := time.Now()
+		if gap := now.Sub(lastSend); gap < minFrameGap && w.ledger.outcomes() < fullBatch {
+			flush.Reset(minFrameGap - gap)
+			continue
+		}
+		if frame := w.ledger.takeFrame(nil, now); frame != nil {
+			lastSend = now
 			if err := stream.Send(frame); err != nil {
 				w.ledger.restore(frame)
 				return false, w.recvError(stream, err)

@@ -396,11 +396,39 @@ async fn run_worker_session(
     // Jobs pushed on this stream and not yet acked, nacked or extended.
     let mut unstarted: HashMap<JobId, u32> = HashMap::new();
     let mut frame = Some(first);
+    // What merging frames read ahead: a frame that could not join, and the
+    // stream's end, acted on in that order after the merged frame.
+    let mut ahead = ReadAhead::default();
     loop {
+        if frame.is_none() {
+            frame = ahead.carried.take();
+        }
+        let ended = if frame.is_none() {
+            ahead.ended.take()
+        } else {
+            None
+        };
+        if let Some(ended) = ended {
+            match ended {
+                // A clean close: the worker is done with what it never
+                // started (every frame before this one has been applied).
+                Ok(()) => {
+                    release_unstarted(shard, unstarted).await;
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
         let notified = waiter.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if let Some(f) = frame.take() {
+        if let Some(mut f) = frame.take() {
+            // Frames that arrived while the last one was applied join this
+            // one: one Raft round for all of them, and a worker that sends
+            // many small frames never has them pile up unread.
+            if ahead.carried.is_none() && ahead.ended.is_none() {
+                ahead = merge_waiting_frames(&mut f, &mut inbound);
+            }
             if let Err(status) = may_report(&caller, shard, &open.queue, &f) {
                 let _ = tx.send(Err(status)).await;
                 return;
@@ -504,6 +532,61 @@ async fn run_worker_session(
             }
         }
     }
+}
+
+/// What reading ahead on a worker stream found besides frames to merge.
+#[derive(Default)]
+struct ReadAhead {
+    /// A frame that could not join (it carries `open`, or too many tokens):
+    /// the next one to handle.
+    carried: Option<pb::WorkerFrame>,
+    /// The stream's end, after every frame read.
+    ended: Option<Result<(), Status>>,
+}
+
+/// Merges the frames already received on `inbound` into `frame` while the
+/// tokens fit one request.
+fn merge_waiting_frames(
+    frame: &mut pb::WorkerFrame,
+    inbound: &mut Streaming<pb::WorkerFrame>,
+) -> ReadAhead {
+    use futures::FutureExt;
+    let tokens = |f: &pb::WorkerFrame| f.acks.len() + f.nacks.len() + f.extends.len();
+    loop {
+        let Some(read) = inbound.message().now_or_never() else {
+            return ReadAhead::default();
+        };
+        match read {
+            Ok(Some(next)) => {
+                if next.open.is_some() || tokens(frame) + tokens(&next) > MAX_TOKEN_BATCH {
+                    return ReadAhead {
+                        carried: Some(next),
+                        ended: None,
+                    };
+                }
+                merge_into(frame, next);
+            }
+            Ok(None) => {
+                return ReadAhead {
+                    carried: None,
+                    ended: Some(Ok(())),
+                }
+            }
+            Err(status) => {
+                return ReadAhead {
+                    carried: None,
+                    ended: Some(Err(status)),
+                }
+            }
+        }
+    }
+}
+
+fn merge_into(frame: &mut pb::WorkerFrame, next: pb::WorkerFrame) {
+    frame.acks.extend(next.acks);
+    frame.nacks.extend(next.nacks);
+    frame.extends.extend(next.extends);
+    frame.credit = frame.credit.saturating_add(next.credit);
 }
 
 /// `PERMISSION_DENIED` if a frame reports on a job of a queue the caller

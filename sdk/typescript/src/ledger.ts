@@ -98,6 +98,10 @@ export class Ledger {
     return Math.max(0, soonest - performance.now());
   }
 
+  outcomes(): number {
+    return this.acks.length + this.nacks.length;
+  }
+
   /** Stopping, nothing running and nothing left to report. */
   done(): boolean {
     return this.stopping && this.active === 0 && this.acks.length === 0 && this.nacks.length === 0;

@@ -27,6 +27,9 @@ export interface WorkerOptions {
   onWarning?: (message: string) => void;
 }
 
+const MIN_FRAME_GAP_MS = 2;
+const FULL_BATCH = 1024;
+
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /**
@@ -102,7 +105,10 @@ export class Worker {
         flushing = false;
         if (ended) return;
         const frame = this.ledger.takeFrame();
-        if (frame !== undefined) call.write(frame);
+        if (frame !== undefined) {
+          call.write(frame);
+          lastSend = performance.now();
+        }
         if (this.ledger.done()) {
           call.end();
           return;
@@ -111,11 +117,16 @@ export class Worker {
         const next = this.ledger.msToNextExtend();
         if (next !== undefined) timer = setTimeout(this.wake, next + 1);
       };
-      // Outcomes of one turn of the event loop go out in one frame.
+      // Outcomes go out together, one frame at most every MIN_FRAME_GAP_MS
+      // unless a batch is full: the node refuses a flood of tiny frames,
+      // and bigger ones cost it less.
+      let lastSend = 0;
       this.wake = () => {
         if (!flushing && !ended) {
           flushing = true;
-          setImmediate(flush);
+          const gap = performance.now() - lastSend;
+          if (gap >= MIN_FRAME_GAP_MS || this.ledger.outcomes() >= FULL_BATCH) setImmediate(flush);
+          else setTimeout(flush, MIN_FRAME_GAP_MS - gap);
         }
       };
       call.on("data", (frame: ServerFrame) => {

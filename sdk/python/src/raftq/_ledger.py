@@ -18,6 +18,11 @@ from raftq.jobs import Job, job_from_leased
 
 #: The shortest lease the worker plans extensions around, in seconds.
 _MIN_LEASE = 0.3
+#: The shortest time between two frames of a stream, unless FULL_BATCH
+#: outcomes wait: the node refuses a flood of tiny frames, and bigger ones
+#: cost it less.
+MIN_FRAME_GAP = 0.002
+FULL_BATCH = 1024
 
 
 class JobFailed(Exception):
@@ -120,6 +125,9 @@ class Ledger:
             return None
         soonest = min(h.next_extend for h in self.held.values())
         return max(0.0, soonest - time.monotonic())
+
+    def outcomes(self) -> int:
+        return len(self.acks) + len(self.nacks)
 
     def done(self) -> bool:
         """Stopping, nothing running and nothing left to report."""

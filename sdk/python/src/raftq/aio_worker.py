@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
@@ -12,7 +13,7 @@ import grpc
 import grpc.aio
 
 from raftq import _tracing
-from raftq._ledger import Ledger, default_worker_id
+from raftq._ledger import FULL_BATCH, MIN_FRAME_GAP, Ledger, default_worker_id
 from raftq._proto.raftq.v1 import queue_pb2 as pb
 from raftq.client import AsyncClient
 from raftq.errors import RaftqError
@@ -97,11 +98,16 @@ class AsyncWorker:
         self, call: grpc.aio.StreamStreamCall[pb.WorkerFrame, pb.ServerFrame], first: pb.WorkerFrame
     ) -> None:
         frame: pb.WorkerFrame | None = first
+        last = 0.0
         try:
             while True:
                 if frame is not None:
                     await call.write(frame)
+                    last = time.monotonic()
                     frame = None
+                gap = time.monotonic() - last
+                if gap < MIN_FRAME_GAP and self._ledger.outcomes() < FULL_BATCH:
+                    await asyncio.sleep(MIN_FRAME_GAP - gap)
                 if self._ledger.done():
                     await call.done_writing()
                     return

@@ -13,7 +13,7 @@ from datetime import timedelta
 import grpc
 
 from raftq import _tracing
-from raftq._ledger import Ledger, default_worker_id
+from raftq._ledger import FULL_BATCH, MIN_FRAME_GAP, Ledger, default_worker_id
 from raftq._proto.raftq.v1 import queue_pb2 as pb
 from raftq.client import Client
 from raftq.errors import RaftqError
@@ -114,15 +114,21 @@ class Worker:
             assert first is not None
             sent.append(first)
             yield first
+            last = time.monotonic()
             while True:
                 with self._changed:
                     while True:
                         if closed.is_set() or self._ledger.done():
                             return
+                        gap = time.monotonic() - last
+                        if gap < MIN_FRAME_GAP and self._ledger.outcomes() < FULL_BATCH:
+                            self._changed.wait(MIN_FRAME_GAP - gap)
+                            continue
                         frame = self._ledger.take_frame()
                         if frame is not None:
                             break
                         self._changed.wait(self._ledger.seconds_to_next_extend())
+                last = time.monotonic()
                 sent[:] = [frame]
                 yield frame
 

@@ -396,11 +396,11 @@ func containsAll(s string, parts ...string) bool {
 
 func TestAWorkerCarriesOnWhenTheLeaderDies(t *testing.T) {
 	nodes := spawnCluster(t, 3, "--shards", "1")
-	var leader *struct{ id uint64 }
+	var leaderID uint64
 	waitFor(t, "a leader", 60*time.Second, func() bool {
 		for _, n := range nodes {
 			if s := n.status(); s != nil && len(s.GetShards()) > 0 && s.GetShards()[0].GetHasLeader() {
-				leader = &struct{ id uint64 }{s.GetShards()[0].GetLeaderId()}
+				leaderID = s.GetShards()[0].GetLeaderId()
 				return true
 			}
 		}
@@ -408,7 +408,7 @@ func TestAWorkerCarriesOnWhenTheLeaderDies(t *testing.T) {
 	})
 	var follower, dying = nodes[0], nodes[0]
 	for _, n := range nodes {
-		if uint64(n.id) == leader.id {
+		if uint64(n.id) == leaderID {
 			dying = n
 		} else {
 			follower = n
@@ -428,21 +428,30 @@ func TestAWorkerCarriesOnWhenTheLeaderDies(t *testing.T) {
 			close(fifty)
 		}
 		mu.Unlock()
+		time.Sleep(5 * time.Millisecond) // the work itself: the kill lands mid-run
 		return nil
 	}, raftq.Concurrency(4), raftq.Lease(2*time.Second), raftq.Logger(slog.New(slog.NewTextHandler(io.Discard, nil)))))
 	<-fifty
 	dying.kill()
 	ids = append(ids, enqueueN(t, client, "ha", "late ", 100)...)
+	progress := "nothing yet"
+	defer func() {
+		if t.Failed() {
+			t.Logf("progress when it failed: %s", progress)
+		}
+	}()
 	waitFor(t, "every job handled and acked after the leader died", 90*time.Second, func() bool {
 		mu.Lock()
 		for _, id := range ids {
 			if !handled[id] {
+				progress = fmt.Sprintf("%d of %d jobs handled", len(handled), len(ids))
 				mu.Unlock()
 				return false
 			}
 		}
 		mu.Unlock()
 		s := stats(t, client, "ha")
+		progress = fmt.Sprintf("every job handled; stats %v", s)
 		return s.GetReady() == 0 && s.GetLeased() == 0
 	})
 	stop()

@@ -396,27 +396,25 @@ async fn run_worker_session(
     // Jobs pushed on this stream and not yet acked, nacked or extended.
     let mut unstarted: HashMap<JobId, u32> = HashMap::new();
     let mut frame = Some(first);
-    // What merging frames read ahead: a frame that could not join, and the
-    // stream's end, acted on in that order after the merged frame.
+    // A frame read but not yet handled, and the stream's end once seen
+    // (by the select below or while merging frames), acted on in that order.
     let mut ahead = ReadAhead::default();
     loop {
         if frame.is_none() {
             frame = ahead.carried.take();
         }
-        let ended = if frame.is_none() {
-            ahead.ended.take()
-        } else {
-            None
-        };
-        if let Some(ended) = ended {
-            match ended {
+        if frame.is_none() {
+            match ahead.ended.take() {
                 // A clean close: the worker is done with what it never
                 // started (every frame before this one has been applied).
-                Ok(()) => {
+                Some(Ok(())) => {
                     release_unstarted(shard, unstarted).await;
                     return;
                 }
-                Err(_) => return,
+                // A broken stream: the worker may still be running its jobs
+                // and report them another way; their leases stand.
+                Some(Err(_)) => return,
+                None => {}
             }
         }
         let notified = waiter.notified();
@@ -511,15 +509,8 @@ async fn run_worker_session(
         tokio::select! {
             next = inbound.message() => match next {
                 Ok(Some(f)) => frame = Some(f),
-                // A clean close: the worker is done with what it never
-                // started (every frame before this one has been applied).
-                Ok(None) => {
-                    release_unstarted(shard, unstarted).await;
-                    return;
-                }
-                // A broken stream: the worker may still be running its jobs
-                // and report them another way; their leases stand.
-                Err(_) => return,
+                Ok(None) => ahead.ended = Some(Ok(())),
+                Err(status) => ahead.ended = Some(Err(status)),
             },
             _ = &mut notified, if credit > 0 => frame = Some(pb::WorkerFrame::default()),
             _ = tokio::time::sleep(RECHECK), if credit > 0 => frame = Some(pb::WorkerFrame::default()),
@@ -534,7 +525,7 @@ async fn run_worker_session(
     }
 }
 
-/// What reading ahead on a worker stream found besides frames to merge.
+/// What was read on a worker stream and not handled yet.
 #[derive(Default)]
 struct ReadAhead {
     /// A frame that could not join (it carries `open`, or too many tokens):

@@ -263,10 +263,8 @@ test("a worker carries on when the leader dies", async () => {
     const firstBatch = new Promise<void>((r) => (release = r));
     const worker = new Worker(client, "ha", async (job) => {
       handled.add(job.id);
-      if (handled.size >= 50) {
-        release();
-        await firstBatch;
-      }
+      if (handled.size >= 50) release();
+      await new Promise((r) => setTimeout(r, 5)); // the work itself: the kill lands mid-run
     }, { concurrency: 4, leaseMs: 2000, onWarning: () => {} });
     const running = worker.run();
     await firstBatch;

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -112,8 +113,6 @@ class RetryPolicy:
             backoff = min(backoff * 2, self.max_backoff)
 
     async def run_async(self, call: Callable[[], Awaitable[T]]) -> T:
-        import asyncio
-
         started = time.monotonic()
         backoff = self.initial_backoff
         while True:

@@ -11,7 +11,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -41,14 +43,36 @@ func binary(t *testing.T, name string) string {
 	return path
 }
 
+// nextPort walks the ports below the kernel's ephemeral range, starting at
+// an offset spread by process so concurrent test binaries seldom collide.
+var nextPort atomic.Uint32
+
+// freeAddr is a loopback address free now and outside the ephemeral range:
+// a port picked by binding port 0 comes from that range, and before (or
+// while restarting) its node listens, an outgoing connection can be given
+// it, so the node cannot listen ("Address already in use").
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	const lowest = 10_000
+	ephemeralStart := uint32(32_768)
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if fields := strings.Fields(string(b)); len(fields) > 0 {
+			if p, err := strconv.Atoi(fields[0]); err == nil && p > lowest+1_000 {
+				ephemeralStart = uint32(p)
+			}
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
+	span := ephemeralStart - lowest
+	offset := uint32(os.Getpid()) * 7_919 % span
+	for range span {
+		port := lowest + (offset+nextPort.Add(1))%span
+		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			l.Close()
+			return l.Addr().String()
+		}
+	}
+	t.Fatal("no free loopback port below the ephemeral range")
+	return ""
 }
 
 // waitFor polls check until it returns true.
@@ -69,6 +93,8 @@ type node struct {
 	dir, members   string
 	extra          []string
 	cmd            *exec.Cmd
+	// exited is closed once the process has been reaped.
+	exited chan struct{}
 }
 
 func (n *node) start(t *testing.T) {
@@ -86,12 +112,31 @@ func (n *node) start(t *testing.T) {
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	cmd, exited := n.cmd, make(chan struct{})
+	n.exited = exited
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+}
+
+// hasExited reports whether the running process ended on its own.
+func (n *node) hasExited() bool {
+	if n.cmd == nil {
+		return false
+	}
+	select {
+	case <-n.exited:
+		return true
+	default:
+		return false
+	}
 }
 
 func (n *node) kill() {
 	if n.cmd != nil && n.cmd.Process != nil {
 		_ = n.cmd.Process.Kill()
-		_ = n.cmd.Wait()
+		<-n.exited
 		n.cmd = nil
 	}
 }
@@ -120,14 +165,22 @@ func (n *node) status() *pb.ClusterStatus {
 // waitServing waits until stats answers (every shard has a leader).
 func (n *node) waitServing(t *testing.T, stats func(context.Context) error) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("node %d to serve", n.id), 60*time.Second, func() bool {
-		if n.cmd != nil && n.cmd.ProcessState != nil {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if n.hasExited() {
 			t.Fatalf("queue-node %d exited:\n%s", n.id, n.log())
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		return stats(ctx) == nil
-	})
+		err := stats(ctx)
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for node %d to serve (last: %v); its log:\n%s", n.id, err, n.log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func spawnCluster(t *testing.T, count int, extra ...string) []*node {

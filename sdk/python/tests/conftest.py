@@ -7,6 +7,7 @@ debug build. ``scripts/sdk-test.sh`` builds them first.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -41,10 +42,38 @@ def binary(name: str) -> Path:
     return path
 
 
+_LOWEST_PORT = 10_000
+_next_port = itertools.count()
+
+
+def _ephemeral_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            start = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+    return start if start > _LOWEST_PORT + 1_000 else 32_768
+
+
 def free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
+    """A loopback address free now and below the kernel's ephemeral range.
+
+    A port picked by binding port 0 comes from that range, and before (or
+    while restarting) its node listens, an outgoing connection can be given
+    it, so the node cannot listen ("Address already in use"). The search
+    starts at an offset spread by process so concurrent runs seldom collide.
+    """
+    span = _ephemeral_start() - _LOWEST_PORT
+    offset = os.getpid() * 7_919 % span
+    for _ in range(span):
+        port = _LOWEST_PORT + (offset + next(_next_port)) % span
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return f"127.0.0.1:{port}"
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0) -> T:

@@ -24,16 +24,41 @@ export function tempDir(): string {
   return mkdtempSync(join(tmpdir(), "raftq-ts-"));
 }
 
-export async function freeAddr(): Promise<string> {
-  return new Promise((resolve, reject) => {
+const lowestPort = 10_000;
+let nextPort = 0;
+
+function ephemeralStart(): number {
+  try {
+    const start = Number.parseInt(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").split(/\s+/)[0] ?? "", 10);
+    return start > lowestPort + 1_000 ? start : 32_768;
+  } catch {
+    return 32_768;
+  }
+}
+
+function tryListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
     const server = createServer();
-    server.on("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      const port = typeof address === "object" && address !== null ? address.port : 0;
-      server.close(() => resolve(`127.0.0.1:${port}`));
-    });
+    server.once("error", () => { resolve(false); });
+    server.listen(port, "127.0.0.1", () => server.close(() => { resolve(true); }));
   });
+}
+
+/**
+ * A loopback address free now and below the kernel's ephemeral range: a
+ * port picked by binding port 0 comes from that range, and before (or
+ * while restarting) its node listens, an outgoing connection can be given
+ * it, so the node cannot listen ("Address already in use"). The search
+ * starts at an offset spread by process so concurrent runs seldom collide.
+ */
+export async function freeAddr(): Promise<string> {
+  const span = ephemeralStart() - lowestPort;
+  const offset = (process.pid * 7_919) % span;
+  for (let i = 0; i < span; i++) {
+    const port = lowestPort + ((offset + nextPort++) % span);
+    if (await tryListen(port)) return `127.0.0.1:${port}`;
+  }
+  throw new Error("no free loopback port below the ephemeral range");
 }
 
 /** Polls `check` until it returns something other than undefined / false. */

@@ -1,6 +1,7 @@
 package raftq
 
 import (
+	"container/heap"
 	"errors"
 	"time"
 
@@ -21,6 +22,9 @@ type ledger struct {
 	active                int
 	acks                  []*pb.LeaseToken
 	nacks                 []*pb.NackItem
+	// extensions orders the held jobs by their next extension, so a
+	// worker holding thousands of jobs finds the due ones without a scan.
+	extensions extensionHeap
 	// outstanding is credit granted on this stream not yet used by a push.
 	outstanding int
 	stopping    bool
@@ -30,10 +34,44 @@ type held struct {
 	token      *pb.LeaseToken
 	every      time.Duration
 	nextExtend time.Time
+	// index is the job's place in the extension heap.
+	index int
+}
+
+// extensionHeap is a min-heap of held jobs by their next extension.
+type extensionHeap []*held
+
+func (h extensionHeap) Len() int           { return len(h) }
+func (h extensionHeap) Less(i, j int) bool { return h[i].nextExtend.Before(h[j].nextExtend) }
+func (h extensionHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *extensionHeap) Push(x any) {
+	entry := x.(*held)
+	entry.index = len(*h)
+	*h = append(*h, entry)
+}
+func (h *extensionHeap) Pop() any {
+	old := *h
+	last := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return last
 }
 
 func newLedger(concurrency, prefetch int) *ledger {
 	return &ledger{concurrency: max(concurrency, 1), prefetch: max(prefetch, 0), held: map[string]*held{}}
+}
+
+// release forgets a held job.
+func (l *ledger) release(jobID string) (*held, bool) {
+	h, ok := l.held[jobID]
+	if ok {
+		delete(l.held, jobID)
+		heap.Remove(&l.extensions, h.index)
+	}
+	return h, ok
 }
 
 // receive records a job the node pushed; it waits for a free slot.
@@ -46,7 +84,10 @@ func (l *ledger) receive(leased *pb.LeasedJob, now time.Time) {
 	}
 	job := jobFromLeased(leased)
 	lease := max(job.LeaseExpiresAt.Sub(now), minLease)
-	l.held[job.ID] = &held{token: job.Token, every: lease / 3, nextExtend: now.Add(lease / 3)}
+	h := &held{token: job.Token, every: lease / 3, nextExtend: now.Add(lease / 3)}
+	l.release(job.ID) // a job pushed again carries a newer lease
+	l.held[job.ID] = h
+	heap.Push(&l.extensions, h)
 	l.waiting = append(l.waiting, job)
 }
 
@@ -64,11 +105,10 @@ func (l *ledger) nextToStart() *Job {
 // finish records a handler's outcome: an ack, or a nack with its error.
 func (l *ledger) finish(jobID string, err error) {
 	l.active--
-	h, ok := l.held[jobID]
+	h, ok := l.release(jobID)
 	if !ok {
 		return
 	}
-	delete(l.held, jobID)
 	if err == nil {
 		l.acks = append(l.acks, h.token)
 		return
@@ -93,20 +133,17 @@ func nackFor(token *pb.LeaseToken, err error) *pb.NackItem {
 func (l *ledger) stop() {
 	l.stopping = true
 	for _, job := range l.waiting {
-		delete(l.held, job.ID)
+		l.release(job.ID)
 	}
 	l.waiting = nil
 }
 
 // nextExtend is when the next lease extension is due (zero: none held).
 func (l *ledger) nextExtend() time.Time {
-	var soonest time.Time
-	for _, h := range l.held {
-		if soonest.IsZero() || h.nextExtend.Before(soonest) {
-			soonest = h.nextExtend
-		}
+	if len(l.extensions) == 0 {
+		return time.Time{}
 	}
-	return soonest
+	return l.extensions[0].nextExtend
 }
 
 // outcomes is how many acks and nacks wait to be sent.
@@ -134,11 +171,11 @@ func (l *ledger) credit() uint32 {
 // nothing to send.
 func (l *ledger) takeFrame(open *pb.WorkerOpen, now time.Time) *pb.WorkerFrame {
 	var extends []*pb.LeaseToken
-	for _, h := range l.held {
-		if !h.nextExtend.After(now) {
-			extends = append(extends, h.token)
-			h.nextExtend = now.Add(h.every)
-		}
+	for len(l.extensions) > 0 && !l.extensions[0].nextExtend.After(now) {
+		h := l.extensions[0]
+		extends = append(extends, h.token)
+		h.nextExtend = now.Add(h.every)
+		heap.Fix(&l.extensions, 0)
 	}
 	if open != nil {
 		l.outstanding = 0

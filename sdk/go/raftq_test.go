@@ -6,11 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"testing"
@@ -430,7 +430,7 @@ func TestAWorkerCarriesOnWhenTheLeaderDies(t *testing.T) {
 		mu.Unlock()
 		time.Sleep(5 * time.Millisecond) // the work itself: the kill lands mid-run
 		return nil
-	}, raftq.Concurrency(4), raftq.Lease(2*time.Second), raftq.Logger(slog.New(slog.NewTextHandler(io.Discard, nil)))))
+	}, raftq.Concurrency(4), raftq.Lease(2*time.Second), raftq.Logger(slog.New(slog.NewTextHandler(os.Stderr, nil)))))
 	<-fifty
 	dying.kill()
 	ids = append(ids, enqueueN(t, client, "ha", "late ", 100)...)
@@ -438,6 +438,8 @@ func TestAWorkerCarriesOnWhenTheLeaderDies(t *testing.T) {
 	defer func() {
 		if t.Failed() {
 			t.Logf("progress when it failed: %s", progress)
+			// Where the worker stands, for a failure seen only in CI.
+			_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
 		}
 	}()
 	waitFor(t, "every job handled and acked after the leader died", 90*time.Second, func() bool {

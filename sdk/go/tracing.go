@@ -23,18 +23,32 @@ func injectTrace(ctx context.Context, headers map[string]string) {
 	traceContext.Inject(ctx, propagation.MapCarrier(headers))
 }
 
+var consumerSpan = trace.WithSpanKind(trace.SpanKindConsumer)
+
+// handlerSpanName names the spans of a queue's handlers.
+func handlerSpanName(queue string) string { return queue + " process" }
+
+// tracer follows the global provider: one set later takes over.
+var tracer = otel.Tracer("raftq")
+
 // handlerSpan starts the span a handler runs in: a consumer span, child
-// of the producer's.
-func handlerSpan(ctx context.Context, job *Job) (context.Context, trace.Span) {
-	parent := traceContext.Extract(ctx, propagation.MapCarrier(job.Headers))
-	return otel.Tracer("raftq").Start(parent, job.Queue+" process",
-		trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(
+// of the producer's. Attributes are built only for a recording span, so
+// a worker without an OpenTelemetry SDK pays next to nothing.
+func handlerSpan(ctx context.Context, name string, job *Job) (context.Context, trace.Span) {
+	parent := ctx
+	if _, traced := job.Headers["traceparent"]; traced {
+		parent = traceContext.Extract(ctx, propagation.MapCarrier(job.Headers))
+	}
+	spanCtx, span := tracer.Start(parent, name, consumerSpan)
+	if span.IsRecording() {
+		span.SetAttributes(
 			attribute.String("messaging.system", "raftq"),
 			attribute.String("messaging.destination.name", job.Queue),
 			attribute.String("messaging.message.id", job.ID),
 			attribute.Int("raftq.attempt", int(job.Attempt)),
-		))
+		)
+	}
+	return spanCtx, span
 }
 
 func endSpan(span trace.Span, err error) {

@@ -8,6 +8,8 @@ import (
 	"os"
 	"time"
 
+	"google.golang.org/grpc/codes"
+
 	pb "github.com/raftq/raftq/sdk/go/raftqpb"
 )
 
@@ -87,12 +89,19 @@ type outcome struct {
 // or an [*Error] when the node refuses the stream for good (a bad queue
 // name, a missing role). Run once per Worker.
 func (w *Worker) Run(ctx context.Context) error {
-	handlerCtx := context.WithoutCancel(ctx)
 	outcomes := make(chan outcome, w.ledger.concurrency)
+	// A fixed set of handler goroutines: their stacks, grown once, stay
+	// grown (a goroutine per job pays for growing one every time).
+	toRun := make(chan *Job, w.ledger.concurrency)
+	defer close(toRun)
+	handlerCtx := context.WithoutCancel(ctx)
+	for range w.ledger.concurrency {
+		go w.runHandlers(handlerCtx, toRun, outcomes)
+	}
 	stopCh := ctx.Done()
 	delay := 100 * time.Millisecond
 	for {
-		done, err := w.runStream(ctx, handlerCtx, outcomes, &stopCh)
+		done, err := w.runStream(ctx, toRun, outcomes, &stopCh)
 		if done {
 			return nil
 		}
@@ -111,7 +120,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			select {
 			case o := <-outcomes:
 				w.ledger.finish(o.jobID, o.err)
-				w.startWaiting(handlerCtx, outcomes)
+				w.startWaiting(toRun)
 			case <-stopCh:
 				stopCh = nil
 				w.ledger.stop()
@@ -127,7 +136,7 @@ func (w *Worker) Run(ctx context.Context) error {
 }
 
 // runStream runs one stream until it ends: done when the worker is done.
-func (w *Worker) runStream(ctx, handlerCtx context.Context, outcomes chan outcome, stopCh *<-chan struct{}) (bool, error) {
+func (w *Worker) runStream(ctx context.Context, toRun chan<- *Job, outcomes chan outcome, stopCh *<-chan struct{}) (bool, error) {
 	streamCtx, cancel := context.WithCancel(w.client.Context(context.WithoutCancel(ctx)))
 	defer cancel()
 	stream, err := w.client.queue.WorkerStream(streamCtx)
@@ -139,9 +148,8 @@ func (w *Worker) runStream(ctx, handlerCtx context.Context, outcomes chan outcom
 		ms := w.lease.Milliseconds()
 		open.LeaseMs = &ms
 	}
-	if err := stream.Send(w.ledger.takeFrame(open, time.Now())); err != nil {
-		return false, w.recvError(stream, err)
-	}
+	// This goroutine is the stream's only reader: gRPC allows one Recv at
+	// a time, and a second one after the stream ended can block for ever.
 	frames := make(chan *pb.ServerFrame)
 	recvErr := make(chan error, 1)
 	go func() {
@@ -158,6 +166,28 @@ func (w *Worker) runStream(ctx, handlerCtx context.Context, outcomes chan outcom
 			}
 		}
 	}()
+	// sendFailed is the stream's real error after a failed Send: Send
+	// reports only io.EOF when the node ended the stream, and the reader
+	// receives why. Frames still arriving are dropped: their jobs go back
+	// to the queue when their leases run out.
+	sendFailed := func(err error) error {
+		if err != io.EOF {
+			return err
+		}
+		for {
+			select {
+			case <-frames:
+			case err := <-recvErr:
+				if err == io.EOF {
+					return sendErrEOF
+				}
+				return err
+			}
+		}
+	}
+	if err := stream.Send(w.ledger.takeFrame(open, time.Now())); err != nil {
+		return false, sendFailed(err)
+	}
 	closed := false
 	extend := time.NewTimer(time.Hour)
 	defer extend.Stop()
@@ -187,7 +217,7 @@ func (w *Worker) runStream(ctx, handlerCtx context.Context, outcomes chan outcom
 			for _, leased := range frame.GetJobs() {
 				w.ledger.receive(leased, now)
 			}
-			w.startWaiting(handlerCtx, outcomes)
+			w.startWaiting(toRun)
 		case err := <-recvErr:
 			if err == io.EOF {
 				return w.ledger.done(), nil
@@ -205,7 +235,7 @@ func (w *Worker) runStream(ctx, handlerCtx context.Context, outcomes chan outcom
 					break drain
 				}
 			}
-			w.startWaiting(handlerCtx, outcomes)
+			w.startWaiting(toRun)
 		case <-extend.C:
 		case <-flush.C:
 		case <-*stopCh:
@@ -226,36 +256,32 @@ func (w *Worker) runStream(ctx, handlerCtx context.Context, outcomes chan outcom
 			lastSend = now
 			if err := stream.Send(frame); err != nil {
 				w.ledger.restore(frame)
-				return false, w.recvError(stream, err)
+				return false, sendFailed(err)
 			}
 		}
 	}
 }
 
-// recvError is the stream's real error after a failed Send (Send reports
-// only io.EOF).
-func (w *Worker) recvError(stream pb.Queue_WorkerStreamClient, sendErr error) error {
-	if sendErr != io.EOF {
-		return sendErr
-	}
-	for {
-		if _, err := stream.Recv(); err != nil {
-			if err == io.EOF {
-				return sendErr
-			}
-			return err
-		}
-	}
-}
+// sendErrEOF: the node ended the stream cleanly while frames were still
+// to be sent; the worker reconnects and sends them on the next stream.
+var sendErrEOF = &Error{Code: codes.Unavailable, Message: "the node ended the worker stream"}
 
-func (w *Worker) startWaiting(ctx context.Context, outcomes chan<- outcome) {
+// startWaiting hands waiting jobs to free handlers; the ledger starts no
+// more than Concurrency at once, so the send never blocks.
+func (w *Worker) startWaiting(toRun chan<- *Job) {
 	for job := w.ledger.nextToStart(); job != nil; job = w.ledger.nextToStart() {
-		go func(job *Job) {
-			spanCtx, span := handlerSpan(ctx, job)
-			err := w.run(spanCtx, job)
-			endSpan(span, err)
-			outcomes <- outcome{jobID: job.ID, err: err}
-		}(job)
+		toRun <- job
+	}
+}
+
+// runHandlers is one handler slot: it runs jobs until toRun is closed.
+func (w *Worker) runHandlers(ctx context.Context, toRun <-chan *Job, outcomes chan<- outcome) {
+	spanName := handlerSpanName(w.queue)
+	for job := range toRun {
+		spanCtx, span := handlerSpan(ctx, spanName, job)
+		err := w.run(spanCtx, job)
+		endSpan(span, err)
+		outcomes <- outcome{jobID: job.ID, err: err}
 	}
 }
 

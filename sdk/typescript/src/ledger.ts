@@ -35,10 +35,79 @@ interface Held {
   token: LeaseToken;
   everyMs: number;
   nextExtend: number;
+  /** Its place in the extension schedule. */
+  index: number;
+}
+
+/** The held jobs by their next extension (a binary heap that knows each
+ * entry's place), so a worker holding thousands of jobs finds the due ones
+ * without a scan and forgets a finished one in O(log n). */
+class ExtensionSchedule {
+  private readonly heap: Held[] = [];
+
+  add(held: Held): void {
+    held.index = this.heap.length;
+    this.heap.push(held);
+    this.up(held.index);
+  }
+
+  remove(held: Held): void {
+    const last = this.heap.pop();
+    if (last === undefined || last === held) return;
+    this.heap[held.index] = last;
+    last.index = held.index;
+    this.up(last.index);
+    this.down(last.index);
+  }
+
+  soonest(): Held | undefined {
+    return this.heap[0];
+  }
+
+  /** Moves the soonest entry, whose time grew, to its place. */
+  rescheduledSoonest(): void {
+    this.down(0);
+  }
+
+  private swap(i: number, j: number): void {
+    const a = this.heap[i] as Held;
+    const b = this.heap[j] as Held;
+    this.heap[i] = b;
+    this.heap[j] = a;
+    a.index = j;
+    b.index = i;
+  }
+
+  private earlier(i: number, j: number): boolean {
+    return (this.heap[i] as Held).nextExtend < (this.heap[j] as Held).nextExtend;
+  }
+
+  private up(i: number): void {
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (!this.earlier(i, parent)) return;
+      this.swap(i, parent);
+      i = parent;
+    }
+  }
+
+  private down(i: number): void {
+    for (;;) {
+      const left = 2 * i + 1;
+      const right = left + 1;
+      let first = i;
+      if (left < this.heap.length && this.earlier(left, first)) first = left;
+      if (right < this.heap.length && this.earlier(right, first)) first = right;
+      if (first === i) return;
+      this.swap(i, first);
+      i = first;
+    }
+  }
 }
 
 export class Ledger {
   readonly held = new Map<string, Held>();
+  private readonly extensions = new ExtensionSchedule();
   readonly waiting: Job[] = [];
   active = 0;
   acks: LeaseToken[] = [];
@@ -63,8 +132,20 @@ export class Ledger {
     if (this.stopping) return;
     const job = fromLeased(leased);
     const lease = Math.max(job.leaseExpiresAt.getTime() - now, MIN_LEASE_MS);
-    this.held.set(job.id, { token: job.token, everyMs: lease / 3, nextExtend: performance.now() + lease / 3 });
+    this.release(job.id); // a job pushed again carries a newer lease
+    const held = { token: job.token, everyMs: lease / 3, nextExtend: performance.now() + lease / 3, index: 0 };
+    this.held.set(job.id, held);
+    this.extensions.add(held);
     this.waiting.push(job);
+  }
+
+  private release(jobId: string): Held | undefined {
+    const held = this.held.get(jobId);
+    if (held !== undefined) {
+      this.held.delete(jobId);
+      this.extensions.remove(held);
+    }
+    return held;
   }
 
   /** A waiting job when a slot is free; it counts as running from now. */
@@ -77,9 +158,8 @@ export class Ledger {
   /** Records a handler's outcome: an ack, or a nack with its error. */
   finish(jobId: string, error: unknown, failed: boolean): void {
     this.active--;
-    const held = this.held.get(jobId);
+    const held = this.release(jobId);
     if (held === undefined) return;
-    this.held.delete(jobId);
     if (failed) this.nacks.push(nackFor(held.token, error));
     else this.acks.push(held.token);
   }
@@ -87,15 +167,13 @@ export class Ledger {
   /** No more jobs: the waiting ones are let go unreported. */
   stop(): void {
     this.stopping = true;
-    for (const job of this.waiting) this.held.delete(job.id);
+    for (const job of this.waiting) this.release(job.id);
     this.waiting.length = 0;
   }
 
   msToNextExtend(): number | undefined {
-    if (this.held.size === 0) return undefined;
-    let soonest = Infinity;
-    for (const h of this.held.values()) soonest = Math.min(soonest, h.nextExtend);
-    return Math.max(0, soonest - performance.now());
+    const soonest = this.extensions.soonest();
+    return soonest === undefined ? undefined : Math.max(0, soonest.nextExtend - performance.now());
   }
 
   outcomes(): number {
@@ -117,15 +195,13 @@ export class Ledger {
 
   /** The next frame: outcomes, due extensions and credit for free slots
    * (all of it with `open`, on a new stream). Undefined when there is
-   * nothing to send. */
-  takeFrame(open?: WorkerOpen): WorkerFrame | undefined {
-    const now = performance.now();
+   * nothing to send. `now` is on the `performance.now()` clock. */
+  takeFrame(open?: WorkerOpen, now = performance.now()): WorkerFrame | undefined {
     const extends_: LeaseToken[] = [];
-    for (const h of this.held.values()) {
-      if (h.nextExtend <= now) {
-        extends_.push(h.token);
-        h.nextExtend = now + h.everyMs;
-      }
+    for (let h = this.extensions.soonest(); h !== undefined && h.nextExtend <= now; h = this.extensions.soonest()) {
+      extends_.push(h.token);
+      h.nextExtend = now + h.everyMs;
+      this.extensions.rescheduledSoonest();
     }
     if (open !== undefined) this.outstanding = 0;
     const credit = this.credit();

@@ -12,6 +12,9 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"os"
+	"runtime/pprof"
+	"syscall"
 	"time"
 
 	raftq "github.com/raftq/raftq/sdk/go"
@@ -21,6 +24,7 @@ func main() {
 	address := flag.String("address", "127.0.0.1:7400", "a node's client address")
 	jobs := flag.Int("jobs", 500_000, "jobs to process")
 	concurrency := flag.Int("concurrency", 256, "handlers at once (prefetch the same)")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the timed part to this file")
 	flag.Parse()
 	client, err := raftq.Dial(*address)
 	if err != nil {
@@ -50,6 +54,17 @@ func main() {
 		}
 		return 0
 	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Fatal(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	cpuBefore := cpuTime()
 	started := time.Now()
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -64,5 +79,16 @@ func main() {
 		log.Fatal(err)
 	}
 	elapsed := time.Since(started)
-	fmt.Printf("go: %d jobs in %.2fs = %.0f jobs/s\n", *jobs, elapsed.Seconds(), float64(*jobs)/elapsed.Seconds())
+	cpu := cpuTime() - cpuBefore
+	fmt.Printf("go: %d jobs in %.2fs = %.0f jobs/s; worker CPU %.2f µs/job\n", *jobs, elapsed.Seconds(),
+		float64(*jobs)/elapsed.Seconds(), float64(cpu.Microseconds())/float64(*jobs))
+}
+
+// cpuTime is the CPU (user + system) this process has used.
+func cpuTime() time.Duration {
+	var usage syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &usage); err != nil {
+		return 0
+	}
+	return time.Duration(usage.Utime.Nano() + usage.Stime.Nano())
 }

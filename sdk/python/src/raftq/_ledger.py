@@ -5,6 +5,8 @@ Not thread-safe: the blocking worker holds a lock around it."""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import socket
 import time
@@ -60,6 +62,46 @@ class _Held:
     token: pb.LeaseToken
     every: float
     next_extend: float
+    released: bool = False
+
+
+class _ExtensionSchedule:
+    """The held jobs by their next extension (a heap), so a worker holding
+    thousands of jobs finds the due ones without a scan. A released job's
+    entry stays until it surfaces or the heap is compacted."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Held]] = []
+        self._order = itertools.count()
+
+    def add(self, held: _Held) -> None:
+        heapq.heappush(self._heap, (held.next_extend, next(self._order), held))
+
+    def _drop_released(self) -> None:
+        while self._heap and self._heap[0][2].released:
+            heapq.heappop(self._heap)
+
+    def soonest(self) -> float | None:
+        self._drop_released()
+        return self._heap[0][0] if self._heap else None
+
+    def take_due(self, now: float) -> list[pb.LeaseToken]:
+        """The tokens due for extension at ``now``, each rescheduled."""
+        due = []
+        self._drop_released()
+        while self._heap and self._heap[0][0] <= now:
+            held = heapq.heappop(self._heap)[2]
+            due.append(held.token)
+            held.next_extend = now + held.every
+            self.add(held)
+            self._drop_released()
+        return due
+
+    def compact(self, live: int) -> None:
+        """Drops released entries once they outnumber the live ones."""
+        if len(self._heap) > 2 * live + 64:
+            self._heap = [entry for entry in self._heap if not entry[2].released]
+            heapq.heapify(self._heap)
 
 
 class Ledger:
@@ -74,6 +116,7 @@ class Ledger:
         self.concurrency = concurrency
         self.prefetch = prefetch
         self.held: dict[str, _Held] = {}
+        self._extensions = _ExtensionSchedule()
         self.waiting: deque[Job] = deque()
         self.active = 0
         self.acks: list[pb.LeaseToken] = []
@@ -92,8 +135,18 @@ class Ledger:
             # hands it back to the queue at once.
             return
         lease = max(job.lease_expires_at - now, _MIN_LEASE)
-        self.held[job.id] = _Held(job.token, lease / 3, time.monotonic() + lease / 3)
+        self._release(job.id)  # a job pushed again carries a newer lease
+        held = _Held(job.token, lease / 3, time.monotonic() + lease / 3)
+        self.held[job.id] = held
+        self._extensions.add(held)
         self.waiting.append(job)
+
+    def _release(self, job_id: str) -> _Held | None:
+        held = self.held.pop(job_id, None)
+        if held is not None:
+            held.released = True
+            self._extensions.compact(len(self.held))
+        return held
 
     def next_to_start(self) -> Job | None:
         """A waiting job, when a slot is free: it counts as running from now."""
@@ -105,7 +158,7 @@ class Ledger:
     def finish(self, job_id: str, error: BaseException | None) -> None:
         """Records a handler's outcome: an ack, or a nack with its error."""
         self.active -= 1
-        held = self.held.pop(job_id, None)
+        held = self._release(job_id)
         if held is None:
             return
         if error is None:
@@ -117,14 +170,12 @@ class Ledger:
         """No more jobs: the waiting ones are let go unreported."""
         self.stopping = True
         for job in self.waiting:
-            self.held.pop(job.id, None)
+            self._release(job.id)
         self.waiting.clear()
 
     def seconds_to_next_extend(self) -> float | None:
-        if not self.held:
-            return None
-        soonest = min(h.next_extend for h in self.held.values())
-        return max(0.0, soonest - time.monotonic())
+        soonest = self._extensions.soonest()
+        return None if soonest is None else max(0.0, soonest - time.monotonic())
 
     def outcomes(self) -> int:
         return len(self.acks) + len(self.nacks)
@@ -142,16 +193,11 @@ class Ledger:
         self.outstanding += want
         return want
 
-    def take_frame(self, open_: pb.WorkerOpen | None = None) -> pb.WorkerFrame | None:
-        """The next frame: outcomes, due extensions and the credit for the
-        free slots (all of it on ``open_``, a new stream). None when there
-        is nothing to send."""
-        now = time.monotonic()
-        extends = []
-        for h in self.held.values():
-            if h.next_extend <= now:
-                extends.append(h.token)
-                h.next_extend = now + h.every
+    def take_frame(self, open_: pb.WorkerOpen | None = None, now: float | None = None) -> pb.WorkerFrame | None:
+        """The next frame: outcomes, due extensions (at ``now`` on the
+        monotonic clock) and the credit for the free slots (all of it on
+        ``open_``, a new stream). None when there is nothing to send."""
+        extends = self._extensions.take_due(time.monotonic() if now is None else now)
         if open_ is not None:
             self.outstanding = 0
         credit = self._credit()

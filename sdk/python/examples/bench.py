@@ -38,7 +38,7 @@ def main() -> None:
     queue = f"bench-py-{uuid.uuid4().hex[:8]}"
     client = Client(args.address)
     enqueue(client, queue, args.jobs)
-    started = time.monotonic()
+    started, cpu_before = time.monotonic(), time.process_time()
     if args.asyncio:
 
         async def run() -> None:
@@ -49,7 +49,7 @@ def main() -> None:
 
                 worker = AsyncWorker(aclient, queue, noop, concurrency=args.concurrency, prefetch=args.concurrency)
                 task = asyncio.ensure_future(worker.run())
-                while acked(client, queue) < args.jobs:
+                while sum(q.acked_total for q in await aclient.stats(queue) if q.queue == queue) < args.jobs:
                     await asyncio.sleep(0.05)
                 worker.stop()
                 await task
@@ -63,9 +63,12 @@ def main() -> None:
             time.sleep(0.05)
         worker.stop()
         thread.join()
-    elapsed = time.monotonic() - started
+    elapsed, cpu = time.monotonic() - started, time.process_time() - cpu_before
     form = "asyncio" if args.asyncio else "threads"
-    print(f"python ({form}): {args.jobs} jobs in {elapsed:.2f}s = {args.jobs / elapsed:,.0f} jobs/s")
+    print(
+        f"python ({form}): {args.jobs} jobs in {elapsed:.2f}s = {args.jobs / elapsed:,.0f} jobs/s;"
+        f" worker CPU {cpu / args.jobs * 1e6:.1f} µs/job"
+    )
 
 
 if __name__ == "__main__":

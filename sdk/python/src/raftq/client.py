@@ -173,12 +173,19 @@ class Client:
         target = _target(address, tls)
         self.address = target
         self.metadata = _metadata(token)
+        self._settings = (address, tls, token)
         if tls is None:
             self.channel = grpc.insecure_channel(target, options=_options(None))
         else:
             self.channel = grpc.secure_channel(target, tls.credentials(), options=_options(tls))
         self.queue = pb_grpc.QueueStub(self.channel)
         self.admin = pb_grpc.QueueAdminStub(self.channel)
+
+    def async_twin(self) -> AsyncClient:
+        """An ``AsyncClient`` with this client's address, TLS and token (call
+        it inside a running event loop; close it when done)."""
+        address, tls, token = self._settings
+        return AsyncClient(address, tls=tls, token=token)
 
     def producer(self, retry: RetryPolicy | None = None) -> Producer:
         from raftq.producer import Producer

@@ -3,32 +3,20 @@ over one worker stream."""
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import threading
-import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from datetime import timedelta
-
-import grpc
+from queue import SimpleQueue
 
 from raftq import _tracing
-from raftq._ledger import FULL_BATCH, MIN_FRAME_GAP, Ledger, default_worker_id
+from raftq._ledger import Ledger, default_worker_id
 from raftq._proto.raftq.v1 import queue_pb2 as pb
+from raftq._stream import StreamLoop, lease_ms
 from raftq.client import Client
-from raftq.errors import RaftqError
 from raftq.jobs import Job
 
-log = logging.getLogger("raftq")
-
 Handler = Callable[[Job], object]
-
-
-def _lease_ms(lease: float | timedelta | None) -> int | None:
-    if lease is None:
-        return None
-    seconds = lease.total_seconds() if isinstance(lease, timedelta) else float(lease)
-    return int(seconds * 1000)
 
 
 class Worker:
@@ -49,6 +37,12 @@ class Worker:
     handler or another thread): it then takes no new job, lets running
     handlers finish and report, and closes the stream, which hands the jobs
     it had been given but not started back to the queue at once.
+
+    Handlers run on ``concurrency`` threads of the worker's own; the stream
+    runs on an asyncio loop in the thread that calls ``run()``, over a
+    connection of its own with the client's address, TLS and token. Jobs
+    reach the threads through a queue and outcomes come back in batches:
+    the loop is woken once for all the outcomes that finished meanwhile.
     """
 
     def __init__(
@@ -65,119 +59,82 @@ class Worker:
         self._client = client
         self._queue = queue
         self._handler = handler
-        self._lease_ms = _lease_ms(lease)
-        self._worker_id = worker_id or default_worker_id()
-        self._ledger = Ledger(concurrency, prefetch)
-        self._changed = threading.Condition()
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"raftq-{queue}")
+        self._concurrency = concurrency
+        open_ = pb.WorkerOpen(queue=queue, worker_id=worker_id or default_worker_id(), lease_ms=lease_ms(lease))
+        self._stream = StreamLoop(queue, self._start, Ledger(concurrency, prefetch), open_)
+        self._to_run: SimpleQueue[Job | None] = SimpleQueue()
+        # Guards _loop, _stop_asked and _outcomes.
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_asked = False
+        self._outcomes: list[tuple[str, BaseException | None]] = []
 
     def stop(self) -> None:
-        """Asks ``run()`` to finish (returns at once)."""
-        with self._changed:
-            self._ledger.stop()
-            self._changed.notify_all()
+        """Asks ``run()`` to finish (returns at once). Safe from any thread
+        and from a signal handler."""
+        with self._lock:
+            self._stop_asked = True
+            loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._stream.stop)
 
     def run(self) -> None:
         """Works until ``stop()``; raises ``RaftqError`` when the node refuses
         the stream for good (a bad queue name, a missing role)."""
-        delay = 0.1
+        threads = [
+            threading.Thread(target=self._handle_jobs, name=f"raftq-{self._queue}-{i}", daemon=True)
+            for i in range(self._concurrency)
+        ]
+        for thread in threads:
+            thread.start()
         try:
-            while True:
-                try:
-                    if self._run_stream():
-                        return
-                    delay = 0.1
-                except grpc.RpcError as e:
-                    error = RaftqError.from_rpc(e)
-                    if not error.retryable:
-                        raise error from None
-                    log.warning("worker stream on %s broke (%s); reconnecting", self._queue, error)
-                with self._changed:
-                    if self._ledger.done():
-                        return
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            asyncio.run(self._run())
         finally:
-            self._pool.shutdown(wait=True)
+            for _ in threads:
+                self._to_run.put(None)
+            for thread in threads:
+                thread.join()
 
-    def _run_stream(self) -> bool:
-        """One stream, until it ends. True when the worker is done."""
-        sent: list[pb.WorkerFrame] = []
-        open_ = pb.WorkerOpen(queue=self._queue, worker_id=self._worker_id)
-        if self._lease_ms is not None:
-            open_.lease_ms = self._lease_ms
-        closed = threading.Event()
+    async def _run(self) -> None:
+        async with self._client.async_twin() as client:
+            with self._lock:
+                self._loop = asyncio.get_running_loop()
+                if self._stop_asked:
+                    self._stream.stop()
+            try:
+                await self._stream.run(client)
+            finally:
+                with self._lock:
+                    self._loop = None
 
-        def frames() -> Iterator[pb.WorkerFrame]:
-            with self._changed:
-                first = self._ledger.take_frame(open_)
-            assert first is not None
-            sent.append(first)
-            yield first
-            last = time.monotonic()
-            while True:
-                with self._changed:
-                    while True:
-                        if closed.is_set() or self._ledger.done():
-                            return
-                        gap = time.monotonic() - last
-                        if gap < MIN_FRAME_GAP and self._ledger.outcomes() < FULL_BATCH:
-                            self._changed.wait(MIN_FRAME_GAP - gap)
-                            continue
-                        frame = self._ledger.take_frame()
-                        if frame is not None:
-                            break
-                        self._changed.wait(self._ledger.seconds_to_next_extend())
-                last = time.monotonic()
-                sent[:] = [frame]
-                yield frame
+    def _start(self, job: Job) -> None:
+        # The ledger starts at most `concurrency` jobs: one is free for it.
+        self._to_run.put(job)
 
-        call = self._client.queue.WorkerStream(frames(), metadata=self._client.metadata)
-        try:
-            for server_frame in call:
-                sent.clear()
-                self._receive(server_frame)
-        except grpc.RpcError:
-            with self._changed:
-                for frame in sent:
-                    self._ledger.restore(frame)
-            raise
-        finally:
-            closed.set()
-            with self._changed:
-                self._changed.notify_all()
-        with self._changed:
-            return self._ledger.done()
+    def _handle_jobs(self) -> None:
+        """A handler thread: runs jobs until told to end (None)."""
+        while (job := self._to_run.get()) is not None:
+            error = self._call_handler(job)
+            with self._lock:
+                wake = not self._outcomes
+                self._outcomes.append((job.id, error))
+                loop = self._loop
+            if wake and loop is not None:
+                loop.call_soon_threadsafe(self._report_outcomes)
 
-    def _receive(self, frame: pb.ServerFrame) -> None:
-        for result in frame.results:
-            if result.code != 0:
-                log.warning("job %s: %s", result.token.job_id, result.message)
-        with self._changed:
-            for leased in frame.jobs:
-                self._ledger.receive(leased)
-            # The frame writer plans its next wake-up around these leases.
-            self._changed.notify_all()
-        self._start_waiting()
+    def _report_outcomes(self) -> None:
+        """On the loop: hands every outcome gathered so far to the stream."""
+        with self._lock:
+            outcomes, self._outcomes = self._outcomes, []
+        self._stream.finished(outcomes)
 
-    def _start_waiting(self) -> None:
-        while True:
-            with self._changed:
-                job = self._ledger.next_to_start()
-            if job is None:
-                return
-            self._pool.submit(self._run_one, job)
-
-    def _run_one(self, job: Job) -> None:
-        error: BaseException | None = None
+    def _call_handler(self, job: Job) -> BaseException | None:
+        """The handler, in its span."""
         with _tracing.handler_span(job.queue, job.id, job.attempt, job.headers) as span:
             try:
                 self._handler(job)
             except Exception as e:  # the handler's failure is the job's
-                error = e
                 span.record_exception(e)
                 span.set_status(_tracing.error_status(e))
-        with self._changed:
-            self._ledger.finish(job.id, error)
-            self._changed.notify_all()
-        self._start_waiting()
+                return e
+        return None

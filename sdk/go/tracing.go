@@ -8,6 +8,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 )
 
 // W3C trace context across the queue, with OpenTelemetry's API only:
@@ -31,10 +32,30 @@ func handlerSpanName(queue string) string { return queue + " process" }
 // tracer follows the global provider: one set later takes over.
 var tracer = otel.Tracer("raftq")
 
+// defaultTracerProvider is the global provider before any is set.
+var defaultTracerProvider = otel.GetTracerProvider()
+
+// noSpan stands for a handler's span when tracing is off: ending it, or
+// recording an error on it, does nothing.
+var noSpan = trace.SpanFromContext(context.Background())
+
+// tracingOn: a tracer provider other than the default or a no-op is set.
+func tracingOn() bool {
+	provider := otel.GetTracerProvider()
+	if provider == defaultTracerProvider {
+		return false
+	}
+	_, off := provider.(noop.TracerProvider)
+	return !off
+}
+
 // handlerSpan starts the span a handler runs in: a consumer span, child
 // of the producer's. Attributes are built only for a recording span, so
 // a worker without an OpenTelemetry SDK pays next to nothing.
 func handlerSpan(ctx context.Context, name string, job *Job) (context.Context, trace.Span) {
+	if !tracingOn() {
+		return ctx, noSpan
+	}
 	parent := ctx
 	if _, traced := job.Headers["traceparent"]; traced {
 		parent = traceContext.Extract(ctx, propagation.MapCarrier(job.Headers))

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -31,6 +32,8 @@ type Worker struct {
 	workerID string
 	logger   *slog.Logger
 	ledger   *ledger
+	// finished is the loop's reused buffer of outcomes taken from the box.
+	finished []outcome
 }
 
 // WorkerOption configures a [Worker].
@@ -82,6 +85,39 @@ type outcome struct {
 	err   error
 }
 
+// outcomeBox carries finished handlers' outcomes to the stream's loop in
+// batches: a handler appends, and signals only when the box was empty, so
+// the loop wakes once for everything that finished meanwhile.
+type outcomeBox struct {
+	mu      sync.Mutex
+	pending []outcome
+	ready   chan struct{}
+}
+
+func newOutcomeBox() *outcomeBox { return &outcomeBox{ready: make(chan struct{}, 1)} }
+
+func (b *outcomeBox) put(o outcome) {
+	b.mu.Lock()
+	wake := len(b.pending) == 0
+	b.pending = append(b.pending, o)
+	b.mu.Unlock()
+	if wake {
+		select {
+		case b.ready <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// take empties the box (after a signal on ready).
+func (b *outcomeBox) take(into []outcome) []outcome {
+	b.mu.Lock()
+	into = append(into[:0], b.pending...)
+	b.pending = b.pending[:0]
+	b.mu.Unlock()
+	return into
+}
+
 // Run works until ctx is cancelled, then stops gracefully: no new job is
 // started, running handlers finish (their context is not cancelled) and
 // report, and the stream is closed, which hands the jobs given but not
@@ -89,7 +125,7 @@ type outcome struct {
 // or an [*Error] when the node refuses the stream for good (a bad queue
 // name, a missing role). Run once per Worker.
 func (w *Worker) Run(ctx context.Context) error {
-	outcomes := make(chan outcome, w.ledger.concurrency)
+	outcomes := newOutcomeBox()
 	// A fixed set of handler goroutines: their stacks, grown once, stay
 	// grown (a goroutine per job pays for growing one every time).
 	toRun := make(chan *Job, w.ledger.concurrency)
@@ -118,8 +154,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	wait:
 		for {
 			select {
-			case o := <-outcomes:
-				w.ledger.finish(o.jobID, o.err)
+			case <-outcomes.ready:
+				w.finish(outcomes)
 				w.startWaiting(toRun)
 			case <-stopCh:
 				stopCh = nil
@@ -136,7 +172,7 @@ func (w *Worker) Run(ctx context.Context) error {
 }
 
 // runStream runs one stream until it ends: done when the worker is done.
-func (w *Worker) runStream(ctx context.Context, toRun chan<- *Job, outcomes chan outcome, stopCh *<-chan struct{}) (bool, error) {
+func (w *Worker) runStream(ctx context.Context, toRun chan<- *Job, outcomes *outcomeBox, stopCh *<-chan struct{}) (bool, error) {
 	streamCtx, cancel := context.WithCancel(w.client.Context(context.WithoutCancel(ctx)))
 	defer cancel()
 	stream, err := w.client.queue.WorkerStream(streamCtx)
@@ -223,18 +259,8 @@ func (w *Worker) runStream(ctx context.Context, toRun chan<- *Job, outcomes chan
 				return w.ledger.done(), nil
 			}
 			return false, err
-		case o := <-outcomes:
-			w.ledger.finish(o.jobID, o.err)
-			// Everything finished meanwhile goes in the same frame.
-		drain:
-			for {
-				select {
-				case o := <-outcomes:
-					w.ledger.finish(o.jobID, o.err)
-				default:
-					break drain
-				}
-			}
+		case <-outcomes.ready:
+			w.finish(outcomes)
 			w.startWaiting(toRun)
 		case <-extend.C:
 		case <-flush.C:
@@ -266,6 +292,15 @@ func (w *Worker) runStream(ctx context.Context, toRun chan<- *Job, outcomes chan
 // to be sent; the worker reconnects and sends them on the next stream.
 var sendErrEOF = &Error{Code: codes.Unavailable, Message: "the node ended the worker stream"}
 
+// finish records every outcome in the box.
+func (w *Worker) finish(outcomes *outcomeBox) {
+	w.finished = outcomes.take(w.finished)
+	for _, o := range w.finished {
+		w.ledger.finish(o.jobID, o.err)
+	}
+	clear(w.finished) // let the errors go
+}
+
 // startWaiting hands waiting jobs to free handlers; the ledger starts no
 // more than Concurrency at once, so the send never blocks.
 func (w *Worker) startWaiting(toRun chan<- *Job) {
@@ -275,13 +310,13 @@ func (w *Worker) startWaiting(toRun chan<- *Job) {
 }
 
 // runHandlers is one handler slot: it runs jobs until toRun is closed.
-func (w *Worker) runHandlers(ctx context.Context, toRun <-chan *Job, outcomes chan<- outcome) {
+func (w *Worker) runHandlers(ctx context.Context, toRun <-chan *Job, outcomes *outcomeBox) {
 	spanName := handlerSpanName(w.queue)
 	for job := range toRun {
 		spanCtx, span := handlerSpan(ctx, spanName, job)
 		err := w.run(spanCtx, job)
 		endSpan(span, err)
-		outcomes <- outcome{jobID: job.ID, err: err}
+		outcomes.put(outcome{jobID: job.ID, err: err})
 	}
 }
 

@@ -2,7 +2,12 @@
 //! building raftq needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/raftq/v1/queue.proto", "proto/raftq/v1/cluster.proto"];
+    let files = [
+        "proto/raftq/v1/queue.proto",
+        "proto/raftq/v1/cluster.proto",
+        // KEDA's external scaler protocol, which the node also serves.
+        "proto/keda/externalscaler.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

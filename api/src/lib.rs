@@ -12,6 +12,14 @@ pub mod v1 {
     tonic::include_proto!("raftq.v1");
 }
 
+/// KEDA's external scaler protocol (package `externalscaler`), copied from
+/// KEDA: the node serves it so a `ScaledObject` can scale workers on a
+/// queue's backlog.
+#[allow(clippy::all, missing_docs)]
+pub mod keda {
+    tonic::include_proto!("externalscaler");
+}
+
 pub use job_id::JobId;
 
 /// The shard that owns `queue` among `shards`: FNV-1a of the name, so every

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use openraft::BasicNode;
+use raftq_api::keda::external_scaler_server::ExternalScalerServer;
 use raftq_api::limits::MAX_MESSAGE_BYTES;
 use raftq_api::v1::cluster_admin_server::ClusterAdminServer;
 use raftq_api::v1::queue_admin_server::QueueAdminServer;
@@ -24,7 +25,7 @@ use crate::memory::{Budgets, MemoryBudget};
 use crate::network::{NetworkFactory, TransportService};
 use crate::raft_types::{NodeId, Raft};
 use crate::security::{Port, Security};
-use crate::service::{ClusterService, QueueAdminService, QueueService};
+use crate::service::{ClusterService, QueueAdminService, QueueService, ScalerService};
 use crate::store::log_store::LogStore;
 use crate::store::state_machine::StateMachineStore;
 use crate::store::{health, watermark, ContentCache, Contents, Store, StoreMemory};
@@ -361,7 +362,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     };
     let client_router = server()
         .add_service(queue(Port::Client))
-        .add_service(admin(Port::Client));
+        .add_service(admin(Port::Client))
+        .add_service(ExternalScalerServer::new(ScalerService::new(
+            QueueAdminService::new(context.clone(), Port::Client),
+        )));
     let peer_message_bytes =
         usize::try_from(limits.peer_message_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
     // Forwarded requests come in on the peer port.

@@ -19,6 +19,7 @@ use crate::forward;
 use crate::ops::{Op, OpResult, QueueConfigPatch};
 use crate::security::{Call, Caller, Port};
 
+#[derive(Clone)]
 pub struct QueueAdminService {
     ctx: Ctx,
     port: Port,

@@ -9,6 +9,7 @@ mod cluster;
 mod convert;
 mod membership;
 mod queue;
+mod scaler;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ pub use admin::QueueAdminService;
 pub use cluster::ClusterService;
 pub use queue::QueueService;
 use raftq_api::validate::Invalid;
+pub use scaler::ScalerService;
 use tonic::Status;
 
 use crate::batcher::SubmitError;

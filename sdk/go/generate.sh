@@ -22,7 +22,8 @@ generate() {
 ]}
 JSON
 )
-  $tools buf generate ../../api/proto --template "$template"
+  # Only raftq's own protos: api/proto also holds KEDA's, which the node serves.
+  $tools buf generate ../../api/proto --path ../../api/proto/raftq --template "$template"
 }
 
 if [ "${1:-}" = "--check" ]; then

@@ -33,7 +33,8 @@ function generate(dir) {
       },
     ],
   };
-  execFileSync(join(bin, "buf"), ["generate", protos, "--template", JSON.stringify(template)], {
+  // Only raftq's own protos: api/proto also holds KEDA's, which the node serves.
+  execFileSync(join(bin, "buf"), ["generate", protos, "--path", join(protos, "raftq"), "--template", JSON.stringify(template)], {
     stdio: "inherit",
   });
 }

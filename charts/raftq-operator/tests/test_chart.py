@@ -138,16 +138,33 @@ class ChartTest(unittest.TestCase):
     def test_examples_are_valid_jobqueues(self):
         crd = yaml.safe_load((ROOT / "crds" / "jobqueue.yaml").read_text())
         spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        jobqueues = 0
         for path in sorted((ROOT / "examples").glob("*.yaml")):
-            with self.subTest(example=path.name):
-                doc = yaml.safe_load(path.read_text())
-                self.assertEqual(doc["apiVersion"], "raftq.dev/v1alpha1")
-                self.assertEqual(doc["kind"], "JobQueue")
-                unknown = set(doc["spec"]) - set(spec_schema["properties"])
-                self.assertEqual(unknown, set(), f"{path.name}: fields not in the CRD")
-                replicas = doc["spec"]["replicas"]
-                self.assertTrue(1 <= replicas <= 7 and replicas % 2 == 1, path.name)
+            for doc in yaml.safe_load_all(path.read_text()):
+                if doc.get("kind") != "JobQueue":
+                    continue
+                jobqueues += 1
+                with self.subTest(example=path.name):
+                    self.assertEqual(doc["apiVersion"], "raftq.dev/v1alpha1")
+                    unknown = set(doc["spec"]) - set(spec_schema["properties"])
+                    self.assertEqual(unknown, set(), f"{path.name}: fields not in the CRD")
+                    replicas = doc["spec"]["replicas"]
+                    self.assertTrue(1 <= replicas <= 7 and replicas % 2 == 1, path.name)
+        self.assertGreater(jobqueues, 0, "no JobQueue among the examples")
 
+    def test_the_keda_example_uses_only_keys_the_scaler_reads(self):
+        # The node refuses any other key (queue-node/src/service/scaler.rs).
+        known = {"scalerAddress", "enableTLS", "unsafeSsl", "queue", "targetPerReplica",
+                 "activationBacklog", "includeLeased", "tokenFromEnv"}
+        docs = list(yaml.safe_load_all((ROOT / "examples" / "keda-scaledobject.yaml").read_text()))
+        scaled = [d for d in docs if d["kind"] == "ScaledObject"]
+        self.assertEqual(len(scaled), 1)
+        triggers = scaled[0]["spec"]["triggers"]
+        self.assertTrue(triggers)
+        for trigger in triggers:
+            self.assertIn(trigger["type"], ("external", "external-push"))
+            self.assertEqual(set(trigger["metadata"]) - known, set())
+            self.assertIn("queue", trigger["metadata"])
 
 if __name__ == "__main__":
     unittest.main()

@@ -63,8 +63,9 @@ class Worker:
         open_ = pb.WorkerOpen(queue=queue, worker_id=worker_id or default_worker_id(), lease_ms=lease_ms(lease))
         self._stream = StreamLoop(queue, self._start, Ledger(concurrency, prefetch), open_)
         self._to_run: SimpleQueue[Job | None] = SimpleQueue()
-        # Guards _loop, _stop_asked and _outcomes.
-        self._lock = threading.Lock()
+        # Guards _loop, _stop_asked and _outcomes. Reentrant: a signal
+        # handler calling stop() runs in the thread that may hold it.
+        self._lock = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_asked = False
         self._outcomes: list[tuple[str, BaseException | None]] = []

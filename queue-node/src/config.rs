@@ -54,6 +54,33 @@ pub struct NodeConfig {
     /// or without auth (`--require-auth`).
     pub require_auth: bool,
     pub limits: LimitsConfig,
+    /// The web console and the REST API's history window.
+    pub console: ConsoleConfig,
+}
+
+/// The web console served on the client port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Serve the console's pages at `/` of the client port (the REST API
+    /// is served either way).
+    pub enabled: bool,
+    /// Hide every action in the console, whatever the user's roles (the
+    /// API still answers callers with the roles for them).
+    pub read_only: bool,
+    /// How often the queues' depths and rates are sampled for the
+    /// console's 15-minute charts.
+    pub sample_every_ms: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            enabled: true,
+            read_only: false,
+            sample_every_ms: 10_000,
+        }
+    }
 }
 
 /// Certificates, all PEM files, re-read when they change.
@@ -232,6 +259,7 @@ impl Default for NodeConfig {
             auth: None,
             require_auth: false,
             limits: LimitsConfig::default(),
+            console: ConsoleConfig::default(),
         }
     }
 }
@@ -362,6 +390,12 @@ impl NodeConfig {
             || l.peer_message_mib == 0
         {
             return invalid("limits: every limit but requests_per_second_per_principal must be > 0 (a 0 would refuse every caller)".into());
+        }
+        if !(100..=60_000).contains(&self.console.sample_every_ms) {
+            return invalid(format!(
+                "console.sample_every_ms must be in 100..=60000 (got {})",
+                self.console.sample_every_ms
+            ));
         }
         if l.idle_timeout_ms <= l.keepalive_interval_ms {
             return invalid(format!(

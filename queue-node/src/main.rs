@@ -69,6 +69,13 @@ struct Args {
     /// Refuse to start with a port beyond loopback lacking TLS or auth.
     #[arg(long)]
     require_auth: bool,
+    /// Show the web console without any action buttons, whatever the
+    /// user's roles.
+    #[arg(long)]
+    console_read_only: bool,
+    /// Do not serve the web console (the REST API stays).
+    #[arg(long, conflicts_with = "console_read_only")]
+    no_console: bool,
     /// Serve /healthz, /readyz and /metrics over HTTP here, e.g. 127.0.0.1:9400.
     #[arg(long, env = "RAFTQ_HTTP_LISTEN")]
     http_listen: Option<String>,
@@ -185,6 +192,10 @@ fn config_from(args: &Args) -> anyhow::Result<NodeConfig> {
         });
     }
     c.require_auth |= args.require_auth;
+    c.console.read_only |= args.console_read_only;
+    if args.no_console {
+        c.console.enabled = false;
+    }
     if let Some(v) = &args.http_listen {
         c.http_listen = Some(v.clone());
     }

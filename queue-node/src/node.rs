@@ -48,6 +48,8 @@ pub struct NodeHandle {
     http: Option<JoinHandle<std::io::Result<()>>>,
     watermark: JoinHandle<()>,
     balancer: Option<JoinHandle<()>>,
+    /// Samples the queues for the console's charts.
+    sampler: Option<JoinHandle<()>>,
 }
 
 impl NodeHandle {
@@ -66,6 +68,10 @@ impl NodeHandle {
             http.abort();
         }
         self.watermark.abort();
+        if let Some(sampler) = self.sampler.take() {
+            sampler.abort();
+            let _ = sampler.await;
+        }
         if let Some(balancer) = self.balancer.take() {
             balancer.abort();
             let _ = balancer.await;
@@ -360,12 +366,26 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     };
-    let client_router = server()
+    let history = Arc::new(crate::history::History::new(Duration::from_millis(
+        config.console.sample_every_ms,
+    )));
+    let sampler = TaskGuard(Some(tokio::spawn(history.clone().run(context.clone()))));
+    let rest = crate::rest::router(Arc::new(crate::rest::Rest::new(
+        context.clone(),
+        history,
+        crate::rest::ConsoleOptions {
+            enabled: config.console.enabled,
+            read_only: config.console.read_only,
+        },
+    )));
+    // gRPC, and beside it REST and the console over HTTP/1.1 or HTTP/2.
+    let client_routes = tonic::service::Routes::from(rest)
         .add_service(queue(Port::Client))
         .add_service(admin(Port::Client))
         .add_service(ExternalScalerServer::new(ScalerService::new(
             QueueAdminService::new(context.clone(), Port::Client),
         )));
+    let client_router = server().accept_http1(true).add_routes(client_routes);
     let peer_message_bytes =
         usize::try_from(limits.peer_message_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
     // Forwarded requests come in on the peer port.
@@ -421,6 +441,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         http: http.and_then(TaskGuard::keep),
         watermark: watermark_task,
         balancer,
+        sampler: sampler.keep(),
     })
 }
 

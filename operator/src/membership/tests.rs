@@ -9,11 +9,13 @@ fn node(id: u64, shards: u32, leader: u64, voters: &[u64], learners: &[u64]) -> 
             node_id: *v,
             addr: format!("n{v}"),
             voter: true,
+            matched_index: 0,
         })
         .chain(learners.iter().map(|l| pb::Member {
             node_id: *l,
             addr: format!("n{l}"),
             voter: false,
+            matched_index: 0,
         }))
         .collect::<Vec<_>>();
     pb::ClusterStatus {

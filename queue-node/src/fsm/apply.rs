@@ -635,8 +635,9 @@ impl ShardState {
         self.extras.set_error(key, job, error);
         let job = *job;
         self.write_status(key, &job, sink);
-        let queue = job.queue;
-        self.queues[queue as usize].dead.insert(key, ());
+        let q = &mut self.queues[job.queue as usize];
+        q.dead.insert(key, ());
+        q.totals.died += 1;
         self.finished.push(self.id_of(key));
     }
 

@@ -184,6 +184,36 @@ impl<K: Ord + Copy, V> ChunkMap<K, V> {
             .enumerate()
             .flat_map(move |(n, chunk)| chunk.iter().skip(if n == 0 { i } else { 0 }))
     }
+
+    /// Entries with keys below `before` (all of them for `None`), in
+    /// reverse order: newest first, for listings.
+    pub fn iter_before_rev(&self, before: Option<K>) -> impl Iterator<Item = &(K, V)> + '_ {
+        let (c, i) = match before {
+            None => (self.chunks.len(), usize::MAX),
+            Some(before) => {
+                let c = self.chunk_of(&before);
+                let i = self
+                    .chunks
+                    .get(c)
+                    .map_or(0, |chunk| chunk.partition_point(|(k, _)| *k < before));
+                (c + 1, i)
+            }
+        };
+        let last = c.saturating_sub(1);
+        self.chunks
+            .iter()
+            .take(c)
+            .enumerate()
+            .rev()
+            .flat_map(move |(n, chunk)| {
+                let end = if n == last {
+                    i.min(chunk.len())
+                } else {
+                    chunk.len()
+                };
+                chunk.iter().take(end).rev()
+            })
+    }
 }
 
 impl<K: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for ChunkMap<K, V> {
@@ -235,10 +265,24 @@ mod tests {
                     assert_eq!(map.insert(next, step), model.insert(next, step));
                 }
                 8 => assert_eq!(map.get(&key), model.get(&key)),
-                _ => {
+                9 if step % 2 == 0 => {
                     let after: Vec<u64> = map.iter_after(Some(key)).map(|(k, _)| *k).collect();
                     let want: Vec<u64> = model.range(key + 1..).map(|(k, _)| *k).collect();
                     assert_eq!(after, want);
+                }
+                _ => {
+                    let before: Vec<u64> = map
+                        .iter_before_rev(Some(key))
+                        .take(300)
+                        .map(|(k, _)| *k)
+                        .collect();
+                    let want: Vec<u64> = model
+                        .range(..key)
+                        .rev()
+                        .take(300)
+                        .map(|(k, _)| *k)
+                        .collect();
+                    assert_eq!(before, want, "below {key}");
                 }
             }
             assert_eq!(map.len(), model.len());
@@ -249,6 +293,10 @@ mod tests {
             if step % 1000 == 0 {
                 check_invariants(&map);
                 assert!(map.iter().map(|(k, v)| (k, v)).eq(model.iter()));
+                assert!(map
+                    .iter_before_rev(None)
+                    .map(|(k, v)| (k, v))
+                    .eq(model.iter().rev()));
             }
         }
         check_invariants(&map);

@@ -298,6 +298,45 @@ impl FreshJobs {
         })
     }
 
+    /// Jobs with keys below `before` (all for `None`), newest first —
+    /// across priorities, for listings. Decodes one block of each run at
+    /// a time, as the caller reads on.
+    pub fn iter_rev_before(
+        &self,
+        before: Option<JobKey>,
+    ) -> impl Iterator<Item = (i32, FreshJob)> + '_ {
+        let below = move |key: JobKey| before.is_none_or(|b| key < b);
+        let mut runs: Vec<(
+            i32,
+            std::iter::Peekable<Box<dyn Iterator<Item = FreshJob> + '_>>,
+        )> = self
+            .runs
+            .iter()
+            .map(|(Reverse(priority), run)| {
+                let end = match before {
+                    None => run.blocks.len(),
+                    Some(b) => run.blocks.partition_point(|block| block.first.key < b),
+                };
+                let jobs: Box<dyn Iterator<Item = FreshJob> + '_> =
+                    Box::new(run.blocks.iter().take(end).rev().flat_map(move |block| {
+                        let mut jobs = block.jobs();
+                        jobs.retain(|job| below(job.key));
+                        jobs.into_iter().rev()
+                    }));
+                (*priority, jobs.peekable())
+            })
+            .collect();
+        std::iter::from_fn(move || {
+            let (_, newest) = runs
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(n, (_, jobs))| jobs.peek().map(|job| (job.key, n)))
+                .max()?;
+            let (priority, jobs) = &mut runs[newest];
+            jobs.next().map(|job| (*priority, job))
+        })
+    }
+
     /// Empties the set, returning what it held.
     pub fn take(&mut self) -> FreshJobs {
         std::mem::take(self)
@@ -436,6 +475,14 @@ mod tests {
             let all: Vec<_> = fresh.iter().collect();
             let want: Vec<_> = model.iter().map(|(p, _, _, j)| (p.0, *j)).collect();
             prop_assert_eq!(all, want);
+            // Newest first, from the top and from inside.
+            let mut by_key: Vec<(i32, FreshJob)> = model.iter().map(|(p, _, _, j)| (p.0, *j)).collect();
+            by_key.sort_by_key(|(_, j)| std::cmp::Reverse(j.key));
+            prop_assert_eq!(fresh.iter_rev_before(None).collect::<Vec<_>>(), by_key.clone());
+            if let Some((_, middle)) = by_key.get(by_key.len() / 2) {
+                let below: Vec<_> = by_key.iter().copied().filter(|(_, j)| j.key < middle.key).collect();
+                prop_assert_eq!(fresh.iter_rev_before(Some(middle.key)).collect::<Vec<_>>(), below);
+            }
             while fresh.pop_first().is_some() {}
             prop_assert_eq!(fresh.footprint(), 0);
         }

@@ -19,6 +19,7 @@ mod chunk_map;
 mod fresh;
 mod job;
 pub mod keys;
+mod listing;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use self::chunk_map::ChunkMap;
 use self::fresh::{FreshJob, FreshJobs};
 use self::job::{flags, Job, JobKey, QueueId, ReadyKey, StatusRecord, Workers, NO_WORKER};
+pub use self::listing::{JobFilter, JobPage};
 use crate::ops::{
     BackoffPolicy, JobMeta, JobState, JobStatus, JobView, QueueConfigPatch, QueueDefaults,
     QueueView,
@@ -117,6 +119,8 @@ pub struct QueueTotals {
     pub acked: u64,
     pub nacked: u64,
     pub expired: u64,
+    /// Jobs moved to the dead-letter set.
+    pub died: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -775,3 +775,134 @@ proptest! {
         a.assert_rebuilds();
     }
 }
+
+#[test]
+fn listing_pages_newest_first_over_every_state_and_filter() {
+    use super::JobFilter;
+    let mut h = Harness::new();
+    // Fresh jobs at two priorities, interleaved with another queue's.
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        let mut j = job(&format!("q{n}"));
+        j.priority = n % 2;
+        ids.push(h.enqueue("q", vec![j])[0].0);
+        h.enqueue("other", vec![job("x")]);
+    }
+    let mut keyed = job("keyed");
+    keyed.idempotency_key = Some("order-7".into());
+    ids.push(h.enqueue("q", vec![keyed])[0].0);
+    let mut later = job("later");
+    later.when = When::Delay(60_000);
+    ids.push(h.enqueue("q", vec![later])[0].0);
+    // Lease the two oldest priority-1 jobs, fail one of them to dead.
+    let leased = h.claim("q", "w", 2);
+    assert_eq!(
+        leased.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[1], ids[3]]
+    );
+    h.nack(ids[1], 1, true).expect("nack to dead");
+
+    let list = |h: &Harness, filter: &JobFilter, before, limit, scan| {
+        h.state
+            .list_jobs("q", filter, before, limit, scan, &h.defaults)
+    };
+    let all = list(&h, &JobFilter::default(), None, 100, 1000);
+    let mut newest_first = ids.clone();
+    newest_first.reverse();
+    assert_eq!(
+        all.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        newest_first
+    );
+    assert_eq!(all.next_before, None);
+    assert_eq!(all.scanned, 12);
+
+    // Pages of 5 walk the same order with no gap or repeat.
+    let mut walked = Vec::new();
+    let mut before = None;
+    loop {
+        let page = list(&h, &JobFilter::default(), before, 5, 1000);
+        walked.extend(page.jobs.iter().map(|j| j.id));
+        match page.next_before {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(walked, newest_first);
+
+    let by_state = |h: &Harness, state| {
+        let filter = JobFilter {
+            state: Some(state),
+            ..JobFilter::default()
+        };
+        list(h, &filter, None, 100, 1000)
+            .jobs
+            .iter()
+            .map(|j| j.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(by_state(&h, JobState::Dead), vec![ids[1]]);
+    assert_eq!(by_state(&h, JobState::Leased), vec![ids[3]]);
+    assert_eq!(by_state(&h, JobState::Scheduled), vec![ids[11]]);
+    assert_eq!(by_state(&h, JobState::Ready).len(), 9);
+
+    let keyed = JobFilter {
+        idempotency_key: Some("order-7".into()),
+        ..JobFilter::default()
+    };
+    assert_eq!(list(&h, &keyed, None, 100, 1000).jobs[0].id, ids[10]);
+    let failed = JobFilter {
+        error_contains: Some("BOO".into()),
+        ..JobFilter::default()
+    };
+    let failed = list(&h, &failed, None, 100, 1000);
+    assert_eq!(
+        failed.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[1]]
+    );
+    assert_eq!(failed.jobs[0].status.last_error.as_deref(), Some("boom"));
+
+    // A small scan budget stops early and says where to go on.
+    let short = list(
+        &h,
+        &JobFilter {
+            state: Some(JobState::Dead),
+            ..JobFilter::default()
+        },
+        None,
+        100,
+        1,
+    );
+    assert_eq!(short.scanned, 1);
+    let only_dead = JobFilter {
+        error_contains: Some("boom".into()),
+        ..JobFilter::default()
+    };
+    let short = list(&h, &only_dead, None, 100, 3);
+    assert!(short.jobs.is_empty());
+    // Fresh jobs cannot have an error: only the other jobs are examined.
+    assert_eq!(short.next_before, Some(ids[3]), "the last job examined");
+    let rest = list(&h, &only_dead, short.next_before, 100, 1000);
+    assert_eq!(
+        rest.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[1]]
+    );
+
+    // One job by id, only in its own queue.
+    let one = h
+        .state
+        .list_one("q", ids[4], &JobFilter::default(), &h.defaults);
+    assert_eq!(
+        one.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[4]]
+    );
+    assert!(h
+        .state
+        .list_one("other", ids[4], &JobFilter::default(), &h.defaults)
+        .jobs
+        .is_empty());
+    assert!(h
+        .state
+        .list_jobs("nope", &JobFilter::default(), None, 10, 10, &h.defaults)
+        .jobs
+        .is_empty());
+}

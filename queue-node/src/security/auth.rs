@@ -28,7 +28,7 @@ pub enum Role {
     Produce,
     /// Fetch, Ack, Nack, ExtendLease, WorkerStream.
     Consume,
-    /// Stats, GetJob, ListDead.
+    /// Stats, GetQueue, GetJob, ListJobs, ListDead.
     Read,
     /// Pause, resume, purge, queue settings, cancel, dead letters.
     QueueAdmin,
@@ -88,6 +88,15 @@ impl Pattern {
     }
 }
 
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pattern::Exact(q) => f.write_str(q),
+            Pattern::Prefix(p) => write!(f, "{p}*"),
+        }
+    }
+}
+
 /// A principal with its grants.
 #[derive(Debug)]
 pub struct Principal {
@@ -109,6 +118,11 @@ impl Principal {
         self.grants
             .iter()
             .any(|(r, p)| *r == role && (role == Role::ClusterAdmin || p.is_everything()))
+    }
+
+    /// Its grants: each role with the queue pattern it holds it on.
+    pub fn grants(&self) -> impl Iterator<Item = (Role, &Pattern)> + '_ {
+        self.grants.iter().map(|(role, pattern)| (*role, pattern))
     }
 
     /// Whether it holds `role` on any queue at all.

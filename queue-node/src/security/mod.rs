@@ -51,7 +51,9 @@ pub enum Call {
     ExtendLease,
     WorkerStream,
     Stats,
+    GetQueue,
     GetJob,
+    ListJobs,
     ListDead,
     PauseQueue,
     ResumeQueue,
@@ -62,6 +64,10 @@ pub enum Call {
     PurgeDead,
     /// A `ClusterAdmin` call, by name.
     Cluster(&'static str),
+    /// The cluster's shards and members as the console shows them (REST).
+    ClusterView,
+    /// Who the caller is and what it may do (REST): any known caller.
+    WhoAmI,
     /// A Raft message: members only.
     Raft,
 }
@@ -73,11 +79,11 @@ impl Call {
         Some(match self {
             Enqueue => Role::Produce,
             Fetch | Ack | Nack | ExtendLease | WorkerStream => Role::Consume,
-            Stats | GetJob | ListDead => Role::Read,
+            Stats | GetQueue | GetJob | ListJobs | ListDead | ClusterView => Role::Read,
             PauseQueue | ResumeQueue | PurgeQueue | SetQueueConfig | CancelJob | RequeueDead
             | PurgeDead => Role::QueueAdmin,
             Cluster(_) => Role::ClusterAdmin,
-            Raft => return None,
+            Raft | WhoAmI => return None,
         })
     }
 
@@ -85,8 +91,12 @@ impl Call {
         match self {
             Call::Cluster(name) => format!("ClusterAdmin.{name}"),
             Call::Raft => "RaftTransport".into(),
+            Call::ClusterView => "GET /api/v1/cluster".into(),
+            Call::WhoAmI => "GET /api/v1/whoami".into(),
             Call::Stats
+            | Call::GetQueue
             | Call::GetJob
+            | Call::ListJobs
             | Call::ListDead
             | Call::PauseQueue
             | Call::ResumeQueue
@@ -153,6 +163,19 @@ impl Caller {
         match &self.access {
             Access::Everything => true,
             Access::Grants(p) => p.allows_everywhere(role),
+        }
+    }
+
+    /// The caller's grants as (role, queue pattern); `None` when it may do
+    /// everything (auth is off, or it is a cluster member).
+    pub fn grants(&self) -> Option<Vec<(Role, String)>> {
+        match &self.access {
+            Access::Everything => None,
+            Access::Grants(p) => Some(
+                p.grants()
+                    .map(|(role, pattern)| (role, pattern.to_string()))
+                    .collect(),
+            ),
         }
     }
 

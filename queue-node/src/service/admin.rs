@@ -10,6 +10,7 @@ use raftq_api::v1 as pb;
 use raftq_api::validate;
 use tonic::{Request, Response, Status};
 
+use super::listing::Listing;
 use super::{
     convert, forwarded, invalid, may_on_jobs, read_contents, submit_one, unexpected, with_contents,
     Ctx, Route,
@@ -110,6 +111,7 @@ fn stats(s: crate::fsm::QueueStats) -> pb::QueueStats {
         acked_total: s.totals.acked,
         nacked_total: s.totals.nacked,
         expired_total: s.totals.expired,
+        dead_total: s.totals.died,
     }
 }
 
@@ -397,6 +399,60 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
                     })),
                     other => Err(unexpected(other)),
                 }
+            }
+        }
+    }
+
+    async fn get_queue(
+        &self,
+        request: Request<pb::QueueRef>,
+    ) -> Result<Response<pb::QueueInfo>, Status> {
+        let (caller, route) =
+            self.queue_route(Call::GetQueue, &request.get_ref().queue, &request)?;
+        match route {
+            Route::Leader(leader) => {
+                leader
+                    .relay(
+                        leader
+                            .admin()
+                            .get_queue(forwarded(request.into_inner(), &caller)),
+                    )
+                    .await
+            }
+            Route::Local(shard) => {
+                linearizable(shard).await?;
+                let view = shard
+                    .shared
+                    .state()
+                    .queue_view(&request.get_ref().queue, &self.ctx.defaults);
+                Ok(Response::new(convert::queue_info(&view)))
+            }
+        }
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let listing = Listing::of(request.get_ref())?;
+        let (caller, route) =
+            self.queue_route(Call::ListJobs, &request.get_ref().queue, &request)?;
+        match route {
+            Route::Leader(leader) => {
+                leader
+                    .relay(
+                        leader
+                            .admin()
+                            .list_jobs(forwarded(request.into_inner(), &caller)),
+                    )
+                    .await
+            }
+            Route::Local(shard) => {
+                linearizable(shard).await?;
+                let req = request.into_inner();
+                Ok(Response::new(
+                    listing.serve(shard, &req.queue, &self.ctx.defaults).await?,
+                ))
             }
         }
     }

@@ -35,12 +35,17 @@ impl ClusterService {
     }
 
     fn status(&self) -> pb::ClusterStatus {
-        pb::ClusterStatus {
-            node_id: self.ctx.id,
-            addr: self.ctx.addr.clone(),
-            client_addr: self.ctx.client_addr.clone(),
-            shards: self.ctx.shards.iter().map(shard_status).collect(),
-        }
+        local_status(&self.ctx)
+    }
+}
+
+/// Each shard's Raft status as this node sees it.
+pub fn local_status(ctx: &crate::context::NodeContext) -> pb::ClusterStatus {
+    pb::ClusterStatus {
+        node_id: ctx.id,
+        addr: ctx.addr.clone(),
+        client_addr: ctx.client_addr.clone(),
+        shards: ctx.shards.iter().map(shard_status).collect(),
     }
 }
 
@@ -54,6 +59,7 @@ fn shard_status(shard: &ShardHandle) -> pb::ShardStatus {
             node_id: *id,
             addr: node.addr.clone(),
             voter: voters.contains(id),
+            matched_index: matched_index(&m, *id),
         })
         .collect();
     let role = match m.state {
@@ -73,6 +79,18 @@ fn shard_status(shard: &ShardHandle) -> pb::ShardStatus {
         last_log_index: m.last_log_index.unwrap_or(0),
         members,
         role: role.into(),
+    }
+}
+
+/// On the leader: the last log index member `id` is known to have.
+fn matched_index(m: &openraft::RaftMetrics<u64, BasicNode>, id: u64) -> u64 {
+    match &m.replication {
+        None => 0,
+        Some(_) if id == m.id => m.last_log_index.unwrap_or(0),
+        Some(replication) => replication
+            .get(&id)
+            .and_then(|log_id| log_id.map(|l| l.index))
+            .unwrap_or(0),
     }
 }
 

@@ -7,6 +7,7 @@
 mod admin;
 mod cluster;
 mod convert;
+mod listing;
 mod membership;
 mod queue;
 mod scaler;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use admin::QueueAdminService;
-pub use cluster::ClusterService;
+pub use cluster::{local_status, ClusterService};
 pub use queue::QueueService;
 use raftq_api::validate::Invalid;
 pub use scaler::ScalerService;

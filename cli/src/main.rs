@@ -277,8 +277,31 @@ struct WorkArgs {
 
 #[derive(Debug, Subcommand)]
 enum JobCommand {
-    Get { id: String },
-    Cancel { id: String },
+    Get {
+        id: String,
+    },
+    Cancel {
+        id: String,
+    },
+    /// List a queue's jobs, newest first.
+    List {
+        queue: String,
+        /// scheduled, ready, leased or dead (default: every state).
+        #[arg(long, value_parser = ["scheduled", "ready", "leased", "dead"])]
+        state: Option<String>,
+        /// Only jobs with this header: `key` or `key=value`.
+        #[arg(long)]
+        header: Option<String>,
+        /// Only the job with this idempotency key.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Only jobs whose last error contains this text.
+        #[arg(long)]
+        error: Option<String>,
+        /// Show at most this many jobs.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -584,6 +607,74 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Job(JobCommand::Cancel { id }) => {
             call!(client, admin, cancel_job, pb::JobRef { job_id: id.clone() });
             println!("cancelled {id}");
+        }
+        Command::Job(JobCommand::List {
+            queue,
+            state,
+            header,
+            idempotency_key,
+            error,
+            limit,
+        }) => {
+            let state = match state.as_deref() {
+                Some("scheduled") => pb::JobState::Scheduled,
+                Some("ready") => pb::JobState::Ready,
+                Some("leased") => pb::JobState::Leased,
+                Some("dead") => pb::JobState::Dead,
+                _ => pb::JobState::Unspecified,
+            };
+            let (header_key, header_value) = match header {
+                None => (String::new(), String::new()),
+                Some(h) => match h.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (h, String::new()),
+                },
+            };
+            let mut before = String::new();
+            let mut shown = 0u32;
+            println!(
+                "{:<24} {:<9} {:>8} {:>8}  LAST ERROR",
+                "ID", "STATE", "ATTEMPT", "PRIORITY"
+            );
+            loop {
+                let page = call!(
+                    client,
+                    admin,
+                    list_jobs,
+                    pb::ListJobsRequest {
+                        queue: queue.clone(),
+                        state: state as i32,
+                        header_key: header_key.clone(),
+                        header_value: header_value.clone(),
+                        idempotency_key: idempotency_key.clone().unwrap_or_default(),
+                        error_contains: error.clone().unwrap_or_default(),
+                        limit: (limit - shown).clamp(1, 1000),
+                        before: before.clone(),
+                        ..Default::default()
+                    }
+                )
+                .into_inner();
+                for job in &page.jobs {
+                    let state = pb::JobState::try_from(job.state)
+                        .map(|s| s.as_str_name())
+                        .unwrap_or("?")
+                        .trim_start_matches("JOB_STATE_")
+                        .to_lowercase();
+                    println!(
+                        "{:<24} {:<9} {:>8} {:>8}  {}",
+                        job.id,
+                        state,
+                        format!("{}/{}", job.attempt, job.max_attempts),
+                        job.priority,
+                        job.last_error
+                    );
+                }
+                shown += page.jobs.len() as u32;
+                if page.next_before.is_empty() || shown >= limit {
+                    break;
+                }
+                before = page.next_before;
+            }
         }
         Command::Dlq(DlqCommand::List { queue, limit }) => {
             let mut after = String::new();

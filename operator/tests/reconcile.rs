@@ -174,6 +174,7 @@ impl FakeNodes {
             node_id: id,
             addr: format!("node-{id}"),
             voter,
+            matched_index: 0,
         };
         let in_cluster = m.voters.contains(&id) || m.learners.contains(&id);
         let members: Vec<pb::Member> = if in_cluster {

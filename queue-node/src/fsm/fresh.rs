@@ -176,6 +176,9 @@ impl Run {
     }
 }
 
+/// One run's jobs, newest first, with the next one at hand.
+type Newest<'a> = std::iter::Peekable<Box<dyn Iterator<Item = FreshJob> + 'a>>;
+
 /// Every fresh job of one queue, by priority (highest first), then age.
 #[derive(Debug, Clone, Default)]
 pub(super) struct FreshJobs {
@@ -306,10 +309,7 @@ impl FreshJobs {
         before: Option<JobKey>,
     ) -> impl Iterator<Item = (i32, FreshJob)> + '_ {
         let below = move |key: JobKey| before.is_none_or(|b| key < b);
-        let mut runs: Vec<(
-            i32,
-            std::iter::Peekable<Box<dyn Iterator<Item = FreshJob> + '_>>,
-        )> = self
+        let mut runs: Vec<(i32, Newest<'_>)> = self
             .runs
             .iter()
             .map(|(Reverse(priority), run)| {

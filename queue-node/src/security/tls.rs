@@ -197,26 +197,32 @@ fn build(s: &TlsConfig, files: &Files) -> Result<Configs, TlsError> {
             message: e.to_string(),
         })
     };
-    let server = |client_auth: Option<bool>| -> Result<Arc<ServerConfig>, TlsError> {
-        let builder = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(config_error)?;
-        let builder = match client_auth {
-            None => builder.with_no_client_auth(),
-            Some(optional) => builder.with_client_cert_verifier(verifier(optional)?),
+    let server =
+        |client_auth: Option<bool>, alpn: &[&[u8]]| -> Result<Arc<ServerConfig>, TlsError> {
+            let builder = ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(config_error)?;
+            let builder = match client_auth {
+                None => builder.with_no_client_auth(),
+                Some(optional) => builder.with_client_cert_verifier(verifier(optional)?),
+            };
+            let mut config = builder
+                .with_single_cert(chain.clone(), key.clone_key())
+                .map_err(config_error)?;
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Ok(Arc::new(config))
         };
-        let mut config = builder
-            .with_single_cert(chain.clone(), key.clone_key())
-            .map_err(config_error)?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(Arc::new(config))
-    };
-    let client_port = server(match s.client_certs {
-        ClientCerts::None => None,
-        ClientCerts::Optional => Some(true),
-        ClientCerts::Required => Some(false),
-    })?;
-    let peer_port = server(Some(false))?;
+    // The client port serves REST and the console too: browsers and curl
+    // may ask for HTTP/1.1.
+    let client_port = server(
+        match s.client_certs {
+            ClientCerts::None => None,
+            ClientCerts::Optional => Some(true),
+            ClientCerts::Required => Some(false),
+        },
+        &[b"h2", b"http/1.1"],
+    )?;
+    let peer_port = server(Some(false), &[b"h2"])?;
     let mut dial = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(config_error)?

@@ -28,8 +28,11 @@ type Member struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	NodeId uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	// host:port of the node's gRPC endpoint.
-	Addr          string `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
-	Voter         bool   `protobuf:"varint,3,opt,name=voter,proto3" json:"voter,omitempty"`
+	Addr  string `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
+	Voter bool   `protobuf:"varint,3,opt,name=voter,proto3" json:"voter,omitempty"`
+	// On the shard's leader: the last log index this member is known to
+	// have (0 when not known yet). Elsewhere 0.
+	MatchedIndex  uint64 `protobuf:"varint,4,opt,name=matched_index,json=matchedIndex,proto3" json:"matched_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -83,6 +86,13 @@ func (x *Member) GetVoter() bool {
 		return x.Voter
 	}
 	return false
+}
+
+func (x *Member) GetMatchedIndex() uint64 {
+	if x != nil {
+		return x.MatchedIndex
+	}
+	return 0
 }
 
 type ShardStatus struct {
@@ -797,11 +807,12 @@ var File_raftq_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_raftq_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x16raftq/v1/cluster.proto\x12\braftq.v1\"K\n" +
+	"\x16raftq/v1/cluster.proto\x12\braftq.v1\"p\n" +
 	"\x06Member\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x14\n" +
-	"\x05voter\x18\x03 \x01(\bR\x05voter\"\xa1\x02\n" +
+	"\x05voter\x18\x03 \x01(\bR\x05voter\x12#\n" +
+	"\rmatched_index\x18\x04 \x01(\x04R\fmatchedIndex\"\xa1\x02\n" +
 	"\vShardStatus\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x1b\n" +
 	"\tleader_id\x18\x02 \x01(\x04R\bleaderId\x12\x1d\n" +

@@ -1668,6 +1668,8 @@ type QueueStats struct {
 	AckedTotal    uint64                 `protobuf:"varint,8,opt,name=acked_total,json=ackedTotal,proto3" json:"acked_total,omitempty"`
 	NackedTotal   uint64                 `protobuf:"varint,9,opt,name=nacked_total,json=nackedTotal,proto3" json:"nacked_total,omitempty"`
 	ExpiredTotal  uint64                 `protobuf:"varint,10,opt,name=expired_total,json=expiredTotal,proto3" json:"expired_total,omitempty"`
+	// Jobs moved to the dead-letter set.
+	DeadTotal     uint64 `protobuf:"varint,11,opt,name=dead_total,json=deadTotal,proto3" json:"dead_total,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1768,6 +1770,13 @@ func (x *QueueStats) GetNackedTotal() uint64 {
 func (x *QueueStats) GetExpiredTotal() uint64 {
 	if x != nil {
 		return x.ExpiredTotal
+	}
+	return 0
+}
+
+func (x *QueueStats) GetDeadTotal() uint64 {
+	if x != nil {
+		return x.DeadTotal
 	}
 	return 0
 }
@@ -1948,6 +1957,202 @@ func (x *CancelJobResponse) GetJob() *Job {
 	return nil
 }
 
+type ListJobsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Queue string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// UNSPECIFIED = every state.
+	State JobState `protobuf:"varint,2,opt,name=state,proto3,enum=raftq.v1.JobState" json:"state,omitempty"`
+	// Only this job (when it is in the queue and matches the other filters).
+	JobId string `protobuf:"bytes,3,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// Only jobs with this header; with header_value also set, with that value.
+	HeaderKey   string `protobuf:"bytes,4,opt,name=header_key,json=headerKey,proto3" json:"header_key,omitempty"`
+	HeaderValue string `protobuf:"bytes,5,opt,name=header_value,json=headerValue,proto3" json:"header_value,omitempty"`
+	// Only the job with this idempotency key.
+	IdempotencyKey string `protobuf:"bytes,6,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	// Only jobs whose last error contains this text (case-insensitive).
+	ErrorContains string `protobuf:"bytes,7,opt,name=error_contains,json=errorContains,proto3" json:"error_contains,omitempty"`
+	// Page size, 1..=1000 (0 = 100).
+	Limit uint32 `protobuf:"varint,8,opt,name=limit,proto3" json:"limit,omitempty"`
+	// Continue with jobs older than this id (the previous page's next_before).
+	Before string `protobuf:"bytes,9,opt,name=before,proto3" json:"before,omitempty"`
+	// Include each job's payload (otherwise left empty; headers are always
+	// included).
+	IncludePayload bool `protobuf:"varint,10,opt,name=include_payload,json=includePayload,proto3" json:"include_payload,omitempty"`
+	// Jobs examined at most for this page, 1..=1000000 (0 = 100000).
+	MaxScan       uint32 `protobuf:"varint,11,opt,name=max_scan,json=maxScan,proto3" json:"max_scan,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJobsRequest) Reset() {
+	*x = ListJobsRequest{}
+	mi := &file_raftq_v1_queue_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJobsRequest) ProtoMessage() {}
+
+func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_queue_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
+func (*ListJobsRequest) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListJobsRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *ListJobsRequest) GetState() JobState {
+	if x != nil {
+		return x.State
+	}
+	return JobState_JOB_STATE_UNSPECIFIED
+}
+
+func (x *ListJobsRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *ListJobsRequest) GetHeaderKey() string {
+	if x != nil {
+		return x.HeaderKey
+	}
+	return ""
+}
+
+func (x *ListJobsRequest) GetHeaderValue() string {
+	if x != nil {
+		return x.HeaderValue
+	}
+	return ""
+}
+
+func (x *ListJobsRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+func (x *ListJobsRequest) GetErrorContains() string {
+	if x != nil {
+		return x.ErrorContains
+	}
+	return ""
+}
+
+func (x *ListJobsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ListJobsRequest) GetBefore() string {
+	if x != nil {
+		return x.Before
+	}
+	return ""
+}
+
+func (x *ListJobsRequest) GetIncludePayload() bool {
+	if x != nil {
+		return x.IncludePayload
+	}
+	return false
+}
+
+func (x *ListJobsRequest) GetMaxScan() uint32 {
+	if x != nil {
+		return x.MaxScan
+	}
+	return 0
+}
+
+type ListJobsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Jobs  []*Job                 `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	// Empty when the listing is complete; otherwise pass it as `before`.
+	NextBefore string `protobuf:"bytes,2,opt,name=next_before,json=nextBefore,proto3" json:"next_before,omitempty"`
+	// Jobs examined for this page.
+	Scanned       uint64 `protobuf:"varint,3,opt,name=scanned,proto3" json:"scanned,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJobsResponse) Reset() {
+	*x = ListJobsResponse{}
+	mi := &file_raftq_v1_queue_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJobsResponse) ProtoMessage() {}
+
+func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_queue_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
+func (*ListJobsResponse) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ListJobsResponse) GetJobs() []*Job {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+func (x *ListJobsResponse) GetNextBefore() string {
+	if x != nil {
+		return x.NextBefore
+	}
+	return ""
+}
+
+func (x *ListJobsResponse) GetScanned() uint64 {
+	if x != nil {
+		return x.Scanned
+	}
+	return 0
+}
+
 type ListDeadRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Queue string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
@@ -1961,7 +2166,7 @@ type ListDeadRequest struct {
 
 func (x *ListDeadRequest) Reset() {
 	*x = ListDeadRequest{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[30]
+	mi := &file_raftq_v1_queue_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1973,7 +2178,7 @@ func (x *ListDeadRequest) String() string {
 func (*ListDeadRequest) ProtoMessage() {}
 
 func (x *ListDeadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[30]
+	mi := &file_raftq_v1_queue_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1986,7 +2191,7 @@ func (x *ListDeadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{30}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListDeadRequest) GetQueue() string {
@@ -2020,7 +2225,7 @@ type ListDeadResponse struct {
 
 func (x *ListDeadResponse) Reset() {
 	*x = ListDeadResponse{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[31]
+	mi := &file_raftq_v1_queue_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2032,7 +2237,7 @@ func (x *ListDeadResponse) String() string {
 func (*ListDeadResponse) ProtoMessage() {}
 
 func (x *ListDeadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[31]
+	mi := &file_raftq_v1_queue_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2045,7 +2250,7 @@ func (x *ListDeadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadResponse) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{31}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListDeadResponse) GetJobs() []*Job {
@@ -2073,7 +2278,7 @@ type DeadSelector struct {
 
 func (x *DeadSelector) Reset() {
 	*x = DeadSelector{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[32]
+	mi := &file_raftq_v1_queue_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2085,7 +2290,7 @@ func (x *DeadSelector) String() string {
 func (*DeadSelector) ProtoMessage() {}
 
 func (x *DeadSelector) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[32]
+	mi := &file_raftq_v1_queue_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2098,7 +2303,7 @@ func (x *DeadSelector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadSelector.ProtoReflect.Descriptor instead.
 func (*DeadSelector) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{32}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DeadSelector) GetQueue() string {
@@ -2124,7 +2329,7 @@ type CountResponse struct {
 
 func (x *CountResponse) Reset() {
 	*x = CountResponse{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[33]
+	mi := &file_raftq_v1_queue_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2136,7 +2341,7 @@ func (x *CountResponse) String() string {
 func (*CountResponse) ProtoMessage() {}
 
 func (x *CountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[33]
+	mi := &file_raftq_v1_queue_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2149,7 +2354,7 @@ func (x *CountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CountResponse.ProtoReflect.Descriptor instead.
 func (*CountResponse) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{33}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CountResponse) GetCount() uint64 {
@@ -2294,7 +2499,7 @@ const file_raftq_v1_queue_proto_rawDesc = "" +
 	"\x10_dedup_window_ms\":\n" +
 	"\fStatsRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x14\n" +
-	"\x05local\x18\x02 \x01(\bR\x05local\"\xaa\x02\n" +
+	"\x05local\x18\x02 \x01(\bR\x05local\"\xc9\x02\n" +
 	"\n" +
 	"QueueStats\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x14\n" +
@@ -2308,7 +2513,9 @@ const file_raftq_v1_queue_proto_rawDesc = "" +
 	"ackedTotal\x12!\n" +
 	"\fnacked_total\x18\t \x01(\x04R\vnackedTotal\x12#\n" +
 	"\rexpired_total\x18\n" +
-	" \x01(\x04R\fexpiredTotal\"=\n" +
+	" \x01(\x04R\fexpiredTotal\x12\x1d\n" +
+	"\n" +
+	"dead_total\x18\v \x01(\x04R\tdeadTotal\"=\n" +
 	"\rStatsResponse\x12,\n" +
 	"\x06queues\x18\x01 \x03(\v2\x14.raftq.v1.QueueStatsR\x06queues\")\n" +
 	"\rPurgeResponse\x12\x18\n" +
@@ -2316,7 +2523,26 @@ const file_raftq_v1_queue_proto_rawDesc = "" +
 	"\x06JobRef\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"4\n" +
 	"\x11CancelJobResponse\x12\x1f\n" +
-	"\x03job\x18\x01 \x01(\v2\r.raftq.v1.JobR\x03job\"S\n" +
+	"\x03job\x18\x01 \x01(\v2\r.raftq.v1.JobR\x03job\"\xec\x02\n" +
+	"\x0fListJobsRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12(\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x12.raftq.v1.JobStateR\x05state\x12\x15\n" +
+	"\x06job_id\x18\x03 \x01(\tR\x05jobId\x12\x1d\n" +
+	"\n" +
+	"header_key\x18\x04 \x01(\tR\theaderKey\x12!\n" +
+	"\fheader_value\x18\x05 \x01(\tR\vheaderValue\x12'\n" +
+	"\x0fidempotency_key\x18\x06 \x01(\tR\x0eidempotencyKey\x12%\n" +
+	"\x0eerror_contains\x18\a \x01(\tR\rerrorContains\x12\x14\n" +
+	"\x05limit\x18\b \x01(\rR\x05limit\x12\x16\n" +
+	"\x06before\x18\t \x01(\tR\x06before\x12'\n" +
+	"\x0finclude_payload\x18\n" +
+	" \x01(\bR\x0eincludePayload\x12\x19\n" +
+	"\bmax_scan\x18\v \x01(\rR\amaxScan\"p\n" +
+	"\x10ListJobsResponse\x12!\n" +
+	"\x04jobs\x18\x01 \x03(\v2\r.raftq.v1.JobR\x04jobs\x12\x1f\n" +
+	"\vnext_before\x18\x02 \x01(\tR\n" +
+	"nextBefore\x12\x18\n" +
+	"\ascanned\x18\x03 \x01(\x04R\ascanned\"S\n" +
 	"\x0fListDeadRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\x12\x14\n" +
@@ -2342,7 +2568,7 @@ const file_raftq_v1_queue_proto_rawDesc = "" +
 	"\x03Ack\x12\x14.raftq.v1.AckRequest\x1a\x15.raftq.v1.AckResponse\x125\n" +
 	"\x04Nack\x12\x15.raftq.v1.NackRequest\x1a\x16.raftq.v1.NackResponse\x12J\n" +
 	"\vExtendLease\x12\x1c.raftq.v1.ExtendLeaseRequest\x1a\x1d.raftq.v1.ExtendLeaseResponse\x12@\n" +
-	"\fWorkerStream\x12\x15.raftq.v1.WorkerFrame\x1a\x15.raftq.v1.ServerFrame(\x010\x012\xe0\x04\n" +
+	"\fWorkerStream\x12\x15.raftq.v1.WorkerFrame\x1a\x15.raftq.v1.ServerFrame(\x010\x012\xd8\x05\n" +
 	"\n" +
 	"QueueAdmin\x128\n" +
 	"\x05Stats\x12\x16.raftq.v1.StatsRequest\x1a\x17.raftq.v1.StatsResponse\x125\n" +
@@ -2351,8 +2577,10 @@ const file_raftq_v1_queue_proto_rawDesc = "" +
 	"\vResumeQueue\x12\x12.raftq.v1.QueueRef\x1a\x13.raftq.v1.QueueInfo\x129\n" +
 	"\n" +
 	"PurgeQueue\x12\x12.raftq.v1.QueueRef\x1a\x17.raftq.v1.PurgeResponse\x12F\n" +
-	"\x0eSetQueueConfig\x12\x1f.raftq.v1.SetQueueConfigRequest\x1a\x13.raftq.v1.QueueInfo\x12)\n" +
-	"\x06GetJob\x12\x10.raftq.v1.JobRef\x1a\r.raftq.v1.Job\x12:\n" +
+	"\x0eSetQueueConfig\x12\x1f.raftq.v1.SetQueueConfigRequest\x1a\x13.raftq.v1.QueueInfo\x123\n" +
+	"\bGetQueue\x12\x12.raftq.v1.QueueRef\x1a\x13.raftq.v1.QueueInfo\x12)\n" +
+	"\x06GetJob\x12\x10.raftq.v1.JobRef\x1a\r.raftq.v1.Job\x12A\n" +
+	"\bListJobs\x12\x19.raftq.v1.ListJobsRequest\x1a\x1a.raftq.v1.ListJobsResponse\x12:\n" +
 	"\tCancelJob\x12\x10.raftq.v1.JobRef\x1a\x1b.raftq.v1.CancelJobResponse\x12A\n" +
 	"\bListDead\x12\x19.raftq.v1.ListDeadRequest\x1a\x1a.raftq.v1.ListDeadResponse\x12>\n" +
 	"\vRequeueDead\x12\x16.raftq.v1.DeadSelector\x1a\x17.raftq.v1.CountResponse\x12<\n" +
@@ -2371,7 +2599,7 @@ func file_raftq_v1_queue_proto_rawDescGZIP() []byte {
 }
 
 var file_raftq_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_raftq_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_raftq_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_raftq_v1_queue_proto_goTypes = []any{
 	(JobState)(0),                 // 0: raftq.v1.JobState
 	(*Backoff)(nil),               // 1: raftq.v1.Backoff
@@ -2404,18 +2632,20 @@ var file_raftq_v1_queue_proto_goTypes = []any{
 	(*PurgeResponse)(nil),         // 28: raftq.v1.PurgeResponse
 	(*JobRef)(nil),                // 29: raftq.v1.JobRef
 	(*CancelJobResponse)(nil),     // 30: raftq.v1.CancelJobResponse
-	(*ListDeadRequest)(nil),       // 31: raftq.v1.ListDeadRequest
-	(*ListDeadResponse)(nil),      // 32: raftq.v1.ListDeadResponse
-	(*DeadSelector)(nil),          // 33: raftq.v1.DeadSelector
-	(*CountResponse)(nil),         // 34: raftq.v1.CountResponse
-	nil,                           // 35: raftq.v1.NewJob.HeadersEntry
-	nil,                           // 36: raftq.v1.Job.HeadersEntry
+	(*ListJobsRequest)(nil),       // 31: raftq.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),      // 32: raftq.v1.ListJobsResponse
+	(*ListDeadRequest)(nil),       // 33: raftq.v1.ListDeadRequest
+	(*ListDeadResponse)(nil),      // 34: raftq.v1.ListDeadResponse
+	(*DeadSelector)(nil),          // 35: raftq.v1.DeadSelector
+	(*CountResponse)(nil),         // 36: raftq.v1.CountResponse
+	nil,                           // 37: raftq.v1.NewJob.HeadersEntry
+	nil,                           // 38: raftq.v1.Job.HeadersEntry
 }
 var file_raftq_v1_queue_proto_depIdxs = []int32{
-	35, // 0: raftq.v1.NewJob.headers:type_name -> raftq.v1.NewJob.HeadersEntry
+	37, // 0: raftq.v1.NewJob.headers:type_name -> raftq.v1.NewJob.HeadersEntry
 	1,  // 1: raftq.v1.NewJob.backoff:type_name -> raftq.v1.Backoff
 	2,  // 2: raftq.v1.EnqueueRequest.jobs:type_name -> raftq.v1.NewJob
-	36, // 3: raftq.v1.Job.headers:type_name -> raftq.v1.Job.HeadersEntry
+	38, // 3: raftq.v1.Job.headers:type_name -> raftq.v1.Job.HeadersEntry
 	0,  // 4: raftq.v1.Job.state:type_name -> raftq.v1.JobState
 	5,  // 5: raftq.v1.LeasedJob.job:type_name -> raftq.v1.Job
 	6,  // 6: raftq.v1.LeasedJob.token:type_name -> raftq.v1.LeaseToken
@@ -2439,44 +2669,50 @@ var file_raftq_v1_queue_proto_depIdxs = []int32{
 	1,  // 24: raftq.v1.SetQueueConfigRequest.default_backoff:type_name -> raftq.v1.Backoff
 	26, // 25: raftq.v1.StatsResponse.queues:type_name -> raftq.v1.QueueStats
 	5,  // 26: raftq.v1.CancelJobResponse.job:type_name -> raftq.v1.Job
-	5,  // 27: raftq.v1.ListDeadResponse.jobs:type_name -> raftq.v1.Job
-	3,  // 28: raftq.v1.Queue.Enqueue:input_type -> raftq.v1.EnqueueRequest
-	8,  // 29: raftq.v1.Queue.Fetch:input_type -> raftq.v1.FetchRequest
-	11, // 30: raftq.v1.Queue.Ack:input_type -> raftq.v1.AckRequest
-	14, // 31: raftq.v1.Queue.Nack:input_type -> raftq.v1.NackRequest
-	16, // 32: raftq.v1.Queue.ExtendLease:input_type -> raftq.v1.ExtendLeaseRequest
-	19, // 33: raftq.v1.Queue.WorkerStream:input_type -> raftq.v1.WorkerFrame
-	25, // 34: raftq.v1.QueueAdmin.Stats:input_type -> raftq.v1.StatsRequest
-	21, // 35: raftq.v1.QueueAdmin.PauseQueue:input_type -> raftq.v1.QueueRef
-	21, // 36: raftq.v1.QueueAdmin.ResumeQueue:input_type -> raftq.v1.QueueRef
-	21, // 37: raftq.v1.QueueAdmin.PurgeQueue:input_type -> raftq.v1.QueueRef
-	24, // 38: raftq.v1.QueueAdmin.SetQueueConfig:input_type -> raftq.v1.SetQueueConfigRequest
-	29, // 39: raftq.v1.QueueAdmin.GetJob:input_type -> raftq.v1.JobRef
-	29, // 40: raftq.v1.QueueAdmin.CancelJob:input_type -> raftq.v1.JobRef
-	31, // 41: raftq.v1.QueueAdmin.ListDead:input_type -> raftq.v1.ListDeadRequest
-	33, // 42: raftq.v1.QueueAdmin.RequeueDead:input_type -> raftq.v1.DeadSelector
-	33, // 43: raftq.v1.QueueAdmin.PurgeDead:input_type -> raftq.v1.DeadSelector
-	4,  // 44: raftq.v1.Queue.Enqueue:output_type -> raftq.v1.EnqueueResponse
-	9,  // 45: raftq.v1.Queue.Fetch:output_type -> raftq.v1.FetchResponse
-	12, // 46: raftq.v1.Queue.Ack:output_type -> raftq.v1.AckResponse
-	15, // 47: raftq.v1.Queue.Nack:output_type -> raftq.v1.NackResponse
-	17, // 48: raftq.v1.Queue.ExtendLease:output_type -> raftq.v1.ExtendLeaseResponse
-	20, // 49: raftq.v1.Queue.WorkerStream:output_type -> raftq.v1.ServerFrame
-	27, // 50: raftq.v1.QueueAdmin.Stats:output_type -> raftq.v1.StatsResponse
-	23, // 51: raftq.v1.QueueAdmin.PauseQueue:output_type -> raftq.v1.QueueInfo
-	23, // 52: raftq.v1.QueueAdmin.ResumeQueue:output_type -> raftq.v1.QueueInfo
-	28, // 53: raftq.v1.QueueAdmin.PurgeQueue:output_type -> raftq.v1.PurgeResponse
-	23, // 54: raftq.v1.QueueAdmin.SetQueueConfig:output_type -> raftq.v1.QueueInfo
-	5,  // 55: raftq.v1.QueueAdmin.GetJob:output_type -> raftq.v1.Job
-	30, // 56: raftq.v1.QueueAdmin.CancelJob:output_type -> raftq.v1.CancelJobResponse
-	32, // 57: raftq.v1.QueueAdmin.ListDead:output_type -> raftq.v1.ListDeadResponse
-	34, // 58: raftq.v1.QueueAdmin.RequeueDead:output_type -> raftq.v1.CountResponse
-	34, // 59: raftq.v1.QueueAdmin.PurgeDead:output_type -> raftq.v1.CountResponse
-	44, // [44:60] is the sub-list for method output_type
-	28, // [28:44] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	0,  // 27: raftq.v1.ListJobsRequest.state:type_name -> raftq.v1.JobState
+	5,  // 28: raftq.v1.ListJobsResponse.jobs:type_name -> raftq.v1.Job
+	5,  // 29: raftq.v1.ListDeadResponse.jobs:type_name -> raftq.v1.Job
+	3,  // 30: raftq.v1.Queue.Enqueue:input_type -> raftq.v1.EnqueueRequest
+	8,  // 31: raftq.v1.Queue.Fetch:input_type -> raftq.v1.FetchRequest
+	11, // 32: raftq.v1.Queue.Ack:input_type -> raftq.v1.AckRequest
+	14, // 33: raftq.v1.Queue.Nack:input_type -> raftq.v1.NackRequest
+	16, // 34: raftq.v1.Queue.ExtendLease:input_type -> raftq.v1.ExtendLeaseRequest
+	19, // 35: raftq.v1.Queue.WorkerStream:input_type -> raftq.v1.WorkerFrame
+	25, // 36: raftq.v1.QueueAdmin.Stats:input_type -> raftq.v1.StatsRequest
+	21, // 37: raftq.v1.QueueAdmin.PauseQueue:input_type -> raftq.v1.QueueRef
+	21, // 38: raftq.v1.QueueAdmin.ResumeQueue:input_type -> raftq.v1.QueueRef
+	21, // 39: raftq.v1.QueueAdmin.PurgeQueue:input_type -> raftq.v1.QueueRef
+	24, // 40: raftq.v1.QueueAdmin.SetQueueConfig:input_type -> raftq.v1.SetQueueConfigRequest
+	21, // 41: raftq.v1.QueueAdmin.GetQueue:input_type -> raftq.v1.QueueRef
+	29, // 42: raftq.v1.QueueAdmin.GetJob:input_type -> raftq.v1.JobRef
+	31, // 43: raftq.v1.QueueAdmin.ListJobs:input_type -> raftq.v1.ListJobsRequest
+	29, // 44: raftq.v1.QueueAdmin.CancelJob:input_type -> raftq.v1.JobRef
+	33, // 45: raftq.v1.QueueAdmin.ListDead:input_type -> raftq.v1.ListDeadRequest
+	35, // 46: raftq.v1.QueueAdmin.RequeueDead:input_type -> raftq.v1.DeadSelector
+	35, // 47: raftq.v1.QueueAdmin.PurgeDead:input_type -> raftq.v1.DeadSelector
+	4,  // 48: raftq.v1.Queue.Enqueue:output_type -> raftq.v1.EnqueueResponse
+	9,  // 49: raftq.v1.Queue.Fetch:output_type -> raftq.v1.FetchResponse
+	12, // 50: raftq.v1.Queue.Ack:output_type -> raftq.v1.AckResponse
+	15, // 51: raftq.v1.Queue.Nack:output_type -> raftq.v1.NackResponse
+	17, // 52: raftq.v1.Queue.ExtendLease:output_type -> raftq.v1.ExtendLeaseResponse
+	20, // 53: raftq.v1.Queue.WorkerStream:output_type -> raftq.v1.ServerFrame
+	27, // 54: raftq.v1.QueueAdmin.Stats:output_type -> raftq.v1.StatsResponse
+	23, // 55: raftq.v1.QueueAdmin.PauseQueue:output_type -> raftq.v1.QueueInfo
+	23, // 56: raftq.v1.QueueAdmin.ResumeQueue:output_type -> raftq.v1.QueueInfo
+	28, // 57: raftq.v1.QueueAdmin.PurgeQueue:output_type -> raftq.v1.PurgeResponse
+	23, // 58: raftq.v1.QueueAdmin.SetQueueConfig:output_type -> raftq.v1.QueueInfo
+	23, // 59: raftq.v1.QueueAdmin.GetQueue:output_type -> raftq.v1.QueueInfo
+	5,  // 60: raftq.v1.QueueAdmin.GetJob:output_type -> raftq.v1.Job
+	32, // 61: raftq.v1.QueueAdmin.ListJobs:output_type -> raftq.v1.ListJobsResponse
+	30, // 62: raftq.v1.QueueAdmin.CancelJob:output_type -> raftq.v1.CancelJobResponse
+	34, // 63: raftq.v1.QueueAdmin.ListDead:output_type -> raftq.v1.ListDeadResponse
+	36, // 64: raftq.v1.QueueAdmin.RequeueDead:output_type -> raftq.v1.CountResponse
+	36, // 65: raftq.v1.QueueAdmin.PurgeDead:output_type -> raftq.v1.CountResponse
+	48, // [48:66] is the sub-list for method output_type
+	30, // [30:48] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_raftq_v1_queue_proto_init() }
@@ -2496,7 +2732,7 @@ func file_raftq_v1_queue_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftq_v1_queue_proto_rawDesc), len(file_raftq_v1_queue_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   36,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

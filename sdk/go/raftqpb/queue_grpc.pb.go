@@ -349,7 +349,9 @@ const (
 	QueueAdmin_ResumeQueue_FullMethodName    = "/raftq.v1.QueueAdmin/ResumeQueue"
 	QueueAdmin_PurgeQueue_FullMethodName     = "/raftq.v1.QueueAdmin/PurgeQueue"
 	QueueAdmin_SetQueueConfig_FullMethodName = "/raftq.v1.QueueAdmin/SetQueueConfig"
+	QueueAdmin_GetQueue_FullMethodName       = "/raftq.v1.QueueAdmin/GetQueue"
 	QueueAdmin_GetJob_FullMethodName         = "/raftq.v1.QueueAdmin/GetJob"
+	QueueAdmin_ListJobs_FullMethodName       = "/raftq.v1.QueueAdmin/ListJobs"
 	QueueAdmin_CancelJob_FullMethodName      = "/raftq.v1.QueueAdmin/CancelJob"
 	QueueAdmin_ListDead_FullMethodName       = "/raftq.v1.QueueAdmin/ListDead"
 	QueueAdmin_RequeueDead_FullMethodName    = "/raftq.v1.QueueAdmin/RequeueDead"
@@ -360,7 +362,7 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// Reads (Stats, GetJob, ListDead) are linearizable: the shard's leader
+// Reads (Stats, GetQueue, GetJob, ListJobs, ListDead) are linearizable: the shard's leader
 // answers once a quorum has confirmed it still leads (UNAVAILABLE, retry,
 // when it cannot), unless `local` asks for any node's applied state.
 type QueueAdminClient interface {
@@ -370,7 +372,16 @@ type QueueAdminClient interface {
 	// Removes every ready and scheduled job of the queue (leased ones finish).
 	PurgeQueue(ctx context.Context, in *QueueRef, opts ...grpc.CallOption) (*PurgeResponse, error)
 	SetQueueConfig(ctx context.Context, in *SetQueueConfigRequest, opts ...grpc.CallOption) (*QueueInfo, error)
+	// A queue's paused state and settings (defaults filled in); a queue never
+	// used answers with the node's defaults.
+	GetQueue(ctx context.Context, in *QueueRef, opts ...grpc.CallOption) (*QueueInfo, error)
 	GetJob(ctx context.Context, in *JobRef, opts ...grpc.CallOption) (*Job, error)
+	// One page of a queue's jobs, newest first, matching every filter given.
+	// Served from the leader's in-memory indexes; only the page's jobs are
+	// read from disk (for their headers and, when asked, payloads). A page
+	// examines at most `max_scan` jobs: it may come back short, or empty,
+	// with `next_before` set; continue from there until it is empty.
+	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
 	// Removes a job that is ready, scheduled or dead. A leased job cannot be
 	// cancelled: FAILED_PRECONDITION.
 	CancelJob(ctx context.Context, in *JobRef, opts ...grpc.CallOption) (*CancelJobResponse, error)
@@ -438,10 +449,30 @@ func (c *queueAdminClient) SetQueueConfig(ctx context.Context, in *SetQueueConfi
 	return out, nil
 }
 
+func (c *queueAdminClient) GetQueue(ctx context.Context, in *QueueRef, opts ...grpc.CallOption) (*QueueInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QueueInfo)
+	err := c.cc.Invoke(ctx, QueueAdmin_GetQueue_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *queueAdminClient) GetJob(ctx context.Context, in *JobRef, opts ...grpc.CallOption) (*Job, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Job)
 	err := c.cc.Invoke(ctx, QueueAdmin_GetJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *queueAdminClient) ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListJobsResponse)
+	err := c.cc.Invoke(ctx, QueueAdmin_ListJobs_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -492,7 +523,7 @@ func (c *queueAdminClient) PurgeDead(ctx context.Context, in *DeadSelector, opts
 // All implementations must embed UnimplementedQueueAdminServer
 // for forward compatibility.
 //
-// Reads (Stats, GetJob, ListDead) are linearizable: the shard's leader
+// Reads (Stats, GetQueue, GetJob, ListJobs, ListDead) are linearizable: the shard's leader
 // answers once a quorum has confirmed it still leads (UNAVAILABLE, retry,
 // when it cannot), unless `local` asks for any node's applied state.
 type QueueAdminServer interface {
@@ -502,7 +533,16 @@ type QueueAdminServer interface {
 	// Removes every ready and scheduled job of the queue (leased ones finish).
 	PurgeQueue(context.Context, *QueueRef) (*PurgeResponse, error)
 	SetQueueConfig(context.Context, *SetQueueConfigRequest) (*QueueInfo, error)
+	// A queue's paused state and settings (defaults filled in); a queue never
+	// used answers with the node's defaults.
+	GetQueue(context.Context, *QueueRef) (*QueueInfo, error)
 	GetJob(context.Context, *JobRef) (*Job, error)
+	// One page of a queue's jobs, newest first, matching every filter given.
+	// Served from the leader's in-memory indexes; only the page's jobs are
+	// read from disk (for their headers and, when asked, payloads). A page
+	// examines at most `max_scan` jobs: it may come back short, or empty,
+	// with `next_before` set; continue from there until it is empty.
+	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
 	// Removes a job that is ready, scheduled or dead. A leased job cannot be
 	// cancelled: FAILED_PRECONDITION.
 	CancelJob(context.Context, *JobRef) (*CancelJobResponse, error)
@@ -535,8 +575,14 @@ func (UnimplementedQueueAdminServer) PurgeQueue(context.Context, *QueueRef) (*Pu
 func (UnimplementedQueueAdminServer) SetQueueConfig(context.Context, *SetQueueConfigRequest) (*QueueInfo, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetQueueConfig not implemented")
 }
+func (UnimplementedQueueAdminServer) GetQueue(context.Context, *QueueRef) (*QueueInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetQueue not implemented")
+}
 func (UnimplementedQueueAdminServer) GetJob(context.Context, *JobRef) (*Job, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetJob not implemented")
+}
+func (UnimplementedQueueAdminServer) ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListJobs not implemented")
 }
 func (UnimplementedQueueAdminServer) CancelJob(context.Context, *JobRef) (*CancelJobResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelJob not implemented")
@@ -661,6 +707,24 @@ func _QueueAdmin_SetQueueConfig_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _QueueAdmin_GetQueue_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QueueRef)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueueAdminServer).GetQueue(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueueAdmin_GetQueue_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueueAdminServer).GetQueue(ctx, req.(*QueueRef))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _QueueAdmin_GetJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(JobRef)
 	if err := dec(in); err != nil {
@@ -675,6 +739,24 @@ func _QueueAdmin_GetJob_Handler(srv interface{}, ctx context.Context, dec func(i
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(QueueAdminServer).GetJob(ctx, req.(*JobRef))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _QueueAdmin_ListJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueueAdminServer).ListJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueueAdmin_ListJobs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueueAdminServer).ListJobs(ctx, req.(*ListJobsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -779,8 +861,16 @@ var QueueAdmin_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _QueueAdmin_SetQueueConfig_Handler,
 		},
 		{
+			MethodName: "GetQueue",
+			Handler:    _QueueAdmin_GetQueue_Handler,
+		},
+		{
 			MethodName: "GetJob",
 			Handler:    _QueueAdmin_GetJob_Handler,
+		},
+		{
+			MethodName: "ListJobs",
+			Handler:    _QueueAdmin_ListJobs_Handler,
 		},
 		{
 			MethodName: "CancelJob",

@@ -33,6 +33,11 @@ export interface Member {
   /** host:port of the node's gRPC endpoint. */
   addr: string;
   voter: boolean;
+  /**
+   * On the shard's leader: the last log index this member is known to
+   * have (0 when not known yet). Elsewhere 0.
+   */
+  matchedIndex: number;
 }
 
 export interface ShardStatus {
@@ -132,7 +137,7 @@ export interface RaftMessage {
 }
 
 function createBaseMember(): Member {
-  return { nodeId: 0, addr: "", voter: false };
+  return { nodeId: 0, addr: "", voter: false, matchedIndex: 0 };
 }
 
 export const Member: MessageFns<Member> = {
@@ -145,6 +150,9 @@ export const Member: MessageFns<Member> = {
     }
     if (message.voter !== false) {
       writer.uint32(24).bool(message.voter);
+    }
+    if (message.matchedIndex !== 0) {
+      writer.uint32(32).uint64(message.matchedIndex);
     }
     return writer;
   },
@@ -186,6 +194,14 @@ export const Member: MessageFns<Member> = {
             message.voter = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.matchedIndex = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -207,6 +223,11 @@ export const Member: MessageFns<Member> = {
         : 0,
       addr: isSet(object.addr) ? globalThis.String(object.addr) : "",
       voter: isSet(object.voter) ? globalThis.Boolean(object.voter) : false,
+      matchedIndex: isSet(object.matchedIndex)
+        ? globalThis.Number(object.matchedIndex)
+        : isSet(object.matched_index)
+        ? globalThis.Number(object.matched_index)
+        : 0,
     };
   },
 
@@ -220,6 +241,9 @@ export const Member: MessageFns<Member> = {
     }
     if (message.voter !== false) {
       obj.voter = message.voter;
+    }
+    if (message.matchedIndex !== 0) {
+      obj.matchedIndex = Math.round(message.matchedIndex);
     }
     return obj;
   },

@@ -327,6 +327,8 @@ export interface QueueStats {
   ackedTotal: number;
   nackedTotal: number;
   expiredTotal: number;
+  /** Jobs moved to the dead-letter set. */
+  deadTotal: number;
 }
 
 export interface StatsResponse {
@@ -343,6 +345,40 @@ export interface JobRef {
 
 export interface CancelJobResponse {
   job: Job | undefined;
+}
+
+export interface ListJobsRequest {
+  queue: string;
+  /** UNSPECIFIED = every state. */
+  state: JobState;
+  /** Only this job (when it is in the queue and matches the other filters). */
+  jobId: string;
+  /** Only jobs with this header; with header_value also set, with that value. */
+  headerKey: string;
+  headerValue: string;
+  /** Only the job with this idempotency key. */
+  idempotencyKey: string;
+  /** Only jobs whose last error contains this text (case-insensitive). */
+  errorContains: string;
+  /** Page size, 1..=1000 (0 = 100). */
+  limit: number;
+  /** Continue with jobs older than this id (the previous page's next_before). */
+  before: string;
+  /**
+   * Include each job's payload (otherwise left empty; headers are always
+   * included).
+   */
+  includePayload: boolean;
+  /** Jobs examined at most for this page, 1..=1000000 (0 = 100000). */
+  maxScan: number;
+}
+
+export interface ListJobsResponse {
+  jobs: Job[];
+  /** Empty when the listing is complete; otherwise pass it as `before`. */
+  nextBefore: string;
+  /** Jobs examined for this page. */
+  scanned: number;
 }
 
 export interface ListDeadRequest {
@@ -3051,6 +3087,7 @@ function createBaseQueueStats(): QueueStats {
     ackedTotal: 0,
     nackedTotal: 0,
     expiredTotal: 0,
+    deadTotal: 0,
   };
 }
 
@@ -3085,6 +3122,9 @@ export const QueueStats: MessageFns<QueueStats> = {
     }
     if (message.expiredTotal !== 0) {
       writer.uint32(80).uint64(message.expiredTotal);
+    }
+    if (message.deadTotal !== 0) {
+      writer.uint32(88).uint64(message.deadTotal);
     }
     return writer;
   },
@@ -3182,6 +3222,14 @@ export const QueueStats: MessageFns<QueueStats> = {
             message.expiredTotal = longToNumber(reader.uint64());
             continue;
           }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.deadTotal = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3222,6 +3270,11 @@ export const QueueStats: MessageFns<QueueStats> = {
         : isSet(object.expired_total)
         ? globalThis.Number(object.expired_total)
         : 0,
+      deadTotal: isSet(object.deadTotal)
+        ? globalThis.Number(object.deadTotal)
+        : isSet(object.dead_total)
+        ? globalThis.Number(object.dead_total)
+        : 0,
     };
   },
 
@@ -3256,6 +3309,9 @@ export const QueueStats: MessageFns<QueueStats> = {
     }
     if (message.expiredTotal !== 0) {
       obj.expiredTotal = Math.round(message.expiredTotal);
+    }
+    if (message.deadTotal !== 0) {
+      obj.deadTotal = Math.round(message.deadTotal);
     }
     return obj;
   },
@@ -3496,6 +3552,350 @@ export const CancelJobResponse: MessageFns<CancelJobResponse> = {
     const obj: any = {};
     if (message.job !== undefined) {
       obj.job = Job.toJSON(message.job);
+    }
+    return obj;
+  },
+};
+
+function createBaseListJobsRequest(): ListJobsRequest {
+  return {
+    queue: "",
+    state: 0,
+    jobId: "",
+    headerKey: "",
+    headerValue: "",
+    idempotencyKey: "",
+    errorContains: "",
+    limit: 0,
+    before: "",
+    includePayload: false,
+    maxScan: 0,
+  };
+}
+
+export const ListJobsRequest: MessageFns<ListJobsRequest> = {
+  encode(message: ListJobsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.queue !== "") {
+      writer.uint32(10).string(message.queue);
+    }
+    if (message.state !== 0) {
+      writer.uint32(16).int32(message.state);
+    }
+    if (message.jobId !== "") {
+      writer.uint32(26).string(message.jobId);
+    }
+    if (message.headerKey !== "") {
+      writer.uint32(34).string(message.headerKey);
+    }
+    if (message.headerValue !== "") {
+      writer.uint32(42).string(message.headerValue);
+    }
+    if (message.idempotencyKey !== "") {
+      writer.uint32(50).string(message.idempotencyKey);
+    }
+    if (message.errorContains !== "") {
+      writer.uint32(58).string(message.errorContains);
+    }
+    if (message.limit !== 0) {
+      writer.uint32(64).uint32(message.limit);
+    }
+    if (message.before !== "") {
+      writer.uint32(74).string(message.before);
+    }
+    if (message.includePayload !== false) {
+      writer.uint32(80).bool(message.includePayload);
+    }
+    if (message.maxScan !== 0) {
+      writer.uint32(88).uint32(message.maxScan);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListJobsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListJobsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.headerKey = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.headerValue = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.idempotencyKey = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.errorContains = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.limit = reader.uint32();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.before = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.includePayload = reader.bool();
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.maxScan = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListJobsRequest {
+    return {
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      state: isSet(object.state) ? jobStateFromJSON(object.state) : 0,
+      jobId: isSet(object.jobId)
+        ? globalThis.String(object.jobId)
+        : isSet(object.job_id)
+        ? globalThis.String(object.job_id)
+        : "",
+      headerKey: isSet(object.headerKey)
+        ? globalThis.String(object.headerKey)
+        : isSet(object.header_key)
+        ? globalThis.String(object.header_key)
+        : "",
+      headerValue: isSet(object.headerValue)
+        ? globalThis.String(object.headerValue)
+        : isSet(object.header_value)
+        ? globalThis.String(object.header_value)
+        : "",
+      idempotencyKey: isSet(object.idempotencyKey)
+        ? globalThis.String(object.idempotencyKey)
+        : isSet(object.idempotency_key)
+        ? globalThis.String(object.idempotency_key)
+        : "",
+      errorContains: isSet(object.errorContains)
+        ? globalThis.String(object.errorContains)
+        : isSet(object.error_contains)
+        ? globalThis.String(object.error_contains)
+        : "",
+      limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+      before: isSet(object.before) ? globalThis.String(object.before) : "",
+      includePayload: isSet(object.includePayload)
+        ? globalThis.Boolean(object.includePayload)
+        : isSet(object.include_payload)
+        ? globalThis.Boolean(object.include_payload)
+        : false,
+      maxScan: isSet(object.maxScan)
+        ? globalThis.Number(object.maxScan)
+        : isSet(object.max_scan)
+        ? globalThis.Number(object.max_scan)
+        : 0,
+    };
+  },
+
+  toJSON(message: ListJobsRequest): unknown {
+    const obj: any = {};
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.state !== 0) {
+      obj.state = jobStateToJSON(message.state);
+    }
+    if (message.jobId !== "") {
+      obj.jobId = message.jobId;
+    }
+    if (message.headerKey !== "") {
+      obj.headerKey = message.headerKey;
+    }
+    if (message.headerValue !== "") {
+      obj.headerValue = message.headerValue;
+    }
+    if (message.idempotencyKey !== "") {
+      obj.idempotencyKey = message.idempotencyKey;
+    }
+    if (message.errorContains !== "") {
+      obj.errorContains = message.errorContains;
+    }
+    if (message.limit !== 0) {
+      obj.limit = Math.round(message.limit);
+    }
+    if (message.before !== "") {
+      obj.before = message.before;
+    }
+    if (message.includePayload !== false) {
+      obj.includePayload = message.includePayload;
+    }
+    if (message.maxScan !== 0) {
+      obj.maxScan = Math.round(message.maxScan);
+    }
+    return obj;
+  },
+};
+
+function createBaseListJobsResponse(): ListJobsResponse {
+  return { jobs: [], nextBefore: "", scanned: 0 };
+}
+
+export const ListJobsResponse: MessageFns<ListJobsResponse> = {
+  encode(message: ListJobsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.jobs) {
+      Job.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextBefore !== "") {
+      writer.uint32(18).string(message.nextBefore);
+    }
+    if (message.scanned !== 0) {
+      writer.uint32(24).uint64(message.scanned);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListJobsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListJobsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.jobs.push(Job.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextBefore = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.scanned = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListJobsResponse {
+    return {
+      jobs: globalThis.Array.isArray(object?.jobs) ? object.jobs.map((e: any) => Job.fromJSON(e)) : [],
+      nextBefore: isSet(object.nextBefore)
+        ? globalThis.String(object.nextBefore)
+        : isSet(object.next_before)
+        ? globalThis.String(object.next_before)
+        : "",
+      scanned: isSet(object.scanned) ? globalThis.Number(object.scanned) : 0,
+    };
+  },
+
+  toJSON(message: ListJobsResponse): unknown {
+    const obj: any = {};
+    if (message.jobs?.length) {
+      obj.jobs = message.jobs.map((e) => Job.toJSON(e));
+    }
+    if (message.nextBefore !== "") {
+      obj.nextBefore = message.nextBefore;
+    }
+    if (message.scanned !== 0) {
+      obj.scanned = Math.round(message.scanned);
     }
     return obj;
   },
@@ -4010,7 +4410,7 @@ export const QueueClient = makeGenericClientConstructor(QueueService, "raftq.v1.
 };
 
 /**
- * Reads (Stats, GetJob, ListDead) are linearizable: the shard's leader
+ * Reads (Stats, GetQueue, GetJob, ListJobs, ListDead) are linearizable: the shard's leader
  * answers once a quorum has confirmed it still leads (UNAVAILABLE, retry,
  * when it cannot), unless `local` asks for any node's applied state.
  */
@@ -4063,6 +4463,19 @@ export const QueueAdminService = {
     responseSerialize: (value: QueueInfo): Buffer => Buffer.from(QueueInfo.encode(value).finish()),
     responseDeserialize: (value: Buffer): QueueInfo => QueueInfo.decode(value),
   },
+  /**
+   * A queue's paused state and settings (defaults filled in); a queue never
+   * used answers with the node's defaults.
+   */
+  getQueue: {
+    path: "/raftq.v1.QueueAdmin/GetQueue" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: QueueRef): Buffer => Buffer.from(QueueRef.encode(value).finish()),
+    requestDeserialize: (value: Buffer): QueueRef => QueueRef.decode(value),
+    responseSerialize: (value: QueueInfo): Buffer => Buffer.from(QueueInfo.encode(value).finish()),
+    responseDeserialize: (value: Buffer): QueueInfo => QueueInfo.decode(value),
+  },
   getJob: {
     path: "/raftq.v1.QueueAdmin/GetJob" as const,
     requestStream: false as const,
@@ -4071,6 +4484,22 @@ export const QueueAdminService = {
     requestDeserialize: (value: Buffer): JobRef => JobRef.decode(value),
     responseSerialize: (value: Job): Buffer => Buffer.from(Job.encode(value).finish()),
     responseDeserialize: (value: Buffer): Job => Job.decode(value),
+  },
+  /**
+   * One page of a queue's jobs, newest first, matching every filter given.
+   * Served from the leader's in-memory indexes; only the page's jobs are
+   * read from disk (for their headers and, when asked, payloads). A page
+   * examines at most `max_scan` jobs: it may come back short, or empty,
+   * with `next_before` set; continue from there until it is empty.
+   */
+  listJobs: {
+    path: "/raftq.v1.QueueAdmin/ListJobs" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListJobsRequest): Buffer => Buffer.from(ListJobsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListJobsRequest => ListJobsRequest.decode(value),
+    responseSerialize: (value: ListJobsResponse): Buffer => Buffer.from(ListJobsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListJobsResponse => ListJobsResponse.decode(value),
   },
   /**
    * Removes a job that is ready, scheduled or dead. A leased job cannot be
@@ -4122,7 +4551,20 @@ export interface QueueAdminServer extends UntypedServiceImplementation {
   /** Removes every ready and scheduled job of the queue (leased ones finish). */
   purgeQueue: handleUnaryCall<QueueRef, PurgeResponse>;
   setQueueConfig: handleUnaryCall<SetQueueConfigRequest, QueueInfo>;
+  /**
+   * A queue's paused state and settings (defaults filled in); a queue never
+   * used answers with the node's defaults.
+   */
+  getQueue: handleUnaryCall<QueueRef, QueueInfo>;
   getJob: handleUnaryCall<JobRef, Job>;
+  /**
+   * One page of a queue's jobs, newest first, matching every filter given.
+   * Served from the leader's in-memory indexes; only the page's jobs are
+   * read from disk (for their headers and, when asked, payloads). A page
+   * examines at most `max_scan` jobs: it may come back short, or empty,
+   * with `next_before` set; continue from there until it is empty.
+   */
+  listJobs: handleUnaryCall<ListJobsRequest, ListJobsResponse>;
   /**
    * Removes a job that is ready, scheduled or dead. A leased job cannot be
    * cancelled: FAILED_PRECONDITION.
@@ -4205,6 +4647,22 @@ export interface QueueAdminClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: QueueInfo) => void,
   ): ClientUnaryCall;
+  /**
+   * A queue's paused state and settings (defaults filled in); a queue never
+   * used answers with the node's defaults.
+   */
+  getQueue(request: QueueRef, callback: (error: ServiceError | null, response: QueueInfo) => void): ClientUnaryCall;
+  getQueue(
+    request: QueueRef,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: QueueInfo) => void,
+  ): ClientUnaryCall;
+  getQueue(
+    request: QueueRef,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: QueueInfo) => void,
+  ): ClientUnaryCall;
   getJob(request: JobRef, callback: (error: ServiceError | null, response: Job) => void): ClientUnaryCall;
   getJob(
     request: JobRef,
@@ -4216,6 +4674,28 @@ export interface QueueAdminClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: Job) => void,
+  ): ClientUnaryCall;
+  /**
+   * One page of a queue's jobs, newest first, matching every filter given.
+   * Served from the leader's in-memory indexes; only the page's jobs are
+   * read from disk (for their headers and, when asked, payloads). A page
+   * examines at most `max_scan` jobs: it may come back short, or empty,
+   * with `next_before` set; continue from there until it is empty.
+   */
+  listJobs(
+    request: ListJobsRequest,
+    callback: (error: ServiceError | null, response: ListJobsResponse) => void,
+  ): ClientUnaryCall;
+  listJobs(
+    request: ListJobsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListJobsResponse) => void,
+  ): ClientUnaryCall;
+  listJobs(
+    request: ListJobsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListJobsResponse) => void,
   ): ClientUnaryCall;
   /**
    * Removes a job that is ready, scheduled or dead. A leased job cannot be

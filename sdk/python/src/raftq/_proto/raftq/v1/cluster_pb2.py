@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16raftq/v1/cluster.proto\x12\x08raftq.v1\"6\n\x06Member\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\x12\r\n\x05voter\x18\x03 \x01(\x08\"\xc7\x01\n\x0bShardStatus\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\x12\n\nhas_leader\x18\x03 \x01(\x08\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x05 \x01(\x04\x12\x15\n\rapplied_index\x18\x06 \x01(\x04\x12\x16\n\x0elast_log_index\x18\x07 \x01(\x04\x12!\n\x07members\x18\x08 \x03(\x0b\x32\x10.raftq.v1.Member\x12\x0c\n\x04role\x18\t \x01(\t\"\x16\n\x14\x43lusterStatusRequest\"j\n\rClusterStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\x12%\n\x06shards\x18\x03 \x03(\x0b\x32\x15.raftq.v1.ShardStatus\x12\x13\n\x0b\x63lient_addr\x18\x04 \x01(\t\"3\n\x11InitializeRequest\x12\x1e\n\x16\x62ootstrap_joining_node\x18\x01 \x01(\x08\"d\n\x11\x41\x64\x64LearnerRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\x12\x12\n\x05shard\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x12\n\ntimeout_ms\x18\x04 \x01(\rB\x08\n\x06_shard\"W\n\x17\x43hangeMembershipRequest\x12\x0e\n\x06voters\x18\x01 \x03(\x04\x12\x0e\n\x06retain\x18\x02 \x01(\x08\x12\x12\n\x05shard\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_shard\"<\n\x0fStepDownRequest\x12\x12\n\ntimeout_ms\x18\x01 \x01(\r\x12\x15\n\rdrain_workers\x18\x02 \x01(\x08\"4\n\x0cShardHandoff\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x15\n\rnew_leader_id\x18\x02 \x01(\x04\":\n\x10StepDownResponse\x12&\n\x06shards\x18\x01 \x03(\x0b\x32\x16.raftq.v1.ShardHandoff\"@\n\x0f\x43\x61mpaignRequest\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x10\n\x08\x61\x66ter_ms\x18\x03 \x01(\r\"\x0f\n\rCampaignReply\":\n\x0bRaftMessage\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\r2\xec\x02\n\x0c\x43lusterAdmin\x12\x41\n\x06Status\x12\x1e.raftq.v1.ClusterStatusRequest\x1a\x17.raftq.v1.ClusterStatus\x12\x42\n\nInitialize\x12\x1b.raftq.v1.InitializeRequest\x1a\x17.raftq.v1.ClusterStatus\x12\x42\n\nAddLearner\x12\x1b.raftq.v1.AddLearnerRequest\x1a\x17.raftq.v1.ClusterStatus\x12N\n\x10\x43hangeMembership\x12!.raftq.v1.ChangeMembershipRequest\x1a\x17.raftq.v1.ClusterStatus\x12\x41\n\x08StepDown\x12\x19.raftq.v1.StepDownRequest\x1a\x1a.raftq.v1.StepDownResponse2\x85\x02\n\rRaftTransport\x12=\n\rAppendEntries\x12\x15.raftq.v1.RaftMessage\x1a\x15.raftq.v1.RaftMessage\x12\x34\n\x04Vote\x12\x15.raftq.v1.RaftMessage\x1a\x15.raftq.v1.RaftMessage\x12?\n\x0fInstallSnapshot\x12\x15.raftq.v1.RaftMessage\x1a\x15.raftq.v1.RaftMessage\x12>\n\x08\x43\x61mpaign\x12\x19.raftq.v1.CampaignRequest\x1a\x17.raftq.v1.CampaignReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16raftq/v1/cluster.proto\x12\x08raftq.v1\"M\n\x06Member\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\x12\r\n\x05voter\x18\x03 \x01(\x08\x12\x15\n\rmatched_index\x18\x04 \x01(\x04\"\xc7\x01\n\x0bShardStatus\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\x12\n\nhas_leader\x18\x03 \x01(\x08\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x05 \x01(\x04\x12\x15\n\rapplied_index\x18\x06 \x01(\x04\x12\x16\n\x0elast_log_index\x18\x07 \x01(\x04\x12!\n\x07members\x18\x08 \x03(\x0b\x32\x10.raftq.v1.Member\x12\x0c\n\x04role\x18\t \x01(\t\"\x16\n\x14\x43lusterStatusRequest\"j\n\rClusterStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\x12%\n\x06shards\x18\x03 \x03(\x0b\x32\x15.raftq.v1.ShardStatus\x12\x13\n\x0b\x63lient_addr\x18\x04 \x01(\t\"3\n\x11InitializeRequest\x12\x1e\n\x16\x62ootstrap_joining_node\x18\x01 \x01(\x08\"d\n\x11\x41\x64\x64LearnerRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\x12\x12\n\x05shard\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x12\n\ntimeout_ms\x18\x04 \x01(\rB\x08\n\x06_shard\"W\n\x17\x43hangeMembershipRequest\x12\x0e\n\x06voters\x18\x01 \x03(\x04\x12\x0e\n\x06retain\x18\x02 \x01(\x08\x12\x12\n\x05shard\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_shard\"<\n\x0fStepDownRequest\x12\x12\n\ntimeout_ms\x18\x01 \x01(\r\x12\x15\n\rdrain_workers\x18\x02 \x01(\x08\"4\n\x0cShardHandoff\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x15\n\rnew_leader_id\x18\x02 \x01(\x04\":\n\x10StepDownResponse\x12&\n\x06shards\x18\x01 \x03(\x0b\x32\x16.raftq.v1.ShardHandoff\"@\n\x0f\x43\x61mpaignRequest\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x10\n\x08\x61\x66ter_ms\x18\x03 \x01(\r\"\x0f\n\rCampaignReply\":\n\x0bRaftMessage\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\r2\xec\x02\n\x0c\x43lusterAdmin\x12\x41\n\x06Status\x12\x1e.raftq.v1.ClusterStatusRequest\x1a\x17.raftq.v1.ClusterStatus\x12\x42\n\nInitialize\x12\x1b.raftq.v1.InitializeRequest\x1a\x17.raftq.v1.ClusterStatus\x12\x42\n\nAddLearner\x12\x1b.raftq.v1.AddLearnerRequest\x1a\x17.raftq.v1.ClusterStatus\x12N\n\x10\x43hangeMembership\x12!.raftq.v1.ChangeMembershipRequest\x1a\x17.raftq.v1.ClusterStatus\x12\x41\n\x08StepDown\x12\x19.raftq.v1.StepDownRequest\x1a\x1a.raftq.v1.StepDownResponse2\x85\x02\n\rRaftTransport\x12=\n\rAppendEntries\x12\x15.raftq.v1.RaftMessage\x1a\x15.raftq.v1.RaftMessage\x12\x34\n\x04Vote\x12\x15.raftq.v1.RaftMessage\x1a\x15.raftq.v1.RaftMessage\x12?\n\x0fInstallSnapshot\x12\x15.raftq.v1.RaftMessage\x1a\x15.raftq.v1.RaftMessage\x12>\n\x08\x43\x61mpaign\x12\x19.raftq.v1.CampaignRequest\x1a\x17.raftq.v1.CampaignReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,33 +32,33 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'raftq.v1.cluster_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MEMBER']._serialized_start=36
-  _globals['_MEMBER']._serialized_end=90
-  _globals['_SHARDSTATUS']._serialized_start=93
-  _globals['_SHARDSTATUS']._serialized_end=292
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=294
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=316
-  _globals['_CLUSTERSTATUS']._serialized_start=318
-  _globals['_CLUSTERSTATUS']._serialized_end=424
-  _globals['_INITIALIZEREQUEST']._serialized_start=426
-  _globals['_INITIALIZEREQUEST']._serialized_end=477
-  _globals['_ADDLEARNERREQUEST']._serialized_start=479
-  _globals['_ADDLEARNERREQUEST']._serialized_end=579
-  _globals['_CHANGEMEMBERSHIPREQUEST']._serialized_start=581
-  _globals['_CHANGEMEMBERSHIPREQUEST']._serialized_end=668
-  _globals['_STEPDOWNREQUEST']._serialized_start=670
-  _globals['_STEPDOWNREQUEST']._serialized_end=730
-  _globals['_SHARDHANDOFF']._serialized_start=732
-  _globals['_SHARDHANDOFF']._serialized_end=784
-  _globals['_STEPDOWNRESPONSE']._serialized_start=786
-  _globals['_STEPDOWNRESPONSE']._serialized_end=844
-  _globals['_CAMPAIGNREQUEST']._serialized_start=846
-  _globals['_CAMPAIGNREQUEST']._serialized_end=910
-  _globals['_CAMPAIGNREPLY']._serialized_start=912
-  _globals['_CAMPAIGNREPLY']._serialized_end=927
-  _globals['_RAFTMESSAGE']._serialized_start=929
-  _globals['_RAFTMESSAGE']._serialized_end=987
-  _globals['_CLUSTERADMIN']._serialized_start=990
-  _globals['_CLUSTERADMIN']._serialized_end=1354
-  _globals['_RAFTTRANSPORT']._serialized_start=1357
-  _globals['_RAFTTRANSPORT']._serialized_end=1618
+  _globals['_MEMBER']._serialized_end=113
+  _globals['_SHARDSTATUS']._serialized_start=116
+  _globals['_SHARDSTATUS']._serialized_end=315
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=317
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=339
+  _globals['_CLUSTERSTATUS']._serialized_start=341
+  _globals['_CLUSTERSTATUS']._serialized_end=447
+  _globals['_INITIALIZEREQUEST']._serialized_start=449
+  _globals['_INITIALIZEREQUEST']._serialized_end=500
+  _globals['_ADDLEARNERREQUEST']._serialized_start=502
+  _globals['_ADDLEARNERREQUEST']._serialized_end=602
+  _globals['_CHANGEMEMBERSHIPREQUEST']._serialized_start=604
+  _globals['_CHANGEMEMBERSHIPREQUEST']._serialized_end=691
+  _globals['_STEPDOWNREQUEST']._serialized_start=693
+  _globals['_STEPDOWNREQUEST']._serialized_end=753
+  _globals['_SHARDHANDOFF']._serialized_start=755
+  _globals['_SHARDHANDOFF']._serialized_end=807
+  _globals['_STEPDOWNRESPONSE']._serialized_start=809
+  _globals['_STEPDOWNRESPONSE']._serialized_end=867
+  _globals['_CAMPAIGNREQUEST']._serialized_start=869
+  _globals['_CAMPAIGNREQUEST']._serialized_end=933
+  _globals['_CAMPAIGNREPLY']._serialized_start=935
+  _globals['_CAMPAIGNREPLY']._serialized_end=950
+  _globals['_RAFTMESSAGE']._serialized_start=952
+  _globals['_RAFTMESSAGE']._serialized_end=1010
+  _globals['_CLUSTERADMIN']._serialized_start=1013
+  _globals['_CLUSTERADMIN']._serialized_end=1377
+  _globals['_RAFTTRANSPORT']._serialized_start=1380
+  _globals['_RAFTTRANSPORT']._serialized_end=1641
 # @@protoc_insertion_point(module_scope)

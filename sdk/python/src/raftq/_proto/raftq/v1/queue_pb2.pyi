@@ -293,7 +293,7 @@ class StatsRequest(_message.Message):
     def __init__(self, queue: _Optional[str] = ..., local: _Optional[bool] = ...) -> None: ...
 
 class QueueStats(_message.Message):
-    __slots__ = ("queue", "ready", "scheduled", "leased", "dead", "paused", "enqueued_total", "acked_total", "nacked_total", "expired_total")
+    __slots__ = ("queue", "ready", "scheduled", "leased", "dead", "paused", "enqueued_total", "acked_total", "nacked_total", "expired_total", "dead_total")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     SCHEDULED_FIELD_NUMBER: _ClassVar[int]
@@ -304,6 +304,7 @@ class QueueStats(_message.Message):
     ACKED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     NACKED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     EXPIRED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DEAD_TOTAL_FIELD_NUMBER: _ClassVar[int]
     queue: str
     ready: int
     scheduled: int
@@ -314,7 +315,8 @@ class QueueStats(_message.Message):
     acked_total: int
     nacked_total: int
     expired_total: int
-    def __init__(self, queue: _Optional[str] = ..., ready: _Optional[int] = ..., scheduled: _Optional[int] = ..., leased: _Optional[int] = ..., dead: _Optional[int] = ..., paused: _Optional[bool] = ..., enqueued_total: _Optional[int] = ..., acked_total: _Optional[int] = ..., nacked_total: _Optional[int] = ..., expired_total: _Optional[int] = ...) -> None: ...
+    dead_total: int
+    def __init__(self, queue: _Optional[str] = ..., ready: _Optional[int] = ..., scheduled: _Optional[int] = ..., leased: _Optional[int] = ..., dead: _Optional[int] = ..., paused: _Optional[bool] = ..., enqueued_total: _Optional[int] = ..., acked_total: _Optional[int] = ..., nacked_total: _Optional[int] = ..., expired_total: _Optional[int] = ..., dead_total: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
     __slots__ = ("queues",)
@@ -339,6 +341,42 @@ class CancelJobResponse(_message.Message):
     JOB_FIELD_NUMBER: _ClassVar[int]
     job: Job
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("queue", "state", "job_id", "header_key", "header_value", "idempotency_key", "error_contains", "limit", "before", "include_payload", "max_scan")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    HEADER_KEY_FIELD_NUMBER: _ClassVar[int]
+    HEADER_VALUE_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CONTAINS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    MAX_SCAN_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    state: JobState
+    job_id: str
+    header_key: str
+    header_value: str
+    idempotency_key: str
+    error_contains: str
+    limit: int
+    before: str
+    include_payload: bool
+    max_scan: int
+    def __init__(self, queue: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., job_id: _Optional[str] = ..., header_key: _Optional[str] = ..., header_value: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., error_contains: _Optional[str] = ..., limit: _Optional[int] = ..., before: _Optional[str] = ..., include_payload: _Optional[bool] = ..., max_scan: _Optional[int] = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs", "next_before", "scanned")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    SCANNED_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    next_before: str
+    scanned: int
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_before: _Optional[str] = ..., scanned: _Optional[int] = ...) -> None: ...
 
 class ListDeadRequest(_message.Message):
     __slots__ = ("queue", "limit", "after")

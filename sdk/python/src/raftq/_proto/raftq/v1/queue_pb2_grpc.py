@@ -325,7 +325,7 @@ class Queue:
 
 
 class QueueAdminStub:
-    """Reads (Stats, GetJob, ListDead) are linearizable: the shard's leader
+    """Reads (Stats, GetQueue, GetJob, ListJobs, ListDead) are linearizable: the shard's leader
     answers once a quorum has confirmed it still leads (UNAVAILABLE, retry,
     when it cannot), unless `local` asks for any node's applied state.
     """
@@ -361,10 +361,20 @@ class QueueAdminStub:
                 request_serializer=raftq_dot_v1_dot_queue__pb2.SetQueueConfigRequest.SerializeToString,
                 response_deserializer=raftq_dot_v1_dot_queue__pb2.QueueInfo.FromString,
                 _registered_method=True)
+        self.GetQueue = channel.unary_unary(
+                '/raftq.v1.QueueAdmin/GetQueue',
+                request_serializer=raftq_dot_v1_dot_queue__pb2.QueueRef.SerializeToString,
+                response_deserializer=raftq_dot_v1_dot_queue__pb2.QueueInfo.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/raftq.v1.QueueAdmin/GetJob',
                 request_serializer=raftq_dot_v1_dot_queue__pb2.JobRef.SerializeToString,
                 response_deserializer=raftq_dot_v1_dot_queue__pb2.Job.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/raftq.v1.QueueAdmin/ListJobs',
+                request_serializer=raftq_dot_v1_dot_queue__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=raftq_dot_v1_dot_queue__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
         self.CancelJob = channel.unary_unary(
                 '/raftq.v1.QueueAdmin/CancelJob',
@@ -389,7 +399,7 @@ class QueueAdminStub:
 
 
 class QueueAdminServicer:
-    """Reads (Stats, GetJob, ListDead) are linearizable: the shard's leader
+    """Reads (Stats, GetQueue, GetJob, ListJobs, ListDead) are linearizable: the shard's leader
     answers once a quorum has confirmed it still leads (UNAVAILABLE, retry,
     when it cannot), unless `local` asks for any node's applied state.
     """
@@ -425,8 +435,27 @@ class QueueAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetQueue(self, request, context):
+        """A queue's paused state and settings (defaults filled in); a queue never
+        used answers with the node's defaults.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """One page of a queue's jobs, newest first, matching every filter given.
+        Served from the leader's in-memory indexes; only the page's jobs are
+        read from disk (for their headers and, when asked, payloads). A page
+        examines at most `max_scan` jobs: it may come back short, or empty,
+        with `next_before` set; continue from there until it is empty.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -486,10 +515,20 @@ def add_QueueAdminServicer_to_server(servicer, server):
                     request_deserializer=raftq_dot_v1_dot_queue__pb2.SetQueueConfigRequest.FromString,
                     response_serializer=raftq_dot_v1_dot_queue__pb2.QueueInfo.SerializeToString,
             ),
+            'GetQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQueue,
+                    request_deserializer=raftq_dot_v1_dot_queue__pb2.QueueRef.FromString,
+                    response_serializer=raftq_dot_v1_dot_queue__pb2.QueueInfo.SerializeToString,
+            ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
                     request_deserializer=raftq_dot_v1_dot_queue__pb2.JobRef.FromString,
                     response_serializer=raftq_dot_v1_dot_queue__pb2.Job.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=raftq_dot_v1_dot_queue__pb2.ListJobsRequest.FromString,
+                    response_serializer=raftq_dot_v1_dot_queue__pb2.ListJobsResponse.SerializeToString,
             ),
             'CancelJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelJob,
@@ -520,7 +559,7 @@ def add_QueueAdminServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class QueueAdmin:
-    """Reads (Stats, GetJob, ListDead) are linearizable: the shard's leader
+    """Reads (Stats, GetQueue, GetJob, ListJobs, ListDead) are linearizable: the shard's leader
     answers once a quorum has confirmed it still leads (UNAVAILABLE, retry,
     when it cannot), unless `local` asks for any node's applied state.
     """
@@ -661,6 +700,33 @@ class QueueAdmin:
             _registered_method=True)
 
     @staticmethod
+    def GetQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftq.v1.QueueAdmin/GetQueue',
+            raftq_dot_v1_dot_queue__pb2.QueueRef.SerializeToString,
+            raftq_dot_v1_dot_queue__pb2.QueueInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetJob(request,
             target,
             options=(),
@@ -677,6 +743,33 @@ class QueueAdmin:
             '/raftq.v1.QueueAdmin/GetJob',
             raftq_dot_v1_dot_queue__pb2.JobRef.SerializeToString,
             raftq_dot_v1_dot_queue__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftq.v1.QueueAdmin/ListJobs',
+            raftq_dot_v1_dot_queue__pb2.ListJobsRequest.SerializeToString,
+            raftq_dot_v1_dot_queue__pb2.ListJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

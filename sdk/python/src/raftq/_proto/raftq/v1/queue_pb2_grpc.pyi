@@ -152,7 +152,7 @@ class QueueServicer(metaclass=_abc_1.ABCMeta):
 def add_QueueServicer_to_server(servicer: QueueServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class QueueAdminStub:
-    """Reads (Stats, GetJob, ListDead) are linearizable: the shard's leader
+    """Reads (Stats, GetQueue, GetJob, ListJobs, ListDead) are linearizable: the shard's leader
     answers once a quorum has confirmed it still leads (UNAVAILABLE, retry,
     when it cannot), unless `local` asks for any node's applied state.
     """
@@ -167,7 +167,18 @@ class QueueAdminStub:
     PurgeQueue: _grpc.UnaryUnaryMultiCallable[_queue_pb2.QueueRef, _queue_pb2.PurgeResponse]
     """Removes every ready and scheduled job of the queue (leased ones finish)."""
     SetQueueConfig: _grpc.UnaryUnaryMultiCallable[_queue_pb2.SetQueueConfigRequest, _queue_pb2.QueueInfo]
+    GetQueue: _grpc.UnaryUnaryMultiCallable[_queue_pb2.QueueRef, _queue_pb2.QueueInfo]
+    """A queue's paused state and settings (defaults filled in); a queue never
+    used answers with the node's defaults.
+    """
     GetJob: _grpc.UnaryUnaryMultiCallable[_queue_pb2.JobRef, _queue_pb2.Job]
+    ListJobs: _grpc.UnaryUnaryMultiCallable[_queue_pb2.ListJobsRequest, _queue_pb2.ListJobsResponse]
+    """One page of a queue's jobs, newest first, matching every filter given.
+    Served from the leader's in-memory indexes; only the page's jobs are
+    read from disk (for their headers and, when asked, payloads). A page
+    examines at most `max_scan` jobs: it may come back short, or empty,
+    with `next_before` set; continue from there until it is empty.
+    """
     CancelJob: _grpc.UnaryUnaryMultiCallable[_queue_pb2.JobRef, _queue_pb2.CancelJobResponse]
     """Removes a job that is ready, scheduled or dead. A leased job cannot be
     cancelled: FAILED_PRECONDITION.
@@ -179,7 +190,7 @@ class QueueAdminStub:
 
 @_typing.type_check_only
 class QueueAdminAsyncStub(QueueAdminStub):
-    """Reads (Stats, GetJob, ListDead) are linearizable: the shard's leader
+    """Reads (Stats, GetQueue, GetJob, ListJobs, ListDead) are linearizable: the shard's leader
     answers once a quorum has confirmed it still leads (UNAVAILABLE, retry,
     when it cannot), unless `local` asks for any node's applied state.
     """
@@ -191,7 +202,18 @@ class QueueAdminAsyncStub(QueueAdminStub):
     PurgeQueue: _aio.UnaryUnaryMultiCallable[_queue_pb2.QueueRef, _queue_pb2.PurgeResponse]  # type: ignore[assignment]
     """Removes every ready and scheduled job of the queue (leased ones finish)."""
     SetQueueConfig: _aio.UnaryUnaryMultiCallable[_queue_pb2.SetQueueConfigRequest, _queue_pb2.QueueInfo]  # type: ignore[assignment]
+    GetQueue: _aio.UnaryUnaryMultiCallable[_queue_pb2.QueueRef, _queue_pb2.QueueInfo]  # type: ignore[assignment]
+    """A queue's paused state and settings (defaults filled in); a queue never
+    used answers with the node's defaults.
+    """
     GetJob: _aio.UnaryUnaryMultiCallable[_queue_pb2.JobRef, _queue_pb2.Job]  # type: ignore[assignment]
+    ListJobs: _aio.UnaryUnaryMultiCallable[_queue_pb2.ListJobsRequest, _queue_pb2.ListJobsResponse]  # type: ignore[assignment]
+    """One page of a queue's jobs, newest first, matching every filter given.
+    Served from the leader's in-memory indexes; only the page's jobs are
+    read from disk (for their headers and, when asked, payloads). A page
+    examines at most `max_scan` jobs: it may come back short, or empty,
+    with `next_before` set; continue from there until it is empty.
+    """
     CancelJob: _aio.UnaryUnaryMultiCallable[_queue_pb2.JobRef, _queue_pb2.CancelJobResponse]  # type: ignore[assignment]
     """Removes a job that is ready, scheduled or dead. A leased job cannot be
     cancelled: FAILED_PRECONDITION.
@@ -202,7 +224,7 @@ class QueueAdminAsyncStub(QueueAdminStub):
     PurgeDead: _aio.UnaryUnaryMultiCallable[_queue_pb2.DeadSelector, _queue_pb2.CountResponse]  # type: ignore[assignment]
 
 class QueueAdminServicer(metaclass=_abc_1.ABCMeta):
-    """Reads (Stats, GetJob, ListDead) are linearizable: the shard's leader
+    """Reads (Stats, GetQueue, GetJob, ListJobs, ListDead) are linearizable: the shard's leader
     answers once a quorum has confirmed it still leads (UNAVAILABLE, retry,
     when it cannot), unless `local` asks for any node's applied state.
     """
@@ -244,11 +266,34 @@ class QueueAdminServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_queue_pb2.QueueInfo, _abc.Awaitable[_queue_pb2.QueueInfo]]: ...
 
     @_abc_1.abstractmethod
+    def GetQueue(
+        self,
+        request: _queue_pb2.QueueRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_pb2.QueueInfo, _abc.Awaitable[_queue_pb2.QueueInfo]]:
+        """A queue's paused state and settings (defaults filled in); a queue never
+        used answers with the node's defaults.
+        """
+
+    @_abc_1.abstractmethod
     def GetJob(
         self,
         request: _queue_pb2.JobRef,
         context: _ServicerContext,
     ) -> _typing.Union[_queue_pb2.Job, _abc.Awaitable[_queue_pb2.Job]]: ...
+
+    @_abc_1.abstractmethod
+    def ListJobs(
+        self,
+        request: _queue_pb2.ListJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_pb2.ListJobsResponse, _abc.Awaitable[_queue_pb2.ListJobsResponse]]:
+        """One page of a queue's jobs, newest first, matching every filter given.
+        Served from the leader's in-memory indexes; only the page's jobs are
+        read from disk (for their headers and, when asked, payloads). A page
+        examines at most `max_scan` jobs: it may come back short, or empty,
+        with `next_before` set; continue from there until it is empty.
+        """
 
     @_abc_1.abstractmethod
     def CancelJob(

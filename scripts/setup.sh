@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing raftq needs and a fresh Debian/Ubuntu
 # machine may lack: a C++ compiler and libclang (RocksDB's build uses
-# bindgen), and libfaketime (the clock-jump fault test moves one node's
-# wall clock with it).
+# bindgen), libfaketime (the clock-jump fault test moves one node's
+# wall clock with it) and Chromium (the web console's tests drive it).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 
@@ -18,6 +18,7 @@ have_libclang || missing+=(libclang-dev)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
 compgen -G '/usr/lib/*/faketime/libfaketimeMT.so.1' >/dev/null || missing+=(faketime)
+[ -n "${RAFTQ_CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2

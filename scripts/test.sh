@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting, clippy, unit, property, gRPC,
-# multi-process cluster and operator tests, then the Helm chart tests and
-# the SDKs (Python, TypeScript, Go) against real nodes.
+# multi-process cluster and operator tests, then the Helm chart tests, the
+# web console in a real browser, and the SDKs (Python, TypeScript, Go)
+# against real nodes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -9,4 +10,5 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
 ./scripts/chart-test.sh
+./scripts/console-test.sh
 ./scripts/sdk-test.sh

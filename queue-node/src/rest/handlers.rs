@@ -101,7 +101,7 @@ pub async fn whoami(State(rest): State<Arc<Rest>>, caller: Caller) -> Answer<Who
 /// listed with the error).
 pub async fn cluster(State(rest): State<Arc<Rest>>, caller: Caller) -> Answer<Value> {
     let request = caller.request(());
-    rest.ctx.authorize(
+    let who = rest.ctx.authorize(
         crate::security::Port::Client,
         &request,
         Call::ClusterView,
@@ -116,11 +116,12 @@ pub async fn cluster(State(rest): State<Arc<Rest>>, caller: Caller) -> Answer<Va
         .map(|m| (m.node_id, m.addr.clone()))
         .collect();
     let asks = others.into_iter().map(|(id, addr)| {
-        let ctx = rest.ctx.clone();
+        let (ctx, who) = (rest.ctx.clone(), who.clone());
         async move {
             let answer = async {
                 let mut client = ClusterAdminClient::new(ctx.peer(&addr)?);
-                let request = tonic::Request::new(pb::ClusterStatusRequest {});
+                // Asked for the caller, whom the other node checks again.
+                let request = crate::forward::forwarded(pb::ClusterStatusRequest {}, &who);
                 client.status(request).await.map(|r| r.into_inner())
             };
             let answer = tokio::time::timeout(Duration::from_secs(3), answer).await;

@@ -93,6 +93,9 @@ pub struct BatchStats {
     pub batches: AtomicU64,
     pub ops: AtomicU64,
     pub bytes: AtomicU64,
+    /// From proposing a batch to its entry applied here: replication to a
+    /// quorum, fsync and apply, as the batch's callers wait for it.
+    pub write_seconds: crate::latency::Histogram,
 }
 
 #[derive(Clone)]
@@ -237,9 +240,12 @@ async fn run(
             .fetch_add(pending.bytes as u64, Ordering::Relaxed);
         let term = raft.server_metrics().borrow().vote.leader_id().term;
         let now = clock.stamp(term);
-        let raft = raft.clone();
+        let (raft, stats) = (raft.clone(), stats.clone());
         tokio::spawn(async move {
-            propose(raft, pending.groups, now, defaults).await;
+            let started = std::time::Instant::now();
+            if propose(raft, pending.groups, now, defaults).await {
+                stats.write_seconds.observe(started.elapsed());
+            }
             drop(permit);
         });
     }
@@ -257,7 +263,8 @@ async fn term_ends(mut metrics: tokio::sync::watch::Receiver<ServerMetrics>, ter
     }
 }
 
-async fn propose(raft: Raft, groups: Vec<Group>, time_ms: u64, defaults: QueueDefaults) {
+/// Proposes one batch and answers its callers; whether it was applied.
+async fn propose(raft: Raft, groups: Vec<Group>, time_ms: u64, defaults: QueueDefaults) -> bool {
     let mut ops = Vec::with_capacity(groups.iter().map(|g| g.ops.len()).sum());
     let mut replies = Vec::with_capacity(groups.len());
     for g in groups {
@@ -282,7 +289,7 @@ async fn propose(raft: Raft, groups: Vec<Group>, time_ms: u64, defaults: QueueDe
             for (_, reply) in replies {
                 let _ = reply.send(Err(SubmitError::Interrupted));
             }
-            return;
+            return false;
         }
     };
     match outcome {
@@ -291,6 +298,7 @@ async fn propose(raft: Raft, groups: Vec<Group>, time_ms: u64, defaults: QueueDe
             for (n, reply) in replies {
                 let _ = reply.send(Ok(results.by_ref().take(n).collect()));
             }
+            true
         }
         Err(e) => {
             let error = match e {
@@ -304,6 +312,7 @@ async fn propose(raft: Raft, groups: Vec<Group>, time_ms: u64, defaults: QueueDe
             for (_, reply) in replies {
                 let _ = reply.send(Err(error.clone()));
             }
+            false
         }
     }
 }

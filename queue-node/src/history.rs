@@ -172,6 +172,8 @@ mod tests {
                 acked,
                 ..QueueTotals::default()
             },
+            oldest_ready_ms: None,
+            lease_to_ack: Default::default(),
         }
     }
 

@@ -258,8 +258,21 @@ pub fn render(ctx: &NodeContext) -> String {
     let mut totals = Family::new(
         "raftq_queue_operations_total",
         "counter",
-        "Jobs enqueued, acked, nacked and expired leases per queue",
+        "Jobs enqueued, acked, nacked, expired leases and jobs dead-lettered per queue, as this node applied them since it started",
     );
+    let mut oldest = Family::new(
+        "raftq_queue_oldest_ready_age_seconds",
+        "gauge",
+        "How long the queue's longest-waiting ready job has been ready (0 when none is)",
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    // Histograms are rendered apart: each sample is several lines.
+    let mut histograms = String::new();
+    let mut lease_to_ack = Vec::new();
+    let mut writes = Vec::new();
+    let mut applies = Vec::new();
     for shard in &ctx.shards {
         let s = format!("shard=\"{}\"", shard.id);
         let m = shard.raft.metrics().borrow().clone();
@@ -274,6 +287,8 @@ pub fn render(ctx: &NodeContext) -> String {
         batches.add(s.clone(), b.batches.load(Ordering::Relaxed) as f64);
         batch_ops.add(s.clone(), b.ops.load(Ordering::Relaxed) as f64);
         batch_bytes.add(s.clone(), b.bytes.load(Ordering::Relaxed) as f64);
+        writes.push((s.clone(), b.write_seconds.snapshot()));
+        applies.push((s.clone(), shard.shared.apply_seconds.snapshot()));
         for q in shard.shared.state().all_stats() {
             let base = format!("{s},queue=\"{}\"", label_value(&q.queue));
             for (state, n) in [
@@ -289,9 +304,13 @@ pub fn render(ctx: &NodeContext) -> String {
                 ("acked", q.totals.acked),
                 ("nacked", q.totals.nacked),
                 ("expired", q.totals.expired),
+                ("dead", q.totals.died),
             ] {
                 totals.add(format!("{base},op=\"{op}\""), n as f64);
             }
+            let age = q.oldest_ready_ms.map_or(0, |at| now_ms.saturating_sub(at));
+            oldest.add(base.clone(), age as f64 / 1000.0);
+            lease_to_ack.push((base, q.lease_to_ack));
         }
     }
     let mut budget = Family::new(
@@ -339,6 +358,25 @@ pub fn render(ctx: &NodeContext) -> String {
             .map(|s| s.shared.log_cache_bytes())
             .sum::<u64>() as f64,
     );
+    let (stopped, delayed, pending) = memory.store.stall_signals();
+    let mut write_stopped = Family::new(
+        "raftq_rocksdb_write_stopped",
+        "gauge",
+        "1 while RocksDB stops writes (too many memtables or level-0 files, or compaction too far behind)",
+    );
+    write_stopped.add(String::new(), u8::from(stopped));
+    let mut delayed_rate = Family::new(
+        "raftq_rocksdb_delayed_write_rate_bytes",
+        "gauge",
+        "The rate RocksDB slows writes to, in bytes per second (0 = not slowed)",
+    );
+    delayed_rate.add(String::new(), delayed as f64);
+    let mut pending_compaction = Family::new(
+        "raftq_rocksdb_pending_compaction_bytes",
+        "gauge",
+        "Bytes RocksDB estimates compaction is behind by",
+    );
+    pending_compaction.add(String::new(), pending as f64);
     let (open, refused, handshakes, idle) = connection_families(ctx);
     let mut out = String::new();
     for f in [
@@ -354,6 +392,10 @@ pub fn render(ctx: &NodeContext) -> String {
         batch_bytes,
         jobs,
         totals,
+        oldest,
+        write_stopped,
+        delayed_rate,
+        pending_compaction,
         budget,
         used,
         open,
@@ -364,8 +406,36 @@ pub fn render(ctx: &NodeContext) -> String {
         let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
         let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
         for (labels, value) in f.samples {
-            let _ = writeln!(out, "{}{{{labels}}} {value}", f.name);
+            if labels.is_empty() {
+                let _ = writeln!(out, "{} {value}", f.name);
+            } else {
+                let _ = writeln!(out, "{}{{{labels}}} {value}", f.name);
+            }
         }
     }
+    for (name, help, samples) in [
+        (
+            "raftq_queue_lease_to_ack_seconds",
+            "From a job's lease to its ack (the batch clock's milliseconds), for leases this node applied since it started",
+            lease_to_ack,
+        ),
+        (
+            "raftq_raft_write_seconds",
+            "On the shard's leader: from proposing a batch to its entry applied (replication to a quorum, fsync, apply)",
+            writes,
+        ),
+        (
+            "raftq_raft_apply_seconds",
+            "Applying a group of committed entries to the shard's state (state machine and RocksDB write), on every replica",
+            applies,
+        ),
+    ] {
+        let _ = writeln!(histograms, "# HELP {name} {help}");
+        let _ = writeln!(histograms, "# TYPE {name} histogram");
+        for (labels, counts) in samples {
+            counts.render(&mut histograms, name, &labels);
+        }
+    }
+    out.push_str(&histograms);
     out
 }

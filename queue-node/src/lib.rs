@@ -16,6 +16,7 @@ pub mod fsm;
 pub mod handoff;
 pub mod history;
 pub mod http;
+pub mod latency;
 pub mod leadership;
 pub mod memory;
 pub mod network;

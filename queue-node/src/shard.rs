@@ -37,6 +37,9 @@ pub struct ShardShared {
     index_bytes: AtomicU64,
     /// Bytes of recent log entries the log store keeps in memory.
     log_cache_bytes: AtomicU64,
+    /// How long applying each group of committed entries takes (state
+    /// machine, RocksDB write), on every replica.
+    pub apply_seconds: crate::latency::Histogram,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -60,6 +63,7 @@ impl ShardShared {
             jobs,
             index_bytes,
             log_cache_bytes: AtomicU64::new(0),
+            apply_seconds: crate::latency::Histogram::default(),
         }
     }
 

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{fast_config, start_with, wait_for};
-use raftq_client::JobSpec;
+use raftq_client::{proto as pb, JobSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A plain HTTP/1.1 GET; returns (status code, body).
@@ -62,6 +62,69 @@ async fn health_ready_and_metrics() {
         .and_then(|v| v.parse().ok())
         .expect("batches counter");
     assert!(batches >= 1.0, "{metrics}");
+
+    // Lease one, ack it; lease another and dead-letter it.
+    for dead in [false, true] {
+        let leased = common::fetch(&client, "mail", 1).await.remove(0);
+        let token = leased.token.expect("token");
+        if dead {
+            client
+                .queue()
+                .nack(pb::NackRequest {
+                    items: vec![pb::NackItem {
+                        token: Some(token),
+                        retry_delay_ms: None,
+                        error: "bad".into(),
+                        dead: true,
+                    }],
+                })
+                .await
+                .expect("nack");
+        } else {
+            client
+                .queue()
+                .ack(pb::AckRequest {
+                    tokens: vec![token],
+                })
+                .await
+                .expect("ack");
+        }
+    }
+    let (_, metrics) = get(http, "/metrics").await;
+    let value = |line_start: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in {metrics}"))
+    };
+    let q = "shard=\"0\",queue=\"mail\"";
+    assert_eq!(
+        value(&format!("raftq_queue_lease_to_ack_seconds_count{{{q}}}")),
+        1.0
+    );
+    assert_eq!(
+        value(&format!(
+            "raftq_queue_lease_to_ack_seconds_bucket{{{q},le=\"+Inf\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        value(&format!("raftq_queue_operations_total{{{q},op=\"dead\"}}")),
+        1.0
+    );
+    assert_eq!(
+        value(&format!("raftq_queue_operations_total{{{q},op=\"acked\"}}")),
+        1.0
+    );
+    // One job is still ready, since the enqueue above.
+    let age = value(&format!("raftq_queue_oldest_ready_age_seconds{{{q}}}"));
+    assert!(age > 0.0 && age < 60.0, "{age}");
+    assert!(value("raftq_raft_write_seconds_count{shard=\"0\"}") >= 3.0);
+    assert!(value("raftq_raft_apply_seconds_count{shard=\"0\"}") >= 3.0);
+    assert_eq!(value("raftq_rocksdb_write_stopped "), 0.0);
+    assert!(metrics.contains("# TYPE raftq_raft_write_seconds histogram"));
     assert_eq!(get(http, "/nope").await.0, 404);
     node.shutdown().await.expect("shutdown");
 }

@@ -176,6 +176,7 @@ impl ShardState {
                 break;
             }
             self.leases.pop_first();
+            self.lease_starts.remove(&key);
             let Some(job) = self.jobs.get_mut(&key) else {
                 continue;
             };
@@ -361,6 +362,7 @@ impl ShardState {
             job.worker = worker_id;
             let job = *job;
             self.leases.insert((expires, key), ());
+            self.lease_starts.insert(key, self.now_ms);
             if first_status {
                 sink.put_new(&self.status_key(key), &self.extras.status(key, &job));
             } else {
@@ -391,20 +393,29 @@ impl ShardState {
         Ok(key)
     }
 
-    /// Takes a leased job out of the lease index and its queue's count.
-    fn end_lease(&mut self, key: JobKey) -> Option<QueueId> {
+    /// Takes a leased job out of the lease index and its queue's count;
+    /// its queue, and how long ago (ms) its lease began, when known.
+    fn end_lease(&mut self, key: JobKey) -> Option<(QueueId, Option<u64>)> {
         let job = self.jobs.get_mut(&key)?;
         self.leases.remove(&(job.due_at_ms, key));
         self.extras.unlease(job);
         let queue = job.queue;
         self.queues[queue as usize].leased -= 1;
-        Some(queue)
+        let held = self
+            .lease_starts
+            .remove(&key)
+            .map(|start| self.now_ms.saturating_sub(start));
+        Some((queue, held))
     }
 
     fn ack(&mut self, id: JobId, attempt: u32, sink: &mut impl WriteSink) -> Result<(), OpError> {
         let key = self.leased_job(id, attempt)?;
-        if let Some(queue) = self.end_lease(key) {
-            self.queues[queue as usize].totals.acked += 1;
+        if let Some((queue, held)) = self.end_lease(key) {
+            let q = &mut self.queues[queue as usize];
+            q.totals.acked += 1;
+            if let Some(ms) = held {
+                q.lease_to_ack.observe_ms(ms);
+            }
         }
         self.remove_job(key, sink);
         Ok(())
@@ -427,7 +438,7 @@ impl ShardState {
         let delay = nack
             .retry_delay_ms
             .unwrap_or_else(|| self.backoff(key, job, &limits).delay_ms(used));
-        if let Some(queue) = self.end_lease(key) {
+        if let Some((queue, _)) = self.end_lease(key) {
             self.queues[queue as usize].totals.nacked += 1;
         }
         let error = Some(nack.error.clone()).filter(|e| !e.is_empty());

@@ -229,6 +229,14 @@ impl FreshJobs {
         true
     }
 
+    /// The enqueue time of the oldest job of any priority.
+    pub fn oldest_ms(&self) -> Option<u64> {
+        self.runs
+            .values()
+            .filter_map(|run| run.blocks.front().map(|block| block.first.enqueued_at_ms))
+            .min()
+    }
+
     /// The job a claim would take first, with its priority.
     pub fn first(&self) -> Option<(i32, FreshJob)> {
         let (Reverse(priority), run) = self.runs.iter().next()?;

@@ -69,6 +69,8 @@ struct Queue {
     leased: u64,
     dead: ChunkMap<JobKey, ()>,
     totals: QueueTotals,
+    /// From lease to ack, by the batch clock (node-local, like `totals`).
+    lease_to_ack: crate::latency::Counts,
 }
 
 impl Queue {
@@ -82,7 +84,26 @@ impl Queue {
             leased: 0,
             dead: ChunkMap::new(),
             totals: QueueTotals::default(),
+            lease_to_ack: crate::latency::Counts::default(),
         }
+    }
+
+    /// When the longest-waiting ready job became ready: the oldest of
+    /// each priority's first job, fresh or not.
+    fn oldest_ready_ms(&self) -> Option<u64> {
+        let mut oldest = self.fresh.oldest_ms();
+        let mut next = self.ready.first().map(|(k, ())| *k);
+        while let Some(first) = next {
+            oldest = Some(oldest.map_or(first.since_ms, |o| o.min(first.since_ms)));
+            // Past every job of this priority: the next priority's oldest.
+            let past = ReadyKey {
+                since_ms: u64::MAX,
+                key: JobKey::new(u64::MAX, u32::MAX),
+                ..first
+            };
+            next = self.ready.iter_after(Some(past)).next().map(|(k, ())| *k);
+        }
+        oldest
     }
 
     fn ready_len(&self) -> usize {
@@ -123,7 +144,7 @@ pub struct QueueTotals {
     pub died: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QueueStats {
     pub queue: String,
     pub ready: u64,
@@ -132,6 +153,10 @@ pub struct QueueStats {
     pub dead: u64,
     pub paused: bool,
     pub totals: QueueTotals,
+    /// When the longest-waiting ready job became ready (shard clock, ms).
+    pub oldest_ready_ms: Option<u64>,
+    /// Lease-to-ack times of the jobs acked since this node started.
+    pub lease_to_ack: crate::latency::Counts,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,6 +256,10 @@ pub struct ShardState {
     /// Jobs that left the state or died since the last
     /// [`ShardState::take_finished`]: their contents need not stay cached.
     finished: Vec<JobId>,
+    /// When each lease applied since this node started began, for the
+    /// lease-to-ack histogram (not replicated state: leases from before a
+    /// restart or a snapshot are not in it, and are not measured).
+    lease_starts: HashMap<JobKey, u64>,
 }
 
 /// Why persisted state could not be loaded (`E`: reading it).
@@ -262,6 +291,7 @@ impl ShardState {
             extras: Extras::default(),
             woken: Vec::new(),
             finished: Vec::new(),
+            lease_starts: HashMap::new(),
         }
     }
 
@@ -761,6 +791,8 @@ fn stats(q: &Queue) -> QueueStats {
         dead: q.dead.len() as u64,
         paused: q.meta.paused,
         totals: q.totals,
+        oldest_ready_ms: q.oldest_ready_ms(),
+        lease_to_ack: q.lease_to_ack,
     }
 }
 

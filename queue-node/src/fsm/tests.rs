@@ -906,3 +906,40 @@ fn listing_pages_newest_first_over_every_state_and_filter() {
         .jobs
         .is_empty());
 }
+
+#[test]
+fn the_oldest_ready_job_is_found_across_priorities_packed_or_not() {
+    let mut h = Harness::new();
+    let start = h.now;
+    h.enqueue("q", vec![job("low")]);
+    h.now += 1_000;
+    let mut high = job("high");
+    high.priority = 9;
+    h.enqueue("q", vec![high]);
+    let oldest = |h: &Harness| h.state.stats("q").expect("queue").oldest_ready_ms;
+    assert_eq!(
+        oldest(&h),
+        Some(start),
+        "the low-priority job waits longest"
+    );
+    let high = h.claim("q", "w", 1).remove(0);
+    assert_eq!(high.priority, 9);
+    assert_eq!(oldest(&h), Some(start));
+    h.now += 200;
+    let low = h.claim("q", "w", 1).remove(0);
+    assert_eq!(low.priority, 0);
+    h.now += 250;
+    h.ack(low.id, 1).expect("ack");
+    let stats = h.state.stats("q").expect("queue");
+    assert_eq!(
+        (stats.lease_to_ack.count(), stats.oldest_ready_ms),
+        (1, None)
+    );
+    // The high one fails and comes back after its backoff (100 ms),
+    // unpacked: ready since its retry time.
+    h.nack(high.id, 1, false).expect("nack");
+    let retry_at = h.now + 100;
+    h.now += 500;
+    h.enqueue("other", vec![job("tick")]);
+    assert_eq!(oldest(&h), Some(retry_at));
+}

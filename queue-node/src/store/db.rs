@@ -197,6 +197,27 @@ impl Store {
         self.block_cache.get_usage()
     }
 
+    /// RocksDB's write-stall signals: whether writes are stopped, the
+    /// rate they are slowed to (0 = not slowed), and the bytes compaction
+    /// is behind by (summed over column families).
+    pub fn stall_signals(&self) -> (bool, u64, u64) {
+        let int = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        let pending = [CF_LOG, CF_RAFT, CF_STATE]
+            .iter()
+            .filter_map(|cf| {
+                self.db
+                    .property_int_value_cf(self.cf(cf), "rocksdb.estimate-pending-compaction-bytes")
+                    .ok()
+                    .flatten()
+            })
+            .sum();
+        (
+            int("rocksdb.is-write-stopped") > 0,
+            int("rocksdb.actual-delayed-write-rate"),
+            pending,
+        )
+    }
+
     /// Bytes held by every memtable now.
     pub fn memtable_bytes(&self) -> usize {
         self.memtables.get_usage()

@@ -536,6 +536,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        let started = std::time::Instant::now();
         let entries: Vec<_> = entries.into_iter().collect();
         let mut sink = BatchSink {
             ahead: WriteBatch::default(),
@@ -588,6 +589,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
         }
         self.shared.set_applied_index(self.applied_index());
+        self.shared.apply_seconds.observe(started.elapsed());
         self.shared.wake(&woken);
         self.shared.applied.notify_waiters();
         Ok(results)

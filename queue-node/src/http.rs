@@ -377,6 +377,19 @@ pub fn render(ctx: &NodeContext) -> String {
         "Bytes RocksDB estimates compaction is behind by",
     );
     pending_compaction.add(String::new(), pending as f64);
+    let mut expiry = Family::new(
+        "raftq_tls_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "When the certificates this node uses expire (seconds since the Unix epoch): its own and the first of its CA bundle's; absent when TLS is off",
+    );
+    if let Some(tls) = &ctx.security.tls {
+        let e = tls.expiry();
+        for (which, at) in [("node", e.certificate), ("ca", e.ca)] {
+            if let Some(at) = at {
+                expiry.add(format!("certificate=\"{which}\""), at as f64);
+            }
+        }
+    }
     let (open, refused, handshakes, idle) = connection_families(ctx);
     let mut out = String::new();
     for f in [
@@ -396,6 +409,7 @@ pub fn render(ctx: &NodeContext) -> String {
         write_stopped,
         delayed_rate,
         pending_compaction,
+        expiry,
         budget,
         used,
         open,

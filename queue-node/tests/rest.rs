@@ -518,8 +518,29 @@ async fn rest_asks_for_the_same_roles_as_grpc_over_tls() {
     let mut config = common::fast_config(&dir.path().join("data"));
     config.tls = Some(files.tls_config());
     config.auth = Some(AuthConfig { files: vec![auth] });
+    config.http_listen = Some("127.0.0.1:0".into());
     let node = raftq_node::node::start(config).await.unwrap();
     let addr = node.addr.to_string();
+    // The certificates' expiry, for the alert that fires before it.
+    let http = node.http_addr.expect("metrics port");
+    let tcp = tokio::net::TcpStream::connect(http).await.unwrap();
+    let (_, metrics) = exchange(tcp, "GET", "/metrics", None, None).await;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    let expiry: f64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("raftq_tls_certificate_expiry_timestamp_seconds{certificate=\"node\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no certificate expiry in {metrics}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    // The test CA's leaves (rcgen's default) run to 4096-01-01.
+    assert_eq!(expiry, 67_090_118_400.0, "{expiry}");
+    assert!(expiry > now);
 
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(ca.pem.as_bytes()) {

@@ -15,6 +15,7 @@ pub mod over_limit;
 mod rate;
 mod stream;
 pub mod tls;
+mod validity;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

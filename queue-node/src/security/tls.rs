@@ -57,6 +57,17 @@ struct Configs {
     client_port: Arc<ServerConfig>,
     peer_port: Arc<ServerConfig>,
     dial: Arc<ClientConfig>,
+    expiry: Expiry,
+}
+
+/// When the certificates in use expire (seconds since the Unix epoch),
+/// for `/metrics`; `None` for one whose date could not be read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Expiry {
+    /// This node's own certificate.
+    pub certificate: Option<i64>,
+    /// The first to expire of the CA bundle's certificates.
+    pub ca: Option<i64>,
 }
 
 /// The current TLS configs, swapped whole when the files change.
@@ -130,6 +141,11 @@ impl TlsState {
         self.current().dial.clone()
     }
 
+    /// When the certificates in use expire.
+    pub fn expiry(&self) -> Expiry {
+        self.current().expiry
+    }
+
     pub fn peer_names(&self) -> &[String] {
         &self.settings.peer_names
     }
@@ -172,8 +188,16 @@ fn build(s: &TlsConfig, files: &Files) -> Result<Configs, TlsError> {
             source,
         },
     })?;
+    let cas = certs("CA bundle", &s.ca_file, &files.ca)?;
+    let expiry = Expiry {
+        certificate: chain.first().and_then(|c| super::validity::not_after(c)),
+        ca: cas
+            .iter()
+            .filter_map(|c| super::validity::not_after(c))
+            .min(),
+    };
     let mut roots = RootCertStore::empty();
-    for ca in certs("CA bundle", &s.ca_file, &files.ca)? {
+    for ca in cas {
         roots.add(ca).map_err(|e| TlsError::Ca {
             path: s.ca_file.clone(),
             message: e.to_string(),
@@ -234,5 +258,6 @@ fn build(s: &TlsConfig, files: &Files) -> Result<Configs, TlsError> {
         client_port,
         peer_port,
         dial: Arc::new(dial),
+        expiry,
     })
 }

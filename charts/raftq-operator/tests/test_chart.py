@@ -1,6 +1,7 @@
 """Lints and renders the raftq-operator chart with the real Helm library
 (helm-python-sdk) and checks the objects it produces."""
 
+import json
 import pathlib
 import unittest
 
@@ -168,3 +169,61 @@ class ChartTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class MonitoringTest(unittest.TestCase):
+    def test_off_by_default(self):
+        objects, _ = render()
+        kinds = {o["kind"] for o in objects}
+        self.assertFalse(kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule"}, kinds)
+        self.assertEqual([o for o in by_kind(objects, "ConfigMap") if "dashboard" in o["metadata"]["name"]], [])
+
+    def test_monitors_rules_and_dashboard_when_on(self):
+        values = {
+            "monitoring": {
+                "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+                "prometheusRule": {"enabled": True, "oldestReadyMinutes": 3, "certificateExpiryDays": 7},
+                "grafanaDashboard": {"enabled": True, "namespace": "grafana"},
+            }
+        }
+        objects, _ = render(values)
+        (nodes,) = by_kind(objects, "ServiceMonitor")
+        self.assertEqual(nodes["metadata"]["labels"]["release"], "prom")
+        self.assertEqual(nodes["spec"]["namespaceSelector"], {"any": True})
+        self.assertEqual(nodes["spec"]["endpoints"][0]["port"], "metrics")
+        self.assertEqual(nodes["spec"]["selector"]["matchLabels"]["app.kubernetes.io/managed-by"], "raftq-operator")
+        (operator,) = by_kind(objects, "PodMonitor")
+        self.assertEqual(operator["spec"]["podMetricsEndpoints"][0]["port"], "http")
+        (rule,) = by_kind(objects, "PrometheusRule")
+        alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+        for name in [
+            "RaftqShardWithoutLeader",
+            "RaftqDeadLettersGrowing",
+            "RaftqOldestReadyJobTooOld",
+            "RaftqReplicaLagging",
+            "RaftqCertificateExpiringSoon",
+        ]:
+            self.assertIn(name, alerts)
+        self.assertTrue(alerts["RaftqOldestReadyJobTooOld"]["expr"].endswith("> 180"), alerts["RaftqOldestReadyJobTooOld"]["expr"])
+        self.assertTrue(alerts["RaftqCertificateExpiringSoon"]["expr"].endswith("< 604800"))
+        self.assertIn("{{ $labels.queue }}", alerts["RaftqOldestReadyJobTooOld"]["annotations"]["summary"])
+        (dashboard,) = [o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith("-dashboard")]
+        self.assertEqual(dashboard["metadata"]["namespace"], "grafana")
+        self.assertEqual(dashboard["metadata"]["labels"]["grafana_dashboard"], "1")
+        board = json.loads(dashboard["data"]["raftq.json"])
+        self.assertEqual(board["uid"], "raftq-overview")
+        self.assertGreaterEqual(len([p for p in board["panels"] if p["type"] != "row"]), 15)
+
+    def test_watched_namespaces_limit_the_node_monitor(self):
+        objects, _ = render({"watchNamespaces": ["jobs"], "monitoring": {"serviceMonitor": {"enabled": True}}})
+        (nodes,) = by_kind(objects, "ServiceMonitor")
+        self.assertEqual(nodes["spec"]["namespaceSelector"], {"matchNames": ["jobs"]})
+
+    def test_bad_monitoring_values_are_refused(self):
+        for bad in [
+            {"monitoring": {"serviceMonitor": {"interval": "often"}}},
+            {"monitoring": {"prometheusRule": {"oldestReadyMinutes": 0}}},
+            {"monitoring": {"grafanaDashboard": {"enable": True}}},
+        ]:
+            with self.subTest(values=bad), self.assertRaises(helm.HelmError):
+                render(bad)

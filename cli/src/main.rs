@@ -2,6 +2,7 @@
 
 mod bench;
 mod certs;
+mod top;
 
 use std::io::{BufRead, Write};
 use std::process::{ExitCode, Stdio};
@@ -232,6 +233,8 @@ enum Command {
     /// Cluster membership and Raft status.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// A live view of the queues (depths, rates) and the shards (leaders, lag).
+    Top(top::TopArgs),
     /// Measure throughput and latency (optionally against nodes it starts).
     Bench(bench::BenchArgs),
 }
@@ -575,6 +578,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let client = conn.connect(addr).await?;
     match cli.command {
+        Command::Top(args) => top::run(client, conn, args).await?,
         Command::Enqueue(args) => enqueue(&client, args).await?,
         Command::Work(args) => work(client, args).await?,
         Command::Stats { queue, local } => {

@@ -12,7 +12,9 @@ fn help_lists_the_commands() {
         .unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for command in ["enqueue", "work", "stats", "job", "dlq", "queue", "cluster"] {
+    for command in [
+        "enqueue", "work", "stats", "job", "dlq", "queue", "cluster", "top",
+    ] {
         assert!(help.contains(command), "help lacks {command}: {help}");
     }
 }

@@ -241,6 +241,32 @@ async fn cli_on_three_nodes_and_four_shards_from_every_node() {
     ok(&raftq(&addrs[2], &["queue", "resume", "q7"], None));
     let purged = ok(&raftq(&addrs[0], &["queue", "purge", "q9"], None));
     assert!(purged.contains("purged 1"), "{purged}");
+
+    // `top` in batch mode: every queue, and every shard with its leader
+    // and each member's lag, as seen from any node.
+    let listed = ok(&raftq(&addrs[2], &["job", "list", "q3"], None));
+    assert!(listed.lines().count() >= 2, "{listed}");
+    let frames = ok(&raftq(
+        &addrs[2],
+        &["top", "--batch", "--iterations", "2", "--interval", "200ms"],
+        None,
+    ));
+    let last = frames
+        .split("raftq top —")
+        .last()
+        .expect("a frame")
+        .to_string();
+    assert_eq!(frames.matches("raftq top —").count(), 2, "{frames}");
+    for q in ["q0", "q3", "q9"] {
+        assert!(last.contains(q), "{q} missing in {last}");
+    }
+    for shard in 0..4 {
+        let line = last
+            .lines()
+            .find(|l| l.contains(&format!("shard {shard}: leader node")))
+            .unwrap_or_else(|| panic!("shard {shard} missing in {last}"));
+        assert_eq!(line.matches(" lag ").count(), 3, "{line}");
+    }
 }
 
 /// `raftq bench --spawn` runs end to end and reports what it measured (a

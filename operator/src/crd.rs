@@ -60,6 +60,9 @@ pub struct JobQueueSpec {
     /// Who may call the nodes, and what they may do; on by default.
     #[serde(default)]
     pub auth: Auth,
+    /// The web console every node serves on its client port.
+    #[serde(default)]
+    pub console: Console,
     /// Replaced by `spec.tls` (`mode: secret`, `secretName`); refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("false").message("spec.tlsSecretRef was replaced by spec.tls: set tls.mode: secret and tls.secretName"))]
@@ -131,6 +134,32 @@ impl Default for Storage {
         Storage {
             size: "10Gi".into(),
             storage_class_name: None,
+        }
+    }
+}
+
+/// The web console on the nodes' client port (the REST API is served
+/// either way).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Console {
+    /// Serve the console's pages.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Show no action in the console, whatever a user's roles.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Console {
+            enabled: true,
+            read_only: false,
         }
     }
 }

@@ -217,6 +217,10 @@ pub fn node_config_yaml(jq: &JobQueue) -> Result<String, Error> {
             "linger_min_micros": s.batching.linger_min_micros,
             "linger_max_micros": s.batching.linger_max_micros,
         },
+        "console": {
+            "enabled": s.console.enabled,
+            "read_only": s.console.read_only,
+        },
         "queue_defaults": {
             "lease_ms": q.lease_ms,
             "max_attempts": q.max_attempts,
@@ -712,6 +716,7 @@ mod tests {
         jq.spec.durability = Durability::Async;
         jq.spec.batching.max_batch_ops = 1024;
         jq.spec.queue_defaults.lease_ms = 5_000;
+        jq.spec.console.read_only = true;
         let yaml: serde_json::Value =
             serde_yaml::from_str(&node_config_yaml(&jq).expect("render")).expect("yaml");
         assert_eq!(yaml["shards"], 4);
@@ -722,6 +727,8 @@ mod tests {
         );
         assert_eq!(yaml["batching"]["max_batch_ops"], 1024);
         assert_eq!(yaml["queue_defaults"]["lease_ms"], 5000);
+        assert_eq!(yaml["console"]["enabled"], true);
+        assert_eq!(yaml["console"]["read_only"], true);
         assert_eq!(yaml["listen"], "0.0.0.0:7400");
         assert_eq!(yaml["http_listen"], "0.0.0.0:9400");
         assert!(

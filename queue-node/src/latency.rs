@@ -64,6 +64,10 @@ impl Counts {
         self.buckets.iter().sum()
     }
 
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_seconds
+    }
+
     /// The `_bucket`, `_sum` and `_count` lines of metric `name` with
     /// `labels` (`a="b",c="d"`, or empty).
     pub fn render(&self, out: &mut String, name: &str, labels: &str) {

@@ -90,6 +90,31 @@ async fn health_ready_and_metrics() {
                 .expect("ack");
         }
     }
+    // One lease in 16 is timed to its ack: 32 jobs of one request, two.
+    client
+        .queue()
+        .enqueue(pb::EnqueueRequest {
+            queue: "timed".into(),
+            jobs: (0..32)
+                .map(|n| pb::NewJob {
+                    payload: format!("t{n}").into_bytes().into(),
+                    ..Default::default()
+                })
+                .collect(),
+        })
+        .await
+        .expect("enqueue 32");
+    let tokens = common::fetch(&client, "timed", 32)
+        .await
+        .into_iter()
+        .filter_map(|j| j.token)
+        .collect::<Vec<_>>();
+    assert_eq!(tokens.len(), 32);
+    client
+        .queue()
+        .ack(pb::AckRequest { tokens })
+        .await
+        .expect("ack 32");
     let (_, metrics) = get(http, "/metrics").await;
     let value = |line_start: &str| -> f64 {
         metrics
@@ -100,15 +125,18 @@ async fn health_ready_and_metrics() {
             .unwrap_or_else(|| panic!("no {line_start} in {metrics}"))
     };
     let q = "shard=\"0\",queue=\"mail\"";
+    let timed = "shard=\"0\",queue=\"timed\"";
     assert_eq!(
-        value(&format!("raftq_queue_lease_to_ack_seconds_count{{{q}}}")),
-        1.0
+        value(&format!(
+            "raftq_queue_lease_to_ack_seconds_count{{{timed}}}"
+        )),
+        2.0
     );
     assert_eq!(
         value(&format!(
-            "raftq_queue_lease_to_ack_seconds_bucket{{{q},le=\"+Inf\"}}"
+            "raftq_queue_lease_to_ack_seconds_bucket{{{timed},le=\"+Inf\"}}"
         )),
-        1.0
+        2.0
     );
     assert_eq!(
         value(&format!("raftq_queue_operations_total{{{q},op=\"dead\"}}")),

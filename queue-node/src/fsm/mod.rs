@@ -256,9 +256,10 @@ pub struct ShardState {
     /// Jobs that left the state or died since the last
     /// [`ShardState::take_finished`]: their contents need not stay cached.
     finished: Vec<JobId>,
-    /// When each lease applied since this node started began, for the
-    /// lease-to-ack histogram (not replicated state: leases from before a
-    /// restart or a snapshot are not in it, and are not measured).
+    /// When each timed lease applied since this node started began (a
+    /// sample, see `apply::timed`), for the lease-to-ack histogram; not
+    /// replicated state: leases from before a restart or a snapshot are
+    /// not in it, and are not measured.
     lease_starts: HashMap<JobKey, u64>,
 }
 

@@ -110,7 +110,8 @@ async fn the_keda_example_is_a_valid_scaled_object_on_a_real_api_server() {
         edit(&mut object.data);
         object
     };
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "a number for targetPerReplica",
             Box::new(|d| d["spec"]["triggers"][0]["metadata"]["targetPerReplica"] = 200.into()),

@@ -716,7 +716,7 @@ fn settle_each(
 /// of lease starts stays off most claims and acks (timing every job cost
 /// about 5 % of a fetch+ack's CPU).
 fn timed(key: JobKey) -> bool {
-    (key.index() ^ u64::from(key.position())) % LEASE_TIMING_SAMPLE == 0
+    (key.index() ^ u64::from(key.position())).is_multiple_of(LEASE_TIMING_SAMPLE)
 }
 
 /// One job in this many is timed from lease to ack.

@@ -155,6 +155,15 @@ function render(...nodes) {
   document.getElementById("main").replaceChildren(...nodes);
 }
 
+/** Renders a page loaded for `hash`, unless the user has moved on since
+ * (a slow load, or a live page's refresh, must not replace the page now
+ * shown). */
+function renderFor(hash, ...nodes) {
+  if (location.hash !== hash) return false;
+  render(...nodes);
+  return true;
+}
+
 function refreshEvery(fn) {
   clearInterval(timer);
   timer = setInterval(() => { if (!document.hidden) fn().catch(() => {}); }, REFRESH_MS);
@@ -201,6 +210,7 @@ function legend() {
 // ---------- overview ----------
 
 async function overview() {
+  const here = location.hash;
   const [stats, history, cluster] = await Promise.all([
     api("GET", "/queues"),
     api("GET", "/history"),
@@ -219,7 +229,7 @@ async function overview() {
       h("td", { class: "num" }, rate(last.enqueue_rate), h("br"), h("span", { class: "muted" }, rate(last.ack_rate) + " acked")),
       h("td", {}, chart(points)));
   });
-  render(
+  renderFor(here, 
     h("h1", {}, "Queues"),
     health,
     stats.queues.length === 0
@@ -248,6 +258,7 @@ function clusterHealth(cluster) {
 // ---------- queue ----------
 
 async function queuePage(name, params) {
+  const here = location.hash;
   const state = params.get("state") || "";
   const filters = { job_id: params.get("job_id") || "", header: params.get("header") || "", idempotency_key: params.get("idempotency_key") || "", error: params.get("error") || "" };
   const before = params.get("before") || "";
@@ -293,7 +304,7 @@ async function queuePage(name, params) {
     h("td", {}, when(j.enqueued_at_ms)),
     h("td", {}, Object.entries(j.headers).map(([k, v]) => `${k}=${v}`).join(", ")),
     h("td", { class: "error" }, j.last_error)));
-  render(
+  renderFor(here, 
     h("h1", {}, "Queue ", h("span", { id: "queue-name" }, name), " ", info.paused ? h("span", { class: "badge paused", id: "paused" }, "paused") : h("span", { class: "badge ok" }, "active")),
     h("div", { class: "health" },
       ...STATES.map((s) => h("div", { class: "tile" }, h("div", { class: "l" }, s), h("div", { class: "n" }, fmt(stats[s] ?? 0)))),
@@ -355,11 +366,12 @@ function decode(b64) {
 }
 
 async function jobPage(id) {
+  const here = location.hash;
   let job;
   try {
     job = await api("GET", `/jobs/${q(id)}`);
   } catch (e) {
-    if (e.status === 404) { render(h("h1", {}, "Job ", id), h("p", { class: "panel", id: "gone" }, e.message)); return; }
+    if (e.status === 404) { renderFor(here, h("h1", {}, "Job ", id), h("p", { class: "panel", id: "gone" }, e.message)); return; }
     throw e;
   }
   const bytes = decode(job.payload_base64);
@@ -379,7 +391,7 @@ async function jobPage(id) {
     job.last_error ? ["last failure", job.last_error] : null,
     ["now", `${job.state}` + (job.state === "leased" ? ` by ${job.worker_id || "a worker"}, lease ends ${when(job.due_at_ms)}` : job.state === "scheduled" ? `, runs ${when(job.due_at_ms)}` : job.state === "dead" ? ` since ${when(job.due_at_ms)}` : ` since ${when(job.due_at_ms)}`)],
   ].filter(Boolean);
-  render(
+  renderFor(here, 
     h("h1", {}, "Job ", h("span", { id: "job-id" }, job.id), " ", stateBadge(job.state)),
     h("div", { class: "panel grid" },
       h("div", { class: "k" }, "Queue"), h("div", {}, h("a", { href: `#/queue/${q(job.queue)}` }, job.queue)),
@@ -404,6 +416,7 @@ async function jobPage(id) {
 // ---------- dead letters ----------
 
 async function deadPage(name, params) {
+  const here = location.hash;
   const error = params.get("error") || "";
   const query = new URLSearchParams({ state: "dead", limit: "200" });
   if (error) query.set("error", error);
@@ -445,7 +458,7 @@ async function deadPage(name, params) {
     h("td", { class: "num" }, `${j.attempt}/${j.max_attempts}`),
     h("td", {}, when(j.due_at_ms)),
     h("td", { class: "error" }, j.last_error)));
-  render(
+  renderFor(here, 
     h("h1", {}, "Dead letters of ", h("a", { href: `#/queue/${q(name)}` }, name), " ", h("span", { class: "badge dead" }, fmt(detail.stats?.dead ?? 0))),
     h("form", { class: "filters", onsubmit: (ev) => { ev.preventDefault(); location.hash = `#/dead/${q(name)}?${new URLSearchParams(input.value.trim() ? { error: input.value.trim() } : {})}`; } },
       input, h("button", { class: "primary", type: "submit" }, "Filter")),
@@ -464,6 +477,7 @@ async function deadPage(name, params) {
 // ---------- cluster ----------
 
 async function clusterPage() {
+  const here = location.hash;
   const cluster = await api("GET", "/cluster");
   const byNode = new Map(cluster.nodes.map((n) => [n.node_id, n]));
   const shardIds = [...new Set(cluster.nodes.flatMap((n) => n.shards.map((s) => s.shard)))].sort((a, b) => a - b);
@@ -487,7 +501,7 @@ async function clusterPage() {
       h("td", { class: "num" }, fmt(leader ? leader.commit_index : anyView.commit_index)),
       h("td", {}, members));
   });
-  render(
+  renderFor(here, 
     h("h1", {}, "Cluster"),
     clusterHealth(cluster),
     h("h2", {}, "Nodes"),
@@ -523,12 +537,17 @@ async function route() {
   };
   const show = pages[page] || pages.overview;
   const live = page === "overview" || page === "cluster";
+  const here = location.hash;
   try {
     await show();
-    document.body.dataset.page = page;
+    if (location.hash === here) {
+      document.body.dataset.page = page;
+      // What the page now shows (tests wait on it after navigating).
+      document.body.dataset.route = here || "#/";
+    }
   } catch (e) {
     if (e.status === 401) { me = null; sessionStorage.removeItem(TOKEN_KEY); return route(); }
-    render(h("h1", {}, "Something went wrong"), h("p", { class: "panel error", id: "failure" }, e.message),
+    renderFor(here, h("h1", {}, "Something went wrong"), h("p", { class: "panel error", id: "failure" }, e.message),
       h("button", { onclick: () => route() }, "Retry"));
   }
   // Live pages keep refreshing, and so recover from a passing failure.

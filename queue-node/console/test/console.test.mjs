@@ -191,6 +191,13 @@ after(async () => {
   for (const p of procs) p.kill("SIGKILL");
 });
 
+/** Navigates to `hash` and waits until the page shows it (not the page
+ * before it, still on screen while the new one loads). */
+async function open(page, hash, at = base) {
+  await page.goto(at + "/" + hash);
+  await page.waitForFunction((h) => document.body.dataset.route === h, hash);
+}
+
 async function signedIn(token, at = base) {
   const page = await browser.newPage({ viewport: { width: 1360, height: 900 } });
   page.on("pageerror", (e) => { throw e; });
@@ -242,7 +249,7 @@ test("the queue page filters jobs and its actions change the queue", async () =>
     { payload: "c", delay_ms: 3_600_000 },
   ]);
   const page = await signedIn(ADMIN);
-  await page.goto(base + "/#/queue/emails");
+  await open(page, "#/queue/emails");
   await page.waitForSelector("#jobs tbody tr[data-job]");
   await page.click("#state-tabs button[data-state=dead]");
   await page.waitForSelector("#state-tabs button[data-state=dead].on");
@@ -251,7 +258,7 @@ test("the queue page filters jobs and its actions change the queue", async () =>
   assert.ok(states.length > 0 && states.every((s) => s === "dead"), `${states}`);
   await page.screenshot({ path: join(shots, "queue.png"), fullPage: true });
 
-  await page.goto(base + "/#/queue/scratch");
+  await open(page, "#/queue/scratch");
   await page.waitForSelector("#jobs tbody tr[data-job]");
   assert.equal(await page.$$eval("#jobs tbody tr[data-job]", (r) => r.length), 3);
   await page.fill("#filters input[name=header]", "region=eu");
@@ -287,7 +294,7 @@ test("the job page previews the payload and cancels or requeues the job", async 
     { payload_base64: Buffer.from([0, 1, 2, 255, 104, 105]).toString("base64") },
   ]);
   const page = await signedIn(ADMIN);
-  await page.goto(base + `/#/job/${jsonJob}`);
+  await open(page, `#/job/${jsonJob}`);
   await page.waitForSelector("#payload");
   assert.match(await page.textContent("#payload"), /"invoice": 42,\n/);
   assert.match(await page.textContent("#headers"), /tenant.*acme/s);
@@ -299,7 +306,7 @@ test("the job page previews the payload and cancels or requeues the job", async 
   await page.click("#cancel");
   await waitFor("the cancel", async () => (await rest("GET", `/jobs/${jsonJob}`, ADMIN)).status === 404, 10_000);
 
-  await page.goto(base + `/#/job/${binJob}`);
+  await open(page, `#/job/${binJob}`);
   await page.waitForSelector("#payload");
   assert.match(await page.textContent("#payload"), /00 01 02 ff 68 69/);
 
@@ -307,7 +314,7 @@ test("the job page previews the payload and cancels or requeues the job", async 
   const leased = (await ok("POST", "/queues/jobs-page/fetch", { max_jobs: 1 })).jobs[0];
   assert.equal(leased.job.id, binJob);
   await ok("POST", "/nack", { items: [{ token: leased.token, error: "corrupt input", dead: true }] });
-  await page.goto(base + `/#/job/${binJob}?again`);
+  await open(page, `#/job/${binJob}?again`);
   await page.waitForSelector("#requeue");
   assert.match(await page.textContent("#last-error"), /corrupt input/);
   await page.click("#requeue");
@@ -321,7 +328,7 @@ test("dead letters: requeue a selection, purge everything a filter matches", asy
   assert.equal(leased.length, 6);
   await ok("POST", "/nack", { items: leased.map((j, i) => ({ token: j.token, error: i < 3 ? "card declined" : "gateway timeout", dead: true })) });
   const page = await signedIn(ADMIN);
-  await page.goto(base + "/#/dead/billing");
+  await open(page, "#/dead/billing");
   await page.waitForFunction(() => document.querySelectorAll("#dead tbody tr[data-job]").length === 6);
   await page.screenshot({ path: join(shots, "dead-letters.png"), fullPage: true });
   const first = await page.$eval("#dead tbody tr[data-job] input[type=checkbox]", (c) => c.dataset.id);
@@ -331,7 +338,7 @@ test("dead letters: requeue a selection, purge everything a filter matches", asy
   const firstError = leased.findIndex((j) => j.job.id === first) < 3 ? "card declined" : "gateway timeout";
   const other = firstError === "card declined" ? "gateway timeout" : "card declined";
 
-  await page.goto(base + `/#/dead/billing?error=${encodeURIComponent(other)}`);
+  await open(page, `#/dead/billing?error=${encodeURIComponent(other)}`);
   await page.waitForFunction(() => document.querySelectorAll("#dead tbody tr[data-job]").length === 3);
   page.once("dialog", (d) => d.accept());
   await page.click("#purge-all");
@@ -345,7 +352,7 @@ test("dead letters: requeue a selection, purge everything a filter matches", asy
 
 test("the cluster page shows every node, shard, leader and lag", async () => {
   const page = await signedIn(ADMIN);
-  await page.goto(base + "/#/cluster");
+  await open(page, "#/cluster");
   await page.waitForSelector("#shards tbody tr[data-shard]");
   assert.equal(await page.$$eval("#nodes tbody tr", (r) => r.length), 3);
   assert.equal(await page.$$eval("#shards tbody tr[data-shard]", (r) => r.length), 4);
@@ -368,15 +375,15 @@ test("a read token sees every page but no action, and the API refuses it too", a
   const [id] = await enqueue("viewer-check", [{ payload: "look, don't touch" }]);
   const page = await signedIn(VIEWER);
   assert.match(await page.textContent("#principal"), /viewer · read/);
-  await page.goto(base + "/#/queue/emails");
+  await open(page, "#/queue/emails");
   await page.waitForSelector("#jobs");
   assert.equal(await page.$("#queue-actions"), null);
   assert.equal(await page.$("#save-settings"), null);
   assert.equal(await page.$eval("#settings input[name=default_lease_ms]", (i) => i.disabled), true);
-  await page.goto(base + `/#/job/${id}`);
+  await open(page, `#/job/${id}`);
   await page.waitForSelector("#payload");
   assert.equal(await page.$("#job-actions"), null);
-  await page.goto(base + "/#/dead/emails");
+  await open(page, "#/dead/emails");
   await page.waitForSelector("#dead");
   assert.equal(await page.$("#dead input[type=checkbox]"), null);
   assert.equal(await page.$("#dead-actions"), null);
@@ -392,7 +399,7 @@ test("a read-only console hides actions even from an admin", async () => {
   await ok("POST", "/queues/ro/jobs", { jobs: [{ payload: "x" }] }, readOnlyBase);
   const page = await signedIn(ADMIN, readOnlyBase);
   assert.match(await page.textContent("#who"), /read-only console/);
-  await page.goto(readOnlyBase + "/#/queue/ro");
+  await open(page, "#/queue/ro", readOnlyBase);
   await page.waitForSelector("#jobs tbody tr[data-job]");
   assert.equal(await page.$("#queue-actions"), null);
   assert.equal(await page.$("#save-settings"), null);

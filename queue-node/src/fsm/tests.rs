@@ -954,3 +954,34 @@ fn one_lease_in_sixteen_is_timed_to_its_ack() {
     assert_eq!(timed.count(), 2);
     assert!((timed.sum_seconds() - 0.5).abs() < 1e-9, "{timed:?}");
 }
+
+#[test]
+fn one_idempotency_key_twice_in_one_batch_makes_one_job() {
+    let mut h = Harness::new();
+    let mut a = job("a");
+    a.idempotency_key = Some("k".into());
+    let results = h.apply(vec![
+        Op::Enqueue {
+            queue: "q".into(),
+            jobs: vec![a.clone()],
+        },
+        Op::Enqueue {
+            queue: "q".into(),
+            jobs: vec![a.clone(), a],
+        },
+    ]);
+    let ids: Vec<(JobId, bool)> = results
+        .into_iter()
+        .flat_map(|r| match r {
+            OpResult::Enqueued(ids) => ids,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(h.stats("q").0, 1, "{ids:?}");
+    assert!(ids.iter().all(|(id, _)| *id == ids[0].0));
+    assert_eq!(
+        ids.iter().map(|(_, dup)| *dup).collect::<Vec<_>>(),
+        vec![false, true, true]
+    );
+    h.assert_rebuilds();
+}

@@ -32,10 +32,10 @@ pub struct TopArgs {
     #[arg(long)]
     batch: bool,
     /// With --batch: stop after this many frames (0 = never).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, requires = "batch")]
     iterations: u32,
     /// With --batch: the frame's width in columns.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 120, requires = "batch")]
     width: u16,
 }
 

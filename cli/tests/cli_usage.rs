@@ -32,4 +32,11 @@ fn unknown_commands_and_bad_flags_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected KEY=VALUE"));
+    // A batch-only option without --batch is refused, not ignored.
+    let out = Command::new(env!("CARGO_BIN_EXE_raftq"))
+        .args(["top", "--iterations", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--batch"));
 }

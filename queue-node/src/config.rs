@@ -458,5 +458,13 @@ mod tests {
         let mut c = NodeConfig::default();
         c.batching.linger_min_micros = 10_000;
         assert!(c.validate().is_err());
+        let mut c = NodeConfig::default();
+        c.console.sample_every_ms = 50;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("console.sample_every_ms must be in 100..=60000"));
+        assert!(serde_yaml::from_str::<NodeConfig>("console: {readonly: true}\n").is_err());
     }
 }

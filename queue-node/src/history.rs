@@ -75,7 +75,7 @@ pub struct History {
 impl History {
     pub fn new(every: Duration) -> History {
         History {
-            every: every.max(Duration::from_millis(100)),
+            every,
             samples: Mutex::new(VecDeque::new()),
         }
     }

@@ -443,6 +443,27 @@ async fn bad_input_is_refused_naming_the_field_and_stores_nothing() {
         ),
         ("GET", "/api/v1/queues/q/jobs?colour=red", "", 400, "colour"),
         (
+            "GET",
+            "/api/v1/queues/q/jobs?max_scan=2000000",
+            "",
+            400,
+            "max_scan",
+        ),
+        (
+            "GET",
+            "/api/v1/queues/q/jobs?header==acme",
+            "",
+            400,
+            "header",
+        ),
+        (
+            "GET",
+            "/api/v1/queues/q/jobs?job_id=0-1-0&before=0-1-0",
+            "",
+            400,
+            "before",
+        ),
+        (
             "POST",
             "/api/v1/queues/q/fetch",
             r#"{"max_jobs": 0}"#,

@@ -206,17 +206,12 @@ pub async fn history(
     Query(query): Query<HistoryQuery>,
 ) -> Answer<Value> {
     let request = caller.request(());
-    let who = match &query.queue {
-        Some(queue) => rest.ctx.authorize(
-            crate::security::Port::Client,
-            &request,
-            Call::Stats,
-            Some(queue),
-        )?,
-        None => rest
-            .ctx
-            .authorize(crate::security::Port::Client, &request, Call::Stats, None)?,
-    };
+    let who = rest.ctx.authorize(
+        crate::security::Port::Client,
+        &request,
+        Call::Stats,
+        query.queue.as_deref(),
+    )?;
     let wanted = |q: &str| query.queue.as_deref().is_none_or(|w| w == q) && who.may_read(q);
     ok(json!({
         "interval_ms": rest.history.interval().as_millis() as u64,

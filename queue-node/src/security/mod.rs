@@ -74,7 +74,8 @@ pub enum Call {
 }
 
 impl Call {
-    /// The role a call needs; `None` for Raft (cluster members only).
+    /// The role a call needs; `None` for Raft (cluster members only) and
+    /// WhoAmI (any authenticated caller).
     pub fn role(self) -> Option<Role> {
         use Call::*;
         Some(match self {

@@ -46,12 +46,10 @@ pub fn not_after(der: &[u8]) -> Option<i64> {
     let (SEQUENCE, validity, _) = element(fields)? else {
         return None;
     };
-    let (_, not_after) = {
-        let (_, _, rest) = element(validity)?;
-        let (tag, value, _) = element(rest)?;
-        (tag, time(tag, value)?)
-    };
-    Some(not_after)
+    // notBefore, then notAfter.
+    let (_, _, rest) = element(validity)?;
+    let (tag, value, _) = element(rest)?;
+    time(tag, value)
 }
 
 /// UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime (`YYYYMMDDHHMMSSZ`).

@@ -75,6 +75,11 @@ impl Listing {
             (key, "") => Some((key.to_string(), None)),
             (key, value) => Some((key.to_string(), Some(value.to_string()))),
         };
+        if !req.job_id.is_empty() && !req.before.is_empty() {
+            return Err(Status::invalid_argument(
+                "before: a listing of one job (job_id) has no pages; drop before",
+            ));
+        }
         let text = |value: &str| (!value.is_empty()).then(|| value.to_string());
         Ok(Listing {
             filter: JobFilter {

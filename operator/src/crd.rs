@@ -63,6 +63,9 @@ pub struct JobQueueSpec {
     /// The web console every node serves on its client port.
     #[serde(default)]
     pub console: Console,
+    /// How Prometheus finds the nodes' metrics.
+    #[serde(default)]
+    pub monitoring: Monitoring,
     /// Replaced by `spec.tls` (`mode: secret`, `secretName`); refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("false").message("spec.tlsSecretRef was replaced by spec.tls: set tls.mode: secret and tls.secretName"))]
@@ -160,6 +163,47 @@ impl Default for Console {
         Console {
             enabled: true,
             read_only: false,
+        }
+    }
+}
+
+/// Scraping of the nodes' metrics by the Prometheus Operator.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Monitoring {
+    #[serde(default)]
+    pub service_monitor: ServiceMonitor,
+}
+
+/// A `ServiceMonitor` (monitoring.coreos.com/v1) for the client Service's
+/// `metrics` port, created while the Prometheus Operator's CRD is installed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceMonitor {
+    /// Create it when the cluster has the ServiceMonitor kind; `false`
+    /// deletes one created before.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// How often Prometheus scrapes each node (a Prometheus duration).
+    #[serde(default = "default_scrape_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub interval: String,
+    /// Labels on the ServiceMonitor, e.g. the `release` a Prometheus
+    /// selects monitors by.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+fn default_scrape_interval() -> String {
+    "30s".into()
+}
+
+impl Default for ServiceMonitor {
+    fn default() -> Self {
+        ServiceMonitor {
+            enabled: true,
+            interval: default_scrape_interval(),
+            labels: Default::default(),
         }
     }
 }

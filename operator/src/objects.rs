@@ -33,6 +33,8 @@ pub const GRPC_PORT: i32 = 7400;
 /// Nodes and the operator: Raft, `ClusterAdmin`, forwarded requests.
 pub const PEER_PORT: i32 = 7401;
 pub const HTTP_PORT: i32 = 9400;
+/// On the one Service that publishes the nodes' metrics port.
+const METRICS_LABEL: &str = "raftq.dev/metrics";
 /// Where the rendered node config is mounted in the pod.
 const CONFIG_DIR: &str = "/etc/raftq/config";
 const CONFIG_FILE: &str = "node.yaml";
@@ -152,7 +154,7 @@ pub fn selector_labels(jq: &JobQueue) -> BTreeMap<String, String> {
     ])
 }
 
-fn labels(jq: &JobQueue) -> BTreeMap<String, String> {
+fn labels_of(jq: &JobQueue) -> BTreeMap<String, String> {
     let mut labels = selector_labels(jq);
     labels.insert(
         "app.kubernetes.io/managed-by".to_string(),
@@ -170,7 +172,7 @@ pub(crate) fn metadata(jq: &JobQueue, name: &str) -> Result<ObjectMeta, Error> {
     Ok(ObjectMeta {
         name: Some(name.to_string()),
         namespace: jq.namespace(),
-        labels: Some(labels(jq)),
+        labels: Some(labels_of(jq)),
         owner_references: Some(vec![owner_reference(jq)?]),
         ..ObjectMeta::default()
     })
@@ -364,8 +366,13 @@ pub fn peer_service(jq: &JobQueue) -> Result<Service, Error> {
 
 /// What workers connect to: any ready node (each forwards to shard leaders).
 pub fn client_service(jq: &JobQueue) -> Result<Service, Error> {
+    let mut metadata = metadata(jq, &names(jq).client_service)?;
+    metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(METRICS_LABEL.into(), "true".into());
     Ok(Service {
-        metadata: metadata(jq, &names(jq).client_service)?,
+        metadata,
         spec: Some(ServiceSpec {
             selector: Some(selector_labels(jq)),
             ports: Some(vec![
@@ -513,7 +520,7 @@ pub fn stateful_set(jq: &JobQueue, replicas: i32) -> Result<StatefulSet, Error> 
     let n = names(jq);
     let spec = &jq.spec;
     let config_sum = checksum(&node_config_yaml(jq)?);
-    let mut template_labels = labels(jq);
+    let mut template_labels = labels_of(jq);
     template_labels.remove("app.kubernetes.io/managed-by");
     let mounts = pod_volumes(jq);
     let container = Container {
@@ -694,6 +701,45 @@ pub fn pod_disruption_budget(jq: &JobQueue) -> Result<Option<PodDisruptionBudget
     }))
 }
 
+/// Where the Prometheus Operator's `ServiceMonitor` kind is served.
+pub fn service_monitor_resource() -> kube::discovery::ApiResource {
+    kube::discovery::ApiResource {
+        group: "monitoring.coreos.com".into(),
+        version: "v1".into(),
+        api_version: "monitoring.coreos.com/v1".into(),
+        kind: "ServiceMonitor".into(),
+        plural: "servicemonitors".into(),
+    }
+}
+
+/// A `ServiceMonitor` scraping every node through the client Service's
+/// `metrics` port. It selects that Service alone: the peer Service has
+/// the same labels but not the `raftq.dev/metrics` one.
+pub fn service_monitor(jq: &JobQueue) -> Result<serde_json::Value, Error> {
+    let wanted = &jq.spec.monitoring.service_monitor;
+    let mut meta = metadata(jq, &names(jq).client_service)?;
+    let mut labels = wanted.labels.clone();
+    // Ours win: they are what the operator finds its objects by.
+    labels.extend(labels_of(jq));
+    meta.labels = Some(labels);
+    let mut selector = selector_labels(jq);
+    selector.insert(METRICS_LABEL.into(), "true".into());
+    Ok(serde_json::json!({
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": meta,
+        "spec": {
+            "selector": { "matchLabels": selector },
+            "namespaceSelector": { "matchNames": [jq.namespace()] },
+            "endpoints": [{
+                "port": "metrics",
+                "path": "/metrics",
+                "interval": wanted.interval,
+            }],
+        },
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -784,6 +830,43 @@ mod tests {
             let labels = meta.labels.expect("labels");
             assert_eq!(labels["app.kubernetes.io/instance"], "orders");
         }
+    }
+
+    #[test]
+    fn the_service_monitor_selects_the_client_service_alone() {
+        let mut jq = queue(3, 1);
+        jq.spec
+            .monitoring
+            .service_monitor
+            .labels
+            .insert("release".into(), "prometheus".into());
+        // A user's label cannot take over the operator's own.
+        jq.spec
+            .monitoring
+            .service_monitor
+            .labels
+            .insert("app.kubernetes.io/managed-by".into(), "someone-else".into());
+        let monitor = service_monitor(&jq).expect("monitor");
+        assert_eq!(monitor["metadata"]["name"], "orders");
+        assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+        assert_eq!(
+            monitor["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "raftq-operator"
+        );
+        assert_eq!(
+            monitor["metadata"]["ownerReferences"][0]["kind"],
+            "JobQueue"
+        );
+        assert_eq!(monitor["spec"]["endpoints"][0]["interval"], "30s");
+        let selector: BTreeMap<String, String> =
+            serde_json::from_value(monitor["spec"]["selector"]["matchLabels"].clone())
+                .expect("matchLabels");
+        let selects = |meta: &ObjectMeta| {
+            let labels = meta.labels.clone().unwrap_or_default();
+            selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        };
+        assert!(selects(&client_service(&jq).expect("svc").metadata));
+        assert!(!selects(&peer_service(&jq).expect("svc").metadata));
     }
 
     #[test]

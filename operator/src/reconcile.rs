@@ -8,7 +8,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
@@ -298,7 +298,43 @@ async fn apply_objects(jq: &JobQueue, ctx: &Context, replicas: i32) -> Result<()
             Err(e) => return Err(e.into()),
         },
     }
-    Ok(())
+    apply_service_monitor(jq, ctx).await
+}
+
+/// The queue's ServiceMonitor while the Prometheus Operator's kind exists
+/// (an API server without it answers 404, and the next reconcile tries
+/// again, so installing it later needs nothing more); deleted when
+/// `spec.monitoring.serviceMonitor.enabled` is false.
+async fn apply_service_monitor(jq: &JobQueue, ctx: &Context) -> Result<(), Error> {
+    let ns = jq.namespace().unwrap_or_default();
+    let name = objects::names(jq).client_service;
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        &ns,
+        &objects::service_monitor_resource(),
+    );
+    let outcome = if jq.spec.monitoring.service_monitor.enabled {
+        let monitor = objects::service_monitor(jq)?;
+        api.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&monitor),
+        )
+        .await
+        .map(|_| ())
+    } else {
+        api.delete(&name, &DeleteParams::default())
+            .await
+            .map(|_| ())
+    };
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            tracing::debug!(queue = %jq.name_any(), "no ServiceMonitor kind (or none to delete)");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn server_side_apply<K>(

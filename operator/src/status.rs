@@ -266,7 +266,38 @@ pub fn check_spec(jq: &JobQueue) -> Result<(), String> {
             b.linger_min_micros, b.linger_max_micros
         ));
     }
+    if !is_scrape_interval(&s.monitoring.service_monitor.interval) {
+        return Err(format!(
+            "spec.monitoring.serviceMonitor.interval is {:?}: it must be a duration such as \
+             30s, 1m or 1m30s",
+            s.monitoring.service_monitor.interval
+        ));
+    }
     check_security(s)
+}
+
+/// A Prometheus duration as the CRD's pattern takes it: one or more
+/// number-and-unit pairs (`ms`, `s`, `m`, `h`).
+fn is_scrape_interval(text: &str) -> bool {
+    let mut rest = text;
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return false;
+        }
+        rest = &rest[digits..];
+        let unit = ["ms", "s", "m", "h"]
+            .into_iter()
+            .find(|u| rest.starts_with(u));
+        match unit {
+            Some(u) => rest = &rest[u.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 /// TLS and auth settings that are inconsistent, or unsafe without the
@@ -458,6 +489,23 @@ mod tests {
         }))
         .expect("a spec");
         assert_eq!(check_spec(&insecure), Ok(()));
+    }
+
+    #[test]
+    fn a_scrape_interval_is_a_prometheus_duration() {
+        for good in ["30s", "1m", "1m30s", "500ms", "2h"] {
+            assert!(is_scrape_interval(good), "{good}");
+        }
+        for bad in ["", "soon", "30", "s", "1.5s", "30 s", "-1s"] {
+            assert!(!is_scrape_interval(bad), "{bad:?}");
+        }
+        let mut jq = queue(3);
+        jq.spec.monitoring.service_monitor.interval = "soon".into();
+        let why = check_spec(&jq).expect_err("refused");
+        assert!(
+            why.contains("spec.monitoring.serviceMonitor.interval"),
+            "{why}"
+        );
     }
 
     fn queue(replicas: i32) -> JobQueue {

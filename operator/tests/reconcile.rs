@@ -1133,3 +1133,48 @@ async fn a_missing_or_bad_user_principals_secret_is_reported() {
         "AuthSecretInvalid"
     );
 }
+
+#[tokio::test]
+async fn a_service_monitor_is_applied_when_its_kind_exists_and_deleted_when_turned_off() {
+    let (client, api) = mock_client();
+    let ctx = context(client, FakeNodes::new([1], 1));
+    let path = "/apis/monitoring.coreos.com/v1/namespaces/shop/servicemonitors/orders";
+    let jq = with_spec(json!({
+        "replicas": 1,
+        "monitoring": {"serviceMonitor": {"interval": "10s", "labels": {"release": "prom"}}}
+    }));
+    reconcile(Arc::new(jq), ctx.clone())
+        .await
+        .expect("reconcile");
+    let sent = api.lock().unwrap().sent.clone();
+    let apply = sent
+        .iter()
+        .find(|s| s.is(Method::PATCH, path))
+        .unwrap_or_else(|| panic!("no ServiceMonitor apply: {sent:?}"));
+    assert_eq!(apply.body["metadata"]["labels"]["release"], "prom");
+    assert_eq!(apply.body["spec"]["endpoints"][0]["interval"], "10s");
+
+    let jq =
+        with_spec(json!({"replicas": 1, "monitoring": {"serviceMonitor": {"enabled": false}}}));
+    reconcile(Arc::new(jq), ctx).await.expect("reconcile");
+    let sent = api.lock().unwrap().sent.clone();
+    assert!(sent.iter().any(|s| s.is(Method::DELETE, path)), "{sent:?}");
+}
+
+#[tokio::test]
+async fn without_the_prometheus_operator_the_queue_reconciles_all_the_same() {
+    let (client, api) = mock_client();
+    api.lock()
+        .unwrap()
+        .missing_kinds
+        .push("/monitoring.coreos.com/".into());
+    let ctx = context(client, FakeNodes::new([1], 1));
+    reconcile(Arc::new(with_spec(json!({"replicas": 1}))), ctx)
+        .await
+        .expect("a missing ServiceMonitor kind is no error");
+    let sent = api.lock().unwrap().sent.clone();
+    assert!(sent.iter().any(|s| s.path.contains("/servicemonitors/")));
+    assert!(sent
+        .iter()
+        .any(|s| s.is(Method::PATCH, "/jobqueues/orders/status")));
+}

@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
-use crate::clock::ShardClock;
 use crate::ops::{Batch, Op, OpResult, QueueDefaults};
 use crate::raft_types::{NodeId, Raft, ServerMetrics};
+use crate::shard::ShardShared;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -96,6 +96,10 @@ pub struct BatchStats {
     /// From proposing a batch to its entry applied here: replication to a
     /// quorum, fsync and apply, as the batch's callers wait for it.
     pub write_seconds: crate::latency::Histogram,
+    /// From proposing a batch to its committed entry reaching the state
+    /// machine: replication to a quorum with fsync, and any wait behind
+    /// the entries applied before it.
+    pub commit_seconds: crate::latency::Histogram,
 }
 
 #[derive(Clone)]
@@ -108,16 +112,17 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the batcher of a shard; its batches are stamped by `clock`.
+    /// Starts the batcher of a shard; its batches are stamped by the
+    /// shard's clock.
     pub fn spawn(
         raft: Raft,
         config: BatchConfig,
         defaults: QueueDefaults,
-        clock: Arc<ShardClock>,
+        shard: Arc<ShardShared>,
     ) -> Batcher {
         let (tx, rx) = mpsc::channel(16 * 1024);
         let stats = Arc::new(BatchStats::default());
-        tokio::spawn(run(rx, raft, config, defaults, stats.clone(), clock));
+        tokio::spawn(run(rx, raft, config, defaults, stats.clone(), shard));
         Batcher {
             tx,
             stats,
@@ -174,7 +179,7 @@ async fn run(
     config: BatchConfig,
     defaults: QueueDefaults,
     stats: Arc<BatchStats>,
-    clock: Arc<ShardClock>,
+    shard: Arc<ShardShared>,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_in_flight));
     let linger_min = Duration::from_micros(config.linger_min_micros);
@@ -239,12 +244,17 @@ async fn run(
             .bytes
             .fetch_add(pending.bytes as u64, Ordering::Relaxed);
         let term = raft.server_metrics().borrow().vote.leader_id().term;
-        let now = clock.stamp(term);
-        let (raft, stats) = (raft.clone(), stats.clone());
+        let now = shard.clock.stamp(term);
+        let (raft, stats, shard) = (raft.clone(), stats.clone(), shard.clone());
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            if propose(raft, pending.groups, now, defaults).await {
+            if let Some(index) = propose(raft, pending.groups, now, defaults).await {
                 stats.write_seconds.observe(started.elapsed());
+                if let Some(at) = shard.apply_started(index) {
+                    stats
+                        .commit_seconds
+                        .observe(at.saturating_duration_since(started));
+                }
             }
             drop(permit);
         });
@@ -263,8 +273,14 @@ async fn term_ends(mut metrics: tokio::sync::watch::Receiver<ServerMetrics>, ter
     }
 }
 
-/// Proposes one batch and answers its callers; whether it was applied.
-async fn propose(raft: Raft, groups: Vec<Group>, time_ms: u64, defaults: QueueDefaults) -> bool {
+/// Proposes one batch and answers its callers; the log index of its
+/// entry once applied.
+async fn propose(
+    raft: Raft,
+    groups: Vec<Group>,
+    time_ms: u64,
+    defaults: QueueDefaults,
+) -> Option<u64> {
     let mut ops = Vec::with_capacity(groups.iter().map(|g| g.ops.len()).sum());
     let mut replies = Vec::with_capacity(groups.len());
     for g in groups {
@@ -289,7 +305,7 @@ async fn propose(raft: Raft, groups: Vec<Group>, time_ms: u64, defaults: QueueDe
             for (_, reply) in replies {
                 let _ = reply.send(Err(SubmitError::Interrupted));
             }
-            return false;
+            return None;
         }
     };
     match outcome {
@@ -298,7 +314,7 @@ async fn propose(raft: Raft, groups: Vec<Group>, time_ms: u64, defaults: QueueDe
             for (n, reply) in replies {
                 let _ = reply.send(Ok(results.by_ref().take(n).collect()));
             }
-            true
+            Some(response.log_id.index)
         }
         Err(e) => {
             let error = match e {
@@ -312,7 +328,7 @@ async fn propose(raft: Raft, groups: Vec<Group>, time_ms: u64, defaults: QueueDe
             for (_, reply) in replies {
                 let _ = reply.send(Err(error.clone()));
             }
-            false
+            None
         }
     }
 }

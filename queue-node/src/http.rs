@@ -272,6 +272,7 @@ pub fn render(ctx: &NodeContext) -> String {
     let mut histograms = String::new();
     let mut lease_to_ack = Vec::new();
     let mut writes = Vec::new();
+    let mut commits = Vec::new();
     let mut applies = Vec::new();
     for shard in &ctx.shards {
         let s = format!("shard=\"{}\"", shard.id);
@@ -288,6 +289,7 @@ pub fn render(ctx: &NodeContext) -> String {
         batch_ops.add(s.clone(), b.ops.load(Ordering::Relaxed) as f64);
         batch_bytes.add(s.clone(), b.bytes.load(Ordering::Relaxed) as f64);
         writes.push((s.clone(), b.write_seconds.snapshot()));
+        commits.push((s.clone(), b.commit_seconds.snapshot()));
         applies.push((s.clone(), shard.shared.apply_seconds.snapshot()));
         for q in shard.shared.state().all_stats() {
             let base = format!("{s},queue=\"{}\"", label_value(&q.queue));
@@ -437,6 +439,11 @@ pub fn render(ctx: &NodeContext) -> String {
             "raftq_raft_write_seconds",
             "On the shard's leader: from proposing a batch to its entry applied (replication to a quorum, fsync, apply)",
             writes,
+        ),
+        (
+            "raftq_raft_commit_seconds",
+            "On the shard's leader: from proposing a batch to its committed entry reaching the state machine (replication to a quorum with fsync, and any wait behind earlier entries)",
+            commits,
         ),
         (
             "raftq_raft_apply_seconds",

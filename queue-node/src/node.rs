@@ -284,7 +284,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             raft.clone(),
             config.batching.clone(),
             defaults,
-            shared.clock.clone(),
+            shared.clone(),
         );
         tokio::spawn(crate::ticker::run(
             raft.clone(),

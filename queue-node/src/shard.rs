@@ -11,6 +11,10 @@ use tokio::sync::Notify;
 use crate::clock::ShardClock;
 use crate::fsm::ShardState;
 
+/// Apply groups remembered for [`ShardShared::apply_started`]: more than
+/// the batches a leader has in flight.
+const APPLY_STARTS_KEPT: usize = 64;
+
 /// Beyond this many queue notifiers, unused ones are dropped.
 const MAX_IDLE_WAITERS: usize = 1024;
 
@@ -40,6 +44,10 @@ pub struct ShardShared {
     /// How long applying each group of committed entries takes (state
     /// machine, RocksDB write), on every replica.
     pub apply_seconds: crate::latency::Histogram,
+    /// When apply began for the most recent groups of entries (first and
+    /// last index), so the leader's batcher can tell a batch's commit
+    /// latency from its log index.
+    apply_starts: Mutex<std::collections::VecDeque<(u64, u64, std::time::Instant)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -64,7 +72,26 @@ impl ShardShared {
             index_bytes,
             log_cache_bytes: AtomicU64::new(0),
             apply_seconds: crate::latency::Histogram::default(),
+            apply_starts: Mutex::new(std::collections::VecDeque::with_capacity(APPLY_STARTS_KEPT)),
         }
+    }
+
+    /// Apply began at `at` for entries `first..=last`.
+    pub fn note_apply_start(&self, first: u64, last: u64, at: std::time::Instant) {
+        let mut starts = lock(&self.apply_starts);
+        if starts.len() == APPLY_STARTS_KEPT {
+            starts.pop_front();
+        }
+        starts.push_back((first, last, at));
+    }
+
+    /// When apply began for the group holding entry `index`, if recent.
+    pub fn apply_started(&self, index: u64) -> Option<std::time::Instant> {
+        lock(&self.apply_starts)
+            .iter()
+            .rev()
+            .find(|(first, last, _)| (*first..=*last).contains(&index))
+            .map(|(_, _, at)| *at)
     }
 
     pub fn applied_index(&self) -> u64 {

@@ -150,6 +150,7 @@ async fn health_ready_and_metrics() {
     let age = value(&format!("raftq_queue_oldest_ready_age_seconds{{{q}}}"));
     assert!(age > 0.0 && age < 60.0, "{age}");
     assert!(value("raftq_raft_write_seconds_count{shard=\"0\"}") >= 3.0);
+    assert!(value("raftq_raft_commit_seconds_count{shard=\"0\"}") >= 3.0);
     assert!(value("raftq_raft_apply_seconds_count{shard=\"0\"}") >= 3.0);
     assert_eq!(value("raftq_rocksdb_write_stopped "), 0.0);
     assert!(metrics.contains("# TYPE raftq_raft_write_seconds histogram"));

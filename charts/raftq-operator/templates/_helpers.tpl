@@ -57,6 +57,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+# The ServiceMonitor of each JobQueue, while the Prometheus Operator's CRD
+# is installed.
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["servicemonitors"]
+  verbs: ["get", "create", "patch", "delete"]
 {{- if .Values.certManager.enabled }}
 # tls.mode: certManager — the Certificates it asks cert-manager for.
 - apiGroups: ["cert-manager.io"]

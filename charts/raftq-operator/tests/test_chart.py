@@ -181,18 +181,16 @@ class MonitoringTest(unittest.TestCase):
     def test_monitors_rules_and_dashboard_when_on(self):
         values = {
             "monitoring": {
-                "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+                "podMonitor": {"enabled": True, "labels": {"release": "prom"}},
                 "prometheusRule": {"enabled": True, "oldestReadyMinutes": 3, "certificateExpiryDays": 7},
                 "grafanaDashboard": {"enabled": True, "namespace": "grafana"},
             }
         }
         objects, _ = render(values)
-        (nodes,) = by_kind(objects, "ServiceMonitor")
-        self.assertEqual(nodes["metadata"]["labels"]["release"], "prom")
-        self.assertEqual(nodes["spec"]["namespaceSelector"], {"any": True})
-        self.assertEqual(nodes["spec"]["endpoints"][0]["port"], "metrics")
-        self.assertEqual(nodes["spec"]["selector"]["matchLabels"]["app.kubernetes.io/managed-by"], "raftq-operator")
+        # The nodes' ServiceMonitors are the operator's (one per JobQueue).
+        self.assertEqual(by_kind(objects, "ServiceMonitor"), [])
         (operator,) = by_kind(objects, "PodMonitor")
+        self.assertEqual(operator["metadata"]["labels"]["release"], "prom")
         self.assertEqual(operator["spec"]["podMetricsEndpoints"][0]["port"], "http")
         (rule,) = by_kind(objects, "PrometheusRule")
         alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
@@ -214,14 +212,20 @@ class MonitoringTest(unittest.TestCase):
         self.assertEqual(board["uid"], "raftq-overview")
         self.assertGreaterEqual(len([p for p in board["panels"] if p["type"] != "row"]), 15)
 
-    def test_watched_namespaces_limit_the_node_monitor(self):
-        objects, _ = render({"watchNamespaces": ["jobs"], "monitoring": {"serviceMonitor": {"enabled": True}}})
-        (nodes,) = by_kind(objects, "ServiceMonitor")
-        self.assertEqual(nodes["spec"]["namespaceSelector"], {"matchNames": ["jobs"]})
+    def test_the_operator_may_manage_service_monitors(self):
+        for values in [{}, {"watchNamespaces": ["jobs"]}]:
+            objects, _ = render(values)
+            roles = by_kind(objects, "ClusterRole") + by_kind(objects, "Role")
+            rules = [r for role in roles for r in role["rules"] if "servicemonitors" in r["resources"]]
+            self.assertTrue(rules, values)
+            self.assertEqual(rules[0]["apiGroups"], ["monitoring.coreos.com"])
+            self.assertIn("delete", rules[0]["verbs"])
 
     def test_bad_monitoring_values_are_refused(self):
         for bad in [
-            {"monitoring": {"serviceMonitor": {"interval": "often"}}},
+            {"monitoring": {"podMonitor": {"interval": "often"}}},
+            # The nodes' monitors moved to the JobQueue's spec.monitoring.
+            {"monitoring": {"serviceMonitor": {"enabled": True}}},
             {"monitoring": {"prometheusRule": {"oldestReadyMinutes": 0}}},
             {"monitoring": {"grafanaDashboard": {"enable": True}}},
         ]:

@@ -538,6 +538,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let started = std::time::Instant::now();
         let entries: Vec<_> = entries.into_iter().collect();
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            self.shared
+                .note_apply_start(first.log_id.index, last.log_id.index, started);
+        }
         let mut sink = BatchSink {
             ahead: WriteBatch::default(),
             cf: self.store.cf(CF_STATE),

@@ -644,7 +644,11 @@ pub async fn run(args: BenchArgs, conn: &Conn) -> anyhow::Result<()> {
     let (target, (options, peer_options)) = match &spawned {
         Some(s) => (
             s.peer_addrs[0].clone(),
-            s.options.clone().unwrap_or_default(),
+            s.options.clone().unwrap_or_else(|| {
+                // The bench finds the leaders itself.
+                let plain = ConnectOptions::new().route_to_leaders(false);
+                (plain.clone(), plain)
+            }),
         ),
         None => (conn.peer_addr.clone(), (conn.options()?, conn.options()?)),
     };

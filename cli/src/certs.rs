@@ -105,7 +105,7 @@ impl DevCerts {
         let ca = std::fs::read(&self.ca_cert)?;
         let cert = std::fs::read(&self.client_cert)?;
         let key = std::fs::read(&self.client_key)?;
-        Ok(ConnectOptions::new().tls(
+        Ok(ConnectOptions::new().route_to_leaders(false).tls(
             TlsOptions::new()
                 .ca_cert_pem(ca)
                 .client_identity_pem(cert, key),
@@ -115,7 +115,9 @@ impl DevCerts {
     /// How a client connects with TLS and the token.
     pub fn options(&self) -> anyhow::Result<ConnectOptions> {
         let ca = std::fs::read(&self.ca_cert)?;
+        // The bench finds the leaders itself.
         Ok(ConnectOptions::new()
+            .route_to_leaders(false)
             .tls(TlsOptions::new().ca_cert_pem(ca))
             .token(self.token.clone()))
     }

@@ -165,7 +165,9 @@ impl ConnArgs {
 
 impl Conn {
     pub fn options(&self) -> anyhow::Result<ConnectOptions> {
-        let mut options = ConnectOptions::new();
+        // Each command talks to the node given (through a port-forward,
+        // often): it forwards to leaders, so no shard map is read.
+        let mut options = ConnectOptions::new().route_to_leaders(false);
         if self.tls || self.ca_cert.is_some() || self.client_cert.is_some() {
             let mut tls = TlsOptions::new();
             if let Some(path) = &self.ca_cert {

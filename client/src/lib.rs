@@ -36,6 +36,7 @@ mod client;
 mod error;
 mod producer;
 mod retry;
+mod routing;
 mod trace_context;
 mod worker;
 

@@ -134,9 +134,17 @@ impl Producer {
         let response = self
             .retry
             .run(|| {
-                let mut queue = self.client.queue();
+                // Each try asks for the route again: a failed one may have
+                // taught the client where the leader went.
+                let client = self.client.for_queue(queue);
                 let request = request.clone();
-                async move { queue.enqueue(request).await }
+                async move {
+                    let answer = client.queue().enqueue(request).await;
+                    if let Err(status) = &answer {
+                        client.observe_failure(status).await;
+                    }
+                    answer
+                }
             })
             .await?;
         Ok(response.into_inner().job_ids)

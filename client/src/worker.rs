@@ -150,14 +150,15 @@ impl Worker {
             }
             // The channel is fresh and has room: this cannot fail.
             let _ = frames.try_send(open);
-            let mut inbound = match self
-                .client
+            let client = self.client.for_queue(&self.queue);
+            let mut inbound = match client
                 .queue()
                 .worker_stream(ReceiverStream::new(frames_rx))
                 .await
             {
                 Ok(response) => response.into_inner(),
                 Err(status) => {
+                    client.observe_failure(&status).await;
                     let error = Error::from(status);
                     if !error.is_retryable() {
                         return Err(error);
@@ -202,6 +203,7 @@ impl Worker {
                         }
                         Ok(None) => break,
                         Err(status) => {
+                            client.observe_failure(&status).await;
                             let error = Error::from(status);
                             if !error.is_retryable() {
                                 return Err(error);

@@ -4,13 +4,14 @@
 //!
 //! Owns routing only; it proposes nothing and reads no job state.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use crate::batcher::Batcher;
+use crate::directory::Directory;
 use crate::drain::WorkerDrain;
 use crate::forward::{self, Leader};
 use crate::memory::MemoryBudget;
@@ -56,6 +57,8 @@ pub struct NodeContext {
     /// membership is known.
     initial_hosts: Vec<String>,
     peers: Mutex<HashMap<String, Channel>>,
+    /// The members' client addresses, for the shard map.
+    pub directory: Directory,
 }
 
 /// Who this node is, for [`NodeContext::new`].
@@ -88,6 +91,7 @@ impl NodeContext {
         NodeContext {
             id: identity.id,
             addr: identity.addr,
+            directory: Directory::with_own(identity.id, &identity.client_addr),
             client_addr: identity.client_addr,
             shards,
             defaults,
@@ -134,6 +138,19 @@ impl NodeContext {
         hosts
     }
 
+    /// Every member of any shard: node id → peer address.
+    pub fn member_addrs(&self) -> BTreeMap<NodeId, String> {
+        let mut members = BTreeMap::new();
+        for shard in &self.shards {
+            let metrics = shard.raft.metrics();
+            let m = metrics.borrow();
+            for (id, node) in m.membership_config.nodes() {
+                members.insert(*id, node.addr.clone());
+            }
+        }
+        members
+    }
+
     /// A (cached) channel to another node.
     pub fn peer(&self, addr: &str) -> Result<Channel, Status> {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
@@ -164,12 +181,14 @@ impl NodeContext {
     }
 
     pub fn route<T>(&self, shard: u32, request: &Request<T>) -> Result<Route<'_>, Status> {
-        self.route_as(shard, forward::is_forwarded(request.metadata()))
+        self.route_as(shard, forward::Arrival::of(request.metadata()))
     }
 
-    /// Like [`NodeContext::route`]; `forwarded` says the request already
-    /// came from another node (it is then never forwarded again).
-    pub fn route_as(&self, shard: u32, forwarded: bool) -> Result<Route<'_>, Status> {
+    /// Like [`NodeContext::route`], for a request that arrived as
+    /// `arrival` says: one from another node is never forwarded again, nor
+    /// one a client sent straight to the leader it knows (it is told where
+    /// the leader is instead).
+    pub fn route_as(&self, shard: u32, arrival: forward::Arrival) -> Result<Route<'_>, Status> {
         let handle = self.shard(shard)?;
         let (leader, addr) = {
             let metrics = handle.raft.metrics();
@@ -186,11 +205,28 @@ impl NodeContext {
         match (leader, addr) {
             (Some(l), _) if l == self.id => Ok(Route::Local(handle)),
             (Some(l), Some(addr)) => {
-                if forwarded {
-                    return Err(Status::unavailable(format!(
-                        "shard {shard}: leadership is moving (this node now sees node {l} as leader); retry"
-                    )));
+                match arrival {
+                    forward::Arrival::Forwarded => {
+                        return Err(Status::unavailable(format!(
+                            "shard {shard}: leadership is moving (this node now sees node {l} as leader); retry"
+                        )))
+                    }
+                    forward::Arrival::Direct => {
+                        let term = handle.raft.metrics().borrow().current_term;
+                        return Err(forward::not_leader(
+                            self.id,
+                            shard,
+                            l,
+                            self.directory.client_addr(l),
+                            term,
+                        ));
+                    }
+                    forward::Arrival::Client => {}
                 }
+                handle
+                    .shared
+                    .forwarded
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(Route::Leader(Leader {
                     node: l,
                     channel: self.peer(&addr)?,

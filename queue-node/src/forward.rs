@@ -21,6 +21,71 @@ use crate::security::Caller;
 
 /// Set on forwarded requests so they are never forwarded twice.
 const FORWARDED: &str = "x-raftq-forwarded";
+/// Set by a client that routes by the shard map: `direct` asks for the
+/// leader's address instead of a forward.
+const ROUTE: &str = "x-raftq-route";
+/// Trailers of a "not the leader" answer to a direct request.
+pub const LEADER_ID: &str = "x-raftq-leader-id";
+pub const LEADER_ADDR: &str = "x-raftq-leader-addr";
+pub const LEADER_TERM: &str = "x-raftq-leader-term";
+pub const LEADER_SHARD: &str = "x-raftq-leader-shard";
+
+/// How a request reached this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// From a client that lets any node forward it.
+    Client,
+    /// From a client that sent it to the leader its shard map names.
+    Direct,
+    /// From another node.
+    Forwarded,
+}
+
+impl Arrival {
+    pub fn of(metadata: &MetadataMap) -> Arrival {
+        if is_forwarded(metadata) {
+            Arrival::Forwarded
+        } else if metadata
+            .get(ROUTE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"direct"))
+        {
+            Arrival::Direct
+        } else {
+            Arrival::Client
+        }
+    }
+}
+
+/// The answer to a direct request on a node that does not lead its shard:
+/// `UNAVAILABLE`, with the leader in the trailers for the client's map.
+pub fn not_leader(
+    own: NodeId,
+    shard: u32,
+    leader: NodeId,
+    leader_addr: Option<String>,
+    term: u64,
+) -> Status {
+    let mut trailers = MetadataMap::new();
+    trailers.insert(LEADER_ID, MetadataValue::from(leader));
+    trailers.insert(LEADER_TERM, MetadataValue::from(term));
+    trailers.insert(LEADER_SHARD, MetadataValue::from(shard));
+    let addr = leader_addr.and_then(|a| MetadataValue::try_from(a.as_str()).ok().map(|v| (a, v)));
+    let whereabouts = match addr {
+        Some((text, value)) => {
+            trailers.insert(LEADER_ADDR, value);
+            format!("node {leader} at {text}")
+        }
+        None => format!("node {leader} (its client address is not known here yet)"),
+    };
+    Status::with_metadata(
+        tonic::Code::Unavailable,
+        format!(
+            "node {own} does not lead shard {shard}: its leader is {whereabouts}, term {term}; \
+             send the request there (or without `x-raftq-route: direct` to have it forwarded)"
+        ),
+        trailers,
+    )
+}
 /// On a forwarded all-shard read: the one shard the leader answers for.
 const SHARD: &str = "x-raftq-shard";
 

@@ -250,6 +250,11 @@ pub fn render(ctx: &NodeContext) -> String {
         "counter",
         "Approximate bytes carried by those entries",
     );
+    let mut forwarded = Family::new(
+        "raftq_forwarded_requests_total",
+        "counter",
+        "Requests this node forwarded to the shard's leader (clients that route by the shard map send none)",
+    );
     let mut jobs = Family::new(
         "raftq_queue_jobs",
         "gauge",
@@ -286,6 +291,10 @@ pub fn render(ctx: &NodeContext) -> String {
         purged.add(s.clone(), m.purged.map_or(0, |l| l.index) as f64);
         let b = &shard.batcher.stats;
         batches.add(s.clone(), b.batches.load(Ordering::Relaxed) as f64);
+        forwarded.add(
+            s.clone(),
+            shard.shared.forwarded.load(Ordering::Relaxed) as f64,
+        );
         batch_ops.add(s.clone(), b.ops.load(Ordering::Relaxed) as f64);
         batch_bytes.add(s.clone(), b.bytes.load(Ordering::Relaxed) as f64);
         writes.push((s.clone(), b.write_seconds.snapshot()));
@@ -405,6 +414,7 @@ pub fn render(ctx: &NodeContext) -> String {
         batches,
         batch_ops,
         batch_bytes,
+        forwarded,
         jobs,
         totals,
         oldest,

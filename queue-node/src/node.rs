@@ -50,6 +50,8 @@ pub struct NodeHandle {
     balancer: Option<JoinHandle<()>>,
     /// Samples the queues for the console's charts.
     sampler: Option<JoinHandle<()>>,
+    /// Learns the members' client addresses for the shard map.
+    directory: Option<JoinHandle<()>>,
 }
 
 impl NodeHandle {
@@ -68,9 +70,12 @@ impl NodeHandle {
             http.abort();
         }
         self.watermark.abort();
-        if let Some(sampler) = self.sampler.take() {
-            sampler.abort();
-            let _ = sampler.await;
+        for task in [self.sampler.take(), self.directory.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
+            let _ = task.await;
         }
         if let Some(balancer) = self.balancer.take() {
             balancer.abort();
@@ -370,6 +375,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         config.console.sample_every_ms,
     )));
     let sampler = TaskGuard(Some(tokio::spawn(history.clone().run(context.clone()))));
+    let directory = TaskGuard(Some(tokio::spawn(crate::directory::run(context.clone()))));
     let rest = crate::rest::router(Arc::new(crate::rest::Rest::new(
         context.clone(),
         history,
@@ -442,6 +448,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         watermark: watermark_task,
         balancer,
         sampler: sampler.keep(),
+        directory: directory.keep(),
     })
 }
 

@@ -69,13 +69,15 @@ pub enum Call {
     ClusterView,
     /// Who the caller is and what it may do (REST): any known caller.
     WhoAmI,
+    /// Where the shards' leaders are: any known caller.
+    GetShardMap,
     /// A Raft message: members only.
     Raft,
 }
 
 impl Call {
     /// The role a call needs; `None` for Raft (cluster members only) and
-    /// WhoAmI (any authenticated caller).
+    /// WhoAmI and GetShardMap (any authenticated caller).
     pub fn role(self) -> Option<Role> {
         use Call::*;
         Some(match self {
@@ -85,7 +87,7 @@ impl Call {
             PauseQueue | ResumeQueue | PurgeQueue | SetQueueConfig | CancelJob | RequeueDead
             | PurgeDead => Role::QueueAdmin,
             Cluster(_) => Role::ClusterAdmin,
-            Raft | WhoAmI => return None,
+            Raft | WhoAmI | GetShardMap => return None,
         })
     }
 

@@ -11,6 +11,7 @@ mod listing;
 mod membership;
 mod queue;
 mod scaler;
+mod shard_map;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +26,7 @@ use tonic::Status;
 use crate::batcher::SubmitError;
 pub(crate) use crate::context::Route;
 use crate::context::{NodeContext, ShardHandle};
-pub(crate) use crate::forward::{forwarded, is_forwarded};
+pub(crate) use crate::forward::forwarded;
 use crate::ops::{JobContent, JobView, Op, OpError, OpResult};
 use crate::security::{Call, Caller};
 

@@ -302,13 +302,34 @@ impl pb::queue_server::Queue for QueueService {
         Ok(Response::new(pb::ExtendLeaseResponse { results }))
     }
 
+    async fn get_shard_map(
+        &self,
+        request: Request<pb::GetShardMapRequest>,
+    ) -> Result<Response<pb::ShardMap>, Status> {
+        self.authorize(&request, Call::GetShardMap, None)?;
+        let req = request.into_inner();
+        if req.queues.len() > MAX_TOKEN_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "queues lists {} names; at most {MAX_TOKEN_BATCH} per request",
+                req.queues.len()
+            )));
+        }
+        for queue in &req.queues {
+            validate::queue_name(queue).map_err(invalid)?;
+        }
+        Ok(Response::new(super::shard_map::build(
+            &self.ctx,
+            &req.queues,
+        )))
+    }
+
     type WorkerStreamStream = Pin<Box<dyn Stream<Item = Result<pb::ServerFrame, Status>> + Send>>;
 
     async fn worker_stream(
         &self,
         request: Request<Streaming<pb::WorkerFrame>>,
     ) -> Result<Response<Self::WorkerStreamStream>, Status> {
-        let forwarded_already = super::is_forwarded(request.metadata());
+        let arrival = crate::forward::Arrival::of(request.metadata());
         let caller = self.authorize(&request, Call::WorkerStream, None)?;
         let mut inbound = request.into_inner();
         let open_timeout = Duration::from_millis(self.ctx.security.limits.open_timeout_ms);
@@ -333,7 +354,7 @@ impl pb::queue_server::Queue for QueueService {
         }
         let mut session = self.ctx.workers.session();
         let shard_id = self.ctx.shard_of_queue(&open.queue);
-        match self.ctx.route_as(shard_id, forwarded_already)? {
+        match self.ctx.route_as(shard_id, arrival)? {
             Route::Leader(leader) => {
                 let frames = futures::stream::once(async move { first })
                     .chain(inbound.filter_map(|f| futures::future::ready(f.ok())));

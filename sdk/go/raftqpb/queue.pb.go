@@ -90,6 +90,263 @@ func (JobState) EnumDescriptor() ([]byte, []int) {
 	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{0}
 }
 
+type GetShardMapRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Queues whose shard to return in ShardMap.queues.
+	Queues        []string `protobuf:"bytes,1,rep,name=queues,proto3" json:"queues,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetShardMapRequest) Reset() {
+	*x = GetShardMapRequest{}
+	mi := &file_raftq_v1_queue_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetShardMapRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetShardMapRequest) ProtoMessage() {}
+
+func (x *GetShardMapRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_queue_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetShardMapRequest.ProtoReflect.Descriptor instead.
+func (*GetShardMapRequest) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *GetShardMapRequest) GetQueues() []string {
+	if x != nil {
+		return x.Queues
+	}
+	return nil
+}
+
+type ShardRoute struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Shard uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	// 0 when the shard has no leader right now (an election is under way).
+	LeaderId uint64 `protobuf:"varint,2,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	// The leader's client address; empty when not known yet (send to any
+	// node: it forwards).
+	LeaderAddr string `protobuf:"bytes,3,opt,name=leader_addr,json=leaderAddr,proto3" json:"leader_addr,omitempty"`
+	// The leader's term: of two routes for a shard, the higher term is newer.
+	Term uint64 `protobuf:"varint,4,opt,name=term,proto3" json:"term,omitempty"`
+	// The shard's voters and learners.
+	Members       []uint64 `protobuf:"varint,5,rep,packed,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShardRoute) Reset() {
+	*x = ShardRoute{}
+	mi := &file_raftq_v1_queue_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShardRoute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShardRoute) ProtoMessage() {}
+
+func (x *ShardRoute) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_queue_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShardRoute.ProtoReflect.Descriptor instead.
+func (*ShardRoute) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ShardRoute) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *ShardRoute) GetLeaderId() uint64 {
+	if x != nil {
+		return x.LeaderId
+	}
+	return 0
+}
+
+func (x *ShardRoute) GetLeaderAddr() string {
+	if x != nil {
+		return x.LeaderAddr
+	}
+	return ""
+}
+
+func (x *ShardRoute) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *ShardRoute) GetMembers() []uint64 {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+type NodeAddress struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	ClientAddr    string                 `protobuf:"bytes,2,opt,name=client_addr,json=clientAddr,proto3" json:"client_addr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeAddress) Reset() {
+	*x = NodeAddress{}
+	mi := &file_raftq_v1_queue_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeAddress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeAddress) ProtoMessage() {}
+
+func (x *NodeAddress) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_queue_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeAddress.ProtoReflect.Descriptor instead.
+func (*NodeAddress) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *NodeAddress) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *NodeAddress) GetClientAddr() string {
+	if x != nil {
+		return x.ClientAddr
+	}
+	return ""
+}
+
+type ShardMap struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	ShardCount uint32                 `protobuf:"varint,1,opt,name=shard_count,json=shardCount,proto3" json:"shard_count,omitempty"`
+	Shards     []*ShardRoute          `protobuf:"bytes,2,rep,name=shards,proto3" json:"shards,omitempty"`
+	// Every member whose client address the answering node knows.
+	Nodes []*NodeAddress `protobuf:"bytes,3,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// The shard of each queue asked for.
+	Queues map[string]uint32 `protobuf:"bytes,4,rep,name=queues,proto3" json:"queues,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// The node that answered.
+	NodeId        uint64 `protobuf:"varint,5,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShardMap) Reset() {
+	*x = ShardMap{}
+	mi := &file_raftq_v1_queue_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShardMap) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShardMap) ProtoMessage() {}
+
+func (x *ShardMap) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_queue_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShardMap.ProtoReflect.Descriptor instead.
+func (*ShardMap) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ShardMap) GetShardCount() uint32 {
+	if x != nil {
+		return x.ShardCount
+	}
+	return 0
+}
+
+func (x *ShardMap) GetShards() []*ShardRoute {
+	if x != nil {
+		return x.Shards
+	}
+	return nil
+}
+
+func (x *ShardMap) GetNodes() []*NodeAddress {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+func (x *ShardMap) GetQueues() map[string]uint32 {
+	if x != nil {
+		return x.Queues
+	}
+	return nil
+}
+
+func (x *ShardMap) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
 type Backoff struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Delay before the first retry.
@@ -104,7 +361,7 @@ type Backoff struct {
 
 func (x *Backoff) Reset() {
 	*x = Backoff{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[0]
+	mi := &file_raftq_v1_queue_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -116,7 +373,7 @@ func (x *Backoff) String() string {
 func (*Backoff) ProtoMessage() {}
 
 func (x *Backoff) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[0]
+	mi := &file_raftq_v1_queue_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -129,7 +386,7 @@ func (x *Backoff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backoff.ProtoReflect.Descriptor instead.
 func (*Backoff) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{0}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Backoff) GetInitialMs() int64 {
@@ -176,7 +433,7 @@ type NewJob struct {
 
 func (x *NewJob) Reset() {
 	*x = NewJob{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[1]
+	mi := &file_raftq_v1_queue_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -188,7 +445,7 @@ func (x *NewJob) String() string {
 func (*NewJob) ProtoMessage() {}
 
 func (x *NewJob) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[1]
+	mi := &file_raftq_v1_queue_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -201,7 +458,7 @@ func (x *NewJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewJob.ProtoReflect.Descriptor instead.
 func (*NewJob) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{1}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *NewJob) GetPayload() []byte {
@@ -270,7 +527,7 @@ type EnqueueRequest struct {
 
 func (x *EnqueueRequest) Reset() {
 	*x = EnqueueRequest{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[2]
+	mi := &file_raftq_v1_queue_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -282,7 +539,7 @@ func (x *EnqueueRequest) String() string {
 func (*EnqueueRequest) ProtoMessage() {}
 
 func (x *EnqueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[2]
+	mi := &file_raftq_v1_queue_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -295,7 +552,7 @@ func (x *EnqueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnqueueRequest.ProtoReflect.Descriptor instead.
 func (*EnqueueRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{2}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *EnqueueRequest) GetQueue() string {
@@ -324,7 +581,7 @@ type EnqueueResponse struct {
 
 func (x *EnqueueResponse) Reset() {
 	*x = EnqueueResponse{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[3]
+	mi := &file_raftq_v1_queue_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -336,7 +593,7 @@ func (x *EnqueueResponse) String() string {
 func (*EnqueueResponse) ProtoMessage() {}
 
 func (x *EnqueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[3]
+	mi := &file_raftq_v1_queue_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -349,7 +606,7 @@ func (x *EnqueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnqueueResponse.ProtoReflect.Descriptor instead.
 func (*EnqueueResponse) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{3}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *EnqueueResponse) GetJobIds() []string {
@@ -391,7 +648,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[4]
+	mi := &file_raftq_v1_queue_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -403,7 +660,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[4]
+	mi := &file_raftq_v1_queue_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -416,7 +673,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{4}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Job) GetId() string {
@@ -522,7 +779,7 @@ type LeaseToken struct {
 
 func (x *LeaseToken) Reset() {
 	*x = LeaseToken{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[5]
+	mi := &file_raftq_v1_queue_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -534,7 +791,7 @@ func (x *LeaseToken) String() string {
 func (*LeaseToken) ProtoMessage() {}
 
 func (x *LeaseToken) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[5]
+	mi := &file_raftq_v1_queue_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -547,7 +804,7 @@ func (x *LeaseToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseToken.ProtoReflect.Descriptor instead.
 func (*LeaseToken) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{5}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *LeaseToken) GetJobId() string {
@@ -575,7 +832,7 @@ type LeasedJob struct {
 
 func (x *LeasedJob) Reset() {
 	*x = LeasedJob{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[6]
+	mi := &file_raftq_v1_queue_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -587,7 +844,7 @@ func (x *LeasedJob) String() string {
 func (*LeasedJob) ProtoMessage() {}
 
 func (x *LeasedJob) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[6]
+	mi := &file_raftq_v1_queue_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -600,7 +857,7 @@ func (x *LeasedJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeasedJob.ProtoReflect.Descriptor instead.
 func (*LeasedJob) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{6}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LeasedJob) GetJob() *Job {
@@ -639,7 +896,7 @@ type FetchRequest struct {
 
 func (x *FetchRequest) Reset() {
 	*x = FetchRequest{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[7]
+	mi := &file_raftq_v1_queue_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -651,7 +908,7 @@ func (x *FetchRequest) String() string {
 func (*FetchRequest) ProtoMessage() {}
 
 func (x *FetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[7]
+	mi := &file_raftq_v1_queue_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -664,7 +921,7 @@ func (x *FetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchRequest.ProtoReflect.Descriptor instead.
 func (*FetchRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{7}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *FetchRequest) GetQueue() string {
@@ -711,7 +968,7 @@ type FetchResponse struct {
 
 func (x *FetchResponse) Reset() {
 	*x = FetchResponse{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[8]
+	mi := &file_raftq_v1_queue_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -723,7 +980,7 @@ func (x *FetchResponse) String() string {
 func (*FetchResponse) ProtoMessage() {}
 
 func (x *FetchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[8]
+	mi := &file_raftq_v1_queue_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -736,7 +993,7 @@ func (x *FetchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchResponse.ProtoReflect.Descriptor instead.
 func (*FetchResponse) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{8}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *FetchResponse) GetJobs() []*LeasedJob {
@@ -760,7 +1017,7 @@ type TokenResult struct {
 
 func (x *TokenResult) Reset() {
 	*x = TokenResult{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[9]
+	mi := &file_raftq_v1_queue_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -772,7 +1029,7 @@ func (x *TokenResult) String() string {
 func (*TokenResult) ProtoMessage() {}
 
 func (x *TokenResult) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[9]
+	mi := &file_raftq_v1_queue_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -785,7 +1042,7 @@ func (x *TokenResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenResult.ProtoReflect.Descriptor instead.
 func (*TokenResult) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{9}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TokenResult) GetToken() *LeaseToken {
@@ -827,7 +1084,7 @@ type AckRequest struct {
 
 func (x *AckRequest) Reset() {
 	*x = AckRequest{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[10]
+	mi := &file_raftq_v1_queue_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -839,7 +1096,7 @@ func (x *AckRequest) String() string {
 func (*AckRequest) ProtoMessage() {}
 
 func (x *AckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[10]
+	mi := &file_raftq_v1_queue_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -852,7 +1109,7 @@ func (x *AckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
 func (*AckRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{10}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AckRequest) GetTokens() []*LeaseToken {
@@ -871,7 +1128,7 @@ type AckResponse struct {
 
 func (x *AckResponse) Reset() {
 	*x = AckResponse{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[11]
+	mi := &file_raftq_v1_queue_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -883,7 +1140,7 @@ func (x *AckResponse) String() string {
 func (*AckResponse) ProtoMessage() {}
 
 func (x *AckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[11]
+	mi := &file_raftq_v1_queue_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -896,7 +1153,7 @@ func (x *AckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResponse.ProtoReflect.Descriptor instead.
 func (*AckResponse) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{11}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AckResponse) GetResults() []*TokenResult {
@@ -920,7 +1177,7 @@ type NackItem struct {
 
 func (x *NackItem) Reset() {
 	*x = NackItem{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[12]
+	mi := &file_raftq_v1_queue_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -932,7 +1189,7 @@ func (x *NackItem) String() string {
 func (*NackItem) ProtoMessage() {}
 
 func (x *NackItem) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[12]
+	mi := &file_raftq_v1_queue_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -945,7 +1202,7 @@ func (x *NackItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NackItem.ProtoReflect.Descriptor instead.
 func (*NackItem) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{12}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *NackItem) GetToken() *LeaseToken {
@@ -985,7 +1242,7 @@ type NackRequest struct {
 
 func (x *NackRequest) Reset() {
 	*x = NackRequest{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[13]
+	mi := &file_raftq_v1_queue_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +1254,7 @@ func (x *NackRequest) String() string {
 func (*NackRequest) ProtoMessage() {}
 
 func (x *NackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[13]
+	mi := &file_raftq_v1_queue_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +1267,7 @@ func (x *NackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NackRequest.ProtoReflect.Descriptor instead.
 func (*NackRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{13}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *NackRequest) GetItems() []*NackItem {
@@ -1029,7 +1286,7 @@ type NackResponse struct {
 
 func (x *NackResponse) Reset() {
 	*x = NackResponse{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[14]
+	mi := &file_raftq_v1_queue_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1298,7 @@ func (x *NackResponse) String() string {
 func (*NackResponse) ProtoMessage() {}
 
 func (x *NackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[14]
+	mi := &file_raftq_v1_queue_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1311,7 @@ func (x *NackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NackResponse.ProtoReflect.Descriptor instead.
 func (*NackResponse) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{14}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *NackResponse) GetResults() []*TokenResult {
@@ -1075,7 +1332,7 @@ type ExtendLeaseRequest struct {
 
 func (x *ExtendLeaseRequest) Reset() {
 	*x = ExtendLeaseRequest{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[15]
+	mi := &file_raftq_v1_queue_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1087,7 +1344,7 @@ func (x *ExtendLeaseRequest) String() string {
 func (*ExtendLeaseRequest) ProtoMessage() {}
 
 func (x *ExtendLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[15]
+	mi := &file_raftq_v1_queue_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1100,7 +1357,7 @@ func (x *ExtendLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendLeaseRequest.ProtoReflect.Descriptor instead.
 func (*ExtendLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{15}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ExtendLeaseRequest) GetTokens() []*LeaseToken {
@@ -1126,7 +1383,7 @@ type ExtendLeaseResponse struct {
 
 func (x *ExtendLeaseResponse) Reset() {
 	*x = ExtendLeaseResponse{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[16]
+	mi := &file_raftq_v1_queue_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1138,7 +1395,7 @@ func (x *ExtendLeaseResponse) String() string {
 func (*ExtendLeaseResponse) ProtoMessage() {}
 
 func (x *ExtendLeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[16]
+	mi := &file_raftq_v1_queue_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1151,7 +1408,7 @@ func (x *ExtendLeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendLeaseResponse.ProtoReflect.Descriptor instead.
 func (*ExtendLeaseResponse) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{16}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ExtendLeaseResponse) GetResults() []*TokenResult {
@@ -1172,7 +1429,7 @@ type WorkerOpen struct {
 
 func (x *WorkerOpen) Reset() {
 	*x = WorkerOpen{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[17]
+	mi := &file_raftq_v1_queue_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1184,7 +1441,7 @@ func (x *WorkerOpen) String() string {
 func (*WorkerOpen) ProtoMessage() {}
 
 func (x *WorkerOpen) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[17]
+	mi := &file_raftq_v1_queue_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1197,7 +1454,7 @@ func (x *WorkerOpen) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerOpen.ProtoReflect.Descriptor instead.
 func (*WorkerOpen) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{17}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WorkerOpen) GetQueue() string {
@@ -1236,7 +1493,7 @@ type WorkerFrame struct {
 
 func (x *WorkerFrame) Reset() {
 	*x = WorkerFrame{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[18]
+	mi := &file_raftq_v1_queue_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1248,7 +1505,7 @@ func (x *WorkerFrame) String() string {
 func (*WorkerFrame) ProtoMessage() {}
 
 func (x *WorkerFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[18]
+	mi := &file_raftq_v1_queue_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1261,7 +1518,7 @@ func (x *WorkerFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerFrame.ProtoReflect.Descriptor instead.
 func (*WorkerFrame) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{18}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WorkerFrame) GetOpen() *WorkerOpen {
@@ -1311,7 +1568,7 @@ type ServerFrame struct {
 
 func (x *ServerFrame) Reset() {
 	*x = ServerFrame{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[19]
+	mi := &file_raftq_v1_queue_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1323,7 +1580,7 @@ func (x *ServerFrame) String() string {
 func (*ServerFrame) ProtoMessage() {}
 
 func (x *ServerFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[19]
+	mi := &file_raftq_v1_queue_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1336,7 +1593,7 @@ func (x *ServerFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerFrame.ProtoReflect.Descriptor instead.
 func (*ServerFrame) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{19}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ServerFrame) GetJobs() []*LeasedJob {
@@ -1362,7 +1619,7 @@ type QueueRef struct {
 
 func (x *QueueRef) Reset() {
 	*x = QueueRef{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[20]
+	mi := &file_raftq_v1_queue_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1374,7 +1631,7 @@ func (x *QueueRef) String() string {
 func (*QueueRef) ProtoMessage() {}
 
 func (x *QueueRef) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[20]
+	mi := &file_raftq_v1_queue_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1387,7 +1644,7 @@ func (x *QueueRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueRef.ProtoReflect.Descriptor instead.
 func (*QueueRef) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{20}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *QueueRef) GetQueue() string {
@@ -1409,7 +1666,7 @@ type QueueConfig struct {
 
 func (x *QueueConfig) Reset() {
 	*x = QueueConfig{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[21]
+	mi := &file_raftq_v1_queue_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1421,7 +1678,7 @@ func (x *QueueConfig) String() string {
 func (*QueueConfig) ProtoMessage() {}
 
 func (x *QueueConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[21]
+	mi := &file_raftq_v1_queue_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1434,7 +1691,7 @@ func (x *QueueConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueConfig.ProtoReflect.Descriptor instead.
 func (*QueueConfig) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{21}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *QueueConfig) GetDefaultLeaseMs() int64 {
@@ -1476,7 +1733,7 @@ type QueueInfo struct {
 
 func (x *QueueInfo) Reset() {
 	*x = QueueInfo{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[22]
+	mi := &file_raftq_v1_queue_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1488,7 +1745,7 @@ func (x *QueueInfo) String() string {
 func (*QueueInfo) ProtoMessage() {}
 
 func (x *QueueInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[22]
+	mi := &file_raftq_v1_queue_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1501,7 +1758,7 @@ func (x *QueueInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueInfo.ProtoReflect.Descriptor instead.
 func (*QueueInfo) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{22}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *QueueInfo) GetQueue() string {
@@ -1538,7 +1795,7 @@ type SetQueueConfigRequest struct {
 
 func (x *SetQueueConfigRequest) Reset() {
 	*x = SetQueueConfigRequest{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[23]
+	mi := &file_raftq_v1_queue_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1550,7 +1807,7 @@ func (x *SetQueueConfigRequest) String() string {
 func (*SetQueueConfigRequest) ProtoMessage() {}
 
 func (x *SetQueueConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[23]
+	mi := &file_raftq_v1_queue_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1563,7 +1820,7 @@ func (x *SetQueueConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetQueueConfigRequest.ProtoReflect.Descriptor instead.
 func (*SetQueueConfigRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{23}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SetQueueConfigRequest) GetQueue() string {
@@ -1614,7 +1871,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[24]
+	mi := &file_raftq_v1_queue_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1626,7 +1883,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[24]
+	mi := &file_raftq_v1_queue_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1639,7 +1896,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{24}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StatsRequest) GetQueue() string {
@@ -1676,7 +1933,7 @@ type QueueStats struct {
 
 func (x *QueueStats) Reset() {
 	*x = QueueStats{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[25]
+	mi := &file_raftq_v1_queue_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1688,7 +1945,7 @@ func (x *QueueStats) String() string {
 func (*QueueStats) ProtoMessage() {}
 
 func (x *QueueStats) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[25]
+	mi := &file_raftq_v1_queue_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1701,7 +1958,7 @@ func (x *QueueStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueStats.ProtoReflect.Descriptor instead.
 func (*QueueStats) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{25}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *QueueStats) GetQueue() string {
@@ -1790,7 +2047,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[26]
+	mi := &file_raftq_v1_queue_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1802,7 +2059,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[26]
+	mi := &file_raftq_v1_queue_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1815,7 +2072,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{26}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StatsResponse) GetQueues() []*QueueStats {
@@ -1834,7 +2091,7 @@ type PurgeResponse struct {
 
 func (x *PurgeResponse) Reset() {
 	*x = PurgeResponse{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[27]
+	mi := &file_raftq_v1_queue_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1846,7 +2103,7 @@ func (x *PurgeResponse) String() string {
 func (*PurgeResponse) ProtoMessage() {}
 
 func (x *PurgeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[27]
+	mi := &file_raftq_v1_queue_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1859,7 +2116,7 @@ func (x *PurgeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeResponse.ProtoReflect.Descriptor instead.
 func (*PurgeResponse) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{27}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PurgeResponse) GetRemoved() uint64 {
@@ -1878,7 +2135,7 @@ type JobRef struct {
 
 func (x *JobRef) Reset() {
 	*x = JobRef{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[28]
+	mi := &file_raftq_v1_queue_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1890,7 +2147,7 @@ func (x *JobRef) String() string {
 func (*JobRef) ProtoMessage() {}
 
 func (x *JobRef) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[28]
+	mi := &file_raftq_v1_queue_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1903,7 +2160,7 @@ func (x *JobRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobRef.ProtoReflect.Descriptor instead.
 func (*JobRef) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{28}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *JobRef) GetJobId() string {
@@ -1922,7 +2179,7 @@ type CancelJobResponse struct {
 
 func (x *CancelJobResponse) Reset() {
 	*x = CancelJobResponse{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[29]
+	mi := &file_raftq_v1_queue_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1934,7 +2191,7 @@ func (x *CancelJobResponse) String() string {
 func (*CancelJobResponse) ProtoMessage() {}
 
 func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[29]
+	mi := &file_raftq_v1_queue_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1947,7 +2204,7 @@ func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelJobResponse) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{29}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CancelJobResponse) GetJob() *Job {
@@ -1986,7 +2243,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[30]
+	mi := &file_raftq_v1_queue_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1998,7 +2255,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[30]
+	mi := &file_raftq_v1_queue_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2011,7 +2268,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{30}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListJobsRequest) GetQueue() string {
@@ -2104,7 +2361,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[31]
+	mi := &file_raftq_v1_queue_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2116,7 +2373,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[31]
+	mi := &file_raftq_v1_queue_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2129,7 +2386,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{31}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -2166,7 +2423,7 @@ type ListDeadRequest struct {
 
 func (x *ListDeadRequest) Reset() {
 	*x = ListDeadRequest{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[32]
+	mi := &file_raftq_v1_queue_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2178,7 +2435,7 @@ func (x *ListDeadRequest) String() string {
 func (*ListDeadRequest) ProtoMessage() {}
 
 func (x *ListDeadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[32]
+	mi := &file_raftq_v1_queue_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2191,7 +2448,7 @@ func (x *ListDeadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{32}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListDeadRequest) GetQueue() string {
@@ -2225,7 +2482,7 @@ type ListDeadResponse struct {
 
 func (x *ListDeadResponse) Reset() {
 	*x = ListDeadResponse{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[33]
+	mi := &file_raftq_v1_queue_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2237,7 +2494,7 @@ func (x *ListDeadResponse) String() string {
 func (*ListDeadResponse) ProtoMessage() {}
 
 func (x *ListDeadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[33]
+	mi := &file_raftq_v1_queue_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2250,7 +2507,7 @@ func (x *ListDeadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadResponse) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{33}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListDeadResponse) GetJobs() []*Job {
@@ -2278,7 +2535,7 @@ type DeadSelector struct {
 
 func (x *DeadSelector) Reset() {
 	*x = DeadSelector{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[34]
+	mi := &file_raftq_v1_queue_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2290,7 +2547,7 @@ func (x *DeadSelector) String() string {
 func (*DeadSelector) ProtoMessage() {}
 
 func (x *DeadSelector) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[34]
+	mi := &file_raftq_v1_queue_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2303,7 +2560,7 @@ func (x *DeadSelector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadSelector.ProtoReflect.Descriptor instead.
 func (*DeadSelector) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{34}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *DeadSelector) GetQueue() string {
@@ -2329,7 +2586,7 @@ type CountResponse struct {
 
 func (x *CountResponse) Reset() {
 	*x = CountResponse{}
-	mi := &file_raftq_v1_queue_proto_msgTypes[35]
+	mi := &file_raftq_v1_queue_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2341,7 +2598,7 @@ func (x *CountResponse) String() string {
 func (*CountResponse) ProtoMessage() {}
 
 func (x *CountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_queue_proto_msgTypes[35]
+	mi := &file_raftq_v1_queue_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2354,7 +2611,7 @@ func (x *CountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CountResponse.ProtoReflect.Descriptor instead.
 func (*CountResponse) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{35}
+	return file_raftq_v1_queue_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CountResponse) GetCount() uint64 {
@@ -2368,7 +2625,31 @@ var File_raftq_v1_queue_proto protoreflect.FileDescriptor
 
 const file_raftq_v1_queue_proto_rawDesc = "" +
 	"\n" +
-	"\x14raftq/v1/queue.proto\x12\braftq.v1\"_\n" +
+	"\x14raftq/v1/queue.proto\x12\braftq.v1\",\n" +
+	"\x12GetShardMapRequest\x12\x16\n" +
+	"\x06queues\x18\x01 \x03(\tR\x06queues\"\x8e\x01\n" +
+	"\n" +
+	"ShardRoute\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x1b\n" +
+	"\tleader_id\x18\x02 \x01(\x04R\bleaderId\x12\x1f\n" +
+	"\vleader_addr\x18\x03 \x01(\tR\n" +
+	"leaderAddr\x12\x12\n" +
+	"\x04term\x18\x04 \x01(\x04R\x04term\x12\x18\n" +
+	"\amembers\x18\x05 \x03(\x04R\amembers\"G\n" +
+	"\vNodeAddress\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x1f\n" +
+	"\vclient_addr\x18\x02 \x01(\tR\n" +
+	"clientAddr\"\x92\x02\n" +
+	"\bShardMap\x12\x1f\n" +
+	"\vshard_count\x18\x01 \x01(\rR\n" +
+	"shardCount\x12,\n" +
+	"\x06shards\x18\x02 \x03(\v2\x14.raftq.v1.ShardRouteR\x06shards\x12+\n" +
+	"\x05nodes\x18\x03 \x03(\v2\x15.raftq.v1.NodeAddressR\x05nodes\x126\n" +
+	"\x06queues\x18\x04 \x03(\v2\x1e.raftq.v1.ShardMap.QueuesEntryR\x06queues\x12\x17\n" +
+	"\anode_id\x18\x05 \x01(\x04R\x06nodeId\x1a9\n" +
+	"\vQueuesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"_\n" +
 	"\aBackoff\x12\x1d\n" +
 	"\n" +
 	"initial_ms\x18\x01 \x01(\x03R\tinitialMs\x12\x15\n" +
@@ -2561,14 +2842,15 @@ const file_raftq_v1_queue_proto_rawDesc = "" +
 	"\x13JOB_STATE_SCHEDULED\x10\x01\x12\x13\n" +
 	"\x0fJOB_STATE_READY\x10\x02\x12\x14\n" +
 	"\x10JOB_STATE_LEASED\x10\x03\x12\x12\n" +
-	"\x0eJOB_STATE_DEAD\x10\x042\xfa\x02\n" +
+	"\x0eJOB_STATE_DEAD\x10\x042\xbb\x03\n" +
 	"\x05Queue\x12>\n" +
 	"\aEnqueue\x12\x18.raftq.v1.EnqueueRequest\x1a\x19.raftq.v1.EnqueueResponse\x128\n" +
 	"\x05Fetch\x12\x16.raftq.v1.FetchRequest\x1a\x17.raftq.v1.FetchResponse\x122\n" +
 	"\x03Ack\x12\x14.raftq.v1.AckRequest\x1a\x15.raftq.v1.AckResponse\x125\n" +
 	"\x04Nack\x12\x15.raftq.v1.NackRequest\x1a\x16.raftq.v1.NackResponse\x12J\n" +
 	"\vExtendLease\x12\x1c.raftq.v1.ExtendLeaseRequest\x1a\x1d.raftq.v1.ExtendLeaseResponse\x12@\n" +
-	"\fWorkerStream\x12\x15.raftq.v1.WorkerFrame\x1a\x15.raftq.v1.ServerFrame(\x010\x012\xd8\x05\n" +
+	"\fWorkerStream\x12\x15.raftq.v1.WorkerFrame\x1a\x15.raftq.v1.ServerFrame(\x010\x01\x12?\n" +
+	"\vGetShardMap\x12\x1c.raftq.v1.GetShardMapRequest\x1a\x12.raftq.v1.ShardMap2\xd8\x05\n" +
 	"\n" +
 	"QueueAdmin\x128\n" +
 	"\x05Stats\x12\x16.raftq.v1.StatsRequest\x1a\x17.raftq.v1.StatsResponse\x125\n" +
@@ -2599,120 +2881,130 @@ func file_raftq_v1_queue_proto_rawDescGZIP() []byte {
 }
 
 var file_raftq_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_raftq_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_raftq_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_raftq_v1_queue_proto_goTypes = []any{
 	(JobState)(0),                 // 0: raftq.v1.JobState
-	(*Backoff)(nil),               // 1: raftq.v1.Backoff
-	(*NewJob)(nil),                // 2: raftq.v1.NewJob
-	(*EnqueueRequest)(nil),        // 3: raftq.v1.EnqueueRequest
-	(*EnqueueResponse)(nil),       // 4: raftq.v1.EnqueueResponse
-	(*Job)(nil),                   // 5: raftq.v1.Job
-	(*LeaseToken)(nil),            // 6: raftq.v1.LeaseToken
-	(*LeasedJob)(nil),             // 7: raftq.v1.LeasedJob
-	(*FetchRequest)(nil),          // 8: raftq.v1.FetchRequest
-	(*FetchResponse)(nil),         // 9: raftq.v1.FetchResponse
-	(*TokenResult)(nil),           // 10: raftq.v1.TokenResult
-	(*AckRequest)(nil),            // 11: raftq.v1.AckRequest
-	(*AckResponse)(nil),           // 12: raftq.v1.AckResponse
-	(*NackItem)(nil),              // 13: raftq.v1.NackItem
-	(*NackRequest)(nil),           // 14: raftq.v1.NackRequest
-	(*NackResponse)(nil),          // 15: raftq.v1.NackResponse
-	(*ExtendLeaseRequest)(nil),    // 16: raftq.v1.ExtendLeaseRequest
-	(*ExtendLeaseResponse)(nil),   // 17: raftq.v1.ExtendLeaseResponse
-	(*WorkerOpen)(nil),            // 18: raftq.v1.WorkerOpen
-	(*WorkerFrame)(nil),           // 19: raftq.v1.WorkerFrame
-	(*ServerFrame)(nil),           // 20: raftq.v1.ServerFrame
-	(*QueueRef)(nil),              // 21: raftq.v1.QueueRef
-	(*QueueConfig)(nil),           // 22: raftq.v1.QueueConfig
-	(*QueueInfo)(nil),             // 23: raftq.v1.QueueInfo
-	(*SetQueueConfigRequest)(nil), // 24: raftq.v1.SetQueueConfigRequest
-	(*StatsRequest)(nil),          // 25: raftq.v1.StatsRequest
-	(*QueueStats)(nil),            // 26: raftq.v1.QueueStats
-	(*StatsResponse)(nil),         // 27: raftq.v1.StatsResponse
-	(*PurgeResponse)(nil),         // 28: raftq.v1.PurgeResponse
-	(*JobRef)(nil),                // 29: raftq.v1.JobRef
-	(*CancelJobResponse)(nil),     // 30: raftq.v1.CancelJobResponse
-	(*ListJobsRequest)(nil),       // 31: raftq.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),      // 32: raftq.v1.ListJobsResponse
-	(*ListDeadRequest)(nil),       // 33: raftq.v1.ListDeadRequest
-	(*ListDeadResponse)(nil),      // 34: raftq.v1.ListDeadResponse
-	(*DeadSelector)(nil),          // 35: raftq.v1.DeadSelector
-	(*CountResponse)(nil),         // 36: raftq.v1.CountResponse
-	nil,                           // 37: raftq.v1.NewJob.HeadersEntry
-	nil,                           // 38: raftq.v1.Job.HeadersEntry
+	(*GetShardMapRequest)(nil),    // 1: raftq.v1.GetShardMapRequest
+	(*ShardRoute)(nil),            // 2: raftq.v1.ShardRoute
+	(*NodeAddress)(nil),           // 3: raftq.v1.NodeAddress
+	(*ShardMap)(nil),              // 4: raftq.v1.ShardMap
+	(*Backoff)(nil),               // 5: raftq.v1.Backoff
+	(*NewJob)(nil),                // 6: raftq.v1.NewJob
+	(*EnqueueRequest)(nil),        // 7: raftq.v1.EnqueueRequest
+	(*EnqueueResponse)(nil),       // 8: raftq.v1.EnqueueResponse
+	(*Job)(nil),                   // 9: raftq.v1.Job
+	(*LeaseToken)(nil),            // 10: raftq.v1.LeaseToken
+	(*LeasedJob)(nil),             // 11: raftq.v1.LeasedJob
+	(*FetchRequest)(nil),          // 12: raftq.v1.FetchRequest
+	(*FetchResponse)(nil),         // 13: raftq.v1.FetchResponse
+	(*TokenResult)(nil),           // 14: raftq.v1.TokenResult
+	(*AckRequest)(nil),            // 15: raftq.v1.AckRequest
+	(*AckResponse)(nil),           // 16: raftq.v1.AckResponse
+	(*NackItem)(nil),              // 17: raftq.v1.NackItem
+	(*NackRequest)(nil),           // 18: raftq.v1.NackRequest
+	(*NackResponse)(nil),          // 19: raftq.v1.NackResponse
+	(*ExtendLeaseRequest)(nil),    // 20: raftq.v1.ExtendLeaseRequest
+	(*ExtendLeaseResponse)(nil),   // 21: raftq.v1.ExtendLeaseResponse
+	(*WorkerOpen)(nil),            // 22: raftq.v1.WorkerOpen
+	(*WorkerFrame)(nil),           // 23: raftq.v1.WorkerFrame
+	(*ServerFrame)(nil),           // 24: raftq.v1.ServerFrame
+	(*QueueRef)(nil),              // 25: raftq.v1.QueueRef
+	(*QueueConfig)(nil),           // 26: raftq.v1.QueueConfig
+	(*QueueInfo)(nil),             // 27: raftq.v1.QueueInfo
+	(*SetQueueConfigRequest)(nil), // 28: raftq.v1.SetQueueConfigRequest
+	(*StatsRequest)(nil),          // 29: raftq.v1.StatsRequest
+	(*QueueStats)(nil),            // 30: raftq.v1.QueueStats
+	(*StatsResponse)(nil),         // 31: raftq.v1.StatsResponse
+	(*PurgeResponse)(nil),         // 32: raftq.v1.PurgeResponse
+	(*JobRef)(nil),                // 33: raftq.v1.JobRef
+	(*CancelJobResponse)(nil),     // 34: raftq.v1.CancelJobResponse
+	(*ListJobsRequest)(nil),       // 35: raftq.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),      // 36: raftq.v1.ListJobsResponse
+	(*ListDeadRequest)(nil),       // 37: raftq.v1.ListDeadRequest
+	(*ListDeadResponse)(nil),      // 38: raftq.v1.ListDeadResponse
+	(*DeadSelector)(nil),          // 39: raftq.v1.DeadSelector
+	(*CountResponse)(nil),         // 40: raftq.v1.CountResponse
+	nil,                           // 41: raftq.v1.ShardMap.QueuesEntry
+	nil,                           // 42: raftq.v1.NewJob.HeadersEntry
+	nil,                           // 43: raftq.v1.Job.HeadersEntry
 }
 var file_raftq_v1_queue_proto_depIdxs = []int32{
-	37, // 0: raftq.v1.NewJob.headers:type_name -> raftq.v1.NewJob.HeadersEntry
-	1,  // 1: raftq.v1.NewJob.backoff:type_name -> raftq.v1.Backoff
-	2,  // 2: raftq.v1.EnqueueRequest.jobs:type_name -> raftq.v1.NewJob
-	38, // 3: raftq.v1.Job.headers:type_name -> raftq.v1.Job.HeadersEntry
-	0,  // 4: raftq.v1.Job.state:type_name -> raftq.v1.JobState
-	5,  // 5: raftq.v1.LeasedJob.job:type_name -> raftq.v1.Job
-	6,  // 6: raftq.v1.LeasedJob.token:type_name -> raftq.v1.LeaseToken
-	7,  // 7: raftq.v1.FetchResponse.jobs:type_name -> raftq.v1.LeasedJob
-	6,  // 8: raftq.v1.TokenResult.token:type_name -> raftq.v1.LeaseToken
-	6,  // 9: raftq.v1.AckRequest.tokens:type_name -> raftq.v1.LeaseToken
-	10, // 10: raftq.v1.AckResponse.results:type_name -> raftq.v1.TokenResult
-	6,  // 11: raftq.v1.NackItem.token:type_name -> raftq.v1.LeaseToken
-	13, // 12: raftq.v1.NackRequest.items:type_name -> raftq.v1.NackItem
-	10, // 13: raftq.v1.NackResponse.results:type_name -> raftq.v1.TokenResult
-	6,  // 14: raftq.v1.ExtendLeaseRequest.tokens:type_name -> raftq.v1.LeaseToken
-	10, // 15: raftq.v1.ExtendLeaseResponse.results:type_name -> raftq.v1.TokenResult
-	18, // 16: raftq.v1.WorkerFrame.open:type_name -> raftq.v1.WorkerOpen
-	6,  // 17: raftq.v1.WorkerFrame.acks:type_name -> raftq.v1.LeaseToken
-	13, // 18: raftq.v1.WorkerFrame.nacks:type_name -> raftq.v1.NackItem
-	6,  // 19: raftq.v1.WorkerFrame.extends:type_name -> raftq.v1.LeaseToken
-	7,  // 20: raftq.v1.ServerFrame.jobs:type_name -> raftq.v1.LeasedJob
-	10, // 21: raftq.v1.ServerFrame.results:type_name -> raftq.v1.TokenResult
-	1,  // 22: raftq.v1.QueueConfig.default_backoff:type_name -> raftq.v1.Backoff
-	22, // 23: raftq.v1.QueueInfo.config:type_name -> raftq.v1.QueueConfig
-	1,  // 24: raftq.v1.SetQueueConfigRequest.default_backoff:type_name -> raftq.v1.Backoff
-	26, // 25: raftq.v1.StatsResponse.queues:type_name -> raftq.v1.QueueStats
-	5,  // 26: raftq.v1.CancelJobResponse.job:type_name -> raftq.v1.Job
-	0,  // 27: raftq.v1.ListJobsRequest.state:type_name -> raftq.v1.JobState
-	5,  // 28: raftq.v1.ListJobsResponse.jobs:type_name -> raftq.v1.Job
-	5,  // 29: raftq.v1.ListDeadResponse.jobs:type_name -> raftq.v1.Job
-	3,  // 30: raftq.v1.Queue.Enqueue:input_type -> raftq.v1.EnqueueRequest
-	8,  // 31: raftq.v1.Queue.Fetch:input_type -> raftq.v1.FetchRequest
-	11, // 32: raftq.v1.Queue.Ack:input_type -> raftq.v1.AckRequest
-	14, // 33: raftq.v1.Queue.Nack:input_type -> raftq.v1.NackRequest
-	16, // 34: raftq.v1.Queue.ExtendLease:input_type -> raftq.v1.ExtendLeaseRequest
-	19, // 35: raftq.v1.Queue.WorkerStream:input_type -> raftq.v1.WorkerFrame
-	25, // 36: raftq.v1.QueueAdmin.Stats:input_type -> raftq.v1.StatsRequest
-	21, // 37: raftq.v1.QueueAdmin.PauseQueue:input_type -> raftq.v1.QueueRef
-	21, // 38: raftq.v1.QueueAdmin.ResumeQueue:input_type -> raftq.v1.QueueRef
-	21, // 39: raftq.v1.QueueAdmin.PurgeQueue:input_type -> raftq.v1.QueueRef
-	24, // 40: raftq.v1.QueueAdmin.SetQueueConfig:input_type -> raftq.v1.SetQueueConfigRequest
-	21, // 41: raftq.v1.QueueAdmin.GetQueue:input_type -> raftq.v1.QueueRef
-	29, // 42: raftq.v1.QueueAdmin.GetJob:input_type -> raftq.v1.JobRef
-	31, // 43: raftq.v1.QueueAdmin.ListJobs:input_type -> raftq.v1.ListJobsRequest
-	29, // 44: raftq.v1.QueueAdmin.CancelJob:input_type -> raftq.v1.JobRef
-	33, // 45: raftq.v1.QueueAdmin.ListDead:input_type -> raftq.v1.ListDeadRequest
-	35, // 46: raftq.v1.QueueAdmin.RequeueDead:input_type -> raftq.v1.DeadSelector
-	35, // 47: raftq.v1.QueueAdmin.PurgeDead:input_type -> raftq.v1.DeadSelector
-	4,  // 48: raftq.v1.Queue.Enqueue:output_type -> raftq.v1.EnqueueResponse
-	9,  // 49: raftq.v1.Queue.Fetch:output_type -> raftq.v1.FetchResponse
-	12, // 50: raftq.v1.Queue.Ack:output_type -> raftq.v1.AckResponse
-	15, // 51: raftq.v1.Queue.Nack:output_type -> raftq.v1.NackResponse
-	17, // 52: raftq.v1.Queue.ExtendLease:output_type -> raftq.v1.ExtendLeaseResponse
-	20, // 53: raftq.v1.Queue.WorkerStream:output_type -> raftq.v1.ServerFrame
-	27, // 54: raftq.v1.QueueAdmin.Stats:output_type -> raftq.v1.StatsResponse
-	23, // 55: raftq.v1.QueueAdmin.PauseQueue:output_type -> raftq.v1.QueueInfo
-	23, // 56: raftq.v1.QueueAdmin.ResumeQueue:output_type -> raftq.v1.QueueInfo
-	28, // 57: raftq.v1.QueueAdmin.PurgeQueue:output_type -> raftq.v1.PurgeResponse
-	23, // 58: raftq.v1.QueueAdmin.SetQueueConfig:output_type -> raftq.v1.QueueInfo
-	23, // 59: raftq.v1.QueueAdmin.GetQueue:output_type -> raftq.v1.QueueInfo
-	5,  // 60: raftq.v1.QueueAdmin.GetJob:output_type -> raftq.v1.Job
-	32, // 61: raftq.v1.QueueAdmin.ListJobs:output_type -> raftq.v1.ListJobsResponse
-	30, // 62: raftq.v1.QueueAdmin.CancelJob:output_type -> raftq.v1.CancelJobResponse
-	34, // 63: raftq.v1.QueueAdmin.ListDead:output_type -> raftq.v1.ListDeadResponse
-	36, // 64: raftq.v1.QueueAdmin.RequeueDead:output_type -> raftq.v1.CountResponse
-	36, // 65: raftq.v1.QueueAdmin.PurgeDead:output_type -> raftq.v1.CountResponse
-	48, // [48:66] is the sub-list for method output_type
-	30, // [30:48] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	2,  // 0: raftq.v1.ShardMap.shards:type_name -> raftq.v1.ShardRoute
+	3,  // 1: raftq.v1.ShardMap.nodes:type_name -> raftq.v1.NodeAddress
+	41, // 2: raftq.v1.ShardMap.queues:type_name -> raftq.v1.ShardMap.QueuesEntry
+	42, // 3: raftq.v1.NewJob.headers:type_name -> raftq.v1.NewJob.HeadersEntry
+	5,  // 4: raftq.v1.NewJob.backoff:type_name -> raftq.v1.Backoff
+	6,  // 5: raftq.v1.EnqueueRequest.jobs:type_name -> raftq.v1.NewJob
+	43, // 6: raftq.v1.Job.headers:type_name -> raftq.v1.Job.HeadersEntry
+	0,  // 7: raftq.v1.Job.state:type_name -> raftq.v1.JobState
+	9,  // 8: raftq.v1.LeasedJob.job:type_name -> raftq.v1.Job
+	10, // 9: raftq.v1.LeasedJob.token:type_name -> raftq.v1.LeaseToken
+	11, // 10: raftq.v1.FetchResponse.jobs:type_name -> raftq.v1.LeasedJob
+	10, // 11: raftq.v1.TokenResult.token:type_name -> raftq.v1.LeaseToken
+	10, // 12: raftq.v1.AckRequest.tokens:type_name -> raftq.v1.LeaseToken
+	14, // 13: raftq.v1.AckResponse.results:type_name -> raftq.v1.TokenResult
+	10, // 14: raftq.v1.NackItem.token:type_name -> raftq.v1.LeaseToken
+	17, // 15: raftq.v1.NackRequest.items:type_name -> raftq.v1.NackItem
+	14, // 16: raftq.v1.NackResponse.results:type_name -> raftq.v1.TokenResult
+	10, // 17: raftq.v1.ExtendLeaseRequest.tokens:type_name -> raftq.v1.LeaseToken
+	14, // 18: raftq.v1.ExtendLeaseResponse.results:type_name -> raftq.v1.TokenResult
+	22, // 19: raftq.v1.WorkerFrame.open:type_name -> raftq.v1.WorkerOpen
+	10, // 20: raftq.v1.WorkerFrame.acks:type_name -> raftq.v1.LeaseToken
+	17, // 21: raftq.v1.WorkerFrame.nacks:type_name -> raftq.v1.NackItem
+	10, // 22: raftq.v1.WorkerFrame.extends:type_name -> raftq.v1.LeaseToken
+	11, // 23: raftq.v1.ServerFrame.jobs:type_name -> raftq.v1.LeasedJob
+	14, // 24: raftq.v1.ServerFrame.results:type_name -> raftq.v1.TokenResult
+	5,  // 25: raftq.v1.QueueConfig.default_backoff:type_name -> raftq.v1.Backoff
+	26, // 26: raftq.v1.QueueInfo.config:type_name -> raftq.v1.QueueConfig
+	5,  // 27: raftq.v1.SetQueueConfigRequest.default_backoff:type_name -> raftq.v1.Backoff
+	30, // 28: raftq.v1.StatsResponse.queues:type_name -> raftq.v1.QueueStats
+	9,  // 29: raftq.v1.CancelJobResponse.job:type_name -> raftq.v1.Job
+	0,  // 30: raftq.v1.ListJobsRequest.state:type_name -> raftq.v1.JobState
+	9,  // 31: raftq.v1.ListJobsResponse.jobs:type_name -> raftq.v1.Job
+	9,  // 32: raftq.v1.ListDeadResponse.jobs:type_name -> raftq.v1.Job
+	7,  // 33: raftq.v1.Queue.Enqueue:input_type -> raftq.v1.EnqueueRequest
+	12, // 34: raftq.v1.Queue.Fetch:input_type -> raftq.v1.FetchRequest
+	15, // 35: raftq.v1.Queue.Ack:input_type -> raftq.v1.AckRequest
+	18, // 36: raftq.v1.Queue.Nack:input_type -> raftq.v1.NackRequest
+	20, // 37: raftq.v1.Queue.ExtendLease:input_type -> raftq.v1.ExtendLeaseRequest
+	23, // 38: raftq.v1.Queue.WorkerStream:input_type -> raftq.v1.WorkerFrame
+	1,  // 39: raftq.v1.Queue.GetShardMap:input_type -> raftq.v1.GetShardMapRequest
+	29, // 40: raftq.v1.QueueAdmin.Stats:input_type -> raftq.v1.StatsRequest
+	25, // 41: raftq.v1.QueueAdmin.PauseQueue:input_type -> raftq.v1.QueueRef
+	25, // 42: raftq.v1.QueueAdmin.ResumeQueue:input_type -> raftq.v1.QueueRef
+	25, // 43: raftq.v1.QueueAdmin.PurgeQueue:input_type -> raftq.v1.QueueRef
+	28, // 44: raftq.v1.QueueAdmin.SetQueueConfig:input_type -> raftq.v1.SetQueueConfigRequest
+	25, // 45: raftq.v1.QueueAdmin.GetQueue:input_type -> raftq.v1.QueueRef
+	33, // 46: raftq.v1.QueueAdmin.GetJob:input_type -> raftq.v1.JobRef
+	35, // 47: raftq.v1.QueueAdmin.ListJobs:input_type -> raftq.v1.ListJobsRequest
+	33, // 48: raftq.v1.QueueAdmin.CancelJob:input_type -> raftq.v1.JobRef
+	37, // 49: raftq.v1.QueueAdmin.ListDead:input_type -> raftq.v1.ListDeadRequest
+	39, // 50: raftq.v1.QueueAdmin.RequeueDead:input_type -> raftq.v1.DeadSelector
+	39, // 51: raftq.v1.QueueAdmin.PurgeDead:input_type -> raftq.v1.DeadSelector
+	8,  // 52: raftq.v1.Queue.Enqueue:output_type -> raftq.v1.EnqueueResponse
+	13, // 53: raftq.v1.Queue.Fetch:output_type -> raftq.v1.FetchResponse
+	16, // 54: raftq.v1.Queue.Ack:output_type -> raftq.v1.AckResponse
+	19, // 55: raftq.v1.Queue.Nack:output_type -> raftq.v1.NackResponse
+	21, // 56: raftq.v1.Queue.ExtendLease:output_type -> raftq.v1.ExtendLeaseResponse
+	24, // 57: raftq.v1.Queue.WorkerStream:output_type -> raftq.v1.ServerFrame
+	4,  // 58: raftq.v1.Queue.GetShardMap:output_type -> raftq.v1.ShardMap
+	31, // 59: raftq.v1.QueueAdmin.Stats:output_type -> raftq.v1.StatsResponse
+	27, // 60: raftq.v1.QueueAdmin.PauseQueue:output_type -> raftq.v1.QueueInfo
+	27, // 61: raftq.v1.QueueAdmin.ResumeQueue:output_type -> raftq.v1.QueueInfo
+	32, // 62: raftq.v1.QueueAdmin.PurgeQueue:output_type -> raftq.v1.PurgeResponse
+	27, // 63: raftq.v1.QueueAdmin.SetQueueConfig:output_type -> raftq.v1.QueueInfo
+	27, // 64: raftq.v1.QueueAdmin.GetQueue:output_type -> raftq.v1.QueueInfo
+	9,  // 65: raftq.v1.QueueAdmin.GetJob:output_type -> raftq.v1.Job
+	36, // 66: raftq.v1.QueueAdmin.ListJobs:output_type -> raftq.v1.ListJobsResponse
+	34, // 67: raftq.v1.QueueAdmin.CancelJob:output_type -> raftq.v1.CancelJobResponse
+	38, // 68: raftq.v1.QueueAdmin.ListDead:output_type -> raftq.v1.ListDeadResponse
+	40, // 69: raftq.v1.QueueAdmin.RequeueDead:output_type -> raftq.v1.CountResponse
+	40, // 70: raftq.v1.QueueAdmin.PurgeDead:output_type -> raftq.v1.CountResponse
+	52, // [52:71] is the sub-list for method output_type
+	33, // [33:52] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_raftq_v1_queue_proto_init() }
@@ -2720,19 +3012,19 @@ func file_raftq_v1_queue_proto_init() {
 	if File_raftq_v1_queue_proto != nil {
 		return
 	}
-	file_raftq_v1_queue_proto_msgTypes[1].OneofWrappers = []any{}
-	file_raftq_v1_queue_proto_msgTypes[7].OneofWrappers = []any{}
-	file_raftq_v1_queue_proto_msgTypes[12].OneofWrappers = []any{}
-	file_raftq_v1_queue_proto_msgTypes[15].OneofWrappers = []any{}
-	file_raftq_v1_queue_proto_msgTypes[17].OneofWrappers = []any{}
-	file_raftq_v1_queue_proto_msgTypes[23].OneofWrappers = []any{}
+	file_raftq_v1_queue_proto_msgTypes[5].OneofWrappers = []any{}
+	file_raftq_v1_queue_proto_msgTypes[11].OneofWrappers = []any{}
+	file_raftq_v1_queue_proto_msgTypes[16].OneofWrappers = []any{}
+	file_raftq_v1_queue_proto_msgTypes[19].OneofWrappers = []any{}
+	file_raftq_v1_queue_proto_msgTypes[21].OneofWrappers = []any{}
+	file_raftq_v1_queue_proto_msgTypes[27].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftq_v1_queue_proto_rawDesc), len(file_raftq_v1_queue_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   38,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

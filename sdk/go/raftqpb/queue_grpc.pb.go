@@ -39,6 +39,7 @@ const (
 	Queue_Nack_FullMethodName         = "/raftq.v1.Queue/Nack"
 	Queue_ExtendLease_FullMethodName  = "/raftq.v1.Queue/ExtendLease"
 	Queue_WorkerStream_FullMethodName = "/raftq.v1.Queue/WorkerStream"
+	Queue_GetShardMap_FullMethodName  = "/raftq.v1.Queue/GetShardMap"
 )
 
 // QueueClient is the client API for Queue service.
@@ -63,6 +64,16 @@ type QueueClient interface {
 	// extended go back to the ready queue at once; their tokens are stale
 	// from then on. A stream that breaks keeps its leases until they expire.
 	WorkerStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WorkerFrame, ServerFrame], error)
+	// Where each shard's leader is, for clients that send requests straight
+	// to it (any authenticated caller may ask). A queue's shard is
+	// FNV-1a-64 of its name modulo shard_count (`queues` answers it for the
+	// names asked). A request that carries the metadata `x-raftq-route:
+	// direct` is never forwarded: a node that does not lead its shard
+	// answers UNAVAILABLE with the trailers `x-raftq-leader-shard`,
+	// `x-raftq-leader-id`, `x-raftq-leader-term` and `x-raftq-leader-addr`
+	// (the last when it knows the leader's client address), so the client updates its map and sends it there. Requests
+	// without it are forwarded to the leader as always.
+	GetShardMap(ctx context.Context, in *GetShardMapRequest, opts ...grpc.CallOption) (*ShardMap, error)
 }
 
 type queueClient struct {
@@ -136,6 +147,16 @@ func (c *queueClient) WorkerStream(ctx context.Context, opts ...grpc.CallOption)
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Queue_WorkerStreamClient = grpc.BidiStreamingClient[WorkerFrame, ServerFrame]
 
+func (c *queueClient) GetShardMap(ctx context.Context, in *GetShardMapRequest, opts ...grpc.CallOption) (*ShardMap, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ShardMap)
+	err := c.cc.Invoke(ctx, Queue_GetShardMap_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // QueueServer is the server API for Queue service.
 // All implementations must embed UnimplementedQueueServer
 // for forward compatibility.
@@ -158,6 +179,16 @@ type QueueServer interface {
 	// extended go back to the ready queue at once; their tokens are stale
 	// from then on. A stream that breaks keeps its leases until they expire.
 	WorkerStream(grpc.BidiStreamingServer[WorkerFrame, ServerFrame]) error
+	// Where each shard's leader is, for clients that send requests straight
+	// to it (any authenticated caller may ask). A queue's shard is
+	// FNV-1a-64 of its name modulo shard_count (`queues` answers it for the
+	// names asked). A request that carries the metadata `x-raftq-route:
+	// direct` is never forwarded: a node that does not lead its shard
+	// answers UNAVAILABLE with the trailers `x-raftq-leader-shard`,
+	// `x-raftq-leader-id`, `x-raftq-leader-term` and `x-raftq-leader-addr`
+	// (the last when it knows the leader's client address), so the client updates its map and sends it there. Requests
+	// without it are forwarded to the leader as always.
+	GetShardMap(context.Context, *GetShardMapRequest) (*ShardMap, error)
 	mustEmbedUnimplementedQueueServer()
 }
 
@@ -185,6 +216,9 @@ func (UnimplementedQueueServer) ExtendLease(context.Context, *ExtendLeaseRequest
 }
 func (UnimplementedQueueServer) WorkerStream(grpc.BidiStreamingServer[WorkerFrame, ServerFrame]) error {
 	return status.Error(codes.Unimplemented, "method WorkerStream not implemented")
+}
+func (UnimplementedQueueServer) GetShardMap(context.Context, *GetShardMapRequest) (*ShardMap, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetShardMap not implemented")
 }
 func (UnimplementedQueueServer) mustEmbedUnimplementedQueueServer() {}
 func (UnimplementedQueueServer) testEmbeddedByValue()               {}
@@ -304,6 +338,24 @@ func _Queue_WorkerStream_Handler(srv interface{}, stream grpc.ServerStream) erro
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Queue_WorkerStreamServer = grpc.BidiStreamingServer[WorkerFrame, ServerFrame]
 
+func _Queue_GetShardMap_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetShardMapRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueueServer).GetShardMap(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Queue_GetShardMap_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueueServer).GetShardMap(ctx, req.(*GetShardMapRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Queue_ServiceDesc is the grpc.ServiceDesc for Queue service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -330,6 +382,10 @@ var Queue_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ExtendLease",
 			Handler:    _Queue_ExtendLease_Handler,
+		},
+		{
+			MethodName: "GetShardMap",
+			Handler:    _Queue_GetShardMap_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -92,6 +92,47 @@ export function jobStateToJSON(object: JobState): string {
   }
 }
 
+export interface GetShardMapRequest {
+  /** Queues whose shard to return in ShardMap.queues. */
+  queues: string[];
+}
+
+export interface ShardRoute {
+  shard: number;
+  /** 0 when the shard has no leader right now (an election is under way). */
+  leaderId: number;
+  /**
+   * The leader's client address; empty when not known yet (send to any
+   * node: it forwards).
+   */
+  leaderAddr: string;
+  /** The leader's term: of two routes for a shard, the higher term is newer. */
+  term: number;
+  /** The shard's voters and learners. */
+  members: number[];
+}
+
+export interface NodeAddress {
+  nodeId: number;
+  clientAddr: string;
+}
+
+export interface ShardMap {
+  shardCount: number;
+  shards: ShardRoute[];
+  /** Every member whose client address the answering node knows. */
+  nodes: NodeAddress[];
+  /** The shard of each queue asked for. */
+  queues: { [key: string]: number };
+  /** The node that answered. */
+  nodeId: number;
+}
+
+export interface ShardMap_QueuesEntry {
+  key: string;
+  value: number;
+}
+
 export interface Backoff {
   /** Delay before the first retry. */
   initialMs: number;
@@ -403,6 +444,516 @@ export interface DeadSelector {
 export interface CountResponse {
   count: number;
 }
+
+function createBaseGetShardMapRequest(): GetShardMapRequest {
+  return { queues: [] };
+}
+
+export const GetShardMapRequest: MessageFns<GetShardMapRequest> = {
+  encode(message: GetShardMapRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.queues) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetShardMapRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetShardMapRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.queues.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetShardMapRequest {
+    return {
+      queues: globalThis.Array.isArray(object?.queues) ? object.queues.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: GetShardMapRequest): unknown {
+    const obj: any = {};
+    if (message.queues?.length) {
+      obj.queues = message.queues;
+    }
+    return obj;
+  },
+};
+
+function createBaseShardRoute(): ShardRoute {
+  return { shard: 0, leaderId: 0, leaderAddr: "", term: 0, members: [] };
+}
+
+export const ShardRoute: MessageFns<ShardRoute> = {
+  encode(message: ShardRoute, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.shard !== 0) {
+      writer.uint32(8).uint32(message.shard);
+    }
+    if (message.leaderId !== 0) {
+      writer.uint32(16).uint64(message.leaderId);
+    }
+    if (message.leaderAddr !== "") {
+      writer.uint32(26).string(message.leaderAddr);
+    }
+    if (message.term !== 0) {
+      writer.uint32(32).uint64(message.term);
+    }
+    if (message.members.length !== 0) {
+      writer.uint32(42).fork();
+      for (const v of message.members) {
+        writer.uint64(v);
+      }
+      writer.join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ShardRoute {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseShardRoute();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.shard = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.leaderId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.leaderAddr = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.term = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag === 40) {
+              message.members.push(longToNumber(reader.uint64()));
+
+              continue;
+            }
+
+            if (tag === 42) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.members.push(longToNumber(reader.uint64()));
+              }
+
+              continue;
+            }
+
+            break;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ShardRoute {
+    return {
+      shard: isSet(object.shard) ? globalThis.Number(object.shard) : 0,
+      leaderId: isSet(object.leaderId)
+        ? globalThis.Number(object.leaderId)
+        : isSet(object.leader_id)
+        ? globalThis.Number(object.leader_id)
+        : 0,
+      leaderAddr: isSet(object.leaderAddr)
+        ? globalThis.String(object.leaderAddr)
+        : isSet(object.leader_addr)
+        ? globalThis.String(object.leader_addr)
+        : "",
+      term: isSet(object.term) ? globalThis.Number(object.term) : 0,
+      members: globalThis.Array.isArray(object?.members) ? object.members.map((e: any) => globalThis.Number(e)) : [],
+    };
+  },
+
+  toJSON(message: ShardRoute): unknown {
+    const obj: any = {};
+    if (message.shard !== 0) {
+      obj.shard = Math.round(message.shard);
+    }
+    if (message.leaderId !== 0) {
+      obj.leaderId = Math.round(message.leaderId);
+    }
+    if (message.leaderAddr !== "") {
+      obj.leaderAddr = message.leaderAddr;
+    }
+    if (message.term !== 0) {
+      obj.term = Math.round(message.term);
+    }
+    if (message.members?.length) {
+      obj.members = message.members.map((e) => Math.round(e));
+    }
+    return obj;
+  },
+};
+
+function createBaseNodeAddress(): NodeAddress {
+  return { nodeId: 0, clientAddr: "" };
+}
+
+export const NodeAddress: MessageFns<NodeAddress> = {
+  encode(message: NodeAddress, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.nodeId !== 0) {
+      writer.uint32(8).uint64(message.nodeId);
+    }
+    if (message.clientAddr !== "") {
+      writer.uint32(18).string(message.clientAddr);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): NodeAddress {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseNodeAddress();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.nodeId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.clientAddr = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): NodeAddress {
+    return {
+      nodeId: isSet(object.nodeId)
+        ? globalThis.Number(object.nodeId)
+        : isSet(object.node_id)
+        ? globalThis.Number(object.node_id)
+        : 0,
+      clientAddr: isSet(object.clientAddr)
+        ? globalThis.String(object.clientAddr)
+        : isSet(object.client_addr)
+        ? globalThis.String(object.client_addr)
+        : "",
+    };
+  },
+
+  toJSON(message: NodeAddress): unknown {
+    const obj: any = {};
+    if (message.nodeId !== 0) {
+      obj.nodeId = Math.round(message.nodeId);
+    }
+    if (message.clientAddr !== "") {
+      obj.clientAddr = message.clientAddr;
+    }
+    return obj;
+  },
+};
+
+function createBaseShardMap(): ShardMap {
+  return { shardCount: 0, shards: [], nodes: [], queues: {}, nodeId: 0 };
+}
+
+export const ShardMap: MessageFns<ShardMap> = {
+  encode(message: ShardMap, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.shardCount !== 0) {
+      writer.uint32(8).uint32(message.shardCount);
+    }
+    for (const v of message.shards) {
+      ShardRoute.encode(v!, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.nodes) {
+      NodeAddress.encode(v!, writer.uint32(26).fork()).join();
+    }
+    globalThis.Object.entries(message.queues).forEach(([key, value]: [string, number]) => {
+      ShardMap_QueuesEntry.encode({ key: key as any, value }, writer.uint32(34).fork()).join();
+    });
+    if (message.nodeId !== 0) {
+      writer.uint32(40).uint64(message.nodeId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ShardMap {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseShardMap();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.shardCount = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.shards.push(ShardRoute.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.nodes.push(NodeAddress.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            const entry4 = ShardMap_QueuesEntry.decode(reader, reader.uint32());
+            if (entry4.value !== undefined) {
+              message.queues[entry4.key] = entry4.value;
+            }
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.nodeId = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ShardMap {
+    return {
+      shardCount: isSet(object.shardCount)
+        ? globalThis.Number(object.shardCount)
+        : isSet(object.shard_count)
+        ? globalThis.Number(object.shard_count)
+        : 0,
+      shards: globalThis.Array.isArray(object?.shards) ? object.shards.map((e: any) => ShardRoute.fromJSON(e)) : [],
+      nodes: globalThis.Array.isArray(object?.nodes) ? object.nodes.map((e: any) => NodeAddress.fromJSON(e)) : [],
+      queues: isObject(object.queues)
+        ? (globalThis.Object.entries(object.queues) as [string, any][]).reduce(
+          (acc: { [key: string]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+      nodeId: isSet(object.nodeId)
+        ? globalThis.Number(object.nodeId)
+        : isSet(object.node_id)
+        ? globalThis.Number(object.node_id)
+        : 0,
+    };
+  },
+
+  toJSON(message: ShardMap): unknown {
+    const obj: any = {};
+    if (message.shardCount !== 0) {
+      obj.shardCount = Math.round(message.shardCount);
+    }
+    if (message.shards?.length) {
+      obj.shards = message.shards.map((e) => ShardRoute.toJSON(e));
+    }
+    if (message.nodes?.length) {
+      obj.nodes = message.nodes.map((e) => NodeAddress.toJSON(e));
+    }
+    if (message.queues) {
+      const entries = globalThis.Object.entries(message.queues) as [string, number][];
+      if (entries.length > 0) {
+        obj.queues = {};
+        entries.forEach(([k, v]) => {
+          obj.queues[k] = Math.round(v);
+        });
+      }
+    }
+    if (message.nodeId !== 0) {
+      obj.nodeId = Math.round(message.nodeId);
+    }
+    return obj;
+  },
+};
+
+function createBaseShardMap_QueuesEntry(): ShardMap_QueuesEntry {
+  return { key: "", value: 0 };
+}
+
+export const ShardMap_QueuesEntry: MessageFns<ShardMap_QueuesEntry> = {
+  encode(message: ShardMap_QueuesEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== 0) {
+      writer.uint32(16).uint32(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ShardMap_QueuesEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseShardMap_QueuesEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.value = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ShardMap_QueuesEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+    };
+  },
+
+  toJSON(message: ShardMap_QueuesEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== 0) {
+      obj.value = Math.round(message.value);
+    }
+    return obj;
+  },
+};
 
 function createBaseBackoff(): Backoff {
   return { initialMs: 0, maxMs: 0, multiplier: 0 };
@@ -4281,6 +4832,26 @@ export const QueueService = {
     responseSerialize: (value: ServerFrame): Buffer => Buffer.from(ServerFrame.encode(value).finish()),
     responseDeserialize: (value: Buffer): ServerFrame => ServerFrame.decode(value),
   },
+  /**
+   * Where each shard's leader is, for clients that send requests straight
+   * to it (any authenticated caller may ask). A queue's shard is
+   * FNV-1a-64 of its name modulo shard_count (`queues` answers it for the
+   * names asked). A request that carries the metadata `x-raftq-route:
+   * direct` is never forwarded: a node that does not lead its shard
+   * answers UNAVAILABLE with the trailers `x-raftq-leader-shard`,
+   * `x-raftq-leader-id`, `x-raftq-leader-term` and `x-raftq-leader-addr`
+   * (the last when it knows the leader's client address), so the client updates its map and sends it there. Requests
+   * without it are forwarded to the leader as always.
+   */
+  getShardMap: {
+    path: "/raftq.v1.Queue/GetShardMap" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetShardMapRequest): Buffer => Buffer.from(GetShardMapRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetShardMapRequest => GetShardMapRequest.decode(value),
+    responseSerialize: (value: ShardMap): Buffer => Buffer.from(ShardMap.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ShardMap => ShardMap.decode(value),
+  },
 } as const;
 
 export interface QueueServer extends UntypedServiceImplementation {
@@ -4308,6 +4879,18 @@ export interface QueueServer extends UntypedServiceImplementation {
    * from then on. A stream that breaks keeps its leases until they expire.
    */
   workerStream: handleBidiStreamingCall<WorkerFrame, ServerFrame>;
+  /**
+   * Where each shard's leader is, for clients that send requests straight
+   * to it (any authenticated caller may ask). A queue's shard is
+   * FNV-1a-64 of its name modulo shard_count (`queues` answers it for the
+   * names asked). A request that carries the metadata `x-raftq-route:
+   * direct` is never forwarded: a node that does not lead its shard
+   * answers UNAVAILABLE with the trailers `x-raftq-leader-shard`,
+   * `x-raftq-leader-id`, `x-raftq-leader-term` and `x-raftq-leader-addr`
+   * (the last when it knows the leader's client address), so the client updates its map and sends it there. Requests
+   * without it are forwarded to the leader as always.
+   */
+  getShardMap: handleUnaryCall<GetShardMapRequest, ShardMap>;
 }
 
 export interface QueueClient extends Client {
@@ -4401,6 +4984,32 @@ export interface QueueClient extends Client {
   workerStream(): ClientDuplexStream<WorkerFrame, ServerFrame>;
   workerStream(options: Partial<CallOptions>): ClientDuplexStream<WorkerFrame, ServerFrame>;
   workerStream(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<WorkerFrame, ServerFrame>;
+  /**
+   * Where each shard's leader is, for clients that send requests straight
+   * to it (any authenticated caller may ask). A queue's shard is
+   * FNV-1a-64 of its name modulo shard_count (`queues` answers it for the
+   * names asked). A request that carries the metadata `x-raftq-route:
+   * direct` is never forwarded: a node that does not lead its shard
+   * answers UNAVAILABLE with the trailers `x-raftq-leader-shard`,
+   * `x-raftq-leader-id`, `x-raftq-leader-term` and `x-raftq-leader-addr`
+   * (the last when it knows the leader's client address), so the client updates its map and sends it there. Requests
+   * without it are forwarded to the leader as always.
+   */
+  getShardMap(
+    request: GetShardMapRequest,
+    callback: (error: ServiceError | null, response: ShardMap) => void,
+  ): ClientUnaryCall;
+  getShardMap(
+    request: GetShardMapRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ShardMap) => void,
+  ): ClientUnaryCall;
+  getShardMap(
+    request: GetShardMapRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ShardMap) => void,
+  ): ClientUnaryCall;
 }
 
 export const QueueClient = makeGenericClientConstructor(QueueService, "raftq.v1.Queue") as unknown as {

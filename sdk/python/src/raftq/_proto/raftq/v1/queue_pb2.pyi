@@ -20,6 +20,55 @@ JOB_STATE_READY: JobState
 JOB_STATE_LEASED: JobState
 JOB_STATE_DEAD: JobState
 
+class GetShardMapRequest(_message.Message):
+    __slots__ = ("queues",)
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    queues: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, queues: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ShardRoute(_message.Message):
+    __slots__ = ("shard", "leader_id", "leader_addr", "term", "members")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ADDR_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    leader_id: int
+    leader_addr: str
+    term: int
+    members: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, shard: _Optional[int] = ..., leader_id: _Optional[int] = ..., leader_addr: _Optional[str] = ..., term: _Optional[int] = ..., members: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class NodeAddress(_message.Message):
+    __slots__ = ("node_id", "client_addr")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ADDR_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    client_addr: str
+    def __init__(self, node_id: _Optional[int] = ..., client_addr: _Optional[str] = ...) -> None: ...
+
+class ShardMap(_message.Message):
+    __slots__ = ("shard_count", "shards", "nodes", "queues", "node_id")
+    class QueuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    shard_count: int
+    shards: _containers.RepeatedCompositeFieldContainer[ShardRoute]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeAddress]
+    queues: _containers.ScalarMap[str, int]
+    node_id: int
+    def __init__(self, shard_count: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardRoute, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeAddress, _Mapping]]] = ..., queues: _Optional[_Mapping[str, int]] = ..., node_id: _Optional[int] = ...) -> None: ...
+
 class Backoff(_message.Message):
     __slots__ = ("initial_ms", "max_ms", "multiplier")
     INITIAL_MS_FIELD_NUMBER: _ClassVar[int]

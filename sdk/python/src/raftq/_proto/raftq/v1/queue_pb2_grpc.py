@@ -64,6 +64,11 @@ class QueueStub:
                 request_serializer=raftq_dot_v1_dot_queue__pb2.WorkerFrame.SerializeToString,
                 response_deserializer=raftq_dot_v1_dot_queue__pb2.ServerFrame.FromString,
                 _registered_method=True)
+        self.GetShardMap = channel.unary_unary(
+                '/raftq.v1.Queue/GetShardMap',
+                request_serializer=raftq_dot_v1_dot_queue__pb2.GetShardMapRequest.SerializeToString,
+                response_deserializer=raftq_dot_v1_dot_queue__pb2.ShardMap.FromString,
+                _registered_method=True)
 
 
 class QueueServicer:
@@ -117,6 +122,21 @@ class QueueServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetShardMap(self, request, context):
+        """Where each shard's leader is, for clients that send requests straight
+        to it (any authenticated caller may ask). A queue's shard is
+        FNV-1a-64 of its name modulo shard_count (`queues` answers it for the
+        names asked). A request that carries the metadata `x-raftq-route:
+        direct` is never forwarded: a node that does not lead its shard
+        answers UNAVAILABLE with the trailers `x-raftq-leader-shard`,
+        `x-raftq-leader-id`, `x-raftq-leader-term` and `x-raftq-leader-addr`
+        (the last when it knows the leader's client address), so the client updates its map and sends it there. Requests
+        without it are forwarded to the leader as always.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueueServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -149,6 +169,11 @@ def add_QueueServicer_to_server(servicer, server):
                     servicer.WorkerStream,
                     request_deserializer=raftq_dot_v1_dot_queue__pb2.WorkerFrame.FromString,
                     response_serializer=raftq_dot_v1_dot_queue__pb2.ServerFrame.SerializeToString,
+            ),
+            'GetShardMap': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetShardMap,
+                    request_deserializer=raftq_dot_v1_dot_queue__pb2.GetShardMapRequest.FromString,
+                    response_serializer=raftq_dot_v1_dot_queue__pb2.ShardMap.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +338,33 @@ class Queue:
             '/raftq.v1.Queue/WorkerStream',
             raftq_dot_v1_dot_queue__pb2.WorkerFrame.SerializeToString,
             raftq_dot_v1_dot_queue__pb2.ServerFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetShardMap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftq.v1.Queue/GetShardMap',
+            raftq_dot_v1_dot_queue__pb2.GetShardMapRequest.SerializeToString,
+            raftq_dot_v1_dot_queue__pb2.ShardMap.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,17 @@ class QueueStub:
     extended go back to the ready queue at once; their tokens are stale
     from then on. A stream that breaks keeps its leases until they expire.
     """
+    GetShardMap: _grpc.UnaryUnaryMultiCallable[_queue_pb2.GetShardMapRequest, _queue_pb2.ShardMap]
+    """Where each shard's leader is, for clients that send requests straight
+    to it (any authenticated caller may ask). A queue's shard is
+    FNV-1a-64 of its name modulo shard_count (`queues` answers it for the
+    names asked). A request that carries the metadata `x-raftq-route:
+    direct` is never forwarded: a node that does not lead its shard
+    answers UNAVAILABLE with the trailers `x-raftq-leader-shard`,
+    `x-raftq-leader-id`, `x-raftq-leader-term` and `x-raftq-leader-addr`
+    (the last when it knows the leader's client address), so the client updates its map and sends it there. Requests
+    without it are forwarded to the leader as always.
+    """
 
 @_typing.type_check_only
 class QueueAsyncStub(QueueStub):
@@ -89,6 +100,17 @@ class QueueAsyncStub(QueueStub):
     shutdown), the jobs pushed on the stream that it never acked, nacked or
     extended go back to the ready queue at once; their tokens are stale
     from then on. A stream that breaks keeps its leases until they expire.
+    """
+    GetShardMap: _aio.UnaryUnaryMultiCallable[_queue_pb2.GetShardMapRequest, _queue_pb2.ShardMap]  # type: ignore[assignment]
+    """Where each shard's leader is, for clients that send requests straight
+    to it (any authenticated caller may ask). A queue's shard is
+    FNV-1a-64 of its name modulo shard_count (`queues` answers it for the
+    names asked). A request that carries the metadata `x-raftq-route:
+    direct` is never forwarded: a node that does not lead its shard
+    answers UNAVAILABLE with the trailers `x-raftq-leader-shard`,
+    `x-raftq-leader-id`, `x-raftq-leader-term` and `x-raftq-leader-addr`
+    (the last when it knows the leader's client address), so the client updates its map and sends it there. Requests
+    without it are forwarded to the leader as always.
     """
 
 class QueueServicer(metaclass=_abc_1.ABCMeta):
@@ -147,6 +169,23 @@ class QueueServicer(metaclass=_abc_1.ABCMeta):
         shutdown), the jobs pushed on the stream that it never acked, nacked or
         extended go back to the ready queue at once; their tokens are stale
         from then on. A stream that breaks keeps its leases until they expire.
+        """
+
+    @_abc_1.abstractmethod
+    def GetShardMap(
+        self,
+        request: _queue_pb2.GetShardMapRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_pb2.ShardMap, _abc.Awaitable[_queue_pb2.ShardMap]]:
+        """Where each shard's leader is, for clients that send requests straight
+        to it (any authenticated caller may ask). A queue's shard is
+        FNV-1a-64 of its name modulo shard_count (`queues` answers it for the
+        names asked). A request that carries the metadata `x-raftq-route:
+        direct` is never forwarded: a node that does not lead its shard
+        answers UNAVAILABLE with the trailers `x-raftq-leader-shard`,
+        `x-raftq-leader-id`, `x-raftq-leader-term` and `x-raftq-leader-addr`
+        (the last when it knows the leader's client address), so the client updates its map and sends it there. Requests
+        without it are forwarded to the leader as always.
         """
 
 def add_QueueServicer_to_server(servicer: QueueServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -20,12 +20,16 @@ import (
 )
 
 // Client is a connection to a raftq node. Any node will do: it forwards
-// each call to its shard's leader. Safe for concurrent use.
+// each call to its shard's leader. The client also reads the shard map
+// and sends producers' and workers' calls straight to the leaders
+// ([WithoutLeaderRouting] turns that off). Safe for concurrent use.
 type Client struct {
 	conn  *grpc.ClientConn
 	queue pb.QueueClient
 	admin pb.QueueAdminClient
 	token string
+	// router sends a queue's calls to its shard's leader; nil when off.
+	router *router
 }
 
 // TLS says how to verify the node and, optionally, who the client is.
@@ -66,9 +70,10 @@ func TLSFromFiles(caFile, certFile, keyFile string) (TLS, error) {
 }
 
 type dialOptions struct {
-	tls   *TLS
-	token string
-	extra []grpc.DialOption
+	tls      *TLS
+	token    string
+	extra    []grpc.DialOption
+	noRoutes bool
 }
 
 // Option configures [Dial].
@@ -81,6 +86,11 @@ func WithTLS(t TLS) Option { return func(o *dialOptions) { o.tls = &t } }
 func WithToken(token string) Option {
 	return func(o *dialOptions) { o.token = strings.TrimSpace(token) }
 }
+
+// WithoutLeaderRouting sends every call to the node dialled, which
+// forwards it: for a client that can reach that node only (a
+// port-forward, a proxy).
+func WithoutLeaderRouting() Option { return func(o *dialOptions) { o.noRoutes = true } }
 
 // WithDialOptions adds gRPC dial options (interceptors, a custom dialer).
 func WithDialOptions(opts ...grpc.DialOption) Option {
@@ -121,7 +131,20 @@ func Dial(address string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", address, err)
 	}
-	return &Client{conn: conn, queue: pb.NewQueueClient(conn), admin: pb.NewQueueAdminClient(conn), token: o.token}, nil
+	c := &Client{conn: conn, queue: pb.NewQueueClient(conn), admin: pb.NewQueueAdminClient(conn), token: o.token}
+	if !o.noRoutes {
+		c.router = newRouter(func(addr string) (*grpc.ClientConn, error) {
+			return grpc.NewClient("passthrough:///"+addr, dial...)
+		})
+		// In the background: until the map is read, calls go to the node
+		// dialled, which forwards them.
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_ = c.RefreshShardMap(ctx)
+		}()
+	}
+	return c, nil
 }
 
 func dialTarget(address string, withTLS bool) (string, error) {
@@ -162,8 +185,13 @@ func (t *TLS) config() (*tls.Config, error) {
 	return config, nil
 }
 
-// Close closes the connection.
-func (c *Client) Close() error { return c.conn.Close() }
+// Close closes the connections.
+func (c *Client) Close() error {
+	if c.router != nil {
+		c.router.close()
+	}
+	return c.conn.Close()
+}
 
 // Queue is the generated client of the Queue service, for calls the SDK
 // does not wrap. Pass contexts through [Client.Context] to add the token.

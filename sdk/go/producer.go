@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
 	pb "github.com/raftq/raftq/sdk/go/raftqpb"
 )
 
@@ -52,7 +55,13 @@ func (p *Producer) EnqueueMany(ctx context.Context, queue string, jobs []NewJob)
 		req.Jobs[i] = proto
 	}
 	resp, err := retryCall(ctx, p.retry, func(ctx context.Context) (*pb.EnqueueResponse, error) {
-		return p.client.queue.Enqueue(p.client.Context(ctx), req)
+		// Each try asks for the route again: a failed one may have taught
+		// the client where the leader went.
+		to := p.client.forQueue(queue)
+		var trailer metadata.MD
+		resp, err := to.queue.Enqueue(to.context(p.client, ctx), req, grpc.Trailer(&trailer))
+		p.client.observe(ctx, to, err, trailer)
+		return resp, err
 	})
 	if err != nil {
 		return nil, err

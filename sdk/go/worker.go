@@ -172,13 +172,21 @@ func (w *Worker) Run(ctx context.Context) error {
 }
 
 // runStream runs one stream until it ends: done when the worker is done.
-func (w *Worker) runStream(ctx context.Context, toRun chan<- *Job, outcomes *outcomeBox, stopCh *<-chan struct{}) (bool, error) {
-	streamCtx, cancel := context.WithCancel(w.client.Context(context.WithoutCancel(ctx)))
+func (w *Worker) runStream(ctx context.Context, toRun chan<- *Job, outcomes *outcomeBox, stopCh *<-chan struct{}) (done bool, err error) {
+	to := w.client.forQueue(w.queue)
+	streamCtx, cancel := context.WithCancel(to.context(w.client, context.WithoutCancel(ctx)))
 	defer cancel()
-	stream, err := w.client.queue.WorkerStream(streamCtx)
+	stream, err := to.queue.WorkerStream(streamCtx)
 	if err != nil {
+		w.client.observe(ctx, to, err, nil)
 		return false, err
 	}
+	// Whatever ends the stream, learn from it where the leader is now.
+	defer func() {
+		if err != nil {
+			w.client.observe(ctx, to, err, stream.Trailer())
+		}
+	}()
 	open := &pb.WorkerOpen{Queue: w.queue, WorkerId: w.workerID}
 	if w.lease > 0 {
 		ms := w.lease.Milliseconds()

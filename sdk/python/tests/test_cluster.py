@@ -1,18 +1,20 @@
-"""TLS with a token, permissions, and a 3-node cluster whose leader dies
-under a running worker."""
+"""TLS with a token, permissions, a 3-node cluster whose leader dies
+under a running worker, and calls routed straight to shard leaders."""
 
 from __future__ import annotations
 
 import hashlib
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
-from conftest import DevCerts, Node, spawn_cluster, wait_for, wait_serving
+from conftest import DevCerts, Node, free_port, spawn_cluster, wait_for, wait_serving
 
-from raftq import TLS, Client, Job, NewJob, RaftqError, RetryPolicy, Worker
+from raftq import TLS, Client, Job, NewJob, RaftqError, RetryPolicy, Worker, shard_of
+from raftq._proto.raftq.v1 import queue_pb2 as pb
 
 PRODUCER_TOKEN = "producer-only-token"
 
@@ -115,6 +117,86 @@ def test_a_worker_carries_on_when_the_leader_dies(tmp_path: Path) -> None:
             worker.stop()
             thread.join(15)
             assert not thread.is_alive()
+    finally:
+        for n in nodes:
+            n.kill()
+
+
+def forwarded(http_addrs: list[str]) -> float:
+    """The sum of raftq_forwarded_requests_total over the nodes."""
+    total = 0.0
+    for addr in http_addrs:
+        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith("raftq_forwarded_requests_total{"):
+                    total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def queue_on(shard: int, shards: int, tag: str) -> str:
+    return next(f"{tag}-{i}" for i in range(10_000) if shard_of(f"{tag}-{i}", shards) == shard)
+
+
+def test_calls_go_straight_to_the_shard_leaders(tmp_path: Path) -> None:
+    shards = 4
+    peers = [free_port() for _ in range(3)]
+    http_addrs = [free_port() for _ in range(3)]
+    members = ",".join(f"{i + 1}={p}" for i, p in enumerate(peers))
+    nodes = [
+        Node(
+            i + 1,
+            free_port(),
+            peers[i],
+            tmp_path / f"n{i + 1}",
+            members,
+            ["--shards", str(shards), "--http-listen", http_addrs[i]],
+        )
+        for i in range(3)
+    ]
+    for n in nodes:
+        n.start()
+    try:
+        for n in nodes:
+            wait_serving(n)
+        # Every node knows every leader's client address; the SDK's hash is the nodes'.
+        for n in nodes:
+            with Client(n.addr, route_to_leaders=False) as plain:
+
+                def complete(plain: Client = plain) -> bool | None:
+                    request = pb.GetShardMapRequest(queues=["emails", "q-17"])
+                    shard_map = plain.queue.GetShardMap(request, metadata=plain.metadata)
+                    if len(shard_map.shards) != shards or any(not s.leader_addr for s in shard_map.shards):
+                        return None
+                    for queue, shard in shard_map.queues.items():
+                        assert shard_of(queue, shards) == shard, queue
+                    return True
+
+                wait_for("a complete shard map", complete)
+        with Client(nodes[0].addr) as client:
+            client.refresh_shard_map()
+            before = forwarded(http_addrs)
+            for shard in range(shards):
+                queue = queue_on(shard, shards, "routed")
+                client.producer().enqueue_many(queue, [NewJob("x") for _ in range(5)])
+                worker = Worker(client, queue, lambda job: None, concurrency=4)
+                thread = threading.Thread(target=worker.run, daemon=True)
+                thread.start()
+
+                def acked(queue: str = queue) -> bool:
+                    found = [q for q in client.stats(queue) if q.queue == queue]
+                    return bool(found) and found[0].acked_total == 5
+
+                wait_for("the queue's jobs acked", acked)
+                worker.stop()
+                thread.join(15)
+            assert forwarded(http_addrs) == before, "a routing client has no request forwarded"
+        # Without routing, node 1 forwards what it does not lead.
+        with Client(nodes[0].addr, route_to_leaders=False) as plain:
+            for shard in range(shards):
+                plain.producer().enqueue(queue_on(shard, shards, "plain"), "x")
+        status = nodes[0].status()
+        led = sum(1 for s in status.shards if s.role == "leader") if status else 0
+        assert forwarded(http_addrs) - before == shards - led
     finally:
         for n in nodes:
             n.kill()

@@ -1,6 +1,14 @@
 // A connection to a raftq node. Any node will do: it forwards each call to
-// its shard's leader.
-import { credentials, Metadata, type ChannelCredentials, type ClientOptions as ChannelOptions } from "@grpc/grpc-js";
+// its shard's leader. Producers and workers go straight to the leaders
+// when the shard map names them (routing.ts).
+import {
+  credentials,
+  Metadata,
+  status,
+  type ChannelCredentials,
+  type ClientOptions as ChannelOptions,
+  type ServiceError,
+} from "@grpc/grpc-js";
 import {
   QueueAdminClient,
   QueueClient,
@@ -11,6 +19,7 @@ import {
   type NackResponse,
   type StatsResponse,
   type QueueStats,
+  type ShardMap,
   type TokenResult,
 } from "./gen/raftq/v1/queue.js";
 import { RaftqError } from "./errors.js";
@@ -18,6 +27,7 @@ import { fromLeased, type Job } from "./jobs.js";
 import { errorText, MAX_MESSAGE_BYTES } from "./limits.js";
 import { Producer } from "./producer.js";
 import { RetryPolicy } from "./retry.js";
+import { isConnectionFailure, Router } from "./routing.js";
 
 /** TLS settings: `caCert` is the CA that signed the node's certificate (PEM;
  * absent trusts the system's roots); `cert` / `key` a client certificate
@@ -36,6 +46,18 @@ export interface ConnectOptions {
   tls?: TlsOptions;
   /** A bearer token, sent with every call. */
   token?: string;
+  /** Send a queue's enqueues and worker stream straight to its shard's
+   * leader, from the shard map (default true). False: every call goes to
+   * `address`, which forwards it — for a client that can reach that node
+   * only (a port-forward, a proxy). */
+  routeToLeaders?: boolean;
+}
+
+/** Where one call for a queue goes: a leader, or the node connected to. */
+export interface Target {
+  queue: QueueClient;
+  /** The leader's address; undefined for the node connected to. */
+  leader?: string;
 }
 
 function target(address: string, tls: TlsOptions | undefined): string {
@@ -64,6 +86,7 @@ export class Client {
   readonly admin: QueueAdminClient;
   private readonly token: string | undefined;
   private isClosed = false;
+  private readonly router: Router | undefined;
 
   constructor(options: ConnectOptions) {
     const address = target(options.address, options.tls);
@@ -90,6 +113,48 @@ export class Client {
     this.token = options.token?.trim();
     this.queue = new QueueClient(address, creds, channelOptions);
     this.admin = new QueueAdminClient(address, creds, channelOptions);
+    if (options.routeToLeaders ?? true) {
+      this.router = new Router((addr) => new QueueClient(addr, creds, channelOptions));
+      // In the background: until the map is read, calls go to the node
+      // connected to, which forwards them.
+      this.refreshShardMap().catch(() => {});
+    }
+  }
+
+  /** Reads the shard map from the node connected to. Done after
+   * connecting and again when a leader moves; await it to route at once. */
+  async refreshShardMap(): Promise<void> {
+    if (this.router === undefined) return;
+    const map = await unary<ShardMap>((cb) => this.queue.getShardMap({ queues: [] }, this.metadata(), cb));
+    this.router.learnMap(map);
+  }
+
+  /** Where `queue`'s next call goes. */
+  target(queue: string): Target {
+    const leader = this.router?.leader(queue);
+    return leader === undefined ? { queue: this.queue } : { queue: leader.queue, leader: leader.addr };
+  }
+
+  /** Metadata for one call to `target`: the token, and the direct-route
+   * mark for a leader. */
+  metadataFor(target: Target): Metadata {
+    const metadata = this.metadata();
+    if (target.leader !== undefined) metadata.set("x-raftq-route", "direct");
+    return metadata;
+  }
+
+  /** Learns from a call to `target` that failed: the leader a "not the
+   * leader" answer names, a leader out of reach, or a map to read again. */
+  async observe(target: Target, error: unknown): Promise<void> {
+    if (this.router === undefined) return;
+    const e = error as Partial<ServiceError>;
+    if (this.router.learnTrailers(e?.metadata)) return;
+    const code = typeof e?.code === "number" ? e.code : status.UNKNOWN;
+    if (target.leader !== undefined && isConnectionFailure(code, e?.details ?? "")) {
+      this.router.markUnreachable(target.leader);
+      return;
+    }
+    if (code === status.UNAVAILABLE && this.router.refreshDue()) await this.refreshShardMap().catch(() => {});
   }
 
   /** Metadata for one call: the token, if any. */
@@ -167,6 +232,7 @@ export class Client {
 
   close(): void {
     this.isClosed = true;
+    this.router?.close();
     this.queue.close();
     this.admin.close();
   }

@@ -13,6 +13,7 @@
  * @module
  */
 export { Client, type ConnectOptions, type TlsOptions } from "./client.js";
+export { shardOf } from "./routing.js";
 export { RaftqError } from "./errors.js";
 export type { Backoff, Job, JobOptions, NewJob } from "./jobs.js";
 export { JobFailed } from "./ledger.js";

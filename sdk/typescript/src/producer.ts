@@ -27,9 +27,17 @@ export class Producer {
       throw new TypeError(`${jobs.length} jobs in one request; the limit is ${MAX_ENQUEUE_BATCH}`);
     }
     const request = { queue, jobs: jobs.map(toProto) };
-    const response = await this.retry.run(() =>
-      unary<EnqueueResponse>((cb) => this.client.queue.enqueue(request, this.client.metadata(), cb)),
-    );
+    const response = await this.retry.run(async () => {
+      // Each try asks for the route again: a failed one may have taught the
+      // client where the leader went.
+      const target = this.client.target(queue);
+      try {
+        return await unary<EnqueueResponse>((cb) => target.queue.enqueue(request, this.client.metadataFor(target), cb));
+      } catch (e) {
+        await this.client.observe(target, e);
+        throw e;
+      }
+    });
     return response.jobIds;
   }
 }

@@ -92,7 +92,8 @@ export class Worker {
   /** One stream, until it ends: true when the worker is done. */
   private runStream(): Promise<boolean> {
     return new Promise((resolve, reject) => {
-      const call = this.client.queue.workerStream(this.client.metadata());
+      const target = this.client.target(this.queue);
+      const call = target.queue.workerStream(this.client.metadataFor(target));
       let ended = false;
       let flushing = false;
       let timer: ReturnType<typeof setTimeout> | undefined;
@@ -140,6 +141,10 @@ export class Worker {
       });
       call.on("error", (error) => {
         close();
+        // Learns where the leader went (at once from the trailers; a map
+        // read in the background) before the stream is reopened. Rejected
+        // here, synchronously: the "end" that follows must not resolve first.
+        void this.client.observe(target, error);
         reject(RaftqError.from(error));
       });
       call.on("end", () => {

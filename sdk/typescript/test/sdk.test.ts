@@ -7,8 +7,10 @@ import { credentials, status } from "@grpc/grpc-js";
 import { context, trace } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
-import { Client, JobFailed, JobState, RaftqError, RetryPolicy, Worker, type Job, type QueueStats } from "../src/index.js";
-import { devCerts, spawnCluster, tempDir, waitFor, type Node } from "./harness.js";
+import { join } from "node:path";
+import { Client, JobFailed, JobState, RaftqError, RetryPolicy, shardOf, Worker, type Job, type QueueStats } from "../src/index.js";
+import type { ShardMap } from "../src/gen/raftq/v1/queue.js";
+import { devCerts, freeAddr, Node, spawnCluster, tempDir, waitFor } from "./harness.js";
 
 async function stats(client: Client, queue: string): Promise<QueueStats | undefined> {
   return (await client.stats(queue)).find((q) => q.queue === queue);
@@ -277,6 +279,70 @@ test("a worker carries on when the leader dies", async () => {
     );
     worker.stop();
     await running;
+    client.close();
+  } finally {
+    for (const n of nodes) await n.kill();
+  }
+});
+
+test("calls go straight to the shard leaders", async () => {
+  const shards = 4;
+  const root = tempDir();
+  const peers = await Promise.all(Array.from({ length: 3 }, freeAddr));
+  const addrs = await Promise.all(Array.from({ length: 3 }, freeAddr));
+  const http = await Promise.all(Array.from({ length: 3 }, freeAddr));
+  const members = peers.map((p, i) => `${i + 1}=${p}`).join(",");
+  const nodes = peers.map(
+    (p, i) => new Node(i + 1, addrs[i], p, join(root, `n${i + 1}`), members, ["--shards", `${shards}`, "--http-listen", http[i]]),
+  );
+  for (const n of nodes) n.start();
+  const forwarded = async () => {
+    let total = 0;
+    for (const addr of http) {
+      const text = await (await fetch(`http://${addr}/metrics`)).text();
+      for (const line of text.split("\n")) {
+        if (line.startsWith("raftq_forwarded_requests_total{")) total += Number(line.split(" ").at(-1));
+      }
+    }
+    return total;
+  };
+  const queueOn = (shard: number, tag: string) => {
+    for (let i = 0; ; i++) if (shardOf(`${tag}-${i}`, shards) === shard) return `${tag}-${i}`;
+  };
+  try {
+    for (const n of nodes) await n.waitServing();
+    // Every node knows every leader's client address; the SDK's hash is the nodes'.
+    for (const n of nodes) {
+      const plain = new Client({ address: n.addr, routeToLeaders: false });
+      await waitFor("a complete shard map", async () => {
+        const map = await new Promise<ShardMap | undefined>((resolve) =>
+          plain.queue.getShardMap({ queues: ["emails", "q-17"] }, plain.metadata(), (error, value) => resolve(error === null ? value : undefined)),
+        );
+        if (map === undefined || map.shards.length !== shards || map.shards.some((s) => s.leaderAddr === "")) return undefined;
+        for (const [queue, shard] of Object.entries(map.queues)) assert.equal(shardOf(queue, shards), shard, queue);
+        return true;
+      });
+      plain.close();
+    }
+    const client = new Client({ address: nodes[0].addr });
+    await client.refreshShardMap();
+    const before = await forwarded();
+    for (let shard = 0; shard < shards; shard++) {
+      const queue = queueOn(shard, "routed");
+      await client.producer().enqueueMany(queue, Array.from({ length: 5 }, () => ({ payload: "x" })));
+      const worker = new Worker(client, queue, () => {}, { concurrency: 4, onWarning: () => {} });
+      const running = worker.run();
+      await waitFor("the queue's jobs acked", () => statsAre(client, queue, (s) => s.ackedTotal === 5));
+      worker.stop();
+      await running;
+    }
+    assert.equal(await forwarded(), before, "a routing client has no request forwarded");
+    // Without routing, node 1 forwards what it does not lead.
+    const plain = new Client({ address: nodes[0].addr, routeToLeaders: false });
+    for (let shard = 0; shard < shards; shard++) await plain.producer().enqueue(queueOn(shard, "plain"), "x");
+    const led = ((await nodes[0].status())?.shards ?? []).filter((s) => s.role === "leader").length;
+    assert.equal((await forwarded()) - before, shards - led);
+    plain.close();
     client.close();
   } finally {
     for (const n of nodes) await n.kill();

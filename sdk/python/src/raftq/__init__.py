@@ -12,6 +12,7 @@ job's headers; workers run each handler in a child span.
 """
 
 from raftq._ledger import JobFailed
+from raftq._routing import shard_of
 from raftq.aio_worker import AsyncWorker
 from raftq.client import TLS, AsyncClient, Client, RetryPolicy
 from raftq.errors import RaftqError
@@ -33,4 +34,5 @@ __all__ = [
     "RaftqError",
     "RetryPolicy",
     "Worker",
+    "shard_of",
 ]

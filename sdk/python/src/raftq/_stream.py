@@ -71,7 +71,8 @@ class StreamLoop:
 
     async def _run_stream(self, client: AsyncClient) -> bool:
         """One stream, until it ends. True when the worker is done."""
-        call = client.queue.WorkerStream(metadata=client.metadata)
+        stub, metadata, leader = client.target(self._queue)
+        call = stub.WorkerStream(metadata=metadata)
         first = self._ledger.take_frame(self._open)
         assert first is not None
         writer = asyncio.ensure_future(self._write(call, first))
@@ -83,6 +84,10 @@ class StreamLoop:
                 self._receive(frame)
             if writer.done():
                 writer.result()
+        except grpc.RpcError as e:
+            # Learn where the leader went before the stream is reopened.
+            await client.observe(leader, e)
+            raise
         finally:
             if not writer.done():
                 writer.cancel()

@@ -1,14 +1,18 @@
 """Connections to a raftq node: ``Client`` (blocking) and ``AsyncClient``
-(asyncio). Any node will do: it forwards each call to its shard's leader."""
+(asyncio). Any node will do: it forwards each call to its shard's leader.
+Producers and workers go straight to the leaders the shard map names
+(``_routing``); ``route_to_leaders=False`` sends everything to the node
+connected to."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -16,6 +20,7 @@ import grpc.aio
 from raftq._limits import MAX_MESSAGE_BYTES, error_text
 from raftq._proto.raftq.v1 import queue_pb2 as pb
 from raftq._proto.raftq.v1 import queue_pb2_grpc as pb_grpc
+from raftq._routing import DIRECT, Router, is_connection_failure
 from raftq.errors import RaftqError
 from raftq.jobs import Job, job_from_leased
 
@@ -162,6 +167,20 @@ def _options(tls: TLS | None) -> list[tuple[str, Any]]:
     return options
 
 
+def _learn(router: Router, leader: str | None, error: grpc.RpcError) -> tuple[bool, Any | None]:
+    """What a failed call through ``leader`` (None: the node connected to)
+    teaches: (read the map again?, a channel to close)."""
+    call = error if isinstance(error, grpc.Call) else None
+    trailers = call.trailing_metadata() if call is not None else None
+    if router.learn_trailers(trailers):
+        return False, None
+    code = error.code() if isinstance(error, grpc.Call | grpc.aio.AioRpcError) else None
+    details = error.details() if isinstance(error, grpc.Call | grpc.aio.AioRpcError) else None
+    if leader is not None and is_connection_failure(code, details):
+        return False, router.mark_unreachable(leader)
+    return code == grpc.StatusCode.UNAVAILABLE and router.refresh_due(), None
+
+
 class Client:
     """A blocking connection to a raftq node.
 
@@ -169,23 +188,69 @@ class Client:
     >>> client = Client("queue.example:7400", tls=TLS(ca_cert="ca.pem"), token=t)  # doctest: +SKIP
     """
 
-    def __init__(self, address: str, *, tls: TLS | None = None, token: str | None = None) -> None:
+    def __init__(
+        self, address: str, *, tls: TLS | None = None, token: str | None = None, route_to_leaders: bool = True
+    ) -> None:
         target = _target(address, tls)
         self.address = target
         self.metadata = _metadata(token)
-        self._settings = (address, tls, token)
-        if tls is None:
-            self.channel = grpc.insecure_channel(target, options=_options(None))
-        else:
-            self.channel = grpc.secure_channel(target, tls.credentials(), options=_options(tls))
+        self._settings = (address, tls, token, route_to_leaders)
+        self.channel = self._dial(target)
         self.queue = pb_grpc.QueueStub(self.channel)
         self.admin = pb_grpc.QueueAdminStub(self.channel)
+        self._router: Router | None = None
+        if route_to_leaders:
+            self._router = Router(self._dial)
+            # In the background: until the map is read, calls go to the node
+            # connected to, which forwards them.
+            threading.Thread(target=self._refresh_quietly, name="raftq-shard-map", daemon=True).start()
+
+    def _dial(self, target: str) -> grpc.Channel:
+        tls = self._settings[1]
+        if tls is None:
+            return grpc.insecure_channel(target, options=_options(None))
+        return grpc.secure_channel(target, tls.credentials(), options=_options(tls))
+
+    def refresh_shard_map(self) -> None:
+        """Reads the shard map from the node connected to. Done after
+        connecting and again when a leader moves; call it to route at once."""
+        if self._router is None:
+            return
+        shard_map = self._call(
+            lambda: self.queue.GetShardMap(pb.GetShardMapRequest(), metadata=self.metadata, timeout=10)
+        )
+        self._router.learn_map(shard_map)
+
+    def _refresh_quietly(self) -> None:
+        try:
+            self.refresh_shard_map()
+        except (RaftqError, ValueError):
+            pass
+
+    def target(self, queue: str) -> tuple[pb_grpc.QueueStub, tuple[tuple[str, str], ...], str | None]:
+        """Where ``queue``'s next call goes: a stub, its metadata, and the
+        leader's address (None for the node connected to)."""
+        leader = self._router.leader(queue) if self._router is not None else None
+        if leader is None:
+            return self.queue, self.metadata, None
+        addr, channel = leader
+        return pb_grpc.QueueStub(cast(grpc.Channel, channel)), (*self.metadata, DIRECT), addr
+
+    def observe(self, leader: str | None, error: grpc.RpcError) -> None:
+        """Learns from a call through ``leader`` that failed with ``error``."""
+        if self._router is None:
+            return
+        refresh, stale = _learn(self._router, leader, error)
+        if stale is not None:
+            stale.close()
+        if refresh:
+            self._refresh_quietly()
 
     def async_twin(self) -> AsyncClient:
-        """An ``AsyncClient`` with this client's address, TLS and token (call
-        it inside a running event loop; close it when done)."""
-        address, tls, token = self._settings
-        return AsyncClient(address, tls=tls, token=token)
+        """An ``AsyncClient`` with this client's address, TLS, token and
+        routing (call it inside a running event loop; close it when done)."""
+        address, tls, token, route = self._settings
+        return AsyncClient(address, tls=tls, token=token, route_to_leaders=route)
 
     def producer(self, retry: RetryPolicy | None = None) -> Producer:
         from raftq.producer import Producer
@@ -239,6 +304,9 @@ class Client:
             raise RaftqError.from_rpc(e) from None
 
     def close(self) -> None:
+        if self._router is not None:
+            for channel in self._router.take_channels():
+                channel.close()
         self.channel.close()
 
     def __enter__(self) -> Client:
@@ -252,16 +320,59 @@ class AsyncClient:
     """An asyncio connection to a raftq node (create it inside a running
     event loop)."""
 
-    def __init__(self, address: str, *, tls: TLS | None = None, token: str | None = None) -> None:
+    def __init__(
+        self, address: str, *, tls: TLS | None = None, token: str | None = None, route_to_leaders: bool = True
+    ) -> None:
         target = _target(address, tls)
         self.address = target
         self.metadata = _metadata(token)
-        if tls is None:
-            self.channel = grpc.aio.insecure_channel(target, options=_options(None))
-        else:
-            self.channel = grpc.aio.secure_channel(target, tls.credentials(), options=_options(tls))
+        self._tls = tls
+        self.channel = self._dial(target)
         self.queue = pb_grpc.QueueStub(self.channel)
         self.admin = pb_grpc.QueueAdminStub(self.channel)
+        self._router: Router | None = None
+        self._reading: asyncio.Task[None] | None = None
+        if route_to_leaders:
+            self._router = Router(self._dial)
+            # In the background: until the map is read, calls go to the node
+            # connected to, which forwards them.
+            self._reading = asyncio.ensure_future(self._refresh_quietly())
+
+    def _dial(self, target: str) -> grpc.aio.Channel:
+        if self._tls is None:
+            return grpc.aio.insecure_channel(target, options=_options(None))
+        return grpc.aio.secure_channel(target, self._tls.credentials(), options=_options(self._tls))
+
+    async def refresh_shard_map(self) -> None:
+        """Reads the shard map from the node connected to (see ``Client``)."""
+        if self._router is None:
+            return
+        call = self.queue.GetShardMap(pb.GetShardMapRequest(), metadata=self.metadata, timeout=10)
+        self._router.learn_map(await self._call(call))
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.refresh_shard_map()
+        except (RaftqError, ValueError):
+            pass
+
+    def target(self, queue: str) -> tuple[pb_grpc.QueueAsyncStub, tuple[tuple[str, str], ...], str | None]:
+        """Where ``queue``'s next call goes (see ``Client.target``)."""
+        leader = self._router.leader(queue) if self._router is not None else None
+        if leader is None:
+            return self.queue, self.metadata, None
+        addr, channel = leader
+        return pb_grpc.QueueStub(cast(grpc.aio.Channel, channel)), (*self.metadata, DIRECT), addr
+
+    async def observe(self, leader: str | None, error: grpc.RpcError) -> None:
+        """Learns from a call through ``leader`` that failed with ``error``."""
+        if self._router is None:
+            return
+        refresh, stale = _learn(self._router, leader, error)
+        if stale is not None:
+            await stale.close()
+        if refresh:
+            await self._refresh_quietly()
 
     def producer(self, retry: RetryPolicy | None = None) -> AsyncProducer:
         from raftq.producer import AsyncProducer
@@ -308,6 +419,11 @@ class AsyncClient:
             raise RaftqError.from_rpc(e) from None
 
     async def close(self) -> None:
+        if self._reading is not None and not self._reading.done():
+            self._reading.cancel()
+        if self._router is not None:
+            for channel in self._router.take_channels():
+                await channel.close()
         await self.channel.close()
 
     async def __aenter__(self) -> AsyncClient:

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+import grpc
+
 from raftq._limits import MAX_ENQUEUE_BATCH
 from raftq._proto.raftq.v1 import queue_pb2 as pb
 from raftq.jobs import Backoff, NewJob
@@ -57,9 +59,20 @@ class Producer:
         """Enqueues up to 10,000 jobs in one request, all or nothing, and
         returns their ids in order."""
         request = _request(queue, jobs)
-        stub, metadata = self._client.queue, self._client.metadata
-        response = self._retry.run(lambda: stub.Enqueue(request, metadata=metadata))
-        return list(response.job_ids)
+        client = self._client
+
+        def attempt() -> pb.EnqueueResponse:
+            # Each try asks for the route again: a failed one may have
+            # taught the client where the leader went.
+            stub, metadata, leader = client.target(queue)
+            try:
+                response: pb.EnqueueResponse = stub.Enqueue(request, metadata=metadata)
+                return response
+            except grpc.RpcError as e:
+                client.observe(leader, e)
+                raise
+
+        return list(self._retry.run(attempt).job_ids)
 
 
 class AsyncProducer:
@@ -87,6 +100,15 @@ class AsyncProducer:
 
     async def enqueue_many(self, queue: str, jobs: Iterable[NewJob]) -> list[str]:
         request = _request(queue, jobs)
-        stub, metadata = self._client.queue, self._client.metadata
-        response = await self._retry.run_async(lambda: stub.Enqueue(request, metadata=metadata))
-        return list(response.job_ids)
+        client = self._client
+
+        async def attempt() -> pb.EnqueueResponse:
+            stub, metadata, leader = client.target(queue)
+            try:
+                response: pb.EnqueueResponse = await stub.Enqueue(request, metadata=metadata)
+                return response
+            except grpc.RpcError as e:
+                await client.observe(leader, e)
+                raise
+
+        return list((await self._retry.run_async(attempt)).job_ids)

@@ -2,6 +2,9 @@
 //
 //	go run ./examples/bench -address 127.0.0.1:7400 -jobs 500000 -concurrency 256
 //
+// -no-routing sends every call to -address, which forwards it to the
+// leader, instead of straight to the leader the shard map names.
+//
 // Enqueues the jobs first (in batches), then times the worker until every
 // one is acked (read from the queue's acked_total).
 package main
@@ -25,8 +28,13 @@ func main() {
 	jobs := flag.Int("jobs", 500_000, "jobs to process")
 	concurrency := flag.Int("concurrency", 256, "handlers at once (prefetch the same)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the timed part to this file")
+	noRouting := flag.Bool("no-routing", false, "send every call to -address, which forwards it, instead of to the shard leaders")
 	flag.Parse()
-	client, err := raftq.Dial(*address)
+	var opts []raftq.Option
+	if *noRouting {
+		opts = append(opts, raftq.WithoutLeaderRouting())
+	}
+	client, err := raftq.Dial(*address, opts...)
 	if err != nil {
 		log.Fatal(err)
 	}

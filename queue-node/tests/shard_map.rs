@@ -118,6 +118,32 @@ async fn clients_route_by_the_shard_map_and_a_wrong_node_names_the_leader() {
         asked.queues["emails"],
         raftq_api::shard_of("emails", SHARDS)
     );
+    // Bad input is refused with what to change.
+    let too_many = plain
+        .queue()
+        .get_shard_map(pb::GetShardMapRequest {
+            queues: vec!["q".into(); raftq_api::limits::MAX_TOKEN_BATCH + 1],
+        })
+        .await
+        .expect_err("too many names");
+    assert_eq!(too_many.code(), tonic::Code::InvalidArgument);
+    assert!(
+        too_many.message().contains("at most"),
+        "{}",
+        too_many.message()
+    );
+    let bad_name = plain
+        .queue()
+        .get_shard_map(pb::GetShardMapRequest {
+            queues: vec![String::new()],
+        })
+        .await
+        .expect_err("an empty queue name");
+    assert_eq!(
+        bad_name.code(),
+        tonic::Code::InvalidArgument,
+        "{bad_name:?}"
+    );
 
     // A direct request to a node that does not lead its shard is answered
     // with the leader, not forwarded.

@@ -241,6 +241,7 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
             ));
         }
         let voters: BTreeSet<u64> = req.voters.iter().copied().collect();
+        let mut relayed = Vec::new();
         for shard in self.target_shards(req.shard)? {
             match self.ctx.route(shard, &request)? {
                 Route::Leader(leader) => {
@@ -251,6 +252,7 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
                     leader
                         .relay(leader.cluster().change_membership(forwarded(one, &caller)))
                         .await?;
+                    relayed.push(shard);
                 }
                 Route::Local(handle) => {
                     membership::change_voters(
@@ -263,6 +265,26 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
                     .await?;
                 }
             }
+        }
+        // The status answered is this node's view: let it see the changes
+        // the leaders made, so a caller reads back what it asked for.
+        for shard in relayed {
+            let _ = self
+                .ctx
+                .shard(shard)?
+                .raft
+                .wait(Some(std::time::Duration::from_secs(5)))
+                .metrics(
+                    |m| {
+                        m.membership_config
+                            .membership()
+                            .voter_ids()
+                            .collect::<BTreeSet<_>>()
+                            == voters
+                    },
+                    "the new voters known here",
+                )
+                .await;
         }
         Ok(Response::new(self.status()))
     }

@@ -12,7 +12,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -188,7 +188,14 @@ before(async () => {
 after(async () => {
   if (load) await load();
   if (browser) await browser.close();
-  for (const p of procs) p.kill("SIGKILL");
+  await Promise.all(procs.map((p) => new Promise((done) => {
+    if (p.exitCode !== null || p.signalCode !== null) return done();
+    p.once("exit", done);
+    p.kill("SIGKILL");
+  })));
+  // Three nodes' RocksDB directories are a few hundred MB: left behind,
+  // every run would eat into the disk.
+  rmSync(root, { recursive: true, force: true });
 });
 
 /** Navigates to `hash` and waits until the page shows it (not the page

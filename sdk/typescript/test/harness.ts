@@ -2,7 +2,7 @@
 // RAFTQ_BIN_DIR, or else CARGO_TARGET_DIR (default the repository's
 // target)/debug; scripts/sdk-test.sh builds them first.
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, openSync, readFileSync, closeSync } from "node:fs";
+import { existsSync, mkdtempSync, openSync, readFileSync, closeSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -20,8 +20,20 @@ export function binary(name: string): string {
   return path;
 }
 
+const tempDirs: string[] = [];
+const running = new Set<ChildProcess>();
+
+// Each node's RocksDB directory is a few tens of MB: left behind, every
+// run would eat into the disk. At exit, stop what still runs and delete.
+process.on("exit", () => {
+  for (const proc of running) proc.kill("SIGKILL");
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+});
+
 export function tempDir(): string {
-  return mkdtempSync(join(tmpdir(), "raftq-ts-"));
+  const dir = mkdtempSync(join(tmpdir(), "raftq-ts-"));
+  tempDirs.push(dir);
+  return dir;
 }
 
 const lowestPort = 10_000;
@@ -96,6 +108,9 @@ export class Node {
       { stdio: ["ignore", "ignore", log], env: { ...process.env, RAFTQ_LOG: "info,openraft=warn" } },
     );
     closeSync(log);
+    const proc = this.proc;
+    running.add(proc);
+    proc.once("exit", () => running.delete(proc));
   }
 
   async kill(): Promise<void> {

@@ -70,9 +70,14 @@ pub struct BenchArgs {
     /// Jobs enqueued before measuring (lifecycle default: 1,000,000).
     #[arg(long)]
     prefill: Option<u64>,
-    /// Start this many local nodes (1, 3 or 5) instead of using --addr.
+    /// Start this many local nodes (1, 3 or 5; with --replication-factor,
+    /// up to 9) instead of using --addr.
     #[arg(long)]
     spawn: Option<usize>,
+    /// With --spawn: voters per shard (1, 3 or 5), each node holding only
+    /// the shards placed on it. Default: every node holds every shard.
+    #[arg(long, requires = "spawn")]
+    replication_factor: Option<u32>,
     /// With --spawn: run the nodes with TLS on both ports and auth (a
     /// fresh CA, node certificate and token), to measure what they cost.
     #[arg(long, requires = "spawn")]
@@ -117,10 +122,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Local nodes started for the run; killed and removed on drop.
 struct Spawned {
     children: Vec<Child>,
-    /// Peer ports.
-    peer_addrs: Vec<String>,
-    /// With --secure: how to connect to the client and the peer ports.
-    options: Option<(ConnectOptions, ConnectOptions)>,
+    /// Client ports.
+    addrs: Vec<String>,
+    /// With --secure: how to connect to the client ports.
+    options: Option<ConnectOptions>,
     _dir: tempfile::TempDir,
 }
 
@@ -134,20 +139,22 @@ impl Drop for Spawned {
 }
 
 impl Spawned {
-    /// User + system CPU seconds the nodes used so far (Linux /proc).
-    fn cpu_seconds(&self) -> Option<f64> {
-        let mut total = 0.0;
-        for child in &self.children {
-            let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).ok()?;
-            // Fields after the parenthesised command name; utime and stime
-            // are the 14th and 15th fields, in clock ticks (100 per second).
-            let rest = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let ticks: f64 =
-                fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-            total += ticks / 100.0;
-        }
-        Some(total)
+    /// User + system CPU seconds each node used so far (Linux /proc).
+    fn cpu_seconds(&self) -> Option<Vec<f64>> {
+        self.children
+            .iter()
+            .map(|child| {
+                let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).ok()?;
+                // Fields after the parenthesised command name; utime and
+                // stime are the 14th and 15th fields, in clock ticks (100
+                // per second).
+                let rest = stat.rsplit_once(')')?.1;
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                let ticks: f64 =
+                    fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+                Some(ticks / 100.0)
+            })
+            .collect()
     }
 }
 
@@ -173,8 +180,14 @@ fn free_addr() -> anyhow::Result<String> {
 }
 
 fn spawn_nodes(args: &BenchArgs, count: usize) -> anyhow::Result<Spawned> {
-    if !matches!(count, 1 | 3 | 5) {
-        bail!("--spawn takes 1, 3 or 5 (got {count})");
+    match args.replication_factor {
+        None if !matches!(count, 1 | 3 | 5) => {
+            bail!("--spawn takes 1, 3 or 5 (got {count}); with --replication-factor, up to 9")
+        }
+        Some(factor) if !(factor as usize..=9).contains(&count) => bail!(
+            "--spawn {count} with --replication-factor {factor}: spawn from {factor} to 9 nodes"
+        ),
+        _ => {}
     }
     let exe = std::env::current_exe()
         .context("locating the raftq binary")?
@@ -220,6 +233,12 @@ fn spawn_nodes(args: &BenchArgs, count: usize) -> anyhow::Result<Spawned> {
                 "--shards",
                 &args.shards.to_string(),
             ])
+            .args(
+                args.replication_factor
+                    .map(|f| ["--replication-factor".to_string(), f.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .args([
                 "--durability",
                 match args.durability {
@@ -258,12 +277,12 @@ fn spawn_nodes(args: &BenchArgs, count: usize) -> anyhow::Result<Spawned> {
         );
     }
     let options = match secure {
-        Some(c) => Some((c.options()?, c.peer_options()?)),
+        Some(c) => Some(c.options()?),
         None => None,
     };
     Ok(Spawned {
         children,
-        peer_addrs,
+        addrs,
         options,
         _dir: dir,
     })
@@ -277,20 +296,16 @@ struct Router {
 }
 
 impl Router {
-    /// Finds each shard's leader through the peer port at `peer_addr`,
+    /// Finds each shard's leader in the shard map of the node at `addr`,
     /// and connects to the leaders' client ports.
     async fn discover(
-        peer_addr: &str,
+        addr: &str,
         options: &ConnectOptions,
-        peer_options: &ConnectOptions,
         connections: usize,
     ) -> anyhow::Result<Router> {
-        let addr = peer_addr;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(router) =
-                Router::try_discover(addr, options, peer_options, connections).await
-            {
+            if let Some(router) = Router::try_discover(addr, options, connections).await {
                 return Ok(router);
             }
             if Instant::now() > deadline {
@@ -303,60 +318,39 @@ impl Router {
     async fn try_discover(
         addr: &str,
         options: &ConnectOptions,
-        peer_options: &ConnectOptions,
         connections: usize,
     ) -> Option<Router> {
-        let client = Client::connect_with(addr, peer_options.clone())
-            .await
-            .ok()?;
-        let status = client
-            .cluster()
-            .status(pb::ClusterStatusRequest {})
+        let client = Client::connect_with(addr, options.clone()).await.ok()?;
+        let map = client
+            .queue()
+            .get_shard_map(pb::GetShardMapRequest::default())
             .await
             .ok()?
             .into_inner();
+        if map.shards.len() != map.shard_count as usize || map.shards.is_empty() {
+            return None;
+        }
         let mut by_addr: HashMap<String, Vec<Client>> = HashMap::new();
         let mut leaders = Vec::new();
-        for shard in &status.shards {
-            if !shard.has_leader {
+        for shard in &map.shards {
+            if shard.leader_addr.is_empty() {
                 return None;
             }
-            let leader_addr = shard
-                .members
-                .iter()
-                .find(|m| m.node_id == shard.leader_id)?
-                .addr
-                .clone();
-            if !by_addr.contains_key(&leader_addr) {
-                // The membership holds peer addresses: ask the leader for
-                // its client port.
-                let leader = Client::connect_with(&leader_addr, peer_options.clone())
-                    .await
-                    .ok()?;
-                let client_addr = leader
-                    .cluster()
-                    .status(pb::ClusterStatusRequest {})
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .client_addr;
+            if !by_addr.contains_key(&shard.leader_addr) {
                 let mut pool = Vec::with_capacity(connections);
                 for _ in 0..connections {
                     pool.push(
-                        Client::connect_with(&client_addr, options.clone())
+                        Client::connect_with(&shard.leader_addr, options.clone())
                             .await
                             .ok()?,
                     );
                 }
-                by_addr.insert(leader_addr.clone(), pool);
+                by_addr.insert(shard.leader_addr.clone(), pool);
             }
-            leaders.push(by_addr[&leader_addr].clone());
-        }
-        if leaders.is_empty() {
-            return None;
+            leaders.push(by_addr[&shard.leader_addr].clone());
         }
         Some(Router {
-            shards: status.shards.len() as u32,
+            shards: map.shard_count,
             leaders,
         })
     }
@@ -641,20 +635,18 @@ pub async fn run(args: BenchArgs, conn: &Conn) -> anyhow::Result<()> {
         Some(n) => Some(spawn_nodes(&args, n)?),
         None => None,
     };
-    let (target, (options, peer_options)) = match &spawned {
+    let (target, options) = match &spawned {
         Some(s) => (
-            s.peer_addrs[0].clone(),
-            s.options.clone().unwrap_or_else(|| {
-                // The bench finds the leaders itself.
-                let plain = ConnectOptions::new().route_to_leaders(false);
-                (plain.clone(), plain)
-            }),
+            s.addrs[0].clone(),
+            // The bench finds the leaders itself.
+            s.options
+                .clone()
+                .unwrap_or_else(|| ConnectOptions::new().route_to_leaders(false)),
         ),
-        None => (conn.peer_addr.clone(), (conn.options()?, conn.options()?)),
+        None => (conn.addr.clone(), conn.options()?),
     };
     eprintln!("waiting for shard leaders at {target} ...");
-    let router =
-        Arc::new(Router::discover(&target, &options, &peer_options, args.connections).await?);
+    let router = Arc::new(Router::discover(&target, &options, args.connections).await?);
     let queues = queue_names(args.queues);
     let payload = Bytes::from(vec![b'x'; args.payload]);
 
@@ -739,10 +731,12 @@ pub async fn run(args: BenchArgs, conn: &Conn) -> anyhow::Result<()> {
         counters.enqueued.load(Ordering::Relaxed),
         counters.acked.load(Ordering::Relaxed),
     );
-    let cpu = match (cpu_before, spawned.as_ref().and_then(Spawned::cpu_seconds)) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
-    };
+    let cpu_per_node: Option<Vec<f64>> =
+        match (cpu_before, spawned.as_ref().and_then(Spawned::cpu_seconds)) {
+            (Some(a), Some(b)) => Some(b.iter().zip(&a).map(|(b, a)| b - a).collect()),
+            _ => None,
+        };
+    let cpu: Option<f64> = cpu_per_node.as_ref().map(|c| c.iter().sum());
     let rss_at_end = spawned.as_ref().and_then(Spawned::max_rss_mib);
     stop.store(true, Ordering::Relaxed);
     eprintln!();
@@ -762,6 +756,13 @@ pub async fn run(args: BenchArgs, conn: &Conn) -> anyhow::Result<()> {
     let enq = percentiles(&enqueue_latency);
     let cyc = percentiles(&cycle_latency);
     let cpu_us_per_job = cpu.map(|c| c * 1e6 / jobs.max(1) as f64);
+    // Each node's share: what lets more nodes carry more load.
+    let per_node_us_per_job: Option<Vec<f64>> = cpu_per_node
+        .as_ref()
+        .map(|c| c.iter().map(|c| c * 1e6 / jobs.max(1) as f64).collect());
+    let busiest_node_us_per_job = per_node_us_per_job
+        .as_ref()
+        .and_then(|c| c.iter().copied().reduce(f64::max));
     if args.json {
         let value = serde_json::json!({
             "scenario": format!("{:?}", args.scenario).to_lowercase(),
@@ -777,6 +778,9 @@ pub async fn run(args: BenchArgs, conn: &Conn) -> anyhow::Result<()> {
             "cycle_latency_ms": {"p50": cyc.p50_ms, "p99": cyc.p99_ms, "p999": cyc.p999_ms, "samples": cyc.samples},
             "server_cpu_seconds": cpu,
             "server_cpu_us_per_job": cpu_us_per_job,
+            "server_cpu_us_per_job_by_node": per_node_us_per_job,
+            "busiest_node_cpu_us_per_job": busiest_node_us_per_job,
+            "replication_factor": args.replication_factor,
             "server_rss_mib_after_prefill": rss_after_prefill,
             "server_rss_mib_at_end": rss_at_end,
             "errors": counters.errors.load(Ordering::Relaxed),
@@ -810,6 +814,13 @@ pub async fn run(args: BenchArgs, conn: &Conn) -> anyhow::Result<()> {
             println!(
                 "server CPU      {c:.1} s  ({per:.1} µs per job, {:.2} s per 1,000 jobs)",
                 per / 1000.0
+            );
+        }
+        if let (Some(by_node), Some(busiest)) = (&per_node_us_per_job, busiest_node_us_per_job) {
+            let each: Vec<String> = by_node.iter().map(|c| format!("{c:.1}")).collect();
+            println!(
+                "CPU per node    {} µs per job (busiest {busiest:.1})",
+                each.join(" / ")
             );
         }
         println!(

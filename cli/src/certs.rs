@@ -99,19 +99,6 @@ impl DevCerts {
         Ok(certs)
     }
 
-    /// How a client reaches a peer port: TLS with the client certificate
-    /// (CN `raftq-admin`, a principal with every role).
-    pub fn peer_options(&self) -> anyhow::Result<ConnectOptions> {
-        let ca = std::fs::read(&self.ca_cert)?;
-        let cert = std::fs::read(&self.client_cert)?;
-        let key = std::fs::read(&self.client_key)?;
-        Ok(ConnectOptions::new().route_to_leaders(false).tls(
-            TlsOptions::new()
-                .ca_cert_pem(ca)
-                .client_identity_pem(cert, key),
-        ))
-    }
-
     /// How a client connects with TLS and the token.
     pub fn options(&self) -> anyhow::Result<ConnectOptions> {
         let ca = std::fs::read(&self.ca_cert)?;

@@ -40,6 +40,11 @@ pub struct NodeConfig {
     /// Raft groups per node (1..=64). Queues are spread over them by a hash
     /// of their name, so this is fixed when the data dir is created.
     pub shards: u32,
+    /// Voters per shard (1, 3 or 5, at most the initial members): each
+    /// node then holds only the shards placed on it, so more nodes carry
+    /// more load. Unset: every initial member holds every shard. Fixed
+    /// when the data dir is created.
+    pub replication_factor: Option<u32>,
     pub durability: Durability,
     pub batching: BatchConfig,
     pub raft: RaftTimings,
@@ -250,6 +255,7 @@ impl Default for NodeConfig {
             initial_members: BTreeMap::new(),
             join: false,
             shards: 1,
+            replication_factor: None,
             durability: Durability::Fsync,
             batching: BatchConfig::default(),
             raft: RaftTimings::default(),
@@ -357,6 +363,20 @@ impl NodeConfig {
                 "initial_members does not list this node (node_id {}); list every voter, this node included",
                 self.node_id
             ));
+        }
+        if let Some(factor) = self.replication_factor {
+            if self.join {
+                return invalid(format!(
+                    "replication_factor {factor} with join: a node joining a cluster whose shards are placed on some nodes is given shards by moves, which are not built yet; start it without join, listed in initial_members"
+                ));
+            }
+            let members = if self.initial_members.is_empty() {
+                [(self.node_id, String::new())].into()
+            } else {
+                self.initial_members.clone()
+            };
+            crate::layout::Layout::new(&members, self.shards, Some(factor))
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         let q = &self.queue_defaults;
         if q.lease_ms == 0
@@ -466,5 +486,45 @@ mod tests {
             .to_string()
             .contains("console.sample_every_ms must be in 100..=60000"));
         assert!(serde_yaml::from_str::<NodeConfig>("console: {readonly: true}\n").is_err());
+    }
+
+    #[test]
+    fn a_replication_factor_needs_enough_members_and_no_join() {
+        let six = |factor| NodeConfig {
+            initial_members: (1..=6).map(|id| (id, format!("n{id}:7500"))).collect(),
+            shards: 12,
+            replication_factor: Some(factor),
+            ..NodeConfig::default()
+        };
+        six(3).validate().unwrap();
+        let err = |c: NodeConfig| c.validate().unwrap_err().to_string();
+        assert!(err(six(2)).contains("not 1, 3 or 5"), "{}", err(six(2)));
+        let three = NodeConfig {
+            initial_members: (1..=3).map(|id| (id, format!("n{id}:7500"))).collect(),
+            ..six(5)
+        };
+        assert!(
+            err(three.clone()).contains("needs 5 voters"),
+            "{}",
+            err(three)
+        );
+        let joining = NodeConfig {
+            join: true,
+            ..six(3)
+        };
+        assert!(
+            err(joining.clone()).contains("with join"),
+            "{}",
+            err(joining)
+        );
+        let alone = NodeConfig {
+            replication_factor: Some(3),
+            ..NodeConfig::default()
+        };
+        assert!(
+            err(alone.clone()).contains("1 initial member"),
+            "{}",
+            err(alone)
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! What the request handlers share: this node's shards and where a request
 //! for a shard goes (served here when this node leads it, else forwarded
-//! to the leader through [`crate::forward`]).
+//! to the leader through [`crate::forward`] — for a shard this node does
+//! not hold, to the leader its [`Directory`] last heard of).
 //!
 //! Owns routing only; it proposes nothing and reads no job state.
 
@@ -14,6 +15,7 @@ use crate::batcher::Batcher;
 use crate::directory::Directory;
 use crate::drain::WorkerDrain;
 use crate::forward::{self, Leader};
+use crate::layout::Layout;
 use crate::memory::MemoryBudget;
 use crate::network::CampaignGate;
 use crate::ops::QueueDefaults;
@@ -40,7 +42,11 @@ pub struct NodeContext {
     pub addr: String,
     /// Where clients reach this node.
     pub client_addr: String,
+    /// The shards this node holds, by id.
     pub shards: Vec<ShardHandle>,
+    /// Where every shard lives: the cluster's shard count, and which
+    /// shards are held elsewhere.
+    pub layout: Layout,
     pub defaults: QueueDefaults,
     /// Ends worker streams when the node stops.
     pub workers: WorkerDrain,
@@ -59,6 +65,8 @@ pub struct NodeContext {
     peers: Mutex<HashMap<String, Channel>>,
     /// The members' client addresses, for the shard map.
     pub directory: Directory,
+    /// Requests forwarded to each shard's leader, by shard id.
+    forwarded: Box<[std::sync::atomic::AtomicU64]>,
 }
 
 /// Who this node is, for [`NodeContext::new`].
@@ -83,17 +91,20 @@ pub enum Route<'a> {
 impl NodeContext {
     pub fn new(
         identity: NodeIdentity,
+        layout: Layout,
         shards: Vec<ShardHandle>,
         defaults: QueueDefaults,
         memory: MemoryBudget,
         security: Arc<Security>,
     ) -> NodeContext {
+        let layout_shards = layout.shard_count;
         NodeContext {
             id: identity.id,
             addr: identity.addr,
             directory: Directory::with_own(identity.id, &identity.client_addr),
             client_addr: identity.client_addr,
             shards,
+            layout,
             defaults,
             workers: WorkerDrain::default(),
             joining: identity.joining,
@@ -106,6 +117,7 @@ impl NodeContext {
                 .map(|addr| host_of(addr).to_owned())
                 .collect(),
             peers: Mutex::new(HashMap::new()),
+            forwarded: (0..layout_shards).map(|_| Default::default()).collect(),
         }
     }
 
@@ -138,9 +150,19 @@ impl NodeContext {
         hosts
     }
 
-    /// Every member of any shard: node id → peer address.
+    /// Every member of any shard this node holds, and, when shards are
+    /// placed on some nodes only, every node of the layout: node id → peer
+    /// address.
     pub fn member_addrs(&self) -> BTreeMap<NodeId, String> {
         let mut members = BTreeMap::new();
+        if !self.layout.is_full() {
+            members.extend(
+                self.layout
+                    .voters
+                    .values()
+                    .flat_map(|voters| voters.iter().map(|(id, addr)| (*id, addr.clone()))),
+            );
+        }
         for shard in &self.shards {
             let metrics = shard.raft.metrics();
             let m = metrics.borrow();
@@ -168,16 +190,51 @@ impl NodeContext {
 
     /// The shard that owns `queue`.
     pub fn shard_of_queue(&self, queue: &str) -> u32 {
-        raftq_api::shard_of(queue, self.shards.len() as u32)
+        raftq_api::shard_of(queue, self.layout.shard_count)
     }
 
+    /// Every shard of the cluster, held here or not.
+    pub fn shard_ids(&self) -> std::ops::Range<u32> {
+        0..self.layout.shard_count
+    }
+
+    pub fn holds_every_shard(&self) -> bool {
+        self.shards.len() as u32 == self.layout.shard_count
+    }
+
+    /// The shard `id`, when this node holds it.
+    pub fn local(&self, id: u32) -> Option<&ShardHandle> {
+        self.shards
+            .binary_search_by_key(&id, |s| s.id)
+            .ok()
+            .map(|i| &self.shards[i])
+    }
+
+    /// The shard `id`, which must be held here.
     pub fn shard(&self, id: u32) -> Result<&ShardHandle, Status> {
-        self.shards.get(id as usize).ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "shard {id} does not exist (this cluster has {} shard(s)); check the job id",
-                self.shards.len()
+        self.exists(id)?;
+        self.local(id).ok_or_else(|| {
+            let voters: Vec<_> = self
+                .layout
+                .voters
+                .get(&id)
+                .map(|v| v.keys().copied().collect())
+                .unwrap_or_default();
+            Status::failed_precondition(format!(
+                "shard {id} is not on node {} (its voters were placed on nodes {voters:?}); ask one of them",
+                self.id
             ))
         })
+    }
+
+    fn exists(&self, id: u32) -> Result<(), Status> {
+        if id < self.layout.shard_count {
+            return Ok(());
+        }
+        Err(Status::invalid_argument(format!(
+            "shard {id} does not exist (this cluster has {} shard(s)); check the job id",
+            self.layout.shard_count
+        )))
     }
 
     pub fn route<T>(&self, shard: u32, request: &Request<T>) -> Result<Route<'_>, Status> {
@@ -189,7 +246,10 @@ impl NodeContext {
     /// one a client sent straight to the leader it knows (it is told where
     /// the leader is instead).
     pub fn route_as(&self, shard: u32, arrival: forward::Arrival) -> Result<Route<'_>, Status> {
-        let handle = self.shard(shard)?;
+        self.exists(shard)?;
+        let Some(handle) = self.local(shard) else {
+            return self.route_elsewhere(shard, arrival);
+        };
         let (leader, addr) = {
             let metrics = handle.raft.metrics();
             let m = metrics.borrow();
@@ -223,10 +283,7 @@ impl NodeContext {
                     }
                     forward::Arrival::Client => {}
                 }
-                handle
-                    .shared
-                    .forwarded
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.count_forward(shard);
                 Ok(Route::Leader(Leader {
                     node: l,
                     channel: self.peer(&addr)?,
@@ -237,5 +294,48 @@ impl NodeContext {
                 "shard {shard} has no leader right now (election in progress or quorum lost); retry shortly"
             ))),
         }
+    }
+
+    /// Where a request for a shard held by other nodes goes: to its
+    /// leader, as the [`Directory`] last heard.
+    fn route_elsewhere(&self, shard: u32, arrival: forward::Arrival) -> Result<Route<'_>, Status> {
+        let Some(remote) = self.directory.remote_shard(shard) else {
+            return Err(Status::unavailable(format!(
+                "shard {shard} is held by other nodes and node {} has not yet heard who leads it; retry shortly",
+                self.id
+            )));
+        };
+        match arrival {
+            forward::Arrival::Forwarded => Err(Status::unavailable(format!(
+                "shard {shard} is not on node {} (it was forwarded here by a node with an old view); retry",
+                self.id
+            ))),
+            forward::Arrival::Direct => Err(forward::not_leader(
+                self.id,
+                shard,
+                remote.leader,
+                self.directory.client_addr(remote.leader),
+                remote.term,
+            )),
+            forward::Arrival::Client => Ok(Route::Leader(Leader {
+                node: remote.leader,
+                channel: self.peer(&remote.leader_peer_addr)?,
+                addr: remote.leader_peer_addr,
+            }))
+            .inspect(|_| self.count_forward(shard)),
+        }
+    }
+
+    fn count_forward(&self, shard: u32) {
+        if let Some(count) = self.forwarded.get(shard as usize) {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Requests for `shard` this node forwarded to its leader.
+    pub fn forwarded(&self, shard: u32) -> u64 {
+        self.forwarded
+            .get(shard as usize)
+            .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
     }
 }

@@ -4,6 +4,10 @@
 //! they join a shard's membership and every [`REFRESH`] after, so an
 //! address that changes with a restart is picked up.
 //!
+//! On a node that holds only some shards it also learns, from the same
+//! answers asked every [`LOOK`], who leads each shard it does not hold, so
+//! requests for those shards can be forwarded.
+//!
 //! Owns only the address book; never changes membership or routes.
 
 use std::collections::BTreeMap;
@@ -25,6 +29,19 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Default)]
 pub struct Directory {
     known: RwLock<BTreeMap<NodeId, String>>,
+    /// Leaders of the shards this node does not hold, as their members
+    /// last reported them.
+    remote: RwLock<BTreeMap<u32, RemoteShard>>,
+}
+
+/// A shard held by other nodes, as one of its members reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteShard {
+    pub leader: NodeId,
+    /// The leader's peer address, where requests are forwarded.
+    pub leader_peer_addr: String,
+    pub term: u64,
+    pub members: Vec<NodeId>,
 }
 
 impl Directory {
@@ -40,6 +57,45 @@ impl Directory {
 
     pub fn all(&self) -> BTreeMap<NodeId, String> {
         self.read().clone()
+    }
+
+    /// Who leads `shard`, a shard this node does not hold.
+    pub fn remote_shard(&self, shard: u32) -> Option<RemoteShard> {
+        self.remote
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&shard)
+            .cloned()
+    }
+
+    /// Takes in what `status` says of the shards this node does not hold:
+    /// a report of a higher term, or of the same term from the leader
+    /// itself, wins.
+    fn learn_remote(&self, status: &pb::ClusterStatus, held: &impl Fn(u32) -> bool) {
+        let mut remote = self.remote.write().unwrap_or_else(|p| p.into_inner());
+        for shard in status.shards.iter().filter(|s| !held(s.shard)) {
+            if !shard.has_leader {
+                continue;
+            }
+            let Some(leader) = shard.members.iter().find(|m| m.node_id == shard.leader_id) else {
+                continue;
+            };
+            let newer = remote.get(&shard.shard).is_none_or(|known| {
+                shard.term > known.term
+                    || (shard.term == known.term && status.node_id == shard.leader_id)
+            });
+            if newer {
+                remote.insert(
+                    shard.shard,
+                    RemoteShard {
+                        leader: shard.leader_id,
+                        leader_peer_addr: leader.addr.clone(),
+                        term: shard.term,
+                        members: shard.members.iter().map(|m| m.node_id).collect(),
+                    },
+                );
+            }
+        }
     }
 
     fn set(&self, id: NodeId, addr: String) {
@@ -59,15 +115,31 @@ pub async fn run(ctx: Arc<NodeContext>) {
     let mut asked: BTreeMap<NodeId, tokio::time::Instant> = BTreeMap::new();
     loop {
         let now = tokio::time::Instant::now();
+        // Shard leaders move at any time: with shards held elsewhere,
+        // every node is asked at every look.
+        let refresh = if ctx.holds_every_shard() {
+            REFRESH
+        } else {
+            LOOK
+        };
         let due: Vec<(NodeId, String)> = ctx
             .member_addrs()
             .into_iter()
             .filter(|(id, _)| *id != ctx.id)
-            .filter(|(id, _)| asked.get(id).is_none_or(|at| now >= *at + REFRESH))
+            .filter(|(id, _)| asked.get(id).is_none_or(|at| now >= *at + refresh))
             .collect();
-        for (id, peer_addr) in due {
-            match ask(&ctx, &peer_addr).await {
+        let held = |shard| ctx.local(shard).is_some();
+        // All at once: a member that is down costs one timeout, not one
+        // per member behind it.
+        let answers = futures::future::join_all(due.into_iter().map(|(id, peer_addr)| {
+            let ctx = &ctx;
+            async move { (id, ask(ctx, &peer_addr).await, peer_addr) }
+        }))
+        .await;
+        for (id, answer, peer_addr) in answers {
+            match answer {
                 Ok(status) if status.node_id == id && !status.client_addr.is_empty() => {
+                    ctx.directory.learn_remote(&status, &held);
                     ctx.directory.set(id, status.client_addr);
                     asked.insert(id, now);
                 }

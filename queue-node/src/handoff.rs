@@ -79,7 +79,7 @@ pub async fn hand_over(
 ) -> Vec<Handoff> {
     let mut led: Vec<(&ShardHandle, Option<NodeId>)> = Vec::new();
     for (shard, to) in moves {
-        let Some(shard) = ctx.shards.get(*shard as usize) else {
+        let Some(shard) = ctx.local(*shard) else {
             continue;
         };
         if !leads_with_peers(shard, ctx.id) {

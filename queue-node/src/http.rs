@@ -86,7 +86,10 @@ pub fn not_ready(ctx: &NodeContext) -> Option<String> {
             return Some(format!("shard {}: no leader known", shard.id));
         }
     }
-    None
+    // Requests for shards held elsewhere are forwarded to their leaders.
+    ctx.shard_ids()
+        .find(|&s| ctx.local(s).is_none() && ctx.directory.remote_shard(s).is_none())
+        .map(|s| format!("shard {s} (held by other nodes): its leader is not known yet"))
 }
 
 async fn readyz(State(state): State<Arc<HttpState>>) -> (StatusCode, String) {
@@ -279,6 +282,10 @@ pub fn render(ctx: &NodeContext) -> String {
     let mut writes = Vec::new();
     let mut commits = Vec::new();
     let mut applies = Vec::new();
+    // Every shard's, held here or not: a request for any can be forwarded.
+    for shard in ctx.shard_ids() {
+        forwarded.add(format!("shard=\"{shard}\""), ctx.forwarded(shard) as f64);
+    }
     for shard in &ctx.shards {
         let s = format!("shard=\"{}\"", shard.id);
         let m = shard.raft.metrics().borrow().clone();
@@ -291,10 +298,6 @@ pub fn render(ctx: &NodeContext) -> String {
         purged.add(s.clone(), m.purged.map_or(0, |l| l.index) as f64);
         let b = &shard.batcher.stats;
         batches.add(s.clone(), b.batches.load(Ordering::Relaxed) as f64);
-        forwarded.add(
-            s.clone(),
-            shard.shared.forwarded.load(Ordering::Relaxed) as f64,
-        );
         batch_ops.add(s.clone(), b.ops.load(Ordering::Relaxed) as f64);
         batch_bytes.add(s.clone(), b.bytes.load(Ordering::Relaxed) as f64);
         writes.push((s.clone(), b.write_seconds.snapshot()));

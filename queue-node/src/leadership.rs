@@ -3,8 +3,11 @@
 //! it. Moving a leadership is [`crate::handoff`]'s job; nothing here acts.
 //!
 //! Each shard's leader does that shard's batching, fsyncs and replication,
-//! so a node leading most shards does most of the cluster's work. The plan
-//! keeps every node within one leadership of every other.
+//! so a node leading most shards does most of the cluster's work. When
+//! shards are placed on some nodes only, the layout names each shard's
+//! preferred leader (even over the nodes) and a shard goes back to it once
+//! it is ready; otherwise, and for shards away from their preferred leader,
+//! the plan keeps every node within one leadership of every other.
 
 use std::collections::BTreeMap;
 
@@ -24,6 +27,8 @@ pub struct ShardView {
     /// Voters other than the leader that hold (nearly) all of its log.
     /// Known only for shards this node leads.
     pub ready: Vec<NodeId>,
+    /// The voter that should lead it, when the layout names one.
+    pub preferred: Option<NodeId>,
 }
 
 /// Every shard of this node, from its Raft metrics.
@@ -55,6 +60,7 @@ pub fn view(ctx: &NodeContext) -> Vec<ShardView> {
                 leader: m.current_leader,
                 voters,
                 ready,
+                preferred: ctx.layout.preferred_leaders.get(&s.id).copied(),
             }
         })
         .collect()
@@ -82,7 +88,8 @@ fn least_loaded(shard: &ShardView, counts: &BTreeMap<NodeId, usize>) -> Option<N
         .min_by_key(|v| (counts.get(v).copied().unwrap_or(0), *v))
 }
 
-/// One move that evens the spread: a shard `me` leads, to the ready voter
+/// One move: a shard `me` leads to its preferred leader, once that one is
+/// ready; else one that evens the spread: a shard `me` leads, to the ready voter
 /// leading the fewest shards, when that voter leads at least two fewer
 /// than `me` (a move between counts one apart only swaps them). `None`
 /// while any shard has no leader: an election is under way, and the
@@ -91,10 +98,21 @@ pub fn next_move(view: &[ShardView], me: NodeId) -> Option<(u32, NodeId)> {
     if view.iter().any(|s| s.leader.is_none()) {
         return None;
     }
+    let led = || view.iter().filter(|s| s.leader == Some(me));
+    let back_home = led().find_map(|s| {
+        s.preferred
+            .filter(|p| *p != me && s.ready.contains(p))
+            .map(|p| (s.shard, p))
+    });
+    if back_home.is_some() {
+        return back_home;
+    }
     let counts = leaderships(view);
     let mine = counts.get(&me).copied().unwrap_or(0);
-    view.iter()
-        .filter(|s| s.leader == Some(me))
+    // A shard led by its preferred leader stays: moving it to even the
+    // counts would only have it sent back.
+    led()
+        .filter(|s| s.preferred != Some(me))
         .filter_map(|s| least_loaded(s, &counts).map(|to| (s.shard, to)))
         .filter(|(_, to)| counts.get(to).copied().unwrap_or(0) + 2 <= mine)
         .min_by_key(|(shard, to)| (counts.get(to).copied().unwrap_or(0), *shard))
@@ -132,7 +150,31 @@ mod tests {
             } else {
                 Vec::new()
             },
+            preferred: None,
         }
+    }
+
+    #[test]
+    fn a_shard_goes_back_to_its_preferred_leader_once_it_is_ready() {
+        let preferred = |mut s: ShardView, p| {
+            s.preferred = Some(p);
+            s
+        };
+        // Node 1 leads shard 0 (preferred: 2); node 3 leads shard 1 (its own).
+        let mut view = vec![
+            preferred(shard(0, 1, &[1, 2, 3], 1), 2),
+            preferred(shard(1, 3, &[1, 3, 4], 1), 3),
+        ];
+        assert_eq!(next_move(&view, 1), Some((0, 2)));
+        view[0].ready = vec![3];
+        assert_eq!(next_move(&view, 1), None, "node 2 is behind: wait for it");
+        // A shard at home is not moved to even the counts.
+        let at_home = vec![
+            preferred(shard(0, 1, &[1, 2, 3], 1), 1),
+            preferred(shard(1, 1, &[1, 2, 3], 1), 1),
+            preferred(shard(2, 1, &[1, 2, 3], 1), 1),
+        ];
+        assert_eq!(next_move(&at_home, 1), None);
     }
 
     #[test]

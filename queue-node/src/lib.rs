@@ -18,6 +18,7 @@ pub mod handoff;
 pub mod history;
 pub mod http;
 pub mod latency;
+pub mod layout;
 pub mod leadership;
 pub mod memory;
 pub mod network;

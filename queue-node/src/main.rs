@@ -88,6 +88,10 @@ struct Args {
     /// Raft groups per node (fixed when the data dir is created).
     #[arg(long, env = "RAFTQ_SHARDS")]
     shards: Option<u32>,
+    /// Voters per shard (1, 3 or 5): each node holds only the shards
+    /// placed on it. Default: every initial member holds every shard.
+    #[arg(long, env = "RAFTQ_REPLICATION_FACTOR")]
+    replication_factor: Option<u32>,
     /// fsync (default) or async.
     #[arg(long, value_enum)]
     durability: Option<Durability>,
@@ -209,6 +213,9 @@ fn config_from(args: &Args) -> anyhow::Result<NodeConfig> {
     c.join |= args.join;
     if let Some(v) = args.shards {
         c.shards = v;
+    }
+    if let Some(v) = args.replication_factor {
+        c.replication_factor = Some(v);
     }
     if let Some(v) = args.durability {
         c.durability = v;

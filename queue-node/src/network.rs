@@ -326,8 +326,7 @@ impl TransportService {
             return Err(Status::failed_precondition(why));
         }
         self.ctx
-            .shards
-            .get(msg.shard as usize)
+            .local(msg.shard)
             .map(|s| &s.raft)
             .ok_or_else(|| Status::not_found(format!("this node has no shard {}", msg.shard)))
     }
@@ -378,8 +377,7 @@ impl RaftTransport for TransportService {
         }
         let raft = self
             .ctx
-            .shards
-            .get(req.shard as usize)
+            .local(req.shard)
             .ok_or_else(|| Status::not_found(format!("this node has no shard {}", req.shard)))?
             .raft
             .clone();

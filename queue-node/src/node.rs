@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use crate::batcher::Batcher;
 use crate::config::NodeConfig;
 use crate::context::{NodeContext, NodeIdentity, ShardHandle};
+use crate::layout::Layout;
 use crate::memory::{Budgets, MemoryBudget};
 use crate::network::{NetworkFactory, TransportService};
 use crate::raft_types::{NodeId, Raft};
@@ -197,7 +198,14 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         )
         .context("loading TLS and auth settings")?,
     );
-    let budgets = Budgets::resolve(&config.memory, crate::memory::memory_limit(), config.shards);
+    let layout = Layout::new(
+        &initial_voters(&config, config.advertise.as_deref()),
+        config.shards,
+        config.replication_factor,
+    )?;
+    let held = layout.shards_of(config.node_id);
+    let held_count = held.len().max(1) as u32;
+    let budgets = Budgets::resolve(&config.memory, crate::memory::memory_limit(), held_count);
     tracing::info!(?budgets, "memory budgets");
     let store = Store::open(
         &config.data_dir,
@@ -245,20 +253,21 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
 
     crate::store::format::check_data_dir(&store)?;
     store.check_shard_count(config.shards)?;
+    store.check_replication_factor(config.replication_factor)?;
     let watermark = watermark::read(&config.data_dir)?;
     let content_cache = Arc::new(ContentCache::new(budgets.content_cache as usize));
     let mut shards = Vec::new();
-    for id in 0..config.shards {
+    for (nth, &id) in held.iter().enumerate() {
         let raft_config = Arc::new(shard_raft_config(&config, id)?);
         http_state.starting(format!(
             "rebuilding the job index of shard {id} ({} of {})",
-            id + 1,
-            config.shards
+            nth + 1,
+            held.len()
         ));
         // On a blocking thread: the rebuild reads every live job's record.
         let (sm, shared) = {
             let (store, cache) = (store.clone(), content_cache.clone());
-            let pending = budgets.pending_writes_per_shard(config.shards);
+            let pending = budgets.pending_writes_per_shard(held_count);
             tokio::task::spawn_blocking(move || StateMachineStore::open(store, id, cache, pending))
                 .await
                 .context("loading the state machine")?
@@ -268,7 +277,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             store.clone(),
             id,
             shared.clone(),
-            budgets.log_cache_per_shard(config.shards),
+            budgets.log_cache_per_shard(held_count),
         );
         // The state on disk may trail the log (state writes skip the WAL and
         // are re-applied from the log), so the log counts too.
@@ -323,6 +332,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     };
     let context = Arc::new(NodeContext::new(
         identity,
+        layout,
         shards,
         defaults,
         MemoryBudget {
@@ -483,26 +493,36 @@ fn shard_raft_config(config: &NodeConfig, shard: u32) -> anyhow::Result<openraft
     .with_context(|| format!("raft settings of shard {shard}"))
 }
 
-/// Initialises a brand-new cluster exactly once: from the lowest-id member
-/// of `initial_members`, or from this node alone when none are given.
+/// The voters of a new cluster: `initial_members`, or this node alone.
+/// Before binding, this node's own address may not be known yet; the
+/// layout needs only the ids, and [`bootstrap`] the real addresses.
+fn initial_voters(config: &NodeConfig, advertise: Option<&str>) -> BTreeMap<NodeId, String> {
+    if config.initial_members.is_empty() {
+        [(config.node_id, advertise.unwrap_or_default().to_string())].into()
+    } else {
+        config.initial_members.clone()
+    }
+}
+
+/// Initialises each shard of a brand-new cluster exactly once: from the
+/// lowest-id voter the layout placed it on (this node alone when no
+/// initial members are given).
 async fn bootstrap(
     context: &NodeContext,
     config: &NodeConfig,
     advertise: &str,
 ) -> anyhow::Result<()> {
-    let members: BTreeMap<NodeId, BasicNode> = if config.initial_members.is_empty() {
-        [(config.node_id, BasicNode::new(advertise))].into()
-    } else {
-        config
-            .initial_members
-            .iter()
-            .map(|(id, addr)| (*id, BasicNode::new(addr)))
-            .collect()
-    };
-    if members.keys().next() != Some(&config.node_id) {
-        return Ok(());
-    }
     for shard in &context.shards {
+        let members: BTreeMap<NodeId, BasicNode> = match context.layout.voters.get(&shard.id) {
+            Some(voters) if !config.initial_members.is_empty() => voters
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                .collect(),
+            _ => [(config.node_id, BasicNode::new(advertise))].into(),
+        };
+        if members.keys().next() != Some(&config.node_id) {
+            continue;
+        }
         if shard.raft.is_initialized().await? {
             continue;
         }

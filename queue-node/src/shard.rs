@@ -48,8 +48,6 @@ pub struct ShardShared {
     /// last index), so the leader's batcher can tell a batch's commit
     /// latency from its log index.
     apply_starts: Mutex<std::collections::VecDeque<(u64, u64, std::time::Instant)>>,
-    /// Requests for this shard this node forwarded to its leader.
-    pub forwarded: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -75,7 +73,6 @@ impl ShardShared {
             log_cache_bytes: AtomicU64::new(0),
             apply_seconds: crate::latency::Histogram::default(),
             apply_starts: Mutex::new(std::collections::VecDeque::with_capacity(APPLY_STARTS_KEPT)),
-            forwarded: AtomicU64::new(0),
         }
     }
 

@@ -108,12 +108,11 @@ pub async fn cluster(State(rest): State<Arc<Rest>>, caller: Caller) -> Answer<Va
         None,
     )?;
     let own = crate::service::local_status(&rest.ctx);
-    let others: BTreeSet<(u64, String)> = own
-        .shards
-        .iter()
-        .flat_map(|s| s.members.iter())
-        .filter(|m| m.node_id != own.node_id)
-        .map(|m| (m.node_id, m.addr.clone()))
+    let others: BTreeSet<(u64, String)> = rest
+        .ctx
+        .member_addrs()
+        .into_iter()
+        .filter(|(id, _)| *id != own.node_id)
         .collect();
     let asks = others.into_iter().map(|(id, addr)| {
         let (ctx, who) = (rest.ctx.clone(), who.clone());

@@ -203,18 +203,18 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
             }
             // Every shard's queues, each from its leader, all at once.
             let (request, caller) = (&request, &caller);
-            let per_shard = self.ctx.shards.iter().map(|shard| async move {
-                match self.ctx.route(shard.id, request)? {
+            let per_shard = self.ctx.shard_ids().map(|shard| async move {
+                match self.ctx.route(shard, request)? {
                     Route::Local(handle) => shard_stats(handle).await,
                     Route::Leader(leader) => {
                         let request = forward::forwarded_for_shard(
                             pb::StatsRequest::default(),
-                            shard.id,
+                            shard,
                             caller,
                         );
                         let remote = leader.relay(leader.admin().stats(request)).await?;
                         let this_shard =
-                            |q: &pb::QueueStats| self.ctx.shard_of_queue(&q.queue) == shard.id;
+                            |q: &pb::QueueStats| self.ctx.shard_of_queue(&q.queue) == shard;
                         Ok(remote
                             .into_inner()
                             .queues

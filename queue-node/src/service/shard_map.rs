@@ -1,5 +1,6 @@
 //! `Queue.GetShardMap`: each shard's leader and members as this node sees
-//! them, with the leaders' client addresses from the [`Directory`].
+//! them (for shards held elsewhere, as their members last told the
+//! [`Directory`]), with the leaders' client addresses from it.
 //!
 //! [`Directory`]: crate::directory::Directory
 
@@ -9,27 +10,43 @@ use crate::context::NodeContext;
 
 pub fn build(ctx: &NodeContext, queues: &[String]) -> pb::ShardMap {
     let known = ctx.directory.all();
+    let client_addr = |leader: Option<u64>| {
+        leader
+            .and_then(|l| known.get(&l).cloned())
+            .unwrap_or_default()
+    };
     let shards = ctx
-        .shards
-        .iter()
-        .map(|shard| {
-            let metrics = shard.raft.metrics();
-            let m = metrics.borrow();
-            let leader_id = m.current_leader.unwrap_or(0);
-            pb::ShardRoute {
-                shard: shard.id,
-                leader_id,
-                leader_addr: m
-                    .current_leader
-                    .and_then(|l| known.get(&l).cloned())
-                    .unwrap_or_default(),
-                term: m.current_term,
-                members: m.membership_config.nodes().map(|(id, _)| *id).collect(),
+        .shard_ids()
+        .map(|id| match ctx.local(id) {
+            Some(shard) => {
+                let metrics = shard.raft.metrics();
+                let m = metrics.borrow();
+                pb::ShardRoute {
+                    shard: id,
+                    leader_id: m.current_leader.unwrap_or(0),
+                    leader_addr: client_addr(m.current_leader),
+                    term: m.current_term,
+                    members: m.membership_config.nodes().map(|(id, _)| *id).collect(),
+                }
             }
+            // Held elsewhere: as its members last reported it.
+            None => match ctx.directory.remote_shard(id) {
+                Some(remote) => pb::ShardRoute {
+                    shard: id,
+                    leader_id: remote.leader,
+                    leader_addr: client_addr(Some(remote.leader)),
+                    term: remote.term,
+                    members: remote.members,
+                },
+                None => pb::ShardRoute {
+                    shard: id,
+                    ..Default::default()
+                },
+            },
         })
         .collect();
     pb::ShardMap {
-        shard_count: ctx.shards.len() as u32,
+        shard_count: ctx.layout.shard_count,
         shards,
         nodes: known
             .into_iter()

@@ -42,6 +42,8 @@ pub enum OpenError {
     },
     #[error("this data dir was created with {stored} shard(s) but the node was started with {configured}; the shard count of a cluster cannot change (queues are placed by it)")]
     ShardCount { stored: u32, configured: u32 },
+    #[error("this data dir was created with replication factor {stored} but the node was started with {configured}; it cannot change yet (moving shards between nodes is not built)")]
+    ReplicationFactor { stored: String, configured: String },
     #[error("reading or writing the node record: {0}")]
     NodeRecord(String),
     #[error("this data dir was written in data format {stored}, and this queue-node reads formats up to {readable}: run the newer queue-node that wrote it (a downgrade cannot read it), or restore a backup taken before the upgrade")]
@@ -50,6 +52,8 @@ pub enum OpenError {
 
 /// Node-wide records in `raft_meta` sort after every shard's (all-ones prefix).
 const NODE_SHARDS_KEY: &[u8] = b"\xff\xff\xff\xffshards";
+/// The replication factor; 0 for "every initial member".
+const NODE_REPLICATION_KEY: &[u8] = b"\xff\xff\xff\xffreplication";
 
 /// What RocksDB may hold in memory.
 #[derive(Debug, Clone, Copy)]
@@ -231,6 +235,24 @@ impl Store {
             }
             Some(_) => Ok(()),
             None => self.put_node_record(NODE_SHARDS_KEY, configured),
+        }
+    }
+
+    /// Records the replication factor of a new data dir, and refuses a
+    /// different one later: the shards this node holds follow from it.
+    pub fn check_replication_factor(&self, configured: Option<u32>) -> Result<(), OpenError> {
+        let name = |f: u32| match f {
+            0 => "unset (every member holds every shard)".to_string(),
+            f => f.to_string(),
+        };
+        let configured = configured.unwrap_or(0);
+        match self.node_record(NODE_REPLICATION_KEY, "replication factor")? {
+            Some(stored) if stored != configured => Err(OpenError::ReplicationFactor {
+                stored: name(stored),
+                configured: name(configured),
+            }),
+            Some(_) => Ok(()),
+            None => self.put_node_record(NODE_REPLICATION_KEY, configured),
         }
     }
 

@@ -24,6 +24,8 @@ pub struct Spec {
     pub config: Option<&'static str>,
     /// Mutual TLS between the nodes, TLS and a token for clients.
     pub tls: bool,
+    /// Voters per shard; unset: every node holds every shard.
+    pub replication_factor: Option<u32>,
 }
 
 /// The client ports of a cluster and how to connect to them.
@@ -72,6 +74,9 @@ pub struct Cluster {
     members: String,
     config: PathBuf,
     shards: u32,
+    replication_factor: Option<u32>,
+    /// How many shards each node holds.
+    held: HashMap<NodeId, usize>,
     admins: HashMap<NodeId, Client>,
     tls: Option<super::certs::TestTls>,
     dir: Option<tempfile::TempDir>,
@@ -91,6 +96,17 @@ queue_defaults:
   backoff_initial_ms: 50
   backoff_max_ms: 200
 ";
+
+/// How many shards each node of `spec` holds, as the nodes place them.
+fn held_shards(spec: &Spec) -> anyhow::Result<HashMap<NodeId, usize>> {
+    let members = (1..=spec.nodes as NodeId)
+        .map(|id| (id, String::new()))
+        .collect();
+    let layout = raftq_node::layout::Layout::new(&members, spec.shards, spec.replication_factor)?;
+    Ok((1..=spec.nodes as NodeId)
+        .map(|id| (id, layout.shards_of(id).len()))
+        .collect())
+}
 
 const FAKETIME_LIBS: [&str; 2] = [
     "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
@@ -148,6 +164,8 @@ impl Cluster {
             members,
             config,
             shards: spec.shards,
+            replication_factor: spec.replication_factor,
+            held: held_shards(spec)?,
             admins: HashMap::new(),
             tls: spec
                 .tls
@@ -197,6 +215,10 @@ impl Cluster {
         let members = self.members.clone();
         let config = self.config.clone();
         let shards = self.shards;
+        let placed: Vec<String> = self
+            .replication_factor
+            .map(|f| vec!["--replication-factor".to_string(), f.to_string()])
+            .unwrap_or_default();
         let net = self.net.clone();
         let node = self.node(id);
         if node.child.is_some() {
@@ -215,6 +237,7 @@ impl Cluster {
             .args(["--data-dir", &node.dir.display().to_string()])
             .args(["--initial-members", &members])
             .args(["--shards", &shards.to_string()])
+            .args(&placed)
             .args(&tls_args)
             .env("RAFTQ_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
@@ -328,8 +351,8 @@ impl Cluster {
         None
     }
 
-    /// Waits until each of `ids` runs, is a member of every shard and
-    /// sees a leader for it.
+    /// Waits until each of `ids` runs, is a member of every shard placed
+    /// on it and sees a leader for it.
     pub async fn wait_serving(&mut self, ids: &[NodeId], timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         for id in ids {
@@ -340,8 +363,9 @@ impl Cluster {
                         tail(&self.log(*id))
                     );
                 }
+                let held = self.held.get(id).copied().unwrap_or(0);
                 if let Some(s) = self.status(*id).await {
-                    if s.shards.len() == self.shards as usize
+                    if s.shards.len() == held
                         && s.shards.iter().all(|s| s.has_leader && s.applied_index > 0)
                     {
                         break;
@@ -360,21 +384,29 @@ impl Cluster {
     }
 
     /// Waits until every running node has applied the same index on every
-    /// shard (replicas converged).
+    /// shard it holds (replicas converged).
     pub async fn wait_converged(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let mut applied: Vec<Vec<u64>> = Vec::new();
+            let mut answered = 0;
+            let mut applied: std::collections::BTreeMap<u32, Vec<u64>> = Default::default();
             for id in self.ids() {
                 if let Some(s) = self.status(id).await {
-                    applied.push(s.shards.iter().map(|s| s.applied_index).collect());
+                    answered += 1;
+                    for shard in &s.shards {
+                        applied
+                            .entry(shard.shard)
+                            .or_default()
+                            .push(shard.applied_index);
+                    }
                 }
             }
-            if applied.len() == self.nodes.len() && applied.windows(2).all(|w| w[0] == w[1]) {
+            let same = applied.values().all(|a| a.windows(2).all(|w| w[0] == w[1]));
+            if answered == self.nodes.len() && same {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                anyhow::bail!("replicas did not converge: applied indexes {applied:?}");
+                anyhow::bail!("replicas did not converge: applied indexes by shard {applied:?}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -11,6 +11,24 @@ use super::workload::{final_states, wait_drained, Workload};
 
 const QUEUES: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
 
+/// The workload's queues: [`QUEUES`], and with more shards than those
+/// fill, one more queue on each shard they leave empty.
+fn queues(shards: u32) -> Vec<String> {
+    let mut queues: Vec<String> = QUEUES.iter().map(|q| q.to_string()).collect();
+    for shard in 0..shards {
+        if !queues
+            .iter()
+            .any(|q| raftq_api::shard_of(q, shards) == shard)
+        {
+            let extra = (0..)
+                .map(|i| format!("echo-{i}"))
+                .find(|q| raftq_api::shard_of(q, shards) == shard);
+            queues.extend(extra);
+        }
+    }
+    queues
+}
+
 /// For partition-leader-returns: snapshots so frequent that a deposed
 /// leader's log is overtaken by one, and one proposal in flight, so that a
 /// single proposal never answered would stall the shard.
@@ -58,15 +76,18 @@ pub struct Scenario {
     pub what: &'static str,
     pub nodes: usize,
     pub shards: u32,
+    /// Voters per shard; `None`: every node holds every shard.
+    pub replication_factor: Option<u32>,
     pub needs_root: bool,
 }
 
-pub const ALL: [Scenario; 12] = [
+pub const ALL: [Scenario; 13] = [
     Scenario {
         name: "kill-leader",
         what: "SIGKILL the leader of a shard, restart it, repeat",
         nodes: 3,
         shards: 2,
+        replication_factor: None,
         needs_root: false,
     },
     Scenario {
@@ -74,6 +95,7 @@ pub const ALL: [Scenario; 12] = [
         what: "kill-leader with mutual TLS between the nodes, TLS and a token for every client",
         nodes: 3,
         shards: 2,
+        replication_factor: None,
         needs_root: false,
     },
     Scenario {
@@ -81,6 +103,15 @@ pub const ALL: [Scenario; 12] = [
         what: "SIGKILL the leader of a shard in a 5-node cluster, repeat",
         nodes: 5,
         shards: 2,
+        replication_factor: None,
+        needs_root: false,
+    },
+    Scenario {
+        name: "kill-leader-placed",
+        what: "SIGKILL a shard's leader in a 6-node cluster whose 12 shards are each on 3 nodes, restart it, repeat",
+        nodes: 6,
+        shards: 12,
+        replication_factor: Some(3),
         needs_root: false,
     },
     Scenario {
@@ -88,6 +119,7 @@ pub const ALL: [Scenario; 12] = [
         what: "SIGKILL a follower, restart it, repeat",
         nodes: 3,
         shards: 2,
+        replication_factor: None,
         needs_root: false,
     },
     Scenario {
@@ -95,6 +127,7 @@ pub const ALL: [Scenario; 12] = [
         what: "SIGKILL every node, restart them all, repeat",
         nodes: 3,
         shards: 2,
+        replication_factor: None,
         needs_root: false,
     },
     Scenario {
@@ -102,6 +135,7 @@ pub const ALL: [Scenario; 12] = [
         what: "isolate the leader from the other four nodes, heal, repeat",
         nodes: 5,
         shards: 2,
+        replication_factor: None,
         needs_root: false,
     },
     Scenario {
@@ -109,6 +143,7 @@ pub const ALL: [Scenario; 12] = [
         what: "isolate a busy shard's leader until it needs a snapshot, heal, make it lead again",
         nodes: 3,
         shards: 2,
+        replication_factor: None,
         needs_root: false,
     },
     Scenario {
@@ -116,6 +151,7 @@ pub const ALL: [Scenario; 12] = [
         what: "split the cluster 2/1 (a random node alone), heal, repeat",
         nodes: 3,
         shards: 2,
+        replication_factor: None,
         needs_root: false,
     },
     Scenario {
@@ -123,6 +159,7 @@ pub const ALL: [Scenario; 12] = [
         what: "20-50 ms latency and 5% retransmission stalls on every link, with a leader kill",
         nodes: 3,
         shards: 2,
+        replication_factor: None,
         needs_root: false,
     },
     Scenario {
@@ -130,6 +167,7 @@ pub const ALL: [Scenario; 12] = [
         what: "fill the disk of shard 0's leader, free it, restart the node",
         nodes: 3,
         shards: 2,
+        replication_factor: None,
         needs_root: true,
     },
     Scenario {
@@ -137,6 +175,7 @@ pub const ALL: [Scenario; 12] = [
         what: "step the leader's wall clock +1 h, then back",
         nodes: 3,
         shards: 2,
+        replication_factor: None,
         needs_root: false,
     },
     Scenario {
@@ -144,6 +183,7 @@ pub const ALL: [Scenario; 12] = [
         what: "kill the leader so a node whose wall clock is 1 h ahead leads, then one 1 h behind",
         nodes: 3,
         shards: 2,
+        replication_factor: None,
         needs_root: false,
     },
 ];
@@ -165,6 +205,7 @@ pub async fn run(s: &Scenario, size: Size) -> anyhow::Result<Outcome> {
         small_disk: (s.name == "disk-full").then_some((1, 256)),
         config: (s.name == "partition-leader-returns").then_some(SNAPSHOT_OFTEN_ONE_IN_FLIGHT),
         tls: s.name.ends_with("-tls"),
+        replication_factor: s.replication_factor,
     };
     let mut cluster = Cluster::start(&spec).await?;
     let outcome = run_on(s, size, &mut cluster).await;
@@ -184,7 +225,9 @@ pub async fn run(s: &Scenario, size: Size) -> anyhow::Result<Outcome> {
 async fn run_on(s: &Scenario, size: Size, cluster: &mut Cluster) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let endpoints = cluster.endpoints();
-    let mut load = Workload::start(endpoints.clone(), &QUEUES, 3, 4);
+    let queues = queues(s.shards);
+    let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
+    let mut load = Workload::start(endpoints.clone(), &queues, 3, 4);
     wait_acknowledged(&load, 100, Duration::from_secs(60)).await?;
 
     let mut notes = Vec::new();
@@ -194,7 +237,10 @@ async fn run_on(s: &Scenario, size: Size, cluster: &mut Cluster) -> anyhow::Resu
         phase = Instant::now();
     };
     let faults = match s.name {
-        "kill-leader" | "kill-leader-5" | "kill-leader-tls" => kill_leader(cluster, size).await?,
+        "kill-leader" | "kill-leader-5" | "kill-leader-tls" => {
+            kill_leader(cluster, size, 2).await?
+        }
+        "kill-leader-placed" => kill_leader(cluster, size, s.shards).await?,
         "kill-follower" => kill_follower(cluster, size).await?,
         "kill-all" => kill_all(cluster, size).await?,
         "partition-leader" => partition_leader(cluster, size).await?,
@@ -317,9 +363,10 @@ async fn hold(d: Duration) {
     tokio::time::sleep(d).await;
 }
 
-async fn kill_leader(c: &mut Cluster, size: Size) -> anyhow::Result<usize> {
+/// Kills the leader of shard 0, 1, ... `shards - 1` in turn.
+async fn kill_leader(c: &mut Cluster, size: Size, shards: u32) -> anyhow::Result<usize> {
     for round in 0..size.rounds {
-        let id = leader(c, (round % 2) as u32).await?;
+        let id = leader(c, round as u32 % shards).await?;
         c.kill(id);
         hold(size.hold / 2).await;
         c.start_node(id)?;

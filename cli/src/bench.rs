@@ -297,19 +297,32 @@ struct Router {
 
 impl Router {
     /// Finds each shard's leader in the shard map of the node at `addr`,
-    /// and connects to the leaders' client ports.
+    /// and connects to the leaders' client ports. With `even_leaders`,
+    /// waits until the nodes have spread the leaderships (freshly
+    /// started nodes move them for several seconds, and a worker stream
+    /// whose leader moves ends).
     async fn discover(
         addr: &str,
         options: &ConnectOptions,
         connections: usize,
+        even_leaders: bool,
     ) -> anyhow::Result<Router> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(router) = Router::try_discover(addr, options, connections).await {
+            if let Some(router) =
+                Router::try_discover(addr, options, connections, even_leaders).await
+            {
                 return Ok(router);
             }
             if Instant::now() > deadline {
-                bail!("no leader for every shard at {addr} within 60s");
+                bail!(
+                    "no leader for every shard at {addr} within 60s{}",
+                    if even_leaders {
+                        ", spread over the nodes"
+                    } else {
+                        ""
+                    }
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -319,6 +332,7 @@ impl Router {
         addr: &str,
         options: &ConnectOptions,
         connections: usize,
+        even_leaders: bool,
     ) -> Option<Router> {
         let client = Client::connect_with(addr, options.clone()).await.ok()?;
         let map = client
@@ -328,6 +342,9 @@ impl Router {
             .ok()?
             .into_inner();
         if map.shards.len() != map.shard_count as usize || map.shards.is_empty() {
+            return None;
+        }
+        if even_leaders && !leaders_even(&map) {
             return None;
         }
         let mut by_addr: HashMap<String, Vec<Client>> = HashMap::new();
@@ -360,6 +377,21 @@ impl Router {
         let pool = &self.leaders[raftq_api::shard_of(queue, self.shards) as usize];
         pool[n % pool.len()].clone()
     }
+}
+
+/// Whether every node that holds a shard leads as many shards as any
+/// other, give or take one.
+fn leaders_even(map: &pb::ShardMap) -> bool {
+    let mut led: HashMap<u64, usize> = map
+        .shards
+        .iter()
+        .flat_map(|s| s.members.iter().map(|m| (*m, 0)))
+        .collect();
+    for shard in &map.shards {
+        *led.entry(shard.leader_id).or_default() += 1;
+    }
+    let (min, max) = (led.values().min(), led.values().max());
+    matches!((min, max), (Some(min), Some(max)) if max - min <= 1)
 }
 
 #[derive(Default)]
@@ -646,7 +678,8 @@ pub async fn run(args: BenchArgs, conn: &Conn) -> anyhow::Result<()> {
         None => (conn.addr.clone(), conn.options()?),
     };
     eprintln!("waiting for shard leaders at {target} ...");
-    let router = Arc::new(Router::discover(&target, &options, args.connections).await?);
+    let router =
+        Arc::new(Router::discover(&target, &options, args.connections, spawned.is_some()).await?);
     let queues = queue_names(args.queues);
     let payload = Bytes::from(vec![b'x'; args.payload]);
 

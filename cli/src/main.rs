@@ -4,6 +4,7 @@ mod bench;
 mod certs;
 mod top;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -232,6 +233,9 @@ enum Command {
         #[arg(long = "host", default_values_t = ["127.0.0.1".to_string(), "localhost".to_string()])]
         hosts: Vec<String>,
     },
+    /// Where each shard lives: its leader, term and members, and how many
+    /// replicas and leaderships each node has (from the shard map).
+    Shards,
     /// Cluster membership and Raft status.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -361,6 +365,42 @@ enum ClusterCommand {
         #[arg(long)]
         retain: bool,
     },
+}
+
+/// The shard map as text: a line per shard, then a line per node with
+/// the replicas it holds and the shards it leads.
+fn shard_table(map: &pb::ShardMap) -> String {
+    use std::fmt::Write;
+    let mut out = format!(
+        "{} shard(s), as node {} sees them\n",
+        map.shard_count, map.node_id
+    );
+    let mut held: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
+    for shard in &map.shards {
+        let leader = match shard.leader_id {
+            0 => "none known".to_string(),
+            id if shard.leader_addr.is_empty() => format!("node {id}"),
+            id => format!("node {id} ({})", shard.leader_addr),
+        };
+        let members: Vec<String> = shard.members.iter().map(u64::to_string).collect();
+        let _ = writeln!(
+            out,
+            "shard {:>2}  leader {leader}, term {}, members {}",
+            shard.shard,
+            shard.term,
+            members.join(" ")
+        );
+        for member in &shard.members {
+            held.entry(*member).or_default().0 += 1;
+        }
+        if shard.leader_id != 0 {
+            held.entry(shard.leader_id).or_default().1 += 1;
+        }
+    }
+    for (node, (replicas, leads)) in held {
+        let _ = writeln!(out, "node {node}  {replicas} replica(s), leads {leads}");
+    }
+    out
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -784,6 +824,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .into_inner();
             println!("{info:?}");
+        }
+        Command::Shards => {
+            let map = call!(
+                client,
+                queue,
+                get_shard_map,
+                pb::GetShardMapRequest::default()
+            )
+            .into_inner();
+            print!("{}", shard_table(&map));
         }
         Command::Cluster(ClusterCommand::Status) => {
             let s = call!(client, cluster, status, pb::ClusterStatusRequest {}).into_inner();

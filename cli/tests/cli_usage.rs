@@ -13,7 +13,7 @@ fn help_lists_the_commands() {
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for command in [
-        "enqueue", "work", "stats", "job", "dlq", "queue", "cluster", "top",
+        "enqueue", "work", "stats", "job", "dlq", "queue", "shards", "cluster", "top",
     ] {
         assert!(help.contains(command), "help lacks {command}: {help}");
     }

@@ -26,12 +26,21 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.auth) || !has(self.auth.enabled) || self.auth.enabled || (has(self.tls) && has(self.tls.allowInsecure) && self.tls.allowInsecure)").message("auth.enabled: false lets anyone who reaches the client port do anything; set tls.allowInsecure: true to accept that"))]
+#[x_kube(validation = Rule::new("has(self.replicationFactor) ? self.replicas >= self.replicationFactor : self.replicas % 2 == 1 && self.replicas <= 7").message("without replicationFactor every node holds every shard, so replicas must be odd (1, 3, 5 or 7: Raft needs a majority); with it, replicas must be at least replicationFactor"))]
+#[x_kube(validation = Rule::new("has(self.replicationFactor) == has(oldSelf.replicationFactor) && (!has(self.replicationFactor) || (self.replicationFactor == oldSelf.replicationFactor && self.replicas == oldSelf.replicas))").message("replicationFactor is fixed at creation, and while it is set so is replicas: the shards are placed on the nodes when the cluster is created, and moving them between nodes is not built yet"))]
 pub struct JobQueueSpec {
-    /// Queue nodes. Odd so that a majority survives the loss of the rest.
+    /// Queue nodes. Without `replicationFactor`, odd (at most 7) so that a
+    /// majority survives the loss of the rest.
     #[serde(default = "default_replicas")]
-    #[schemars(range(min = 1, max = 7))]
-    #[x_kube(validation = Rule::new("self % 2 == 1").message("replicas must be odd (1, 3, 5 or 7): Raft needs a majority"))]
+    #[schemars(range(min = 1, max = 99))]
     pub replicas: i32,
+    /// Voters per shard: 1, 3 or 5. Set, each node holds only the shards
+    /// placed on it (replicas and leaderships even over the nodes), so
+    /// more nodes carry more load. Unset, every node holds every shard.
+    /// Fixed at creation, and while set so is `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == 1 || self == 3 || self == 5").message("replicationFactor must be 1, 3 or 5"))]
+    pub replication_factor: Option<i32>,
     /// Raft groups per node; queues are spread over them by name. Fixed at
     /// creation: the nodes' data is laid out by shard.
     #[serde(default = "default_shards")]
@@ -363,11 +372,15 @@ pub struct JobQueueStatus {
     /// Pending, Bootstrapping, Scaling, Running, Degraded, Paused, Deleting.
     #[serde(default)]
     pub phase: String,
-    /// Node ids that vote in every shard.
+    /// Node ids that vote in every shard (with `replicationFactor`: in
+    /// shard 0).
     #[serde(default)]
     pub voters: Vec<i64>,
     #[serde(default)]
     pub shards: Vec<ShardStatus>,
+    /// How many shards each node holds and leads.
+    #[serde(default)]
+    pub nodes: Vec<NodeStatus>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// host:port clients connect to (the client Service).
@@ -383,6 +396,16 @@ pub struct ShardStatus {
     pub leader: i64,
     pub term: i64,
     pub applied_index: i64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub node_id: i64,
+    /// Shards it votes in.
+    pub replicas: i32,
+    /// Shards it leads.
+    pub leads: i32,
 }
 
 /// A standard Kubernetes condition.

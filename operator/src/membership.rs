@@ -127,6 +127,26 @@ pub struct Plan {
 /// `bootstrapped` is the operator's record that it initialised this cluster
 /// before: then an empty membership means lost data, never a new cluster.
 pub fn plan(replicas: i32, bootstrapped: bool, observed: &Observed) -> Plan {
+    plan_for(Layout::Grown, replicas, bootstrapped, observed)
+}
+
+/// How the shards of a queue come to their nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Every node holds every shard; the operator bootstraps pod 0 and adds
+    /// the others one by one.
+    Grown,
+    /// Each shard on `replicationFactor` nodes: the pods start with the
+    /// whole membership and create the cluster themselves; the operator
+    /// only watches.
+    Placed { shards: u32 },
+}
+
+/// [`plan`] for a queue laid out as `layout` says.
+pub fn plan_for(layout: Layout, replicas: i32, bootstrapped: bool, observed: &Observed) -> Plan {
+    if let Layout::Placed { shards } = layout {
+        return plan_placed(replicas, shards, observed);
+    }
     let replicas = replicas.max(1);
     let wanted: BTreeSet<u64> = (1..=replicas as u64).collect();
     let hold = |h: Hold, size: i32| Plan {
@@ -487,6 +507,38 @@ impl NodeAdmin for GrpcNodeAdmin {
             })
             .await?
             .into_inner())
+    }
+}
+
+/// A placed queue's nodes need no step: they wait for each other and
+/// elect leaders. Until every shard has a leader the plan waits.
+fn plan_placed(replicas: i32, shards: u32, observed: &Observed) -> Plan {
+    let replicas = replicas.max(1);
+    let wait = |why: String| Plan {
+        next: Err(Hold::Waiting(why)),
+        stateful_set_replicas: replicas,
+    };
+    if observed.nodes.is_empty() {
+        return wait("no queue node answers yet".into());
+    }
+    if !observed.initialized() {
+        return wait(
+            "the nodes create the cluster once a majority of each shard's voters has started"
+                .into(),
+        );
+    }
+    let seen = observed.shards();
+    if let Some(s) = seen.iter().find(|s| s.leader == 0) {
+        return wait(format!("shard {} has no leader yet", s.shard));
+    }
+    if let Some(missing) = (0..shards).find(|id| seen.iter().all(|s| s.shard != *id)) {
+        return wait(format!(
+            "no node that answers holds shard {missing}: waiting for its nodes"
+        ));
+    }
+    Plan {
+        next: Err(Hold::Settled),
+        stateful_set_replicas: replicas,
     }
 }
 

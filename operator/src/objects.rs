@@ -195,6 +195,23 @@ pub fn client_endpoint(jq: &JobQueue) -> String {
     format!("{}.{ns}.svc:{GRPC_PORT}", names(jq).client_service)
 }
 
+/// Node id → peer address of every pod, as each pod advertises itself.
+fn initial_members(jq: &JobQueue) -> serde_yaml::Mapping {
+    let n = names(jq);
+    let domain = peer_domain(jq);
+    (0..jq.spec.replicas.max(1) as u32)
+        .map(|ordinal| {
+            (
+                serde_yaml::Value::from(crate::membership::node_id(ordinal)),
+                serde_yaml::Value::from(format!(
+                    "{}-{ordinal}.{domain}:{PEER_PORT}",
+                    n.stateful_set
+                )),
+            )
+        })
+        .collect()
+}
+
 /// The queue-node config file (YAML) every pod of the queue reads. The
 /// node id and advertised address differ per pod and come from the
 /// environment instead.
@@ -231,6 +248,13 @@ pub fn node_config_yaml(jq: &JobQueue) -> Result<String, Error> {
             "backoff_multiplier": q.backoff_multiplier,
         },
     });
+    if let Some(factor) = s.replication_factor {
+        // Placed shards: every pod starts with the whole membership and
+        // the nodes create the cluster themselves, each shard on the
+        // voters the layout gives it (the same on every node).
+        config["join"] = serde_json::json!(false);
+        config["replication_factor"] = serde_json::json!(factor);
+    }
     if let Some(memory) = memory_budgets(jq) {
         config["memory"] = memory;
     }
@@ -264,7 +288,13 @@ pub fn node_config_yaml(jq: &JobQueue) -> Result<String, Error> {
     // Never start a node that would serve the pod network unprotected
     // (a config the insecure switch did not ask for).
     config["require_auth"] = serde_json::json!(!s.tls.allow_insecure);
-    serde_yaml::to_string(&config).map_err(|e| Error::Render(format!("node config: {e}")))
+    let render = |e: serde_yaml::Error| Error::Render(format!("node config: {e}"));
+    let mut yaml = serde_yaml::to_value(&config).map_err(render)?;
+    if s.replication_factor.is_some() {
+        // Node ids are numbers, which a JSON object's keys cannot be.
+        yaml["initial_members"] = serde_yaml::Value::Mapping(initial_members(jq));
+    }
+    serde_yaml::to_string(&yaml).map_err(render)
 }
 
 /// The node's memory budgets from the pod's memory limit: half for the
@@ -781,6 +811,45 @@ mod tests {
             yaml.get("memory").is_none(),
             "no limit: the node's defaults"
         );
+    }
+
+    #[test]
+    fn placed_shards_start_every_pod_with_the_whole_membership() {
+        let mut jq = queue(6, 12);
+        jq.spec.replication_factor = Some(3);
+        let text = node_config_yaml(&jq).expect("render");
+        let yaml: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
+        assert_eq!(
+            yaml["join"], false,
+            "the nodes create the cluster themselves"
+        );
+        assert_eq!(yaml["replication_factor"], 3);
+        let members = yaml["initial_members"].as_mapping().expect("a map");
+        assert_eq!(members.len(), 6);
+        assert_eq!(
+            members[&serde_yaml::Value::from(6u64)],
+            "orders-5.orders-peers.shop.svc:7401",
+            "{text}"
+        );
+        // Each pod advertises the same address.
+        let sts = stateful_set(&jq, 6).expect("statefulset");
+        let pod = sts.spec.and_then(|s| s.template.spec).expect("pod spec");
+        let advertise = pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "RAFTQ_ADVERTISE")
+            .and_then(|e| e.value.clone());
+        assert_eq!(
+            advertise.as_deref(),
+            Some("$(POD_NAME).orders-peers.shop.svc:7401")
+        );
+        // Without a factor the operator grows the cluster itself.
+        jq.spec.replication_factor = None;
+        let yaml: serde_yaml::Value =
+            serde_yaml::from_str(&node_config_yaml(&jq).expect("render")).expect("yaml");
+        assert_eq!(yaml["join"], true);
+        assert!(yaml.get("initial_members").is_none());
     }
 
     #[test]

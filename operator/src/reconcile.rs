@@ -176,13 +176,23 @@ async fn apply(jq: &JobQueue, ctx: &Context) -> Result<Action, Error> {
         // certificate rather than call them without.
         Some(why) => {
             let observed = membership::Observed::default();
-            let mut plan = membership::plan(jq.spec.replicas, status::bootstrapped(jq), &observed);
+            let mut plan = membership::plan_for(
+                layout(jq),
+                jq.spec.replicas,
+                status::bootstrapped(jq),
+                &observed,
+            );
             plan.next = Err(Hold::Waiting(format!("certificates: {why}")));
             (observed, plan)
         }
         None => {
             let observed = membership::observe(ctx.nodes.as_ref(), &queue, jq.spec.replicas).await;
-            let plan = membership::plan(jq.spec.replicas, status::bootstrapped(jq), &observed);
+            let plan = membership::plan_for(
+                layout(jq),
+                jq.spec.replicas,
+                status::bootstrapped(jq),
+                &observed,
+            );
             (observed, plan)
         }
     };
@@ -441,4 +451,14 @@ fn describe(step: &Step) -> String {
 
 fn now() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+/// How the queue's shards come to their nodes.
+fn layout(jq: &JobQueue) -> membership::Layout {
+    match jq.spec.replication_factor {
+        Some(_) => membership::Layout::Placed {
+            shards: jq.spec.shards.max(1) as u32,
+        },
+        None => membership::Layout::Grown,
+    }
 }

@@ -1,7 +1,7 @@
 //! The `JobQueue` status a reconcile reports, computed from what it
 //! observed. Pure: the caller passes the time.
 
-use crate::crd::{Condition, JobQueue, JobQueueStatus, ShardStatus, TlsMode};
+use crate::crd::{Condition, JobQueue, JobQueueStatus, NodeStatus, ShardStatus, TlsMode};
 use crate::credentials::Credentials;
 use crate::membership::{Hold, Observed, Plan, Step};
 use crate::objects;
@@ -105,7 +105,13 @@ pub fn compute(jq: &JobQueue, seen: &Observation<'_>, now: &str) -> JobQueueStat
             "Running",
             false,
             "Settled",
-            format!("{want} voters in every shard"),
+            match jq.spec.replication_factor {
+                Some(factor) => format!(
+                    "{factor} voters in each of {} shards, on {want} nodes",
+                    jq.spec.shards
+                ),
+                None => format!("{want} voters in every shard"),
+            },
         ),
     };
     let phase = if !available && phase == "Running" {
@@ -223,9 +229,31 @@ pub fn compute(jq: &JobQueue, seen: &Observation<'_>, now: &str) -> JobQueueStat
                 applied_index: s.applied_index as i64,
             })
             .collect(),
+        nodes: node_counts(&shards),
         conditions,
         endpoint: objects::client_endpoint(jq),
     }
+}
+
+/// Each voter's shards and leaderships.
+fn node_counts(shards: &[crate::membership::ShardView]) -> Vec<NodeStatus> {
+    let mut counts: std::collections::BTreeMap<u64, (i32, i32)> = Default::default();
+    for shard in shards {
+        for voter in &shard.voters {
+            counts.entry(*voter).or_default().0 += 1;
+        }
+        if shard.leader != 0 {
+            counts.entry(shard.leader).or_default().1 += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(node, (replicas, leads))| NodeStatus {
+            node_id: node as i64,
+            replicas,
+            leads,
+        })
+        .collect()
 }
 
 /// True once the operator created the Raft cluster of this resource: it
@@ -239,11 +267,36 @@ pub fn bootstrapped(jq: &JobQueue) -> bool {
 /// a spec it cannot run safely. The message says what to change.
 pub fn check_spec(jq: &JobQueue) -> Result<(), String> {
     let s = &jq.spec;
-    if !(1..=7).contains(&s.replicas) || s.replicas % 2 == 0 {
-        return Err(format!(
-            "spec.replicas is {}: it must be odd, from 1 to 7 (Raft needs a majority)",
-            s.replicas
-        ));
+    match s.replication_factor {
+        None if !(1..=7).contains(&s.replicas) || s.replicas % 2 == 0 => {
+            return Err(format!(
+                "spec.replicas is {}: it must be odd, from 1 to 7 (Raft needs a majority), \
+                 or set spec.replicationFactor",
+                s.replicas
+            ))
+        }
+        Some(f) if ![1, 3, 5].contains(&f) => {
+            return Err(format!(
+                "spec.replicationFactor is {f}: it must be 1, 3 or 5"
+            ))
+        }
+        Some(f) if !(f..=99).contains(&s.replicas) => {
+            return Err(format!(
+                "spec.replicas is {}: with replicationFactor {f} it must be from {f} to 99",
+                s.replicas
+            ))
+        }
+        _ => {}
+    }
+    // Shard 0's voters: replicationFactor of the nodes, once created.
+    if let (Some(f), Some(st)) = (s.replication_factor, jq.status.as_ref()) {
+        let created = st.voters.len() as i32;
+        if created > 0 && created != f {
+            return Err(format!(
+                "spec.replicationFactor is {f} but the cluster was created with {created} \
+                 voters per shard; set it back to {created}"
+            ));
+        }
     }
     if !(1..=64).contains(&s.shards) {
         return Err(format!(
@@ -251,8 +304,15 @@ pub fn check_spec(jq: &JobQueue) -> Result<(), String> {
             s.shards
         ));
     }
+    // A placed queue's status lists the shards of the nodes that answered:
+    // only a shard beyond the spec tells of a change there.
     let running = jq.status.as_ref().map_or(0, |st| st.shards.len());
-    if running > 0 && running != s.shards as usize {
+    let beyond = jq
+        .status
+        .as_ref()
+        .is_some_and(|st| st.shards.iter().any(|sh| sh.shard >= s.shards));
+    let differs = s.replication_factor.is_none() && running > 0 && running != s.shards as usize;
+    if beyond || differs {
         return Err(format!(
             "spec.shards changed from {running} to {}: the nodes' data is laid out by shard; \
              set it back to {running}",

@@ -747,12 +747,21 @@ fn a_bad_spec_is_rejected_by_the_schema_with_a_reason() {
     let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
         ["properties"];
     assert_eq!(spec["replicas"]["minimum"].as_f64(), Some(1.0));
-    assert_eq!(spec["replicas"]["maximum"].as_f64(), Some(7.0));
-    let rules = spec["replicas"]["x-kubernetes-validations"].to_string();
+    assert_eq!(spec["replicas"]["maximum"].as_f64(), Some(99.0));
+    let spec_rules = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["x-kubernetes-validations"]
+        .to_string();
     assert!(
-        rules.contains("self % 2 == 1") && rules.contains("must be odd"),
-        "{rules}"
+        spec_rules.contains("self.replicas % 2 == 1") && spec_rules.contains("must be odd"),
+        "{spec_rules}"
     );
+    assert!(
+        spec_rules.contains("replicationFactor is fixed at creation"),
+        "{spec_rules}"
+    );
+    assert!(spec["replicationFactor"]["x-kubernetes-validations"]
+        .to_string()
+        .contains("must be 1, 3 or 5"));
     assert_eq!(spec["shards"]["maximum"].as_f64(), Some(64.0));
     assert!(spec["shards"]["x-kubernetes-validations"]
         .to_string()

@@ -176,6 +176,49 @@ async fn six_nodes_hold_six_of_twelve_shards_each_and_serve_them_all() {
         );
     }
 
+    // `raftq shards` shows where every shard lives, from any node (once
+    // node 1 has heard the last hand-overs of shards it does not hold).
+    let raftq = std::path::Path::new(env!("CARGO_BIN_EXE_queue-node")).with_file_name("raftq");
+    let even = |text: &str| {
+        (1..=NODES).all(|id| text.contains(&format!("\nnode {id}  6 replica(s), leads 2\n")))
+    };
+    let text = wait_for(
+        "`raftq shards` to show 2 leaderships per node",
+        Duration::from_secs(30),
+        || async {
+            let out = std::process::Command::new(&raftq)
+                .args(["--addr", &addrs[0], "shards"])
+                .output()
+                .expect("run raftq shards");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            even(&text).then_some(text)
+        },
+    )
+    .await;
+    assert!(
+        text.starts_with("12 shard(s), as node 1 sees them\n"),
+        "{text}"
+    );
+    let map = plain
+        .queue()
+        .get_shard_map(pb::GetShardMapRequest::default())
+        .await
+        .expect("map")
+        .into_inner();
+    let shard0 = &map.shards[0];
+    assert!(
+        text.contains(&format!(
+            "shard  0  leader node {} ({}), term {}",
+            shard0.leader_id, by_id[&shard0.leader_id], shard0.term
+        )),
+        "{text}"
+    );
+
     // Through node 1, which holds only half the shards, a job on every
     // shard is enqueued, leased and acknowledged.
     let queues: Vec<String> = (0..SHARDS).map(queue_on).collect();

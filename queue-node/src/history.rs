@@ -5,7 +5,9 @@
 //! Node-local and in memory: the counters behind the rates count what this
 //! node applied since it started (every replica applies every entry, so
 //! any node's rates are the queue's), and a restart starts the window
-//! afresh. Reads the state machines; writes nothing.
+//! afresh. The queues of shards held by other nodes are asked of those
+//! shards' leaders at each sample. Reads the state machines; writes
+//! nothing.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -30,6 +32,21 @@ struct Counts {
     acked: u64,
     nacked: u64,
     died: u64,
+}
+
+impl From<&raftq_api::v1::QueueStats> for Counts {
+    fn from(s: &raftq_api::v1::QueueStats) -> Counts {
+        Counts {
+            ready: s.ready,
+            scheduled: s.scheduled,
+            leased: s.leased,
+            dead: s.dead,
+            enqueued: s.enqueued_total,
+            acked: s.acked_total,
+            nacked: s.nacked_total,
+            died: s.dead_total,
+        }
+    }
 }
 
 impl From<&QueueStats> for Counts {
@@ -84,11 +101,16 @@ impl History {
         self.every
     }
 
+    #[cfg(test)]
     fn record(&self, at_ms: u64, stats: &[QueueStats]) {
         let queues = stats
             .iter()
             .map(|s| (s.queue.clone(), Counts::from(s)))
             .collect();
+        self.record_counts(at_ms, queues);
+    }
+
+    fn record_counts(&self, at_ms: u64, queues: BTreeMap<String, Counts>) {
         let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         samples.push_back(Sample { at_ms, queues });
         let keep = (WINDOW.as_millis() / self.every.as_millis().max(1)) as usize + 1;
@@ -138,13 +160,56 @@ impl History {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let mut stats = Vec::new();
+            let mut queues: BTreeMap<String, Counts> = BTreeMap::new();
             for shard in &ctx.shards {
-                stats.extend(shard.shared.state().all_stats());
+                let stats = shard.shared.state().all_stats();
+                queues.extend(stats.iter().map(|s| (s.queue.clone(), Counts::from(s))));
             }
-            self.record(unix_ms(), &stats);
+            if !ctx.holds_every_shard() {
+                queues.extend(held_elsewhere(&ctx, self.every).await);
+            }
+            self.record_counts(unix_ms(), queues);
         }
     }
+}
+
+/// The queues of the shards other nodes hold, each from its leader as the
+/// directory knows it; a shard that does not answer within `within` is
+/// left out of this sample.
+async fn held_elsewhere(ctx: &NodeContext, within: Duration) -> Vec<(String, Counts)> {
+    let me = crate::security::Caller::this_node(ctx.id);
+    let asks = ctx
+        .shard_ids()
+        .filter(|&shard| ctx.local(shard).is_none())
+        .filter_map(|shard| Some((shard, ctx.directory.remote_shard(shard)?)))
+        .map(|(shard, remote)| {
+            let me = &me;
+            async move {
+                let channel = ctx.peer(&remote.leader_peer_addr).ok()?;
+                let request = crate::forward::forwarded_for_shard(
+                    raftq_api::v1::StatsRequest::default(),
+                    shard,
+                    me,
+                );
+                let mut admin = raftq_api::v1::queue_admin_client::QueueAdminClient::new(channel);
+                let answer = tokio::time::timeout(within, admin.stats(request)).await;
+                match answer {
+                    Ok(Ok(stats)) => Some(stats.into_inner().queues),
+                    Ok(Err(status)) => {
+                        tracing::debug!(shard, %status, "no sample of a shard held elsewhere");
+                        None
+                    }
+                    Err(_) => None,
+                }
+            }
+        });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|q| (q.queue.clone(), Counts::from(&q)))
+        .collect()
 }
 
 fn unix_ms() -> u64 {

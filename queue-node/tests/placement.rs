@@ -20,8 +20,8 @@ const NODES: u64 = 6;
 const SHARDS: u32 = 12;
 
 /// Fast leadership balancing, so the preferred leaders are reached within
-/// seconds.
-const CONFIG: &str = "raft:\n  leader_balance_every_ms: 300\n";
+/// seconds; the console's samples 5 times a second.
+const CONFIG: &str = "raft:\n  leader_balance_every_ms: 300\nconsole:\n  sample_every_ms: 200\n";
 
 /// The whole HTTP/1.1 answer to `GET path`, if the node answers.
 async fn http_get(addr: &str, path: &str) -> Option<String> {
@@ -257,6 +257,29 @@ async fn six_nodes_hold_six_of_twelve_shards_each_and_serve_them_all() {
             "{queue} missing from {named:?}"
         );
     }
+
+    // The console's history on node 1 has every queue, those of shards it
+    // does not hold included.
+    wait_for(
+        "node 1's history of all 12 queues",
+        Duration::from_secs(30),
+        || async {
+            let answer = http_get(&addrs[0], "/api/v1/history").await?;
+            let (_, body) = answer.split_once("\r\n\r\n")?;
+            let history: serde_json::Value = serde_json::from_str(body).ok()?;
+            let charted = history["queues"].as_object()?;
+            queues
+                .iter()
+                .all(|q| {
+                    charted
+                        .get(q)
+                        .and_then(|points| points.as_array())
+                        .is_some_and(|p| !p.is_empty())
+                })
+                .then_some(())
+        },
+    )
+    .await;
 
     // A direct request for a shard node 1 does not hold names the leader.
     let elsewhere = (0..SHARDS)

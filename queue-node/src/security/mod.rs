@@ -140,6 +140,13 @@ enum Access {
 }
 
 impl Caller {
+    /// This node, for what it asks of its peers on its own account: a
+    /// member's `node:` principal, which a peer trusts from a verified
+    /// member only.
+    pub fn this_node(id: u64) -> Caller {
+        Caller::everything(&format!("node:{id}"))
+    }
+
     fn everything(name: &str) -> Caller {
         Caller {
             name: name.into(),

@@ -46,6 +46,32 @@ async fn forwarded(http: &[String]) -> f64 {
     total
 }
 
+/// Acknowledges `tokens`, retried while a shard's leader is being elected
+/// or cannot confirm it leads, as a client would.
+async fn ack(client: &Client, tokens: Vec<pb::LeaseToken>) {
+    let request = pb::AckRequest { tokens };
+    raftq_client::RetryPolicy::default()
+        .run(|| {
+            let mut queue = client.queue();
+            let request = request.clone();
+            async move { queue.ack(request).await }
+        })
+        .await
+        .expect("ack");
+}
+
+/// Every queue's stats, retried as [`ack`] is.
+async fn all_stats(client: &Client) -> pb::StatsResponse {
+    raftq_client::RetryPolicy::default()
+        .run(|| {
+            let mut admin = client.admin();
+            async move { admin.stats(pb::StatsRequest::default()).await }
+        })
+        .await
+        .expect("stats")
+        .into_inner()
+}
+
 /// A queue name on `shard`.
 fn queue_on(shard: u32) -> String {
     (0..)
@@ -237,19 +263,10 @@ async fn six_nodes_hold_six_of_twelve_shards_each_and_serve_them_all() {
         let payload = leased[0].job.as_ref().map(|j| j.payload.to_vec());
         assert_eq!(payload, Some(format!("for {queue}").into_bytes()));
         let tokens = leased[0].token.clone().into_iter().collect();
-        other
-            .queue()
-            .ack(pb::AckRequest { tokens })
-            .await
-            .unwrap_or_else(|e| panic!("ack on {queue}: {e}"));
+        ack(&other, tokens).await;
     }
     // Stats of every queue, asked of one node, come from all 12 shards.
-    let stats = plain
-        .admin()
-        .stats(pb::StatsRequest::default())
-        .await
-        .expect("stats")
-        .into_inner();
+    let stats = all_stats(&plain).await;
     let named: BTreeSet<&str> = stats.queues.iter().map(|q| q.queue.as_str()).collect();
     for queue in &queues {
         assert!(
@@ -353,11 +370,7 @@ async fn six_nodes_hold_six_of_twelve_shards_each_and_serve_them_all() {
         let leased = common::fetch(&to_leader, queue, 10).await;
         assert_eq!(leased.len(), 1, "{queue}");
         let tokens = leased[0].token.clone().into_iter().collect();
-        to_leader
-            .queue()
-            .ack(pb::AckRequest { tokens })
-            .await
-            .expect("ack");
+        ack(&to_leader, tokens).await;
     }
     assert_eq!(forwarded(&http).await, before, "nothing forwarded");
 

@@ -11,10 +11,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{loopback, wait_for, ProcNode};
+use common::{direct_enqueue, forwarded, http_get, loopback, queue_on, wait_for, ProcNode};
 use raftq_client::proto as pb;
 use raftq_client::{Client, ConnectOptions, JobSpec, Producer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NODES: u64 = 6;
 const SHARDS: u32 = 12;
@@ -22,29 +21,6 @@ const SHARDS: u32 = 12;
 /// Fast leadership balancing, so the preferred leaders are reached within
 /// seconds; the console's samples 5 times a second.
 const CONFIG: &str = "raft:\n  leader_balance_every_ms: 300\nconsole:\n  sample_every_ms: 200\n";
-
-/// The whole HTTP/1.1 answer to `GET path`, if the node answers.
-async fn http_get(addr: &str, path: &str) -> Option<String> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.ok()?;
-    Some(text)
-}
-
-async fn forwarded(http: &[String]) -> f64 {
-    let mut total = 0.0;
-    for addr in http {
-        let text = http_get(addr, "/metrics").await.expect("metrics");
-        total += text
-            .lines()
-            .filter(|l| l.starts_with("raftq_forwarded_requests_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>();
-    }
-    total
-}
 
 /// Acknowledges `tokens`, retried while a shard's leader is being elected
 /// or cannot confirm it leads, as a client would.
@@ -70,14 +46,6 @@ async fn all_stats(client: &Client) -> pb::StatsResponse {
         .await
         .expect("stats")
         .into_inner()
-}
-
-/// A queue name on `shard`.
-fn queue_on(shard: u32) -> String {
-    (0..)
-        .map(|i| format!("placed-{i}"))
-        .find(|q| raftq_api::shard_of(q, SHARDS) == shard)
-        .unwrap_or_default()
 }
 
 /// Each node's status: the shards it holds, with role and members.
@@ -247,7 +215,7 @@ async fn six_nodes_hold_six_of_twelve_shards_each_and_serve_them_all() {
 
     // Through node 1, which holds only half the shards, a job on every
     // shard is enqueued, leased and acknowledged.
-    let queues: Vec<String> = (0..SHARDS).map(queue_on).collect();
+    let queues: Vec<String> = (0..SHARDS).map(|s| queue_on(SHARDS, s, "placed")).collect();
     let producer = Producer::new(plain.clone());
     for queue in &queues {
         producer
@@ -302,19 +270,9 @@ async fn six_nodes_hold_six_of_twelve_shards_each_and_serve_them_all() {
     let elsewhere = (0..SHARDS)
         .find(|s| !holders[s].contains(&1))
         .expect("a shard node 1 does not hold");
-    let mut request = tonic::Request::new(pb::EnqueueRequest {
-        queue: queue_on(elsewhere),
-        jobs: vec![pb::NewJob {
-            payload: "x".into(),
-            ..Default::default()
-        }],
-    });
-    request
-        .metadata_mut()
-        .insert("x-raftq-route", "direct".parse().expect("ascii"));
     let refused = plain
         .queue()
-        .enqueue(request)
+        .enqueue(direct_enqueue(&queue_on(SHARDS, elsewhere, "placed")))
         .await
         .expect_err("a direct request to a node without the shard");
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");

@@ -10,38 +10,11 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{loopback, wait_for, ProcNode};
+use common::{direct_enqueue, forwarded, loopback, queue_on, wait_for, ProcNode};
 use raftq_client::proto as pb;
 use raftq_client::{Client, ConnectOptions, JobSpec, Worker};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SHARDS: u32 = 4;
-
-/// The sum of `raftq_forwarded_requests_total` over the nodes.
-async fn forwarded(http: &[String]) -> f64 {
-    let mut total = 0.0;
-    for addr in http {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.expect("write");
-        let mut text = String::new();
-        stream.read_to_string(&mut text).await.expect("read");
-        total += text
-            .lines()
-            .filter(|l| l.starts_with("raftq_forwarded_requests_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>();
-    }
-    total
-}
-
-/// A queue name on `shard`.
-fn queue_on(shard: u32, tag: &str) -> String {
-    (0..)
-        .map(|i| format!("{tag}-{i}"))
-        .find(|q| raftq_api::shard_of(q, SHARDS) == shard)
-        .unwrap_or_default()
-}
 
 /// The map once every shard has a leader with a known client address.
 async fn complete_map(client: &Client) -> pb::ShardMap {
@@ -158,21 +131,11 @@ async fn clients_route_by_the_shard_map_and_a_wrong_node_names_the_leader() {
     .await;
     // Once that node has learned its peers' client addresses too.
     complete_map(&to_follower).await;
-    let queue0 = queue_on(0, "direct");
+    let queue0 = queue_on(SHARDS, 0, "direct");
     let before = forwarded(&http).await;
-    let mut request = tonic::Request::new(pb::EnqueueRequest {
-        queue: queue0.clone(),
-        jobs: vec![pb::NewJob {
-            payload: "x".into(),
-            ..Default::default()
-        }],
-    });
-    request
-        .metadata_mut()
-        .insert("x-raftq-route", "direct".parse().expect("ascii"));
     let refused = to_follower
         .queue()
-        .enqueue(request)
+        .enqueue(direct_enqueue(&queue0))
         .await
         .expect_err("a direct request to a follower");
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
@@ -212,7 +175,7 @@ async fn clients_route_by_the_shard_map_and_a_wrong_node_names_the_leader() {
     // leader: nothing is forwarded.
     let sdk = common::connect(&by_id[&follower]).await;
     sdk.refresh_shard_map().await.expect("map");
-    let queues: Vec<String> = (0..SHARDS).map(|s| queue_on(s, "routed")).collect();
+    let queues: Vec<String> = (0..SHARDS).map(|s| queue_on(SHARDS, s, "routed")).collect();
     let producer = sdk.producer();
     for q in &queues {
         for _ in 0..5 {

@@ -313,3 +313,53 @@ impl Drop for ProcNode {
         self.kill();
     }
 }
+
+/// The whole HTTP/1.1 answer to `GET path`, if the node answers.
+pub async fn http_get(addr: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.ok()?;
+    Some(text)
+}
+
+/// The sum of `raftq_forwarded_requests_total` over the nodes whose HTTP
+/// listeners are `http`.
+pub async fn forwarded(http: &[String]) -> f64 {
+    let mut total = 0.0;
+    for addr in http {
+        let text = http_get(addr, "/metrics").await.expect("metrics");
+        total += text
+            .lines()
+            .filter(|l| l.starts_with("raftq_forwarded_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    total
+}
+
+/// A queue name starting with `tag` that lands on `shard` of `shards`.
+pub fn queue_on(shards: u32, shard: u32, tag: &str) -> String {
+    (0..)
+        .map(|i| format!("{tag}-{i}"))
+        .find(|q| raftq_api::shard_of(q, shards) == shard)
+        .unwrap_or_default()
+}
+
+/// An enqueue of one job to `queue` marked `x-raftq-route: direct`: a node
+/// that does not lead its shard answers with the leader, never forwards.
+pub fn direct_enqueue(queue: &str) -> tonic::Request<pb::EnqueueRequest> {
+    let mut request = tonic::Request::new(pb::EnqueueRequest {
+        queue: queue.to_string(),
+        jobs: vec![pb::NewJob {
+            payload: "x".into(),
+            ..Default::default()
+        }],
+    });
+    request
+        .metadata_mut()
+        .insert("x-raftq-route", "direct".parse().expect("ascii"));
+    request
+}

@@ -365,6 +365,29 @@ enum ClusterCommand {
         #[arg(long)]
         retain: bool,
     },
+    /// Move one replica of a shard to another node, step by step (learner,
+    /// catch-up, leadership away, voter swap, old copy deleted); prints
+    /// each step. Run it again to resume a move that was interrupted.
+    Move {
+        shard: u32,
+        /// The node that loses its replica.
+        #[arg(long)]
+        from: Option<u64>,
+        /// The node that gets one.
+        #[arg(long)]
+        to: Option<u64>,
+        /// The incoming node's peer address, when the cluster does not know it yet.
+        #[arg(long)]
+        to_addr: Option<String>,
+        /// Roll the move back when a step makes no progress for this long.
+        #[arg(long, default_value = "10m", value_parser = bench::parse_duration)]
+        stall_after: std::time::Duration,
+    },
+    /// Delete the connected node's copy of a shard it is no member of any
+    /// more (a move that could not reach it leaves one).
+    DropReplica {
+        shard: u32,
+    },
 }
 
 /// The shard map as text: a line per shard, then a line per node with
@@ -861,6 +884,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Cluster(ClusterCommand::Move {
+            shard,
+            from,
+            to,
+            to_addr,
+            stall_after,
+        }) => move_replica(&client, shard, from, to, to_addr, stall_after).await?,
+        Command::Cluster(ClusterCommand::DropReplica { shard }) => {
+            let answer = call!(
+                client,
+                cluster,
+                drop_replica,
+                pb::DropReplicaRequest { shard }
+            )
+            .into_inner();
+            if answer.dropped {
+                println!("deleted this node's copy of shard {shard}");
+            } else {
+                println!("this node holds no copy of shard {shard}");
+            }
+        }
         Command::Cluster(ClusterCommand::AddLearner { node_id, addr }) => {
             eprintln!("adding node {node_id} ({addr}) as a learner; waiting for it to catch up...");
             call!(
@@ -872,6 +916,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     addr,
                     shard: None,
                     timeout_ms: 0,
+                    no_wait: false,
                 }
             );
             println!("node {node_id} is a learner");
@@ -967,5 +1012,51 @@ fn status_text(status: &tonic::Status) -> String {
         Code::ResourceExhausted => format!("{message} (over a limit)"),
         Code::OutOfRange => format!("{message} (out of range)"),
         code => format!("{message} ({code:?})"),
+    }
+}
+
+/// Runs a replica move from the connected node, printing each step.
+async fn move_replica(
+    client: &raftq_client::Client,
+    shard: u32,
+    from: Option<u64>,
+    to: Option<u64>,
+    to_addr: Option<String>,
+    stall_after: std::time::Duration,
+) -> anyhow::Result<()> {
+    if from.is_none() && to.is_none() {
+        bail!(
+            "give --from (the node that loses its replica), --to (the node that gets one), or both"
+        );
+    }
+    let request = pb::MoveReplicaRequest {
+        shard,
+        add_node: to.unwrap_or(0),
+        add_addr: to_addr.unwrap_or_default(),
+        remove_node: from.unwrap_or(0),
+        stall_after_ms: u64::try_from(stall_after.as_millis()).unwrap_or(u64::MAX),
+    };
+    let mut steps = client
+        .cluster()
+        .move_replica(request)
+        .await
+        .with_context(|| format!("starting the move of shard {shard}"))?
+        .into_inner();
+    let mut last = String::new();
+    loop {
+        let step = steps.message().await.with_context(|| {
+            format!("the move of shard {shard} stopped after step `{last}`; run the same command again to resume it")
+        })?;
+        let Some(step) = step else { break };
+        eprintln!("shard {shard}: {:<14} {}", step.phase, step.detail);
+        last = step.phase;
+    }
+    match last.as_str() {
+        "done" => {
+            println!("moved shard {shard}");
+            Ok(())
+        }
+        "rolled_back" => bail!("the move of shard {shard} was rolled back; the shard keeps its voters"),
+        other => bail!("the move of shard {shard} ended at step `{other}`; run the same command again to resume it"),
     }
 }

@@ -487,6 +487,7 @@ impl NodeAdmin for GrpcNodeAdmin {
                 addr: learner_addr.to_string(),
                 shard: None,
                 timeout_ms: 0,
+                no_wait: false,
             })
             .await?
             .into_inner())

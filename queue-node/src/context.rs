@@ -6,7 +6,7 @@
 //! Owns routing only; it proposes nothing and reads no job state.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tonic::transport::Channel;
 use tonic::{Request, Status};
@@ -42,8 +42,10 @@ pub struct NodeContext {
     pub addr: String,
     /// Where clients reach this node.
     pub client_addr: String,
-    /// The shards this node holds, by id.
-    pub shards: Vec<ShardHandle>,
+    /// The shards this node holds, by id: a move opens and drops them.
+    shards: ShardSet,
+    /// Opens replicas of shards at run time, for moves.
+    pub replicas: crate::replicas::ReplicaFactory,
     /// Where every shard lives: the cluster's shard count, and which
     /// shards are held elsewhere.
     pub layout: Layout,
@@ -67,6 +69,8 @@ pub struct NodeContext {
     pub directory: Directory,
     /// Requests forwarded to each shard's leader, by shard id.
     forwarded: Box<[std::sync::atomic::AtomicU64]>,
+    /// The replica moves run from this node now.
+    pub moves: crate::mover::MovesUnderWay,
 }
 
 /// Who this node is, for [`NodeContext::new`].
@@ -83,9 +87,42 @@ pub struct NodeIdentity {
 }
 
 /// Where a request for a shard goes.
-pub enum Route<'a> {
-    Local(&'a ShardHandle),
+pub enum Route {
+    Local(Arc<ShardHandle>),
     Leader(Leader),
+}
+
+/// The shards this node holds, sorted by id. Replaced whole when a move
+/// opens or drops a replica, so a reader keeps a consistent set for as
+/// long as it holds it.
+struct ShardSet {
+    held: RwLock<Arc<[Arc<ShardHandle>]>>,
+    changed: tokio::sync::watch::Sender<()>,
+}
+
+impl ShardSet {
+    fn new(mut shards: Vec<ShardHandle>) -> ShardSet {
+        shards.sort_by_key(|s| s.id);
+        ShardSet {
+            held: RwLock::new(shards.into_iter().map(Arc::new).collect()),
+            changed: tokio::sync::watch::Sender::new(()),
+        }
+    }
+
+    fn get(&self) -> Arc<[Arc<ShardHandle>]> {
+        self.held.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Vec<Arc<ShardHandle>>)) {
+        {
+            let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
+            let mut shards = held.to_vec();
+            change(&mut shards);
+            shards.sort_by_key(|s| s.id);
+            *held = shards.into();
+        }
+        self.changed.send_replace(());
+    }
 }
 
 impl NodeContext {
@@ -93,6 +130,7 @@ impl NodeContext {
         identity: NodeIdentity,
         layout: Layout,
         shards: Vec<ShardHandle>,
+        replicas: crate::replicas::ReplicaFactory,
         defaults: QueueDefaults,
         memory: MemoryBudget,
         security: Arc<Security>,
@@ -103,7 +141,8 @@ impl NodeContext {
             addr: identity.addr,
             directory: Directory::with_own(identity.id, &identity.client_addr),
             client_addr: identity.client_addr,
-            shards,
+            shards: ShardSet::new(shards),
+            replicas,
             layout,
             defaults,
             workers: WorkerDrain::default(),
@@ -118,6 +157,7 @@ impl NodeContext {
                 .collect(),
             peers: Mutex::new(HashMap::new()),
             forwarded: (0..layout_shards).map(|_| Default::default()).collect(),
+            moves: Default::default(),
         }
     }
 
@@ -138,7 +178,7 @@ impl NodeContext {
     /// initial members: whom a peer certificate must be valid for.
     pub fn member_hosts(&self) -> BTreeSet<String> {
         let mut hosts: BTreeSet<String> = self.initial_hosts.iter().cloned().collect();
-        for shard in &self.shards {
+        for shard in self.held().iter() {
             let metrics = shard.raft.metrics();
             let m = metrics.borrow();
             hosts.extend(
@@ -163,7 +203,7 @@ impl NodeContext {
                     .flat_map(|voters| voters.iter().map(|(id, addr)| (*id, addr.clone()))),
             );
         }
-        for shard in &self.shards {
+        for shard in self.held().iter() {
             let metrics = shard.raft.metrics();
             let m = metrics.borrow();
             for (id, node) in m.membership_config.nodes() {
@@ -199,29 +239,62 @@ impl NodeContext {
     }
 
     pub fn holds_every_shard(&self) -> bool {
-        self.shards.len() as u32 == self.layout.shard_count
+        self.held().len() as u32 == self.layout.shard_count
+    }
+
+    /// The shards this node holds now, sorted by id.
+    pub fn held(&self) -> Arc<[Arc<ShardHandle>]> {
+        self.shards.get()
+    }
+
+    /// Resolves each time a replica is opened or dropped here.
+    pub fn held_changes(&self) -> tokio::sync::watch::Receiver<()> {
+        self.shards.changed.subscribe()
+    }
+
+    /// Adds a replica opened for a move.
+    pub(crate) fn hold(&self, shard: ShardHandle) {
+        let id = shard.id;
+        self.shards.update(|held| {
+            held.retain(|s| s.id != id);
+            held.push(Arc::new(shard));
+        });
+    }
+
+    /// Stops serving a replica that is being dropped; returns it.
+    pub(crate) fn release(&self, id: u32) -> Option<Arc<ShardHandle>> {
+        let mut released = None;
+        self.shards.update(|held| {
+            if let Some(i) = held.iter().position(|s| s.id == id) {
+                released = Some(held.remove(i));
+            }
+        });
+        released
     }
 
     /// The shard `id`, when this node holds it.
-    pub fn local(&self, id: u32) -> Option<&ShardHandle> {
-        self.shards
-            .binary_search_by_key(&id, |s| s.id)
+    pub fn local(&self, id: u32) -> Option<Arc<ShardHandle>> {
+        let held = self.held();
+        held.binary_search_by_key(&id, |s| s.id)
             .ok()
-            .map(|i| &self.shards[i])
+            .map(|i| held[i].clone())
     }
 
     /// The shard `id`, which must be held here.
-    pub fn shard(&self, id: u32) -> Result<&ShardHandle, Status> {
+    pub fn shard(&self, id: u32) -> Result<Arc<ShardHandle>, Status> {
         self.exists(id)?;
         self.local(id).ok_or_else(|| {
-            let voters: Vec<_> = self
-                .layout
-                .voters
-                .get(&id)
-                .map(|v| v.keys().copied().collect())
-                .unwrap_or_default();
+            let voters: Vec<_> = match self.directory.remote_shard(id) {
+                Some(remote) => remote.members,
+                None => self
+                    .layout
+                    .voters
+                    .get(&id)
+                    .map(|v| v.keys().copied().collect())
+                    .unwrap_or_default(),
+            };
             Status::failed_precondition(format!(
-                "shard {id} is not on node {} (its voters were placed on nodes {voters:?}); ask one of them",
+                "shard {id} is not on node {} (its members are nodes {voters:?}); ask one of them",
                 self.id
             ))
         })
@@ -237,7 +310,7 @@ impl NodeContext {
         )))
     }
 
-    pub fn route<T>(&self, shard: u32, request: &Request<T>) -> Result<Route<'_>, Status> {
+    pub fn route<T>(&self, shard: u32, request: &Request<T>) -> Result<Route, Status> {
         self.route_as(shard, forward::Arrival::of(request.metadata()))
     }
 
@@ -245,7 +318,7 @@ impl NodeContext {
     /// `arrival` says: one from another node is never forwarded again, nor
     /// one a client sent straight to the leader it knows (it is told where
     /// the leader is instead).
-    pub fn route_as(&self, shard: u32, arrival: forward::Arrival) -> Result<Route<'_>, Status> {
+    pub fn route_as(&self, shard: u32, arrival: forward::Arrival) -> Result<Route, Status> {
         self.exists(shard)?;
         let Some(handle) = self.local(shard) else {
             return self.route_elsewhere(shard, arrival);
@@ -272,13 +345,21 @@ impl NodeContext {
                         )))
                     }
                     forward::Arrival::Direct => {
-                        let term = handle.raft.metrics().borrow().current_term;
+                        let (term, epoch) = {
+                            let metrics = handle.raft.metrics();
+                            let m = metrics.borrow();
+                            let epoch = m.membership_config.log_id().map_or(0, |l| l.index);
+                            (m.current_term, epoch)
+                        };
                         return Err(forward::not_leader(
                             self.id,
-                            shard,
-                            l,
-                            self.directory.client_addr(l),
-                            term,
+                            forward::LeaderHint {
+                                shard,
+                                leader: l,
+                                leader_addr: self.directory.client_addr(l),
+                                term,
+                                epoch,
+                            },
                         ));
                     }
                     forward::Arrival::Client => {}
@@ -298,7 +379,7 @@ impl NodeContext {
 
     /// Where a request for a shard held by other nodes goes: to its
     /// leader, as the [`Directory`] last heard.
-    fn route_elsewhere(&self, shard: u32, arrival: forward::Arrival) -> Result<Route<'_>, Status> {
+    fn route_elsewhere(&self, shard: u32, arrival: forward::Arrival) -> Result<Route, Status> {
         let Some(remote) = self.directory.remote_shard(shard) else {
             return Err(Status::unavailable(format!(
                 "shard {shard} is held by other nodes and node {} has not yet heard who leads it; retry shortly",
@@ -312,10 +393,13 @@ impl NodeContext {
             ))),
             forward::Arrival::Direct => Err(forward::not_leader(
                 self.id,
-                shard,
-                remote.leader,
-                self.directory.client_addr(remote.leader),
-                remote.term,
+                forward::LeaderHint {
+                    shard,
+                    leader: remote.leader,
+                    leader_addr: self.directory.client_addr(remote.leader),
+                    term: remote.term,
+                    epoch: remote.epoch,
+                },
             )),
             forward::Arrival::Client => Ok(Route::Leader(Leader {
                 node: remote.leader,

@@ -41,6 +41,8 @@ pub struct RemoteShard {
     /// The leader's peer address, where requests are forwarded.
     pub leader_peer_addr: String,
     pub term: u64,
+    /// The log index of the shard's membership in the report.
+    pub epoch: u64,
     pub members: Vec<NodeId>,
 }
 
@@ -69,8 +71,8 @@ impl Directory {
     }
 
     /// Takes in what `status` says of the shards this node does not hold:
-    /// a report of a higher term, or of the same term from the leader
-    /// itself, wins.
+    /// a report of a higher term wins; of the same term, one from the
+    /// leader itself or of a newer membership.
     fn learn_remote(&self, status: &pb::ClusterStatus, held: &impl Fn(u32) -> bool) {
         let mut remote = self.remote.write().unwrap_or_else(|p| p.into_inner());
         for shard in status.shards.iter().filter(|s| !held(s.shard)) {
@@ -82,7 +84,8 @@ impl Directory {
             };
             let newer = remote.get(&shard.shard).is_none_or(|known| {
                 shard.term > known.term
-                    || (shard.term == known.term && status.node_id == shard.leader_id)
+                    || (shard.term == known.term
+                        && (status.node_id == shard.leader_id || shard.epoch > known.epoch))
             });
             if newer {
                 remote.insert(
@@ -91,6 +94,7 @@ impl Directory {
                         leader: shard.leader_id,
                         leader_peer_addr: leader.addr.clone(),
                         term: shard.term,
+                        epoch: shard.epoch,
                         members: shard.members.iter().map(|m| m.node_id).collect(),
                     },
                 );
@@ -156,7 +160,11 @@ pub async fn run(ctx: Arc<NodeContext>) {
     }
 }
 
-async fn ask(ctx: &NodeContext, peer_addr: &str) -> Result<pb::ClusterStatus, tonic::Status> {
+/// `ClusterAdmin.Status` of the node at `peer_addr`, asked as this node.
+pub(crate) async fn ask(
+    ctx: &NodeContext,
+    peer_addr: &str,
+) -> Result<pb::ClusterStatus, tonic::Status> {
     let mut client = ClusterAdminClient::new(ctx.peer(peer_addr)?);
     let call = client.status(pb::ClusterStatusRequest {});
     match tokio::time::timeout(ASK_TIMEOUT, call).await {

@@ -29,6 +29,18 @@ pub const LEADER_ID: &str = "x-raftq-leader-id";
 pub const LEADER_ADDR: &str = "x-raftq-leader-addr";
 pub const LEADER_TERM: &str = "x-raftq-leader-term";
 pub const LEADER_SHARD: &str = "x-raftq-leader-shard";
+/// The shard's membership epoch as the answering node knows it (see
+/// `ShardRoute.epoch`).
+pub const LEADER_EPOCH: &str = "x-raftq-leader-epoch";
+
+/// Where a shard's leader is, as a node that does not lead it knows.
+pub struct LeaderHint {
+    pub shard: u32,
+    pub leader: NodeId,
+    pub leader_addr: Option<String>,
+    pub term: u64,
+    pub epoch: u64,
+}
 
 /// How a request reached this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,17 +70,19 @@ impl Arrival {
 
 /// The answer to a direct request on a node that does not lead its shard:
 /// `UNAVAILABLE`, with the leader in the trailers for the client's map.
-pub fn not_leader(
-    own: NodeId,
-    shard: u32,
-    leader: NodeId,
-    leader_addr: Option<String>,
-    term: u64,
-) -> Status {
+pub fn not_leader(own: NodeId, hint: LeaderHint) -> Status {
+    let LeaderHint {
+        shard,
+        leader,
+        leader_addr,
+        term,
+        epoch,
+    } = hint;
     let mut trailers = MetadataMap::new();
     trailers.insert(LEADER_ID, MetadataValue::from(leader));
     trailers.insert(LEADER_TERM, MetadataValue::from(term));
     trailers.insert(LEADER_SHARD, MetadataValue::from(shard));
+    trailers.insert(LEADER_EPOCH, MetadataValue::from(epoch));
     let addr = leader_addr.and_then(|a| MetadataValue::try_from(a.as_str()).ok().map(|v| (a, v)));
     let whereabouts = match addr {
         Some((text, value)) => {

@@ -60,6 +60,16 @@ pub async fn step_down(ctx: &NodeContext, timeout: Duration) -> Vec<Handoff> {
     hand_over(ctx, &moves, Leave::Always, timeout).await
 }
 
+/// Steps down from `shard` alone (a move takes this node's replica away),
+/// to the ready voter leading the fewest shards.
+pub async fn step_down_from(ctx: &NodeContext, shard: u32, timeout: Duration) -> Vec<Handoff> {
+    let moves: Vec<_> = leadership::successors(&leadership::view(ctx), ctx.id)
+        .into_iter()
+        .filter(|(s, _)| *s == shard)
+        .collect();
+    hand_over(ctx, &moves, Leave::Always, timeout).await
+}
+
 /// Whether a shard is handed over when its successor cannot be asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Leave {
@@ -77,12 +87,12 @@ pub async fn hand_over(
     leave: Leave,
     timeout: Duration,
 ) -> Vec<Handoff> {
-    let mut led: Vec<(&ShardHandle, Option<NodeId>)> = Vec::new();
+    let mut led: Vec<(Arc<ShardHandle>, Option<NodeId>)> = Vec::new();
     for (shard, to) in moves {
         let Some(shard) = ctx.local(*shard) else {
             continue;
         };
-        if !leads_with_peers(shard, ctx.id) {
+        if !leads_with_peers(&shard, ctx.id) {
             continue;
         }
         // Asked first, so a successor that is down or cut off costs
@@ -90,7 +100,7 @@ pub async fn hand_over(
         // A successor whose answer is lost may stand all the same, so
         // only a clear refusal keeps this node leading.
         let agreed = match to {
-            Some(to) => ask_to_campaign(ctx, shard, *to).await != Answer::Refused,
+            Some(to) => ask_to_campaign(ctx, &shard, *to).await != Answer::Refused,
             None => false,
         };
         if agreed || leave == Leave::Always {

@@ -161,7 +161,7 @@ impl History {
         loop {
             tick.tick().await;
             let mut queues: BTreeMap<String, Counts> = BTreeMap::new();
-            for shard in &ctx.shards {
+            for shard in ctx.held().iter() {
                 let stats = shard.shared.state().all_stats();
                 queues.extend(stats.iter().map(|s| (s.queue.clone(), Counts::from(s))));
             }

@@ -74,7 +74,7 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>) -> std::io::Res
 
 /// Why the node cannot take requests yet, if it cannot.
 pub fn not_ready(ctx: &NodeContext) -> Option<String> {
-    for shard in &ctx.shards {
+    for shard in ctx.held().iter() {
         let m = shard.raft.metrics().borrow().clone();
         if m.membership_config.membership().get_node(&ctx.id).is_none() {
             return Some(format!(
@@ -286,7 +286,7 @@ pub fn render(ctx: &NodeContext) -> String {
     for shard in ctx.shard_ids() {
         forwarded.add(format!("shard=\"{shard}\""), ctx.forwarded(shard) as f64);
     }
-    for shard in &ctx.shards {
+    for shard in ctx.held().iter() {
         let s = format!("shard=\"{}\"", shard.id);
         let m = shard.raft.metrics().borrow().clone();
         leader.add(s.clone(), u8::from(m.state == ServerState::Leader));
@@ -338,7 +338,7 @@ pub fn render(ctx: &NodeContext) -> String {
         "Memory the node's parts hold now (the job index is estimated from its live jobs)",
     );
     let memory = &ctx.memory;
-    let index_used = crate::memory::MemoryBudget::index_used(&ctx.shards);
+    let index_used = crate::memory::MemoryBudget::index_used(&ctx.held());
     budget.add("part=\"index\"".into(), memory.index_bytes as f64);
     budget.add(
         "part=\"content_cache\"".into(),
@@ -367,7 +367,7 @@ pub fn render(ctx: &NodeContext) -> String {
     );
     used.add(
         "part=\"log_cache\"".into(),
-        ctx.shards
+        ctx.held()
             .iter()
             .map(|s| s.shared.log_cache_bytes())
             .sum::<u64>() as f64,

@@ -29,16 +29,22 @@ pub struct ShardView {
     pub ready: Vec<NodeId>,
     /// The voter that should lead it, when the layout names one.
     pub preferred: Option<NodeId>,
+    /// A move is under way (the shard has a learner): its leadership is
+    /// the move's to hand over, not the balancer's.
+    pub moving: bool,
 }
 
 /// Every shard of this node, from its Raft metrics.
 pub fn view(ctx: &NodeContext) -> Vec<ShardView> {
-    ctx.shards
+    ctx.held()
         .iter()
         .map(|s| {
             let metrics = s.raft.metrics();
             let m = metrics.borrow();
-            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            let membership = m.membership_config.membership();
+            let voters: Vec<NodeId> = membership.voter_ids().collect();
+            let moving = membership.learner_ids().next().is_some();
+            let preferred = preferred_leader(ctx, s.id, &voters);
             let last = m.last_log_index.unwrap_or(0);
             let ready = match &m.replication {
                 Some(replication) if m.current_leader == Some(ctx.id) => voters
@@ -60,10 +66,29 @@ pub fn view(ctx: &NodeContext) -> Vec<ShardView> {
                 leader: m.current_leader,
                 voters,
                 ready,
-                preferred: ctx.layout.preferred_leaders.get(&s.id).copied(),
+                preferred,
+                moving,
             }
         })
         .collect()
+}
+
+/// The voter that should lead `shard` with `voters`: the layout's
+/// preferred leader while it is a voter; after a move took it away, the
+/// voter that came in its place (the lowest id if several did), so a move
+/// keeps the leaderships as even as the layout made them. Every member
+/// computes the same answer from the same voters.
+fn preferred_leader(ctx: &NodeContext, shard: u32, voters: &[NodeId]) -> Option<NodeId> {
+    let placed = ctx.layout.preferred_leaders.get(&shard).copied()?;
+    if voters.contains(&placed) {
+        return Some(placed);
+    }
+    let initial = ctx.layout.voters.get(&shard);
+    voters
+        .iter()
+        .copied()
+        .filter(|v| initial.is_none_or(|i| !i.contains_key(v)))
+        .min()
 }
 
 /// How many shards each voter (of any shard) leads.
@@ -98,7 +123,7 @@ pub fn next_move(view: &[ShardView], me: NodeId) -> Option<(u32, NodeId)> {
     if view.iter().any(|s| s.leader.is_none()) {
         return None;
     }
-    let led = || view.iter().filter(|s| s.leader == Some(me));
+    let led = || view.iter().filter(|s| s.leader == Some(me) && !s.moving);
     let back_home = led().find_map(|s| {
         s.preferred
             .filter(|p| *p != me && s.ready.contains(p))
@@ -151,6 +176,7 @@ mod tests {
                 Vec::new()
             },
             preferred: None,
+            moving: false,
         }
     }
 

@@ -282,6 +282,7 @@ async fn step_down(
         .step_down(raftq_api::v1::StepDownRequest {
             timeout_ms,
             drain_workers,
+            shard: None,
         })
         .await
         .map_err(|s| match std::error::Error::source(&s) {

@@ -170,17 +170,17 @@ impl RequestBudget {
 
 impl MemoryBudget {
     /// Jobs live on this node now (every shard it holds).
-    pub fn live_jobs(shards: &[ShardHandle]) -> u64 {
+    pub fn live_jobs(shards: &[Arc<ShardHandle>]) -> u64 {
         shards.iter().map(|s| s.shared.job_count()).sum()
     }
 
     /// The index's estimated size now.
-    pub fn index_used(shards: &[ShardHandle]) -> u64 {
+    pub fn index_used(shards: &[Arc<ShardHandle>]) -> u64 {
         shards.iter().map(|s| s.shared.index_bytes()).sum()
     }
 
     /// Why `new_jobs` more jobs may not be enqueued now, if they may not.
-    pub fn refuse_enqueue(&self, shards: &[ShardHandle], new_jobs: usize) -> Option<String> {
+    pub fn refuse_enqueue(&self, shards: &[Arc<ShardHandle>], new_jobs: usize) -> Option<String> {
         if self.index_bytes == 0 {
             return None;
         }

@@ -321,13 +321,13 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
 impl TransportService {
     /// The shard a message is for, if this node reads what it carries
     /// (entries and votes in `ENTRY_FORMAT`, snapshots in `SNAPSHOT_FORMAT`).
-    fn shard(&self, msg: &RaftMessage, readable: u32) -> Result<&Raft, Status> {
+    fn shard(&self, msg: &RaftMessage, readable: u32) -> Result<Raft, Status> {
         if let Some(why) = format::refuse_message(msg.format, readable) {
             return Err(Status::failed_precondition(why));
         }
         self.ctx
             .local(msg.shard)
-            .map(|s| &s.raft)
+            .map(|s| s.raft.clone())
             .ok_or_else(|| Status::not_found(format!("this node has no shard {}", msg.shard)))
     }
 }

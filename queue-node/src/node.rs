@@ -18,18 +18,15 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::batcher::Batcher;
 use crate::config::NodeConfig;
-use crate::context::{NodeContext, NodeIdentity, ShardHandle};
+use crate::context::{NodeContext, NodeIdentity};
 use crate::layout::Layout;
 use crate::memory::{Budgets, MemoryBudget};
-use crate::network::{NetworkFactory, TransportService};
-use crate::raft_types::{NodeId, Raft};
+use crate::network::TransportService;
+use crate::raft_types::NodeId;
 use crate::security::{Port, Security};
 use crate::service::{ClusterService, QueueAdminService, QueueService, ScalerService};
-use crate::store::log_store::LogStore;
-use crate::store::state_machine::StateMachineStore;
-use crate::store::{health, watermark, ContentCache, Contents, Store, StoreMemory};
+use crate::store::{health, watermark, ContentCache, Store, StoreMemory};
 
 /// A running node.
 pub struct NodeHandle {
@@ -82,7 +79,7 @@ impl NodeHandle {
             balancer.abort();
             let _ = balancer.await;
         }
-        for shard in &self.context.shards {
+        for shard in self.context.held().iter() {
             let _ = shard.raft.shutdown().await;
         }
         drop(self.context);
@@ -147,27 +144,46 @@ async fn drain(
     }
 }
 
-/// Resolves when the first shard's Raft stops with a fatal error.
+/// Resolves when the first shard's Raft stops with a fatal error (a
+/// replica dropped by a move stops without one).
 async fn shard_failure(context: &NodeContext) -> anyhow::Error {
-    let watches = context.shards.iter().map(|shard| {
-        let mut metrics = shard.raft.metrics();
-        let id = shard.id;
-        Box::pin(async move {
-            loop {
-                if let Err(fatal) = &metrics.borrow_and_update().running_state {
-                    return anyhow::anyhow!("shard {id} stopped: {fatal}");
-                }
-                if metrics.changed().await.is_err() {
-                    return anyhow::anyhow!("shard {id} stopped");
-                }
+    let mut changes = context.held_changes();
+    loop {
+        changes.borrow_and_update();
+        let watches: Vec<_> = context
+            .held()
+            .iter()
+            .map(|shard| {
+                let mut metrics = shard.raft.metrics();
+                let id = shard.id;
+                Box::pin(async move {
+                    // A replica a move dropped stops too, and is no
+                    // longer held: that is no failure.
+                    let held = || context.local(id).is_some();
+                    loop {
+                        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                            return held().then(|| anyhow::anyhow!("shard {id} stopped: {fatal}"));
+                        }
+                        if metrics.changed().await.is_err() {
+                            return held().then(|| anyhow::anyhow!("shard {id} stopped"));
+                        }
+                    }
+                })
+            })
+            .collect();
+        let failed = async {
+            if watches.is_empty() {
+                return std::future::pending().await;
             }
-        })
-    });
-    let watches: Vec<_> = watches.collect();
-    if watches.is_empty() {
-        return std::future::pending().await;
+            futures::future::select_all(watches).await.0
+        };
+        tokio::select! {
+            failed = failed => if let Some(failure) = failed { return failure },
+            changed = changes.changed() => if changed.is_err() {
+                return std::future::pending().await;
+            },
+        }
     }
-    futures::future::select_all(watches).await.0
 }
 
 /// A task that ends if start-up fails before handing it over.
@@ -203,8 +219,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         config.shards,
         config.replication_factor,
     )?;
-    let held = layout.shards_of(config.node_id);
-    let held_count = held.len().max(1) as u32;
+    let placed = layout.shards_of(config.node_id);
+    let held_count = placed.len().max(1) as u32;
     let budgets = Budgets::resolve(&config.memory, crate::memory::memory_limit(), held_count);
     tracing::info!(?budgets, "memory budgets");
     let store = Store::open(
@@ -255,64 +271,33 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     store.check_shard_count(config.shards)?;
     store.check_replication_factor(config.replication_factor)?;
     let watermark = watermark::read(&config.data_dir)?;
+    // The layout places a new node's shards; moves change them after.
+    let held = match store.held_shards()? {
+        Some(held) => held,
+        None => {
+            store.put_held_shards(&placed)?;
+            placed
+        }
+    };
     let content_cache = Arc::new(ContentCache::new(budgets.content_cache as usize));
+    let replicas = crate::replicas::ReplicaFactory::new(
+        &config,
+        crate::replicas::ReplicaResources {
+            store: store.clone(),
+            content_cache: content_cache.clone(),
+            dialer: security.dialer.clone(),
+            pending_writes: budgets.pending_writes_per_shard(held_count),
+            log_cache: budgets.log_cache_per_shard(held_count),
+        },
+    );
     let mut shards = Vec::new();
     for (nth, &id) in held.iter().enumerate() {
-        let raft_config = Arc::new(shard_raft_config(&config, id)?);
         http_state.starting(format!(
             "rebuilding the job index of shard {id} ({} of {})",
             nth + 1,
             held.len()
         ));
-        // On a blocking thread: the rebuild reads every live job's record.
-        let (sm, shared) = {
-            let (store, cache) = (store.clone(), content_cache.clone());
-            let pending = budgets.pending_writes_per_shard(held_count);
-            tokio::task::spawn_blocking(move || StateMachineStore::open(store, id, cache, pending))
-                .await
-                .context("loading the state machine")?
-                .context("loading the state machine")?
-        };
-        let log = LogStore::new(
-            store.clone(),
-            id,
-            shared.clone(),
-            budgets.log_cache_per_shard(held_count),
-        );
-        // The state on disk may trail the log (state writes skip the WAL and
-        // are re-applied from the log), so the log counts too.
-        let last_log = log
-            .last_index()
-            .with_context(|| format!("reading shard {id}'s raft log"))?;
-        watermark::verify(&watermark, id, sm.applied_index().max(last_log))?;
-        let raft = Raft::new(
-            config.node_id,
-            raft_config,
-            NetworkFactory::new(id, security.dialer.clone()),
-            log,
-            sm,
-        )
-        .await
-        .with_context(|| format!("starting raft for shard {id}"))?;
-        let batcher = Batcher::spawn(
-            raft.clone(),
-            config.batching.clone(),
-            defaults,
-            shared.clone(),
-        );
-        tokio::spawn(crate::ticker::run(
-            raft.clone(),
-            config.node_id,
-            batcher.clone(),
-            shared.clone(),
-        ));
-        shards.push(ShardHandle {
-            id,
-            raft,
-            batcher,
-            shared,
-            contents: Contents::new(store.clone(), content_cache.clone()),
-        });
+        shards.push(replicas.open(id, Some(&watermark)).await?);
     }
 
     let identity = NodeIdentity {
@@ -334,6 +319,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         identity,
         layout,
         shards,
+        replicas,
         defaults,
         MemoryBudget {
             index_bytes: budgets.index,
@@ -347,14 +333,18 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         security.clone(),
     ));
 
+    let held_now = {
+        let context = Arc::downgrade(&context);
+        move || {
+            context.upgrade().map_or_else(Vec::new, |c| {
+                c.held().iter().map(|s| (s.id, s.shared.clone())).collect()
+            })
+        }
+    };
     let watermark_task = tokio::spawn(watermark::run(
         store.clone(),
         config.data_dir.clone(),
-        context
-            .shards
-            .iter()
-            .map(|s| (s.id, s.shared.clone()))
-            .collect(),
+        held_now,
     ));
 
     let (stop, stopped) = oneshot::channel::<()>();
@@ -465,34 +455,6 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
 /// How often certificates and the auth file are checked for changes.
 const RELOAD_EVERY: Duration = Duration::from_secs(1);
 
-/// Raft settings of one shard. Every node has the same election timeouts:
-/// a leadership hand-over relies on every voter's leader lease (its
-/// maximum election timeout) running out at the same time.
-fn shard_raft_config(config: &NodeConfig, shard: u32) -> anyhow::Result<openraft::Config> {
-    let (min, max) = (
-        config.raft.election_timeout_min_ms,
-        config.raft.election_timeout_max_ms,
-    );
-    openraft::Config {
-        cluster_name: format!("raftq-shard-{shard}"),
-        heartbeat_interval: config.raft.heartbeat_ms,
-        election_timeout_min: min,
-        election_timeout_max: max,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
-            config.raft.snapshot_every_entries,
-        ),
-        max_in_snapshot_log_to_keep: config.raft.logs_kept_after_snapshot,
-        // openraft gives the last snapshot chunk 200 ms to be sent *and
-        // installed*; a follower installing a shard of tens of megabytes
-        // takes longer, timed out, and was sent the whole snapshot again,
-        // for ever. Each chunk, and the install, gets 60 s.
-        install_snapshot_timeout: 60_000,
-        ..Default::default()
-    }
-    .validate()
-    .with_context(|| format!("raft settings of shard {shard}"))
-}
-
 /// The voters of a new cluster: `initial_members`, or this node alone.
 /// Before binding, this node's own address may not be known yet; the
 /// layout needs only the ids, and [`bootstrap`] the real addresses.
@@ -512,7 +474,7 @@ async fn bootstrap(
     config: &NodeConfig,
     advertise: &str,
 ) -> anyhow::Result<()> {
-    for shard in &context.shards {
+    for shard in context.held().iter() {
         let members: BTreeMap<NodeId, BasicNode> = match context.layout.voters.get(&shard.id) {
             Some(voters) if !config.initial_members.is_empty() => voters
                 .iter()

@@ -57,6 +57,7 @@ async fn step_down_moves_every_led_shard_and_service_continues() {
         .step_down(pb::StepDownRequest {
             timeout_ms: 20_000,
             drain_workers: false,
+            shard: None,
         })
         .await
         .expect("step down")

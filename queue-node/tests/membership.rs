@@ -68,6 +68,7 @@ async fn add_learners_promote_them_and_survive_the_first_node() {
                 node_id: i as u64 + 1,
                 addr: addr.clone(),
                 shard: None,
+                no_wait: false,
                 timeout_ms: 0,
             })
             .await
@@ -218,6 +219,7 @@ async fn leaders_spread_after_joins_and_after_a_restart() {
                 node_id: i as u64 + 1,
                 addr: addr.clone(),
                 shard: None,
+                no_wait: false,
                 timeout_ms: 0,
             })
             .await

@@ -296,6 +296,7 @@ async fn six_nodes_hold_six_of_twelve_shards_each_and_serve_them_all() {
             node_id: 9,
             addr: "127.0.0.1:1".into(),
             shard: Some(elsewhere),
+            no_wait: false,
             timeout_ms: 1_000,
         })
         .await

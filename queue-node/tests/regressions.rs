@@ -232,6 +232,7 @@ async fn an_unreachable_learner_cannot_wedge_the_shard() {
             node_id: 97,
             addr: nowhere.clone(),
             shard: None,
+            no_wait: false,
             timeout_ms: 1500,
         })
         .await

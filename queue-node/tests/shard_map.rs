@@ -228,6 +228,7 @@ async fn clients_route_by_the_shard_map_and_a_wrong_node_names_the_leader() {
         .step_down(pb::StepDownRequest {
             timeout_ms: 10_000,
             drain_workers: false,
+            shard: None,
         })
         .await
         .expect("step down");

@@ -38,7 +38,7 @@ impl QueueAdminService {
         call: Call,
         queue: &str,
         request: &Request<T>,
-    ) -> Result<(Caller, Route<'_>), Status> {
+    ) -> Result<(Caller, Route), Status> {
         validate::queue_name(queue).map_err(invalid)?;
         let caller = self.authorize(request, call, Some(queue))?;
         let route = self.ctx.route(self.ctx.shard_of_queue(queue), request)?;
@@ -85,6 +85,7 @@ impl QueueAdminService {
                 }
             }
             Route::Local(shard) => {
+                let shard = &shard;
                 let queue = request.into_inner().queue;
                 self.queue_op(shard, Op::SetPaused { queue, paused }).await
             }
@@ -177,7 +178,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
         )?;
         if request.get_ref().local {
             let mut queues = Vec::new();
-            for shard in &self.ctx.shards {
+            for shard in self.ctx.held().iter() {
                 let state = shard.shared.state();
                 if queue.is_empty() {
                     queues.extend(state.all_stats().into_iter().map(stats));
@@ -192,7 +193,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
             if let Some(shard) = forward::forwarded_shard(request.metadata()) {
                 // Another node asks this one, as the leader, for one shard.
                 let queues = match self.ctx.route(shard, &request)? {
-                    Route::Local(handle) => shard_stats(handle).await?,
+                    Route::Local(handle) => shard_stats(&handle).await?,
                     Route::Leader(_) => unreachable_forward(shard)?,
                 };
                 let queues = queues
@@ -205,7 +206,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
             let (request, caller) = (&request, &caller);
             let per_shard = self.ctx.shard_ids().map(|shard| async move {
                 match self.ctx.route(shard, request)? {
-                    Route::Local(handle) => shard_stats(handle).await,
+                    Route::Local(handle) => shard_stats(&handle).await,
                     Route::Leader(leader) => {
                         let request = forward::forwarded_for_shard(
                             pb::StatsRequest::default(),
@@ -242,6 +243,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
                     .await
             }
             Route::Local(shard) => {
+                let shard = &shard;
                 linearizable(shard).await?;
                 let found = shard.shared.state().stats(&queue);
                 let stats = found.map(stats).unwrap_or(pb::QueueStats {
@@ -286,6 +288,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
                     .await
             }
             Route::Local(shard) => {
+                let shard = &shard;
                 let queue = request.into_inner().queue;
                 let removed = self.count_op(shard, Op::PurgeQueue { queue }).await?;
                 Ok(Response::new(pb::PurgeResponse { removed }))
@@ -324,6 +327,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
                     .await
             }
             Route::Local(shard) => {
+                let shard = &shard;
                 let req = request.into_inner();
                 let patch = QueueConfigPatch {
                     lease_ms: req.default_lease_ms.map(|v| v as u64),
@@ -357,6 +361,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
                     .await
             }
             Route::Local(shard) => {
+                let shard = &shard;
                 linearizable(shard).await?;
                 let view = shard.shared.state().job(id, &self.ctx.defaults);
                 if let Some(view) = &view {
@@ -390,6 +395,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
                     .await
             }
             Route::Local(shard) => {
+                let shard = &shard;
                 may_on_jobs(&caller, Call::CancelJob, shard, [id])?;
                 // Read first: the cancel deletes the content with the job.
                 let content = read_contents(shard, vec![id]).await?.pop().flatten();
@@ -420,6 +426,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
                     .await
             }
             Route::Local(shard) => {
+                let shard = &shard;
                 linearizable(shard).await?;
                 let view = shard
                     .shared
@@ -448,6 +455,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
                     .await
             }
             Route::Local(shard) => {
+                let shard = &shard;
                 linearizable(shard).await?;
                 let req = request.into_inner();
                 Ok(Response::new(
@@ -487,6 +495,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
                     .await
             }
             Route::Local(shard) => {
+                let shard = &shard;
                 linearizable(shard).await?;
                 let jobs =
                     shard
@@ -529,6 +538,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
                     .await
             }
             Route::Local(shard) => {
+                let shard = &shard;
                 let queue = request.into_inner().queue;
                 let count = self.count_op(shard, Op::RequeueDead { queue, ids }).await?;
                 Ok(Response::new(pb::CountResponse { count }))
@@ -554,6 +564,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
                     .await
             }
             Route::Local(shard) => {
+                let shard = &shard;
                 let queue = request.into_inner().queue;
                 let count = self.count_op(shard, Op::PurgeDead { queue, ids }).await?;
                 Ok(Response::new(pb::CountResponse { count }))

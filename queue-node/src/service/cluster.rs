@@ -25,7 +25,7 @@ impl ClusterService {
     fn target_shards(&self, shard: Option<u32>) -> Result<Vec<u32>, Status> {
         match shard {
             Some(id) => Ok(vec![self.ctx.shard(id)?.id]),
-            None => Ok(self.ctx.shards.iter().map(|s| s.id).collect()),
+            None => Ok(self.ctx.held().iter().map(|s| s.id).collect()),
         }
     }
 
@@ -45,7 +45,7 @@ pub fn local_status(ctx: &crate::context::NodeContext) -> pb::ClusterStatus {
         node_id: ctx.id,
         addr: ctx.addr.clone(),
         client_addr: ctx.client_addr.clone(),
-        shards: ctx.shards.iter().map(shard_status).collect(),
+        shards: ctx.held().iter().map(|s| shard_status(s)).collect(),
     }
 }
 
@@ -79,6 +79,7 @@ fn shard_status(shard: &ShardHandle) -> pb::ShardStatus {
         last_log_index: m.last_log_index.unwrap_or(0),
         members,
         role: role.into(),
+        epoch: m.membership_config.log_id().map_or(0, |l| l.index),
     }
 }
 
@@ -149,7 +150,7 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
                 self.ctx.id
             )));
         }
-        for shard in &self.ctx.shards {
+        for shard in self.ctx.held().iter() {
             let initialized = shard
                 .raft
                 .is_initialized()
@@ -184,8 +185,14 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
                 tracing::warn!(open, "worker streams still open after the drain timeout");
             }
         }
-        let shards = crate::handoff::step_down(&self.ctx, timeout)
-            .await
+        let handed = match request.get_ref().shard {
+            Some(shard) => {
+                self.ctx.shard(shard)?;
+                crate::handoff::step_down_from(&self.ctx, shard, timeout).await
+            }
+            None => crate::handoff::step_down(&self.ctx, timeout).await,
+        };
+        let shards = handed
             .into_iter()
             .map(|h| pb::ShardHandoff {
                 shard: h.shard,
@@ -221,12 +228,95 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
                         .relay(leader.cluster().add_learner(forwarded(one, &caller)))
                         .await?;
                 }
+                Route::Local(handle) if req.no_wait => {
+                    membership::add_learner_no_wait(&handle, req.node_id, &req.addr).await?;
+                }
                 Route::Local(handle) => {
-                    membership::add_learner(handle, req.node_id, &req.addr, timeout).await?;
+                    membership::add_learner(&handle, req.node_id, &req.addr, timeout).await?;
                 }
             }
         }
         Ok(Response::new(self.status()))
+    }
+
+    async fn remove_learner(
+        &self,
+        request: Request<pb::RemoveLearnerRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let caller = self.authorize(&request, "RemoveLearner")?;
+        let req = *request.get_ref();
+        for shard in self.target_shards(req.shard)? {
+            match self.ctx.route(shard, &request)? {
+                Route::Leader(leader) => {
+                    let one = pb::RemoveLearnerRequest {
+                        shard: Some(shard),
+                        ..req
+                    };
+                    leader
+                        .relay(leader.cluster().remove_learner(forwarded(one, &caller)))
+                        .await?;
+                }
+                Route::Local(handle) => membership::remove_learner(&handle, req.node_id).await?,
+            }
+        }
+        Ok(Response::new(self.status()))
+    }
+
+    type MoveReplicaStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::MoveProgress, Status>>;
+
+    async fn move_replica(
+        &self,
+        request: Request<pb::MoveReplicaRequest>,
+    ) -> Result<Response<Self::MoveReplicaStream>, Status> {
+        let caller = self.authorize(&request, "MoveReplica")?;
+        let order = crate::mover::order(&self.ctx, request.get_ref())?;
+        let (updates, stream) = tokio::sync::mpsc::channel(16);
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move { crate::mover::run(&ctx, order, caller, updates).await });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            stream,
+        )))
+    }
+
+    async fn open_replica(
+        &self,
+        request: Request<pb::OpenReplicaRequest>,
+    ) -> Result<Response<pb::OpenReplicaResponse>, Status> {
+        self.authorize(&request, "OpenReplica")?;
+        let shard = request.get_ref().shard;
+        if shard >= self.ctx.layout.shard_count {
+            return Err(Status::invalid_argument(format!(
+                "shard {shard} does not exist (this cluster has {} shard(s))",
+                self.ctx.layout.shard_count
+            )));
+        }
+        if self.ctx.layout.is_full() {
+            return Err(Status::failed_precondition(
+                "this cluster has no replication factor: every node holds every shard, and replicas are not moved",
+            ));
+        }
+        let opened = crate::replicas::open_for_move(&self.ctx, shard)
+            .await
+            .map_err(|e| e.status())?;
+        Ok(Response::new(pb::OpenReplicaResponse { opened }))
+    }
+
+    async fn drop_replica(
+        &self,
+        request: Request<pb::DropReplicaRequest>,
+    ) -> Result<Response<pb::DropReplicaResponse>, Status> {
+        self.authorize(&request, "DropReplica")?;
+        let shard = request.get_ref().shard;
+        if self.ctx.layout.is_full() {
+            return Err(Status::failed_precondition(
+                "this cluster has no replication factor: every node holds every shard, and replicas are not dropped",
+            ));
+        }
+        let dropped = crate::replicas::drop_replica(&self.ctx, shard)
+            .await
+            .map_err(|e| e.status())?;
+        Ok(Response::new(pb::DropReplicaResponse { dropped }))
     }
 
     async fn change_membership(
@@ -256,7 +346,7 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
                 }
                 Route::Local(handle) => {
                     membership::change_voters(
-                        handle,
+                        &handle,
                         self.ctx.id,
                         &voters,
                         req.retain,

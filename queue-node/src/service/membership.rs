@@ -82,6 +82,63 @@ pub async fn add_learner(
     )))
 }
 
+/// Adds `id` at `addr` as a learner and returns once the change is
+/// committed; the caller watches it catch up (a move does).
+pub async fn add_learner_no_wait(
+    shard: &ShardHandle,
+    id: NodeId,
+    addr: &str,
+) -> Result<(), Status> {
+    let add = shard.raft.add_learner(id, BasicNode::new(addr), false);
+    match tokio::time::timeout(CHANGE_TIMEOUT, add).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(Status::failed_precondition(format!(
+            "add learner {id} to shard {}: {e}",
+            shard.id
+        ))),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "adding learner {id} to shard {} did not commit within {}s",
+            shard.id,
+            CHANGE_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// Removes learner `id`; a voter is refused (change the voters first).
+pub async fn remove_learner(shard: &ShardHandle, id: NodeId) -> Result<(), Status> {
+    let (is_voter, is_member) = {
+        let metrics = shard.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        (
+            membership.voter_ids().any(|v| v == id),
+            membership.get_node(&id).is_some(),
+        )
+    };
+    if is_voter {
+        return Err(Status::failed_precondition(format!(
+            "node {id} is a voter of shard {}: change the voters first (ChangeMembership)",
+            shard.id
+        )));
+    }
+    if !is_member {
+        return Ok(());
+    }
+    let remove = ChangeMembers::RemoveNodes(BTreeSet::from([id]));
+    match tokio::time::timeout(CHANGE_TIMEOUT, shard.raft.change_membership(remove, false)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(Status::failed_precondition(format!(
+            "remove learner {id} from shard {}: {e}",
+            shard.id
+        ))),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "removing learner {id} from shard {} did not commit within {}s",
+            shard.id,
+            CHANGE_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
 /// Makes `voters` the shard's voters, after checking that every new voter
 /// is a member, answers at its address and is caught up.
 pub async fn change_voters(

@@ -123,10 +123,11 @@ impl pb::queue_server::Queue for QueueService {
             }
             Route::Local(shard) => shard,
         };
+        let shard = &*shard;
         if let Some(why) = self
             .ctx
             .memory
-            .refuse_enqueue(&self.ctx.shards, req.jobs.len())
+            .refuse_enqueue(&self.ctx.held(), req.jobs.len())
         {
             return Err(Status::resource_exhausted(why));
         }
@@ -191,6 +192,7 @@ impl pb::queue_server::Queue for QueueService {
             }
             Route::Local(shard) => shard,
         };
+        let shard = &*shard;
         let req = request.into_inner();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms as u64);
         let waiter = shard.shared.waiter(&req.queue);
@@ -242,6 +244,7 @@ impl pb::queue_server::Queue for QueueService {
             }
             Route::Local(shard) => shard,
         };
+        let shard = &*shard;
         may_on_jobs(&caller, Call::Ack, shard, tokens.iter().map(|(id, _)| *id))?;
         let results = token_results(submit(shard, vec![Op::Ack { tokens }]).await?)?;
         Ok(Response::new(pb::AckResponse { results }))
@@ -266,6 +269,7 @@ impl pb::queue_server::Queue for QueueService {
             }
             Route::Local(shard) => shard,
         };
+        let shard = &*shard;
         may_on_jobs(&caller, Call::Nack, shard, items.iter().map(|n| n.id))?;
         let results = token_results(submit(shard, vec![Op::Nack { items }]).await?)?;
         Ok(Response::new(pb::NackResponse { results }))
@@ -292,6 +296,7 @@ impl pb::queue_server::Queue for QueueService {
             }
             Route::Local(shard) => shard,
         };
+        let shard = &*shard;
         may_on_jobs(
             &caller,
             Call::ExtendLease,
@@ -374,7 +379,7 @@ impl pb::queue_server::Queue for QueueService {
                 tokio::spawn(async move {
                     if let Ok(shard) = ctx.shard(shard_id) {
                         run_worker_session(
-                            shard,
+                            &shard,
                             Opened { open, caller },
                             first,
                             inbound,

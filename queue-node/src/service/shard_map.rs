@@ -27,6 +27,7 @@ pub fn build(ctx: &NodeContext, queues: &[String]) -> pb::ShardMap {
                     leader_addr: client_addr(m.current_leader),
                     term: m.current_term,
                     members: m.membership_config.nodes().map(|(id, _)| *id).collect(),
+                    epoch: m.membership_config.log_id().map_or(0, |l| l.index),
                 }
             }
             // Held elsewhere: as its members last reported it.
@@ -36,6 +37,7 @@ pub fn build(ctx: &NodeContext, queues: &[String]) -> pb::ShardMap {
                     leader_id: remote.leader,
                     leader_addr: client_addr(Some(remote.leader)),
                     term: remote.term,
+                    epoch: remote.epoch,
                     members: remote.members,
                 },
                 None => pb::ShardRoute {

@@ -50,10 +50,24 @@ pub enum OpenError {
     Format { stored: u32, readable: u32 },
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteShardError {
+    #[error("deleting the shard's records: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("removing the shard's snapshots in {path}: {source}")]
+    Snapshots {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
 /// Node-wide records in `raft_meta` sort after every shard's (all-ones prefix).
 const NODE_SHARDS_KEY: &[u8] = b"\xff\xff\xff\xffshards";
 /// The replication factor; 0 for "every initial member".
 const NODE_REPLICATION_KEY: &[u8] = b"\xff\xff\xff\xffreplication";
+/// The shards this node holds a replica of (big-endian u32s): fixed by the
+/// layout at creation, changed by moves.
+const NODE_HELD_KEY: &[u8] = b"\xff\xff\xff\xffheld";
 
 /// What RocksDB may hold in memory.
 #[derive(Debug, Clone, Copy)]
@@ -253,6 +267,66 @@ impl Store {
             }),
             Some(_) => Ok(()),
             None => self.put_node_record(NODE_REPLICATION_KEY, configured),
+        }
+    }
+
+    /// The shards this node holds; `None` for a data dir that never
+    /// recorded them (a new one, or one written before moves existed).
+    pub fn held_shards(&self) -> Result<Option<Vec<u32>>, OpenError> {
+        let bytes = self
+            .db
+            .get_cf(self.cf(CF_RAFT), NODE_HELD_KEY)
+            .map_err(|e| OpenError::NodeRecord(e.to_string()))?;
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
+        if bytes.len() % 4 != 0 {
+            return Err(OpenError::NodeRecord(format!(
+                "corrupt held-shards record of {} bytes",
+                bytes.len()
+            )));
+        }
+        Ok(Some(
+            bytes
+                .chunks_exact(4)
+                .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ))
+    }
+
+    /// Records the shards this node holds (synced: a move relies on it).
+    pub fn put_held_shards(&self, shards: &[u32]) -> Result<(), OpenError> {
+        let bytes: Vec<u8> = shards.iter().flat_map(|s| s.to_be_bytes()).collect();
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(self.cf(CF_RAFT), NODE_HELD_KEY, bytes);
+        self.db
+            .write_opt(batch, &opts)
+            .map_err(|e| OpenError::NodeRecord(e.to_string()))
+    }
+
+    /// Deletes everything of `shard`: its log, Raft state, job state and
+    /// snapshots. Every key of a shard starts with its id (big-endian), so
+    /// one range per column family covers it.
+    pub fn delete_shard(&self, shard: u32) -> Result<(), DeleteShardError> {
+        let from = shard.to_be_bytes();
+        // Node-wide records sort after every shard (all-ones prefix).
+        let to = shard.saturating_add(1).to_be_bytes();
+        let mut batch = rocksdb::WriteBatch::default();
+        for cf in [CF_LOG, CF_RAFT, CF_STATE] {
+            batch.delete_range_cf(self.cf(cf), from, to);
+        }
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts)?;
+        match std::fs::remove_dir_all(self.snapshot_dir(shard)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(DeleteShardError::Snapshots {
+                path: self.snapshot_dir(shard).display().to_string(),
+                source,
+            }),
         }
     }
 

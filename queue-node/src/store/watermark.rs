@@ -121,6 +121,19 @@ pub fn write(data_dir: &Path, indexes: &BTreeMap<u32, u64>) -> std::io::Result<(
     std::fs::File::open(data_dir)?.sync_all()
 }
 
+/// Removes `shard`'s line, for a replica dropped (or opened anew) here:
+/// its old index says nothing about a new copy.
+pub fn forget(data_dir: &Path, shard: u32) -> Result<(), WatermarkError> {
+    let mut indexes = read(data_dir)?;
+    if indexes.remove(&shard).is_none() {
+        return Ok(());
+    }
+    write(data_dir, &indexes).map_err(|source| WatermarkError::Read {
+        path: path(data_dir).display().to_string(),
+        source,
+    })
+}
+
 /// Flush the state once any shard's durable index trails its applied
 /// index by this many entries, so the log can be purged behind snapshots
 /// without a flush in the purge itself...
@@ -133,13 +146,19 @@ const FLUSH_AFTER: Duration = Duration::from_secs(60);
 /// the WAL (so the log entries behind what was applied are durable) and
 /// rewrite the file. Also flushes the state (which skips the WAL) now and
 /// then, advancing every shard's durable index.
-pub async fn run(store: Store, data_dir: PathBuf, shards: Vec<(u32, Arc<ShardShared>)>) {
+/// `shards` gives the replicas held at each look (a move changes them).
+pub async fn run(
+    store: Store,
+    data_dir: PathBuf,
+    shards: impl Fn() -> Vec<(u32, Arc<ShardShared>)> + Send + 'static,
+) {
     let mut written: BTreeMap<u32, u64> = BTreeMap::new();
     let mut last_flush = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let shards = shards();
         let lag = shards
             .iter()
             .map(|(_, s)| s.written_index().saturating_sub(s.durable_index()))

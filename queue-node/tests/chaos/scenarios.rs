@@ -454,6 +454,7 @@ async fn make_leader(c: &mut Cluster, shard: u32, target: NodeId) -> anyhow::Res
             let req = raftq_client::proto::StepDownRequest {
                 timeout_ms: 5_000,
                 drain_workers: false,
+                shard: None,
             };
             let _ = tokio::time::timeout(Duration::from_secs(10), client.cluster().step_down(req))
                 .await;

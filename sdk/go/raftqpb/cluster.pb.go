@@ -24,6 +24,330 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type MoveReplicaRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Shard uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	// The node that gets a replica; 0 = none (only remove one).
+	AddNode uint64 `protobuf:"varint,2,opt,name=add_node,json=addNode,proto3" json:"add_node,omitempty"`
+	// Its peer address; may be empty when the node is already known to the
+	// cluster.
+	AddAddr string `protobuf:"bytes,3,opt,name=add_addr,json=addAddr,proto3" json:"add_addr,omitempty"`
+	// The node whose replica goes; 0 = none (only add one).
+	RemoveNode uint64 `protobuf:"varint,4,opt,name=remove_node,json=removeNode,proto3" json:"remove_node,omitempty"`
+	// How long a step may make no progress before the move is rolled back;
+	// 0 = 10 minutes.
+	StallAfterMs  uint64 `protobuf:"varint,5,opt,name=stall_after_ms,json=stallAfterMs,proto3" json:"stall_after_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveReplicaRequest) Reset() {
+	*x = MoveReplicaRequest{}
+	mi := &file_raftq_v1_cluster_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveReplicaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveReplicaRequest) ProtoMessage() {}
+
+func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_cluster_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveReplicaRequest.ProtoReflect.Descriptor instead.
+func (*MoveReplicaRequest) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *MoveReplicaRequest) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *MoveReplicaRequest) GetAddNode() uint64 {
+	if x != nil {
+		return x.AddNode
+	}
+	return 0
+}
+
+func (x *MoveReplicaRequest) GetAddAddr() string {
+	if x != nil {
+		return x.AddAddr
+	}
+	return ""
+}
+
+func (x *MoveReplicaRequest) GetRemoveNode() uint64 {
+	if x != nil {
+		return x.RemoveNode
+	}
+	return 0
+}
+
+func (x *MoveReplicaRequest) GetStallAfterMs() uint64 {
+	if x != nil {
+		return x.StallAfterMs
+	}
+	return 0
+}
+
+type MoveProgress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// add_learner, catch_up, move_leader, swap, drop_old_copy, done,
+	// rolling_back, rolled_back.
+	Phase string `protobuf:"bytes,1,opt,name=phase,proto3" json:"phase,omitempty"`
+	// What the step waits for or did, for a person.
+	Detail string `protobuf:"bytes,2,opt,name=detail,proto3" json:"detail,omitempty"`
+	// During catch_up: entries the incoming learner trails the leader by.
+	LearnerLag    uint64 `protobuf:"varint,3,opt,name=learner_lag,json=learnerLag,proto3" json:"learner_lag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveProgress) Reset() {
+	*x = MoveProgress{}
+	mi := &file_raftq_v1_cluster_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveProgress) ProtoMessage() {}
+
+func (x *MoveProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_cluster_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveProgress.ProtoReflect.Descriptor instead.
+func (*MoveProgress) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *MoveProgress) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *MoveProgress) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *MoveProgress) GetLearnerLag() uint64 {
+	if x != nil {
+		return x.LearnerLag
+	}
+	return 0
+}
+
+type OpenReplicaRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Shard         uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpenReplicaRequest) Reset() {
+	*x = OpenReplicaRequest{}
+	mi := &file_raftq_v1_cluster_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenReplicaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenReplicaRequest) ProtoMessage() {}
+
+func (x *OpenReplicaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_cluster_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenReplicaRequest.ProtoReflect.Descriptor instead.
+func (*OpenReplicaRequest) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *OpenReplicaRequest) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+type OpenReplicaResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// False when this node held the shard already.
+	Opened        bool `protobuf:"varint,1,opt,name=opened,proto3" json:"opened,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpenReplicaResponse) Reset() {
+	*x = OpenReplicaResponse{}
+	mi := &file_raftq_v1_cluster_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenReplicaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenReplicaResponse) ProtoMessage() {}
+
+func (x *OpenReplicaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_cluster_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenReplicaResponse.ProtoReflect.Descriptor instead.
+func (*OpenReplicaResponse) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *OpenReplicaResponse) GetOpened() bool {
+	if x != nil {
+		return x.Opened
+	}
+	return false
+}
+
+type DropReplicaRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Shard         uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DropReplicaRequest) Reset() {
+	*x = DropReplicaRequest{}
+	mi := &file_raftq_v1_cluster_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DropReplicaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DropReplicaRequest) ProtoMessage() {}
+
+func (x *DropReplicaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_cluster_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DropReplicaRequest.ProtoReflect.Descriptor instead.
+func (*DropReplicaRequest) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *DropReplicaRequest) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+type DropReplicaResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// False when this node did not hold the shard.
+	Dropped       bool `protobuf:"varint,1,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DropReplicaResponse) Reset() {
+	*x = DropReplicaResponse{}
+	mi := &file_raftq_v1_cluster_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DropReplicaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DropReplicaResponse) ProtoMessage() {}
+
+func (x *DropReplicaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_cluster_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DropReplicaResponse.ProtoReflect.Descriptor instead.
+func (*DropReplicaResponse) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DropReplicaResponse) GetDropped() bool {
+	if x != nil {
+		return x.Dropped
+	}
+	return false
+}
+
 type Member struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	NodeId uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -39,7 +363,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[0]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -51,7 +375,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[0]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -64,7 +388,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{0}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Member) GetNodeId() uint64 {
@@ -106,14 +430,17 @@ type ShardStatus struct {
 	LastLogIndex uint64                 `protobuf:"varint,7,opt,name=last_log_index,json=lastLogIndex,proto3" json:"last_log_index,omitempty"`
 	Members      []*Member              `protobuf:"bytes,8,rep,name=members,proto3" json:"members,omitempty"`
 	// This node's role in the shard: leader, follower, candidate, learner, shutdown.
-	Role          string `protobuf:"bytes,9,opt,name=role,proto3" json:"role,omitempty"`
+	Role string `protobuf:"bytes,9,opt,name=role,proto3" json:"role,omitempty"`
+	// The log index of the membership in force: grows on every change of
+	// the shard's members.
+	Epoch         uint64 `protobuf:"varint,10,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ShardStatus) Reset() {
 	*x = ShardStatus{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[1]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -125,7 +452,7 @@ func (x *ShardStatus) String() string {
 func (*ShardStatus) ProtoMessage() {}
 
 func (x *ShardStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[1]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -138,7 +465,7 @@ func (x *ShardStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardStatus.ProtoReflect.Descriptor instead.
 func (*ShardStatus) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{1}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ShardStatus) GetShard() uint32 {
@@ -204,6 +531,13 @@ func (x *ShardStatus) GetRole() string {
 	return ""
 }
 
+func (x *ShardStatus) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
 type ClusterStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -212,7 +546,7 @@ type ClusterStatusRequest struct {
 
 func (x *ClusterStatusRequest) Reset() {
 	*x = ClusterStatusRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[2]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -224,7 +558,7 @@ func (x *ClusterStatusRequest) String() string {
 func (*ClusterStatusRequest) ProtoMessage() {}
 
 func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[2]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -237,7 +571,7 @@ func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 type ClusterStatus struct {
@@ -254,7 +588,7 @@ type ClusterStatus struct {
 
 func (x *ClusterStatus) Reset() {
 	*x = ClusterStatus{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[3]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -266,7 +600,7 @@ func (x *ClusterStatus) String() string {
 func (*ClusterStatus) ProtoMessage() {}
 
 func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[3]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -279,7 +613,7 @@ func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatus.ProtoReflect.Descriptor instead.
 func (*ClusterStatus) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ClusterStatus) GetNodeId() uint64 {
@@ -323,7 +657,7 @@ type InitializeRequest struct {
 
 func (x *InitializeRequest) Reset() {
 	*x = InitializeRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[4]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -335,7 +669,7 @@ func (x *InitializeRequest) String() string {
 func (*InitializeRequest) ProtoMessage() {}
 
 func (x *InitializeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[4]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -348,7 +682,7 @@ func (x *InitializeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitializeRequest.ProtoReflect.Descriptor instead.
 func (*InitializeRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *InitializeRequest) GetBootstrapJoiningNode() bool {
@@ -365,14 +699,17 @@ type AddLearnerRequest struct {
 	// Only this shard; absent = every shard.
 	Shard *uint32 `protobuf:"varint,3,opt,name=shard,proto3,oneof" json:"shard,omitempty"`
 	// How long to wait for the learner to catch up, per shard; 0 = 30 s.
-	TimeoutMs     uint32 `protobuf:"varint,4,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	TimeoutMs uint32 `protobuf:"varint,4,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	// Return once the learner is added, without waiting for it to catch up
+	// (the caller watches its matched_index); it is not removed on a timeout.
+	NoWait        bool `protobuf:"varint,5,opt,name=no_wait,json=noWait,proto3" json:"no_wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AddLearnerRequest) Reset() {
 	*x = AddLearnerRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[5]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -384,7 +721,7 @@ func (x *AddLearnerRequest) String() string {
 func (*AddLearnerRequest) ProtoMessage() {}
 
 func (x *AddLearnerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[5]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -397,7 +734,7 @@ func (x *AddLearnerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddLearnerRequest.ProtoReflect.Descriptor instead.
 func (*AddLearnerRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AddLearnerRequest) GetNodeId() uint64 {
@@ -428,6 +765,13 @@ func (x *AddLearnerRequest) GetTimeoutMs() uint32 {
 	return 0
 }
 
+func (x *AddLearnerRequest) GetNoWait() bool {
+	if x != nil {
+		return x.NoWait
+	}
+	return false
+}
+
 type ChangeMembershipRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Voters []uint64               `protobuf:"varint,1,rep,packed,name=voters,proto3" json:"voters,omitempty"`
@@ -441,7 +785,7 @@ type ChangeMembershipRequest struct {
 
 func (x *ChangeMembershipRequest) Reset() {
 	*x = ChangeMembershipRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[6]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -453,7 +797,7 @@ func (x *ChangeMembershipRequest) String() string {
 func (*ChangeMembershipRequest) ProtoMessage() {}
 
 func (x *ChangeMembershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[6]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -466,7 +810,7 @@ func (x *ChangeMembershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembershipRequest.ProtoReflect.Descriptor instead.
 func (*ChangeMembershipRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{6}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ChangeMembershipRequest) GetVoters() []uint64 {
@@ -490,6 +834,59 @@ func (x *ChangeMembershipRequest) GetShard() uint32 {
 	return 0
 }
 
+type RemoveLearnerRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Only this shard; absent = every shard.
+	Shard         *uint32 `protobuf:"varint,2,opt,name=shard,proto3,oneof" json:"shard,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveLearnerRequest) Reset() {
+	*x = RemoveLearnerRequest{}
+	mi := &file_raftq_v1_cluster_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveLearnerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveLearnerRequest) ProtoMessage() {}
+
+func (x *RemoveLearnerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_cluster_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveLearnerRequest.ProtoReflect.Descriptor instead.
+func (*RemoveLearnerRequest) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RemoveLearnerRequest) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *RemoveLearnerRequest) GetShard() uint32 {
+	if x != nil && x.Shard != nil {
+		return *x.Shard
+	}
+	return 0
+}
+
 type StepDownRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// How long to wait for new leaders; 0 = 10 seconds.
@@ -497,14 +894,17 @@ type StepDownRequest struct {
 	// First end this node's worker streams (it is about to stop): each
 	// applies the results already sent and closes with UNAVAILABLE, so its
 	// worker reconnects elsewhere. The node takes no new worker streams after.
-	DrainWorkers  bool `protobuf:"varint,2,opt,name=drain_workers,json=drainWorkers,proto3" json:"drain_workers,omitempty"`
+	DrainWorkers bool `protobuf:"varint,2,opt,name=drain_workers,json=drainWorkers,proto3" json:"drain_workers,omitempty"`
+	// Only this shard (to any other voter); absent = every shard this node
+	// leads.
+	Shard         *uint32 `protobuf:"varint,3,opt,name=shard,proto3,oneof" json:"shard,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StepDownRequest) Reset() {
 	*x = StepDownRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[7]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -516,7 +916,7 @@ func (x *StepDownRequest) String() string {
 func (*StepDownRequest) ProtoMessage() {}
 
 func (x *StepDownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[7]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -529,7 +929,7 @@ func (x *StepDownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepDownRequest.ProtoReflect.Descriptor instead.
 func (*StepDownRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StepDownRequest) GetTimeoutMs() uint32 {
@@ -546,6 +946,13 @@ func (x *StepDownRequest) GetDrainWorkers() bool {
 	return false
 }
 
+func (x *StepDownRequest) GetShard() uint32 {
+	if x != nil && x.Shard != nil {
+		return *x.Shard
+	}
+	return 0
+}
+
 type ShardHandoff struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Shard uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
@@ -557,7 +964,7 @@ type ShardHandoff struct {
 
 func (x *ShardHandoff) Reset() {
 	*x = ShardHandoff{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[8]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -569,7 +976,7 @@ func (x *ShardHandoff) String() string {
 func (*ShardHandoff) ProtoMessage() {}
 
 func (x *ShardHandoff) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[8]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -582,7 +989,7 @@ func (x *ShardHandoff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardHandoff.ProtoReflect.Descriptor instead.
 func (*ShardHandoff) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{8}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ShardHandoff) GetShard() uint32 {
@@ -609,7 +1016,7 @@ type StepDownResponse struct {
 
 func (x *StepDownResponse) Reset() {
 	*x = StepDownResponse{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[9]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -621,7 +1028,7 @@ func (x *StepDownResponse) String() string {
 func (*StepDownResponse) ProtoMessage() {}
 
 func (x *StepDownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[9]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -634,7 +1041,7 @@ func (x *StepDownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepDownResponse.ProtoReflect.Descriptor instead.
 func (*StepDownResponse) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{9}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StepDownResponse) GetShards() []*ShardHandoff {
@@ -656,7 +1063,7 @@ type CampaignRequest struct {
 
 func (x *CampaignRequest) Reset() {
 	*x = CampaignRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[10]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -668,7 +1075,7 @@ func (x *CampaignRequest) String() string {
 func (*CampaignRequest) ProtoMessage() {}
 
 func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[10]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -681,7 +1088,7 @@ func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRequest.ProtoReflect.Descriptor instead.
 func (*CampaignRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{10}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CampaignRequest) GetShard() uint32 {
@@ -713,7 +1120,7 @@ type CampaignReply struct {
 
 func (x *CampaignReply) Reset() {
 	*x = CampaignReply{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[11]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -725,7 +1132,7 @@ func (x *CampaignReply) String() string {
 func (*CampaignReply) ProtoMessage() {}
 
 func (x *CampaignReply) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[11]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -738,7 +1145,7 @@ func (x *CampaignReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignReply.ProtoReflect.Descriptor instead.
 func (*CampaignReply) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{11}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{18}
 }
 
 type RaftMessage struct {
@@ -754,7 +1161,7 @@ type RaftMessage struct {
 
 func (x *RaftMessage) Reset() {
 	*x = RaftMessage{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[12]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -766,7 +1173,7 @@ func (x *RaftMessage) String() string {
 func (*RaftMessage) ProtoMessage() {}
 
 func (x *RaftMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[12]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -779,7 +1186,7 @@ func (x *RaftMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftMessage.ProtoReflect.Descriptor instead.
 func (*RaftMessage) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{12}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RaftMessage) GetShard() uint32 {
@@ -807,12 +1214,32 @@ var File_raftq_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_raftq_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x16raftq/v1/cluster.proto\x12\braftq.v1\"p\n" +
+	"\x16raftq/v1/cluster.proto\x12\braftq.v1\"\xa7\x01\n" +
+	"\x12MoveReplicaRequest\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x19\n" +
+	"\badd_node\x18\x02 \x01(\x04R\aaddNode\x12\x19\n" +
+	"\badd_addr\x18\x03 \x01(\tR\aaddAddr\x12\x1f\n" +
+	"\vremove_node\x18\x04 \x01(\x04R\n" +
+	"removeNode\x12$\n" +
+	"\x0estall_after_ms\x18\x05 \x01(\x04R\fstallAfterMs\"]\n" +
+	"\fMoveProgress\x12\x14\n" +
+	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x16\n" +
+	"\x06detail\x18\x02 \x01(\tR\x06detail\x12\x1f\n" +
+	"\vlearner_lag\x18\x03 \x01(\x04R\n" +
+	"learnerLag\"*\n" +
+	"\x12OpenReplicaRequest\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\"-\n" +
+	"\x13OpenReplicaResponse\x12\x16\n" +
+	"\x06opened\x18\x01 \x01(\bR\x06opened\"*\n" +
+	"\x12DropReplicaRequest\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\"/\n" +
+	"\x13DropReplicaResponse\x12\x18\n" +
+	"\adropped\x18\x01 \x01(\bR\adropped\"p\n" +
 	"\x06Member\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x14\n" +
 	"\x05voter\x18\x03 \x01(\bR\x05voter\x12#\n" +
-	"\rmatched_index\x18\x04 \x01(\x04R\fmatchedIndex\"\xa1\x02\n" +
+	"\rmatched_index\x18\x04 \x01(\x04R\fmatchedIndex\"\xb7\x02\n" +
 	"\vShardStatus\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x1b\n" +
 	"\tleader_id\x18\x02 \x01(\x04R\bleaderId\x12\x1d\n" +
@@ -823,7 +1250,9 @@ const file_raftq_v1_cluster_proto_rawDesc = "" +
 	"\rapplied_index\x18\x06 \x01(\x04R\fappliedIndex\x12$\n" +
 	"\x0elast_log_index\x18\a \x01(\x04R\flastLogIndex\x12*\n" +
 	"\amembers\x18\b \x03(\v2\x10.raftq.v1.MemberR\amembers\x12\x12\n" +
-	"\x04role\x18\t \x01(\tR\x04role\"\x16\n" +
+	"\x04role\x18\t \x01(\tR\x04role\x12\x14\n" +
+	"\x05epoch\x18\n" +
+	" \x01(\x04R\x05epoch\"\x16\n" +
 	"\x14ClusterStatusRequest\"\x8c\x01\n" +
 	"\rClusterStatus\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x12\n" +
@@ -832,23 +1261,30 @@ const file_raftq_v1_cluster_proto_rawDesc = "" +
 	"\vclient_addr\x18\x04 \x01(\tR\n" +
 	"clientAddr\"I\n" +
 	"\x11InitializeRequest\x124\n" +
-	"\x16bootstrap_joining_node\x18\x01 \x01(\bR\x14bootstrapJoiningNode\"\x84\x01\n" +
+	"\x16bootstrap_joining_node\x18\x01 \x01(\bR\x14bootstrapJoiningNode\"\x9d\x01\n" +
 	"\x11AddLearnerRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x19\n" +
 	"\x05shard\x18\x03 \x01(\rH\x00R\x05shard\x88\x01\x01\x12\x1d\n" +
 	"\n" +
-	"timeout_ms\x18\x04 \x01(\rR\ttimeoutMsB\b\n" +
+	"timeout_ms\x18\x04 \x01(\rR\ttimeoutMs\x12\x17\n" +
+	"\ano_wait\x18\x05 \x01(\bR\x06noWaitB\b\n" +
 	"\x06_shard\"n\n" +
 	"\x17ChangeMembershipRequest\x12\x16\n" +
 	"\x06voters\x18\x01 \x03(\x04R\x06voters\x12\x16\n" +
 	"\x06retain\x18\x02 \x01(\bR\x06retain\x12\x19\n" +
 	"\x05shard\x18\x03 \x01(\rH\x00R\x05shard\x88\x01\x01B\b\n" +
-	"\x06_shard\"U\n" +
+	"\x06_shard\"T\n" +
+	"\x14RemoveLearnerRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x19\n" +
+	"\x05shard\x18\x02 \x01(\rH\x00R\x05shard\x88\x01\x01B\b\n" +
+	"\x06_shard\"z\n" +
 	"\x0fStepDownRequest\x12\x1d\n" +
 	"\n" +
 	"timeout_ms\x18\x01 \x01(\rR\ttimeoutMs\x12#\n" +
-	"\rdrain_workers\x18\x02 \x01(\bR\fdrainWorkers\"H\n" +
+	"\rdrain_workers\x18\x02 \x01(\bR\fdrainWorkers\x12\x19\n" +
+	"\x05shard\x18\x03 \x01(\rH\x00R\x05shard\x88\x01\x01B\b\n" +
+	"\x06_shard\"H\n" +
 	"\fShardHandoff\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\"\n" +
 	"\rnew_leader_id\x18\x02 \x01(\x04R\vnewLeaderId\"B\n" +
@@ -862,15 +1298,19 @@ const file_raftq_v1_cluster_proto_rawDesc = "" +
 	"\vRaftMessage\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
-	"\x06format\x18\x03 \x01(\rR\x06format2\xec\x02\n" +
+	"\x06format\x18\x03 \x01(\rR\x06format2\x95\x05\n" +
 	"\fClusterAdmin\x12A\n" +
 	"\x06Status\x12\x1e.raftq.v1.ClusterStatusRequest\x1a\x17.raftq.v1.ClusterStatus\x12B\n" +
 	"\n" +
 	"Initialize\x12\x1b.raftq.v1.InitializeRequest\x1a\x17.raftq.v1.ClusterStatus\x12B\n" +
 	"\n" +
 	"AddLearner\x12\x1b.raftq.v1.AddLearnerRequest\x1a\x17.raftq.v1.ClusterStatus\x12N\n" +
-	"\x10ChangeMembership\x12!.raftq.v1.ChangeMembershipRequest\x1a\x17.raftq.v1.ClusterStatus\x12A\n" +
-	"\bStepDown\x12\x19.raftq.v1.StepDownRequest\x1a\x1a.raftq.v1.StepDownResponse2\x85\x02\n" +
+	"\x10ChangeMembership\x12!.raftq.v1.ChangeMembershipRequest\x1a\x17.raftq.v1.ClusterStatus\x12H\n" +
+	"\rRemoveLearner\x12\x1e.raftq.v1.RemoveLearnerRequest\x1a\x17.raftq.v1.ClusterStatus\x12A\n" +
+	"\bStepDown\x12\x19.raftq.v1.StepDownRequest\x1a\x1a.raftq.v1.StepDownResponse\x12E\n" +
+	"\vMoveReplica\x12\x1c.raftq.v1.MoveReplicaRequest\x1a\x16.raftq.v1.MoveProgress0\x01\x12J\n" +
+	"\vOpenReplica\x12\x1c.raftq.v1.OpenReplicaRequest\x1a\x1d.raftq.v1.OpenReplicaResponse\x12J\n" +
+	"\vDropReplica\x12\x1c.raftq.v1.DropReplicaRequest\x1a\x1d.raftq.v1.DropReplicaResponse2\x85\x02\n" +
 	"\rRaftTransport\x12=\n" +
 	"\rAppendEntries\x12\x15.raftq.v1.RaftMessage\x1a\x15.raftq.v1.RaftMessage\x124\n" +
 	"\x04Vote\x12\x15.raftq.v1.RaftMessage\x1a\x15.raftq.v1.RaftMessage\x12?\n" +
@@ -889,46 +1329,61 @@ func file_raftq_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_raftq_v1_cluster_proto_rawDescData
 }
 
-var file_raftq_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_raftq_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_raftq_v1_cluster_proto_goTypes = []any{
-	(*Member)(nil),                  // 0: raftq.v1.Member
-	(*ShardStatus)(nil),             // 1: raftq.v1.ShardStatus
-	(*ClusterStatusRequest)(nil),    // 2: raftq.v1.ClusterStatusRequest
-	(*ClusterStatus)(nil),           // 3: raftq.v1.ClusterStatus
-	(*InitializeRequest)(nil),       // 4: raftq.v1.InitializeRequest
-	(*AddLearnerRequest)(nil),       // 5: raftq.v1.AddLearnerRequest
-	(*ChangeMembershipRequest)(nil), // 6: raftq.v1.ChangeMembershipRequest
-	(*StepDownRequest)(nil),         // 7: raftq.v1.StepDownRequest
-	(*ShardHandoff)(nil),            // 8: raftq.v1.ShardHandoff
-	(*StepDownResponse)(nil),        // 9: raftq.v1.StepDownResponse
-	(*CampaignRequest)(nil),         // 10: raftq.v1.CampaignRequest
-	(*CampaignReply)(nil),           // 11: raftq.v1.CampaignReply
-	(*RaftMessage)(nil),             // 12: raftq.v1.RaftMessage
+	(*MoveReplicaRequest)(nil),      // 0: raftq.v1.MoveReplicaRequest
+	(*MoveProgress)(nil),            // 1: raftq.v1.MoveProgress
+	(*OpenReplicaRequest)(nil),      // 2: raftq.v1.OpenReplicaRequest
+	(*OpenReplicaResponse)(nil),     // 3: raftq.v1.OpenReplicaResponse
+	(*DropReplicaRequest)(nil),      // 4: raftq.v1.DropReplicaRequest
+	(*DropReplicaResponse)(nil),     // 5: raftq.v1.DropReplicaResponse
+	(*Member)(nil),                  // 6: raftq.v1.Member
+	(*ShardStatus)(nil),             // 7: raftq.v1.ShardStatus
+	(*ClusterStatusRequest)(nil),    // 8: raftq.v1.ClusterStatusRequest
+	(*ClusterStatus)(nil),           // 9: raftq.v1.ClusterStatus
+	(*InitializeRequest)(nil),       // 10: raftq.v1.InitializeRequest
+	(*AddLearnerRequest)(nil),       // 11: raftq.v1.AddLearnerRequest
+	(*ChangeMembershipRequest)(nil), // 12: raftq.v1.ChangeMembershipRequest
+	(*RemoveLearnerRequest)(nil),    // 13: raftq.v1.RemoveLearnerRequest
+	(*StepDownRequest)(nil),         // 14: raftq.v1.StepDownRequest
+	(*ShardHandoff)(nil),            // 15: raftq.v1.ShardHandoff
+	(*StepDownResponse)(nil),        // 16: raftq.v1.StepDownResponse
+	(*CampaignRequest)(nil),         // 17: raftq.v1.CampaignRequest
+	(*CampaignReply)(nil),           // 18: raftq.v1.CampaignReply
+	(*RaftMessage)(nil),             // 19: raftq.v1.RaftMessage
 }
 var file_raftq_v1_cluster_proto_depIdxs = []int32{
-	0,  // 0: raftq.v1.ShardStatus.members:type_name -> raftq.v1.Member
-	1,  // 1: raftq.v1.ClusterStatus.shards:type_name -> raftq.v1.ShardStatus
-	8,  // 2: raftq.v1.StepDownResponse.shards:type_name -> raftq.v1.ShardHandoff
-	2,  // 3: raftq.v1.ClusterAdmin.Status:input_type -> raftq.v1.ClusterStatusRequest
-	4,  // 4: raftq.v1.ClusterAdmin.Initialize:input_type -> raftq.v1.InitializeRequest
-	5,  // 5: raftq.v1.ClusterAdmin.AddLearner:input_type -> raftq.v1.AddLearnerRequest
-	6,  // 6: raftq.v1.ClusterAdmin.ChangeMembership:input_type -> raftq.v1.ChangeMembershipRequest
-	7,  // 7: raftq.v1.ClusterAdmin.StepDown:input_type -> raftq.v1.StepDownRequest
-	12, // 8: raftq.v1.RaftTransport.AppendEntries:input_type -> raftq.v1.RaftMessage
-	12, // 9: raftq.v1.RaftTransport.Vote:input_type -> raftq.v1.RaftMessage
-	12, // 10: raftq.v1.RaftTransport.InstallSnapshot:input_type -> raftq.v1.RaftMessage
-	10, // 11: raftq.v1.RaftTransport.Campaign:input_type -> raftq.v1.CampaignRequest
-	3,  // 12: raftq.v1.ClusterAdmin.Status:output_type -> raftq.v1.ClusterStatus
-	3,  // 13: raftq.v1.ClusterAdmin.Initialize:output_type -> raftq.v1.ClusterStatus
-	3,  // 14: raftq.v1.ClusterAdmin.AddLearner:output_type -> raftq.v1.ClusterStatus
-	3,  // 15: raftq.v1.ClusterAdmin.ChangeMembership:output_type -> raftq.v1.ClusterStatus
-	9,  // 16: raftq.v1.ClusterAdmin.StepDown:output_type -> raftq.v1.StepDownResponse
-	12, // 17: raftq.v1.RaftTransport.AppendEntries:output_type -> raftq.v1.RaftMessage
-	12, // 18: raftq.v1.RaftTransport.Vote:output_type -> raftq.v1.RaftMessage
-	12, // 19: raftq.v1.RaftTransport.InstallSnapshot:output_type -> raftq.v1.RaftMessage
-	11, // 20: raftq.v1.RaftTransport.Campaign:output_type -> raftq.v1.CampaignReply
-	12, // [12:21] is the sub-list for method output_type
-	3,  // [3:12] is the sub-list for method input_type
+	6,  // 0: raftq.v1.ShardStatus.members:type_name -> raftq.v1.Member
+	7,  // 1: raftq.v1.ClusterStatus.shards:type_name -> raftq.v1.ShardStatus
+	15, // 2: raftq.v1.StepDownResponse.shards:type_name -> raftq.v1.ShardHandoff
+	8,  // 3: raftq.v1.ClusterAdmin.Status:input_type -> raftq.v1.ClusterStatusRequest
+	10, // 4: raftq.v1.ClusterAdmin.Initialize:input_type -> raftq.v1.InitializeRequest
+	11, // 5: raftq.v1.ClusterAdmin.AddLearner:input_type -> raftq.v1.AddLearnerRequest
+	12, // 6: raftq.v1.ClusterAdmin.ChangeMembership:input_type -> raftq.v1.ChangeMembershipRequest
+	13, // 7: raftq.v1.ClusterAdmin.RemoveLearner:input_type -> raftq.v1.RemoveLearnerRequest
+	14, // 8: raftq.v1.ClusterAdmin.StepDown:input_type -> raftq.v1.StepDownRequest
+	0,  // 9: raftq.v1.ClusterAdmin.MoveReplica:input_type -> raftq.v1.MoveReplicaRequest
+	2,  // 10: raftq.v1.ClusterAdmin.OpenReplica:input_type -> raftq.v1.OpenReplicaRequest
+	4,  // 11: raftq.v1.ClusterAdmin.DropReplica:input_type -> raftq.v1.DropReplicaRequest
+	19, // 12: raftq.v1.RaftTransport.AppendEntries:input_type -> raftq.v1.RaftMessage
+	19, // 13: raftq.v1.RaftTransport.Vote:input_type -> raftq.v1.RaftMessage
+	19, // 14: raftq.v1.RaftTransport.InstallSnapshot:input_type -> raftq.v1.RaftMessage
+	17, // 15: raftq.v1.RaftTransport.Campaign:input_type -> raftq.v1.CampaignRequest
+	9,  // 16: raftq.v1.ClusterAdmin.Status:output_type -> raftq.v1.ClusterStatus
+	9,  // 17: raftq.v1.ClusterAdmin.Initialize:output_type -> raftq.v1.ClusterStatus
+	9,  // 18: raftq.v1.ClusterAdmin.AddLearner:output_type -> raftq.v1.ClusterStatus
+	9,  // 19: raftq.v1.ClusterAdmin.ChangeMembership:output_type -> raftq.v1.ClusterStatus
+	9,  // 20: raftq.v1.ClusterAdmin.RemoveLearner:output_type -> raftq.v1.ClusterStatus
+	16, // 21: raftq.v1.ClusterAdmin.StepDown:output_type -> raftq.v1.StepDownResponse
+	1,  // 22: raftq.v1.ClusterAdmin.MoveReplica:output_type -> raftq.v1.MoveProgress
+	3,  // 23: raftq.v1.ClusterAdmin.OpenReplica:output_type -> raftq.v1.OpenReplicaResponse
+	5,  // 24: raftq.v1.ClusterAdmin.DropReplica:output_type -> raftq.v1.DropReplicaResponse
+	19, // 25: raftq.v1.RaftTransport.AppendEntries:output_type -> raftq.v1.RaftMessage
+	19, // 26: raftq.v1.RaftTransport.Vote:output_type -> raftq.v1.RaftMessage
+	19, // 27: raftq.v1.RaftTransport.InstallSnapshot:output_type -> raftq.v1.RaftMessage
+	18, // 28: raftq.v1.RaftTransport.Campaign:output_type -> raftq.v1.CampaignReply
+	16, // [16:29] is the sub-list for method output_type
+	3,  // [3:16] is the sub-list for method input_type
 	3,  // [3:3] is the sub-list for extension type_name
 	3,  // [3:3] is the sub-list for extension extendee
 	0,  // [0:3] is the sub-list for field type_name
@@ -939,15 +1394,17 @@ func file_raftq_v1_cluster_proto_init() {
 	if File_raftq_v1_cluster_proto != nil {
 		return
 	}
-	file_raftq_v1_cluster_proto_msgTypes[5].OneofWrappers = []any{}
-	file_raftq_v1_cluster_proto_msgTypes[6].OneofWrappers = []any{}
+	file_raftq_v1_cluster_proto_msgTypes[11].OneofWrappers = []any{}
+	file_raftq_v1_cluster_proto_msgTypes[12].OneofWrappers = []any{}
+	file_raftq_v1_cluster_proto_msgTypes[13].OneofWrappers = []any{}
+	file_raftq_v1_cluster_proto_msgTypes[14].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftq_v1_cluster_proto_rawDesc), len(file_raftq_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -26,7 +26,11 @@ const (
 	ClusterAdmin_Initialize_FullMethodName       = "/raftq.v1.ClusterAdmin/Initialize"
 	ClusterAdmin_AddLearner_FullMethodName       = "/raftq.v1.ClusterAdmin/AddLearner"
 	ClusterAdmin_ChangeMembership_FullMethodName = "/raftq.v1.ClusterAdmin/ChangeMembership"
+	ClusterAdmin_RemoveLearner_FullMethodName    = "/raftq.v1.ClusterAdmin/RemoveLearner"
 	ClusterAdmin_StepDown_FullMethodName         = "/raftq.v1.ClusterAdmin/StepDown"
+	ClusterAdmin_MoveReplica_FullMethodName      = "/raftq.v1.ClusterAdmin/MoveReplica"
+	ClusterAdmin_OpenReplica_FullMethodName      = "/raftq.v1.ClusterAdmin/OpenReplica"
+	ClusterAdmin_DropReplica_FullMethodName      = "/raftq.v1.ClusterAdmin/DropReplica"
 )
 
 // ClusterAdminClient is the client API for ClusterAdmin service.
@@ -48,9 +52,29 @@ type ClusterAdminClient interface {
 	// answer at its address and have caught up with the leader's log, else
 	// the call fails with FAILED_PRECONDITION and nothing changes.
 	ChangeMembership(ctx context.Context, in *ChangeMembershipRequest, opts ...grpc.CallOption) (*ClusterStatus, error)
+	// Removes a non-voting learner (a move's incoming replica, when the move
+	// is rolled back). Refused for a voter: change the voters first.
+	RemoveLearner(ctx context.Context, in *RemoveLearnerRequest, opts ...grpc.CallOption) (*ClusterStatus, error)
 	// Hands every shard this node leads to another voter and returns when
 	// each has a new leader or the timeout passed. Run before a restart.
 	StepDown(ctx context.Context, in *StepDownRequest, opts ...grpc.CallOption) (*StepDownResponse, error)
+	// Moves one replica of a shard from one node to another, step by step:
+	// the incoming node opens an empty replica and joins as a learner, it
+	// catches up (from the log or a snapshot), leadership leaves the
+	// outgoing node if it leads, one membership change swaps the two (joint
+	// consensus), and the outgoing node deletes its copy. A step that makes
+	// no progress for stall_after_ms rolls the move back (the learner is
+	// removed; the voters stay as they were). Streams each step as it
+	// begins; ends after the last. Served on any node: every step is asked
+	// of the node it concerns. Safe to repeat after an interruption: it
+	// resumes from what the shard's membership shows.
+	MoveReplica(ctx context.Context, in *MoveReplicaRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[MoveProgress], error)
+	// Opens an empty replica of a shard on this node, for a move to fill.
+	// A no-op when this node already holds the shard.
+	OpenReplica(ctx context.Context, in *OpenReplicaRequest, opts ...grpc.CallOption) (*OpenReplicaResponse, error)
+	// Deletes this node's copy of a shard. Refused (FAILED_PRECONDITION)
+	// unless the shard's leader confirms this node is no member of it.
+	DropReplica(ctx context.Context, in *DropReplicaRequest, opts ...grpc.CallOption) (*DropReplicaResponse, error)
 }
 
 type clusterAdminClient struct {
@@ -101,10 +125,59 @@ func (c *clusterAdminClient) ChangeMembership(ctx context.Context, in *ChangeMem
 	return out, nil
 }
 
+func (c *clusterAdminClient) RemoveLearner(ctx context.Context, in *RemoveLearnerRequest, opts ...grpc.CallOption) (*ClusterStatus, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ClusterStatus)
+	err := c.cc.Invoke(ctx, ClusterAdmin_RemoveLearner_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *clusterAdminClient) StepDown(ctx context.Context, in *StepDownRequest, opts ...grpc.CallOption) (*StepDownResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(StepDownResponse)
 	err := c.cc.Invoke(ctx, ClusterAdmin_StepDown_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterAdminClient) MoveReplica(ctx context.Context, in *MoveReplicaRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[MoveProgress], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ClusterAdmin_ServiceDesc.Streams[0], ClusterAdmin_MoveReplica_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[MoveReplicaRequest, MoveProgress]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ClusterAdmin_MoveReplicaClient = grpc.ServerStreamingClient[MoveProgress]
+
+func (c *clusterAdminClient) OpenReplica(ctx context.Context, in *OpenReplicaRequest, opts ...grpc.CallOption) (*OpenReplicaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(OpenReplicaResponse)
+	err := c.cc.Invoke(ctx, ClusterAdmin_OpenReplica_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterAdminClient) DropReplica(ctx context.Context, in *DropReplicaRequest, opts ...grpc.CallOption) (*DropReplicaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DropReplicaResponse)
+	err := c.cc.Invoke(ctx, ClusterAdmin_DropReplica_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -130,9 +203,29 @@ type ClusterAdminServer interface {
 	// answer at its address and have caught up with the leader's log, else
 	// the call fails with FAILED_PRECONDITION and nothing changes.
 	ChangeMembership(context.Context, *ChangeMembershipRequest) (*ClusterStatus, error)
+	// Removes a non-voting learner (a move's incoming replica, when the move
+	// is rolled back). Refused for a voter: change the voters first.
+	RemoveLearner(context.Context, *RemoveLearnerRequest) (*ClusterStatus, error)
 	// Hands every shard this node leads to another voter and returns when
 	// each has a new leader or the timeout passed. Run before a restart.
 	StepDown(context.Context, *StepDownRequest) (*StepDownResponse, error)
+	// Moves one replica of a shard from one node to another, step by step:
+	// the incoming node opens an empty replica and joins as a learner, it
+	// catches up (from the log or a snapshot), leadership leaves the
+	// outgoing node if it leads, one membership change swaps the two (joint
+	// consensus), and the outgoing node deletes its copy. A step that makes
+	// no progress for stall_after_ms rolls the move back (the learner is
+	// removed; the voters stay as they were). Streams each step as it
+	// begins; ends after the last. Served on any node: every step is asked
+	// of the node it concerns. Safe to repeat after an interruption: it
+	// resumes from what the shard's membership shows.
+	MoveReplica(*MoveReplicaRequest, grpc.ServerStreamingServer[MoveProgress]) error
+	// Opens an empty replica of a shard on this node, for a move to fill.
+	// A no-op when this node already holds the shard.
+	OpenReplica(context.Context, *OpenReplicaRequest) (*OpenReplicaResponse, error)
+	// Deletes this node's copy of a shard. Refused (FAILED_PRECONDITION)
+	// unless the shard's leader confirms this node is no member of it.
+	DropReplica(context.Context, *DropReplicaRequest) (*DropReplicaResponse, error)
 	mustEmbedUnimplementedClusterAdminServer()
 }
 
@@ -155,8 +248,20 @@ func (UnimplementedClusterAdminServer) AddLearner(context.Context, *AddLearnerRe
 func (UnimplementedClusterAdminServer) ChangeMembership(context.Context, *ChangeMembershipRequest) (*ClusterStatus, error) {
 	return nil, status.Error(codes.Unimplemented, "method ChangeMembership not implemented")
 }
+func (UnimplementedClusterAdminServer) RemoveLearner(context.Context, *RemoveLearnerRequest) (*ClusterStatus, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveLearner not implemented")
+}
 func (UnimplementedClusterAdminServer) StepDown(context.Context, *StepDownRequest) (*StepDownResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method StepDown not implemented")
+}
+func (UnimplementedClusterAdminServer) MoveReplica(*MoveReplicaRequest, grpc.ServerStreamingServer[MoveProgress]) error {
+	return status.Error(codes.Unimplemented, "method MoveReplica not implemented")
+}
+func (UnimplementedClusterAdminServer) OpenReplica(context.Context, *OpenReplicaRequest) (*OpenReplicaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method OpenReplica not implemented")
+}
+func (UnimplementedClusterAdminServer) DropReplica(context.Context, *DropReplicaRequest) (*DropReplicaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DropReplica not implemented")
 }
 func (UnimplementedClusterAdminServer) mustEmbedUnimplementedClusterAdminServer() {}
 func (UnimplementedClusterAdminServer) testEmbeddedByValue()                      {}
@@ -251,6 +356,24 @@ func _ClusterAdmin_ChangeMembership_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClusterAdmin_RemoveLearner_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveLearnerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterAdminServer).RemoveLearner(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterAdmin_RemoveLearner_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterAdminServer).RemoveLearner(ctx, req.(*RemoveLearnerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _ClusterAdmin_StepDown_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(StepDownRequest)
 	if err := dec(in); err != nil {
@@ -265,6 +388,53 @@ func _ClusterAdmin_StepDown_Handler(srv interface{}, ctx context.Context, dec fu
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ClusterAdminServer).StepDown(ctx, req.(*StepDownRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterAdmin_MoveReplica_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(MoveReplicaRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ClusterAdminServer).MoveReplica(m, &grpc.GenericServerStream[MoveReplicaRequest, MoveProgress]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ClusterAdmin_MoveReplicaServer = grpc.ServerStreamingServer[MoveProgress]
+
+func _ClusterAdmin_OpenReplica_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(OpenReplicaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterAdminServer).OpenReplica(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterAdmin_OpenReplica_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterAdminServer).OpenReplica(ctx, req.(*OpenReplicaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterAdmin_DropReplica_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DropReplicaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterAdminServer).DropReplica(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterAdmin_DropReplica_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterAdminServer).DropReplica(ctx, req.(*DropReplicaRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -293,11 +463,29 @@ var ClusterAdmin_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _ClusterAdmin_ChangeMembership_Handler,
 		},
 		{
+			MethodName: "RemoveLearner",
+			Handler:    _ClusterAdmin_RemoveLearner_Handler,
+		},
+		{
 			MethodName: "StepDown",
 			Handler:    _ClusterAdmin_StepDown_Handler,
 		},
+		{
+			MethodName: "OpenReplica",
+			Handler:    _ClusterAdmin_OpenReplica_Handler,
+		},
+		{
+			MethodName: "DropReplica",
+			Handler:    _ClusterAdmin_DropReplica_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "MoveReplica",
+			Handler:       _ClusterAdmin_MoveReplica_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "raftq/v1/cluster.proto",
 }
 

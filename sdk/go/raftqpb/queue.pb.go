@@ -146,7 +146,11 @@ type ShardRoute struct {
 	// The leader's term: of two routes for a shard, the higher term is newer.
 	Term uint64 `protobuf:"varint,4,opt,name=term,proto3" json:"term,omitempty"`
 	// The shard's voters and learners.
-	Members       []uint64 `protobuf:"varint,5,rep,packed,name=members,proto3" json:"members,omitempty"`
+	Members []uint64 `protobuf:"varint,5,rep,packed,name=members,proto3" json:"members,omitempty"`
+	// Grows on every change of the shard's members (the log index of the
+	// membership in force): of two routes with the same term, the higher
+	// epoch is newer.
+	Epoch         uint64 `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -214,6 +218,13 @@ func (x *ShardRoute) GetMembers() []uint64 {
 		return x.Members
 	}
 	return nil
+}
+
+func (x *ShardRoute) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
 }
 
 type NodeAddress struct {
@@ -2627,7 +2638,7 @@ const file_raftq_v1_queue_proto_rawDesc = "" +
 	"\n" +
 	"\x14raftq/v1/queue.proto\x12\braftq.v1\",\n" +
 	"\x12GetShardMapRequest\x12\x16\n" +
-	"\x06queues\x18\x01 \x03(\tR\x06queues\"\x8e\x01\n" +
+	"\x06queues\x18\x01 \x03(\tR\x06queues\"\xa4\x01\n" +
 	"\n" +
 	"ShardRoute\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x1b\n" +
@@ -2635,7 +2646,8 @@ const file_raftq_v1_queue_proto_rawDesc = "" +
 	"\vleader_addr\x18\x03 \x01(\tR\n" +
 	"leaderAddr\x12\x12\n" +
 	"\x04term\x18\x04 \x01(\x04R\x04term\x12\x18\n" +
-	"\amembers\x18\x05 \x03(\x04R\amembers\"G\n" +
+	"\amembers\x18\x05 \x03(\x04R\amembers\x12\x14\n" +
+	"\x05epoch\x18\x06 \x01(\x04R\x05epoch\"G\n" +
 	"\vNodeAddress\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x1f\n" +
 	"\vclient_addr\x18\x02 \x01(\tR\n" +

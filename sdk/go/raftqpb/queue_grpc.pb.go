@@ -70,8 +70,9 @@ type QueueClient interface {
 	// names asked). A request that carries the metadata `x-raftq-route:
 	// direct` is never forwarded: a node that does not lead its shard
 	// answers UNAVAILABLE with the trailers `x-raftq-leader-shard`,
-	// `x-raftq-leader-id`, `x-raftq-leader-term` and `x-raftq-leader-addr`
-	// (the last when it knows the leader's client address), so the client updates its map and sends it there. Requests
+	// `x-raftq-leader-id`, `x-raftq-leader-term`, `x-raftq-leader-epoch` and
+	// `x-raftq-leader-addr` (the last when it knows the leader's client
+	// address), so the client updates its map and sends it there. Requests
 	// without it are forwarded to the leader as always.
 	GetShardMap(ctx context.Context, in *GetShardMapRequest, opts ...grpc.CallOption) (*ShardMap, error)
 }
@@ -185,8 +186,9 @@ type QueueServer interface {
 	// names asked). A request that carries the metadata `x-raftq-route:
 	// direct` is never forwarded: a node that does not lead its shard
 	// answers UNAVAILABLE with the trailers `x-raftq-leader-shard`,
-	// `x-raftq-leader-id`, `x-raftq-leader-term` and `x-raftq-leader-addr`
-	// (the last when it knows the leader's client address), so the client updates its map and sends it there. Requests
+	// `x-raftq-leader-id`, `x-raftq-leader-term`, `x-raftq-leader-epoch` and
+	// `x-raftq-leader-addr` (the last when it knows the leader's client
+	// address), so the client updates its map and sends it there. Requests
 	// without it are forwarded to the leader as always.
 	GetShardMap(context.Context, *GetShardMapRequest) (*ShardMap, error)
 	mustEmbedUnimplementedQueueServer()

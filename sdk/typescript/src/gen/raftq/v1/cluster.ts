@@ -11,7 +11,9 @@ import {
   type ChannelCredentials,
   Client,
   type ClientOptions,
+  type ClientReadableStream,
   type ClientUnaryCall,
+  type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -27,6 +29,54 @@ export const protobufFileName = "raftq/v1/cluster.proto";
  * raftq cluster administration (used by the operator and `raftq cluster`)
  * and the node-to-node Raft transport.
  */
+
+export interface MoveReplicaRequest {
+  shard: number;
+  /** The node that gets a replica; 0 = none (only remove one). */
+  addNode: number;
+  /**
+   * Its peer address; may be empty when the node is already known to the
+   * cluster.
+   */
+  addAddr: string;
+  /** The node whose replica goes; 0 = none (only add one). */
+  removeNode: number;
+  /**
+   * How long a step may make no progress before the move is rolled back;
+   * 0 = 10 minutes.
+   */
+  stallAfterMs: number;
+}
+
+export interface MoveProgress {
+  /**
+   * add_learner, catch_up, move_leader, swap, drop_old_copy, done,
+   * rolling_back, rolled_back.
+   */
+  phase: string;
+  /** What the step waits for or did, for a person. */
+  detail: string;
+  /** During catch_up: entries the incoming learner trails the leader by. */
+  learnerLag: number;
+}
+
+export interface OpenReplicaRequest {
+  shard: number;
+}
+
+export interface OpenReplicaResponse {
+  /** False when this node held the shard already. */
+  opened: boolean;
+}
+
+export interface DropReplicaRequest {
+  shard: number;
+}
+
+export interface DropReplicaResponse {
+  /** False when this node did not hold the shard. */
+  dropped: boolean;
+}
 
 export interface Member {
   nodeId: number;
@@ -51,6 +101,11 @@ export interface ShardStatus {
   members: Member[];
   /** This node's role in the shard: leader, follower, candidate, learner, shutdown. */
   role: string;
+  /**
+   * The log index of the membership in force: grows on every change of
+   * the shard's members.
+   */
+  epoch: number;
 }
 
 export interface ClusterStatusRequest {
@@ -84,12 +139,23 @@ export interface AddLearnerRequest {
     | undefined;
   /** How long to wait for the learner to catch up, per shard; 0 = 30 s. */
   timeoutMs: number;
+  /**
+   * Return once the learner is added, without waiting for it to catch up
+   * (the caller watches its matched_index); it is not removed on a timeout.
+   */
+  noWait: boolean;
 }
 
 export interface ChangeMembershipRequest {
   voters: number[];
   /** Keep removed voters as learners instead of dropping them. */
   retain: boolean;
+  /** Only this shard; absent = every shard. */
+  shard?: number | undefined;
+}
+
+export interface RemoveLearnerRequest {
+  nodeId: number;
   /** Only this shard; absent = every shard. */
   shard?: number | undefined;
 }
@@ -103,6 +169,11 @@ export interface StepDownRequest {
    * worker reconnects elsewhere. The node takes no new worker streams after.
    */
   drainWorkers: boolean;
+  /**
+   * Only this shard (to any other voter); absent = every shard this node
+   * leads.
+   */
+  shard?: number | undefined;
 }
 
 export interface ShardHandoff {
@@ -135,6 +206,468 @@ export interface RaftMessage {
    */
   format: number;
 }
+
+function createBaseMoveReplicaRequest(): MoveReplicaRequest {
+  return { shard: 0, addNode: 0, addAddr: "", removeNode: 0, stallAfterMs: 0 };
+}
+
+export const MoveReplicaRequest: MessageFns<MoveReplicaRequest> = {
+  encode(message: MoveReplicaRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.shard !== 0) {
+      writer.uint32(8).uint32(message.shard);
+    }
+    if (message.addNode !== 0) {
+      writer.uint32(16).uint64(message.addNode);
+    }
+    if (message.addAddr !== "") {
+      writer.uint32(26).string(message.addAddr);
+    }
+    if (message.removeNode !== 0) {
+      writer.uint32(32).uint64(message.removeNode);
+    }
+    if (message.stallAfterMs !== 0) {
+      writer.uint32(40).uint64(message.stallAfterMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MoveReplicaRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMoveReplicaRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.shard = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.addNode = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.addAddr = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.removeNode = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.stallAfterMs = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MoveReplicaRequest {
+    return {
+      shard: isSet(object.shard) ? globalThis.Number(object.shard) : 0,
+      addNode: isSet(object.addNode)
+        ? globalThis.Number(object.addNode)
+        : isSet(object.add_node)
+        ? globalThis.Number(object.add_node)
+        : 0,
+      addAddr: isSet(object.addAddr)
+        ? globalThis.String(object.addAddr)
+        : isSet(object.add_addr)
+        ? globalThis.String(object.add_addr)
+        : "",
+      removeNode: isSet(object.removeNode)
+        ? globalThis.Number(object.removeNode)
+        : isSet(object.remove_node)
+        ? globalThis.Number(object.remove_node)
+        : 0,
+      stallAfterMs: isSet(object.stallAfterMs)
+        ? globalThis.Number(object.stallAfterMs)
+        : isSet(object.stall_after_ms)
+        ? globalThis.Number(object.stall_after_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: MoveReplicaRequest): unknown {
+    const obj: any = {};
+    if (message.shard !== 0) {
+      obj.shard = Math.round(message.shard);
+    }
+    if (message.addNode !== 0) {
+      obj.addNode = Math.round(message.addNode);
+    }
+    if (message.addAddr !== "") {
+      obj.addAddr = message.addAddr;
+    }
+    if (message.removeNode !== 0) {
+      obj.removeNode = Math.round(message.removeNode);
+    }
+    if (message.stallAfterMs !== 0) {
+      obj.stallAfterMs = Math.round(message.stallAfterMs);
+    }
+    return obj;
+  },
+};
+
+function createBaseMoveProgress(): MoveProgress {
+  return { phase: "", detail: "", learnerLag: 0 };
+}
+
+export const MoveProgress: MessageFns<MoveProgress> = {
+  encode(message: MoveProgress, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.phase !== "") {
+      writer.uint32(10).string(message.phase);
+    }
+    if (message.detail !== "") {
+      writer.uint32(18).string(message.detail);
+    }
+    if (message.learnerLag !== 0) {
+      writer.uint32(24).uint64(message.learnerLag);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MoveProgress {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMoveProgress();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.phase = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.detail = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.learnerLag = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MoveProgress {
+    return {
+      phase: isSet(object.phase) ? globalThis.String(object.phase) : "",
+      detail: isSet(object.detail) ? globalThis.String(object.detail) : "",
+      learnerLag: isSet(object.learnerLag)
+        ? globalThis.Number(object.learnerLag)
+        : isSet(object.learner_lag)
+        ? globalThis.Number(object.learner_lag)
+        : 0,
+    };
+  },
+
+  toJSON(message: MoveProgress): unknown {
+    const obj: any = {};
+    if (message.phase !== "") {
+      obj.phase = message.phase;
+    }
+    if (message.detail !== "") {
+      obj.detail = message.detail;
+    }
+    if (message.learnerLag !== 0) {
+      obj.learnerLag = Math.round(message.learnerLag);
+    }
+    return obj;
+  },
+};
+
+function createBaseOpenReplicaRequest(): OpenReplicaRequest {
+  return { shard: 0 };
+}
+
+export const OpenReplicaRequest: MessageFns<OpenReplicaRequest> = {
+  encode(message: OpenReplicaRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.shard !== 0) {
+      writer.uint32(8).uint32(message.shard);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OpenReplicaRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOpenReplicaRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.shard = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): OpenReplicaRequest {
+    return { shard: isSet(object.shard) ? globalThis.Number(object.shard) : 0 };
+  },
+
+  toJSON(message: OpenReplicaRequest): unknown {
+    const obj: any = {};
+    if (message.shard !== 0) {
+      obj.shard = Math.round(message.shard);
+    }
+    return obj;
+  },
+};
+
+function createBaseOpenReplicaResponse(): OpenReplicaResponse {
+  return { opened: false };
+}
+
+export const OpenReplicaResponse: MessageFns<OpenReplicaResponse> = {
+  encode(message: OpenReplicaResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.opened !== false) {
+      writer.uint32(8).bool(message.opened);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OpenReplicaResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOpenReplicaResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.opened = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): OpenReplicaResponse {
+    return { opened: isSet(object.opened) ? globalThis.Boolean(object.opened) : false };
+  },
+
+  toJSON(message: OpenReplicaResponse): unknown {
+    const obj: any = {};
+    if (message.opened !== false) {
+      obj.opened = message.opened;
+    }
+    return obj;
+  },
+};
+
+function createBaseDropReplicaRequest(): DropReplicaRequest {
+  return { shard: 0 };
+}
+
+export const DropReplicaRequest: MessageFns<DropReplicaRequest> = {
+  encode(message: DropReplicaRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.shard !== 0) {
+      writer.uint32(8).uint32(message.shard);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DropReplicaRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDropReplicaRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.shard = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DropReplicaRequest {
+    return { shard: isSet(object.shard) ? globalThis.Number(object.shard) : 0 };
+  },
+
+  toJSON(message: DropReplicaRequest): unknown {
+    const obj: any = {};
+    if (message.shard !== 0) {
+      obj.shard = Math.round(message.shard);
+    }
+    return obj;
+  },
+};
+
+function createBaseDropReplicaResponse(): DropReplicaResponse {
+  return { dropped: false };
+}
+
+export const DropReplicaResponse: MessageFns<DropReplicaResponse> = {
+  encode(message: DropReplicaResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.dropped !== false) {
+      writer.uint32(8).bool(message.dropped);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DropReplicaResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDropReplicaResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.dropped = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DropReplicaResponse {
+    return { dropped: isSet(object.dropped) ? globalThis.Boolean(object.dropped) : false };
+  },
+
+  toJSON(message: DropReplicaResponse): unknown {
+    const obj: any = {};
+    if (message.dropped !== false) {
+      obj.dropped = message.dropped;
+    }
+    return obj;
+  },
+};
 
 function createBaseMember(): Member {
   return { nodeId: 0, addr: "", voter: false, matchedIndex: 0 };
@@ -260,6 +793,7 @@ function createBaseShardStatus(): ShardStatus {
     lastLogIndex: 0,
     members: [],
     role: "",
+    epoch: 0,
   };
 }
 
@@ -291,6 +825,9 @@ export const ShardStatus: MessageFns<ShardStatus> = {
     }
     if (message.role !== "") {
       writer.uint32(74).string(message.role);
+    }
+    if (message.epoch !== 0) {
+      writer.uint32(80).uint64(message.epoch);
     }
     return writer;
   },
@@ -380,6 +917,14 @@ export const ShardStatus: MessageFns<ShardStatus> = {
             message.role = reader.string();
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.epoch = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -425,6 +970,7 @@ export const ShardStatus: MessageFns<ShardStatus> = {
         ? object.members.map((e: any) => Member.fromJSON(e))
         : [],
       role: isSet(object.role) ? globalThis.String(object.role) : "",
+      epoch: isSet(object.epoch) ? globalThis.Number(object.epoch) : 0,
     };
   },
 
@@ -456,6 +1002,9 @@ export const ShardStatus: MessageFns<ShardStatus> = {
     }
     if (message.role !== "") {
       obj.role = message.role;
+    }
+    if (message.epoch !== 0) {
+      obj.epoch = Math.round(message.epoch);
     }
     return obj;
   },
@@ -683,7 +1232,7 @@ export const InitializeRequest: MessageFns<InitializeRequest> = {
 };
 
 function createBaseAddLearnerRequest(): AddLearnerRequest {
-  return { nodeId: 0, addr: "", shard: undefined, timeoutMs: 0 };
+  return { nodeId: 0, addr: "", shard: undefined, timeoutMs: 0, noWait: false };
 }
 
 export const AddLearnerRequest: MessageFns<AddLearnerRequest> = {
@@ -699,6 +1248,9 @@ export const AddLearnerRequest: MessageFns<AddLearnerRequest> = {
     }
     if (message.timeoutMs !== 0) {
       writer.uint32(32).uint32(message.timeoutMs);
+    }
+    if (message.noWait !== false) {
+      writer.uint32(40).bool(message.noWait);
     }
     return writer;
   },
@@ -748,6 +1300,14 @@ export const AddLearnerRequest: MessageFns<AddLearnerRequest> = {
             message.timeoutMs = reader.uint32();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.noWait = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -774,6 +1334,11 @@ export const AddLearnerRequest: MessageFns<AddLearnerRequest> = {
         : isSet(object.timeout_ms)
         ? globalThis.Number(object.timeout_ms)
         : 0,
+      noWait: isSet(object.noWait)
+        ? globalThis.Boolean(object.noWait)
+        : isSet(object.no_wait)
+        ? globalThis.Boolean(object.no_wait)
+        : false,
     };
   },
 
@@ -790,6 +1355,9 @@ export const AddLearnerRequest: MessageFns<AddLearnerRequest> = {
     }
     if (message.timeoutMs !== 0) {
       obj.timeoutMs = Math.round(message.timeoutMs);
+    }
+    if (message.noWait !== false) {
+      obj.noWait = message.noWait;
     }
     return obj;
   },
@@ -899,8 +1467,87 @@ export const ChangeMembershipRequest: MessageFns<ChangeMembershipRequest> = {
   },
 };
 
+function createBaseRemoveLearnerRequest(): RemoveLearnerRequest {
+  return { nodeId: 0, shard: undefined };
+}
+
+export const RemoveLearnerRequest: MessageFns<RemoveLearnerRequest> = {
+  encode(message: RemoveLearnerRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.nodeId !== 0) {
+      writer.uint32(8).uint64(message.nodeId);
+    }
+    if (message.shard !== undefined) {
+      writer.uint32(16).uint32(message.shard);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RemoveLearnerRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRemoveLearnerRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.nodeId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.shard = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RemoveLearnerRequest {
+    return {
+      nodeId: isSet(object.nodeId)
+        ? globalThis.Number(object.nodeId)
+        : isSet(object.node_id)
+        ? globalThis.Number(object.node_id)
+        : 0,
+      shard: isSet(object.shard) ? globalThis.Number(object.shard) : undefined,
+    };
+  },
+
+  toJSON(message: RemoveLearnerRequest): unknown {
+    const obj: any = {};
+    if (message.nodeId !== 0) {
+      obj.nodeId = Math.round(message.nodeId);
+    }
+    if (message.shard !== undefined) {
+      obj.shard = Math.round(message.shard);
+    }
+    return obj;
+  },
+};
+
 function createBaseStepDownRequest(): StepDownRequest {
-  return { timeoutMs: 0, drainWorkers: false };
+  return { timeoutMs: 0, drainWorkers: false, shard: undefined };
 }
 
 export const StepDownRequest: MessageFns<StepDownRequest> = {
@@ -910,6 +1557,9 @@ export const StepDownRequest: MessageFns<StepDownRequest> = {
     }
     if (message.drainWorkers !== false) {
       writer.uint32(16).bool(message.drainWorkers);
+    }
+    if (message.shard !== undefined) {
+      writer.uint32(24).uint32(message.shard);
     }
     return writer;
   },
@@ -943,6 +1593,14 @@ export const StepDownRequest: MessageFns<StepDownRequest> = {
             message.drainWorkers = reader.bool();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.shard = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -967,6 +1625,7 @@ export const StepDownRequest: MessageFns<StepDownRequest> = {
         : isSet(object.drain_workers)
         ? globalThis.Boolean(object.drain_workers)
         : false,
+      shard: isSet(object.shard) ? globalThis.Number(object.shard) : undefined,
     };
   },
 
@@ -977,6 +1636,9 @@ export const StepDownRequest: MessageFns<StepDownRequest> = {
     }
     if (message.drainWorkers !== false) {
       obj.drainWorkers = message.drainWorkers;
+    }
+    if (message.shard !== undefined) {
+      obj.shard = Math.round(message.shard);
     }
     return obj;
   },
@@ -1406,6 +2068,19 @@ export const ClusterAdminService = {
     responseDeserialize: (value: Buffer): ClusterStatus => ClusterStatus.decode(value),
   },
   /**
+   * Removes a non-voting learner (a move's incoming replica, when the move
+   * is rolled back). Refused for a voter: change the voters first.
+   */
+  removeLearner: {
+    path: "/raftq.v1.ClusterAdmin/RemoveLearner" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RemoveLearnerRequest): Buffer => Buffer.from(RemoveLearnerRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RemoveLearnerRequest => RemoveLearnerRequest.decode(value),
+    responseSerialize: (value: ClusterStatus): Buffer => Buffer.from(ClusterStatus.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ClusterStatus => ClusterStatus.decode(value),
+  },
+  /**
    * Hands every shard this node leads to another voter and returns when
    * each has a new leader or the timeout passed. Run before a restart.
    */
@@ -1417,6 +2092,53 @@ export const ClusterAdminService = {
     requestDeserialize: (value: Buffer): StepDownRequest => StepDownRequest.decode(value),
     responseSerialize: (value: StepDownResponse): Buffer => Buffer.from(StepDownResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): StepDownResponse => StepDownResponse.decode(value),
+  },
+  /**
+   * Moves one replica of a shard from one node to another, step by step:
+   * the incoming node opens an empty replica and joins as a learner, it
+   * catches up (from the log or a snapshot), leadership leaves the
+   * outgoing node if it leads, one membership change swaps the two (joint
+   * consensus), and the outgoing node deletes its copy. A step that makes
+   * no progress for stall_after_ms rolls the move back (the learner is
+   * removed; the voters stay as they were). Streams each step as it
+   * begins; ends after the last. Served on any node: every step is asked
+   * of the node it concerns. Safe to repeat after an interruption: it
+   * resumes from what the shard's membership shows.
+   */
+  moveReplica: {
+    path: "/raftq.v1.ClusterAdmin/MoveReplica" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: MoveReplicaRequest): Buffer => Buffer.from(MoveReplicaRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): MoveReplicaRequest => MoveReplicaRequest.decode(value),
+    responseSerialize: (value: MoveProgress): Buffer => Buffer.from(MoveProgress.encode(value).finish()),
+    responseDeserialize: (value: Buffer): MoveProgress => MoveProgress.decode(value),
+  },
+  /**
+   * Opens an empty replica of a shard on this node, for a move to fill.
+   * A no-op when this node already holds the shard.
+   */
+  openReplica: {
+    path: "/raftq.v1.ClusterAdmin/OpenReplica" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: OpenReplicaRequest): Buffer => Buffer.from(OpenReplicaRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): OpenReplicaRequest => OpenReplicaRequest.decode(value),
+    responseSerialize: (value: OpenReplicaResponse): Buffer => Buffer.from(OpenReplicaResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): OpenReplicaResponse => OpenReplicaResponse.decode(value),
+  },
+  /**
+   * Deletes this node's copy of a shard. Refused (FAILED_PRECONDITION)
+   * unless the shard's leader confirms this node is no member of it.
+   */
+  dropReplica: {
+    path: "/raftq.v1.ClusterAdmin/DropReplica" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DropReplicaRequest): Buffer => Buffer.from(DropReplicaRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DropReplicaRequest => DropReplicaRequest.decode(value),
+    responseSerialize: (value: DropReplicaResponse): Buffer => Buffer.from(DropReplicaResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DropReplicaResponse => DropReplicaResponse.decode(value),
   },
 } as const;
 
@@ -1443,10 +2165,38 @@ export interface ClusterAdminServer extends UntypedServiceImplementation {
    */
   changeMembership: handleUnaryCall<ChangeMembershipRequest, ClusterStatus>;
   /**
+   * Removes a non-voting learner (a move's incoming replica, when the move
+   * is rolled back). Refused for a voter: change the voters first.
+   */
+  removeLearner: handleUnaryCall<RemoveLearnerRequest, ClusterStatus>;
+  /**
    * Hands every shard this node leads to another voter and returns when
    * each has a new leader or the timeout passed. Run before a restart.
    */
   stepDown: handleUnaryCall<StepDownRequest, StepDownResponse>;
+  /**
+   * Moves one replica of a shard from one node to another, step by step:
+   * the incoming node opens an empty replica and joins as a learner, it
+   * catches up (from the log or a snapshot), leadership leaves the
+   * outgoing node if it leads, one membership change swaps the two (joint
+   * consensus), and the outgoing node deletes its copy. A step that makes
+   * no progress for stall_after_ms rolls the move back (the learner is
+   * removed; the voters stay as they were). Streams each step as it
+   * begins; ends after the last. Served on any node: every step is asked
+   * of the node it concerns. Safe to repeat after an interruption: it
+   * resumes from what the shard's membership shows.
+   */
+  moveReplica: handleServerStreamingCall<MoveReplicaRequest, MoveProgress>;
+  /**
+   * Opens an empty replica of a shard on this node, for a move to fill.
+   * A no-op when this node already holds the shard.
+   */
+  openReplica: handleUnaryCall<OpenReplicaRequest, OpenReplicaResponse>;
+  /**
+   * Deletes this node's copy of a shard. Refused (FAILED_PRECONDITION)
+   * unless the shard's leader confirms this node is no member of it.
+   */
+  dropReplica: handleUnaryCall<DropReplicaRequest, DropReplicaResponse>;
 }
 
 export interface ClusterAdminClient extends Client {
@@ -1528,6 +2278,25 @@ export interface ClusterAdminClient extends Client {
     callback: (error: ServiceError | null, response: ClusterStatus) => void,
   ): ClientUnaryCall;
   /**
+   * Removes a non-voting learner (a move's incoming replica, when the move
+   * is rolled back). Refused for a voter: change the voters first.
+   */
+  removeLearner(
+    request: RemoveLearnerRequest,
+    callback: (error: ServiceError | null, response: ClusterStatus) => void,
+  ): ClientUnaryCall;
+  removeLearner(
+    request: RemoveLearnerRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ClusterStatus) => void,
+  ): ClientUnaryCall;
+  removeLearner(
+    request: RemoveLearnerRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ClusterStatus) => void,
+  ): ClientUnaryCall;
+  /**
    * Hands every shard this node leads to another voter and returns when
    * each has a new leader or the timeout passed. Run before a restart.
    */
@@ -1545,6 +2314,62 @@ export interface ClusterAdminClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: StepDownResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Moves one replica of a shard from one node to another, step by step:
+   * the incoming node opens an empty replica and joins as a learner, it
+   * catches up (from the log or a snapshot), leadership leaves the
+   * outgoing node if it leads, one membership change swaps the two (joint
+   * consensus), and the outgoing node deletes its copy. A step that makes
+   * no progress for stall_after_ms rolls the move back (the learner is
+   * removed; the voters stay as they were). Streams each step as it
+   * begins; ends after the last. Served on any node: every step is asked
+   * of the node it concerns. Safe to repeat after an interruption: it
+   * resumes from what the shard's membership shows.
+   */
+  moveReplica(request: MoveReplicaRequest, options?: Partial<CallOptions>): ClientReadableStream<MoveProgress>;
+  moveReplica(
+    request: MoveReplicaRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<MoveProgress>;
+  /**
+   * Opens an empty replica of a shard on this node, for a move to fill.
+   * A no-op when this node already holds the shard.
+   */
+  openReplica(
+    request: OpenReplicaRequest,
+    callback: (error: ServiceError | null, response: OpenReplicaResponse) => void,
+  ): ClientUnaryCall;
+  openReplica(
+    request: OpenReplicaRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: OpenReplicaResponse) => void,
+  ): ClientUnaryCall;
+  openReplica(
+    request: OpenReplicaRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: OpenReplicaResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Deletes this node's copy of a shard. Refused (FAILED_PRECONDITION)
+   * unless the shard's leader confirms this node is no member of it.
+   */
+  dropReplica(
+    request: DropReplicaRequest,
+    callback: (error: ServiceError | null, response: DropReplicaResponse) => void,
+  ): ClientUnaryCall;
+  dropReplica(
+    request: DropReplicaRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DropReplicaResponse) => void,
+  ): ClientUnaryCall;
+  dropReplica(
+    request: DropReplicaRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DropReplicaResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -110,6 +110,12 @@ export interface ShardRoute {
   term: number;
   /** The shard's voters and learners. */
   members: number[];
+  /**
+   * Grows on every change of the shard's members (the log index of the
+   * membership in force): of two routes with the same term, the higher
+   * epoch is newer.
+   */
+  epoch: number;
 }
 
 export interface NodeAddress {
@@ -506,7 +512,7 @@ export const GetShardMapRequest: MessageFns<GetShardMapRequest> = {
 };
 
 function createBaseShardRoute(): ShardRoute {
-  return { shard: 0, leaderId: 0, leaderAddr: "", term: 0, members: [] };
+  return { shard: 0, leaderId: 0, leaderAddr: "", term: 0, members: [], epoch: 0 };
 }
 
 export const ShardRoute: MessageFns<ShardRoute> = {
@@ -529,6 +535,9 @@ export const ShardRoute: MessageFns<ShardRoute> = {
         writer.uint64(v);
       }
       writer.join();
+    }
+    if (message.epoch !== 0) {
+      writer.uint32(48).uint64(message.epoch);
     }
     return writer;
   },
@@ -596,6 +605,14 @@ export const ShardRoute: MessageFns<ShardRoute> = {
 
             break;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.epoch = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -623,6 +640,7 @@ export const ShardRoute: MessageFns<ShardRoute> = {
         : "",
       term: isSet(object.term) ? globalThis.Number(object.term) : 0,
       members: globalThis.Array.isArray(object?.members) ? object.members.map((e: any) => globalThis.Number(e)) : [],
+      epoch: isSet(object.epoch) ? globalThis.Number(object.epoch) : 0,
     };
   },
 
@@ -642,6 +660,9 @@ export const ShardRoute: MessageFns<ShardRoute> = {
     }
     if (message.members?.length) {
       obj.members = message.members.map((e) => Math.round(e));
+    }
+    if (message.epoch !== 0) {
+      obj.epoch = Math.round(message.epoch);
     }
     return obj;
   },
@@ -4839,8 +4860,9 @@ export const QueueService = {
    * names asked). A request that carries the metadata `x-raftq-route:
    * direct` is never forwarded: a node that does not lead its shard
    * answers UNAVAILABLE with the trailers `x-raftq-leader-shard`,
-   * `x-raftq-leader-id`, `x-raftq-leader-term` and `x-raftq-leader-addr`
-   * (the last when it knows the leader's client address), so the client updates its map and sends it there. Requests
+   * `x-raftq-leader-id`, `x-raftq-leader-term`, `x-raftq-leader-epoch` and
+   * `x-raftq-leader-addr` (the last when it knows the leader's client
+   * address), so the client updates its map and sends it there. Requests
    * without it are forwarded to the leader as always.
    */
   getShardMap: {
@@ -4886,8 +4908,9 @@ export interface QueueServer extends UntypedServiceImplementation {
    * names asked). A request that carries the metadata `x-raftq-route:
    * direct` is never forwarded: a node that does not lead its shard
    * answers UNAVAILABLE with the trailers `x-raftq-leader-shard`,
-   * `x-raftq-leader-id`, `x-raftq-leader-term` and `x-raftq-leader-addr`
-   * (the last when it knows the leader's client address), so the client updates its map and sends it there. Requests
+   * `x-raftq-leader-id`, `x-raftq-leader-term`, `x-raftq-leader-epoch` and
+   * `x-raftq-leader-addr` (the last when it knows the leader's client
+   * address), so the client updates its map and sends it there. Requests
    * without it are forwarded to the leader as always.
    */
   getShardMap: handleUnaryCall<GetShardMapRequest, ShardMap>;
@@ -4991,8 +5014,9 @@ export interface QueueClient extends Client {
    * names asked). A request that carries the metadata `x-raftq-route:
    * direct` is never forwarded: a node that does not lead its shard
    * answers UNAVAILABLE with the trailers `x-raftq-leader-shard`,
-   * `x-raftq-leader-id`, `x-raftq-leader-term` and `x-raftq-leader-addr`
-   * (the last when it knows the leader's client address), so the client updates its map and sends it there. Requests
+   * `x-raftq-leader-id`, `x-raftq-leader-term`, `x-raftq-leader-epoch` and
+   * `x-raftq-leader-addr` (the last when it knows the leader's client
+   * address), so the client updates its map and sends it there. Requests
    * without it are forwarded to the leader as always.
    */
   getShardMap(

@@ -24,41 +24,55 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16raftq/v1/cluster.proto\x12\x08raftq.v1\"M\n\x06Member\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\x12\r\n\x05voter\x18\x03 \x01(\x08\x12\x15\n\rmatched_index\x18\x04 \x01(\x04\"\xc7\x01\n\x0bShardStatus\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\x12\n\nhas_leader\x18\x03 \x01(\x08\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x05 \x01(\x04\x12\x15\n\rapplied_index\x18\x06 \x01(\x04\x12\x16\n\x0elast_log_index\x18\x07 \x01(\x04\x12!\n\x07members\x18\x08 \x03(\x0b\x32\x10.raftq.v1.Member\x12\x0c\n\x04role\x18\t \x01(\t\"\x16\n\x14\x43lusterStatusRequest\"j\n\rClusterStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\x12%\n\x06shards\x18\x03 \x03(\x0b\x32\x15.raftq.v1.ShardStatus\x12\x13\n\x0b\x63lient_addr\x18\x04 \x01(\t\"3\n\x11InitializeRequest\x12\x1e\n\x16\x62ootstrap_joining_node\x18\x01 \x01(\x08\"d\n\x11\x41\x64\x64LearnerRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\x12\x12\n\x05shard\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x12\n\ntimeout_ms\x18\x04 \x01(\rB\x08\n\x06_shard\"W\n\x17\x43hangeMembershipRequest\x12\x0e\n\x06voters\x18\x01 \x03(\x04\x12\x0e\n\x06retain\x18\x02 \x01(\x08\x12\x12\n\x05shard\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_shard\"<\n\x0fStepDownRequest\x12\x12\n\ntimeout_ms\x18\x01 \x01(\r\x12\x15\n\rdrain_workers\x18\x02 \x01(\x08\"4\n\x0cShardHandoff\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x15\n\rnew_leader_id\x18\x02 \x01(\x04\":\n\x10StepDownResponse\x12&\n\x06shards\x18\x01 \x03(\x0b\x32\x16.raftq.v1.ShardHandoff\"@\n\x0f\x43\x61mpaignRequest\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x10\n\x08\x61\x66ter_ms\x18\x03 \x01(\r\"\x0f\n\rCampaignReply\":\n\x0bRaftMessage\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\r2\xec\x02\n\x0c\x43lusterAdmin\x12\x41\n\x06Status\x12\x1e.raftq.v1.ClusterStatusRequest\x1a\x17.raftq.v1.ClusterStatus\x12\x42\n\nInitialize\x12\x1b.raftq.v1.InitializeRequest\x1a\x17.raftq.v1.ClusterStatus\x12\x42\n\nAddLearner\x12\x1b.raftq.v1.AddLearnerRequest\x1a\x17.raftq.v1.ClusterStatus\x12N\n\x10\x43hangeMembership\x12!.raftq.v1.ChangeMembershipRequest\x1a\x17.raftq.v1.ClusterStatus\x12\x41\n\x08StepDown\x12\x19.raftq.v1.StepDownRequest\x1a\x1a.raftq.v1.StepDownResponse2\x85\x02\n\rRaftTransport\x12=\n\rAppendEntries\x12\x15.raftq.v1.RaftMessage\x1a\x15.raftq.v1.RaftMessage\x12\x34\n\x04Vote\x12\x15.raftq.v1.RaftMessage\x1a\x15.raftq.v1.RaftMessage\x12?\n\x0fInstallSnapshot\x12\x15.raftq.v1.RaftMessage\x1a\x15.raftq.v1.RaftMessage\x12>\n\x08\x43\x61mpaign\x12\x19.raftq.v1.CampaignRequest\x1a\x17.raftq.v1.CampaignReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16raftq/v1/cluster.proto\x12\x08raftq.v1\"t\n\x12MoveReplicaRequest\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x10\n\x08\x61\x64\x64_node\x18\x02 \x01(\x04\x12\x10\n\x08\x61\x64\x64_addr\x18\x03 \x01(\t\x12\x13\n\x0bremove_node\x18\x04 \x01(\x04\x12\x16\n\x0estall_after_ms\x18\x05 \x01(\x04\"B\n\x0cMoveProgress\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x13\n\x0blearner_lag\x18\x03 \x01(\x04\"#\n\x12OpenReplicaRequest\x12\r\n\x05shard\x18\x01 \x01(\r\"%\n\x13OpenReplicaResponse\x12\x0e\n\x06opened\x18\x01 \x01(\x08\"#\n\x12\x44ropReplicaRequest\x12\r\n\x05shard\x18\x01 \x01(\r\"&\n\x13\x44ropReplicaResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"M\n\x06Member\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\x12\r\n\x05voter\x18\x03 \x01(\x08\x12\x15\n\rmatched_index\x18\x04 \x01(\x04\"\xd6\x01\n\x0bShardStatus\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\x12\n\nhas_leader\x18\x03 \x01(\x08\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x05 \x01(\x04\x12\x15\n\rapplied_index\x18\x06 \x01(\x04\x12\x16\n\x0elast_log_index\x18\x07 \x01(\x04\x12!\n\x07members\x18\x08 \x03(\x0b\x32\x10.raftq.v1.Member\x12\x0c\n\x04role\x18\t \x01(\t\x12\r\n\x05\x65poch\x18\n \x01(\x04\"\x16\n\x14\x43lusterStatusRequest\"j\n\rClusterStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\x12%\n\x06shards\x18\x03 \x03(\x0b\x32\x15.raftq.v1.ShardStatus\x12\x13\n\x0b\x63lient_addr\x18\x04 \x01(\t\"3\n\x11InitializeRequest\x12\x1e\n\x16\x62ootstrap_joining_node\x18\x01 \x01(\x08\"u\n\x11\x41\x64\x64LearnerRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\x12\x12\n\x05shard\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\x12\x0f\n\x07no_wait\x18\x05 \x01(\x08\x42\x08\n\x06_shard\"W\n\x17\x43hangeMembershipRequest\x12\x0e\n\x06voters\x18\x01 \x03(\x04\x12\x0e\n\x06retain\x18\x02 \x01(\x08\x12\x12\n\x05shard\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_shard\"E\n\x14RemoveLearnerRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x12\n\x05shard\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_shard\"Z\n\x0fStepDownRequest\x12\x12\n\ntimeout_ms\x18\x01 \x01(\r\x12\x15\n\rdrain_workers\x18\x02 \x01(\x08\x12\x12\n\x05shard\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_shard\"4\n\x0cShardHandoff\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x15\n\rnew_leader_id\x18\x02 \x01(\x04\":\n\x10StepDownResponse\x12&\n\x06shards\x18\x01 \x03(\x0b\x32\x16.raftq.v1.ShardHandoff\"@\n\x0f\x43\x61mpaignRequest\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x10\n\x08\x61\x66ter_ms\x18\x03 \x01(\r\"\x0f\n\rCampaignReply\":\n\x0bRaftMessage\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\r2\x95\x05\n\x0c\x43lusterAdmin\x12\x41\n\x06Status\x12\x1e.raftq.v1.ClusterStatusRequest\x1a\x17.raftq.v1.ClusterStatus\x12\x42\n\nInitialize\x12\x1b.raftq.v1.InitializeRequest\x1a\x17.raftq.v1.ClusterStatus\x12\x42\n\nAddLearner\x12\x1b.raftq.v1.AddLearnerRequest\x1a\x17.raftq.v1.ClusterStatus\x12N\n\x10\x43hangeMembership\x12!.raftq.v1.ChangeMembershipRequest\x1a\x17.raftq.v1.ClusterStatus\x12H\n\rRemoveLearner\x12\x1e.raftq.v1.RemoveLearnerRequest\x1a\x17.raftq.v1.ClusterStatus\x12\x41\n\x08StepDown\x12\x19.raftq.v1.StepDownRequest\x1a\x1a.raftq.v1.StepDownResponse\x12\x45\n\x0bMoveReplica\x12\x1c.raftq.v1.MoveReplicaRequest\x1a\x16.raftq.v1.MoveProgress0\x01\x12J\n\x0bOpenReplica\x12\x1c.raftq.v1.OpenReplicaRequest\x1a\x1d.raftq.v1.OpenReplicaResponse\x12J\n\x0b\x44ropReplica\x12\x1c.raftq.v1.DropReplicaRequest\x1a\x1d.raftq.v1.DropReplicaResponse2\x85\x02\n\rRaftTransport\x12=\n\rAppendEntries\x12\x15.raftq.v1.RaftMessage\x1a\x15.raftq.v1.RaftMessage\x12\x34\n\x04Vote\x12\x15.raftq.v1.RaftMessage\x1a\x15.raftq.v1.RaftMessage\x12?\n\x0fInstallSnapshot\x12\x15.raftq.v1.RaftMessage\x1a\x15.raftq.v1.RaftMessage\x12>\n\x08\x43\x61mpaign\x12\x19.raftq.v1.CampaignRequest\x1a\x17.raftq.v1.CampaignReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'raftq.v1.cluster_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MEMBER']._serialized_start=36
-  _globals['_MEMBER']._serialized_end=113
-  _globals['_SHARDSTATUS']._serialized_start=116
-  _globals['_SHARDSTATUS']._serialized_end=315
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=317
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=339
-  _globals['_CLUSTERSTATUS']._serialized_start=341
-  _globals['_CLUSTERSTATUS']._serialized_end=447
-  _globals['_INITIALIZEREQUEST']._serialized_start=449
-  _globals['_INITIALIZEREQUEST']._serialized_end=500
-  _globals['_ADDLEARNERREQUEST']._serialized_start=502
-  _globals['_ADDLEARNERREQUEST']._serialized_end=602
-  _globals['_CHANGEMEMBERSHIPREQUEST']._serialized_start=604
-  _globals['_CHANGEMEMBERSHIPREQUEST']._serialized_end=691
-  _globals['_STEPDOWNREQUEST']._serialized_start=693
-  _globals['_STEPDOWNREQUEST']._serialized_end=753
-  _globals['_SHARDHANDOFF']._serialized_start=755
-  _globals['_SHARDHANDOFF']._serialized_end=807
-  _globals['_STEPDOWNRESPONSE']._serialized_start=809
-  _globals['_STEPDOWNRESPONSE']._serialized_end=867
-  _globals['_CAMPAIGNREQUEST']._serialized_start=869
-  _globals['_CAMPAIGNREQUEST']._serialized_end=933
-  _globals['_CAMPAIGNREPLY']._serialized_start=935
-  _globals['_CAMPAIGNREPLY']._serialized_end=950
-  _globals['_RAFTMESSAGE']._serialized_start=952
-  _globals['_RAFTMESSAGE']._serialized_end=1010
-  _globals['_CLUSTERADMIN']._serialized_start=1013
-  _globals['_CLUSTERADMIN']._serialized_end=1377
-  _globals['_RAFTTRANSPORT']._serialized_start=1380
-  _globals['_RAFTTRANSPORT']._serialized_end=1641
+  _globals['_MOVEREPLICAREQUEST']._serialized_start=36
+  _globals['_MOVEREPLICAREQUEST']._serialized_end=152
+  _globals['_MOVEPROGRESS']._serialized_start=154
+  _globals['_MOVEPROGRESS']._serialized_end=220
+  _globals['_OPENREPLICAREQUEST']._serialized_start=222
+  _globals['_OPENREPLICAREQUEST']._serialized_end=257
+  _globals['_OPENREPLICARESPONSE']._serialized_start=259
+  _globals['_OPENREPLICARESPONSE']._serialized_end=296
+  _globals['_DROPREPLICAREQUEST']._serialized_start=298
+  _globals['_DROPREPLICAREQUEST']._serialized_end=333
+  _globals['_DROPREPLICARESPONSE']._serialized_start=335
+  _globals['_DROPREPLICARESPONSE']._serialized_end=373
+  _globals['_MEMBER']._serialized_start=375
+  _globals['_MEMBER']._serialized_end=452
+  _globals['_SHARDSTATUS']._serialized_start=455
+  _globals['_SHARDSTATUS']._serialized_end=669
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=671
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=693
+  _globals['_CLUSTERSTATUS']._serialized_start=695
+  _globals['_CLUSTERSTATUS']._serialized_end=801
+  _globals['_INITIALIZEREQUEST']._serialized_start=803
+  _globals['_INITIALIZEREQUEST']._serialized_end=854
+  _globals['_ADDLEARNERREQUEST']._serialized_start=856
+  _globals['_ADDLEARNERREQUEST']._serialized_end=973
+  _globals['_CHANGEMEMBERSHIPREQUEST']._serialized_start=975
+  _globals['_CHANGEMEMBERSHIPREQUEST']._serialized_end=1062
+  _globals['_REMOVELEARNERREQUEST']._serialized_start=1064
+  _globals['_REMOVELEARNERREQUEST']._serialized_end=1133
+  _globals['_STEPDOWNREQUEST']._serialized_start=1135
+  _globals['_STEPDOWNREQUEST']._serialized_end=1225
+  _globals['_SHARDHANDOFF']._serialized_start=1227
+  _globals['_SHARDHANDOFF']._serialized_end=1279
+  _globals['_STEPDOWNRESPONSE']._serialized_start=1281
+  _globals['_STEPDOWNRESPONSE']._serialized_end=1339
+  _globals['_CAMPAIGNREQUEST']._serialized_start=1341
+  _globals['_CAMPAIGNREQUEST']._serialized_end=1405
+  _globals['_CAMPAIGNREPLY']._serialized_start=1407
+  _globals['_CAMPAIGNREPLY']._serialized_end=1422
+  _globals['_RAFTMESSAGE']._serialized_start=1424
+  _globals['_RAFTMESSAGE']._serialized_end=1482
+  _globals['_CLUSTERADMIN']._serialized_start=1485
+  _globals['_CLUSTERADMIN']._serialized_end=2146
+  _globals['_RAFTTRANSPORT']._serialized_start=2149
+  _globals['_RAFTTRANSPORT']._serialized_end=2410
 # @@protoc_insertion_point(module_scope)

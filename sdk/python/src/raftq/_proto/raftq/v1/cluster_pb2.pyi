@@ -6,6 +6,54 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class MoveReplicaRequest(_message.Message):
+    __slots__ = ("shard", "add_node", "add_addr", "remove_node", "stall_after_ms")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    ADD_NODE_FIELD_NUMBER: _ClassVar[int]
+    ADD_ADDR_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_NODE_FIELD_NUMBER: _ClassVar[int]
+    STALL_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    add_node: int
+    add_addr: str
+    remove_node: int
+    stall_after_ms: int
+    def __init__(self, shard: _Optional[int] = ..., add_node: _Optional[int] = ..., add_addr: _Optional[str] = ..., remove_node: _Optional[int] = ..., stall_after_ms: _Optional[int] = ...) -> None: ...
+
+class MoveProgress(_message.Message):
+    __slots__ = ("phase", "detail", "learner_lag")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    LEARNER_LAG_FIELD_NUMBER: _ClassVar[int]
+    phase: str
+    detail: str
+    learner_lag: int
+    def __init__(self, phase: _Optional[str] = ..., detail: _Optional[str] = ..., learner_lag: _Optional[int] = ...) -> None: ...
+
+class OpenReplicaRequest(_message.Message):
+    __slots__ = ("shard",)
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    def __init__(self, shard: _Optional[int] = ...) -> None: ...
+
+class OpenReplicaResponse(_message.Message):
+    __slots__ = ("opened",)
+    OPENED_FIELD_NUMBER: _ClassVar[int]
+    opened: bool
+    def __init__(self, opened: _Optional[bool] = ...) -> None: ...
+
+class DropReplicaRequest(_message.Message):
+    __slots__ = ("shard",)
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    def __init__(self, shard: _Optional[int] = ...) -> None: ...
+
+class DropReplicaResponse(_message.Message):
+    __slots__ = ("dropped",)
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    dropped: bool
+    def __init__(self, dropped: _Optional[bool] = ...) -> None: ...
+
 class Member(_message.Message):
     __slots__ = ("node_id", "addr", "voter", "matched_index")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -19,7 +67,7 @@ class Member(_message.Message):
     def __init__(self, node_id: _Optional[int] = ..., addr: _Optional[str] = ..., voter: _Optional[bool] = ..., matched_index: _Optional[int] = ...) -> None: ...
 
 class ShardStatus(_message.Message):
-    __slots__ = ("shard", "leader_id", "has_leader", "term", "commit_index", "applied_index", "last_log_index", "members", "role")
+    __slots__ = ("shard", "leader_id", "has_leader", "term", "commit_index", "applied_index", "last_log_index", "members", "role", "epoch")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
     HAS_LEADER_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +77,7 @@ class ShardStatus(_message.Message):
     LAST_LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     shard: int
     leader_id: int
     has_leader: bool
@@ -38,7 +87,8 @@ class ShardStatus(_message.Message):
     last_log_index: int
     members: _containers.RepeatedCompositeFieldContainer[Member]
     role: str
-    def __init__(self, shard: _Optional[int] = ..., leader_id: _Optional[int] = ..., has_leader: _Optional[bool] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., last_log_index: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., role: _Optional[str] = ...) -> None: ...
+    epoch: int
+    def __init__(self, shard: _Optional[int] = ..., leader_id: _Optional[int] = ..., has_leader: _Optional[bool] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., last_log_index: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., role: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class ClusterStatusRequest(_message.Message):
     __slots__ = ()
@@ -63,16 +113,18 @@ class InitializeRequest(_message.Message):
     def __init__(self, bootstrap_joining_node: _Optional[bool] = ...) -> None: ...
 
 class AddLearnerRequest(_message.Message):
-    __slots__ = ("node_id", "addr", "shard", "timeout_ms")
+    __slots__ = ("node_id", "addr", "shard", "timeout_ms", "no_wait")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDR_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    NO_WAIT_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     addr: str
     shard: int
     timeout_ms: int
-    def __init__(self, node_id: _Optional[int] = ..., addr: _Optional[str] = ..., shard: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    no_wait: bool
+    def __init__(self, node_id: _Optional[int] = ..., addr: _Optional[str] = ..., shard: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., no_wait: _Optional[bool] = ...) -> None: ...
 
 class ChangeMembershipRequest(_message.Message):
     __slots__ = ("voters", "retain", "shard")
@@ -84,13 +136,23 @@ class ChangeMembershipRequest(_message.Message):
     shard: int
     def __init__(self, voters: _Optional[_Iterable[int]] = ..., retain: _Optional[bool] = ..., shard: _Optional[int] = ...) -> None: ...
 
+class RemoveLearnerRequest(_message.Message):
+    __slots__ = ("node_id", "shard")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    shard: int
+    def __init__(self, node_id: _Optional[int] = ..., shard: _Optional[int] = ...) -> None: ...
+
 class StepDownRequest(_message.Message):
-    __slots__ = ("timeout_ms", "drain_workers")
+    __slots__ = ("timeout_ms", "drain_workers", "shard")
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     DRAIN_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
     timeout_ms: int
     drain_workers: bool
-    def __init__(self, timeout_ms: _Optional[int] = ..., drain_workers: _Optional[bool] = ...) -> None: ...
+    shard: int
+    def __init__(self, timeout_ms: _Optional[int] = ..., drain_workers: _Optional[bool] = ..., shard: _Optional[int] = ...) -> None: ...
 
 class ShardHandoff(_message.Message):
     __slots__ = ("shard", "new_leader_id")

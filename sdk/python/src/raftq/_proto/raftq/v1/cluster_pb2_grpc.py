@@ -54,10 +54,30 @@ class ClusterAdminStub:
                 request_serializer=raftq_dot_v1_dot_cluster__pb2.ChangeMembershipRequest.SerializeToString,
                 response_deserializer=raftq_dot_v1_dot_cluster__pb2.ClusterStatus.FromString,
                 _registered_method=True)
+        self.RemoveLearner = channel.unary_unary(
+                '/raftq.v1.ClusterAdmin/RemoveLearner',
+                request_serializer=raftq_dot_v1_dot_cluster__pb2.RemoveLearnerRequest.SerializeToString,
+                response_deserializer=raftq_dot_v1_dot_cluster__pb2.ClusterStatus.FromString,
+                _registered_method=True)
         self.StepDown = channel.unary_unary(
                 '/raftq.v1.ClusterAdmin/StepDown',
                 request_serializer=raftq_dot_v1_dot_cluster__pb2.StepDownRequest.SerializeToString,
                 response_deserializer=raftq_dot_v1_dot_cluster__pb2.StepDownResponse.FromString,
+                _registered_method=True)
+        self.MoveReplica = channel.unary_stream(
+                '/raftq.v1.ClusterAdmin/MoveReplica',
+                request_serializer=raftq_dot_v1_dot_cluster__pb2.MoveReplicaRequest.SerializeToString,
+                response_deserializer=raftq_dot_v1_dot_cluster__pb2.MoveProgress.FromString,
+                _registered_method=True)
+        self.OpenReplica = channel.unary_unary(
+                '/raftq.v1.ClusterAdmin/OpenReplica',
+                request_serializer=raftq_dot_v1_dot_cluster__pb2.OpenReplicaRequest.SerializeToString,
+                response_deserializer=raftq_dot_v1_dot_cluster__pb2.OpenReplicaResponse.FromString,
+                _registered_method=True)
+        self.DropReplica = channel.unary_unary(
+                '/raftq.v1.ClusterAdmin/DropReplica',
+                request_serializer=raftq_dot_v1_dot_cluster__pb2.DropReplicaRequest.SerializeToString,
+                response_deserializer=raftq_dot_v1_dot_cluster__pb2.DropReplicaResponse.FromString,
                 _registered_method=True)
 
 
@@ -99,9 +119,49 @@ class ClusterAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveLearner(self, request, context):
+        """Removes a non-voting learner (a move's incoming replica, when the move
+        is rolled back). Refused for a voter: change the voters first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StepDown(self, request, context):
         """Hands every shard this node leads to another voter and returns when
         each has a new leader or the timeout passed. Run before a restart.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MoveReplica(self, request, context):
+        """Moves one replica of a shard from one node to another, step by step:
+        the incoming node opens an empty replica and joins as a learner, it
+        catches up (from the log or a snapshot), leadership leaves the
+        outgoing node if it leads, one membership change swaps the two (joint
+        consensus), and the outgoing node deletes its copy. A step that makes
+        no progress for stall_after_ms rolls the move back (the learner is
+        removed; the voters stay as they were). Streams each step as it
+        begins; ends after the last. Served on any node: every step is asked
+        of the node it concerns. Safe to repeat after an interruption: it
+        resumes from what the shard's membership shows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenReplica(self, request, context):
+        """Opens an empty replica of a shard on this node, for a move to fill.
+        A no-op when this node already holds the shard.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropReplica(self, request, context):
+        """Deletes this node's copy of a shard. Refused (FAILED_PRECONDITION)
+        unless the shard's leader confirms this node is no member of it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,10 +190,30 @@ def add_ClusterAdminServicer_to_server(servicer, server):
                     request_deserializer=raftq_dot_v1_dot_cluster__pb2.ChangeMembershipRequest.FromString,
                     response_serializer=raftq_dot_v1_dot_cluster__pb2.ClusterStatus.SerializeToString,
             ),
+            'RemoveLearner': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveLearner,
+                    request_deserializer=raftq_dot_v1_dot_cluster__pb2.RemoveLearnerRequest.FromString,
+                    response_serializer=raftq_dot_v1_dot_cluster__pb2.ClusterStatus.SerializeToString,
+            ),
             'StepDown': grpc.unary_unary_rpc_method_handler(
                     servicer.StepDown,
                     request_deserializer=raftq_dot_v1_dot_cluster__pb2.StepDownRequest.FromString,
                     response_serializer=raftq_dot_v1_dot_cluster__pb2.StepDownResponse.SerializeToString,
+            ),
+            'MoveReplica': grpc.unary_stream_rpc_method_handler(
+                    servicer.MoveReplica,
+                    request_deserializer=raftq_dot_v1_dot_cluster__pb2.MoveReplicaRequest.FromString,
+                    response_serializer=raftq_dot_v1_dot_cluster__pb2.MoveProgress.SerializeToString,
+            ),
+            'OpenReplica': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenReplica,
+                    request_deserializer=raftq_dot_v1_dot_cluster__pb2.OpenReplicaRequest.FromString,
+                    response_serializer=raftq_dot_v1_dot_cluster__pb2.OpenReplicaResponse.SerializeToString,
+            ),
+            'DropReplica': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropReplica,
+                    request_deserializer=raftq_dot_v1_dot_cluster__pb2.DropReplicaRequest.FromString,
+                    response_serializer=raftq_dot_v1_dot_cluster__pb2.DropReplicaResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -255,6 +335,33 @@ class ClusterAdmin:
             _registered_method=True)
 
     @staticmethod
+    def RemoveLearner(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftq.v1.ClusterAdmin/RemoveLearner',
+            raftq_dot_v1_dot_cluster__pb2.RemoveLearnerRequest.SerializeToString,
+            raftq_dot_v1_dot_cluster__pb2.ClusterStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def StepDown(request,
             target,
             options=(),
@@ -271,6 +378,87 @@ class ClusterAdmin:
             '/raftq.v1.ClusterAdmin/StepDown',
             raftq_dot_v1_dot_cluster__pb2.StepDownRequest.SerializeToString,
             raftq_dot_v1_dot_cluster__pb2.StepDownResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveReplica(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/raftq.v1.ClusterAdmin/MoveReplica',
+            raftq_dot_v1_dot_cluster__pb2.MoveReplicaRequest.SerializeToString,
+            raftq_dot_v1_dot_cluster__pb2.MoveProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenReplica(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftq.v1.ClusterAdmin/OpenReplica',
+            raftq_dot_v1_dot_cluster__pb2.OpenReplicaRequest.SerializeToString,
+            raftq_dot_v1_dot_cluster__pb2.OpenReplicaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropReplica(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftq.v1.ClusterAdmin/DropReplica',
+            raftq_dot_v1_dot_cluster__pb2.DropReplicaRequest.SerializeToString,
+            raftq_dot_v1_dot_cluster__pb2.DropReplicaResponse.FromString,
             options,
             channel_credentials,
             insecure,

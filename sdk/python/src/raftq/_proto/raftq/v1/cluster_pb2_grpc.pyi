@@ -51,9 +51,33 @@ class ClusterAdminStub:
     answer at its address and have caught up with the leader's log, else
     the call fails with FAILED_PRECONDITION and nothing changes.
     """
+    RemoveLearner: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.RemoveLearnerRequest, _cluster_pb2.ClusterStatus]
+    """Removes a non-voting learner (a move's incoming replica, when the move
+    is rolled back). Refused for a voter: change the voters first.
+    """
     StepDown: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.StepDownRequest, _cluster_pb2.StepDownResponse]
     """Hands every shard this node leads to another voter and returns when
     each has a new leader or the timeout passed. Run before a restart.
+    """
+    MoveReplica: _grpc.UnaryStreamMultiCallable[_cluster_pb2.MoveReplicaRequest, _cluster_pb2.MoveProgress]
+    """Moves one replica of a shard from one node to another, step by step:
+    the incoming node opens an empty replica and joins as a learner, it
+    catches up (from the log or a snapshot), leadership leaves the
+    outgoing node if it leads, one membership change swaps the two (joint
+    consensus), and the outgoing node deletes its copy. A step that makes
+    no progress for stall_after_ms rolls the move back (the learner is
+    removed; the voters stay as they were). Streams each step as it
+    begins; ends after the last. Served on any node: every step is asked
+    of the node it concerns. Safe to repeat after an interruption: it
+    resumes from what the shard's membership shows.
+    """
+    OpenReplica: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.OpenReplicaRequest, _cluster_pb2.OpenReplicaResponse]
+    """Opens an empty replica of a shard on this node, for a move to fill.
+    A no-op when this node already holds the shard.
+    """
+    DropReplica: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.DropReplicaRequest, _cluster_pb2.DropReplicaResponse]
+    """Deletes this node's copy of a shard. Refused (FAILED_PRECONDITION)
+    unless the shard's leader confirms this node is no member of it.
     """
 
 @_typing.type_check_only
@@ -77,9 +101,33 @@ class ClusterAdminAsyncStub(ClusterAdminStub):
     answer at its address and have caught up with the leader's log, else
     the call fails with FAILED_PRECONDITION and nothing changes.
     """
+    RemoveLearner: _aio.UnaryUnaryMultiCallable[_cluster_pb2.RemoveLearnerRequest, _cluster_pb2.ClusterStatus]  # type: ignore[assignment]
+    """Removes a non-voting learner (a move's incoming replica, when the move
+    is rolled back). Refused for a voter: change the voters first.
+    """
     StepDown: _aio.UnaryUnaryMultiCallable[_cluster_pb2.StepDownRequest, _cluster_pb2.StepDownResponse]  # type: ignore[assignment]
     """Hands every shard this node leads to another voter and returns when
     each has a new leader or the timeout passed. Run before a restart.
+    """
+    MoveReplica: _aio.UnaryStreamMultiCallable[_cluster_pb2.MoveReplicaRequest, _cluster_pb2.MoveProgress]  # type: ignore[assignment]
+    """Moves one replica of a shard from one node to another, step by step:
+    the incoming node opens an empty replica and joins as a learner, it
+    catches up (from the log or a snapshot), leadership leaves the
+    outgoing node if it leads, one membership change swaps the two (joint
+    consensus), and the outgoing node deletes its copy. A step that makes
+    no progress for stall_after_ms rolls the move back (the learner is
+    removed; the voters stay as they were). Streams each step as it
+    begins; ends after the last. Served on any node: every step is asked
+    of the node it concerns. Safe to repeat after an interruption: it
+    resumes from what the shard's membership shows.
+    """
+    OpenReplica: _aio.UnaryUnaryMultiCallable[_cluster_pb2.OpenReplicaRequest, _cluster_pb2.OpenReplicaResponse]  # type: ignore[assignment]
+    """Opens an empty replica of a shard on this node, for a move to fill.
+    A no-op when this node already holds the shard.
+    """
+    DropReplica: _aio.UnaryUnaryMultiCallable[_cluster_pb2.DropReplicaRequest, _cluster_pb2.DropReplicaResponse]  # type: ignore[assignment]
+    """Deletes this node's copy of a shard. Refused (FAILED_PRECONDITION)
+    unless the shard's leader confirms this node is no member of it.
     """
 
 class ClusterAdminServicer(metaclass=_abc_1.ABCMeta):
@@ -126,6 +174,16 @@ class ClusterAdminServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def RemoveLearner(
+        self,
+        request: _cluster_pb2.RemoveLearnerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.ClusterStatus, _abc.Awaitable[_cluster_pb2.ClusterStatus]]:
+        """Removes a non-voting learner (a move's incoming replica, when the move
+        is rolled back). Refused for a voter: change the voters first.
+        """
+
+    @_abc_1.abstractmethod
     def StepDown(
         self,
         request: _cluster_pb2.StepDownRequest,
@@ -133,6 +191,44 @@ class ClusterAdminServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_cluster_pb2.StepDownResponse, _abc.Awaitable[_cluster_pb2.StepDownResponse]]:
         """Hands every shard this node leads to another voter and returns when
         each has a new leader or the timeout passed. Run before a restart.
+        """
+
+    @_abc_1.abstractmethod
+    def MoveReplica(
+        self,
+        request: _cluster_pb2.MoveReplicaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_cluster_pb2.MoveProgress], _abc.AsyncIterator[_cluster_pb2.MoveProgress]]:
+        """Moves one replica of a shard from one node to another, step by step:
+        the incoming node opens an empty replica and joins as a learner, it
+        catches up (from the log or a snapshot), leadership leaves the
+        outgoing node if it leads, one membership change swaps the two (joint
+        consensus), and the outgoing node deletes its copy. A step that makes
+        no progress for stall_after_ms rolls the move back (the learner is
+        removed; the voters stay as they were). Streams each step as it
+        begins; ends after the last. Served on any node: every step is asked
+        of the node it concerns. Safe to repeat after an interruption: it
+        resumes from what the shard's membership shows.
+        """
+
+    @_abc_1.abstractmethod
+    def OpenReplica(
+        self,
+        request: _cluster_pb2.OpenReplicaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.OpenReplicaResponse, _abc.Awaitable[_cluster_pb2.OpenReplicaResponse]]:
+        """Opens an empty replica of a shard on this node, for a move to fill.
+        A no-op when this node already holds the shard.
+        """
+
+    @_abc_1.abstractmethod
+    def DropReplica(
+        self,
+        request: _cluster_pb2.DropReplicaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.DropReplicaResponse, _abc.Awaitable[_cluster_pb2.DropReplicaResponse]]:
+        """Deletes this node's copy of a shard. Refused (FAILED_PRECONDITION)
+        unless the shard's leader confirms this node is no member of it.
         """
 
 def add_ClusterAdminServicer_to_server(servicer: ClusterAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -27,18 +27,20 @@ class GetShardMapRequest(_message.Message):
     def __init__(self, queues: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ShardRoute(_message.Message):
-    __slots__ = ("shard", "leader_id", "leader_addr", "term", "members")
+    __slots__ = ("shard", "leader_id", "leader_addr", "term", "members", "epoch")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
     LEADER_ADDR_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     shard: int
     leader_id: int
     leader_addr: str
     term: int
     members: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, shard: _Optional[int] = ..., leader_id: _Optional[int] = ..., leader_addr: _Optional[str] = ..., term: _Optional[int] = ..., members: _Optional[_Iterable[int]] = ...) -> None: ...
+    epoch: int
+    def __init__(self, shard: _Optional[int] = ..., leader_id: _Optional[int] = ..., leader_addr: _Optional[str] = ..., term: _Optional[int] = ..., members: _Optional[_Iterable[int]] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class NodeAddress(_message.Message):
     __slots__ = ("node_id", "client_addr")

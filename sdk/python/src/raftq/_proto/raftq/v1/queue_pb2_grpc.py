@@ -129,8 +129,9 @@ class QueueServicer:
         names asked). A request that carries the metadata `x-raftq-route:
         direct` is never forwarded: a node that does not lead its shard
         answers UNAVAILABLE with the trailers `x-raftq-leader-shard`,
-        `x-raftq-leader-id`, `x-raftq-leader-term` and `x-raftq-leader-addr`
-        (the last when it knows the leader's client address), so the client updates its map and sends it there. Requests
+        `x-raftq-leader-id`, `x-raftq-leader-term`, `x-raftq-leader-epoch` and
+        `x-raftq-leader-addr` (the last when it knows the leader's client
+        address), so the client updates its map and sends it there. Requests
         without it are forwarded to the leader as always.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

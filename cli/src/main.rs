@@ -388,6 +388,72 @@ enum ClusterCommand {
     DropReplica {
         shard: u32,
     },
+    /// Declare the nodes replicas are placed on, e.g. `1=10.0.0.1:7500
+    /// 2=10.0.0.2:7500 ...`; the cluster then moves replicas until they are
+    /// even over them. Waits until they are, printing progress.
+    SetNodes {
+        /// ID=PEER_ADDR, one per node.
+        #[arg(required = true, value_parser = parse_node)]
+        nodes: Vec<(u64, String)>,
+        /// Nodes to empty before they leave (their replicas are moved away).
+        #[arg(long, value_delimiter = ',')]
+        drain: Vec<u64>,
+        /// ID=ZONE: a node's failure domain (replicas of a shard are spread over zones).
+        #[arg(long = "zone", value_parser = parse_node)]
+        zones: Vec<(u64, String)>,
+        /// Return once declared, without waiting for the moves.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// The declared nodes, each node's replicas and leaderships, and the
+    /// moves under way.
+    Placement,
+}
+
+fn parse_node(s: &str) -> Result<(u64, String), String> {
+    let (id, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected ID=VALUE, e.g. 4=10.0.0.4:7500"))?;
+    let id = id
+        .parse()
+        .map_err(|_| format!("{s:?}: {id:?} is not a node id"))?;
+    Ok((id, value.to_string()))
+}
+
+/// The placement as text: a line per node, then the moves under way.
+fn placement_text(p: &pb::PlacementStatus) -> String {
+    use std::fmt::Write;
+    let mut out = format!(
+        "coordinator node {}, replication factor {}{}\n",
+        p.coordinator,
+        p.replication_factor,
+        if p.balanced { ", balanced" } else { "" }
+    );
+    if p.declared.is_empty() {
+        out.push_str("no nodes declared: replicas stay where the cluster placed them\n");
+    }
+    for node in &p.nodes {
+        let declared = p.declared.iter().find(|d| d.node_id == node.node_id);
+        let note = match declared {
+            None if p.declared.is_empty() => "",
+            None => " (not declared: its replicas are moved away)",
+            Some(d) if d.draining => " (draining)",
+            Some(_) => "",
+        };
+        let _ = writeln!(
+            out,
+            "node {}  {} replica(s), leads {}{note}",
+            node.node_id, node.replicas, node.leads
+        );
+    }
+    for m in &p.moves {
+        let _ = writeln!(
+            out,
+            "moving shard {}: node {} -> node {} ({})",
+            m.shard, m.remove_node, m.add_node, m.phase
+        );
+    }
+    out
 }
 
 /// The shard map as text: a line per shard, then a line per node with
@@ -891,6 +957,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             to_addr,
             stall_after,
         }) => move_replica(&client, shard, from, to, to_addr, stall_after).await?,
+        Command::Cluster(ClusterCommand::SetNodes {
+            nodes,
+            drain,
+            zones,
+            no_wait,
+        }) => set_nodes(&client, nodes, drain, zones, no_wait).await?,
+        Command::Cluster(ClusterCommand::Placement) => {
+            let p = call!(client, cluster, get_placement, pb::GetPlacementRequest {}).into_inner();
+            print!("{}", placement_text(&p));
+        }
         Command::Cluster(ClusterCommand::DropReplica { shard }) => {
             let answer = call!(
                 client,
@@ -1058,5 +1134,67 @@ async fn move_replica(
         }
         "rolled_back" => bail!("the move of shard {shard} was rolled back; the shard keeps its voters"),
         other => bail!("the move of shard {shard} ended at step `{other}`; run the same command again to resume it"),
+    }
+}
+
+/// Declares the nodes, then (unless `no_wait`) follows the moves until the
+/// placement is balanced.
+async fn set_nodes(
+    client: &raftq_client::Client,
+    nodes: Vec<(u64, String)>,
+    drain: Vec<u64>,
+    zones: Vec<(u64, String)>,
+    no_wait: bool,
+) -> anyhow::Result<()> {
+    for id in drain.iter().chain(zones.iter().map(|(id, _)| id)) {
+        if !nodes.iter().any(|(n, _)| n == id) {
+            bail!("node {id} is given --drain or --zone but is not among the declared nodes");
+        }
+    }
+    let request = pb::SetNodesRequest {
+        nodes: nodes
+            .iter()
+            .map(|(id, addr)| pb::NodeSpec {
+                node_id: *id,
+                addr: addr.clone(),
+                zone: zones
+                    .iter()
+                    .find(|(z, _)| z == id)
+                    .map(|(_, zone)| zone.clone())
+                    .unwrap_or_default(),
+                draining: drain.contains(id),
+            })
+            .collect(),
+    };
+    let placed = call!(client, cluster, set_nodes, request).into_inner();
+    eprint!("{}", placement_text(&placed));
+    if no_wait {
+        return Ok(());
+    }
+    let mut last = String::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The coordinator moves with shard 0's leadership: ask again.
+        let p = match client
+            .cluster()
+            .get_placement(pb::GetPlacementRequest {})
+            .await
+        {
+            Ok(p) => p.into_inner(),
+            Err(e) if e.code() == tonic::Code::Unavailable => {
+                eprintln!("{} (asking again)", e.message());
+                continue;
+            }
+            Err(e) => return Err(e).context("asking for the placement"),
+        };
+        let text = placement_text(&p);
+        if p.balanced {
+            print!("{text}");
+            return Ok(());
+        }
+        if text != last {
+            eprint!("{text}");
+            last = text;
+        }
     }
 }

@@ -358,16 +358,18 @@ impl NodeConfig {
                 "raft: election_timeout_max_ms must be greater than election_timeout_min_ms".into(),
             );
         }
-        if !self.initial_members.is_empty() && !self.initial_members.contains_key(&self.node_id) {
+        let listed = self.initial_members.contains_key(&self.node_id);
+        let joins_placed = self.join && self.replication_factor.is_some();
+        if !self.initial_members.is_empty() && !listed && !joins_placed {
             return invalid(format!(
                 "initial_members does not list this node (node_id {}); list every voter, this node included",
                 self.node_id
             ));
         }
         if let Some(factor) = self.replication_factor {
-            if self.join {
+            if self.join && (self.initial_members.is_empty() || listed) {
                 return invalid(format!(
-                    "replication_factor {factor} with join: a node joining a cluster whose shards are placed on some nodes is given shards by moves, which are not built yet; start it without join, listed in initial_members"
+                    "replication_factor {factor} with join: set initial_members to the members the cluster was created with, without this node; the joining node computes the same placement from them, holds no shard until the cluster's coordinator moves replicas to it (declare it with SetNodes), and asks them who leads each shard"
                 ));
             }
             let members = if self.initial_members.is_empty() {
@@ -489,7 +491,7 @@ mod tests {
     }
 
     #[test]
-    fn a_replication_factor_needs_enough_members_and_no_join() {
+    fn a_replication_factor_needs_enough_members_and_a_joiner_names_the_initial_ones() {
         let six = |factor| NodeConfig {
             initial_members: (1..=6).map(|id| (id, format!("n{id}:7500"))).collect(),
             shards: 12,
@@ -513,10 +515,17 @@ mod tests {
             ..six(3)
         };
         assert!(
-            err(joining.clone()).contains("with join"),
+            err(joining.clone()).contains("without this node"),
             "{}",
             err(joining)
         );
+        NodeConfig {
+            join: true,
+            node_id: 7,
+            ..six(3)
+        }
+        .validate()
+        .unwrap();
         let alone = NodeConfig {
             replication_factor: Some(3),
             ..NodeConfig::default()

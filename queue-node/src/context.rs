@@ -71,6 +71,8 @@ pub struct NodeContext {
     forwarded: Box<[std::sync::atomic::AtomicU64]>,
     /// The replica moves run from this node now.
     pub moves: crate::mover::MovesUnderWay,
+    /// The moves this node starts while it leads the metadata shard.
+    pub coordinator: crate::coordinator::Coordinator,
 }
 
 /// Who this node is, for [`NodeContext::new`].
@@ -158,6 +160,7 @@ impl NodeContext {
             peers: Mutex::new(HashMap::new()),
             forwarded: (0..layout_shards).map(|_| Default::default()).collect(),
             moves: Default::default(),
+            coordinator: Default::default(),
         }
     }
 
@@ -178,6 +181,18 @@ impl NodeContext {
     /// initial members: whom a peer certificate must be valid for.
     pub fn member_hosts(&self) -> BTreeSet<String> {
         let mut hosts: BTreeSet<String> = self.initial_hosts.iter().cloned().collect();
+        // Nodes other members reported (a node that joined and holds no
+        // shard in common with this one), and the nodes declared for
+        // placement.
+        hosts.extend(
+            self.directory
+                .peers()
+                .values()
+                .map(|addr| host_of(addr).to_owned()),
+        );
+        if let Some(declared) = crate::coordinator::declared(self) {
+            hosts.extend(declared.iter().map(|n| host_of(&n.addr).to_owned()));
+        }
         for shard in self.held().iter() {
             let metrics = shard.raft.metrics();
             let m = metrics.borrow();
@@ -196,6 +211,7 @@ impl NodeContext {
     pub fn member_addrs(&self) -> BTreeMap<NodeId, String> {
         let mut members = BTreeMap::new();
         if !self.layout.is_full() {
+            members.extend(self.directory.peers());
             members.extend(
                 self.layout
                     .voters

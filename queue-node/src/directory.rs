@@ -32,6 +32,10 @@ pub struct Directory {
     /// Leaders of the shards this node does not hold, as their members
     /// last reported them.
     remote: RwLock<BTreeMap<u32, RemoteShard>>,
+    /// Peer addresses of every member any answer named: after moves, the
+    /// nodes that lead the shards this node does not hold may be none of
+    /// the members it knows itself.
+    peers: RwLock<BTreeMap<NodeId, String>>,
 }
 
 /// A shard held by other nodes, as one of its members reported it.
@@ -61,6 +65,11 @@ impl Directory {
         self.read().clone()
     }
 
+    /// Peer addresses of the members other nodes reported.
+    pub fn peers(&self) -> BTreeMap<NodeId, String> {
+        self.peers.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Who leads `shard`, a shard this node does not hold.
     pub fn remote_shard(&self, shard: u32) -> Option<RemoteShard> {
         self.remote
@@ -74,6 +83,13 @@ impl Directory {
     /// a report of a higher term wins; of the same term, one from the
     /// leader itself or of a newer membership.
     fn learn_remote(&self, status: &pb::ClusterStatus, held: &impl Fn(u32) -> bool) {
+        {
+            let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
+            peers.insert(status.node_id, status.addr.clone());
+            for member in status.shards.iter().flat_map(|s| &s.members) {
+                peers.insert(member.node_id, member.addr.clone());
+            }
+        }
         let mut remote = self.remote.write().unwrap_or_else(|p| p.into_inner());
         for shard in status.shards.iter().filter(|s| !held(s.shard)) {
             if !shard.has_leader {

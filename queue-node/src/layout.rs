@@ -24,6 +24,9 @@ pub struct Layout {
     /// empty when every node holds every shard (leaderships are then
     /// evened out by count alone).
     pub preferred_leaders: BTreeMap<u32, NodeId>,
+    /// Voters per shard, when the cluster was created with a factor (its
+    /// replicas can then be moved).
+    pub replication_factor: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +49,12 @@ impl Layout {
         replication_factor: Option<u32>,
     ) -> Result<Layout, LayoutError> {
         let all = || members.clone();
-        let Some(factor) = replication_factor.filter(|&f| f as usize != members.len()) else {
+        let Some(factor) = replication_factor else {
             return Ok(Layout {
                 shard_count,
                 voters: (0..shard_count).map(|s| (s, all())).collect(),
                 preferred_leaders: BTreeMap::new(),
+                replication_factor: None,
             });
         };
         let cluster = Cluster {
@@ -78,12 +82,14 @@ impl Layout {
             shard_count,
             voters,
             preferred_leaders: target.leaders,
+            replication_factor: Some(factor),
         })
     }
 
-    /// Whether every node holds every shard.
+    /// Whether every node holds every shard for good (no replication
+    /// factor: replicas are never moved).
     pub fn is_full(&self) -> bool {
-        self.preferred_leaders.is_empty()
+        self.replication_factor.is_none()
     }
 
     /// The shards `node` holds, in order.
@@ -124,9 +130,12 @@ mod tests {
     }
 
     #[test]
-    fn a_factor_equal_to_the_members_is_every_member() {
+    fn a_factor_equal_to_the_members_is_every_member_with_movable_replicas() {
         let layout = Layout::new(&members(3), 4, Some(3)).unwrap();
-        assert_eq!(layout, Layout::new(&members(3), 4, None).unwrap());
+        let full = Layout::new(&members(3), 4, None).unwrap();
+        assert_eq!(layout.voters, full.voters);
+        assert!(!layout.is_full(), "a factor makes replicas movable");
+        assert_eq!(layout.preferred_leaders.len(), 4);
     }
 
     #[test]

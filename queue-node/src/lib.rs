@@ -10,6 +10,7 @@ pub mod batcher;
 pub mod clock;
 pub mod config;
 pub mod context;
+pub mod coordinator;
 pub mod directory;
 pub mod drain;
 pub mod forward;

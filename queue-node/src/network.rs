@@ -115,7 +115,7 @@ impl PeerClient {
         let unreachable =
             |msg: String| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg)));
         let client = match kind {
-            RpcKind::Entries | RpcKind::Snapshot => {
+            RpcKind::Entries(_) | RpcKind::Snapshot => {
                 if self.bulk.is_none() {
                     self.bulk = self.dialer.channel(&self.addr).ok().map(transport);
                 }
@@ -134,11 +134,12 @@ impl PeerClient {
             data: data.into(),
             format: match kind {
                 RpcKind::Snapshot => format::SNAPSHOT_FORMAT,
-                _ => format::ENTRY_FORMAT,
+                RpcKind::Entries(format) => format,
+                RpcKind::Heartbeat | RpcKind::Vote => format::BASE_ENTRY_FORMAT,
             },
         };
         let reply = match kind {
-            RpcKind::Heartbeat | RpcKind::Entries => client.append_entries(msg).await,
+            RpcKind::Heartbeat | RpcKind::Entries(_) => client.append_entries(msg).await,
             RpcKind::Vote => client.vote(msg).await,
             RpcKind::Snapshot => client.install_snapshot(msg).await,
         }
@@ -160,7 +161,8 @@ impl PeerClient {
 enum RpcKind {
     /// An append without entries.
     Heartbeat,
-    Entries,
+    /// In the format its entries need.
+    Entries(u32),
     Vote,
     Snapshot,
 }
@@ -180,13 +182,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         if keep == rpc.entries.len() {
             let kind = match rpc.entries.is_empty() {
                 true => RpcKind::Heartbeat,
-                false => RpcKind::Entries,
+                false => RpcKind::Entries(format::entries_format(&rpc.entries)),
             };
             return self.call(kind, &rpc).await;
         }
         rpc.entries.truncate(keep);
         let sent = rpc.entries.last().map(|e| e.log_id);
-        match self.call(RpcKind::Entries, &rpc).await? {
+        let kind = RpcKind::Entries(format::entries_format(&rpc.entries));
+        match self.call(kind, &rpc).await? {
             AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(sent)),
             other => Ok(other),
         }
@@ -314,7 +317,7 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
     Ok(Response::new(RaftMessage {
         shard: 0,
         data: data.into(),
-        format: format::ENTRY_FORMAT,
+        format: format::BASE_ENTRY_FORMAT,
     }))
 }
 

@@ -50,6 +50,9 @@ pub struct NodeHandle {
     sampler: Option<JoinHandle<()>>,
     /// Learns the members' client addresses for the shard map.
     directory: Option<JoinHandle<()>>,
+    /// Moves replicas toward the declared nodes (when this node leads the
+    /// metadata shard).
+    coordinator: Option<JoinHandle<()>>,
 }
 
 impl NodeHandle {
@@ -68,13 +71,18 @@ impl NodeHandle {
             http.abort();
         }
         self.watermark.abort();
-        for task in [self.sampler.take(), self.directory.take()]
-            .into_iter()
-            .flatten()
+        for task in [
+            self.sampler.take(),
+            self.directory.take(),
+            self.coordinator.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             task.abort();
             let _ = task.await;
         }
+        self.context.coordinator.stop_all();
         if let Some(balancer) = self.balancer.take() {
             balancer.abort();
             let _ = balancer.await;
@@ -220,7 +228,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         config.replication_factor,
     )?;
     let placed = layout.shards_of(config.node_id);
-    let held_count = placed.len().max(1) as u32;
+    // The budgets are shared by the replicas this node holds now or is
+    // likely to hold once the coordinator evens them out.
+    let nodes = layout.nodes().len().max(1) as u32;
+    let even_share = layout
+        .replication_factor
+        .map_or(config.shards, |f| (config.shards * f).div_ceil(nodes));
+    let held_count = (placed.len() as u32).max(even_share).max(1);
     let budgets = Budgets::resolve(&config.memory, crate::memory::memory_limit(), held_count);
     tracing::info!(?budgets, "memory budgets");
     let store = Store::open(
@@ -426,6 +440,15 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     if !config.join {
         bootstrap(&context, &config, &advertise).await?;
     }
+    let coordinator = context.layout.replication_factor.map(|_| {
+        let ctx = context.clone();
+        TaskGuard(Some(tokio::spawn(async move {
+            tokio::join!(
+                crate::coordinator::run(ctx.clone(), COORDINATE_EVERY),
+                crate::replicas::collect_leftovers(ctx.clone(), LEFTOVERS_EVERY),
+            );
+        })))
+    });
     let balancer = (config.raft.leader_balance_every_ms > 0).then(|| {
         tokio::spawn(crate::handoff::balance(
             context.clone(),
@@ -449,8 +472,14 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         balancer,
         sampler: sampler.keep(),
         directory: directory.keep(),
+        coordinator: coordinator.and_then(TaskGuard::keep),
     })
 }
+
+/// How often the placement coordinator compares placement with its target.
+const COORDINATE_EVERY: Duration = Duration::from_secs(1);
+/// How often a node looks for copies of shards it was moved off.
+const LEFTOVERS_EVERY: Duration = Duration::from_secs(5);
 
 /// How often certificates and the auth file are checked for changes.
 const RELOAD_EVERY: Duration = Duration::from_secs(1);

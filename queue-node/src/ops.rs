@@ -181,6 +181,24 @@ pub enum Op {
     Release {
         tokens: Vec<(JobId, u32)>,
     },
+    /// The nodes the cluster's replicas are to be placed on (replaces the
+    /// declared set). Proposed on the metadata shard only; entries that
+    /// carry it travel in entry format 2.
+    SetNodes {
+        nodes: Vec<NodeRecord>,
+    },
+}
+
+/// A node as its owner declared it, for placement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: u64,
+    /// Its peer address.
+    pub addr: String,
+    /// Its failure domain, if any.
+    pub zone: Option<String>,
+    /// Being emptied: it takes no replicas, and those it has are moved.
+    pub draining: bool,
 }
 
 impl Op {
@@ -369,6 +387,8 @@ pub enum OpResult {
     Job(JobView),
     Ticked,
     Failed(OpError),
+    /// The declared nodes were replaced.
+    NodesSet,
 }
 
 /// The state machine's answer to one batch: one result per op, in order.

@@ -297,3 +297,33 @@ fn shard_raft_config(config: &NodeConfig, shard: u32) -> anyhow::Result<openraft
     .validate()
     .with_context(|| format!("raft settings of shard {shard}"))
 }
+
+/// Deletes, now and then, the copies this node keeps of shards it was
+/// moved off but could not be told to drop (it was down, or the drop
+/// failed): a copy whose own membership no longer lists this node, or that
+/// hears no leader, is dropped once the shard's leader confirms.
+pub async fn collect_leftovers(ctx: std::sync::Arc<NodeContext>, every: std::time::Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let suspects: Vec<u32> = ctx
+            .held()
+            .iter()
+            .filter(|shard| {
+                let metrics = shard.raft.metrics();
+                let m = metrics.borrow();
+                let membership = m.membership_config.membership();
+                let initialized = membership.nodes().next().is_some();
+                initialized
+                    && (membership.get_node(&ctx.id).is_none() || m.current_leader.is_none())
+            })
+            .map(|shard| shard.id)
+            .collect();
+        for shard in suspects {
+            match drop_replica(&ctx, shard).await {
+                Ok(true) => tracing::info!(shard, "deleted a copy left behind by a move"),
+                Ok(false) => {}
+                Err(e) => tracing::debug!(shard, error = %e, "kept a copy"),
+            }
+        }
+    }
+}

@@ -308,7 +308,7 @@ async fn six_nodes_hold_six_of_twelve_shards_each_and_serve_them_all() {
     );
     assert!(
         refused.message().contains(&format!(
-            "shard {elsewhere} is not on node 1 (its voters were placed on nodes {:?})",
+            "shard {elsewhere} is not on node 1 (its members are nodes {:?})",
             elsewhere_voters.iter().collect::<Vec<_>>()
         )),
         "{}",

@@ -146,6 +146,11 @@ impl ShardState {
                 Err(e) => OpResult::Failed(e),
             },
             Op::Tick => OpResult::Ticked,
+            Op::SetNodes { nodes } => {
+                sink.put(&keys::named_key(self.shard, keys::NODES, b"nodes"), nodes);
+                self.nodes = Some(nodes.clone());
+                OpResult::NodesSet
+            }
             Op::Release { tokens } => {
                 settle_each(tokens, |id, attempt| self.release(id, attempt, sink))
             }

@@ -17,6 +17,8 @@ pub const JOB: u8 = b'j';
 pub const DEDUP: u8 = b'k';
 /// Applied log id, membership, clock: `shard | 'm' | name`.
 pub const META: u8 = b'm';
+/// The declared nodes (metadata shard only): `shard | 'p' | "nodes"`.
+pub const NODES: u8 = b'p';
 /// Queue settings: `shard | 'q' | queue`.
 pub const QUEUE: u8 = b'q';
 /// Job status after it changed: `shard | 's' | index | position`.

@@ -261,6 +261,9 @@ pub struct ShardState {
     /// replicated state: leases from before a restart or a snapshot are
     /// not in it, and are not measured.
     lease_starts: HashMap<JobKey, u64>,
+    /// The nodes replicas are placed on, as last declared (`SetNodes`, on
+    /// the metadata shard); `None` until a first declaration.
+    nodes: Option<Vec<crate::ops::NodeRecord>>,
 }
 
 /// Why persisted state could not be loaded (`E`: reading it).
@@ -293,7 +296,13 @@ impl ShardState {
             woken: Vec::new(),
             finished: Vec::new(),
             lease_starts: HashMap::new(),
+            nodes: None,
         }
+    }
+
+    /// The declared nodes, if any were (metadata shard only).
+    pub fn nodes(&self) -> Option<&[crate::ops::NodeRecord]> {
+        self.nodes.as_deref()
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -350,6 +359,9 @@ impl ShardState {
                         LoadError::OrphanStatus(keys::job_key(keys::STATUS, id).to_vec())
                     })?;
                     set_status(extras, key, job, status);
+                }
+                Some(keys::NODES) => {
+                    state.nodes = Some(decode(key, value)?);
                 }
                 Some(keys::QUEUE) => {
                     let name = String::from_utf8_lossy(&key[5..]).into_owned();

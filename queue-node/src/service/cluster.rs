@@ -118,6 +118,47 @@ fn commit_index(m: &openraft::RaftMetrics<u64, BasicNode>, voters: &BTreeSet<u64
         .max(applied)
 }
 
+/// The declared nodes of a `SetNodes` request, checked.
+fn node_records(
+    nodes: &[pb::NodeSpec],
+    factor: u32,
+) -> Result<Vec<crate::ops::NodeRecord>, Status> {
+    let mut seen = BTreeSet::new();
+    let mut records = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        if node.node_id == 0 {
+            return Err(Status::invalid_argument(
+                "node_id 0 is not a node id; ids start at 1",
+            ));
+        }
+        if !seen.insert(node.node_id) {
+            return Err(Status::invalid_argument(format!(
+                "node {} is declared twice",
+                node.node_id
+            )));
+        }
+        if node.addr.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "node {} has no addr: give its peer host:port",
+                node.node_id
+            )));
+        }
+        records.push(crate::ops::NodeRecord {
+            id: node.node_id,
+            addr: node.addr.clone(),
+            zone: (!node.zone.is_empty()).then(|| node.zone.clone()),
+            draining: node.draining,
+        });
+    }
+    let active = records.iter().filter(|n| !n.draining).count();
+    if active < factor as usize {
+        return Err(Status::failed_precondition(format!(
+            "{active} declared node(s) would take replicas, and each shard needs {factor} voters on different nodes; declare more nodes or drain fewer"
+        )));
+    }
+    Ok(records)
+}
+
 fn raft_status<E: std::fmt::Display>(what: &str, e: E) -> Status {
     Status::failed_precondition(format!("{what}: {e}"))
 }
@@ -317,6 +358,72 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
             .await
             .map_err(|e| e.status())?;
         Ok(Response::new(pb::DropReplicaResponse { dropped }))
+    }
+
+    async fn set_nodes(
+        &self,
+        request: Request<pb::SetNodesRequest>,
+    ) -> Result<Response<pb::PlacementStatus>, Status> {
+        let caller = self.authorize(&request, "SetNodes")?;
+        let Some(factor) = self.ctx.layout.replication_factor else {
+            return Err(Status::failed_precondition(
+                "this cluster has no replication factor: every node holds every shard, and replicas are not placed",
+            ));
+        };
+        let nodes = node_records(&request.get_ref().nodes, factor)?;
+        let route = self
+            .ctx
+            .route(crate::coordinator::METADATA_SHARD, &request)?;
+        match route {
+            Route::Leader(leader) => {
+                let req = request.get_ref().clone();
+                return leader
+                    .relay(leader.cluster().set_nodes(forwarded(req, &caller)))
+                    .await;
+            }
+            Route::Local(meta) => {
+                // A node that takes replicas must be there, and be that node.
+                for node in nodes.iter().filter(|n| !n.draining) {
+                    membership::probe(node.id, &node.addr, &self.ctx.security.dialer)
+                        .await
+                        .map_err(|why| {
+                            Status::failed_precondition(format!(
+                                "node {} at {} does not answer as node {} ({why}); nothing was changed",
+                                node.id, node.addr, node.id
+                            ))
+                        })?;
+                }
+                super::submit_one(&meta, crate::ops::Op::SetNodes { nodes }).await?;
+            }
+        }
+        Ok(Response::new(crate::coordinator::status(&self.ctx).await))
+    }
+
+    async fn get_placement(
+        &self,
+        request: Request<pb::GetPlacementRequest>,
+    ) -> Result<Response<pb::PlacementStatus>, Status> {
+        let caller = self.authorize(&request, "GetPlacement")?;
+        if self.ctx.layout.replication_factor.is_none() {
+            return Err(Status::failed_precondition(
+                "this cluster has no replication factor: every node holds every shard",
+            ));
+        }
+        match self
+            .ctx
+            .route(crate::coordinator::METADATA_SHARD, &request)?
+        {
+            Route::Leader(leader) => {
+                leader
+                    .relay(
+                        leader
+                            .cluster()
+                            .get_placement(forwarded(pb::GetPlacementRequest {}, &caller)),
+                    )
+                    .await
+            }
+            Route::Local(_) => Ok(Response::new(crate::coordinator::status(&self.ctx).await)),
+        }
     }
 
     async fn change_membership(

@@ -219,7 +219,7 @@ pub async fn change_voters(
 }
 
 /// Whether the node at `addr` answers a status call, and is node `id`.
-async fn probe(id: NodeId, addr: &str, dialer: &Dialer) -> Result<(), String> {
+pub async fn probe(id: NodeId, addr: &str, dialer: &Dialer) -> Result<(), String> {
     let channel = dialer.channel(addr).map_err(|e| e.to_string())?;
     let mut client = ClusterAdminClient::new(channel);
     let call = client.status(pb::ClusterStatusRequest {});

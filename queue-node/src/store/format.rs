@@ -24,6 +24,13 @@
 //!   still read (whole); a node before format 3 refuses format-3 snapshot
 //!   messages with "upgrade this node".
 //!
+//! - Entry format 2: a batch may carry `Op::SetNodes` (the nodes declared
+//!   for placement, on the metadata shard). Only messages with such an
+//!   entry are sent as format 2; every other message stays format 1, so a
+//!   node before format 2 takes them all and refuses only those ("upgrade
+//!   this node"). The record it writes (`'p'` kind) is skipped by an older
+//!   rebuild, so older snapshots and data dirs need no conversion.
+//!
 //! The golden-bytes tests below pin every encoding. Any change to a
 //! persisted or replicated type that changes those bytes must raise the
 //! matching format and teach the node to read (or convert) the old one.
@@ -38,8 +45,10 @@ use crate::ops::{answer_bytes, BackoffPolicy, ContentRef, JobMeta, JobStatus};
 
 /// The data-dir format this binary writes, and the newest it reads.
 pub const DATA_FORMAT: u32 = 2;
-/// The format of Raft entries (and votes, heartbeats) this binary sends.
-pub const ENTRY_FORMAT: u32 = 1;
+/// The newest format of Raft entries this binary reads.
+pub const ENTRY_FORMAT: u32 = 2;
+/// The format of votes, heartbeats and entries without a newer op.
+pub const BASE_ENTRY_FORMAT: u32 = 1;
 /// The format of the snapshots this binary sends (and the newest it reads).
 pub const SNAPSHOT_FORMAT: u32 = 3;
 /// The last snapshot format that travelled as one postcard message.
@@ -51,6 +60,23 @@ const FORMAT_KEY: &[u8] = b"\xff\xff\xff\xffformat";
 const CONVERTED_KEY: &[u8] = b"\xff\xff\xff\xffconverted-to-2";
 /// Job records converted per synced write.
 const CONVERT_CHUNK: usize = 10_000;
+
+/// The format a message carrying `entries` is sent in: the lowest that
+/// can carry them all.
+pub fn entries_format(entries: &[openraft::Entry<crate::raft_types::TypeConfig>]) -> u32 {
+    let sets_nodes = entries.iter().any(|e| match &e.payload {
+        openraft::EntryPayload::Normal(batch) => batch
+            .ops
+            .iter()
+            .any(|op| matches!(op, crate::ops::Op::SetNodes { .. })),
+        _ => false,
+    });
+    if sets_nodes {
+        2
+    } else {
+        BASE_ENTRY_FORMAT
+    }
+}
 
 /// Records the format of a new data dir, converts an older one, refuses a
 /// newer one. A data dir from before the format was recorded holds

@@ -383,6 +383,39 @@ impl Cluster {
         Ok(())
     }
 
+    /// Waits until `id` answers and sees a leader for every shard it holds,
+    /// however many that is (a move under way changes the count).
+    pub async fn wait_answering(&mut self, id: NodeId, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited(id) {
+                anyhow::bail!("node {id} exited ({status}):\n{}", tail(&self.log(id)));
+            }
+            if let Some(s) = self.status(id).await {
+                if !s.shards.is_empty() && s.shards.iter().all(|s| s.has_leader) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "node {id} not answering after {timeout:?}:\n{}",
+                    tail(&self.log(id))
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Takes the shards each node holds from the nodes themselves, after a
+    /// move changed them.
+    pub async fn recount_held(&mut self) {
+        for id in self.ids() {
+            if let Some(s) = self.status(id).await {
+                self.held.insert(id, s.shards.len());
+            }
+        }
+    }
+
     /// Waits until every running node has applied the same index on every
     /// shard it holds (replicas converged).
     pub async fn wait_converged(&mut self, timeout: Duration) -> anyhow::Result<()> {

@@ -81,7 +81,7 @@ pub struct Scenario {
     pub needs_root: bool,
 }
 
-pub const ALL: [Scenario; 13] = [
+pub const ALL: [Scenario; 14] = [
     Scenario {
         name: "kill-leader",
         what: "SIGKILL the leader of a shard, restart it, repeat",
@@ -111,6 +111,14 @@ pub const ALL: [Scenario; 13] = [
         what: "SIGKILL a shard's leader in a 6-node cluster whose 12 shards are each on 3 nodes, restart it, repeat",
         nodes: 6,
         shards: 12,
+        replication_factor: Some(3),
+        needs_root: false,
+    },
+    Scenario {
+        name: "move-replicas",
+        what: "move a replica of each shard in turn (4 nodes, RF 3), SIGKILLing the incoming node, the leaving leader or the node running the move mid-way; each move is asked again until it ends",
+        nodes: 4,
+        shards: 4,
         replication_factor: Some(3),
         needs_root: false,
     },
@@ -242,6 +250,7 @@ async fn run_on(s: &Scenario, size: Size, cluster: &mut Cluster) -> anyhow::Resu
         }
         "kill-leader-placed" => kill_leader(cluster, size, s.shards).await?,
         "kill-follower" => kill_follower(cluster, size).await?,
+        "move-replicas" => move_replicas(cluster, size, s.shards).await?,
         "kill-all" => kill_all(cluster, size).await?,
         "partition-leader" => partition_leader(cluster, size).await?,
         "partition-split" => partition_split(cluster, size).await?,
@@ -373,6 +382,115 @@ async fn kill_leader(c: &mut Cluster, size: Size, shards: u32) -> anyhow::Result
         c.wait_serving(&c.ids(), Duration::from_secs(60)).await?;
     }
     Ok(size.rounds)
+}
+
+/// Moves a replica of shard 0, 1, ... in turn, from its leader to the node
+/// without one; once the learner is catching up, SIGKILLs the incoming
+/// node, the leaving leader or the node running the move (in turn),
+/// restarts it, and asks for the move again (from a node that ran
+/// throughout) until it is done or rolled back.
+async fn move_replicas(c: &mut Cluster, size: Size, shards: u32) -> anyhow::Result<usize> {
+    use raftq_client::proto::MoveReplicaRequest;
+    for round in 0..size.rounds {
+        let shard = round as u32 % shards;
+        let from = leader(c, shard).await?;
+        let mut to = None;
+        for id in c.ids() {
+            if let Some(s) = c.status(id).await {
+                if !s.shards.iter().any(|s| s.shard == shard) {
+                    to = Some(id);
+                }
+            }
+        }
+        let to = to.ok_or_else(|| anyhow::anyhow!("every node holds shard {shard}"))?;
+        let runner = c
+            .ids()
+            .into_iter()
+            .find(|id| *id != from && *id != to)
+            .ok_or_else(|| anyhow::anyhow!("no node to run the move"))?;
+        let victim = [to, from, runner][round % 3];
+        let request = MoveReplicaRequest {
+            shard,
+            add_node: to,
+            remove_node: from,
+            ..Default::default()
+        };
+        let client = c
+            .admin(runner)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("node {runner} does not answer"))?;
+        let mut steps = client
+            .cluster()
+            .move_replica(request.clone())
+            .await?
+            .into_inner();
+        // Killed once the learner exists and is being filled.
+        while let Ok(Some(step)) = steps.message().await {
+            if step.phase != "add_learner" {
+                break;
+            }
+        }
+        c.kill(victim);
+        hold(size.hold / 2).await;
+        c.start_node(victim)?;
+        c.wait_answering(victim, Duration::from_secs(60)).await?;
+        drop(steps);
+        let resumer = if victim == runner {
+            c.ids()
+                .into_iter()
+                .find(|id| *id != runner)
+                .unwrap_or(runner)
+        } else {
+            runner
+        };
+        finish_move(c, resumer, &request).await?;
+        c.recount_held().await;
+        c.wait_serving(&c.ids(), Duration::from_secs(60)).await?;
+    }
+    Ok(size.rounds)
+}
+
+/// Asks `node` to run `request` until the move ends (done or rolled back):
+/// an interrupted move resumes from what the shard's membership shows.
+async fn finish_move(
+    c: &mut Cluster,
+    node: NodeId,
+    request: &raftq_client::proto::MoveReplicaRequest,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let Some(client) = c.admin(node).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        match client.cluster().move_replica(request.clone()).await {
+            Ok(steps) => {
+                let mut steps = steps.into_inner();
+                loop {
+                    match steps.message().await {
+                        Ok(Some(step)) => last = format!("{}: {}", step.phase, step.detail),
+                        Ok(None) => break,
+                        Err(e) => {
+                            last = format!("stopped: {}", e.message());
+                            break;
+                        }
+                    }
+                }
+                if last.starts_with("done") || last.starts_with("rolled_back") {
+                    return Ok(());
+                }
+            }
+            // Another run of the same move has not noticed yet that its
+            // caller went away.
+            Err(e) => last = format!("refused: {}", e.message()),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    anyhow::bail!(
+        "the move of shard {} did not end in 120 s; last: {last}",
+        request.shard
+    )
 }
 
 async fn kill_follower(c: &mut Cluster, size: Size) -> anyhow::Result<usize> {

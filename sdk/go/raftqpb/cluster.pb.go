@@ -24,6 +24,379 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type NodeSpec struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Its peer address.
+	Addr string `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
+	// Its failure domain (e.g. the Kubernetes zone); a shard's replicas are
+	// spread over as many zones as there are. Empty: none.
+	Zone string `protobuf:"bytes,3,opt,name=zone,proto3" json:"zone,omitempty"`
+	// Being emptied: it takes no replicas and no leadership, and its
+	// replicas are moved to the other nodes.
+	Draining      bool `protobuf:"varint,4,opt,name=draining,proto3" json:"draining,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeSpec) Reset() {
+	*x = NodeSpec{}
+	mi := &file_raftq_v1_cluster_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeSpec) ProtoMessage() {}
+
+func (x *NodeSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_cluster_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeSpec.ProtoReflect.Descriptor instead.
+func (*NodeSpec) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *NodeSpec) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *NodeSpec) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *NodeSpec) GetZone() string {
+	if x != nil {
+		return x.Zone
+	}
+	return ""
+}
+
+func (x *NodeSpec) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
+type SetNodesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nodes         []*NodeSpec            `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetNodesRequest) Reset() {
+	*x = SetNodesRequest{}
+	mi := &file_raftq_v1_cluster_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetNodesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetNodesRequest) ProtoMessage() {}
+
+func (x *SetNodesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_cluster_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetNodesRequest.ProtoReflect.Descriptor instead.
+func (*SetNodesRequest) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SetNodesRequest) GetNodes() []*NodeSpec {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+type GetPlacementRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPlacementRequest) Reset() {
+	*x = GetPlacementRequest{}
+	mi := &file_raftq_v1_cluster_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPlacementRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPlacementRequest) ProtoMessage() {}
+
+func (x *GetPlacementRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_cluster_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPlacementRequest.ProtoReflect.Descriptor instead.
+func (*GetPlacementRequest) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{2}
+}
+
+type NodePlacement struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Shards it is a voter of.
+	Replicas uint32 `protobuf:"varint,2,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	// Shards it leads.
+	Leads         uint32 `protobuf:"varint,3,opt,name=leads,proto3" json:"leads,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodePlacement) Reset() {
+	*x = NodePlacement{}
+	mi := &file_raftq_v1_cluster_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodePlacement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodePlacement) ProtoMessage() {}
+
+func (x *NodePlacement) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_cluster_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodePlacement.ProtoReflect.Descriptor instead.
+func (*NodePlacement) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *NodePlacement) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *NodePlacement) GetReplicas() uint32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
+func (x *NodePlacement) GetLeads() uint32 {
+	if x != nil {
+		return x.Leads
+	}
+	return 0
+}
+
+type MoveUnderWay struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Shard      uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	AddNode    uint64                 `protobuf:"varint,2,opt,name=add_node,json=addNode,proto3" json:"add_node,omitempty"`
+	RemoveNode uint64                 `protobuf:"varint,3,opt,name=remove_node,json=removeNode,proto3" json:"remove_node,omitempty"`
+	// As in MoveProgress.phase.
+	Phase         string `protobuf:"bytes,4,opt,name=phase,proto3" json:"phase,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveUnderWay) Reset() {
+	*x = MoveUnderWay{}
+	mi := &file_raftq_v1_cluster_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveUnderWay) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveUnderWay) ProtoMessage() {}
+
+func (x *MoveUnderWay) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_cluster_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveUnderWay.ProtoReflect.Descriptor instead.
+func (*MoveUnderWay) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *MoveUnderWay) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *MoveUnderWay) GetAddNode() uint64 {
+	if x != nil {
+		return x.AddNode
+	}
+	return 0
+}
+
+func (x *MoveUnderWay) GetRemoveNode() uint64 {
+	if x != nil {
+		return x.RemoveNode
+	}
+	return 0
+}
+
+func (x *MoveUnderWay) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+type PlacementStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node that answered: the coordinator.
+	Coordinator       uint64 `protobuf:"varint,1,opt,name=coordinator,proto3" json:"coordinator,omitempty"`
+	ReplicationFactor uint32 `protobuf:"varint,2,opt,name=replication_factor,json=replicationFactor,proto3" json:"replication_factor,omitempty"`
+	// The declared nodes; empty when none were declared yet (the replicas
+	// stay where the cluster placed them at creation).
+	Declared []*NodeSpec `protobuf:"bytes,3,rep,name=declared,proto3" json:"declared,omitempty"`
+	// Every node holding a replica or declared, with its counts now.
+	Nodes []*NodePlacement `protobuf:"bytes,4,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Moves []*MoveUnderWay  `protobuf:"bytes,5,rep,name=moves,proto3" json:"moves,omitempty"`
+	// True when no move is under way or needed.
+	Balanced      bool `protobuf:"varint,6,opt,name=balanced,proto3" json:"balanced,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlacementStatus) Reset() {
+	*x = PlacementStatus{}
+	mi := &file_raftq_v1_cluster_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlacementStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlacementStatus) ProtoMessage() {}
+
+func (x *PlacementStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_cluster_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlacementStatus.ProtoReflect.Descriptor instead.
+func (*PlacementStatus) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *PlacementStatus) GetCoordinator() uint64 {
+	if x != nil {
+		return x.Coordinator
+	}
+	return 0
+}
+
+func (x *PlacementStatus) GetReplicationFactor() uint32 {
+	if x != nil {
+		return x.ReplicationFactor
+	}
+	return 0
+}
+
+func (x *PlacementStatus) GetDeclared() []*NodeSpec {
+	if x != nil {
+		return x.Declared
+	}
+	return nil
+}
+
+func (x *PlacementStatus) GetNodes() []*NodePlacement {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+func (x *PlacementStatus) GetMoves() []*MoveUnderWay {
+	if x != nil {
+		return x.Moves
+	}
+	return nil
+}
+
+func (x *PlacementStatus) GetBalanced() bool {
+	if x != nil {
+		return x.Balanced
+	}
+	return false
+}
+
 type MoveReplicaRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Shard uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
@@ -43,7 +416,7 @@ type MoveReplicaRequest struct {
 
 func (x *MoveReplicaRequest) Reset() {
 	*x = MoveReplicaRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[0]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -55,7 +428,7 @@ func (x *MoveReplicaRequest) String() string {
 func (*MoveReplicaRequest) ProtoMessage() {}
 
 func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[0]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -68,7 +441,7 @@ func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveReplicaRequest.ProtoReflect.Descriptor instead.
 func (*MoveReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{0}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *MoveReplicaRequest) GetShard() uint32 {
@@ -121,7 +494,7 @@ type MoveProgress struct {
 
 func (x *MoveProgress) Reset() {
 	*x = MoveProgress{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[1]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -133,7 +506,7 @@ func (x *MoveProgress) String() string {
 func (*MoveProgress) ProtoMessage() {}
 
 func (x *MoveProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[1]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -146,7 +519,7 @@ func (x *MoveProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveProgress.ProtoReflect.Descriptor instead.
 func (*MoveProgress) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{1}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *MoveProgress) GetPhase() string {
@@ -179,7 +552,7 @@ type OpenReplicaRequest struct {
 
 func (x *OpenReplicaRequest) Reset() {
 	*x = OpenReplicaRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[2]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -191,7 +564,7 @@ func (x *OpenReplicaRequest) String() string {
 func (*OpenReplicaRequest) ProtoMessage() {}
 
 func (x *OpenReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[2]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -204,7 +577,7 @@ func (x *OpenReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenReplicaRequest.ProtoReflect.Descriptor instead.
 func (*OpenReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *OpenReplicaRequest) GetShard() uint32 {
@@ -224,7 +597,7 @@ type OpenReplicaResponse struct {
 
 func (x *OpenReplicaResponse) Reset() {
 	*x = OpenReplicaResponse{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[3]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -236,7 +609,7 @@ func (x *OpenReplicaResponse) String() string {
 func (*OpenReplicaResponse) ProtoMessage() {}
 
 func (x *OpenReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[3]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -249,7 +622,7 @@ func (x *OpenReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenReplicaResponse.ProtoReflect.Descriptor instead.
 func (*OpenReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *OpenReplicaResponse) GetOpened() bool {
@@ -268,7 +641,7 @@ type DropReplicaRequest struct {
 
 func (x *DropReplicaRequest) Reset() {
 	*x = DropReplicaRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[4]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -280,7 +653,7 @@ func (x *DropReplicaRequest) String() string {
 func (*DropReplicaRequest) ProtoMessage() {}
 
 func (x *DropReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[4]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -293,7 +666,7 @@ func (x *DropReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropReplicaRequest.ProtoReflect.Descriptor instead.
 func (*DropReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DropReplicaRequest) GetShard() uint32 {
@@ -313,7 +686,7 @@ type DropReplicaResponse struct {
 
 func (x *DropReplicaResponse) Reset() {
 	*x = DropReplicaResponse{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[5]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -325,7 +698,7 @@ func (x *DropReplicaResponse) String() string {
 func (*DropReplicaResponse) ProtoMessage() {}
 
 func (x *DropReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[5]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -338,7 +711,7 @@ func (x *DropReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropReplicaResponse.ProtoReflect.Descriptor instead.
 func (*DropReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DropReplicaResponse) GetDropped() bool {
@@ -363,7 +736,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[6]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -375,7 +748,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[6]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -388,7 +761,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{6}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Member) GetNodeId() uint64 {
@@ -440,7 +813,7 @@ type ShardStatus struct {
 
 func (x *ShardStatus) Reset() {
 	*x = ShardStatus{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[7]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -452,7 +825,7 @@ func (x *ShardStatus) String() string {
 func (*ShardStatus) ProtoMessage() {}
 
 func (x *ShardStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[7]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -465,7 +838,7 @@ func (x *ShardStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardStatus.ProtoReflect.Descriptor instead.
 func (*ShardStatus) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ShardStatus) GetShard() uint32 {
@@ -546,7 +919,7 @@ type ClusterStatusRequest struct {
 
 func (x *ClusterStatusRequest) Reset() {
 	*x = ClusterStatusRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[8]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -558,7 +931,7 @@ func (x *ClusterStatusRequest) String() string {
 func (*ClusterStatusRequest) ProtoMessage() {}
 
 func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[8]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -571,7 +944,7 @@ func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{8}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{14}
 }
 
 type ClusterStatus struct {
@@ -588,7 +961,7 @@ type ClusterStatus struct {
 
 func (x *ClusterStatus) Reset() {
 	*x = ClusterStatus{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[9]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -600,7 +973,7 @@ func (x *ClusterStatus) String() string {
 func (*ClusterStatus) ProtoMessage() {}
 
 func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[9]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -613,7 +986,7 @@ func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatus.ProtoReflect.Descriptor instead.
 func (*ClusterStatus) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{9}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ClusterStatus) GetNodeId() uint64 {
@@ -657,7 +1030,7 @@ type InitializeRequest struct {
 
 func (x *InitializeRequest) Reset() {
 	*x = InitializeRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[10]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -669,7 +1042,7 @@ func (x *InitializeRequest) String() string {
 func (*InitializeRequest) ProtoMessage() {}
 
 func (x *InitializeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[10]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -682,7 +1055,7 @@ func (x *InitializeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitializeRequest.ProtoReflect.Descriptor instead.
 func (*InitializeRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{10}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *InitializeRequest) GetBootstrapJoiningNode() bool {
@@ -709,7 +1082,7 @@ type AddLearnerRequest struct {
 
 func (x *AddLearnerRequest) Reset() {
 	*x = AddLearnerRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[11]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -721,7 +1094,7 @@ func (x *AddLearnerRequest) String() string {
 func (*AddLearnerRequest) ProtoMessage() {}
 
 func (x *AddLearnerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[11]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -734,7 +1107,7 @@ func (x *AddLearnerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddLearnerRequest.ProtoReflect.Descriptor instead.
 func (*AddLearnerRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{11}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AddLearnerRequest) GetNodeId() uint64 {
@@ -785,7 +1158,7 @@ type ChangeMembershipRequest struct {
 
 func (x *ChangeMembershipRequest) Reset() {
 	*x = ChangeMembershipRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[12]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -797,7 +1170,7 @@ func (x *ChangeMembershipRequest) String() string {
 func (*ChangeMembershipRequest) ProtoMessage() {}
 
 func (x *ChangeMembershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[12]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -810,7 +1183,7 @@ func (x *ChangeMembershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembershipRequest.ProtoReflect.Descriptor instead.
 func (*ChangeMembershipRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{12}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ChangeMembershipRequest) GetVoters() []uint64 {
@@ -845,7 +1218,7 @@ type RemoveLearnerRequest struct {
 
 func (x *RemoveLearnerRequest) Reset() {
 	*x = RemoveLearnerRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[13]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -857,7 +1230,7 @@ func (x *RemoveLearnerRequest) String() string {
 func (*RemoveLearnerRequest) ProtoMessage() {}
 
 func (x *RemoveLearnerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[13]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -870,7 +1243,7 @@ func (x *RemoveLearnerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveLearnerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveLearnerRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{13}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RemoveLearnerRequest) GetNodeId() uint64 {
@@ -904,7 +1277,7 @@ type StepDownRequest struct {
 
 func (x *StepDownRequest) Reset() {
 	*x = StepDownRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[14]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -916,7 +1289,7 @@ func (x *StepDownRequest) String() string {
 func (*StepDownRequest) ProtoMessage() {}
 
 func (x *StepDownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[14]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -929,7 +1302,7 @@ func (x *StepDownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepDownRequest.ProtoReflect.Descriptor instead.
 func (*StepDownRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{14}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StepDownRequest) GetTimeoutMs() uint32 {
@@ -964,7 +1337,7 @@ type ShardHandoff struct {
 
 func (x *ShardHandoff) Reset() {
 	*x = ShardHandoff{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[15]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -976,7 +1349,7 @@ func (x *ShardHandoff) String() string {
 func (*ShardHandoff) ProtoMessage() {}
 
 func (x *ShardHandoff) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[15]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -989,7 +1362,7 @@ func (x *ShardHandoff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardHandoff.ProtoReflect.Descriptor instead.
 func (*ShardHandoff) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{15}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ShardHandoff) GetShard() uint32 {
@@ -1016,7 +1389,7 @@ type StepDownResponse struct {
 
 func (x *StepDownResponse) Reset() {
 	*x = StepDownResponse{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[16]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1028,7 +1401,7 @@ func (x *StepDownResponse) String() string {
 func (*StepDownResponse) ProtoMessage() {}
 
 func (x *StepDownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[16]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1041,7 +1414,7 @@ func (x *StepDownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepDownResponse.ProtoReflect.Descriptor instead.
 func (*StepDownResponse) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{16}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StepDownResponse) GetShards() []*ShardHandoff {
@@ -1063,7 +1436,7 @@ type CampaignRequest struct {
 
 func (x *CampaignRequest) Reset() {
 	*x = CampaignRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[17]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1075,7 +1448,7 @@ func (x *CampaignRequest) String() string {
 func (*CampaignRequest) ProtoMessage() {}
 
 func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[17]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1088,7 +1461,7 @@ func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRequest.ProtoReflect.Descriptor instead.
 func (*CampaignRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{17}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CampaignRequest) GetShard() uint32 {
@@ -1120,7 +1493,7 @@ type CampaignReply struct {
 
 func (x *CampaignReply) Reset() {
 	*x = CampaignReply{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[18]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1505,7 @@ func (x *CampaignReply) String() string {
 func (*CampaignReply) ProtoMessage() {}
 
 func (x *CampaignReply) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[18]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1518,7 @@ func (x *CampaignReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignReply.ProtoReflect.Descriptor instead.
 func (*CampaignReply) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{18}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{24}
 }
 
 type RaftMessage struct {
@@ -1161,7 +1534,7 @@ type RaftMessage struct {
 
 func (x *RaftMessage) Reset() {
 	*x = RaftMessage{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[19]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1173,7 +1546,7 @@ func (x *RaftMessage) String() string {
 func (*RaftMessage) ProtoMessage() {}
 
 func (x *RaftMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[19]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1186,7 +1559,7 @@ func (x *RaftMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftMessage.ProtoReflect.Descriptor instead.
 func (*RaftMessage) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{19}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RaftMessage) GetShard() uint32 {
@@ -1214,7 +1587,32 @@ var File_raftq_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_raftq_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x16raftq/v1/cluster.proto\x12\braftq.v1\"\xa7\x01\n" +
+	"\x16raftq/v1/cluster.proto\x12\braftq.v1\"g\n" +
+	"\bNodeSpec\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x12\n" +
+	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x12\n" +
+	"\x04zone\x18\x03 \x01(\tR\x04zone\x12\x1a\n" +
+	"\bdraining\x18\x04 \x01(\bR\bdraining\";\n" +
+	"\x0fSetNodesRequest\x12(\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x12.raftq.v1.NodeSpecR\x05nodes\"\x15\n" +
+	"\x13GetPlacementRequest\"Z\n" +
+	"\rNodePlacement\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x1a\n" +
+	"\breplicas\x18\x02 \x01(\rR\breplicas\x12\x14\n" +
+	"\x05leads\x18\x03 \x01(\rR\x05leads\"v\n" +
+	"\fMoveUnderWay\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x19\n" +
+	"\badd_node\x18\x02 \x01(\x04R\aaddNode\x12\x1f\n" +
+	"\vremove_node\x18\x03 \x01(\x04R\n" +
+	"removeNode\x12\x14\n" +
+	"\x05phase\x18\x04 \x01(\tR\x05phase\"\x8b\x02\n" +
+	"\x0fPlacementStatus\x12 \n" +
+	"\vcoordinator\x18\x01 \x01(\x04R\vcoordinator\x12-\n" +
+	"\x12replication_factor\x18\x02 \x01(\rR\x11replicationFactor\x12.\n" +
+	"\bdeclared\x18\x03 \x03(\v2\x12.raftq.v1.NodeSpecR\bdeclared\x12-\n" +
+	"\x05nodes\x18\x04 \x03(\v2\x17.raftq.v1.NodePlacementR\x05nodes\x12,\n" +
+	"\x05moves\x18\x05 \x03(\v2\x16.raftq.v1.MoveUnderWayR\x05moves\x12\x1a\n" +
+	"\bbalanced\x18\x06 \x01(\bR\bbalanced\"\xa7\x01\n" +
 	"\x12MoveReplicaRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x19\n" +
 	"\badd_node\x18\x02 \x01(\x04R\aaddNode\x12\x19\n" +
@@ -1298,7 +1696,7 @@ const file_raftq_v1_cluster_proto_rawDesc = "" +
 	"\vRaftMessage\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
-	"\x06format\x18\x03 \x01(\rR\x06format2\x95\x05\n" +
+	"\x06format\x18\x03 \x01(\rR\x06format2\xa1\x06\n" +
 	"\fClusterAdmin\x12A\n" +
 	"\x06Status\x12\x1e.raftq.v1.ClusterStatusRequest\x1a\x17.raftq.v1.ClusterStatus\x12B\n" +
 	"\n" +
@@ -1310,7 +1708,9 @@ const file_raftq_v1_cluster_proto_rawDesc = "" +
 	"\bStepDown\x12\x19.raftq.v1.StepDownRequest\x1a\x1a.raftq.v1.StepDownResponse\x12E\n" +
 	"\vMoveReplica\x12\x1c.raftq.v1.MoveReplicaRequest\x1a\x16.raftq.v1.MoveProgress0\x01\x12J\n" +
 	"\vOpenReplica\x12\x1c.raftq.v1.OpenReplicaRequest\x1a\x1d.raftq.v1.OpenReplicaResponse\x12J\n" +
-	"\vDropReplica\x12\x1c.raftq.v1.DropReplicaRequest\x1a\x1d.raftq.v1.DropReplicaResponse2\x85\x02\n" +
+	"\vDropReplica\x12\x1c.raftq.v1.DropReplicaRequest\x1a\x1d.raftq.v1.DropReplicaResponse\x12@\n" +
+	"\bSetNodes\x12\x19.raftq.v1.SetNodesRequest\x1a\x19.raftq.v1.PlacementStatus\x12H\n" +
+	"\fGetPlacement\x12\x1d.raftq.v1.GetPlacementRequest\x1a\x19.raftq.v1.PlacementStatus2\x85\x02\n" +
 	"\rRaftTransport\x12=\n" +
 	"\rAppendEntries\x12\x15.raftq.v1.RaftMessage\x1a\x15.raftq.v1.RaftMessage\x124\n" +
 	"\x04Vote\x12\x15.raftq.v1.RaftMessage\x1a\x15.raftq.v1.RaftMessage\x12?\n" +
@@ -1329,64 +1729,78 @@ func file_raftq_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_raftq_v1_cluster_proto_rawDescData
 }
 
-var file_raftq_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_raftq_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_raftq_v1_cluster_proto_goTypes = []any{
-	(*MoveReplicaRequest)(nil),      // 0: raftq.v1.MoveReplicaRequest
-	(*MoveProgress)(nil),            // 1: raftq.v1.MoveProgress
-	(*OpenReplicaRequest)(nil),      // 2: raftq.v1.OpenReplicaRequest
-	(*OpenReplicaResponse)(nil),     // 3: raftq.v1.OpenReplicaResponse
-	(*DropReplicaRequest)(nil),      // 4: raftq.v1.DropReplicaRequest
-	(*DropReplicaResponse)(nil),     // 5: raftq.v1.DropReplicaResponse
-	(*Member)(nil),                  // 6: raftq.v1.Member
-	(*ShardStatus)(nil),             // 7: raftq.v1.ShardStatus
-	(*ClusterStatusRequest)(nil),    // 8: raftq.v1.ClusterStatusRequest
-	(*ClusterStatus)(nil),           // 9: raftq.v1.ClusterStatus
-	(*InitializeRequest)(nil),       // 10: raftq.v1.InitializeRequest
-	(*AddLearnerRequest)(nil),       // 11: raftq.v1.AddLearnerRequest
-	(*ChangeMembershipRequest)(nil), // 12: raftq.v1.ChangeMembershipRequest
-	(*RemoveLearnerRequest)(nil),    // 13: raftq.v1.RemoveLearnerRequest
-	(*StepDownRequest)(nil),         // 14: raftq.v1.StepDownRequest
-	(*ShardHandoff)(nil),            // 15: raftq.v1.ShardHandoff
-	(*StepDownResponse)(nil),        // 16: raftq.v1.StepDownResponse
-	(*CampaignRequest)(nil),         // 17: raftq.v1.CampaignRequest
-	(*CampaignReply)(nil),           // 18: raftq.v1.CampaignReply
-	(*RaftMessage)(nil),             // 19: raftq.v1.RaftMessage
+	(*NodeSpec)(nil),                // 0: raftq.v1.NodeSpec
+	(*SetNodesRequest)(nil),         // 1: raftq.v1.SetNodesRequest
+	(*GetPlacementRequest)(nil),     // 2: raftq.v1.GetPlacementRequest
+	(*NodePlacement)(nil),           // 3: raftq.v1.NodePlacement
+	(*MoveUnderWay)(nil),            // 4: raftq.v1.MoveUnderWay
+	(*PlacementStatus)(nil),         // 5: raftq.v1.PlacementStatus
+	(*MoveReplicaRequest)(nil),      // 6: raftq.v1.MoveReplicaRequest
+	(*MoveProgress)(nil),            // 7: raftq.v1.MoveProgress
+	(*OpenReplicaRequest)(nil),      // 8: raftq.v1.OpenReplicaRequest
+	(*OpenReplicaResponse)(nil),     // 9: raftq.v1.OpenReplicaResponse
+	(*DropReplicaRequest)(nil),      // 10: raftq.v1.DropReplicaRequest
+	(*DropReplicaResponse)(nil),     // 11: raftq.v1.DropReplicaResponse
+	(*Member)(nil),                  // 12: raftq.v1.Member
+	(*ShardStatus)(nil),             // 13: raftq.v1.ShardStatus
+	(*ClusterStatusRequest)(nil),    // 14: raftq.v1.ClusterStatusRequest
+	(*ClusterStatus)(nil),           // 15: raftq.v1.ClusterStatus
+	(*InitializeRequest)(nil),       // 16: raftq.v1.InitializeRequest
+	(*AddLearnerRequest)(nil),       // 17: raftq.v1.AddLearnerRequest
+	(*ChangeMembershipRequest)(nil), // 18: raftq.v1.ChangeMembershipRequest
+	(*RemoveLearnerRequest)(nil),    // 19: raftq.v1.RemoveLearnerRequest
+	(*StepDownRequest)(nil),         // 20: raftq.v1.StepDownRequest
+	(*ShardHandoff)(nil),            // 21: raftq.v1.ShardHandoff
+	(*StepDownResponse)(nil),        // 22: raftq.v1.StepDownResponse
+	(*CampaignRequest)(nil),         // 23: raftq.v1.CampaignRequest
+	(*CampaignReply)(nil),           // 24: raftq.v1.CampaignReply
+	(*RaftMessage)(nil),             // 25: raftq.v1.RaftMessage
 }
 var file_raftq_v1_cluster_proto_depIdxs = []int32{
-	6,  // 0: raftq.v1.ShardStatus.members:type_name -> raftq.v1.Member
-	7,  // 1: raftq.v1.ClusterStatus.shards:type_name -> raftq.v1.ShardStatus
-	15, // 2: raftq.v1.StepDownResponse.shards:type_name -> raftq.v1.ShardHandoff
-	8,  // 3: raftq.v1.ClusterAdmin.Status:input_type -> raftq.v1.ClusterStatusRequest
-	10, // 4: raftq.v1.ClusterAdmin.Initialize:input_type -> raftq.v1.InitializeRequest
-	11, // 5: raftq.v1.ClusterAdmin.AddLearner:input_type -> raftq.v1.AddLearnerRequest
-	12, // 6: raftq.v1.ClusterAdmin.ChangeMembership:input_type -> raftq.v1.ChangeMembershipRequest
-	13, // 7: raftq.v1.ClusterAdmin.RemoveLearner:input_type -> raftq.v1.RemoveLearnerRequest
-	14, // 8: raftq.v1.ClusterAdmin.StepDown:input_type -> raftq.v1.StepDownRequest
-	0,  // 9: raftq.v1.ClusterAdmin.MoveReplica:input_type -> raftq.v1.MoveReplicaRequest
-	2,  // 10: raftq.v1.ClusterAdmin.OpenReplica:input_type -> raftq.v1.OpenReplicaRequest
-	4,  // 11: raftq.v1.ClusterAdmin.DropReplica:input_type -> raftq.v1.DropReplicaRequest
-	19, // 12: raftq.v1.RaftTransport.AppendEntries:input_type -> raftq.v1.RaftMessage
-	19, // 13: raftq.v1.RaftTransport.Vote:input_type -> raftq.v1.RaftMessage
-	19, // 14: raftq.v1.RaftTransport.InstallSnapshot:input_type -> raftq.v1.RaftMessage
-	17, // 15: raftq.v1.RaftTransport.Campaign:input_type -> raftq.v1.CampaignRequest
-	9,  // 16: raftq.v1.ClusterAdmin.Status:output_type -> raftq.v1.ClusterStatus
-	9,  // 17: raftq.v1.ClusterAdmin.Initialize:output_type -> raftq.v1.ClusterStatus
-	9,  // 18: raftq.v1.ClusterAdmin.AddLearner:output_type -> raftq.v1.ClusterStatus
-	9,  // 19: raftq.v1.ClusterAdmin.ChangeMembership:output_type -> raftq.v1.ClusterStatus
-	9,  // 20: raftq.v1.ClusterAdmin.RemoveLearner:output_type -> raftq.v1.ClusterStatus
-	16, // 21: raftq.v1.ClusterAdmin.StepDown:output_type -> raftq.v1.StepDownResponse
-	1,  // 22: raftq.v1.ClusterAdmin.MoveReplica:output_type -> raftq.v1.MoveProgress
-	3,  // 23: raftq.v1.ClusterAdmin.OpenReplica:output_type -> raftq.v1.OpenReplicaResponse
-	5,  // 24: raftq.v1.ClusterAdmin.DropReplica:output_type -> raftq.v1.DropReplicaResponse
-	19, // 25: raftq.v1.RaftTransport.AppendEntries:output_type -> raftq.v1.RaftMessage
-	19, // 26: raftq.v1.RaftTransport.Vote:output_type -> raftq.v1.RaftMessage
-	19, // 27: raftq.v1.RaftTransport.InstallSnapshot:output_type -> raftq.v1.RaftMessage
-	18, // 28: raftq.v1.RaftTransport.Campaign:output_type -> raftq.v1.CampaignReply
-	16, // [16:29] is the sub-list for method output_type
-	3,  // [3:16] is the sub-list for method input_type
-	3,  // [3:3] is the sub-list for extension type_name
-	3,  // [3:3] is the sub-list for extension extendee
-	0,  // [0:3] is the sub-list for field type_name
+	0,  // 0: raftq.v1.SetNodesRequest.nodes:type_name -> raftq.v1.NodeSpec
+	0,  // 1: raftq.v1.PlacementStatus.declared:type_name -> raftq.v1.NodeSpec
+	3,  // 2: raftq.v1.PlacementStatus.nodes:type_name -> raftq.v1.NodePlacement
+	4,  // 3: raftq.v1.PlacementStatus.moves:type_name -> raftq.v1.MoveUnderWay
+	12, // 4: raftq.v1.ShardStatus.members:type_name -> raftq.v1.Member
+	13, // 5: raftq.v1.ClusterStatus.shards:type_name -> raftq.v1.ShardStatus
+	21, // 6: raftq.v1.StepDownResponse.shards:type_name -> raftq.v1.ShardHandoff
+	14, // 7: raftq.v1.ClusterAdmin.Status:input_type -> raftq.v1.ClusterStatusRequest
+	16, // 8: raftq.v1.ClusterAdmin.Initialize:input_type -> raftq.v1.InitializeRequest
+	17, // 9: raftq.v1.ClusterAdmin.AddLearner:input_type -> raftq.v1.AddLearnerRequest
+	18, // 10: raftq.v1.ClusterAdmin.ChangeMembership:input_type -> raftq.v1.ChangeMembershipRequest
+	19, // 11: raftq.v1.ClusterAdmin.RemoveLearner:input_type -> raftq.v1.RemoveLearnerRequest
+	20, // 12: raftq.v1.ClusterAdmin.StepDown:input_type -> raftq.v1.StepDownRequest
+	6,  // 13: raftq.v1.ClusterAdmin.MoveReplica:input_type -> raftq.v1.MoveReplicaRequest
+	8,  // 14: raftq.v1.ClusterAdmin.OpenReplica:input_type -> raftq.v1.OpenReplicaRequest
+	10, // 15: raftq.v1.ClusterAdmin.DropReplica:input_type -> raftq.v1.DropReplicaRequest
+	1,  // 16: raftq.v1.ClusterAdmin.SetNodes:input_type -> raftq.v1.SetNodesRequest
+	2,  // 17: raftq.v1.ClusterAdmin.GetPlacement:input_type -> raftq.v1.GetPlacementRequest
+	25, // 18: raftq.v1.RaftTransport.AppendEntries:input_type -> raftq.v1.RaftMessage
+	25, // 19: raftq.v1.RaftTransport.Vote:input_type -> raftq.v1.RaftMessage
+	25, // 20: raftq.v1.RaftTransport.InstallSnapshot:input_type -> raftq.v1.RaftMessage
+	23, // 21: raftq.v1.RaftTransport.Campaign:input_type -> raftq.v1.CampaignRequest
+	15, // 22: raftq.v1.ClusterAdmin.Status:output_type -> raftq.v1.ClusterStatus
+	15, // 23: raftq.v1.ClusterAdmin.Initialize:output_type -> raftq.v1.ClusterStatus
+	15, // 24: raftq.v1.ClusterAdmin.AddLearner:output_type -> raftq.v1.ClusterStatus
+	15, // 25: raftq.v1.ClusterAdmin.ChangeMembership:output_type -> raftq.v1.ClusterStatus
+	15, // 26: raftq.v1.ClusterAdmin.RemoveLearner:output_type -> raftq.v1.ClusterStatus
+	22, // 27: raftq.v1.ClusterAdmin.StepDown:output_type -> raftq.v1.StepDownResponse
+	7,  // 28: raftq.v1.ClusterAdmin.MoveReplica:output_type -> raftq.v1.MoveProgress
+	9,  // 29: raftq.v1.ClusterAdmin.OpenReplica:output_type -> raftq.v1.OpenReplicaResponse
+	11, // 30: raftq.v1.ClusterAdmin.DropReplica:output_type -> raftq.v1.DropReplicaResponse
+	5,  // 31: raftq.v1.ClusterAdmin.SetNodes:output_type -> raftq.v1.PlacementStatus
+	5,  // 32: raftq.v1.ClusterAdmin.GetPlacement:output_type -> raftq.v1.PlacementStatus
+	25, // 33: raftq.v1.RaftTransport.AppendEntries:output_type -> raftq.v1.RaftMessage
+	25, // 34: raftq.v1.RaftTransport.Vote:output_type -> raftq.v1.RaftMessage
+	25, // 35: raftq.v1.RaftTransport.InstallSnapshot:output_type -> raftq.v1.RaftMessage
+	24, // 36: raftq.v1.RaftTransport.Campaign:output_type -> raftq.v1.CampaignReply
+	22, // [22:37] is the sub-list for method output_type
+	7,  // [7:22] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_raftq_v1_cluster_proto_init() }
@@ -1394,17 +1808,17 @@ func file_raftq_v1_cluster_proto_init() {
 	if File_raftq_v1_cluster_proto != nil {
 		return
 	}
-	file_raftq_v1_cluster_proto_msgTypes[11].OneofWrappers = []any{}
-	file_raftq_v1_cluster_proto_msgTypes[12].OneofWrappers = []any{}
-	file_raftq_v1_cluster_proto_msgTypes[13].OneofWrappers = []any{}
-	file_raftq_v1_cluster_proto_msgTypes[14].OneofWrappers = []any{}
+	file_raftq_v1_cluster_proto_msgTypes[17].OneofWrappers = []any{}
+	file_raftq_v1_cluster_proto_msgTypes[18].OneofWrappers = []any{}
+	file_raftq_v1_cluster_proto_msgTypes[19].OneofWrappers = []any{}
+	file_raftq_v1_cluster_proto_msgTypes[20].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftq_v1_cluster_proto_rawDesc), len(file_raftq_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

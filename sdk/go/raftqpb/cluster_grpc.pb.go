@@ -31,6 +31,8 @@ const (
 	ClusterAdmin_MoveReplica_FullMethodName      = "/raftq.v1.ClusterAdmin/MoveReplica"
 	ClusterAdmin_OpenReplica_FullMethodName      = "/raftq.v1.ClusterAdmin/OpenReplica"
 	ClusterAdmin_DropReplica_FullMethodName      = "/raftq.v1.ClusterAdmin/DropReplica"
+	ClusterAdmin_SetNodes_FullMethodName         = "/raftq.v1.ClusterAdmin/SetNodes"
+	ClusterAdmin_GetPlacement_FullMethodName     = "/raftq.v1.ClusterAdmin/GetPlacement"
 )
 
 // ClusterAdminClient is the client API for ClusterAdmin service.
@@ -75,6 +77,20 @@ type ClusterAdminClient interface {
 	// Deletes this node's copy of a shard. Refused (FAILED_PRECONDITION)
 	// unless the shard's leader confirms this node is no member of it.
 	DropReplica(ctx context.Context, in *DropReplicaRequest, opts ...grpc.CallOption) (*DropReplicaResponse, error)
+	// Declares the nodes the shards' replicas are placed on, replacing the
+	// declared set (kept in shard 0's Raft log: shard 0 is the metadata
+	// shard). The placement coordinator, on the node that leads shard 0,
+	// then moves replicas (MoveReplica's steps, at most one move per node at
+	// a time) until replicas and leaderships are even over the nodes that
+	// are not draining, and no replica is left on a draining or undeclared
+	// node. Only for a cluster with a replication factor. Refused
+	// (FAILED_PRECONDITION) when a new node does not answer at its address
+	// as that node, or fewer nodes than the replication factor would take
+	// replicas.
+	SetNodes(ctx context.Context, in *SetNodesRequest, opts ...grpc.CallOption) (*PlacementStatus, error)
+	// The declared nodes, where replicas are now, and the moves under way
+	// (answered by the coordinator).
+	GetPlacement(ctx context.Context, in *GetPlacementRequest, opts ...grpc.CallOption) (*PlacementStatus, error)
 }
 
 type clusterAdminClient struct {
@@ -184,6 +200,26 @@ func (c *clusterAdminClient) DropReplica(ctx context.Context, in *DropReplicaReq
 	return out, nil
 }
 
+func (c *clusterAdminClient) SetNodes(ctx context.Context, in *SetNodesRequest, opts ...grpc.CallOption) (*PlacementStatus, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PlacementStatus)
+	err := c.cc.Invoke(ctx, ClusterAdmin_SetNodes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterAdminClient) GetPlacement(ctx context.Context, in *GetPlacementRequest, opts ...grpc.CallOption) (*PlacementStatus, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PlacementStatus)
+	err := c.cc.Invoke(ctx, ClusterAdmin_GetPlacement_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterAdminServer is the server API for ClusterAdmin service.
 // All implementations must embed UnimplementedClusterAdminServer
 // for forward compatibility.
@@ -226,6 +262,20 @@ type ClusterAdminServer interface {
 	// Deletes this node's copy of a shard. Refused (FAILED_PRECONDITION)
 	// unless the shard's leader confirms this node is no member of it.
 	DropReplica(context.Context, *DropReplicaRequest) (*DropReplicaResponse, error)
+	// Declares the nodes the shards' replicas are placed on, replacing the
+	// declared set (kept in shard 0's Raft log: shard 0 is the metadata
+	// shard). The placement coordinator, on the node that leads shard 0,
+	// then moves replicas (MoveReplica's steps, at most one move per node at
+	// a time) until replicas and leaderships are even over the nodes that
+	// are not draining, and no replica is left on a draining or undeclared
+	// node. Only for a cluster with a replication factor. Refused
+	// (FAILED_PRECONDITION) when a new node does not answer at its address
+	// as that node, or fewer nodes than the replication factor would take
+	// replicas.
+	SetNodes(context.Context, *SetNodesRequest) (*PlacementStatus, error)
+	// The declared nodes, where replicas are now, and the moves under way
+	// (answered by the coordinator).
+	GetPlacement(context.Context, *GetPlacementRequest) (*PlacementStatus, error)
 	mustEmbedUnimplementedClusterAdminServer()
 }
 
@@ -262,6 +312,12 @@ func (UnimplementedClusterAdminServer) OpenReplica(context.Context, *OpenReplica
 }
 func (UnimplementedClusterAdminServer) DropReplica(context.Context, *DropReplicaRequest) (*DropReplicaResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DropReplica not implemented")
+}
+func (UnimplementedClusterAdminServer) SetNodes(context.Context, *SetNodesRequest) (*PlacementStatus, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetNodes not implemented")
+}
+func (UnimplementedClusterAdminServer) GetPlacement(context.Context, *GetPlacementRequest) (*PlacementStatus, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetPlacement not implemented")
 }
 func (UnimplementedClusterAdminServer) mustEmbedUnimplementedClusterAdminServer() {}
 func (UnimplementedClusterAdminServer) testEmbeddedByValue()                      {}
@@ -439,6 +495,42 @@ func _ClusterAdmin_DropReplica_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClusterAdmin_SetNodes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetNodesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterAdminServer).SetNodes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterAdmin_SetNodes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterAdminServer).SetNodes(ctx, req.(*SetNodesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterAdmin_GetPlacement_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetPlacementRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterAdminServer).GetPlacement(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterAdmin_GetPlacement_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterAdminServer).GetPlacement(ctx, req.(*GetPlacementRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ClusterAdmin_ServiceDesc is the grpc.ServiceDesc for ClusterAdmin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -477,6 +569,14 @@ var ClusterAdmin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DropReplica",
 			Handler:    _ClusterAdmin_DropReplica_Handler,
+		},
+		{
+			MethodName: "SetNodes",
+			Handler:    _ClusterAdmin_SetNodes_Handler,
+		},
+		{
+			MethodName: "GetPlacement",
+			Handler:    _ClusterAdmin_GetPlacement_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -30,6 +30,61 @@ export const protobufFileName = "raftq/v1/cluster.proto";
  * and the node-to-node Raft transport.
  */
 
+export interface NodeSpec {
+  nodeId: number;
+  /** Its peer address. */
+  addr: string;
+  /**
+   * Its failure domain (e.g. the Kubernetes zone); a shard's replicas are
+   * spread over as many zones as there are. Empty: none.
+   */
+  zone: string;
+  /**
+   * Being emptied: it takes no replicas and no leadership, and its
+   * replicas are moved to the other nodes.
+   */
+  draining: boolean;
+}
+
+export interface SetNodesRequest {
+  nodes: NodeSpec[];
+}
+
+export interface GetPlacementRequest {
+}
+
+export interface NodePlacement {
+  nodeId: number;
+  /** Shards it is a voter of. */
+  replicas: number;
+  /** Shards it leads. */
+  leads: number;
+}
+
+export interface MoveUnderWay {
+  shard: number;
+  addNode: number;
+  removeNode: number;
+  /** As in MoveProgress.phase. */
+  phase: string;
+}
+
+export interface PlacementStatus {
+  /** The node that answered: the coordinator. */
+  coordinator: number;
+  replicationFactor: number;
+  /**
+   * The declared nodes; empty when none were declared yet (the replicas
+   * stay where the cluster placed them at creation).
+   */
+  declared: NodeSpec[];
+  /** Every node holding a replica or declared, with its counts now. */
+  nodes: NodePlacement[];
+  moves: MoveUnderWay[];
+  /** True when no move is under way or needed. */
+  balanced: boolean;
+}
+
 export interface MoveReplicaRequest {
   shard: number;
   /** The node that gets a replica; 0 = none (only remove one). */
@@ -206,6 +261,563 @@ export interface RaftMessage {
    */
   format: number;
 }
+
+function createBaseNodeSpec(): NodeSpec {
+  return { nodeId: 0, addr: "", zone: "", draining: false };
+}
+
+export const NodeSpec: MessageFns<NodeSpec> = {
+  encode(message: NodeSpec, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.nodeId !== 0) {
+      writer.uint32(8).uint64(message.nodeId);
+    }
+    if (message.addr !== "") {
+      writer.uint32(18).string(message.addr);
+    }
+    if (message.zone !== "") {
+      writer.uint32(26).string(message.zone);
+    }
+    if (message.draining !== false) {
+      writer.uint32(32).bool(message.draining);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): NodeSpec {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseNodeSpec();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.nodeId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.addr = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.zone = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.draining = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): NodeSpec {
+    return {
+      nodeId: isSet(object.nodeId)
+        ? globalThis.Number(object.nodeId)
+        : isSet(object.node_id)
+        ? globalThis.Number(object.node_id)
+        : 0,
+      addr: isSet(object.addr) ? globalThis.String(object.addr) : "",
+      zone: isSet(object.zone) ? globalThis.String(object.zone) : "",
+      draining: isSet(object.draining) ? globalThis.Boolean(object.draining) : false,
+    };
+  },
+
+  toJSON(message: NodeSpec): unknown {
+    const obj: any = {};
+    if (message.nodeId !== 0) {
+      obj.nodeId = Math.round(message.nodeId);
+    }
+    if (message.addr !== "") {
+      obj.addr = message.addr;
+    }
+    if (message.zone !== "") {
+      obj.zone = message.zone;
+    }
+    if (message.draining !== false) {
+      obj.draining = message.draining;
+    }
+    return obj;
+  },
+};
+
+function createBaseSetNodesRequest(): SetNodesRequest {
+  return { nodes: [] };
+}
+
+export const SetNodesRequest: MessageFns<SetNodesRequest> = {
+  encode(message: SetNodesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.nodes) {
+      NodeSpec.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetNodesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetNodesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.nodes.push(NodeSpec.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetNodesRequest {
+    return { nodes: globalThis.Array.isArray(object?.nodes) ? object.nodes.map((e: any) => NodeSpec.fromJSON(e)) : [] };
+  },
+
+  toJSON(message: SetNodesRequest): unknown {
+    const obj: any = {};
+    if (message.nodes?.length) {
+      obj.nodes = message.nodes.map((e) => NodeSpec.toJSON(e));
+    }
+    return obj;
+  },
+};
+
+function createBaseGetPlacementRequest(): GetPlacementRequest {
+  return {};
+}
+
+export const GetPlacementRequest: MessageFns<GetPlacementRequest> = {
+  encode(_: GetPlacementRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetPlacementRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetPlacementRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetPlacementRequest {
+    return {};
+  },
+
+  toJSON(_: GetPlacementRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+};
+
+function createBaseNodePlacement(): NodePlacement {
+  return { nodeId: 0, replicas: 0, leads: 0 };
+}
+
+export const NodePlacement: MessageFns<NodePlacement> = {
+  encode(message: NodePlacement, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.nodeId !== 0) {
+      writer.uint32(8).uint64(message.nodeId);
+    }
+    if (message.replicas !== 0) {
+      writer.uint32(16).uint32(message.replicas);
+    }
+    if (message.leads !== 0) {
+      writer.uint32(24).uint32(message.leads);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): NodePlacement {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseNodePlacement();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.nodeId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.replicas = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.leads = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): NodePlacement {
+    return {
+      nodeId: isSet(object.nodeId)
+        ? globalThis.Number(object.nodeId)
+        : isSet(object.node_id)
+        ? globalThis.Number(object.node_id)
+        : 0,
+      replicas: isSet(object.replicas) ? globalThis.Number(object.replicas) : 0,
+      leads: isSet(object.leads) ? globalThis.Number(object.leads) : 0,
+    };
+  },
+
+  toJSON(message: NodePlacement): unknown {
+    const obj: any = {};
+    if (message.nodeId !== 0) {
+      obj.nodeId = Math.round(message.nodeId);
+    }
+    if (message.replicas !== 0) {
+      obj.replicas = Math.round(message.replicas);
+    }
+    if (message.leads !== 0) {
+      obj.leads = Math.round(message.leads);
+    }
+    return obj;
+  },
+};
+
+function createBaseMoveUnderWay(): MoveUnderWay {
+  return { shard: 0, addNode: 0, removeNode: 0, phase: "" };
+}
+
+export const MoveUnderWay: MessageFns<MoveUnderWay> = {
+  encode(message: MoveUnderWay, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.shard !== 0) {
+      writer.uint32(8).uint32(message.shard);
+    }
+    if (message.addNode !== 0) {
+      writer.uint32(16).uint64(message.addNode);
+    }
+    if (message.removeNode !== 0) {
+      writer.uint32(24).uint64(message.removeNode);
+    }
+    if (message.phase !== "") {
+      writer.uint32(34).string(message.phase);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MoveUnderWay {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMoveUnderWay();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.shard = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.addNode = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.removeNode = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.phase = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MoveUnderWay {
+    return {
+      shard: isSet(object.shard) ? globalThis.Number(object.shard) : 0,
+      addNode: isSet(object.addNode)
+        ? globalThis.Number(object.addNode)
+        : isSet(object.add_node)
+        ? globalThis.Number(object.add_node)
+        : 0,
+      removeNode: isSet(object.removeNode)
+        ? globalThis.Number(object.removeNode)
+        : isSet(object.remove_node)
+        ? globalThis.Number(object.remove_node)
+        : 0,
+      phase: isSet(object.phase) ? globalThis.String(object.phase) : "",
+    };
+  },
+
+  toJSON(message: MoveUnderWay): unknown {
+    const obj: any = {};
+    if (message.shard !== 0) {
+      obj.shard = Math.round(message.shard);
+    }
+    if (message.addNode !== 0) {
+      obj.addNode = Math.round(message.addNode);
+    }
+    if (message.removeNode !== 0) {
+      obj.removeNode = Math.round(message.removeNode);
+    }
+    if (message.phase !== "") {
+      obj.phase = message.phase;
+    }
+    return obj;
+  },
+};
+
+function createBasePlacementStatus(): PlacementStatus {
+  return { coordinator: 0, replicationFactor: 0, declared: [], nodes: [], moves: [], balanced: false };
+}
+
+export const PlacementStatus: MessageFns<PlacementStatus> = {
+  encode(message: PlacementStatus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.coordinator !== 0) {
+      writer.uint32(8).uint64(message.coordinator);
+    }
+    if (message.replicationFactor !== 0) {
+      writer.uint32(16).uint32(message.replicationFactor);
+    }
+    for (const v of message.declared) {
+      NodeSpec.encode(v!, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.nodes) {
+      NodePlacement.encode(v!, writer.uint32(34).fork()).join();
+    }
+    for (const v of message.moves) {
+      MoveUnderWay.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.balanced !== false) {
+      writer.uint32(48).bool(message.balanced);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PlacementStatus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePlacementStatus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.coordinator = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.replicationFactor = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.declared.push(NodeSpec.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.nodes.push(NodePlacement.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.moves.push(MoveUnderWay.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.balanced = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PlacementStatus {
+    return {
+      coordinator: isSet(object.coordinator) ? globalThis.Number(object.coordinator) : 0,
+      replicationFactor: isSet(object.replicationFactor)
+        ? globalThis.Number(object.replicationFactor)
+        : isSet(object.replication_factor)
+        ? globalThis.Number(object.replication_factor)
+        : 0,
+      declared: globalThis.Array.isArray(object?.declared) ? object.declared.map((e: any) => NodeSpec.fromJSON(e)) : [],
+      nodes: globalThis.Array.isArray(object?.nodes) ? object.nodes.map((e: any) => NodePlacement.fromJSON(e)) : [],
+      moves: globalThis.Array.isArray(object?.moves) ? object.moves.map((e: any) => MoveUnderWay.fromJSON(e)) : [],
+      balanced: isSet(object.balanced) ? globalThis.Boolean(object.balanced) : false,
+    };
+  },
+
+  toJSON(message: PlacementStatus): unknown {
+    const obj: any = {};
+    if (message.coordinator !== 0) {
+      obj.coordinator = Math.round(message.coordinator);
+    }
+    if (message.replicationFactor !== 0) {
+      obj.replicationFactor = Math.round(message.replicationFactor);
+    }
+    if (message.declared?.length) {
+      obj.declared = message.declared.map((e) => NodeSpec.toJSON(e));
+    }
+    if (message.nodes?.length) {
+      obj.nodes = message.nodes.map((e) => NodePlacement.toJSON(e));
+    }
+    if (message.moves?.length) {
+      obj.moves = message.moves.map((e) => MoveUnderWay.toJSON(e));
+    }
+    if (message.balanced !== false) {
+      obj.balanced = message.balanced;
+    }
+    return obj;
+  },
+};
 
 function createBaseMoveReplicaRequest(): MoveReplicaRequest {
   return { shard: 0, addNode: 0, addAddr: "", removeNode: 0, stallAfterMs: 0 };
@@ -2140,6 +2752,40 @@ export const ClusterAdminService = {
     responseSerialize: (value: DropReplicaResponse): Buffer => Buffer.from(DropReplicaResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DropReplicaResponse => DropReplicaResponse.decode(value),
   },
+  /**
+   * Declares the nodes the shards' replicas are placed on, replacing the
+   * declared set (kept in shard 0's Raft log: shard 0 is the metadata
+   * shard). The placement coordinator, on the node that leads shard 0,
+   * then moves replicas (MoveReplica's steps, at most one move per node at
+   * a time) until replicas and leaderships are even over the nodes that
+   * are not draining, and no replica is left on a draining or undeclared
+   * node. Only for a cluster with a replication factor. Refused
+   * (FAILED_PRECONDITION) when a new node does not answer at its address
+   * as that node, or fewer nodes than the replication factor would take
+   * replicas.
+   */
+  setNodes: {
+    path: "/raftq.v1.ClusterAdmin/SetNodes" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetNodesRequest): Buffer => Buffer.from(SetNodesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetNodesRequest => SetNodesRequest.decode(value),
+    responseSerialize: (value: PlacementStatus): Buffer => Buffer.from(PlacementStatus.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PlacementStatus => PlacementStatus.decode(value),
+  },
+  /**
+   * The declared nodes, where replicas are now, and the moves under way
+   * (answered by the coordinator).
+   */
+  getPlacement: {
+    path: "/raftq.v1.ClusterAdmin/GetPlacement" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetPlacementRequest): Buffer => Buffer.from(GetPlacementRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetPlacementRequest => GetPlacementRequest.decode(value),
+    responseSerialize: (value: PlacementStatus): Buffer => Buffer.from(PlacementStatus.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PlacementStatus => PlacementStatus.decode(value),
+  },
 } as const;
 
 export interface ClusterAdminServer extends UntypedServiceImplementation {
@@ -2197,6 +2843,24 @@ export interface ClusterAdminServer extends UntypedServiceImplementation {
    * unless the shard's leader confirms this node is no member of it.
    */
   dropReplica: handleUnaryCall<DropReplicaRequest, DropReplicaResponse>;
+  /**
+   * Declares the nodes the shards' replicas are placed on, replacing the
+   * declared set (kept in shard 0's Raft log: shard 0 is the metadata
+   * shard). The placement coordinator, on the node that leads shard 0,
+   * then moves replicas (MoveReplica's steps, at most one move per node at
+   * a time) until replicas and leaderships are even over the nodes that
+   * are not draining, and no replica is left on a draining or undeclared
+   * node. Only for a cluster with a replication factor. Refused
+   * (FAILED_PRECONDITION) when a new node does not answer at its address
+   * as that node, or fewer nodes than the replication factor would take
+   * replicas.
+   */
+  setNodes: handleUnaryCall<SetNodesRequest, PlacementStatus>;
+  /**
+   * The declared nodes, where replicas are now, and the moves under way
+   * (answered by the coordinator).
+   */
+  getPlacement: handleUnaryCall<GetPlacementRequest, PlacementStatus>;
 }
 
 export interface ClusterAdminClient extends Client {
@@ -2370,6 +3034,52 @@ export interface ClusterAdminClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DropReplicaResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Declares the nodes the shards' replicas are placed on, replacing the
+   * declared set (kept in shard 0's Raft log: shard 0 is the metadata
+   * shard). The placement coordinator, on the node that leads shard 0,
+   * then moves replicas (MoveReplica's steps, at most one move per node at
+   * a time) until replicas and leaderships are even over the nodes that
+   * are not draining, and no replica is left on a draining or undeclared
+   * node. Only for a cluster with a replication factor. Refused
+   * (FAILED_PRECONDITION) when a new node does not answer at its address
+   * as that node, or fewer nodes than the replication factor would take
+   * replicas.
+   */
+  setNodes(
+    request: SetNodesRequest,
+    callback: (error: ServiceError | null, response: PlacementStatus) => void,
+  ): ClientUnaryCall;
+  setNodes(
+    request: SetNodesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PlacementStatus) => void,
+  ): ClientUnaryCall;
+  setNodes(
+    request: SetNodesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PlacementStatus) => void,
+  ): ClientUnaryCall;
+  /**
+   * The declared nodes, where replicas are now, and the moves under way
+   * (answered by the coordinator).
+   */
+  getPlacement(
+    request: GetPlacementRequest,
+    callback: (error: ServiceError | null, response: PlacementStatus) => void,
+  ): ClientUnaryCall;
+  getPlacement(
+    request: GetPlacementRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PlacementStatus) => void,
+  ): ClientUnaryCall;
+  getPlacement(
+    request: GetPlacementRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PlacementStatus) => void,
   ): ClientUnaryCall;
 }
 

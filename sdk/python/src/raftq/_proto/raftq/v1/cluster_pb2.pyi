@@ -6,6 +6,66 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class NodeSpec(_message.Message):
+    __slots__ = ("node_id", "addr", "zone", "draining")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDR_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    addr: str
+    zone: str
+    draining: bool
+    def __init__(self, node_id: _Optional[int] = ..., addr: _Optional[str] = ..., zone: _Optional[str] = ..., draining: _Optional[bool] = ...) -> None: ...
+
+class SetNodesRequest(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeSpec]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeSpec, _Mapping]]] = ...) -> None: ...
+
+class GetPlacementRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodePlacement(_message.Message):
+    __slots__ = ("node_id", "replicas", "leads")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    LEADS_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    replicas: int
+    leads: int
+    def __init__(self, node_id: _Optional[int] = ..., replicas: _Optional[int] = ..., leads: _Optional[int] = ...) -> None: ...
+
+class MoveUnderWay(_message.Message):
+    __slots__ = ("shard", "add_node", "remove_node", "phase")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    ADD_NODE_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_NODE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    add_node: int
+    remove_node: int
+    phase: str
+    def __init__(self, shard: _Optional[int] = ..., add_node: _Optional[int] = ..., remove_node: _Optional[int] = ..., phase: _Optional[str] = ...) -> None: ...
+
+class PlacementStatus(_message.Message):
+    __slots__ = ("coordinator", "replication_factor", "declared", "nodes", "moves", "balanced")
+    COORDINATOR_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    DECLARED_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    MOVES_FIELD_NUMBER: _ClassVar[int]
+    BALANCED_FIELD_NUMBER: _ClassVar[int]
+    coordinator: int
+    replication_factor: int
+    declared: _containers.RepeatedCompositeFieldContainer[NodeSpec]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodePlacement]
+    moves: _containers.RepeatedCompositeFieldContainer[MoveUnderWay]
+    balanced: bool
+    def __init__(self, coordinator: _Optional[int] = ..., replication_factor: _Optional[int] = ..., declared: _Optional[_Iterable[_Union[NodeSpec, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodePlacement, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[MoveUnderWay, _Mapping]]] = ..., balanced: _Optional[bool] = ...) -> None: ...
+
 class MoveReplicaRequest(_message.Message):
     __slots__ = ("shard", "add_node", "add_addr", "remove_node", "stall_after_ms")
     SHARD_FIELD_NUMBER: _ClassVar[int]

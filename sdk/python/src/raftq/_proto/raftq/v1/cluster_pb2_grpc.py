@@ -79,6 +79,16 @@ class ClusterAdminStub:
                 request_serializer=raftq_dot_v1_dot_cluster__pb2.DropReplicaRequest.SerializeToString,
                 response_deserializer=raftq_dot_v1_dot_cluster__pb2.DropReplicaResponse.FromString,
                 _registered_method=True)
+        self.SetNodes = channel.unary_unary(
+                '/raftq.v1.ClusterAdmin/SetNodes',
+                request_serializer=raftq_dot_v1_dot_cluster__pb2.SetNodesRequest.SerializeToString,
+                response_deserializer=raftq_dot_v1_dot_cluster__pb2.PlacementStatus.FromString,
+                _registered_method=True)
+        self.GetPlacement = channel.unary_unary(
+                '/raftq.v1.ClusterAdmin/GetPlacement',
+                request_serializer=raftq_dot_v1_dot_cluster__pb2.GetPlacementRequest.SerializeToString,
+                response_deserializer=raftq_dot_v1_dot_cluster__pb2.PlacementStatus.FromString,
+                _registered_method=True)
 
 
 class ClusterAdminServicer:
@@ -167,6 +177,30 @@ class ClusterAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetNodes(self, request, context):
+        """Declares the nodes the shards' replicas are placed on, replacing the
+        declared set (kept in shard 0's Raft log: shard 0 is the metadata
+        shard). The placement coordinator, on the node that leads shard 0,
+        then moves replicas (MoveReplica's steps, at most one move per node at
+        a time) until replicas and leaderships are even over the nodes that
+        are not draining, and no replica is left on a draining or undeclared
+        node. Only for a cluster with a replication factor. Refused
+        (FAILED_PRECONDITION) when a new node does not answer at its address
+        as that node, or fewer nodes than the replication factor would take
+        replicas.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPlacement(self, request, context):
+        """The declared nodes, where replicas are now, and the moves under way
+        (answered by the coordinator).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -214,6 +248,16 @@ def add_ClusterAdminServicer_to_server(servicer, server):
                     servicer.DropReplica,
                     request_deserializer=raftq_dot_v1_dot_cluster__pb2.DropReplicaRequest.FromString,
                     response_serializer=raftq_dot_v1_dot_cluster__pb2.DropReplicaResponse.SerializeToString,
+            ),
+            'SetNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetNodes,
+                    request_deserializer=raftq_dot_v1_dot_cluster__pb2.SetNodesRequest.FromString,
+                    response_serializer=raftq_dot_v1_dot_cluster__pb2.PlacementStatus.SerializeToString,
+            ),
+            'GetPlacement': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPlacement,
+                    request_deserializer=raftq_dot_v1_dot_cluster__pb2.GetPlacementRequest.FromString,
+                    response_serializer=raftq_dot_v1_dot_cluster__pb2.PlacementStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -459,6 +503,60 @@ class ClusterAdmin:
             '/raftq.v1.ClusterAdmin/DropReplica',
             raftq_dot_v1_dot_cluster__pb2.DropReplicaRequest.SerializeToString,
             raftq_dot_v1_dot_cluster__pb2.DropReplicaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftq.v1.ClusterAdmin/SetNodes',
+            raftq_dot_v1_dot_cluster__pb2.SetNodesRequest.SerializeToString,
+            raftq_dot_v1_dot_cluster__pb2.PlacementStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPlacement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftq.v1.ClusterAdmin/GetPlacement',
+            raftq_dot_v1_dot_cluster__pb2.GetPlacementRequest.SerializeToString,
+            raftq_dot_v1_dot_cluster__pb2.PlacementStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -79,6 +79,22 @@ class ClusterAdminStub:
     """Deletes this node's copy of a shard. Refused (FAILED_PRECONDITION)
     unless the shard's leader confirms this node is no member of it.
     """
+    SetNodes: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.SetNodesRequest, _cluster_pb2.PlacementStatus]
+    """Declares the nodes the shards' replicas are placed on, replacing the
+    declared set (kept in shard 0's Raft log: shard 0 is the metadata
+    shard). The placement coordinator, on the node that leads shard 0,
+    then moves replicas (MoveReplica's steps, at most one move per node at
+    a time) until replicas and leaderships are even over the nodes that
+    are not draining, and no replica is left on a draining or undeclared
+    node. Only for a cluster with a replication factor. Refused
+    (FAILED_PRECONDITION) when a new node does not answer at its address
+    as that node, or fewer nodes than the replication factor would take
+    replicas.
+    """
+    GetPlacement: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.GetPlacementRequest, _cluster_pb2.PlacementStatus]
+    """The declared nodes, where replicas are now, and the moves under way
+    (answered by the coordinator).
+    """
 
 @_typing.type_check_only
 class ClusterAdminAsyncStub(ClusterAdminStub):
@@ -128,6 +144,22 @@ class ClusterAdminAsyncStub(ClusterAdminStub):
     DropReplica: _aio.UnaryUnaryMultiCallable[_cluster_pb2.DropReplicaRequest, _cluster_pb2.DropReplicaResponse]  # type: ignore[assignment]
     """Deletes this node's copy of a shard. Refused (FAILED_PRECONDITION)
     unless the shard's leader confirms this node is no member of it.
+    """
+    SetNodes: _aio.UnaryUnaryMultiCallable[_cluster_pb2.SetNodesRequest, _cluster_pb2.PlacementStatus]  # type: ignore[assignment]
+    """Declares the nodes the shards' replicas are placed on, replacing the
+    declared set (kept in shard 0's Raft log: shard 0 is the metadata
+    shard). The placement coordinator, on the node that leads shard 0,
+    then moves replicas (MoveReplica's steps, at most one move per node at
+    a time) until replicas and leaderships are even over the nodes that
+    are not draining, and no replica is left on a draining or undeclared
+    node. Only for a cluster with a replication factor. Refused
+    (FAILED_PRECONDITION) when a new node does not answer at its address
+    as that node, or fewer nodes than the replication factor would take
+    replicas.
+    """
+    GetPlacement: _aio.UnaryUnaryMultiCallable[_cluster_pb2.GetPlacementRequest, _cluster_pb2.PlacementStatus]  # type: ignore[assignment]
+    """The declared nodes, where replicas are now, and the moves under way
+    (answered by the coordinator).
     """
 
 class ClusterAdminServicer(metaclass=_abc_1.ABCMeta):
@@ -229,6 +261,34 @@ class ClusterAdminServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_cluster_pb2.DropReplicaResponse, _abc.Awaitable[_cluster_pb2.DropReplicaResponse]]:
         """Deletes this node's copy of a shard. Refused (FAILED_PRECONDITION)
         unless the shard's leader confirms this node is no member of it.
+        """
+
+    @_abc_1.abstractmethod
+    def SetNodes(
+        self,
+        request: _cluster_pb2.SetNodesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.PlacementStatus, _abc.Awaitable[_cluster_pb2.PlacementStatus]]:
+        """Declares the nodes the shards' replicas are placed on, replacing the
+        declared set (kept in shard 0's Raft log: shard 0 is the metadata
+        shard). The placement coordinator, on the node that leads shard 0,
+        then moves replicas (MoveReplica's steps, at most one move per node at
+        a time) until replicas and leaderships are even over the nodes that
+        are not draining, and no replica is left on a draining or undeclared
+        node. Only for a cluster with a replication factor. Refused
+        (FAILED_PRECONDITION) when a new node does not answer at its address
+        as that node, or fewer nodes than the replication factor would take
+        replicas.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPlacement(
+        self,
+        request: _cluster_pb2.GetPlacementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.PlacementStatus, _abc.Awaitable[_cluster_pb2.PlacementStatus]]:
+        """The declared nodes, where replicas are now, and the moves under way
+        (answered by the coordinator).
         """
 
 def add_ClusterAdminServicer_to_server(servicer: ClusterAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

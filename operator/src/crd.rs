@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.auth) || !has(self.auth.enabled) || self.auth.enabled || (has(self.tls) && has(self.tls.allowInsecure) && self.tls.allowInsecure)").message("auth.enabled: false lets anyone who reaches the client port do anything; set tls.allowInsecure: true to accept that"))]
 #[x_kube(validation = Rule::new("has(self.replicationFactor) ? self.replicas >= self.replicationFactor : self.replicas % 2 == 1 && self.replicas <= 7").message("without replicationFactor every node holds every shard, so replicas must be odd (1, 3, 5 or 7: Raft needs a majority); with it, replicas must be at least replicationFactor"))]
-#[x_kube(validation = Rule::new("has(self.replicationFactor) == has(oldSelf.replicationFactor) && (!has(self.replicationFactor) || (self.replicationFactor == oldSelf.replicationFactor && self.replicas == oldSelf.replicas))").message("replicationFactor is fixed at creation, and while it is set so is replicas: the shards are placed on the nodes when the cluster is created, and moving them between nodes is not built yet"))]
+#[x_kube(validation = Rule::new("has(self.replicationFactor) == has(oldSelf.replicationFactor) && (!has(self.replicationFactor) || self.replicationFactor == oldSelf.replicationFactor)").message("replicationFactor is fixed at creation: it can be neither added, removed nor changed later (each shard keeps its number of voters)"))]
 pub struct JobQueueSpec {
     /// Queue nodes. Without `replicationFactor`, odd (at most 7) so that a
     /// majority survives the loss of the rest.
@@ -36,8 +36,9 @@ pub struct JobQueueSpec {
     pub replicas: i32,
     /// Voters per shard: 1, 3 or 5. Set, each node holds only the shards
     /// placed on it (replicas and leaderships even over the nodes), so
-    /// more nodes carry more load. Unset, every node holds every shard.
-    /// Fixed at creation, and while set so is `replicas`.
+    /// more nodes carry more load; changing `replicas` then moves replicas
+    /// onto new pods, or off the highest pods before they are removed.
+    /// Unset, every node holds every shard. Fixed at creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self == 1 || self == 3 || self == 5").message("replicationFactor must be 1, 3 or 5"))]
     pub replication_factor: Option<i32>,
@@ -381,6 +382,14 @@ pub struct JobQueueStatus {
     /// How many shards each node holds and leads.
     #[serde(default)]
     pub nodes: Vec<NodeStatus>,
+    /// With `replicationFactor`: the pods the cluster was created with
+    /// (they start with the whole initial membership; pods added later
+    /// join, and get replicas by moves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_members: Option<i32>,
+    /// With `replicationFactor`: the replica moves under way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moves: Vec<MoveStatus>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// host:port clients connect to (the client Service).
@@ -406,6 +415,18 @@ pub struct NodeStatus {
     pub replicas: i32,
     /// Shards it leads.
     pub leads: i32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MoveStatus {
+    pub shard: i32,
+    /// The node losing its replica; 0 for none.
+    pub from_node: i64,
+    /// The node getting one; 0 for none.
+    pub to_node: i64,
+    /// add_learner, catch_up, move_leader, swap, drop_old_copy, ...
+    pub phase: String,
 }
 
 /// A standard Kubernetes condition.

@@ -32,6 +32,8 @@ pub struct ShardView {
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
     pub nodes: BTreeMap<u64, pb::ClusterStatus>,
+    /// A placed queue's declared nodes and moves, from its coordinator.
+    pub placement: Option<pb::PlacementStatus>,
 }
 
 impl Observed {
@@ -101,6 +103,9 @@ pub enum Step {
     AddLearner { id: u64 },
     /// Set the voters of every shard.
     SetVoters { voters: BTreeSet<u64> },
+    /// Declare the nodes a placed queue's replicas go on (node id →
+    /// draining); the queue's coordinator moves them.
+    DeclareNodes { nodes: BTreeMap<u64, bool> },
 }
 
 /// Why no step is taken now.
@@ -275,6 +280,17 @@ pub trait NodeAdmin: Send + Sync {
         addr: &str,
         voters: &BTreeSet<u64>,
     ) -> Result<pb::ClusterStatus, tonic::Status>;
+    async fn get_placement(
+        &self,
+        queue: &QueueRef,
+        addr: &str,
+    ) -> Result<pb::PlacementStatus, tonic::Status>;
+    async fn set_nodes(
+        &self,
+        queue: &QueueRef,
+        addr: &str,
+        nodes: Vec<pb::NodeSpec>,
+    ) -> Result<pb::PlacementStatus, tonic::Status>;
 }
 
 /// Identifies one JobQueue for address lookups, with how to reach its
@@ -315,6 +331,18 @@ pub async fn observe(admin: &dyn NodeAdmin, queue: &QueueRef, replicas: i32) -> 
     observed
 }
 
+/// Adds a placed queue's placement to `observed`, asked of a node that
+/// answered (it forwards to the coordinator).
+pub async fn observe_placement(admin: &dyn NodeAdmin, queue: &QueueRef, observed: &mut Observed) {
+    let Some(via) = observed.nodes.keys().next().copied() else {
+        return;
+    };
+    observed.placement = admin
+        .get_placement(queue, &admin.addr(queue, via))
+        .await
+        .ok();
+}
+
 async fn observe_ids(
     admin: &dyn NodeAdmin,
     queue: &QueueRef,
@@ -352,6 +380,22 @@ pub async fn execute(
             let via = some_member(observed);
             admin
                 .set_voters(queue, &admin.addr(queue, via), voters)
+                .await
+                .map(drop)
+        }
+        Step::DeclareNodes { nodes } => {
+            let via = some_member(observed);
+            let specs = nodes
+                .iter()
+                .map(|(id, draining)| pb::NodeSpec {
+                    node_id: *id,
+                    addr: admin.addr(queue, *id),
+                    zone: String::new(),
+                    draining: *draining,
+                })
+                .collect();
+            admin
+                .set_nodes(queue, &admin.addr(queue, via), specs)
                 .await
                 .map(drop)
         }
@@ -509,15 +553,50 @@ impl NodeAdmin for GrpcNodeAdmin {
             .await?
             .into_inner())
     }
+
+    async fn get_placement(
+        &self,
+        queue: &QueueRef,
+        addr: &str,
+    ) -> Result<pb::PlacementStatus, tonic::Status> {
+        let mut client = self.client(queue, addr, self.status_timeout).await?;
+        Ok(client
+            .get_placement(pb::GetPlacementRequest {})
+            .await?
+            .into_inner())
+    }
+
+    async fn set_nodes(
+        &self,
+        queue: &QueueRef,
+        addr: &str,
+        nodes: Vec<pb::NodeSpec>,
+    ) -> Result<pb::PlacementStatus, tonic::Status> {
+        let mut client = self.client(queue, addr, self.change_timeout).await?;
+        Ok(client
+            .set_nodes(pb::SetNodesRequest { nodes })
+            .await?
+            .into_inner())
+    }
 }
 
 /// A placed queue's nodes need no step: they wait for each other and
 /// elect leaders. Until every shard has a leader the plan waits.
 fn plan_placed(replicas: i32, shards: u32, observed: &Observed) -> Plan {
     let replicas = replicas.max(1);
+    let seen = observed.shards();
+    // Pods above `replicas` keep running while they hold replicas: they
+    // are drained first.
+    let holding = seen
+        .iter()
+        .flat_map(|s| s.voters.iter().chain(s.learners.iter()).copied())
+        .max()
+        .unwrap_or(0)
+        .max(replicas as u64);
+    let size = holding as i32;
     let wait = |why: String| Plan {
         next: Err(Hold::Waiting(why)),
-        stateful_set_replicas: replicas,
+        stateful_set_replicas: size,
     };
     if observed.nodes.is_empty() {
         return wait("no queue node answers yet".into());
@@ -528,7 +607,6 @@ fn plan_placed(replicas: i32, shards: u32, observed: &Observed) -> Plan {
                 .into(),
         );
     }
-    let seen = observed.shards();
     if let Some(s) = seen.iter().find(|s| s.leader == 0) {
         return wait(format!("shard {} has no leader yet", s.shard));
     }
@@ -537,9 +615,55 @@ fn plan_placed(replicas: i32, shards: u32, observed: &Observed) -> Plan {
             "no node that answers holds shard {missing}: waiting for its nodes"
         ));
     }
+    let Some(placement) = &observed.placement else {
+        return wait("asking the queue's coordinator (shard 0's leader) for the placement".into());
+    };
+    // Nodes 1..=replicas take replicas; the ones above drain.
+    let wanted: BTreeMap<u64, bool> = (1..=holding).map(|id| (id, id > replicas as u64)).collect();
+    let declared: BTreeMap<u64, bool> = placement
+        .declared
+        .iter()
+        .map(|n| (n.node_id, n.draining))
+        .collect();
+    if declared != wanted {
+        if let Some(down) = wanted
+            .iter()
+            .find(|(id, draining)| !**draining && !observed.reachable(**id))
+        {
+            return wait(format!(
+                "node {} (pod {}) does not answer yet; it is declared once it does",
+                down.0,
+                down.0 - 1
+            ));
+        }
+        return Plan {
+            next: Ok(Step::DeclareNodes { nodes: wanted }),
+            stateful_set_replicas: size,
+        };
+    }
+    if !placement.balanced {
+        let moves: Vec<String> = placement
+            .moves
+            .iter()
+            .map(|m| {
+                format!(
+                    "shard {} node {}->{} ({})",
+                    m.shard, m.remove_node, m.add_node, m.phase
+                )
+            })
+            .collect();
+        return wait(format!(
+            "moving replicas: {}",
+            if moves.is_empty() {
+                "planning".to_string()
+            } else {
+                moves.join(", ")
+            }
+        ));
+    }
     Plan {
         next: Err(Hold::Settled),
-        stateful_set_replicas: replicas,
+        stateful_set_replicas: size,
     }
 }
 

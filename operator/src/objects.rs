@@ -195,11 +195,23 @@ pub fn client_endpoint(jq: &JobQueue) -> String {
     format!("{}.{ns}.svc:{GRPC_PORT}", names(jq).client_service)
 }
 
-/// Node id → peer address of every pod, as each pod advertises itself.
+/// The pods a placed queue was created with: recorded in its status once
+/// it exists, so that a later change of `replicas` does not change every
+/// pod's config (the pods added later join instead).
+pub fn initial_member_count(jq: &JobQueue) -> i32 {
+    jq.status
+        .as_ref()
+        .and_then(|s| s.initial_members)
+        .unwrap_or(jq.spec.replicas)
+        .max(1)
+}
+
+/// Node id → peer address of each pod the cluster was created with, as
+/// each pod advertises itself.
 fn initial_members(jq: &JobQueue) -> serde_yaml::Mapping {
     let n = names(jq);
     let domain = peer_domain(jq);
-    (0..jq.spec.replicas.max(1) as u32)
+    (0..initial_member_count(jq) as u32)
         .map(|ordinal| {
             (
                 serde_yaml::Value::from(crate::membership::node_id(ordinal)),

@@ -186,7 +186,11 @@ async fn apply(jq: &JobQueue, ctx: &Context) -> Result<Action, Error> {
             (observed, plan)
         }
         None => {
-            let observed = membership::observe(ctx.nodes.as_ref(), &queue, jq.spec.replicas).await;
+            let mut observed =
+                membership::observe(ctx.nodes.as_ref(), &queue, jq.spec.replicas).await;
+            if jq.spec.replication_factor.is_some() {
+                membership::observe_placement(ctx.nodes.as_ref(), &queue, &mut observed).await;
+            }
             let plan = membership::plan_for(
                 layout(jq),
                 jq.spec.replicas,
@@ -213,6 +217,9 @@ async fn apply(jq: &JobQueue, ctx: &Context) -> Result<Action, Error> {
                 ctx.metrics.membership_step(step_name(step));
                 publish(ctx, jq, EventType::Normal, step_name(step), describe(step)).await?;
                 after = membership::observe(ctx.nodes.as_ref(), &queue, jq.spec.replicas).await;
+                if jq.spec.replication_factor.is_some() {
+                    membership::observe_placement(ctx.nodes.as_ref(), &queue, &mut after).await;
+                }
             }
             Err(e) => {
                 let message = format!("{}: {}", describe(step), e.message());
@@ -435,6 +442,7 @@ fn step_name(step: &Step) -> &'static str {
         Step::Bootstrap => "Bootstrapped",
         Step::AddLearner { .. } => "NodeAdded",
         Step::SetVoters { .. } => "VotersChanged",
+        Step::DeclareNodes { .. } => "NodesDeclared",
     }
 }
 
@@ -446,6 +454,23 @@ fn describe(step: &Step) -> String {
             id - 1
         ),
         Step::SetVoters { voters } => format!("set the voters of every shard to {voters:?}"),
+        Step::DeclareNodes { nodes } => {
+            let take: Vec<u64> = nodes
+                .iter()
+                .filter(|(_, d)| !**d)
+                .map(|(id, _)| *id)
+                .collect();
+            let drain: Vec<u64> = nodes
+                .iter()
+                .filter(|(_, d)| **d)
+                .map(|(id, _)| *id)
+                .collect();
+            if drain.is_empty() {
+                format!("declared nodes {take:?}: replicas are moved until they are even over them")
+            } else {
+                format!("declared nodes {take:?} and drained {drain:?}: their replicas are moved away before the pods are removed")
+            }
+        }
     }
 }
 

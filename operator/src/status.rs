@@ -76,6 +76,20 @@ pub fn compute(jq: &JobQueue, seen: &Observation<'_>, now: &str) -> JobQueueStat
             "ChangingVoters",
             format!("setting the voters of every shard to {voters:?}"),
         ),
+        Ok(Step::DeclareNodes { nodes }) => (
+            "Scaling",
+            true,
+            "DeclaringNodes",
+            format!(
+                "declaring nodes {:?} (draining {:?}) to the queue's coordinator",
+                nodes.keys().collect::<Vec<_>>(),
+                nodes
+                    .iter()
+                    .filter(|(_, d)| **d)
+                    .map(|(id, _)| id)
+                    .collect::<Vec<_>>()
+            ),
+        ),
         Err(Hold::Waiting(why)) if !initialized => ("Pending", true, "Waiting", why.clone()),
         Err(Hold::Waiting(why)) => ("Scaling", true, "Waiting", why.clone()),
         Err(Hold::Refused(why)) => ("Degraded", false, "ChangeRefused", why.clone()),
@@ -230,6 +244,22 @@ pub fn compute(jq: &JobQueue, seen: &Observation<'_>, now: &str) -> JobQueueStat
             })
             .collect(),
         nodes: node_counts(&shards),
+        initial_members: jq
+            .spec
+            .replication_factor
+            .map(|_| objects::initial_member_count(jq)),
+        moves: seen
+            .observed
+            .placement
+            .iter()
+            .flat_map(|p| &p.moves)
+            .map(|m| crate::crd::MoveStatus {
+                shard: m.shard as i32,
+                from_node: m.remove_node as i64,
+                to_node: m.add_node as i64,
+                phase: m.phase.clone(),
+            })
+            .collect(),
         conditions,
         endpoint: objects::client_endpoint(jq),
     }

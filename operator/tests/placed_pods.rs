@@ -3,8 +3,10 @@
 //! plays the kubelet): 4 pods, 4 shards, `replicationFactor: 3`, TLS and
 //! auth as the production example has them. The pods create the cluster
 //! themselves; the status shows 3 replicas and 1 leadership per node; a
-//! job on every shard is served through any pod; a change of `replicas`
-//! or `replicationFactor` is refused by the API server with the reason.
+//! job on every shard is served through any pod. Scaled to 5 pods, the new
+//! pod joins and replicas move onto it; scaled back to 4, its replicas move
+//! off before it is removed; the jobs stay served throughout. A change of
+//! `replicationFactor` is refused by the API server with the reason.
 //!
 //! Skipped, with a message, where there is no control plane or
 //! `/etc/hosts` cannot be written (the pods' DNS names live there).
@@ -167,26 +169,92 @@ async fn a_placed_jobqueue_creates_itself_and_spreads_its_shards() {
     .await;
     assert!(stats.queues.len() >= SHARDS as usize, "{stats:?}");
 
-    // The layout is fixed: a change of either is refused with the reason.
-    for spec in [
-        serde_json::json!({ "replicas": 5 }),
-        serde_json::json!({ "replicationFactor": 1 }),
-    ] {
-        let refused = queues
-            .patch(
-                NAME,
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({ "spec": spec })),
-            )
-            .await
-            .expect_err("a change of the layout was accepted");
-        assert!(
-            refused
-                .to_string()
-                .contains("replicationFactor is fixed at creation"),
-            "{refused}"
-        );
-    }
+    // Scale out: pod 4 joins, the coordinator moves replicas onto it.
+    let scale = |replicas: u32| {
+        let queues = queues.clone();
+        async move {
+            queues
+                .patch(
+                    NAME,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({ "spec": { "replicas": replicas } })),
+                )
+                .await
+                .expect("scale the JobQueue");
+        }
+    };
+    let spread = |pods: usize| {
+        let queues = queues.clone();
+        async move {
+            let jq = queues.get(NAME).await.ok()?;
+            let status = jq.status?;
+            let total: i32 = status.nodes.iter().map(|n| n.replicas).sum();
+            let lowest = status.nodes.iter().map(|n| n.replicas).min()?;
+            let highest = status.nodes.iter().map(|n| n.replicas).max()?;
+            (status.phase == "Running"
+                && status.nodes.len() == pods
+                && total == 3 * SHARDS as i32
+                && highest - lowest <= 1
+                && status.moves.is_empty()
+                && status.initial_members == Some(PODS as i32))
+            .then_some(status)
+        }
+    };
+    scale(PODS + 1).await;
+    let grown = wait_for("5 nodes with the 12 replicas even over them", STAGE, || {
+        spread(PODS as usize + 1)
+    })
+    .await;
+    assert!(
+        grown
+            .nodes
+            .iter()
+            .any(|n| n.node_id == 5 && n.replicas >= 2),
+        "{grown:?}"
+    );
+    assert_eq!(kubelet.running().len(), PODS as usize + 1);
+
+    // Scale in: pod 4's replicas move away first, then it is removed.
+    scale(PODS).await;
+    let shrunk = wait_for("4 nodes again, 3 replicas each", STAGE, || async {
+        let status = spread(PODS as usize).await?;
+        (kubelet.running().len() == PODS as usize).then_some(status)
+    })
+    .await;
+    assert!(shrunk.nodes.iter().all(|n| n.replicas == 3), "{shrunk:?}");
+    let stats = last
+        .admin()
+        .stats(pb::StatsRequest::default())
+        .await
+        .expect("stats after the moves")
+        .into_inner();
+    let ready: u64 = stats
+        .queues
+        .iter()
+        .filter(|q| queue_names.contains(&q.queue))
+        .map(|q| q.ready)
+        .sum();
+    assert_eq!(
+        ready,
+        u64::from(SHARDS),
+        "every job is still there: {stats:?}"
+    );
+
+    // The replication factor is fixed: a change is refused with the reason.
+    let refused = queues
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "replicationFactor": 1 } })),
+        )
+        .await
+        .expect_err("a change of the replication factor was accepted");
+    assert!(
+        refused
+            .to_string()
+            .contains("replicationFactor is fixed at creation"),
+        "{refused}"
+    );
 
     queues
         .delete(NAME, &DeleteParams::default())

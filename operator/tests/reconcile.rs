@@ -150,6 +150,8 @@ struct NodesModel {
     learners: BTreeSet<u64>,
     shards: u32,
     calls: Vec<String>,
+    /// Nodes declared to a placed queue's coordinator (id, draining).
+    declared: Vec<(u64, bool)>,
     /// The nodes run without TLS (`tls.mode: disabled`).
     plaintext: bool,
 }
@@ -280,9 +282,54 @@ impl NodeAdmin for FakeNodes {
         m.voters = voters.clone();
         Ok(Self::status_of(&m, id_of(addr)))
     }
+
+    async fn get_placement(
+        &self,
+        queue: &QueueRef,
+        _addr: &str,
+    ) -> Result<pb::PlacementStatus, tonic::Status> {
+        let m = self.model();
+        m.check_credentials(queue)?;
+        Ok(m.placement())
+    }
+
+    async fn set_nodes(
+        &self,
+        queue: &QueueRef,
+        _addr: &str,
+        nodes: Vec<pb::NodeSpec>,
+    ) -> Result<pb::PlacementStatus, tonic::Status> {
+        let mut m = self.model();
+        m.check_credentials(queue)?;
+        m.declared = nodes.iter().map(|n| (n.node_id, n.draining)).collect();
+        let call = format!("set_nodes {:?}", m.declared);
+        m.calls.push(call);
+        Ok(m.placement())
+    }
 }
 
 impl NodesModel {
+    /// What a coordinator reports: the declared nodes, moves done at once.
+    fn placement(&self) -> pb::PlacementStatus {
+        pb::PlacementStatus {
+            coordinator: 1,
+            replication_factor: 3,
+            declared: self
+                .declared
+                .iter()
+                .map(|(id, draining)| pb::NodeSpec {
+                    node_id: *id,
+                    addr: format!("node-{id}"),
+                    zone: String::new(),
+                    draining: *draining,
+                })
+                .collect(),
+            nodes: Vec::new(),
+            moves: Vec::new(),
+            balanced: true,
+        }
+    }
+
     /// The nodes speak TLS unless told otherwise: a call without the
     /// operator's certificate fails as the handshake would.
     fn check_credentials(&self, queue: &QueueRef) -> Result<(), tonic::Status> {

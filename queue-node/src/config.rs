@@ -340,6 +340,17 @@ impl NodeConfig {
         })
     }
 
+    /// Whether this node joins an existing cluster instead of creating
+    /// one: `join`, or, with a replication factor, not being among the
+    /// initial members (a node added after the cluster was created: it
+    /// holds no shard until the coordinator moves replicas to it).
+    pub fn joins(&self) -> bool {
+        self.join
+            || (self.replication_factor.is_some()
+                && !self.initial_members.is_empty()
+                && !self.initial_members.contains_key(&self.node_id))
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         self.batching.validate().map_err(ConfigError::Invalid)?;
@@ -359,8 +370,7 @@ impl NodeConfig {
             );
         }
         let listed = self.initial_members.contains_key(&self.node_id);
-        let joins_placed = self.join && self.replication_factor.is_some();
-        if !self.initial_members.is_empty() && !listed && !joins_placed {
+        if !self.initial_members.is_empty() && !listed && self.replication_factor.is_none() {
             return invalid(format!(
                 "initial_members does not list this node (node_id {}); list every voter, this node included",
                 self.node_id
@@ -369,7 +379,7 @@ impl NodeConfig {
         if let Some(factor) = self.replication_factor {
             if self.join && (self.initial_members.is_empty() || listed) {
                 return invalid(format!(
-                    "replication_factor {factor} with join: set initial_members to the members the cluster was created with, without this node; the joining node computes the same placement from them, holds no shard until the cluster's coordinator moves replicas to it (declare it with SetNodes), and asks them who leads each shard"
+                    "replication_factor {factor} with join: set initial_members to the members the cluster was created with, without this node; the joining node computes the same placement from them, holds no shard until the cluster's coordinator moves replicas to it (declare it with SetNodes), and asks them who leads each shard (a node not among the initial members joins without join set)"
                 ));
             }
             let members = if self.initial_members.is_empty() {
@@ -519,13 +529,20 @@ mod tests {
             "{}",
             err(joining)
         );
-        NodeConfig {
+        let added = NodeConfig {
             join: true,
             node_id: 7,
             ..six(3)
-        }
-        .validate()
-        .unwrap();
+        };
+        added.validate().unwrap();
+        assert!(added.joins());
+        let implied = NodeConfig {
+            node_id: 7,
+            ..six(3)
+        };
+        implied.validate().unwrap();
+        assert!(implied.joins(), "not an initial member: it joins");
+        assert!(!six(3).joins());
         let alone = NodeConfig {
             replication_factor: Some(3),
             ..NodeConfig::default()

@@ -321,7 +321,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             .client_advertise
             .clone()
             .unwrap_or_else(|| addr.to_string()),
-        joining: config.join,
+        joining: config.joins(),
         initial_members: config
             .initial_members
             .values()
@@ -437,7 +437,11 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
 
     http_state.started(context.clone());
 
-    if !config.join {
+    if config.joins() {
+        tracing::info!(
+            "joining an existing cluster: waiting to be added, or for replicas to be moved here"
+        );
+    } else {
         bootstrap(&context, &config, &advertise).await?;
     }
     let coordinator = context.layout.replication_factor.map(|_| {

@@ -43,7 +43,159 @@ fn blank(id: u64) -> pb::ClusterStatus {
 fn observed(nodes: Vec<pb::ClusterStatus>) -> Observed {
     Observed {
         nodes: nodes.into_iter().map(|n| (n.node_id, n)).collect(),
+        placement: None,
     }
+}
+
+/// A placed queue of 2 shards whose voters are `on` (shard 0 led by the
+/// first, shard 1 by the second), as every node in `answering` reports it,
+/// with the coordinator's `declared` nodes (id, draining) and `balanced`.
+fn placed(
+    answering: &[u64],
+    on: [&[u64]; 2],
+    declared: &[(u64, bool)],
+    balanced: bool,
+) -> Observed {
+    let shard = |id: u32, voters: &[u64]| pb::ShardStatus {
+        shard: id,
+        leader_id: voters[id as usize % voters.len()],
+        has_leader: true,
+        term: 2,
+        applied_index: 10,
+        members: voters
+            .iter()
+            .map(|v| pb::Member {
+                node_id: *v,
+                addr: format!("n{v}"),
+                voter: true,
+                matched_index: 0,
+            })
+            .collect(),
+        ..pb::ShardStatus::default()
+    };
+    let nodes = answering
+        .iter()
+        .map(|id| {
+            let shards = (0..2u32)
+                .filter(|s| on[*s as usize].contains(id))
+                .map(|s| shard(s, on[s as usize]))
+                .collect();
+            (
+                *id,
+                pb::ClusterStatus {
+                    node_id: *id,
+                    addr: format!("n{id}"),
+                    shards,
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    Observed {
+        nodes,
+        placement: Some(pb::PlacementStatus {
+            coordinator: 1,
+            replication_factor: 3,
+            declared: declared
+                .iter()
+                .map(|(id, draining)| pb::NodeSpec {
+                    node_id: *id,
+                    addr: format!("n{id}"),
+                    zone: String::new(),
+                    draining: *draining,
+                })
+                .collect(),
+            nodes: Vec::new(),
+            moves: Vec::new(),
+            balanced,
+        }),
+    }
+}
+
+fn declare(nodes: &[(u64, bool)]) -> Result<Step, Hold> {
+    Ok(Step::DeclareNodes {
+        nodes: nodes.iter().copied().collect(),
+    })
+}
+
+#[test]
+fn a_placed_queue_declares_its_nodes_then_settles() {
+    let layout = Layout::Placed { shards: 2 };
+    let on: [&[u64]; 2] = [&[1, 2, 3], &[2, 3, 4]];
+    let fresh = placed(&[1, 2, 3, 4], on, &[], true);
+    let p = plan_for(layout, 4, true, &fresh);
+    assert_eq!(
+        p.next,
+        declare(&[(1, false), (2, false), (3, false), (4, false)])
+    );
+    let done = placed(
+        &[1, 2, 3, 4],
+        on,
+        &[(1, false), (2, false), (3, false), (4, false)],
+        true,
+    );
+    assert_eq!(plan_for(layout, 4, true, &done).next, Err(Hold::Settled));
+    let moving = placed(
+        &[1, 2, 3, 4],
+        on,
+        &[(1, false), (2, false), (3, false), (4, false)],
+        false,
+    );
+    assert!(
+        matches!(plan_for(layout, 4, true, &moving).next, Err(Hold::Waiting(w)) if w.contains("moving replicas"))
+    );
+}
+
+#[test]
+fn a_placed_queue_grows_once_its_new_pods_answer() {
+    let layout = Layout::Placed { shards: 2 };
+    let on: [&[u64]; 2] = [&[1, 2, 3], &[1, 2, 3]];
+    let three = [(1, false), (2, false), (3, false)];
+    let before = placed(&[1, 2, 3], on, &three, true);
+    let p = plan_for(layout, 5, true, &before);
+    assert_eq!(p.stateful_set_replicas, 5, "the new pods are created first");
+    assert!(
+        matches!(p.next, Err(Hold::Waiting(w)) if w.contains("node 4 (pod 3) does not answer"))
+    );
+    let up = placed(&[1, 2, 3, 4, 5], on, &three, true);
+    let p = plan_for(layout, 5, true, &up);
+    assert_eq!(
+        p.next,
+        declare(&[(1, false), (2, false), (3, false), (4, false), (5, false)])
+    );
+}
+
+#[test]
+fn a_placed_queue_drains_the_highest_pods_before_it_shrinks() {
+    let layout = Layout::Placed { shards: 2 };
+    let five: Vec<(u64, bool)> = (1..=5).map(|id| (id, false)).collect();
+    let spread: [&[u64]; 2] = [&[1, 4, 5], &[2, 3, 5]];
+    let p = plan_for(
+        layout,
+        3,
+        true,
+        &placed(&[1, 2, 3, 4, 5], spread, &five, true),
+    );
+    assert_eq!(
+        p.stateful_set_replicas, 5,
+        "pods 4 and 5 hold replicas: they stay"
+    );
+    assert_eq!(
+        p.next,
+        declare(&[(1, false), (2, false), (3, false), (4, true), (5, true)])
+    );
+    // Drained: nodes 4 and 5 hold nothing; they leave the declaration and
+    // the StatefulSet.
+    let drained = [(1, false), (2, false), (3, false), (4, true), (5, true)];
+    let home: [&[u64]; 2] = [&[1, 2, 3], &[1, 2, 3]];
+    let p = plan_for(
+        layout,
+        3,
+        true,
+        &placed(&[1, 2, 3, 4, 5], home, &drained, true),
+    );
+    assert_eq!(p.stateful_set_replicas, 3);
+    assert_eq!(p.next, declare(&[(1, false), (2, false), (3, false)]));
 }
 
 fn voters(ids: &[u64]) -> BTreeSet<u64> {

@@ -641,6 +641,79 @@ async fn scale_down_removes_voters_before_the_statefulset_shrinks() {
 }
 
 #[tokio::test]
+async fn a_placed_queue_declares_its_nodes_grows_and_drains_before_it_shrinks() {
+    let (client, api) = mock_client();
+    let nodes = FakeNodes::new([1, 2, 3], 2);
+    // A placed queue's pods create the cluster themselves.
+    nodes.model().voters = [1, 2, 3].into();
+    let ctx = context(client, nodes.clone());
+    mark_ready(&api, 3);
+    let mut placed = finalized(queue(3, 2));
+    placed.spec.replication_factor = Some(3);
+    let jq = settle(placed, &ctx, &api).await;
+    let status = jq.status.clone().unwrap();
+    assert_eq!(status.initial_members, Some(3));
+    assert_eq!(
+        nodes.model().calls.last().unwrap(),
+        "set_nodes [(1, false), (2, false), (3, false)]"
+    );
+
+    // Scale out: the StatefulSet grows; once pod 3 answers, node 4 is declared.
+    let mut four = jq.clone();
+    four.spec.replicas = 4;
+    nodes.model().up.insert(4);
+    reconcile(Arc::new(four.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
+    {
+        let sent = api.lock().unwrap().sent.clone();
+        assert_eq!(applied_sts_replicas(&sent), 4);
+        let last_config: Vec<Sent> = sent
+            .iter()
+            .rev()
+            .filter(|s| s.path.ends_with("/configmaps/orders-config"))
+            .take(1)
+            .cloned()
+            .collect();
+        let yaml = applied_node_yaml(&last_config);
+        assert!(yaml.contains("3: orders-2"), "{yaml}");
+        assert!(
+            !yaml.contains("4: orders-3"),
+            "the initial members stay the 3 the queue was created with:\n{yaml}"
+        );
+    }
+    assert_eq!(
+        nodes.model().calls.last().unwrap(),
+        "set_nodes [(1, false), (2, false), (3, false), (4, false)]"
+    );
+
+    // Scale in while node 4 holds replicas: it is drained, the pods stay.
+    nodes.model().voters = [2, 3, 4].into();
+    let mut three = four.clone();
+    three.status = Some(last_status(&api.lock().unwrap().sent));
+    three.spec.replicas = 3;
+    reconcile(Arc::new(three.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
+    assert_eq!(applied_sts_replicas(&api.lock().unwrap().sent), 4);
+    assert_eq!(
+        nodes.model().calls.last().unwrap(),
+        "set_nodes [(1, false), (2, false), (3, false), (4, true)]"
+    );
+    // Drained: node 4 leaves the declaration and the StatefulSet.
+    nodes.model().voters = [1, 2, 3].into();
+    three.status = Some(last_status(&api.lock().unwrap().sent));
+    reconcile(Arc::new(three), ctx.clone())
+        .await
+        .expect("reconcile");
+    assert_eq!(applied_sts_replicas(&api.lock().unwrap().sent), 3);
+    assert_eq!(
+        nodes.model().calls.last().unwrap(),
+        "set_nodes [(1, false), (2, false), (3, false)]"
+    );
+}
+
+#[tokio::test]
 async fn scale_down_that_would_lose_quorum_is_refused_with_a_reason() {
     let (client, api) = mock_client();
     let nodes = FakeNodes::new([1, 2, 3, 4, 5], 1);

@@ -229,6 +229,10 @@ pub struct RaftTimings {
     /// and, if it leads two more than another node, hands one over.
     /// 0 turns balancing off.
     pub leader_balance_every_ms: u64,
+    /// The most snapshot data this node sends per second, over all its
+    /// shards (a move filling a new replica, a follower far behind), so
+    /// that replication keeps its bandwidth. 0: no limit.
+    pub snapshot_send_mib_per_sec: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -279,6 +283,7 @@ impl Default for RaftTimings {
             snapshot_every_entries: 20_000,
             logs_kept_after_snapshot: 1_000,
             leader_balance_every_ms: 5_000,
+            snapshot_send_mib_per_sec: 64,
         }
     }
 }

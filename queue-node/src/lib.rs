@@ -26,6 +26,7 @@ pub mod mover;
 pub mod network;
 pub mod node;
 pub mod ops;
+pub mod pacer;
 pub mod raft_types;
 pub mod replicas;
 pub mod rest;

@@ -38,14 +38,20 @@ use crate::store::format;
 pub struct NetworkFactory {
     shard: u32,
     dialer: Dialer,
+    pacer: Arc<crate::pacer::SnapshotPacer>,
     control: Arc<std::sync::Mutex<std::collections::HashMap<String, Channel>>>,
 }
 
 impl NetworkFactory {
-    pub fn new(shard: u32, dialer: Dialer) -> NetworkFactory {
+    pub fn new(
+        shard: u32,
+        dialer: Dialer,
+        pacer: Arc<crate::pacer::SnapshotPacer>,
+    ) -> NetworkFactory {
         NetworkFactory {
             shard,
             dialer,
+            pacer,
             control: Arc::default(),
         }
     }
@@ -76,6 +82,7 @@ pub struct PeerClient {
     bulk: Option<RaftTransportClient<Channel>>,
     addr: String,
     dialer: Dialer,
+    pacer: Arc<crate::pacer::SnapshotPacer>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -89,6 +96,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             dialer: self.dialer.clone(),
             bulk: None,
             addr: node.addr.clone(),
+            pacer: self.pacer.clone(),
         }
     }
 }
@@ -202,6 +210,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
         let data =
             encode_snapshot_chunk(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.pacer.pace(data.len()).await;
         self.send(RpcKind::Snapshot, data).await
     }
 

@@ -29,6 +29,8 @@ pub struct ReplicaFactory {
     store: Store,
     content_cache: Arc<ContentCache>,
     dialer: Dialer,
+    /// Paces the snapshots every replica here sends.
+    pacer: Arc<crate::pacer::SnapshotPacer>,
     defaults: QueueDefaults,
     /// Each replica's share of the pending-writes and log-cache budgets.
     pending_writes: usize,
@@ -86,6 +88,9 @@ impl ReplicaFactory {
             store: resources.store,
             content_cache: resources.content_cache,
             dialer: resources.dialer,
+            pacer: Arc::new(crate::pacer::SnapshotPacer::new(
+                config.raft.snapshot_send_mib_per_sec,
+            )),
             pending_writes: resources.pending_writes,
             log_cache: resources.log_cache,
             changing: tokio::sync::Mutex::new(()),
@@ -122,7 +127,7 @@ impl ReplicaFactory {
         let raft = Raft::new(
             self.config.node_id,
             raft_config,
-            NetworkFactory::new(id, self.dialer.clone()),
+            NetworkFactory::new(id, self.dialer.clone(), self.pacer.clone()),
             log,
             sm,
         )

@@ -113,15 +113,6 @@ impl MovesUnderWay {
         }
         Ok(MoveGuard { moves: self, shard })
     }
-
-    pub fn list(&self) -> Vec<u32> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .copied()
-            .collect()
-    }
 }
 
 impl Drop for MoveGuard<'_> {

@@ -158,7 +158,7 @@ async fn a_peer_sending_garbage_gets_an_error_and_the_node_serves_on() {
     let newer = RaftMessage {
         shard: 0,
         data: vec![0u8; 8].into(),
-        format: 2,
+        format: raftq_node::store::format::ENTRY_FORMAT + 1,
     };
     let status = transport.append_entries(newer).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);

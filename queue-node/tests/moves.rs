@@ -15,28 +15,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{fetch, loopback, queue_on, wait_for, ProcNode};
+use common::{fetch, loopback, queue_on, statuses, wait_for, ProcNode};
 use raftq_client::proto as pb;
 use raftq_client::{Client, JobSpec};
 
 const NODES: u64 = 4;
 const SHARDS: u32 = 4;
 const CONFIG: &str = "raft:\n  leader_balance_every_ms: 300\n";
-
-async fn statuses(nodes: &[ProcNode]) -> Option<BTreeMap<u64, pb::ClusterStatus>> {
-    let mut out = BTreeMap::new();
-    for node in nodes {
-        let admin = Client::connect(&node.peer_addr).await.ok()?;
-        let status = admin
-            .cluster()
-            .status(pb::ClusterStatusRequest {})
-            .await
-            .ok()?
-            .into_inner();
-        out.insert(node.id, status);
-    }
-    Some(out)
-}
 
 fn holds(status: &pb::ClusterStatus, shard: u32) -> bool {
     status.shards.iter().any(|s| s.shard == shard)

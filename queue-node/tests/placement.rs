@@ -11,7 +11,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{direct_enqueue, forwarded, http_get, loopback, queue_on, wait_for, ProcNode};
+use common::{
+    direct_enqueue, forwarded, http_get, loopback, queue_on, statuses, wait_for, ProcNode,
+};
 use raftq_client::proto as pb;
 use raftq_client::{Client, ConnectOptions, JobSpec, Producer};
 
@@ -46,22 +48,6 @@ async fn all_stats(client: &Client) -> pb::StatsResponse {
         .await
         .expect("stats")
         .into_inner()
-}
-
-/// Each node's status: the shards it holds, with role and members.
-async fn statuses(nodes: &[ProcNode]) -> Option<BTreeMap<u64, pb::ClusterStatus>> {
-    let mut out = BTreeMap::new();
-    for node in nodes {
-        let admin = Client::connect(&node.peer_addr).await.ok()?;
-        let status = admin
-            .cluster()
-            .status(pb::ClusterStatusRequest {})
-            .await
-            .ok()?
-            .into_inner();
-        out.insert(node.id, status);
-    }
-    Some(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -363,3 +363,21 @@ pub fn direct_enqueue(queue: &str) -> tonic::Request<pb::EnqueueRequest> {
         .insert("x-raftq-route", "direct".parse().expect("ascii"));
     request
 }
+
+/// Each node's `ClusterAdmin.Status`; `None` while any does not answer.
+pub async fn statuses(
+    nodes: &[ProcNode],
+) -> Option<std::collections::BTreeMap<u64, pb::ClusterStatus>> {
+    let mut out = std::collections::BTreeMap::new();
+    for node in nodes {
+        let admin = Client::connect(&node.peer_addr).await.ok()?;
+        let status = admin
+            .cluster()
+            .status(pb::ClusterStatusRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        out.insert(node.id, status);
+    }
+    Some(out)
+}

@@ -26,6 +26,9 @@ pub struct Spec {
     pub tls: bool,
     /// Voters per shard; unset: every node holds every shard.
     pub replication_factor: Option<u32>,
+    /// Nodes made ready (ids after the initial ones) but started only when
+    /// a scenario has them join ([`Cluster::join`]).
+    pub joiners: usize,
 }
 
 /// The client ports of a cluster and how to connect to them.
@@ -66,6 +69,9 @@ pub struct Node {
     child: Option<Child>,
     clock_file: Option<PathBuf>,
     mounted: bool,
+    /// Part of the cluster now: an initial node, or one that joined and
+    /// was not retired.
+    in_cluster: bool,
 }
 
 pub struct Cluster {
@@ -120,7 +126,7 @@ impl Cluster {
         std::fs::write(&config, spec.config.unwrap_or(NODE_CONFIG))?;
         let net = Net::new();
         let mut nodes = Vec::new();
-        for i in 0..spec.nodes {
+        for i in 0..spec.nodes + spec.joiners {
             let id = i as NodeId + 1;
             let listen: SocketAddr = format!("127.0.0.1:{}", super::ports::free_port()).parse()?;
             let peer_listen: SocketAddr =
@@ -151,10 +157,12 @@ impl Cluster {
                 child: None,
                 clock_file,
                 mounted,
+                in_cluster: i < spec.nodes,
             });
         }
         let members = nodes
             .iter()
+            .filter(|n| n.in_cluster)
             .map(|n| format!("{}={}", n.id, n.advertise))
             .collect::<Vec<_>>()
             .join(",");
@@ -185,14 +193,53 @@ impl Cluster {
         self.dir.take().map(|d| d.keep())
     }
 
+    /// The nodes that are part of the cluster now.
     pub fn ids(&self) -> Vec<NodeId> {
-        self.nodes.iter().map(|n| n.id).collect()
+        self.nodes
+            .iter()
+            .filter(|n| n.in_cluster)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// The nodes made ready to join and not part of the cluster.
+    pub fn joiner_ids(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|n| !n.in_cluster)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Starts node `id` as a node added after creation: it is not among
+    /// the initial members, so it joins, holding no shard.
+    pub fn join(&mut self, id: NodeId) -> anyhow::Result<()> {
+        self.node(id).in_cluster = true;
+        self.held.insert(id, 0);
+        self.start_node(id)
+    }
+
+    /// Stops node `id` for good (it was drained): it leaves the cluster.
+    pub fn retire(&mut self, id: NodeId) {
+        self.kill(id);
+        self.node(id).in_cluster = false;
+        self.held.remove(&id);
+    }
+
+    /// Each node's peer address, as the other nodes reach it.
+    pub fn peer_addr(&self, id: NodeId) -> String {
+        self.nodes[(id - 1) as usize].advertise.to_string()
     }
 
     /// The nodes' client ports, and how to connect.
     pub fn endpoints(&self) -> Endpoints {
         Endpoints {
-            addrs: self.nodes.iter().map(|n| n.listen.to_string()).collect(),
+            addrs: self
+                .nodes
+                .iter()
+                .filter(|n| n.in_cluster)
+                .map(|n| n.listen.to_string())
+                .collect(),
             options: self
                 .tls
                 .as_ref()
@@ -435,7 +482,7 @@ impl Cluster {
                 }
             }
             let same = applied.values().all(|a| a.windows(2).all(|w| w[0] == w[1]));
-            if answered == self.nodes.len() && same {
+            if answered == self.ids().len() && same {
                 return Ok(());
             }
             if Instant::now() > deadline {

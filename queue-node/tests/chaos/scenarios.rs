@@ -81,7 +81,7 @@ pub struct Scenario {
     pub needs_root: bool,
 }
 
-pub const ALL: [Scenario; 14] = [
+pub const ALL: [Scenario; 15] = [
     Scenario {
         name: "kill-leader",
         what: "SIGKILL the leader of a shard, restart it, repeat",
@@ -118,6 +118,14 @@ pub const ALL: [Scenario; 14] = [
         name: "move-replicas",
         what: "move a replica of each shard in turn (4 nodes, RF 3), SIGKILLing the incoming node, the leaving leader or the node running the move mid-way; each move is asked again until it ends",
         nodes: 4,
+        shards: 4,
+        replication_factor: Some(3),
+        needs_root: false,
+    },
+    Scenario {
+        name: "scale-out-in",
+        what: "3 nodes (4 shards, RF 3) grow to 6: three nodes join and the coordinator moves replicas onto them; then the three are drained and leave",
+        nodes: 3,
         shards: 4,
         replication_factor: Some(3),
         needs_root: false,
@@ -214,6 +222,7 @@ pub async fn run(s: &Scenario, size: Size) -> anyhow::Result<Outcome> {
         config: (s.name == "partition-leader-returns").then_some(SNAPSHOT_OFTEN_ONE_IN_FLIGHT),
         tls: s.name.ends_with("-tls"),
         replication_factor: s.replication_factor,
+        joiners: if s.name == "scale-out-in" { 3 } else { 0 },
     };
     let mut cluster = Cluster::start(&spec).await?;
     let outcome = run_on(s, size, &mut cluster).await;
@@ -251,6 +260,7 @@ async fn run_on(s: &Scenario, size: Size, cluster: &mut Cluster) -> anyhow::Resu
         "kill-leader-placed" => kill_leader(cluster, size, s.shards).await?,
         "kill-follower" => kill_follower(cluster, size).await?,
         "move-replicas" => move_replicas(cluster, size, s.shards).await?,
+        "scale-out-in" => scale_out_in(cluster, s.shards).await?,
         "kill-all" => kill_all(cluster, size).await?,
         "partition-leader" => partition_leader(cluster, size).await?,
         "partition-split" => partition_split(cluster, size).await?,
@@ -448,6 +458,113 @@ async fn move_replicas(c: &mut Cluster, size: Size, shards: u32) -> anyhow::Resu
         c.wait_serving(&c.ids(), Duration::from_secs(60)).await?;
     }
     Ok(size.rounds)
+}
+
+/// Three nodes join and are declared; once the coordinator has evened the
+/// replicas over all six, the three are drained, leave the declaration
+/// and stop.
+async fn scale_out_in(c: &mut Cluster, shards: u32) -> anyhow::Result<usize> {
+    use raftq_client::proto::NodeSpec;
+    let initial = c.ids();
+    let joiners = c.joiner_ids();
+    for id in &joiners {
+        c.join(*id)?;
+    }
+    for id in &joiners {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while c.status(*id).await.is_none() {
+            anyhow::ensure!(Instant::now() < deadline, "node {id} did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let spec = |c: &Cluster, ids: &[NodeId], draining: &[NodeId]| -> Vec<NodeSpec> {
+        ids.iter()
+            .map(|id| NodeSpec {
+                node_id: *id,
+                addr: c.peer_addr(*id),
+                zone: String::new(),
+                draining: draining.contains(id),
+            })
+            .collect()
+    };
+    let all: Vec<NodeId> = initial.iter().chain(&joiners).copied().collect();
+    let even = 3 * shards as usize / all.len();
+    let grown = spec(c, &all, &[]);
+    declare(c, grown).await?;
+    settle_placement(c, |counts| {
+        all.iter()
+            .all(|id| counts.get(id).copied().unwrap_or(0) as usize >= even)
+    })
+    .await?;
+    let draining = spec(c, &all, &joiners);
+    declare(c, draining).await?;
+    settle_placement(c, |counts| {
+        joiners
+            .iter()
+            .all(|id| counts.get(id).copied().unwrap_or(0) == 0)
+    })
+    .await?;
+    let shrunk = spec(c, &initial, &[]);
+    declare(c, shrunk).await?;
+    for id in &joiners {
+        c.retire(*id);
+    }
+    c.recount_held().await;
+    c.wait_serving(&c.ids(), Duration::from_secs(60)).await?;
+    Ok(2)
+}
+
+/// `SetNodes` through the first node, retried while shard 0 elects.
+async fn declare(c: &mut Cluster, nodes: Vec<raftq_client::proto::NodeSpec>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let admin = c
+            .admin(1)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("node 1 does not answer"))?;
+        let req = raftq_client::proto::SetNodesRequest {
+            nodes: nodes.clone(),
+        };
+        match admin.cluster().set_nodes(req).await {
+            Ok(_) => return Ok(()),
+            // A node that does not answer yet, or shard 0 electing.
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => anyhow::bail!("set_nodes: {}", e.message()),
+        }
+    }
+}
+
+/// Waits until the coordinator reports the placement balanced and
+/// `done` holds for the replicas per node.
+async fn settle_placement(
+    c: &mut Cluster,
+    done: impl Fn(&std::collections::BTreeMap<NodeId, u32>) -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Some(admin) = c.admin(1).await {
+            match admin
+                .cluster()
+                .get_placement(raftq_client::proto::GetPlacementRequest {})
+                .await
+            {
+                Ok(p) => {
+                    let p = p.into_inner();
+                    let counts = p.nodes.iter().map(|n| (n.node_id, n.replicas)).collect();
+                    if p.balanced && done(&counts) {
+                        return Ok(());
+                    }
+                    last = format!("{counts:?}, moves {:?}", p.moves);
+                }
+                Err(e) => last = e.message().to_string(),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    anyhow::bail!("the placement did not settle in 180 s; last: {last}")
 }
 
 /// Asks `node` to run `request` until the move ends (done or rolled back):

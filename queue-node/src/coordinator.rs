@@ -268,35 +268,17 @@ pub async fn observe(ctx: &NodeContext, declared: &[NodeRecord]) -> Seen {
     for status in answers.into_iter().filter_map(Result::ok) {
         let node = status.node_id;
         for view in status.shards {
-            if view.role != "leader" || view.leader_id != node {
-                continue;
-            }
-            if shards
-                .get(&view.shard)
-                .is_some_and(|(term, _)| *term >= view.term)
+            if !mover::is_leaders_view(node, &view)
+                || shards
+                    .get(&view.shard)
+                    .is_some_and(|(term, _)| *term >= view.term)
             {
                 continue;
             }
             for m in &view.members {
                 addrs.entry(m.node_id).or_insert_with(|| m.addr.clone());
             }
-            let shard = Shard {
-                voters: view
-                    .members
-                    .iter()
-                    .filter(|m| m.voter)
-                    .map(|m| m.node_id)
-                    .collect(),
-                learners: view
-                    .members
-                    .iter()
-                    .filter(|m| !m.voter)
-                    .map(|m| m.node_id)
-                    .collect(),
-                leader: Some(node),
-                epoch: view.epoch,
-            };
-            shards.insert(view.shard, (view.term, shard));
+            shards.insert(view.shard, (view.term, mover::shard_of(&view)));
         }
     }
     Seen {

@@ -326,28 +326,14 @@ impl Mover<'_> {
         let shard = self.order.shard;
         let leader_addr = self.leader_addr()?;
         let status = crate::directory::ask(self.ctx, &leader_addr).await?;
+        let node = status.node_id;
         let view = status
             .shards
             .into_iter()
-            .find(|s| s.shard == shard && s.role == "leader" && s.leader_id == status.node_id)
+            .find(|s| s.shard == shard && is_leaders_view(node, s))
             .ok_or_else(|| {
-                Status::unavailable(format!(
-                    "node {} does not lead shard {shard} any more",
-                    status.node_id
-                ))
+                Status::unavailable(format!("node {node} does not lead shard {shard} any more"))
             })?;
-        let voters = view
-            .members
-            .iter()
-            .filter(|m| m.voter)
-            .map(|m| m.node_id)
-            .collect();
-        let learners: BTreeSet<NodeId> = view
-            .members
-            .iter()
-            .filter(|m| !m.voter)
-            .map(|m| m.node_id)
-            .collect();
         let learner_lag = self.order.add.as_ref().and_then(|(id, _)| {
             view.members
                 .iter()
@@ -355,12 +341,7 @@ impl Mover<'_> {
                 .map(|m| view.last_log_index.saturating_sub(m.matched_index))
         });
         Ok(Seen {
-            shard: Shard {
-                voters,
-                learners,
-                leader: Some(view.leader_id),
-                epoch: view.epoch,
-            },
+            shard: shard_of(&view),
             learner_lag,
             addrs: view
                 .members
@@ -485,6 +466,29 @@ impl Mover<'_> {
                 Ok(())
             }
         }
+    }
+}
+
+/// Whether `view`, in node `node`'s status answer, is its leader's view
+/// (the one that commits).
+pub fn is_leaders_view(node: NodeId, view: &pb::ShardStatus) -> bool {
+    view.role == "leader" && view.leader_id == node
+}
+
+/// A leader's view of a shard, as placement reasons about it.
+pub fn shard_of(view: &pb::ShardStatus) -> Shard {
+    let members = |voter: bool| {
+        view.members
+            .iter()
+            .filter(|m| m.voter == voter)
+            .map(|m| m.node_id)
+            .collect::<BTreeSet<NodeId>>()
+    };
+    Shard {
+        voters: members(true),
+        learners: members(false),
+        leader: view.has_leader.then_some(view.leader_id),
+        epoch: view.epoch,
     }
 }
 

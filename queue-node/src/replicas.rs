@@ -256,7 +256,7 @@ async fn confirm_not_member(ctx: &NodeContext, handle: &ShardHandle) -> Result<(
             status
                 .shards
                 .into_iter()
-                .find(|s| s.shard == shard && s.role == "leader" && s.leader_id == node)
+                .find(|s| s.shard == shard && crate::mover::is_leaders_view(node, s))
         })
         .max_by_key(|s| s.term);
     let Some(view) = leader_view else {

@@ -187,6 +187,46 @@ async fn three_nodes_grow_to_six_and_shrink_back_under_load() {
         })
     };
 
+    // Declarations that cannot be kept are refused, and nothing is stored.
+    let admin = Client::connect(&peers[0]).await.expect("peer port");
+    let spec = |id: u64, draining: bool| pb::NodeSpec {
+        node_id: id,
+        addr: peers[id as usize - 1].clone(),
+        zone: String::new(),
+        draining,
+    };
+    let refusals = [
+        // Node 4 is not started yet.
+        (
+            vec![
+                spec(1, false),
+                spec(2, false),
+                spec(3, false),
+                spec(4, false),
+            ],
+            "does not answer as node 4",
+        ),
+        (
+            vec![spec(1, false), spec(2, false), spec(3, true)],
+            "2 declared node(s) would take replicas",
+        ),
+    ];
+    for (nodes, reason) in refusals {
+        let refused = admin
+            .cluster()
+            .set_nodes(pb::SetNodesRequest { nodes })
+            .await
+            .expect_err("a declaration that cannot be kept");
+        assert_eq!(
+            refused.code(),
+            tonic::Code::FailedPrecondition,
+            "{refused:?}"
+        );
+        assert!(refused.message().contains(reason), "{refused:?}");
+    }
+    let untouched = placement(&peers[0]).await;
+    assert!(untouched.declared.is_empty(), "{untouched:?}");
+
     // Grow: three nodes join; declaring all six evens the replicas out.
     for i in 3..6 {
         nodes.push(spawn(i, true));

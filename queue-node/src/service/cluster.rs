@@ -486,3 +486,62 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
         Ok(Response::new(self.status()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: u64, addr: &str, draining: bool) -> pb::NodeSpec {
+        pb::NodeSpec {
+            node_id: id,
+            addr: addr.into(),
+            zone: String::new(),
+            draining,
+        }
+    }
+
+    #[test]
+    fn a_declaration_is_refused_with_its_reason() {
+        let refused = |nodes: &[pb::NodeSpec]| node_records(nodes, 3).unwrap_err();
+        let zero = refused(&[spec(0, "a:1", false)]);
+        assert_eq!(zero.code(), tonic::Code::InvalidArgument);
+        assert!(zero.message().contains("node_id 0"), "{zero:?}");
+        let twice = refused(&[spec(1, "a:1", false), spec(1, "b:1", false)]);
+        assert!(
+            twice.message().contains("node 1 is declared twice"),
+            "{twice:?}"
+        );
+        let no_addr = refused(&[spec(2, "", false)]);
+        assert!(
+            no_addr.message().contains("node 2 has no addr"),
+            "{no_addr:?}"
+        );
+        let few = refused(&[
+            spec(1, "a:1", false),
+            spec(2, "b:1", false),
+            spec(3, "c:1", true),
+        ]);
+        assert_eq!(few.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            few.message()
+                .contains("2 declared node(s) would take replicas"),
+            "{few:?}"
+        );
+        let ok = node_records(
+            &[
+                pb::NodeSpec {
+                    zone: "z1".into(),
+                    ..spec(1, "a:1", false)
+                },
+                spec(2, "b:1", false),
+                spec(3, "c:1", false),
+                spec(4, "d:1", true),
+            ],
+            3,
+        )
+        .unwrap();
+        assert_eq!(ok[0].zone.as_deref(), Some("z1"));
+        assert_eq!(ok[1].zone, None);
+        assert!(ok[3].draining);
+    }
+}

@@ -408,6 +408,13 @@ enum ClusterCommand {
     /// The declared nodes, each node's replicas and leaderships, and the
     /// moves under way.
     Placement,
+    /// Grow the shard count to SHARDS without downtime: new shards are
+    /// created, queues that hold jobs stay where they are, new queues
+    /// spread over every shard. Prints each step; run it again to finish
+    /// a growth that was interrupted.
+    GrowShards {
+        shards: u32,
+    },
 }
 
 fn parse_node(s: &str) -> Result<(u64, String), String> {
@@ -925,7 +932,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", shard_table(&map));
         }
         Command::Cluster(ClusterCommand::Status) => {
-            let s = call!(client, cluster, status, pb::ClusterStatusRequest {}).into_inner();
+            let s =
+                call!(client, cluster, status, pb::ClusterStatusRequest::default()).into_inner();
             println!(
                 "node {} at {} (clients: {})",
                 s.node_id, s.addr, s.client_addr
@@ -957,6 +965,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             to_addr,
             stall_after,
         }) => move_replica(&client, shard, from, to, to_addr, stall_after).await?,
+        Command::Cluster(ClusterCommand::GrowShards { shards }) => {
+            grow_shards(&client, shards).await?
+        }
         Command::Cluster(ClusterCommand::SetNodes {
             nodes,
             drain,
@@ -1135,6 +1146,32 @@ async fn move_replica(
         "rolled_back" => bail!("the move of shard {shard} was rolled back; the shard keeps its voters"),
         other => bail!("the move of shard {shard} ended at step `{other}`; run the same command again to resume it"),
     }
+}
+
+/// Grows the shard count, printing each step.
+async fn grow_shards(client: &raftq_client::Client, shards: u32) -> anyhow::Result<()> {
+    let mut steps = client
+        .cluster()
+        .grow_shards(pb::GrowShardsRequest {
+            shard_count: shards,
+        })
+        .await
+        .with_context(|| format!("growing the cluster to {shards} shards"))?
+        .into_inner();
+    let mut last = String::new();
+    loop {
+        let step = steps.message().await.with_context(|| {
+            format!("growing to {shards} shards stopped after step `{last}`; run the same command again to finish it")
+        })?;
+        let Some(step) = step else { break };
+        eprintln!("{:<14} {}", step.step, step.detail);
+        last = step.step;
+    }
+    if last != "done" {
+        bail!("growing to {shards} shards ended at step `{last}`; run the same command again to finish it");
+    }
+    println!("the cluster has {shards} shards");
+    Ok(())
 }
 
 /// Declares the nodes, then (unless `no_wait`) follows the moves until the

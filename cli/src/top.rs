@@ -389,7 +389,7 @@ async fn cluster(conn: &Conn) -> anyhow::Result<Vec<pb::ClusterStatus>> {
         .connect(&conn.peer_addr)
         .await?
         .cluster()
-        .status(pb::ClusterStatusRequest {})
+        .status(pb::ClusterStatusRequest::default())
         .await
         .map_err(|s| anyhow::anyhow!("{} ({})", s.message(), conn.peer_addr))?
         .into_inner();
@@ -408,7 +408,7 @@ async fn cluster(conn: &Conn) -> anyhow::Result<Vec<pb::ClusterStatus>> {
             conn.connect(&addr)
                 .await?
                 .cluster()
-                .status(pb::ClusterStatusRequest {})
+                .status(pb::ClusterStatusRequest::default())
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))
         };

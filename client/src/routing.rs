@@ -20,6 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 const LEADER_SHARD: &str = "x-raftq-leader-shard";
 const LEADER_ADDR: &str = "x-raftq-leader-addr";
 const LEADER_TERM: &str = "x-raftq-leader-term";
+const ROUTING_VERSION: &str = "x-raftq-routing-version";
 /// How long a leader that could not be reached is left alone.
 const UNREACHABLE_FOR: Duration = Duration::from_secs(30);
 /// The map is read again at most this often.
@@ -37,6 +38,10 @@ pub(crate) struct Router {
 #[derive(Default)]
 struct State {
     shard_count: u32,
+    /// Queues that stayed on their shard when the shard count grew.
+    pinned: HashMap<String, u32>,
+    /// The version of the queue routing (`shard_count` and `pinned`).
+    routing_version: u64,
     /// Per shard: the leader's client address and term.
     leaders: HashMap<u32, (String, u64)>,
     channels: HashMap<String, Channel>,
@@ -82,7 +87,11 @@ impl Router {
     /// term) than one already known is ignored.
     pub(crate) fn learn_map(&self, map: &pb::ShardMap) {
         let mut state = self.lock();
-        state.shard_count = map.shard_count;
+        if map.routing_version >= state.routing_version {
+            state.shard_count = map.shard_count;
+            state.routing_version = map.routing_version;
+            state.pinned = map.pinned.clone();
+        }
         for route in &map.shards {
             if route.leader_addr.is_empty() {
                 continue;
@@ -100,7 +109,7 @@ impl Router {
     }
 
     /// Takes the leader a "not the leader" answer names. Whether it named
-    /// one (else the map should be read again).
+    /// one and the map is current (else the map should be read again).
     pub(crate) fn learn_status(&self, status: &tonic::Status) -> bool {
         let meta = status.metadata();
         let text = |key| meta.get(key).and_then(|v| v.to_str().ok());
@@ -109,7 +118,13 @@ impl Router {
         let (Some(shard), Some(term)) = (shard, term) else {
             return false;
         };
+        let routing_version = text(ROUTING_VERSION).and_then(|s| s.parse::<u64>().ok());
         let mut state = self.lock();
+        // The shard count grew since the map was read: queues may live
+        // elsewhere now.
+        if routing_version.is_some_and(|v| v > state.routing_version) {
+            return false;
+        }
         match text(LEADER_ADDR) {
             Some(addr) => {
                 let newer = state
@@ -137,7 +152,11 @@ impl Router {
     }
 
     pub(crate) fn shard_of(&self, queue: &str) -> Option<u32> {
-        let count = self.lock().shard_count;
+        let state = self.lock();
+        if let Some(&shard) = state.pinned.get(queue) {
+            return Some(shard);
+        }
+        let count = state.shard_count;
         (count > 0).then(|| raftq_api::shard_of(queue, count))
     }
 

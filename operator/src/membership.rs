@@ -498,7 +498,7 @@ impl NodeAdmin for GrpcNodeAdmin {
     ) -> Result<pb::ClusterStatus, tonic::Status> {
         let mut client = self.client(queue, addr, self.status_timeout).await?;
         Ok(client
-            .status(pb::ClusterStatusRequest {})
+            .status(pb::ClusterStatusRequest::default())
             .await?
             .into_inner())
     }

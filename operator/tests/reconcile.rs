@@ -209,6 +209,7 @@ impl FakeNodes {
                     ..pb::ShardStatus::default()
                 })
                 .collect(),
+            ..pb::ClusterStatus::default()
         }
     }
 }

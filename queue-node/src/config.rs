@@ -359,8 +359,12 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         self.batching.validate().map_err(ConfigError::Invalid)?;
-        if !(1..=64).contains(&self.shards) {
-            return invalid(format!("shards must be in 1..=64 (got {})", self.shards));
+        if !(1..=crate::routing::MAX_SHARDS).contains(&self.shards) {
+            return invalid(format!(
+                "shards must be in 1..={} (got {})",
+                crate::routing::MAX_SHARDS,
+                self.shards
+            ));
         }
         let r = &self.raft;
         if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_ms {

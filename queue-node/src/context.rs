@@ -20,6 +20,7 @@ use crate::memory::MemoryBudget;
 use crate::network::CampaignGate;
 use crate::ops::QueueDefaults;
 use crate::raft_types::{NodeId, Raft};
+use crate::routing::{Routing, RoutingCell, MAX_SHARDS};
 use crate::security::identity::host_of;
 use crate::security::{Call, Caller, Port, Security};
 use crate::shard::ShardShared;
@@ -73,6 +74,8 @@ pub struct NodeContext {
     pub moves: crate::mover::MovesUnderWay,
     /// The moves this node starts while it leads the metadata shard.
     pub coordinator: crate::coordinator::Coordinator,
+    /// Which shard each queue lives on, and how many shards there are.
+    pub routing: RoutingCell,
 }
 
 /// Who this node is, for [`NodeContext::new`].
@@ -158,9 +161,10 @@ impl NodeContext {
                 .map(|addr| host_of(addr).to_owned())
                 .collect(),
             peers: Mutex::new(HashMap::new()),
-            forwarded: (0..layout_shards).map(|_| Default::default()).collect(),
+            forwarded: (0..MAX_SHARDS).map(|_| Default::default()).collect(),
             moves: Default::default(),
             coordinator: Default::default(),
+            routing: RoutingCell::new(Routing::initial(layout_shards)),
         }
     }
 
@@ -246,16 +250,21 @@ impl NodeContext {
 
     /// The shard that owns `queue`.
     pub fn shard_of_queue(&self, queue: &str) -> u32 {
-        raftq_api::shard_of(queue, self.layout.shard_count)
+        self.routing.shard_of(queue)
+    }
+
+    /// How many shards the cluster has now.
+    pub fn shard_count(&self) -> u32 {
+        self.routing.shard_count()
     }
 
     /// Every shard of the cluster, held here or not.
     pub fn shard_ids(&self) -> std::ops::Range<u32> {
-        0..self.layout.shard_count
+        0..self.shard_count()
     }
 
     pub fn holds_every_shard(&self) -> bool {
-        self.held().len() as u32 == self.layout.shard_count
+        self.held().len() as u32 == self.shard_count()
     }
 
     /// The shards this node holds now, sorted by id.
@@ -317,13 +326,40 @@ impl NodeContext {
     }
 
     fn exists(&self, id: u32) -> Result<(), Status> {
-        if id < self.layout.shard_count {
+        // A shard created since this node last heard of the routing is
+        // held here or known to its peers already.
+        if id < self.shard_count()
+            || self.local(id).is_some()
+            || self.directory.remote_shard(id).is_some()
+        {
             return Ok(());
         }
         Err(Status::invalid_argument(format!(
             "shard {id} does not exist (this cluster has {} shard(s)); check the job id",
-            self.layout.shard_count
+            self.shard_count()
         )))
+    }
+
+    /// Where a request on `queue` goes.
+    pub fn route_queue<T>(&self, queue: &str, request: &Request<T>) -> Result<Route, Status> {
+        self.route_queue_as(queue, forward::Arrival::of(request.metadata()))
+    }
+
+    /// Like [`NodeContext::route_queue`], for a request that arrived as
+    /// `arrival` says.
+    pub fn route_queue_as(&self, queue: &str, arrival: forward::Arrival) -> Result<Route, Status> {
+        let (shard, pinned_away) = {
+            let routing = self.routing.get();
+            (routing.shard_of(queue), routing.is_pinned_away(queue))
+        };
+        // A client routing by the hash alone sent a pinned queue to the
+        // wrong shard's leader: telling it where that shard's leader is
+        // would not change where it sends the retry, so it is forwarded.
+        let arrival = match arrival {
+            forward::Arrival::Direct if pinned_away => forward::Arrival::Client,
+            arrival => arrival,
+        };
+        self.route_as(shard, arrival)
     }
 
     pub fn route<T>(&self, shard: u32, request: &Request<T>) -> Result<Route, Status> {
@@ -375,6 +411,7 @@ impl NodeContext {
                                 leader_addr: self.directory.client_addr(l),
                                 term,
                                 epoch,
+                                routing_version: self.routing.version(),
                             },
                         ));
                     }
@@ -415,6 +452,7 @@ impl NodeContext {
                     leader_addr: self.directory.client_addr(remote.leader),
                     term: remote.term,
                     epoch: remote.epoch,
+                    routing_version: self.routing.version(),
                 },
             )),
             forward::Arrival::Client => Ok(Route::Leader(Leader {

@@ -294,7 +294,7 @@ fn cluster_of(
     shards: &BTreeMap<u32, Shard>,
     factor: u32,
 ) -> Option<Cluster> {
-    if shards.len() < ctx.layout.shard_count as usize {
+    if shards.len() < ctx.shard_count() as usize {
         return None;
     }
     let nodes = declared

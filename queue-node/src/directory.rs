@@ -8,6 +8,10 @@
 //! answers asked every [`LOOK`], who leads each shard it does not hold, so
 //! requests for those shards can be forwarded.
 //!
+//! The same answers carry the queue routing when the member has a newer
+//! one than this node (the shard count grew), which is taken into
+//! [`crate::routing::RoutingCell`].
+//!
 //! Owns only the address book; never changes membership or routes.
 
 use std::collections::BTreeMap;
@@ -182,9 +186,16 @@ pub(crate) async fn ask(
     peer_addr: &str,
 ) -> Result<pb::ClusterStatus, tonic::Status> {
     let mut client = ClusterAdminClient::new(ctx.peer(peer_addr)?);
-    let call = client.status(pb::ClusterStatusRequest {});
-    match tokio::time::timeout(ASK_TIMEOUT, call).await {
-        Ok(answer) => answer.map(|r| r.into_inner()),
-        Err(_) => Err(tonic::Status::deadline_exceeded("no answer")),
+    let call = client.status(pb::ClusterStatusRequest {
+        routing_version: ctx.routing.version(),
+    });
+    let mut status = match tokio::time::timeout(ASK_TIMEOUT, call).await {
+        Ok(answer) => answer?.into_inner(),
+        Err(_) => return Err(tonic::Status::deadline_exceeded("no answer")),
+    };
+    // A newer queue routing (the shard count grew) comes with the answer.
+    if let Some(routing) = status.routing.take() {
+        ctx.routing.offer(routing.into());
     }
+    Ok(status)
 }

@@ -32,6 +32,10 @@ pub const LEADER_SHARD: &str = "x-raftq-leader-shard";
 /// The shard's membership epoch as the answering node knows it (see
 /// `ShardRoute.epoch`).
 pub const LEADER_EPOCH: &str = "x-raftq-leader-epoch";
+/// The version of the queue routing the answering node has (see
+/// `ShardMap.routing_version`): a client with an older one reads the map
+/// again.
+pub const ROUTING_VERSION: &str = "x-raftq-routing-version";
 
 /// Where a shard's leader is, as a node that does not lead it knows.
 pub struct LeaderHint {
@@ -40,6 +44,7 @@ pub struct LeaderHint {
     pub leader_addr: Option<String>,
     pub term: u64,
     pub epoch: u64,
+    pub routing_version: u64,
 }
 
 /// How a request reached this node.
@@ -77,12 +82,14 @@ pub fn not_leader(own: NodeId, hint: LeaderHint) -> Status {
         leader_addr,
         term,
         epoch,
+        routing_version,
     } = hint;
     let mut trailers = MetadataMap::new();
     trailers.insert(LEADER_ID, MetadataValue::from(leader));
     trailers.insert(LEADER_TERM, MetadataValue::from(term));
     trailers.insert(LEADER_SHARD, MetadataValue::from(shard));
     trailers.insert(LEADER_EPOCH, MetadataValue::from(epoch));
+    trailers.insert(ROUTING_VERSION, MetadataValue::from(routing_version));
     let addr = leader_addr.and_then(|a| MetadataValue::try_from(a.as_str()).ok().map(|v| (a, v)));
     let whereabouts = match addr {
         Some((text, value)) => {

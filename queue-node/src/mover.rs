@@ -48,10 +48,11 @@ pub struct MoveOrder {
 
 /// Checks a `MoveReplicaRequest` and resolves the incoming node's address.
 pub fn order(ctx: &NodeContext, req: &pb::MoveReplicaRequest) -> Result<MoveOrder, Status> {
-    if req.shard >= ctx.layout.shard_count {
+    if req.shard >= ctx.shard_count() {
         return Err(Status::invalid_argument(format!(
             "shard {} does not exist (this cluster has {} shard(s))",
-            req.shard, ctx.layout.shard_count
+            req.shard,
+            ctx.shard_count()
         )));
     }
     if req.add_node == 0 && req.remove_node == 0 {
@@ -374,7 +375,13 @@ impl Mover<'_> {
                 let mut target = self.client(&addr)?;
                 call(async move {
                     target
-                        .open_replica(forwarded(pb::OpenReplicaRequest { shard }, &self.caller))
+                        .open_replica(forwarded(
+                            pb::OpenReplicaRequest {
+                                shard,
+                                ..Default::default()
+                            },
+                            &self.caller,
+                        ))
                         .await
                         .map(drop)
                 })

@@ -50,6 +50,8 @@ pub struct NodeHandle {
     sampler: Option<JoinHandle<()>>,
     /// Learns the members' client addresses for the shard map.
     directory: Option<JoinHandle<()>>,
+    /// Follows the queue routing in this node's replica of shard 0.
+    routing: Option<JoinHandle<()>>,
     /// Moves replicas toward the declared nodes (when this node leads the
     /// metadata shard).
     coordinator: Option<JoinHandle<()>>,
@@ -74,6 +76,7 @@ impl NodeHandle {
         for task in [
             self.sampler.take(),
             self.directory.take(),
+            self.routing.take(),
             self.coordinator.take(),
         ]
         .into_iter()
@@ -390,6 +393,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     )));
     let sampler = TaskGuard(Some(tokio::spawn(history.clone().run(context.clone()))));
     let directory = TaskGuard(Some(tokio::spawn(crate::directory::run(context.clone()))));
+    let routing = TaskGuard(Some(tokio::spawn(crate::grow::follow_local(
+        context.clone(),
+    ))));
     let rest = crate::rest::router(Arc::new(crate::rest::Rest::new(
         context.clone(),
         history,
@@ -476,6 +482,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         balancer,
         sampler: sampler.keep(),
         directory: directory.keep(),
+        routing: routing.keep(),
         coordinator: coordinator.and_then(TaskGuard::keep),
     })
 }

@@ -187,6 +187,19 @@ pub enum Op {
     SetNodes {
         nodes: Vec<NodeRecord>,
     },
+    /// The shard count grows to `shard_count`: from this entry on the
+    /// shard takes a queue it holds nothing of only when the queue hashes
+    /// to it among that many shards, and keeps every queue it holds now
+    /// (answered with the names of those the new hash sends elsewhere:
+    /// the routing pins them here). Entries that carry it travel in entry
+    /// format 3.
+    Fence {
+        shard_count: u32,
+    },
+    /// The queue routing (metadata shard only; entry format 3).
+    SetRouting {
+        routing: crate::routing::Routing,
+    },
 }
 
 /// A node as its owner declared it, for placement.
@@ -202,6 +215,28 @@ pub struct NodeRecord {
 }
 
 impl Op {
+    /// The queue the op names, if it names one.
+    pub fn queue(&self) -> Option<&str> {
+        match self {
+            Op::Enqueue { queue, .. }
+            | Op::Claim { queue, .. }
+            | Op::SetPaused { queue, .. }
+            | Op::PurgeQueue { queue }
+            | Op::SetQueueConfig { queue, .. }
+            | Op::RequeueDead { queue, .. }
+            | Op::PurgeDead { queue, .. } => Some(queue),
+            Op::Ack { .. }
+            | Op::Nack { .. }
+            | Op::Extend { .. }
+            | Op::Cancel { .. }
+            | Op::Tick
+            | Op::Release { .. }
+            | Op::SetNodes { .. }
+            | Op::Fence { .. }
+            | Op::SetRouting { .. } => None,
+        }
+    }
+
     /// Rough encoded size, for the batcher's byte limit.
     pub fn size_hint(&self) -> usize {
         match self {
@@ -222,6 +257,9 @@ impl Op {
                 16 + tokens.len() * 20
             }
             Op::Nack { items } => items.iter().map(|n| 32 + n.error.len()).sum(),
+            Op::SetRouting { routing } => {
+                64 + routing.pins.keys().map(|q| q.len() + 8).sum::<usize>()
+            }
             _ => 64,
         }
     }
@@ -269,6 +307,13 @@ pub enum OpError {
     },
     #[error("job {id} is not a dead job of queue {queue:?}; nothing was changed")]
     NotDead { id: JobId, queue: String },
+    #[error("queue {queue:?} is on shard {shard} since the shard count grew to {shard_count}, not on shard {here}; retry (the node learns the new routing)")]
+    WrongShard {
+        queue: String,
+        here: u32,
+        shard: u32,
+        shard_count: u32,
+    },
 }
 
 fn describe_now(state: JobState, attempt: u32) -> String {
@@ -389,6 +434,11 @@ pub enum OpResult {
     Failed(OpError),
     /// The declared nodes were replaced.
     NodesSet,
+    /// The shard is fenced: the queues it keeps that the new hash sends
+    /// elsewhere.
+    Pinned(Vec<String>),
+    /// The queue routing was replaced.
+    RoutingSet,
 }
 
 /// The state machine's answer to one batch: one result per op, in order.

@@ -20,7 +20,11 @@ const BATCH: usize = 50;
 async fn leader_of(clients: &[Client]) -> u64 {
     wait_for("a leader", Duration::from_secs(30), || async {
         for c in clients {
-            if let Ok(s) = c.cluster().status(pb::ClusterStatusRequest {}).await {
+            if let Ok(s) = c
+                .cluster()
+                .status(pb::ClusterStatusRequest::default())
+                .await
+            {
                 let shard = &s.into_inner().shards[0];
                 if shard.has_leader && shard.role == "leader" {
                     return Some(shard.leader_id);
@@ -189,7 +193,7 @@ async fn leader_crash_under_load(secure: bool) {
         for c in &admins {
             let s = c
                 .cluster()
-                .status(pb::ClusterStatusRequest {})
+                .status(pb::ClusterStatusRequest::default())
                 .await
                 .ok()?
                 .into_inner();

@@ -33,7 +33,7 @@ async fn node_with_jobs(dir: &Path) -> ProcNode {
         .admin()
         .await
         .cluster()
-        .status(pb::ClusterStatusRequest {})
+        .status(pb::ClusterStatusRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -193,7 +193,7 @@ async fn a_peer_sending_garbage_gets_an_error_and_the_node_serves_on() {
     let status = common::peer(&node)
         .await
         .cluster()
-        .status(pb::ClusterStatusRequest {})
+        .status(pb::ClusterStatusRequest::default())
         .await
         .unwrap()
         .into_inner();

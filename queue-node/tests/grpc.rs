@@ -306,7 +306,7 @@ async fn admin_operations() {
     let status = common::peer(&node)
         .await
         .cluster()
-        .status(pb::ClusterStatusRequest {})
+        .status(pb::ClusterStatusRequest::default())
         .await
         .unwrap()
         .into_inner();

@@ -19,7 +19,7 @@ async fn leaders(clients: &[Client]) -> BTreeMap<u32, u64> {
         for c in clients {
             let status = c
                 .cluster()
-                .status(pb::ClusterStatusRequest {})
+                .status(pb::ClusterStatusRequest::default())
                 .await
                 .ok()?
                 .into_inner();

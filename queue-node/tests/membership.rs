@@ -39,7 +39,7 @@ async fn add_learners_promote_them_and_survive_the_first_node() {
     wait_for("node 1 leads", Duration::from_secs(30), || async {
         let s = p1
             .cluster()
-            .status(pb::ClusterStatusRequest {})
+            .status(pb::ClusterStatusRequest::default())
             .await
             .ok()?
             .into_inner();
@@ -56,7 +56,7 @@ async fn add_learners_promote_them_and_survive_the_first_node() {
     let p2 = connect(&peers[1]).await;
     let s = p2
         .cluster()
-        .status(pb::ClusterStatusRequest {})
+        .status(pb::ClusterStatusRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -76,7 +76,7 @@ async fn add_learners_promote_them_and_survive_the_first_node() {
     }
     let s = p1
         .cluster()
-        .status(pb::ClusterStatusRequest {})
+        .status(pb::ClusterStatusRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -164,7 +164,7 @@ async fn add_learners_promote_them_and_survive_the_first_node() {
 async fn leaderships(client: &raftq_client::Client, nodes: &[u64]) -> Option<Vec<usize>> {
     let s = client
         .cluster()
-        .status(pb::ClusterStatusRequest {})
+        .status(pb::ClusterStatusRequest::default())
         .await
         .ok()?
         .into_inner();

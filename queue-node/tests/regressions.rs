@@ -245,7 +245,7 @@ async fn an_unreachable_learner_cannot_wedge_the_shard() {
     );
     let status = admin
         .cluster()
-        .status(pb::ClusterStatusRequest {})
+        .status(pb::ClusterStatusRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -303,7 +303,7 @@ async fn initialize_is_refused_on_a_joining_node() {
     );
     let status = admin
         .cluster()
-        .status(pb::ClusterStatusRequest {})
+        .status(pb::ClusterStatusRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -334,7 +334,7 @@ async fn an_idle_stream_proposes_nothing() {
     let last_log = || async {
         admin
             .cluster()
-            .status(pb::ClusterStatusRequest {})
+            .status(pb::ClusterStatusRequest::default())
             .await
             .unwrap()
             .into_inner()
@@ -374,7 +374,7 @@ async fn forwarding_has_the_servers_limits_and_fails_as_unavailable() {
     let leader = wait_for("a leader", Duration::from_secs(30), || async {
         let s = admin
             .cluster()
-            .status(pb::ClusterStatusRequest {})
+            .status(pb::ClusterStatusRequest::default())
             .await
             .ok()?
             .into_inner();

@@ -25,7 +25,11 @@ const WORK: &str = "work";
 
 /// True when `client`'s node is a member of every shard and sees a leader.
 async fn serving(client: &Client) -> bool {
-    match client.cluster().status(pb::ClusterStatusRequest {}).await {
+    match client
+        .cluster()
+        .status(pb::ClusterStatusRequest::default())
+        .await
+    {
         Ok(s) => s
             .into_inner()
             .shards

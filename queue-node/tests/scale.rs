@@ -9,14 +9,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::load::Load;
 use common::{loopback, queue_on, wait_for, ProcNode};
 use raftq_client::proto as pb;
-use raftq_client::{Client, JobSpec};
+use raftq_client::Client;
 
 const SHARDS: u32 = 6;
 const CONFIG: &str = "raft:\n  leader_balance_every_ms: 300\n";
@@ -52,14 +51,6 @@ async fn placement(peer: &str) -> pb::PlacementStatus {
 
 fn replicas(p: &pb::PlacementStatus) -> BTreeMap<u64, u32> {
     p.nodes.iter().map(|n| (n.node_id, n.replicas)).collect()
-}
-
-#[derive(Default)]
-struct Ledger {
-    enqueued: BTreeSet<String>,
-    acked: BTreeSet<String>,
-    /// Jobs handed out again after their ack succeeded.
-    after_ack: Vec<String>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,75 +108,7 @@ async fn three_nodes_grow_to_six_and_shrink_back_under_load() {
     // Load on a queue of every shard, through node 1.
     let client = common::connect(&addrs[0]).await;
     let queues: Vec<String> = (0..SHARDS).map(|s| queue_on(SHARDS, s, "grow")).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let ledger: Arc<Mutex<Ledger>> = Arc::default();
-    let producer = {
-        let (stop, ledger, queues) = (stop.clone(), ledger.clone(), queues.clone());
-        let producer = client.producer();
-        tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                let queue = &queues[i as usize % queues.len()];
-                let spec = JobSpec::new(format!("job-{i}")).idempotency_key(format!("job-{i}"));
-                if let Ok(id) = producer.enqueue(queue, spec).await {
-                    ledger.lock().unwrap().enqueued.insert(id);
-                }
-                i += 1;
-            }
-        })
-    };
-    let worker = {
-        let (stop, ledger, queues, client) =
-            (stop.clone(), ledger.clone(), queues.clone(), client.clone());
-        tokio::spawn(async move {
-            // After the producer stops, runs until nothing came for longer
-            // than a lease, so a job whose ack failed comes back first.
-            let mut last_job = tokio::time::Instant::now();
-            while !(stop.load(Ordering::SeqCst) && last_job.elapsed() > Duration::from_secs(8)) {
-                let mut got = 0;
-                for queue in &queues {
-                    let request = pb::FetchRequest {
-                        queue: queue.clone(),
-                        worker_id: "scale".into(),
-                        max_jobs: 100,
-                        lease_ms: Some(5_000),
-                        wait_ms: 0,
-                    };
-                    let Ok(jobs) = client.queue().fetch(request).await else {
-                        continue;
-                    };
-                    let jobs = jobs.into_inner().jobs;
-                    got += jobs.len();
-                    let ids: Vec<String> = jobs
-                        .iter()
-                        .map(|j| j.job.as_ref().map(|j| j.id.clone()).unwrap_or_default())
-                        .collect();
-                    {
-                        let mut l = ledger.lock().unwrap();
-                        let again: Vec<String> = ids
-                            .iter()
-                            .filter(|id| l.acked.contains(*id))
-                            .cloned()
-                            .collect();
-                        l.after_ack.extend(again);
-                    }
-                    let tokens = jobs.iter().filter_map(|j| j.token.clone()).collect();
-                    if let Ok(answer) = client.queue().ack(pb::AckRequest { tokens }).await {
-                        let mut l = ledger.lock().unwrap();
-                        for (id, result) in ids.iter().zip(&answer.into_inner().results) {
-                            if result.code == 0 {
-                                l.acked.insert(id.clone());
-                            }
-                        }
-                    }
-                }
-                if got > 0 {
-                    last_job = tokio::time::Instant::now();
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let load = Load::start(&client, queues, "scale");
 
     // Declarations that cannot be kept are refused, and nothing is stored.
     let admin = Client::connect(&peers[0]).await.expect("peer port");
@@ -239,7 +162,7 @@ async fn three_nodes_grow_to_six_and_shrink_back_under_load() {
                 let admin = Client::connect(peer).await.ok()?;
                 admin
                     .cluster()
-                    .status(pb::ClusterStatusRequest {})
+                    .status(pb::ClusterStatusRequest::default())
                     .await
                     .ok()
                     .map(drop)
@@ -261,7 +184,7 @@ async fn three_nodes_grow_to_six_and_shrink_back_under_load() {
         let admin = nodes[id - 1].admin().await;
         let status = admin
             .cluster()
-            .status(pb::ClusterStatusRequest {})
+            .status(pb::ClusterStatusRequest::default())
             .await
             .expect("status")
             .into_inner();
@@ -292,28 +215,7 @@ async fn three_nodes_grow_to_six_and_shrink_back_under_load() {
     }
 
     // Every acknowledged enqueue is delivered; nothing after its ack.
-    stop.store(true, Ordering::SeqCst);
-    producer.await.unwrap();
-    tokio::time::timeout(Duration::from_secs(120), worker)
-        .await
-        .expect("the worker drains the queues")
-        .unwrap();
-    let ledger = ledger.lock().unwrap();
-    assert!(
-        ledger.enqueued.len() > 100,
-        "only {} enqueued",
-        ledger.enqueued.len()
-    );
-    let lost: Vec<_> = ledger.enqueued.difference(&ledger.acked).collect();
-    assert!(
-        lost.is_empty(),
-        "acknowledged enqueues never delivered and acked: {lost:?}"
-    );
-    assert!(
-        ledger.after_ack.is_empty(),
-        "handed out again after a successful ack: {:?}",
-        ledger.after_ack
-    );
+    load.finish(100).await;
 
     for node in &mut nodes {
         node.kill();

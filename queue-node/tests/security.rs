@@ -299,7 +299,7 @@ async fn the_peer_port_takes_members_and_cluster_admins_only() {
     .await;
     if let Ok(c) = no_cert {
         c.cluster()
-            .status(pb::ClusterStatusRequest {})
+            .status(pb::ClusterStatusRequest::default())
             .await
             .expect_err("no client certificate");
     }
@@ -331,7 +331,7 @@ async fn the_peer_port_takes_members_and_cluster_admins_only() {
     assert!(e.message().contains("only members"), "{}", e.message());
     let e = c
         .cluster()
-        .status(pb::ClusterStatusRequest {})
+        .status(pb::ClusterStatusRequest::default())
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{}", e.message());
@@ -353,7 +353,7 @@ async fn the_peer_port_takes_members_and_cluster_admins_only() {
     );
     let ops = as_cert(&peer, &s.ca, &s.ca.leaf(&[], "ops")).await.unwrap();
     ops.cluster()
-        .status(pb::ClusterStatusRequest {})
+        .status(pb::ClusterStatusRequest::default())
         .await
         .expect("cluster-admin reaches ClusterAdmin");
     // Client calls are not served on the peer port.
@@ -366,7 +366,7 @@ async fn the_peer_port_takes_members_and_cluster_admins_only() {
         Err(_) => true,
         Ok(c) => c
             .cluster()
-            .status(pb::ClusterStatusRequest {})
+            .status(pb::ClusterStatusRequest::default())
             .await
             .is_err(),
     };

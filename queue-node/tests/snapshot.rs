@@ -12,7 +12,7 @@ use raftq_client::{Client, JobSpec};
 async fn status(client: &Client) -> Option<pb::ShardStatus> {
     let s = client
         .cluster()
-        .status(pb::ClusterStatusRequest {})
+        .status(pb::ClusterStatusRequest::default())
         .await
         .ok()?
         .into_inner();

@@ -33,6 +33,7 @@ fn node(id: u64, shards: u32, leader: u64, voters: &[u64], learners: &[u64]) -> 
                 ..pb::ShardStatus::default()
             })
             .collect(),
+        ..pb::ClusterStatus::default()
     }
 }
 

@@ -41,6 +41,11 @@ impl ShardState {
         defaults: &QueueDefaults,
         sink: &mut impl WriteSink,
     ) -> OpResult {
+        if let Some(queue) = op.queue() {
+            if let Err(wrong_shard) = self.takes(queue) {
+                return OpResult::Failed(wrong_shard);
+            }
+        }
         match op {
             Op::Enqueue { queue, jobs } => {
                 // Once per op, not per job: the queue's number, shared
@@ -151,10 +156,48 @@ impl ShardState {
                 self.nodes = Some(nodes.clone());
                 OpResult::NodesSet
             }
+            Op::Fence { shard_count } => OpResult::Pinned(self.fence_at(*shard_count, sink)),
+            Op::SetRouting { routing } => {
+                // An older table (a retried proposal) never replaces a
+                // newer one.
+                if self
+                    .routing
+                    .as_ref()
+                    .is_none_or(|held| routing.version > held.version)
+                {
+                    sink.put(
+                        &keys::named_key(self.shard, keys::ROUTING, b"routing"),
+                        routing,
+                    );
+                    self.routing = Some(routing.clone());
+                }
+                OpResult::RoutingSet
+            }
             Op::Release { tokens } => {
                 settle_each(tokens, |id, attempt| self.release(id, attempt, sink))
             }
         }
+    }
+
+    /// Fences the shard for `shard_count` shards (never fewer than it was
+    /// fenced for): it keeps every queue it holds something of, and takes
+    /// new ones only when they hash here. Returns the queues it keeps that
+    /// hash elsewhere. Asked again, it answers the same: no queue it does
+    /// not take can have appeared since.
+    fn fence_at(&mut self, shard_count: u32, sink: &mut impl WriteSink) -> Vec<String> {
+        let mut fence = self.fence.clone().unwrap_or_default();
+        fence.shard_count = fence.shard_count.max(shard_count);
+        let keep: Vec<String> = self
+            .queues_holding_something()
+            .into_iter()
+            .filter(|q| raftq_api::shard_of(q, fence.shard_count) != self.shard)
+            .map(str::to_owned)
+            .collect();
+        fence.pinned.extend(keep);
+        sink.put(&keys::named_key(self.shard, keys::FENCE, b"fence"), &fence);
+        let pinned = fence.pinned.iter().cloned().collect();
+        self.fence = Some(fence);
+        pinned
     }
 
     fn fire_timers(&mut self, defaults: &QueueDefaults, sink: &mut impl WriteSink) {

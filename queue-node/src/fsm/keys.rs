@@ -13,6 +13,9 @@ use serde::Serialize;
 /// headers, which a rebuild skips and only serving reads:
 /// `shard | 'j' | index | position`.
 pub const JOB: u8 = b'j';
+/// Which queues the shard takes since the count grew: `shard | 'f' |
+/// "fence"`.
+pub const FENCE: u8 = b'f';
 /// Idempotency key: `shard | 'k' | queue | 0 | key`.
 pub const DEDUP: u8 = b'k';
 /// Applied log id, membership, clock: `shard | 'm' | name`.
@@ -21,6 +24,8 @@ pub const META: u8 = b'm';
 pub const NODES: u8 = b'p';
 /// Queue settings: `shard | 'q' | queue`.
 pub const QUEUE: u8 = b'q';
+/// The queue routing (metadata shard only): `shard | 'r' | "routing"`.
+pub const ROUTING: u8 = b'r';
 /// Job status after it changed: `shard | 's' | index | position`.
 pub const STATUS: u8 = b's';
 

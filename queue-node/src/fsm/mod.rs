@@ -264,6 +264,37 @@ pub struct ShardState {
     /// The nodes replicas are placed on, as last declared (`SetNodes`, on
     /// the metadata shard); `None` until a first declaration.
     nodes: Option<Vec<crate::ops::NodeRecord>>,
+    /// Set once the shard count grew: which queues this shard takes.
+    fence: Option<ShardFence>,
+    /// The queue routing, once it changed (`SetRouting`, on the metadata
+    /// shard).
+    routing: Option<crate::routing::Routing>,
+}
+
+/// Which queues a shard takes after the shard count grew (`Op::Fence`): a
+/// queue it keeps (one that held something when fenced), or one that
+/// hashes to it among `shard_count` shards. The same rule as
+/// [`crate::routing::Routing`], from the shard's own log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardFence {
+    pub shard_count: u32,
+    /// Queues this shard keeps although they hash elsewhere.
+    pub pinned: BTreeSet<String>,
+}
+
+impl ShardFence {
+    fn takes(&self, shard: u32, queue: &str) -> Result<(), crate::ops::OpError> {
+        let hashed = raftq_api::shard_of(queue, self.shard_count);
+        if hashed == shard || self.pinned.contains(queue) {
+            return Ok(());
+        }
+        Err(crate::ops::OpError::WrongShard {
+            queue: queue.to_owned(),
+            here: shard,
+            shard: hashed,
+            shard_count: self.shard_count,
+        })
+    }
 }
 
 /// Why persisted state could not be loaded (`E`: reading it).
@@ -297,12 +328,52 @@ impl ShardState {
             finished: Vec::new(),
             lease_starts: HashMap::new(),
             nodes: None,
+            fence: None,
+            routing: None,
         }
     }
 
     /// The declared nodes, if any were (metadata shard only).
     pub fn nodes(&self) -> Option<&[crate::ops::NodeRecord]> {
         self.nodes.as_deref()
+    }
+
+    /// The queue routing, if it ever changed (metadata shard only).
+    pub fn routing(&self) -> Option<&crate::routing::Routing> {
+        self.routing.as_ref()
+    }
+
+    /// Which queues this shard takes, once the shard count grew.
+    pub fn fence(&self) -> Option<&ShardFence> {
+        self.fence.as_ref()
+    }
+
+    /// Whether `queue` may be used on this shard.
+    fn takes(&self, queue: &str) -> Result<(), crate::ops::OpError> {
+        match &self.fence {
+            None => Ok(()),
+            Some(fence) => fence.takes(self.shard, queue),
+        }
+    }
+
+    /// The queues that hold something (settings, jobs of any state, dead
+    /// letters, idempotency keys): exactly what a rebuild from the
+    /// records brings back, so every replica computes the same set.
+    fn queues_holding_something(&self) -> BTreeSet<&str> {
+        let mut holding: BTreeSet<&str> = self
+            .queues
+            .iter()
+            .filter(|q| {
+                q.ready_len() > 0
+                    || q.scheduled > 0
+                    || q.leased > 0
+                    || !q.dead.is_empty()
+                    || q.meta != QueueMeta::default()
+            })
+            .map(|q| &*q.name)
+            .collect();
+        holding.extend(self.dedup.keys().map(|(queue, _)| &**queue));
+        holding
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -362,6 +433,12 @@ impl ShardState {
                 }
                 Some(keys::NODES) => {
                     state.nodes = Some(decode(key, value)?);
+                }
+                Some(keys::FENCE) => {
+                    state.fence = Some(decode(key, value)?);
+                }
+                Some(keys::ROUTING) => {
+                    state.routing = Some(decode(key, value)?);
                 }
                 Some(keys::QUEUE) => {
                     let name = String::from_utf8_lossy(&key[5..]).into_owned();
@@ -742,8 +819,8 @@ impl ShardState {
         let mut dedup: Vec<_> = self.dedup.iter().collect();
         dedup.sort_by(|a, b| a.0.cmp(b.0));
         out.push_str(&format!(
-            "dedup {dedup:?}\nleases {:?}\nscheduled {:?}\n",
-            self.leases, self.scheduled
+            "dedup {dedup:?}\nleases {:?}\nscheduled {:?}\nfence {:?}\nrouting {:?}\n",
+            self.leases, self.scheduled, self.fence, self.routing
         ));
         out
     }

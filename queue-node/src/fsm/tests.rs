@@ -134,6 +134,100 @@ impl Harness {
     }
 }
 
+/// A queue name that hashes to shard `shard` of `shards`.
+fn queue_on(shards: u32, shard: u32, tag: &str) -> String {
+    (0..)
+        .map(|i| format!("{tag}-{i}"))
+        .find(|q| raftq_api::shard_of(q, shards) == shard)
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_fenced_shard_keeps_its_queues_and_takes_only_new_ones_that_hash_to_it() {
+    let mut h = Harness::new();
+    // Shard 0 of 2 holds these; among 4 shards they hash elsewhere.
+    let elsewhere = |tag: &str| {
+        (0..)
+            .map(|i| format!("{tag}-{i}"))
+            .find(|q| raftq_api::shard_of(q, 2) == 0 && raftq_api::shard_of(q, 4) != 0)
+            .unwrap_or_default()
+    };
+    let (with_jobs, with_settings, with_key, emptied) = (
+        elsewhere("jobs"),
+        elsewhere("settings"),
+        elsewhere("key"),
+        elsewhere("emptied"),
+    );
+    h.enqueue(&with_jobs, vec![job("a")]);
+    h.one(Op::SetQueueConfig {
+        queue: with_settings.clone(),
+        patch: QueueConfigPatch {
+            max_attempts: Some(9),
+            ..Default::default()
+        },
+    });
+    let mut keyed = job("k");
+    keyed.idempotency_key = Some("once".into());
+    h.enqueue(&with_key, vec![keyed]);
+    for queue in [&with_key, &emptied] {
+        if queue == &emptied {
+            // Used, then emptied: it holds nothing, so it follows the
+            // new hash.
+            h.enqueue(&emptied, vec![job("e")]);
+        }
+        let claimed = h.claim(queue, "w", 1);
+        assert_eq!(h.ack(claimed[0].id, claimed[0].status.attempt), Ok(None));
+    }
+
+    let OpResult::Pinned(pinned) = h.one(Op::Fence { shard_count: 4 }) else {
+        panic!("fence answers the pinned queues");
+    };
+    let mut expected = vec![with_jobs.clone(), with_settings.clone(), with_key.clone()];
+    expected.sort();
+    assert_eq!(pinned, expected);
+    // Asked again (a growth resumed), the same answer.
+    assert_eq!(
+        h.one(Op::Fence { shard_count: 4 }),
+        OpResult::Pinned(expected)
+    );
+
+    // Pinned queues and queues that hash here are taken; others refused,
+    // and nothing of them is created.
+    h.enqueue(&with_jobs, vec![job("b")]);
+    h.enqueue(&queue_on(4, 0, "new"), vec![job("n")]);
+    for refused in [emptied.clone(), queue_on(4, 1, "new")] {
+        match h.one(Op::Enqueue {
+            queue: refused.clone(),
+            jobs: vec![job("x")],
+        }) {
+            OpResult::Failed(OpError::WrongShard {
+                here: 0,
+                shard,
+                shard_count: 4,
+                ..
+            }) => assert_eq!(shard, raftq_api::shard_of(&refused, 4)),
+            other => panic!("{refused}: {other:?}"),
+        }
+        assert!(matches!(
+            h.one(Op::Claim {
+                queue: refused.clone(),
+                worker: "w".into(),
+                max: 1,
+                lease_ms: None,
+            }),
+            OpResult::Failed(OpError::WrongShard { .. })
+        ));
+    }
+    assert_eq!(h.stats(&with_jobs).0, 2);
+    // The fence, and the routing a metadata shard holds, survive a rebuild.
+    let routing = crate::routing::Routing::initial(2).grown(4, [(with_jobs.clone(), 0)]);
+    h.one(Op::SetRouting {
+        routing: routing.clone(),
+    });
+    assert_eq!(h.state.routing(), Some(&routing));
+    h.assert_rebuilds();
+}
+
 #[test]
 fn enqueue_claim_ack_removes_the_job_and_its_keys() {
     let mut h = Harness::new();

@@ -120,7 +120,7 @@ pub async fn cluster(State(rest): State<Arc<Rest>>, caller: Caller) -> Answer<Va
             let answer = async {
                 let mut client = ClusterAdminClient::new(ctx.peer(&addr)?);
                 // Asked for the caller, whom the other node checks again.
-                let request = crate::forward::forwarded(pb::ClusterStatusRequest {}, &who);
+                let request = crate::forward::forwarded(pb::ClusterStatusRequest::default(), &who);
                 client.status(request).await.map(|r| r.into_inner())
             };
             let answer = tokio::time::timeout(Duration::from_secs(3), answer).await;

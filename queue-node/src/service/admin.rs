@@ -41,7 +41,7 @@ impl QueueAdminService {
     ) -> Result<(Caller, Route), Status> {
         validate::queue_name(queue).map_err(invalid)?;
         let caller = self.authorize(request, call, Some(queue))?;
-        let route = self.ctx.route(self.ctx.shard_of_queue(queue), request)?;
+        let route = self.ctx.route_queue(queue, request)?;
         Ok((caller, route))
     }
 

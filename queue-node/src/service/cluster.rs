@@ -37,15 +37,53 @@ impl ClusterService {
     fn status(&self) -> pb::ClusterStatus {
         local_status(&self.ctx)
     }
+
+    /// Creates the Raft group of a new shard on the replica just opened
+    /// here, with `voters` (this node among them). Nothing to do when the
+    /// replica has a membership already: the group exists.
+    async fn create_group(&self, shard: u32, voters: &[pb::Member]) -> Result<(), Status> {
+        if !voters.iter().any(|m| m.node_id == self.ctx.id) {
+            return Err(Status::invalid_argument(format!(
+                "create_with must name this node ({}) among the voters of shard {shard}",
+                self.ctx.id
+            )));
+        }
+        let handle = self.ctx.shard(shard)?;
+        let initialized = handle
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Status::internal(format!("shard {shard}: {e}")))?;
+        if initialized {
+            return Ok(());
+        }
+        let members: std::collections::BTreeMap<u64, openraft::BasicNode> = voters
+            .iter()
+            .map(|m| (m.node_id, openraft::BasicNode::new(&m.addr)))
+            .collect();
+        match handle.raft.initialize(members).await {
+            Ok(())
+            | Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(_),
+            )) => {
+                tracing::info!(shard, voters = ?voters.iter().map(|m| m.node_id).collect::<Vec<_>>(), "created the raft group of a new shard");
+                Ok(())
+            }
+            Err(e) => Err(raft_status("initialize", e)),
+        }
+    }
 }
 
 /// Each shard's Raft status as this node sees it.
 pub fn local_status(ctx: &crate::context::NodeContext) -> pb::ClusterStatus {
+    let routing = ctx.routing.get();
     pb::ClusterStatus {
         node_id: ctx.id,
         addr: ctx.addr.clone(),
         client_addr: ctx.client_addr.clone(),
         shards: ctx.held().iter().map(|s| shard_status(s)).collect(),
+        routing_version: routing.version,
+        routing: None,
     }
 }
 
@@ -177,7 +215,12 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
             Call::Cluster("Status")
         };
         self.ctx.authorize(Port::Peer, &request, call, None)?;
-        Ok(Response::new(self.status()))
+        let mut status = self.status();
+        // Only to a node that has an older routing: the table can be long.
+        if request.get_ref().routing_version < status.routing_version {
+            status.routing = Some(pb::QueueRouting::from(&*self.ctx.routing.get()));
+        }
+        Ok(Response::new(status))
     }
 
     async fn initialize(
@@ -320,16 +363,88 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
         )))
     }
 
+    type GrowShardsStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::GrowProgress, Status>>;
+
+    async fn grow_shards(
+        &self,
+        request: Request<pb::GrowShardsRequest>,
+    ) -> Result<Response<Self::GrowShardsStream>, Status> {
+        let caller = self.authorize(&request, "GrowShards")?;
+        let shard_count = crate::grow::check(&self.ctx, request.get_ref())?;
+        let (updates, stream) = tokio::sync::mpsc::channel(16);
+        match self
+            .ctx
+            .route(crate::coordinator::METADATA_SHARD, &request)?
+        {
+            Route::Local(meta) => {
+                let ctx = self.ctx.clone();
+                tokio::spawn(async move {
+                    crate::grow::run(&ctx, meta, shard_count, caller, updates).await
+                });
+            }
+            // Run by the metadata shard's leader; its steps are passed on.
+            Route::Leader(leader) => {
+                let req = *request.get_ref();
+                let mut steps = leader
+                    .relay(leader.cluster().grow_shards(forwarded(req, &caller)))
+                    .await?
+                    .into_inner();
+                tokio::spawn(async move {
+                    loop {
+                        let step = match steps.message().await {
+                            Ok(Some(step)) => Ok(step),
+                            Ok(None) => break,
+                            Err(e) => Err(e),
+                        };
+                        let failed = step.is_err();
+                        if updates.send(step).await.is_err() || failed {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            stream,
+        )))
+    }
+
+    async fn fence_shard(
+        &self,
+        request: Request<pb::FenceShardRequest>,
+    ) -> Result<Response<pb::FenceShardResponse>, Status> {
+        let caller = self.authorize(&request, "FenceShard")?;
+        let req = request.get_ref();
+        if req.shard_count == 0 || req.shard_count > crate::routing::MAX_SHARDS {
+            return Err(Status::invalid_argument(format!(
+                "shard_count must be in 1..={} (got {})",
+                crate::routing::MAX_SHARDS,
+                req.shard_count
+            )));
+        }
+        if req.shard >= req.shard_count {
+            return Err(Status::invalid_argument(format!(
+                "shard {} is not among {} shards",
+                req.shard, req.shard_count
+            )));
+        }
+        let pinned =
+            crate::grow::fence_shard(&self.ctx, req.shard, req.shard_count, &caller).await?;
+        Ok(Response::new(pb::FenceShardResponse { pinned }))
+    }
+
     async fn open_replica(
         &self,
         request: Request<pb::OpenReplicaRequest>,
     ) -> Result<Response<pb::OpenReplicaResponse>, Status> {
         self.authorize(&request, "OpenReplica")?;
         let shard = request.get_ref().shard;
-        if shard >= self.ctx.layout.shard_count {
+        // A shard being created (GrowShards) is not in the routing yet.
+        if shard >= crate::routing::MAX_SHARDS {
             return Err(Status::invalid_argument(format!(
-                "shard {shard} does not exist (this cluster has {} shard(s))",
-                self.ctx.layout.shard_count
+                "shard {shard} does not exist (a cluster has at most {} shards)",
+                crate::routing::MAX_SHARDS
             )));
         }
         if self.ctx.layout.is_full() {
@@ -340,6 +455,10 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterService {
         let opened = crate::replicas::open_for_move(&self.ctx, shard)
             .await
             .map_err(|e| e.status())?;
+        let create_with = &request.get_ref().create_with;
+        if !create_with.is_empty() {
+            self.create_group(shard, create_with).await?;
+        }
         Ok(Response::new(pb::OpenReplicaResponse { opened }))
     }
 

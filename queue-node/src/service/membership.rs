@@ -222,7 +222,7 @@ pub async fn change_voters(
 pub async fn probe(id: NodeId, addr: &str, dialer: &Dialer) -> Result<(), String> {
     let channel = dialer.channel(addr).map_err(|e| e.to_string())?;
     let mut client = ClusterAdminClient::new(channel);
-    let call = client.status(pb::ClusterStatusRequest {});
+    let call = client.status(pb::ClusterStatusRequest::default());
     match tokio::time::timeout(PROBE_TIMEOUT, call).await {
         Err(_) => Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
         Ok(Err(status)) => Err(status.message().to_string()),

@@ -42,6 +42,8 @@ pub(crate) fn op_code(e: &OpError) -> tonic::Code {
     match e {
         OpError::JobNotFound { .. } | OpError::NotDead { .. } => tonic::Code::NotFound,
         OpError::LeaseLost { .. } | OpError::Leased { .. } => tonic::Code::FailedPrecondition,
+        // The node routed by an older table; the retry goes by the newer.
+        OpError::WrongShard { .. } => tonic::Code::Unavailable,
     }
 }
 

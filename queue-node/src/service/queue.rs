@@ -108,10 +108,7 @@ impl pb::queue_server::Queue for QueueService {
             .requests
             .hold(prost::Message::encoded_len(req))
             .map_err(Status::resource_exhausted)?;
-        let shard = match self
-            .ctx
-            .route(self.ctx.shard_of_queue(&req.queue), &request)?
-        {
+        let shard = match self.ctx.route_queue(&req.queue, &request)? {
             Route::Leader(leader) => {
                 return leader
                     .relay(
@@ -177,10 +174,7 @@ impl pb::queue_server::Queue for QueueService {
             )));
         }
         let caller = self.authorize(&request, Call::Fetch, Some(&req.queue))?;
-        let shard = match self
-            .ctx
-            .route(self.ctx.shard_of_queue(&req.queue), &request)?
-        {
+        let shard = match self.ctx.route_queue(&req.queue, &request)? {
             Route::Leader(leader) => {
                 return leader
                     .relay(
@@ -359,7 +353,7 @@ impl pb::queue_server::Queue for QueueService {
         }
         let mut session = self.ctx.workers.session();
         let shard_id = self.ctx.shard_of_queue(&open.queue);
-        match self.ctx.route_as(shard_id, arrival)? {
+        match self.ctx.route_queue_as(&open.queue, arrival)? {
             Route::Leader(leader) => {
                 let frames = futures::stream::once(async move { first })
                     .chain(inbound.filter_map(|f| futures::future::ready(f.ok())));

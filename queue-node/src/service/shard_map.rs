@@ -9,14 +9,14 @@ use raftq_api::v1 as pb;
 use crate::context::NodeContext;
 
 pub fn build(ctx: &NodeContext, queues: &[String]) -> pb::ShardMap {
+    let routing = ctx.routing.get();
     let known = ctx.directory.all();
     let client_addr = |leader: Option<u64>| {
         leader
             .and_then(|l| known.get(&l).cloned())
             .unwrap_or_default()
     };
-    let shards = ctx
-        .shard_ids()
+    let shards = (0..routing.shard_count)
         .map(|id| match ctx.local(id) {
             Some(shard) => {
                 let metrics = shard.raft.metrics();
@@ -48,7 +48,13 @@ pub fn build(ctx: &NodeContext, queues: &[String]) -> pb::ShardMap {
         })
         .collect();
     pb::ShardMap {
-        shard_count: ctx.layout.shard_count,
+        shard_count: routing.shard_count,
+        pinned: routing
+            .pins
+            .iter()
+            .map(|(queue, shard)| (queue.clone(), *shard))
+            .collect(),
+        routing_version: routing.version,
         shards,
         nodes: known
             .into_iter()
@@ -59,7 +65,7 @@ pub fn build(ctx: &NodeContext, queues: &[String]) -> pb::ShardMap {
             .collect(),
         queues: queues
             .iter()
-            .map(|q| (q.clone(), ctx.shard_of_queue(q)))
+            .map(|q| (q.clone(), routing.shard_of(q)))
             .collect(),
         node_id: ctx.id,
     }

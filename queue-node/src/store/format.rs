@@ -31,6 +31,11 @@
 //!   this node"). The record it writes (`'p'` kind) is skipped by an older
 //!   rebuild, so older snapshots and data dirs need no conversion.
 //!
+//! - Entry format 3: a batch may carry `Op::Fence` or `Op::SetRouting`
+//!   (the shard count grew). Sent as format 3 only in messages with such
+//!   an entry, like format 2; their records (`'f'`, `'r'` kinds) are
+//!   skipped by an older rebuild.
+//!
 //! The golden-bytes tests below pin every encoding. Any change to a
 //! persisted or replicated type that changes those bytes must raise the
 //! matching format and teach the node to read (or convert) the old one.
@@ -46,7 +51,7 @@ use crate::ops::{answer_bytes, BackoffPolicy, ContentRef, JobMeta, JobStatus};
 /// The data-dir format this binary writes, and the newest it reads.
 pub const DATA_FORMAT: u32 = 2;
 /// The newest format of Raft entries this binary reads.
-pub const ENTRY_FORMAT: u32 = 2;
+pub const ENTRY_FORMAT: u32 = 3;
 /// The format of votes, heartbeats and entries without a newer op.
 pub const BASE_ENTRY_FORMAT: u32 = 1;
 /// The format of the snapshots this binary sends (and the newest it reads).
@@ -64,18 +69,20 @@ const CONVERT_CHUNK: usize = 10_000;
 /// The format a message carrying `entries` is sent in: the lowest that
 /// can carry them all.
 pub fn entries_format(entries: &[openraft::Entry<crate::raft_types::TypeConfig>]) -> u32 {
-    let sets_nodes = entries.iter().any(|e| match &e.payload {
-        openraft::EntryPayload::Normal(batch) => batch
-            .ops
-            .iter()
-            .any(|op| matches!(op, crate::ops::Op::SetNodes { .. })),
-        _ => false,
-    });
-    if sets_nodes {
-        2
-    } else {
-        BASE_ENTRY_FORMAT
-    }
+    use crate::ops::Op;
+    let op_format = |op: &Op| match op {
+        Op::SetNodes { .. } => 2,
+        Op::Fence { .. } | Op::SetRouting { .. } => 3,
+        _ => BASE_ENTRY_FORMAT,
+    };
+    entries
+        .iter()
+        .filter_map(|e| match &e.payload {
+            openraft::EntryPayload::Normal(batch) => batch.ops.iter().map(op_format).max(),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(BASE_ENTRY_FORMAT)
 }
 
 /// Records the format of a new data dir, converts an older one, refuses a

@@ -375,7 +375,7 @@ impl Cluster {
         let c = self.admin(id).await?;
         tokio::time::timeout(
             Duration::from_secs(2),
-            c.cluster().status(pb::ClusterStatusRequest {}),
+            c.cluster().status(pb::ClusterStatusRequest::default()),
         )
         .await
         .ok()?

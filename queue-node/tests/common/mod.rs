@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod load;
 mod ports;
 
 use std::future::Future;
@@ -138,7 +139,7 @@ pub async fn shard_leader(admin: &Client) -> u64 {
     wait_for("a shard leader", Duration::from_secs(20), || async {
         let status = admin
             .cluster()
-            .status(pb::ClusterStatusRequest {})
+            .status(pb::ClusterStatusRequest::default())
             .await
             .ok()?
             .into_inner();
@@ -373,7 +374,7 @@ pub async fn statuses(
         let admin = Client::connect(&node.peer_addr).await.ok()?;
         let status = admin
             .cluster()
-            .status(pb::ClusterStatusRequest {})
+            .status(pb::ClusterStatusRequest::default())
             .await
             .ok()?
             .into_inner();

@@ -144,6 +144,49 @@ async fn four_shards_grow_to_eight_under_load() {
         .await
         .expect("ack deduped");
 
+    // A worker stream on a queue it keeps empty: the queue holds nothing
+    // when the count grows, so it follows the new hash, and the stream
+    // must follow it there.
+    let streamed = moving_queue("streamed");
+    let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let worker = {
+        let worker = raftq_client::Worker::new(client.clone(), streamed.clone());
+        tokio::spawn(worker.run(move |job: raftq_client::Job| {
+            let got_tx = got_tx.clone();
+            async move {
+                let _ = got_tx.send(String::from_utf8_lossy(&job.payload).into_owned());
+                Ok::<(), String>(())
+            }
+        }))
+    };
+    producer
+        .enqueue(&streamed, JobSpec::new("before"))
+        .await
+        .expect("enqueue streamed");
+    let first_job = tokio::time::timeout(Duration::from_secs(30), got.recv()).await;
+    assert_eq!(first_job.ok().flatten().as_deref(), Some("before"));
+    wait_for(
+        "the streamed job's ack",
+        Duration::from_secs(30),
+        || async {
+            let stats = client
+                .admin()
+                .stats(pb::StatsRequest {
+                    queue: streamed.clone(),
+                    ..Default::default()
+                })
+                .await
+                .ok()?
+                .into_inner();
+            stats
+                .queues
+                .iter()
+                .all(|q| q.ready + q.leased + q.scheduled + q.dead == 0)
+                .then_some(())
+        },
+    )
+    .await;
+
     let old_queues: Vec<String> = (0..SHARDS).map(|s| queue_on(SHARDS, s, "old")).collect();
     let load = Load::start(&client, old_queues.clone(), "grow");
     wait_for("load to run", Duration::from_secs(30), || async {
@@ -219,6 +262,18 @@ async fn four_shards_grow_to_eight_under_load() {
         .await
         .expect("enqueue deduped again");
     assert_eq!(again, first, "the idempotency key still dedupes");
+
+    // The worker stream followed its queue to its new shard.
+    let map = shard_map(&client, std::slice::from_ref(&streamed)).await;
+    assert_eq!(map.queues[&streamed], raftq_api::shard_of(&streamed, GROWN));
+    assert!(!map.pinned.contains_key(&streamed), "{map:?}");
+    producer
+        .enqueue(&streamed, JobSpec::new("after"))
+        .await
+        .expect("enqueue streamed after");
+    let next_job = tokio::time::timeout(Duration::from_secs(30), got.recv()).await;
+    assert_eq!(next_job.ok().flatten().as_deref(), Some("after"));
+    worker.abort();
 
     // New queues spread over the new shards, through any node.
     let node4 = common::connect(&addrs[3]).await;

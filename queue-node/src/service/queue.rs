@@ -24,6 +24,7 @@ use crate::context::ShardHandle;
 use crate::drain::SessionGuard;
 use crate::ops::{Op, OpResult};
 use crate::raft_types::NodeId;
+use crate::routing::RoutingCell;
 use crate::security::{Call, Caller, Port, Role};
 
 /// Most jobs a worker stream may ask for ahead.
@@ -379,7 +380,7 @@ impl pb::queue_server::Queue for QueueService {
                             inbound,
                             tx,
                             session,
-                            ctx.id,
+                            (ctx.id, &ctx.routing),
                         )
                         .await;
                     }
@@ -407,9 +408,10 @@ async fn run_worker_session(
     mut inbound: Streaming<pb::WorkerFrame>,
     tx: mpsc::Sender<Result<pb::ServerFrame, Status>>,
     mut session: SessionGuard,
-    node: NodeId,
+    (node, routing): (NodeId, &RoutingCell),
 ) {
     let Opened { open, caller } = opened;
+    let mut routing_changes = routing.changes();
     let lease_ms = open.lease_ms.map(|l| l as u64);
     let waiter = shard.shared.waiter(&open.queue);
     let mut credit: u32 = 0;
@@ -540,6 +542,21 @@ async fn run_worker_session(
                 release_unstarted(shard, unstarted).await;
                 let _ = tx.send(Err(shutting_down(node))).await;
                 return;
+            }
+            // The shard count grew and the queue (it held nothing here)
+            // now lives on another shard: its jobs will never come here.
+            Ok(()) = routing_changes.changed() => {
+                let now_on = routing.shard_of(&open.queue);
+                if now_on != shard.id {
+                    release_unstarted(shard, unstarted).await;
+                    let _ = tx
+                        .send(Err(Status::unavailable(format!(
+                            "queue {:?} moved to shard {now_on} as the shard count grew; reconnect",
+                            open.queue
+                        ))))
+                        .await;
+                    return;
+                }
             }
         }
     }

@@ -77,21 +77,24 @@ async fn four_shards_grow_to_eight_under_load() {
         .map(|i| format!("{}={}", i + 1, peers[i]))
         .collect::<Vec<_>>()
         .join(",");
-    let args = vec![
-        "--shards".to_string(),
-        SHARDS.to_string(),
-        "--replication-factor".into(),
-        "3".into(),
-    ];
+    let http: Vec<String> = (0..4).map(|_| loopback()).collect();
     let mut nodes: Vec<ProcNode> = (0..4)
         .map(|i| {
+            let args = vec![
+                "--shards".to_string(),
+                SHARDS.to_string(),
+                "--replication-factor".into(),
+                "3".into(),
+                "--http-listen".into(),
+                http[i].clone(),
+            ];
             ProcNode::spawn_with(
                 i as u64 + 1,
                 &addrs[i],
                 &peers[i],
                 &dir.path().join(format!("n{}", i + 1)),
                 &initial,
-                args.clone(),
+                args,
             )
         })
         .collect();
@@ -317,6 +320,22 @@ async fn four_shards_grow_to_eight_under_load() {
     );
 
     load.finish(100).await;
+
+    // With the load stopped: the client routes the pinned queues to their
+    // shards' leaders itself, and nothing is forwarded.
+    client.refresh_shard_map().await.expect("refresh the map");
+    let before = common::forwarded(&http).await;
+    for q in &watched {
+        let id = producer
+            .enqueue(q, JobSpec::new("routed"))
+            .await
+            .expect("enqueue on a pinned queue");
+        assert!(
+            id.starts_with(&format!("{}-", raftq_api::shard_of(q, SHARDS))),
+            "{q} → {id}"
+        );
+    }
+    assert_eq!(common::forwarded(&http).await, before, "nothing forwarded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

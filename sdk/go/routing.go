@@ -42,12 +42,15 @@ type route struct {
 type router struct {
 	dial func(addr string) (*grpc.ClientConn, error)
 
-	mu          sync.Mutex
-	shardCount  uint32
-	leaders     map[uint32]route
-	conns       map[string]*grpc.ClientConn
-	unreachable map[string]time.Time
-	lastRead    time.Time
+	mu         sync.Mutex
+	shardCount uint32
+	// Queues that stayed on their shard when the shard count grew.
+	pinned         map[string]uint32
+	routingVersion uint64
+	leaders        map[uint32]route
+	conns          map[string]*grpc.ClientConn
+	unreachable    map[string]time.Time
+	lastRead       time.Time
 }
 
 func newRouter(dial func(addr string) (*grpc.ClientConn, error)) *router {
@@ -75,7 +78,11 @@ func ShardOf(queue string, shards uint32) uint32 {
 func (r *router) learnMap(m *pb.ShardMap) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.shardCount = m.GetShardCount()
+	if m.GetRoutingVersion() >= r.routingVersion {
+		r.shardCount = m.GetShardCount()
+		r.pinned = m.GetPinned()
+		r.routingVersion = m.GetRoutingVersion()
+	}
 	for _, s := range m.GetShards() {
 		if s.GetLeaderAddr() == "" {
 			continue
@@ -102,6 +109,11 @@ func (r *router) learnTrailer(md metadata.MD) bool {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// The shard count grew since the map was read: queues may live
+	// elsewhere now.
+	if version, err := strconv.ParseUint(first("x-raftq-routing-version"), 10, 64); err == nil && version > r.routingVersion {
+		return false
+	}
 	addr := first("x-raftq-leader-addr")
 	if addr == "" {
 		delete(r.leaders, uint32(shard))
@@ -140,7 +152,11 @@ func (r *router) leader(queue string) (string, *grpc.ClientConn) {
 	if r.shardCount == 0 {
 		return "", nil
 	}
-	known, ok := r.leaders[ShardOf(queue, r.shardCount)]
+	shard, pinned := r.pinned[queue]
+	if !pinned {
+		shard = ShardOf(queue, r.shardCount)
+	}
+	known, ok := r.leaders[shard]
 	if !ok {
 		return "", nil
 	}

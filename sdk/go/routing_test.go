@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -153,5 +154,95 @@ func TestCallsGoStraightToTheShardLeaders(t *testing.T) {
 	}
 	if got := forwarded(t, httpAddrs) - before; got != float64(shards-leads) {
 		t.Fatalf("%v requests forwarded without routing; node 1 leads %d of %d shards", got, leads, shards)
+	}
+}
+
+// Queues that held jobs when the shard count grew stay on their shard (the
+// map pins them); the client sends them there, and new queues by the new
+// hash, with nothing forwarded.
+func TestQueuesAreRoutedToTheirShardsAfterTheShardCountGrows(t *testing.T) {
+	root := t.TempDir()
+	var nodes []*node
+	var httpAddrs, members []string
+	peers := make([]string, 3)
+	for i := range peers {
+		peers[i] = freeAddr(t)
+		members = append(members, fmt.Sprintf("%d=%s", i+1, peers[i]))
+	}
+	for i := range peers {
+		httpAddr := freeAddr(t)
+		httpAddrs = append(httpAddrs, httpAddr)
+		n := &node{id: i + 1, addr: freeAddr(t), peerAddr: peers[i], dir: filepath.Join(root, fmt.Sprintf("n%d", i+1)),
+			members: strings.Join(members, ","), extra: []string{"--shards", "2", "--replication-factor", "3", "--http-listen", httpAddr}}
+		n.start(t)
+		nodes = append(nodes, n)
+	}
+	t.Cleanup(func() {
+		for _, n := range nodes {
+			n.kill()
+		}
+	})
+	client, err := raftq.Dial(nodes[0].addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	for _, n := range nodes {
+		n.waitServing(t, func(ctx context.Context) error { _, err := client.Stats(ctx, ""); return err })
+	}
+	ctx := context.Background()
+	var moving []string
+	for i := 0; len(moving) < 8; i++ {
+		q := fmt.Sprintf("parked-%d", i)
+		if raftq.ShardOf(q, 2) != raftq.ShardOf(q, 4) {
+			moving = append(moving, q)
+		}
+	}
+	producer := client.Producer()
+	for _, q := range moving {
+		if _, err := producer.Enqueue(ctx, q, []byte("before")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := exec.Command(binary(t, "raftq"), "--peer-addr", peers[1], "cluster", "grow-shards", "4").CombinedOutput()
+	if err != nil {
+		t.Fatalf("grow-shards: %v\n%s", err, out)
+	}
+	// The client's map is from before: a new queue on a new shard still
+	// lands there (the node's answer makes it read the map).
+	id, err := producer.Enqueue(ctx, queueOn(3, 4, "fresh"), []byte("x"))
+	if err != nil || !strings.HasPrefix(id, "3-") {
+		t.Fatalf("enqueue on a new shard: %q, %v", id, err)
+	}
+	waitFor(t, "every node to know the 4 shards' leaders", 30*time.Second, func() bool {
+		m, err := client.Queue().GetShardMap(ctx, &pb.GetShardMapRequest{Queues: moving})
+		if err != nil || m.GetShardCount() != 4 {
+			return false
+		}
+		for _, s := range m.GetShards() {
+			if s.GetLeaderAddr() == "" {
+				return false
+			}
+		}
+		return true
+	})
+	if err := client.RefreshShardMap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := forwarded(t, httpAddrs)
+	for _, q := range moving {
+		id, err := producer.Enqueue(ctx, q, []byte("after"))
+		if err != nil || !strings.HasPrefix(id, fmt.Sprintf("%d-", raftq.ShardOf(q, 2))) {
+			t.Fatalf("enqueue on pinned %s: %q, %v", q, id, err)
+		}
+	}
+	for s := uint32(0); s < 4; s++ {
+		id, err := producer.Enqueue(ctx, queueOn(s, 4, "new"), []byte("x"))
+		if err != nil || !strings.HasPrefix(id, fmt.Sprintf("%d-", s)) {
+			t.Fatalf("enqueue on shard %d: %q, %v", s, id, err)
+		}
+	}
+	if after := forwarded(t, httpAddrs); after != before {
+		t.Fatalf("%v requests were forwarded; a routing client sends none", after-before)
 	}
 }

@@ -24,6 +24,267 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type GrowShardsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new shard count (at most 64).
+	ShardCount    uint32 `protobuf:"varint,1,opt,name=shard_count,json=shardCount,proto3" json:"shard_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GrowShardsRequest) Reset() {
+	*x = GrowShardsRequest{}
+	mi := &file_raftq_v1_cluster_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GrowShardsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GrowShardsRequest) ProtoMessage() {}
+
+func (x *GrowShardsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_cluster_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GrowShardsRequest.ProtoReflect.Descriptor instead.
+func (*GrowShardsRequest) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *GrowShardsRequest) GetShardCount() uint32 {
+	if x != nil {
+		return x.ShardCount
+	}
+	return 0
+}
+
+type GrowProgress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// create_shards, fence, route, done.
+	Step string `protobuf:"bytes,1,opt,name=step,proto3" json:"step,omitempty"`
+	// What the step did or waits for, for a person.
+	Detail        string `protobuf:"bytes,2,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GrowProgress) Reset() {
+	*x = GrowProgress{}
+	mi := &file_raftq_v1_cluster_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GrowProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GrowProgress) ProtoMessage() {}
+
+func (x *GrowProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_cluster_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GrowProgress.ProtoReflect.Descriptor instead.
+func (*GrowProgress) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *GrowProgress) GetStep() string {
+	if x != nil {
+		return x.Step
+	}
+	return ""
+}
+
+func (x *GrowProgress) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+type FenceShardRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Shard         uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	ShardCount    uint32                 `protobuf:"varint,2,opt,name=shard_count,json=shardCount,proto3" json:"shard_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FenceShardRequest) Reset() {
+	*x = FenceShardRequest{}
+	mi := &file_raftq_v1_cluster_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FenceShardRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FenceShardRequest) ProtoMessage() {}
+
+func (x *FenceShardRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_cluster_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FenceShardRequest.ProtoReflect.Descriptor instead.
+func (*FenceShardRequest) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *FenceShardRequest) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *FenceShardRequest) GetShardCount() uint32 {
+	if x != nil {
+		return x.ShardCount
+	}
+	return 0
+}
+
+type FenceShardResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Queues the shard keeps although they hash to another shard.
+	Pinned        []string `protobuf:"bytes,1,rep,name=pinned,proto3" json:"pinned,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FenceShardResponse) Reset() {
+	*x = FenceShardResponse{}
+	mi := &file_raftq_v1_cluster_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FenceShardResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FenceShardResponse) ProtoMessage() {}
+
+func (x *FenceShardResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_cluster_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FenceShardResponse.ProtoReflect.Descriptor instead.
+func (*FenceShardResponse) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *FenceShardResponse) GetPinned() []string {
+	if x != nil {
+		return x.Pinned
+	}
+	return nil
+}
+
+// Which shard each queue lives on: the hash of its name among
+// shard_count shards, unless pinned.
+type QueueRouting struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Grows with every change; 0: never changed.
+	Version    uint64 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	ShardCount uint32 `protobuf:"varint,2,opt,name=shard_count,json=shardCount,proto3" json:"shard_count,omitempty"`
+	// Queue → shard, for queues that stayed where they were when the shard
+	// count grew and that the new hash sends elsewhere.
+	Pins          map[string]uint32 `protobuf:"bytes,3,rep,name=pins,proto3" json:"pins,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueueRouting) Reset() {
+	*x = QueueRouting{}
+	mi := &file_raftq_v1_cluster_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueueRouting) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueueRouting) ProtoMessage() {}
+
+func (x *QueueRouting) ProtoReflect() protoreflect.Message {
+	mi := &file_raftq_v1_cluster_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueueRouting.ProtoReflect.Descriptor instead.
+func (*QueueRouting) Descriptor() ([]byte, []int) {
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *QueueRouting) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *QueueRouting) GetShardCount() uint32 {
+	if x != nil {
+		return x.ShardCount
+	}
+	return 0
+}
+
+func (x *QueueRouting) GetPins() map[string]uint32 {
+	if x != nil {
+		return x.Pins
+	}
+	return nil
+}
+
 type NodeSpec struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	NodeId uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -41,7 +302,7 @@ type NodeSpec struct {
 
 func (x *NodeSpec) Reset() {
 	*x = NodeSpec{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[0]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -53,7 +314,7 @@ func (x *NodeSpec) String() string {
 func (*NodeSpec) ProtoMessage() {}
 
 func (x *NodeSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[0]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -66,7 +327,7 @@ func (x *NodeSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeSpec.ProtoReflect.Descriptor instead.
 func (*NodeSpec) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{0}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *NodeSpec) GetNodeId() uint64 {
@@ -106,7 +367,7 @@ type SetNodesRequest struct {
 
 func (x *SetNodesRequest) Reset() {
 	*x = SetNodesRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[1]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -118,7 +379,7 @@ func (x *SetNodesRequest) String() string {
 func (*SetNodesRequest) ProtoMessage() {}
 
 func (x *SetNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[1]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -131,7 +392,7 @@ func (x *SetNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodesRequest.ProtoReflect.Descriptor instead.
 func (*SetNodesRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{1}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SetNodesRequest) GetNodes() []*NodeSpec {
@@ -149,7 +410,7 @@ type GetPlacementRequest struct {
 
 func (x *GetPlacementRequest) Reset() {
 	*x = GetPlacementRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[2]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -161,7 +422,7 @@ func (x *GetPlacementRequest) String() string {
 func (*GetPlacementRequest) ProtoMessage() {}
 
 func (x *GetPlacementRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[2]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -174,7 +435,7 @@ func (x *GetPlacementRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPlacementRequest.ProtoReflect.Descriptor instead.
 func (*GetPlacementRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 type NodePlacement struct {
@@ -190,7 +451,7 @@ type NodePlacement struct {
 
 func (x *NodePlacement) Reset() {
 	*x = NodePlacement{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[3]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -202,7 +463,7 @@ func (x *NodePlacement) String() string {
 func (*NodePlacement) ProtoMessage() {}
 
 func (x *NodePlacement) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[3]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -215,7 +476,7 @@ func (x *NodePlacement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodePlacement.ProtoReflect.Descriptor instead.
 func (*NodePlacement) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *NodePlacement) GetNodeId() uint64 {
@@ -252,7 +513,7 @@ type MoveUnderWay struct {
 
 func (x *MoveUnderWay) Reset() {
 	*x = MoveUnderWay{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[4]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -264,7 +525,7 @@ func (x *MoveUnderWay) String() string {
 func (*MoveUnderWay) ProtoMessage() {}
 
 func (x *MoveUnderWay) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[4]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -277,7 +538,7 @@ func (x *MoveUnderWay) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveUnderWay.ProtoReflect.Descriptor instead.
 func (*MoveUnderWay) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *MoveUnderWay) GetShard() uint32 {
@@ -327,7 +588,7 @@ type PlacementStatus struct {
 
 func (x *PlacementStatus) Reset() {
 	*x = PlacementStatus{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[5]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -339,7 +600,7 @@ func (x *PlacementStatus) String() string {
 func (*PlacementStatus) ProtoMessage() {}
 
 func (x *PlacementStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[5]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -352,7 +613,7 @@ func (x *PlacementStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlacementStatus.ProtoReflect.Descriptor instead.
 func (*PlacementStatus) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PlacementStatus) GetCoordinator() uint64 {
@@ -416,7 +677,7 @@ type MoveReplicaRequest struct {
 
 func (x *MoveReplicaRequest) Reset() {
 	*x = MoveReplicaRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[6]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -428,7 +689,7 @@ func (x *MoveReplicaRequest) String() string {
 func (*MoveReplicaRequest) ProtoMessage() {}
 
 func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[6]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -441,7 +702,7 @@ func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveReplicaRequest.ProtoReflect.Descriptor instead.
 func (*MoveReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{6}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MoveReplicaRequest) GetShard() uint32 {
@@ -494,7 +755,7 @@ type MoveProgress struct {
 
 func (x *MoveProgress) Reset() {
 	*x = MoveProgress{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[7]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -506,7 +767,7 @@ func (x *MoveProgress) String() string {
 func (*MoveProgress) ProtoMessage() {}
 
 func (x *MoveProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[7]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -519,7 +780,7 @@ func (x *MoveProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveProgress.ProtoReflect.Descriptor instead.
 func (*MoveProgress) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *MoveProgress) GetPhase() string {
@@ -544,15 +805,19 @@ func (x *MoveProgress) GetLearnerLag() uint64 {
 }
 
 type OpenReplicaRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Shard         uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Shard uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	// For a shard that is new (the shard count grows): the voters of its
+	// Raft group, this node among them. The group is created with them
+	// when this replica has no membership yet; sent to one voter only.
+	CreateWith    []*Member `protobuf:"bytes,2,rep,name=create_with,json=createWith,proto3" json:"create_with,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *OpenReplicaRequest) Reset() {
 	*x = OpenReplicaRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[8]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -564,7 +829,7 @@ func (x *OpenReplicaRequest) String() string {
 func (*OpenReplicaRequest) ProtoMessage() {}
 
 func (x *OpenReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[8]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -577,7 +842,7 @@ func (x *OpenReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenReplicaRequest.ProtoReflect.Descriptor instead.
 func (*OpenReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{8}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *OpenReplicaRequest) GetShard() uint32 {
@@ -585,6 +850,13 @@ func (x *OpenReplicaRequest) GetShard() uint32 {
 		return x.Shard
 	}
 	return 0
+}
+
+func (x *OpenReplicaRequest) GetCreateWith() []*Member {
+	if x != nil {
+		return x.CreateWith
+	}
+	return nil
 }
 
 type OpenReplicaResponse struct {
@@ -597,7 +869,7 @@ type OpenReplicaResponse struct {
 
 func (x *OpenReplicaResponse) Reset() {
 	*x = OpenReplicaResponse{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[9]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -609,7 +881,7 @@ func (x *OpenReplicaResponse) String() string {
 func (*OpenReplicaResponse) ProtoMessage() {}
 
 func (x *OpenReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[9]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -622,7 +894,7 @@ func (x *OpenReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenReplicaResponse.ProtoReflect.Descriptor instead.
 func (*OpenReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{9}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *OpenReplicaResponse) GetOpened() bool {
@@ -641,7 +913,7 @@ type DropReplicaRequest struct {
 
 func (x *DropReplicaRequest) Reset() {
 	*x = DropReplicaRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[10]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -653,7 +925,7 @@ func (x *DropReplicaRequest) String() string {
 func (*DropReplicaRequest) ProtoMessage() {}
 
 func (x *DropReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[10]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -666,7 +938,7 @@ func (x *DropReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropReplicaRequest.ProtoReflect.Descriptor instead.
 func (*DropReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{10}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DropReplicaRequest) GetShard() uint32 {
@@ -686,7 +958,7 @@ type DropReplicaResponse struct {
 
 func (x *DropReplicaResponse) Reset() {
 	*x = DropReplicaResponse{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[11]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -698,7 +970,7 @@ func (x *DropReplicaResponse) String() string {
 func (*DropReplicaResponse) ProtoMessage() {}
 
 func (x *DropReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[11]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -711,7 +983,7 @@ func (x *DropReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropReplicaResponse.ProtoReflect.Descriptor instead.
 func (*DropReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{11}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DropReplicaResponse) GetDropped() bool {
@@ -736,7 +1008,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[12]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -748,7 +1020,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[12]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -761,7 +1033,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{12}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Member) GetNodeId() uint64 {
@@ -813,7 +1085,7 @@ type ShardStatus struct {
 
 func (x *ShardStatus) Reset() {
 	*x = ShardStatus{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[13]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -825,7 +1097,7 @@ func (x *ShardStatus) String() string {
 func (*ShardStatus) ProtoMessage() {}
 
 func (x *ShardStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[13]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -838,7 +1110,7 @@ func (x *ShardStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardStatus.ProtoReflect.Descriptor instead.
 func (*ShardStatus) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{13}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ShardStatus) GetShard() uint32 {
@@ -912,14 +1184,17 @@ func (x *ShardStatus) GetEpoch() uint64 {
 }
 
 type ClusterStatusRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The version of the queue routing the asker has: the answer carries
+	// the routing when this node has a newer one.
+	RoutingVersion uint64 `protobuf:"varint,1,opt,name=routing_version,json=routingVersion,proto3" json:"routing_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ClusterStatusRequest) Reset() {
 	*x = ClusterStatusRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[14]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -931,7 +1206,7 @@ func (x *ClusterStatusRequest) String() string {
 func (*ClusterStatusRequest) ProtoMessage() {}
 
 func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[14]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -944,7 +1219,14 @@ func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{14}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ClusterStatusRequest) GetRoutingVersion() uint64 {
+	if x != nil {
+		return x.RoutingVersion
+	}
+	return 0
 }
 
 type ClusterStatus struct {
@@ -954,14 +1236,18 @@ type ClusterStatus struct {
 	Addr   string         `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
 	Shards []*ShardStatus `protobuf:"bytes,3,rep,name=shards,proto3" json:"shards,omitempty"`
 	// Where clients reach this node (its client port).
-	ClientAddr    string `protobuf:"bytes,4,opt,name=client_addr,json=clientAddr,proto3" json:"client_addr,omitempty"`
+	ClientAddr string `protobuf:"bytes,4,opt,name=client_addr,json=clientAddr,proto3" json:"client_addr,omitempty"`
+	// The version of the queue routing this node has.
+	RoutingVersion uint64 `protobuf:"varint,5,opt,name=routing_version,json=routingVersion,proto3" json:"routing_version,omitempty"`
+	// That routing, when it is newer than the asker's.
+	Routing       *QueueRouting `protobuf:"bytes,6,opt,name=routing,proto3" json:"routing,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ClusterStatus) Reset() {
 	*x = ClusterStatus{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[15]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +1259,7 @@ func (x *ClusterStatus) String() string {
 func (*ClusterStatus) ProtoMessage() {}
 
 func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[15]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +1272,7 @@ func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatus.ProtoReflect.Descriptor instead.
 func (*ClusterStatus) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{15}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ClusterStatus) GetNodeId() uint64 {
@@ -1017,6 +1303,20 @@ func (x *ClusterStatus) GetClientAddr() string {
 	return ""
 }
 
+func (x *ClusterStatus) GetRoutingVersion() uint64 {
+	if x != nil {
+		return x.RoutingVersion
+	}
+	return 0
+}
+
+func (x *ClusterStatus) GetRouting() *QueueRouting {
+	if x != nil {
+		return x.Routing
+	}
+	return nil
+}
+
 type InitializeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A node started with --join waits to be added to an existing cluster,
@@ -1030,7 +1330,7 @@ type InitializeRequest struct {
 
 func (x *InitializeRequest) Reset() {
 	*x = InitializeRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[16]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1042,7 +1342,7 @@ func (x *InitializeRequest) String() string {
 func (*InitializeRequest) ProtoMessage() {}
 
 func (x *InitializeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[16]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1055,7 +1355,7 @@ func (x *InitializeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitializeRequest.ProtoReflect.Descriptor instead.
 func (*InitializeRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{16}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *InitializeRequest) GetBootstrapJoiningNode() bool {
@@ -1082,7 +1382,7 @@ type AddLearnerRequest struct {
 
 func (x *AddLearnerRequest) Reset() {
 	*x = AddLearnerRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[17]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1094,7 +1394,7 @@ func (x *AddLearnerRequest) String() string {
 func (*AddLearnerRequest) ProtoMessage() {}
 
 func (x *AddLearnerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[17]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1107,7 +1407,7 @@ func (x *AddLearnerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddLearnerRequest.ProtoReflect.Descriptor instead.
 func (*AddLearnerRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{17}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *AddLearnerRequest) GetNodeId() uint64 {
@@ -1158,7 +1458,7 @@ type ChangeMembershipRequest struct {
 
 func (x *ChangeMembershipRequest) Reset() {
 	*x = ChangeMembershipRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[18]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1170,7 +1470,7 @@ func (x *ChangeMembershipRequest) String() string {
 func (*ChangeMembershipRequest) ProtoMessage() {}
 
 func (x *ChangeMembershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[18]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1183,7 +1483,7 @@ func (x *ChangeMembershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembershipRequest.ProtoReflect.Descriptor instead.
 func (*ChangeMembershipRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{18}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ChangeMembershipRequest) GetVoters() []uint64 {
@@ -1218,7 +1518,7 @@ type RemoveLearnerRequest struct {
 
 func (x *RemoveLearnerRequest) Reset() {
 	*x = RemoveLearnerRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[19]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1230,7 +1530,7 @@ func (x *RemoveLearnerRequest) String() string {
 func (*RemoveLearnerRequest) ProtoMessage() {}
 
 func (x *RemoveLearnerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[19]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1243,7 +1543,7 @@ func (x *RemoveLearnerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveLearnerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveLearnerRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{19}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RemoveLearnerRequest) GetNodeId() uint64 {
@@ -1277,7 +1577,7 @@ type StepDownRequest struct {
 
 func (x *StepDownRequest) Reset() {
 	*x = StepDownRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[20]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1289,7 +1589,7 @@ func (x *StepDownRequest) String() string {
 func (*StepDownRequest) ProtoMessage() {}
 
 func (x *StepDownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[20]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1302,7 +1602,7 @@ func (x *StepDownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepDownRequest.ProtoReflect.Descriptor instead.
 func (*StepDownRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{20}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StepDownRequest) GetTimeoutMs() uint32 {
@@ -1337,7 +1637,7 @@ type ShardHandoff struct {
 
 func (x *ShardHandoff) Reset() {
 	*x = ShardHandoff{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[21]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1349,7 +1649,7 @@ func (x *ShardHandoff) String() string {
 func (*ShardHandoff) ProtoMessage() {}
 
 func (x *ShardHandoff) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[21]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1362,7 +1662,7 @@ func (x *ShardHandoff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardHandoff.ProtoReflect.Descriptor instead.
 func (*ShardHandoff) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{21}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ShardHandoff) GetShard() uint32 {
@@ -1389,7 +1689,7 @@ type StepDownResponse struct {
 
 func (x *StepDownResponse) Reset() {
 	*x = StepDownResponse{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[22]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1401,7 +1701,7 @@ func (x *StepDownResponse) String() string {
 func (*StepDownResponse) ProtoMessage() {}
 
 func (x *StepDownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[22]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1414,7 +1714,7 @@ func (x *StepDownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepDownResponse.ProtoReflect.Descriptor instead.
 func (*StepDownResponse) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{22}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StepDownResponse) GetShards() []*ShardHandoff {
@@ -1436,7 +1736,7 @@ type CampaignRequest struct {
 
 func (x *CampaignRequest) Reset() {
 	*x = CampaignRequest{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[23]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1448,7 +1748,7 @@ func (x *CampaignRequest) String() string {
 func (*CampaignRequest) ProtoMessage() {}
 
 func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[23]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1461,7 +1761,7 @@ func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRequest.ProtoReflect.Descriptor instead.
 func (*CampaignRequest) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{23}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CampaignRequest) GetShard() uint32 {
@@ -1493,7 +1793,7 @@ type CampaignReply struct {
 
 func (x *CampaignReply) Reset() {
 	*x = CampaignReply{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[24]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1505,7 +1805,7 @@ func (x *CampaignReply) String() string {
 func (*CampaignReply) ProtoMessage() {}
 
 func (x *CampaignReply) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[24]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1518,7 +1818,7 @@ func (x *CampaignReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignReply.ProtoReflect.Descriptor instead.
 func (*CampaignReply) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{24}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{29}
 }
 
 type RaftMessage struct {
@@ -1534,7 +1834,7 @@ type RaftMessage struct {
 
 func (x *RaftMessage) Reset() {
 	*x = RaftMessage{}
-	mi := &file_raftq_v1_cluster_proto_msgTypes[25]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1846,7 @@ func (x *RaftMessage) String() string {
 func (*RaftMessage) ProtoMessage() {}
 
 func (x *RaftMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_raftq_v1_cluster_proto_msgTypes[25]
+	mi := &file_raftq_v1_cluster_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1859,7 @@ func (x *RaftMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftMessage.ProtoReflect.Descriptor instead.
 func (*RaftMessage) Descriptor() ([]byte, []int) {
-	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{25}
+	return file_raftq_v1_cluster_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RaftMessage) GetShard() uint32 {
@@ -1587,7 +1887,27 @@ var File_raftq_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_raftq_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x16raftq/v1/cluster.proto\x12\braftq.v1\"g\n" +
+	"\x16raftq/v1/cluster.proto\x12\braftq.v1\"4\n" +
+	"\x11GrowShardsRequest\x12\x1f\n" +
+	"\vshard_count\x18\x01 \x01(\rR\n" +
+	"shardCount\":\n" +
+	"\fGrowProgress\x12\x12\n" +
+	"\x04step\x18\x01 \x01(\tR\x04step\x12\x16\n" +
+	"\x06detail\x18\x02 \x01(\tR\x06detail\"J\n" +
+	"\x11FenceShardRequest\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x1f\n" +
+	"\vshard_count\x18\x02 \x01(\rR\n" +
+	"shardCount\",\n" +
+	"\x12FenceShardResponse\x12\x16\n" +
+	"\x06pinned\x18\x01 \x03(\tR\x06pinned\"\xb8\x01\n" +
+	"\fQueueRouting\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x1f\n" +
+	"\vshard_count\x18\x02 \x01(\rR\n" +
+	"shardCount\x124\n" +
+	"\x04pins\x18\x03 \x03(\v2 .raftq.v1.QueueRouting.PinsEntryR\x04pins\x1a7\n" +
+	"\tPinsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"g\n" +
 	"\bNodeSpec\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x12\n" +
@@ -1624,9 +1944,11 @@ const file_raftq_v1_cluster_proto_rawDesc = "" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x16\n" +
 	"\x06detail\x18\x02 \x01(\tR\x06detail\x12\x1f\n" +
 	"\vlearner_lag\x18\x03 \x01(\x04R\n" +
-	"learnerLag\"*\n" +
+	"learnerLag\"]\n" +
 	"\x12OpenReplicaRequest\x12\x14\n" +
-	"\x05shard\x18\x01 \x01(\rR\x05shard\"-\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\x121\n" +
+	"\vcreate_with\x18\x02 \x03(\v2\x10.raftq.v1.MemberR\n" +
+	"createWith\"-\n" +
 	"\x13OpenReplicaResponse\x12\x16\n" +
 	"\x06opened\x18\x01 \x01(\bR\x06opened\"*\n" +
 	"\x12DropReplicaRequest\x12\x14\n" +
@@ -1650,14 +1972,17 @@ const file_raftq_v1_cluster_proto_rawDesc = "" +
 	"\amembers\x18\b \x03(\v2\x10.raftq.v1.MemberR\amembers\x12\x12\n" +
 	"\x04role\x18\t \x01(\tR\x04role\x12\x14\n" +
 	"\x05epoch\x18\n" +
-	" \x01(\x04R\x05epoch\"\x16\n" +
-	"\x14ClusterStatusRequest\"\x8c\x01\n" +
+	" \x01(\x04R\x05epoch\"?\n" +
+	"\x14ClusterStatusRequest\x12'\n" +
+	"\x0frouting_version\x18\x01 \x01(\x04R\x0eroutingVersion\"\xe7\x01\n" +
 	"\rClusterStatus\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12-\n" +
 	"\x06shards\x18\x03 \x03(\v2\x15.raftq.v1.ShardStatusR\x06shards\x12\x1f\n" +
 	"\vclient_addr\x18\x04 \x01(\tR\n" +
-	"clientAddr\"I\n" +
+	"clientAddr\x12'\n" +
+	"\x0frouting_version\x18\x05 \x01(\x04R\x0eroutingVersion\x120\n" +
+	"\arouting\x18\x06 \x01(\v2\x16.raftq.v1.QueueRoutingR\arouting\"I\n" +
 	"\x11InitializeRequest\x124\n" +
 	"\x16bootstrap_joining_node\x18\x01 \x01(\bR\x14bootstrapJoiningNode\"\x9d\x01\n" +
 	"\x11AddLearnerRequest\x12\x17\n" +
@@ -1696,7 +2021,7 @@ const file_raftq_v1_cluster_proto_rawDesc = "" +
 	"\vRaftMessage\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
-	"\x06format\x18\x03 \x01(\rR\x06format2\xa1\x06\n" +
+	"\x06format\x18\x03 \x01(\rR\x06format2\xaf\a\n" +
 	"\fClusterAdmin\x12A\n" +
 	"\x06Status\x12\x1e.raftq.v1.ClusterStatusRequest\x1a\x17.raftq.v1.ClusterStatus\x12B\n" +
 	"\n" +
@@ -1710,7 +2035,11 @@ const file_raftq_v1_cluster_proto_rawDesc = "" +
 	"\vOpenReplica\x12\x1c.raftq.v1.OpenReplicaRequest\x1a\x1d.raftq.v1.OpenReplicaResponse\x12J\n" +
 	"\vDropReplica\x12\x1c.raftq.v1.DropReplicaRequest\x1a\x1d.raftq.v1.DropReplicaResponse\x12@\n" +
 	"\bSetNodes\x12\x19.raftq.v1.SetNodesRequest\x1a\x19.raftq.v1.PlacementStatus\x12H\n" +
-	"\fGetPlacement\x12\x1d.raftq.v1.GetPlacementRequest\x1a\x19.raftq.v1.PlacementStatus2\x85\x02\n" +
+	"\fGetPlacement\x12\x1d.raftq.v1.GetPlacementRequest\x1a\x19.raftq.v1.PlacementStatus\x12C\n" +
+	"\n" +
+	"GrowShards\x12\x1b.raftq.v1.GrowShardsRequest\x1a\x16.raftq.v1.GrowProgress0\x01\x12G\n" +
+	"\n" +
+	"FenceShard\x12\x1b.raftq.v1.FenceShardRequest\x1a\x1c.raftq.v1.FenceShardResponse2\x85\x02\n" +
 	"\rRaftTransport\x12=\n" +
 	"\rAppendEntries\x12\x15.raftq.v1.RaftMessage\x1a\x15.raftq.v1.RaftMessage\x124\n" +
 	"\x04Vote\x12\x15.raftq.v1.RaftMessage\x1a\x15.raftq.v1.RaftMessage\x12?\n" +
@@ -1729,78 +2058,91 @@ func file_raftq_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_raftq_v1_cluster_proto_rawDescData
 }
 
-var file_raftq_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_raftq_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_raftq_v1_cluster_proto_goTypes = []any{
-	(*NodeSpec)(nil),                // 0: raftq.v1.NodeSpec
-	(*SetNodesRequest)(nil),         // 1: raftq.v1.SetNodesRequest
-	(*GetPlacementRequest)(nil),     // 2: raftq.v1.GetPlacementRequest
-	(*NodePlacement)(nil),           // 3: raftq.v1.NodePlacement
-	(*MoveUnderWay)(nil),            // 4: raftq.v1.MoveUnderWay
-	(*PlacementStatus)(nil),         // 5: raftq.v1.PlacementStatus
-	(*MoveReplicaRequest)(nil),      // 6: raftq.v1.MoveReplicaRequest
-	(*MoveProgress)(nil),            // 7: raftq.v1.MoveProgress
-	(*OpenReplicaRequest)(nil),      // 8: raftq.v1.OpenReplicaRequest
-	(*OpenReplicaResponse)(nil),     // 9: raftq.v1.OpenReplicaResponse
-	(*DropReplicaRequest)(nil),      // 10: raftq.v1.DropReplicaRequest
-	(*DropReplicaResponse)(nil),     // 11: raftq.v1.DropReplicaResponse
-	(*Member)(nil),                  // 12: raftq.v1.Member
-	(*ShardStatus)(nil),             // 13: raftq.v1.ShardStatus
-	(*ClusterStatusRequest)(nil),    // 14: raftq.v1.ClusterStatusRequest
-	(*ClusterStatus)(nil),           // 15: raftq.v1.ClusterStatus
-	(*InitializeRequest)(nil),       // 16: raftq.v1.InitializeRequest
-	(*AddLearnerRequest)(nil),       // 17: raftq.v1.AddLearnerRequest
-	(*ChangeMembershipRequest)(nil), // 18: raftq.v1.ChangeMembershipRequest
-	(*RemoveLearnerRequest)(nil),    // 19: raftq.v1.RemoveLearnerRequest
-	(*StepDownRequest)(nil),         // 20: raftq.v1.StepDownRequest
-	(*ShardHandoff)(nil),            // 21: raftq.v1.ShardHandoff
-	(*StepDownResponse)(nil),        // 22: raftq.v1.StepDownResponse
-	(*CampaignRequest)(nil),         // 23: raftq.v1.CampaignRequest
-	(*CampaignReply)(nil),           // 24: raftq.v1.CampaignReply
-	(*RaftMessage)(nil),             // 25: raftq.v1.RaftMessage
+	(*GrowShardsRequest)(nil),       // 0: raftq.v1.GrowShardsRequest
+	(*GrowProgress)(nil),            // 1: raftq.v1.GrowProgress
+	(*FenceShardRequest)(nil),       // 2: raftq.v1.FenceShardRequest
+	(*FenceShardResponse)(nil),      // 3: raftq.v1.FenceShardResponse
+	(*QueueRouting)(nil),            // 4: raftq.v1.QueueRouting
+	(*NodeSpec)(nil),                // 5: raftq.v1.NodeSpec
+	(*SetNodesRequest)(nil),         // 6: raftq.v1.SetNodesRequest
+	(*GetPlacementRequest)(nil),     // 7: raftq.v1.GetPlacementRequest
+	(*NodePlacement)(nil),           // 8: raftq.v1.NodePlacement
+	(*MoveUnderWay)(nil),            // 9: raftq.v1.MoveUnderWay
+	(*PlacementStatus)(nil),         // 10: raftq.v1.PlacementStatus
+	(*MoveReplicaRequest)(nil),      // 11: raftq.v1.MoveReplicaRequest
+	(*MoveProgress)(nil),            // 12: raftq.v1.MoveProgress
+	(*OpenReplicaRequest)(nil),      // 13: raftq.v1.OpenReplicaRequest
+	(*OpenReplicaResponse)(nil),     // 14: raftq.v1.OpenReplicaResponse
+	(*DropReplicaRequest)(nil),      // 15: raftq.v1.DropReplicaRequest
+	(*DropReplicaResponse)(nil),     // 16: raftq.v1.DropReplicaResponse
+	(*Member)(nil),                  // 17: raftq.v1.Member
+	(*ShardStatus)(nil),             // 18: raftq.v1.ShardStatus
+	(*ClusterStatusRequest)(nil),    // 19: raftq.v1.ClusterStatusRequest
+	(*ClusterStatus)(nil),           // 20: raftq.v1.ClusterStatus
+	(*InitializeRequest)(nil),       // 21: raftq.v1.InitializeRequest
+	(*AddLearnerRequest)(nil),       // 22: raftq.v1.AddLearnerRequest
+	(*ChangeMembershipRequest)(nil), // 23: raftq.v1.ChangeMembershipRequest
+	(*RemoveLearnerRequest)(nil),    // 24: raftq.v1.RemoveLearnerRequest
+	(*StepDownRequest)(nil),         // 25: raftq.v1.StepDownRequest
+	(*ShardHandoff)(nil),            // 26: raftq.v1.ShardHandoff
+	(*StepDownResponse)(nil),        // 27: raftq.v1.StepDownResponse
+	(*CampaignRequest)(nil),         // 28: raftq.v1.CampaignRequest
+	(*CampaignReply)(nil),           // 29: raftq.v1.CampaignReply
+	(*RaftMessage)(nil),             // 30: raftq.v1.RaftMessage
+	nil,                             // 31: raftq.v1.QueueRouting.PinsEntry
 }
 var file_raftq_v1_cluster_proto_depIdxs = []int32{
-	0,  // 0: raftq.v1.SetNodesRequest.nodes:type_name -> raftq.v1.NodeSpec
-	0,  // 1: raftq.v1.PlacementStatus.declared:type_name -> raftq.v1.NodeSpec
-	3,  // 2: raftq.v1.PlacementStatus.nodes:type_name -> raftq.v1.NodePlacement
-	4,  // 3: raftq.v1.PlacementStatus.moves:type_name -> raftq.v1.MoveUnderWay
-	12, // 4: raftq.v1.ShardStatus.members:type_name -> raftq.v1.Member
-	13, // 5: raftq.v1.ClusterStatus.shards:type_name -> raftq.v1.ShardStatus
-	21, // 6: raftq.v1.StepDownResponse.shards:type_name -> raftq.v1.ShardHandoff
-	14, // 7: raftq.v1.ClusterAdmin.Status:input_type -> raftq.v1.ClusterStatusRequest
-	16, // 8: raftq.v1.ClusterAdmin.Initialize:input_type -> raftq.v1.InitializeRequest
-	17, // 9: raftq.v1.ClusterAdmin.AddLearner:input_type -> raftq.v1.AddLearnerRequest
-	18, // 10: raftq.v1.ClusterAdmin.ChangeMembership:input_type -> raftq.v1.ChangeMembershipRequest
-	19, // 11: raftq.v1.ClusterAdmin.RemoveLearner:input_type -> raftq.v1.RemoveLearnerRequest
-	20, // 12: raftq.v1.ClusterAdmin.StepDown:input_type -> raftq.v1.StepDownRequest
-	6,  // 13: raftq.v1.ClusterAdmin.MoveReplica:input_type -> raftq.v1.MoveReplicaRequest
-	8,  // 14: raftq.v1.ClusterAdmin.OpenReplica:input_type -> raftq.v1.OpenReplicaRequest
-	10, // 15: raftq.v1.ClusterAdmin.DropReplica:input_type -> raftq.v1.DropReplicaRequest
-	1,  // 16: raftq.v1.ClusterAdmin.SetNodes:input_type -> raftq.v1.SetNodesRequest
-	2,  // 17: raftq.v1.ClusterAdmin.GetPlacement:input_type -> raftq.v1.GetPlacementRequest
-	25, // 18: raftq.v1.RaftTransport.AppendEntries:input_type -> raftq.v1.RaftMessage
-	25, // 19: raftq.v1.RaftTransport.Vote:input_type -> raftq.v1.RaftMessage
-	25, // 20: raftq.v1.RaftTransport.InstallSnapshot:input_type -> raftq.v1.RaftMessage
-	23, // 21: raftq.v1.RaftTransport.Campaign:input_type -> raftq.v1.CampaignRequest
-	15, // 22: raftq.v1.ClusterAdmin.Status:output_type -> raftq.v1.ClusterStatus
-	15, // 23: raftq.v1.ClusterAdmin.Initialize:output_type -> raftq.v1.ClusterStatus
-	15, // 24: raftq.v1.ClusterAdmin.AddLearner:output_type -> raftq.v1.ClusterStatus
-	15, // 25: raftq.v1.ClusterAdmin.ChangeMembership:output_type -> raftq.v1.ClusterStatus
-	15, // 26: raftq.v1.ClusterAdmin.RemoveLearner:output_type -> raftq.v1.ClusterStatus
-	22, // 27: raftq.v1.ClusterAdmin.StepDown:output_type -> raftq.v1.StepDownResponse
-	7,  // 28: raftq.v1.ClusterAdmin.MoveReplica:output_type -> raftq.v1.MoveProgress
-	9,  // 29: raftq.v1.ClusterAdmin.OpenReplica:output_type -> raftq.v1.OpenReplicaResponse
-	11, // 30: raftq.v1.ClusterAdmin.DropReplica:output_type -> raftq.v1.DropReplicaResponse
-	5,  // 31: raftq.v1.ClusterAdmin.SetNodes:output_type -> raftq.v1.PlacementStatus
-	5,  // 32: raftq.v1.ClusterAdmin.GetPlacement:output_type -> raftq.v1.PlacementStatus
-	25, // 33: raftq.v1.RaftTransport.AppendEntries:output_type -> raftq.v1.RaftMessage
-	25, // 34: raftq.v1.RaftTransport.Vote:output_type -> raftq.v1.RaftMessage
-	25, // 35: raftq.v1.RaftTransport.InstallSnapshot:output_type -> raftq.v1.RaftMessage
-	24, // 36: raftq.v1.RaftTransport.Campaign:output_type -> raftq.v1.CampaignReply
-	22, // [22:37] is the sub-list for method output_type
-	7,  // [7:22] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	31, // 0: raftq.v1.QueueRouting.pins:type_name -> raftq.v1.QueueRouting.PinsEntry
+	5,  // 1: raftq.v1.SetNodesRequest.nodes:type_name -> raftq.v1.NodeSpec
+	5,  // 2: raftq.v1.PlacementStatus.declared:type_name -> raftq.v1.NodeSpec
+	8,  // 3: raftq.v1.PlacementStatus.nodes:type_name -> raftq.v1.NodePlacement
+	9,  // 4: raftq.v1.PlacementStatus.moves:type_name -> raftq.v1.MoveUnderWay
+	17, // 5: raftq.v1.OpenReplicaRequest.create_with:type_name -> raftq.v1.Member
+	17, // 6: raftq.v1.ShardStatus.members:type_name -> raftq.v1.Member
+	18, // 7: raftq.v1.ClusterStatus.shards:type_name -> raftq.v1.ShardStatus
+	4,  // 8: raftq.v1.ClusterStatus.routing:type_name -> raftq.v1.QueueRouting
+	26, // 9: raftq.v1.StepDownResponse.shards:type_name -> raftq.v1.ShardHandoff
+	19, // 10: raftq.v1.ClusterAdmin.Status:input_type -> raftq.v1.ClusterStatusRequest
+	21, // 11: raftq.v1.ClusterAdmin.Initialize:input_type -> raftq.v1.InitializeRequest
+	22, // 12: raftq.v1.ClusterAdmin.AddLearner:input_type -> raftq.v1.AddLearnerRequest
+	23, // 13: raftq.v1.ClusterAdmin.ChangeMembership:input_type -> raftq.v1.ChangeMembershipRequest
+	24, // 14: raftq.v1.ClusterAdmin.RemoveLearner:input_type -> raftq.v1.RemoveLearnerRequest
+	25, // 15: raftq.v1.ClusterAdmin.StepDown:input_type -> raftq.v1.StepDownRequest
+	11, // 16: raftq.v1.ClusterAdmin.MoveReplica:input_type -> raftq.v1.MoveReplicaRequest
+	13, // 17: raftq.v1.ClusterAdmin.OpenReplica:input_type -> raftq.v1.OpenReplicaRequest
+	15, // 18: raftq.v1.ClusterAdmin.DropReplica:input_type -> raftq.v1.DropReplicaRequest
+	6,  // 19: raftq.v1.ClusterAdmin.SetNodes:input_type -> raftq.v1.SetNodesRequest
+	7,  // 20: raftq.v1.ClusterAdmin.GetPlacement:input_type -> raftq.v1.GetPlacementRequest
+	0,  // 21: raftq.v1.ClusterAdmin.GrowShards:input_type -> raftq.v1.GrowShardsRequest
+	2,  // 22: raftq.v1.ClusterAdmin.FenceShard:input_type -> raftq.v1.FenceShardRequest
+	30, // 23: raftq.v1.RaftTransport.AppendEntries:input_type -> raftq.v1.RaftMessage
+	30, // 24: raftq.v1.RaftTransport.Vote:input_type -> raftq.v1.RaftMessage
+	30, // 25: raftq.v1.RaftTransport.InstallSnapshot:input_type -> raftq.v1.RaftMessage
+	28, // 26: raftq.v1.RaftTransport.Campaign:input_type -> raftq.v1.CampaignRequest
+	20, // 27: raftq.v1.ClusterAdmin.Status:output_type -> raftq.v1.ClusterStatus
+	20, // 28: raftq.v1.ClusterAdmin.Initialize:output_type -> raftq.v1.ClusterStatus
+	20, // 29: raftq.v1.ClusterAdmin.AddLearner:output_type -> raftq.v1.ClusterStatus
+	20, // 30: raftq.v1.ClusterAdmin.ChangeMembership:output_type -> raftq.v1.ClusterStatus
+	20, // 31: raftq.v1.ClusterAdmin.RemoveLearner:output_type -> raftq.v1.ClusterStatus
+	27, // 32: raftq.v1.ClusterAdmin.StepDown:output_type -> raftq.v1.StepDownResponse
+	12, // 33: raftq.v1.ClusterAdmin.MoveReplica:output_type -> raftq.v1.MoveProgress
+	14, // 34: raftq.v1.ClusterAdmin.OpenReplica:output_type -> raftq.v1.OpenReplicaResponse
+	16, // 35: raftq.v1.ClusterAdmin.DropReplica:output_type -> raftq.v1.DropReplicaResponse
+	10, // 36: raftq.v1.ClusterAdmin.SetNodes:output_type -> raftq.v1.PlacementStatus
+	10, // 37: raftq.v1.ClusterAdmin.GetPlacement:output_type -> raftq.v1.PlacementStatus
+	1,  // 38: raftq.v1.ClusterAdmin.GrowShards:output_type -> raftq.v1.GrowProgress
+	3,  // 39: raftq.v1.ClusterAdmin.FenceShard:output_type -> raftq.v1.FenceShardResponse
+	30, // 40: raftq.v1.RaftTransport.AppendEntries:output_type -> raftq.v1.RaftMessage
+	30, // 41: raftq.v1.RaftTransport.Vote:output_type -> raftq.v1.RaftMessage
+	30, // 42: raftq.v1.RaftTransport.InstallSnapshot:output_type -> raftq.v1.RaftMessage
+	29, // 43: raftq.v1.RaftTransport.Campaign:output_type -> raftq.v1.CampaignReply
+	27, // [27:44] is the sub-list for method output_type
+	10, // [10:27] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_raftq_v1_cluster_proto_init() }
@@ -1808,17 +2150,17 @@ func file_raftq_v1_cluster_proto_init() {
 	if File_raftq_v1_cluster_proto != nil {
 		return
 	}
-	file_raftq_v1_cluster_proto_msgTypes[17].OneofWrappers = []any{}
-	file_raftq_v1_cluster_proto_msgTypes[18].OneofWrappers = []any{}
-	file_raftq_v1_cluster_proto_msgTypes[19].OneofWrappers = []any{}
-	file_raftq_v1_cluster_proto_msgTypes[20].OneofWrappers = []any{}
+	file_raftq_v1_cluster_proto_msgTypes[22].OneofWrappers = []any{}
+	file_raftq_v1_cluster_proto_msgTypes[23].OneofWrappers = []any{}
+	file_raftq_v1_cluster_proto_msgTypes[24].OneofWrappers = []any{}
+	file_raftq_v1_cluster_proto_msgTypes[25].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftq_v1_cluster_proto_rawDesc), len(file_raftq_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -33,6 +33,8 @@ const (
 	ClusterAdmin_DropReplica_FullMethodName      = "/raftq.v1.ClusterAdmin/DropReplica"
 	ClusterAdmin_SetNodes_FullMethodName         = "/raftq.v1.ClusterAdmin/SetNodes"
 	ClusterAdmin_GetPlacement_FullMethodName     = "/raftq.v1.ClusterAdmin/GetPlacement"
+	ClusterAdmin_GrowShards_FullMethodName       = "/raftq.v1.ClusterAdmin/GrowShards"
+	ClusterAdmin_FenceShard_FullMethodName       = "/raftq.v1.ClusterAdmin/FenceShard"
 )
 
 // ClusterAdminClient is the client API for ClusterAdmin service.
@@ -91,6 +93,20 @@ type ClusterAdminClient interface {
 	// The declared nodes, where replicas are now, and the moves under way
 	// (answered by the coordinator).
 	GetPlacement(ctx context.Context, in *GetPlacementRequest, opts ...grpc.CallOption) (*PlacementStatus, error)
+	// Grows the shard count (never shrinks it), without downtime: the new
+	// shards' Raft groups are created on nodes the placement picks, every
+	// shard is fenced for the new count (from then on it takes a queue it
+	// holds nothing of only if the queue hashes to it among the new count),
+	// and the queue routing (in shard 0's Raft log) is replaced: a queue
+	// that holds anything stays on its shard; a queue with nothing stored
+	// follows the new hash, so new queues spread over every shard. Only for
+	// a cluster with a replication factor. Served by the node that leads
+	// shard 0 (others forward it); streams each step; safe to repeat after
+	// an interruption.
+	GrowShards(ctx context.Context, in *GrowShardsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GrowProgress], error)
+	// Fences one shard for a shard count (a step of GrowShards, on the
+	// shard's leader): answers the queues it keeps that hash elsewhere.
+	FenceShard(ctx context.Context, in *FenceShardRequest, opts ...grpc.CallOption) (*FenceShardResponse, error)
 }
 
 type clusterAdminClient struct {
@@ -220,6 +236,35 @@ func (c *clusterAdminClient) GetPlacement(ctx context.Context, in *GetPlacementR
 	return out, nil
 }
 
+func (c *clusterAdminClient) GrowShards(ctx context.Context, in *GrowShardsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GrowProgress], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ClusterAdmin_ServiceDesc.Streams[1], ClusterAdmin_GrowShards_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[GrowShardsRequest, GrowProgress]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ClusterAdmin_GrowShardsClient = grpc.ServerStreamingClient[GrowProgress]
+
+func (c *clusterAdminClient) FenceShard(ctx context.Context, in *FenceShardRequest, opts ...grpc.CallOption) (*FenceShardResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FenceShardResponse)
+	err := c.cc.Invoke(ctx, ClusterAdmin_FenceShard_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterAdminServer is the server API for ClusterAdmin service.
 // All implementations must embed UnimplementedClusterAdminServer
 // for forward compatibility.
@@ -276,6 +321,20 @@ type ClusterAdminServer interface {
 	// The declared nodes, where replicas are now, and the moves under way
 	// (answered by the coordinator).
 	GetPlacement(context.Context, *GetPlacementRequest) (*PlacementStatus, error)
+	// Grows the shard count (never shrinks it), without downtime: the new
+	// shards' Raft groups are created on nodes the placement picks, every
+	// shard is fenced for the new count (from then on it takes a queue it
+	// holds nothing of only if the queue hashes to it among the new count),
+	// and the queue routing (in shard 0's Raft log) is replaced: a queue
+	// that holds anything stays on its shard; a queue with nothing stored
+	// follows the new hash, so new queues spread over every shard. Only for
+	// a cluster with a replication factor. Served by the node that leads
+	// shard 0 (others forward it); streams each step; safe to repeat after
+	// an interruption.
+	GrowShards(*GrowShardsRequest, grpc.ServerStreamingServer[GrowProgress]) error
+	// Fences one shard for a shard count (a step of GrowShards, on the
+	// shard's leader): answers the queues it keeps that hash elsewhere.
+	FenceShard(context.Context, *FenceShardRequest) (*FenceShardResponse, error)
 	mustEmbedUnimplementedClusterAdminServer()
 }
 
@@ -318,6 +377,12 @@ func (UnimplementedClusterAdminServer) SetNodes(context.Context, *SetNodesReques
 }
 func (UnimplementedClusterAdminServer) GetPlacement(context.Context, *GetPlacementRequest) (*PlacementStatus, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetPlacement not implemented")
+}
+func (UnimplementedClusterAdminServer) GrowShards(*GrowShardsRequest, grpc.ServerStreamingServer[GrowProgress]) error {
+	return status.Error(codes.Unimplemented, "method GrowShards not implemented")
+}
+func (UnimplementedClusterAdminServer) FenceShard(context.Context, *FenceShardRequest) (*FenceShardResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FenceShard not implemented")
 }
 func (UnimplementedClusterAdminServer) mustEmbedUnimplementedClusterAdminServer() {}
 func (UnimplementedClusterAdminServer) testEmbeddedByValue()                      {}
@@ -531,6 +596,35 @@ func _ClusterAdmin_GetPlacement_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClusterAdmin_GrowShards_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(GrowShardsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ClusterAdminServer).GrowShards(m, &grpc.GenericServerStream[GrowShardsRequest, GrowProgress]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ClusterAdmin_GrowShardsServer = grpc.ServerStreamingServer[GrowProgress]
+
+func _ClusterAdmin_FenceShard_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FenceShardRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterAdminServer).FenceShard(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterAdmin_FenceShard_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterAdminServer).FenceShard(ctx, req.(*FenceShardRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ClusterAdmin_ServiceDesc is the grpc.ServiceDesc for ClusterAdmin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -578,11 +672,20 @@ var ClusterAdmin_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "GetPlacement",
 			Handler:    _ClusterAdmin_GetPlacement_Handler,
 		},
+		{
+			MethodName: "FenceShard",
+			Handler:    _ClusterAdmin_FenceShard_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "MoveReplica",
 			Handler:       _ClusterAdmin_MoveReplica_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "GrowShards",
+			Handler:       _ClusterAdmin_GrowShards_Handler,
 			ServerStreams: true,
 		},
 	},

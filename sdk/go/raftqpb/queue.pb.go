@@ -288,9 +288,16 @@ type ShardMap struct {
 	// The shard of each queue asked for.
 	Queues map[string]uint32 `protobuf:"bytes,4,rep,name=queues,proto3" json:"queues,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	// The node that answered.
-	NodeId        uint64 `protobuf:"varint,5,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	NodeId uint64 `protobuf:"varint,5,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Queues that do not live where the hash of their name among
+	// shard_count shards says (they stayed on their shard when the count
+	// grew): queue → shard. Route these by this map, every other queue by
+	// the hash.
+	Pinned map[string]uint32 `protobuf:"bytes,6,rep,name=pinned,proto3" json:"pinned,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// Grows with every change of shard_count or pinned.
+	RoutingVersion uint64 `protobuf:"varint,7,opt,name=routing_version,json=routingVersion,proto3" json:"routing_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ShardMap) Reset() {
@@ -354,6 +361,20 @@ func (x *ShardMap) GetQueues() map[string]uint32 {
 func (x *ShardMap) GetNodeId() uint64 {
 	if x != nil {
 		return x.NodeId
+	}
+	return 0
+}
+
+func (x *ShardMap) GetPinned() map[string]uint32 {
+	if x != nil {
+		return x.Pinned
+	}
+	return nil
+}
+
+func (x *ShardMap) GetRoutingVersion() uint64 {
+	if x != nil {
+		return x.RoutingVersion
 	}
 	return 0
 }
@@ -2651,15 +2672,20 @@ const file_raftq_v1_queue_proto_rawDesc = "" +
 	"\vNodeAddress\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x1f\n" +
 	"\vclient_addr\x18\x02 \x01(\tR\n" +
-	"clientAddr\"\x92\x02\n" +
+	"clientAddr\"\xae\x03\n" +
 	"\bShardMap\x12\x1f\n" +
 	"\vshard_count\x18\x01 \x01(\rR\n" +
 	"shardCount\x12,\n" +
 	"\x06shards\x18\x02 \x03(\v2\x14.raftq.v1.ShardRouteR\x06shards\x12+\n" +
 	"\x05nodes\x18\x03 \x03(\v2\x15.raftq.v1.NodeAddressR\x05nodes\x126\n" +
 	"\x06queues\x18\x04 \x03(\v2\x1e.raftq.v1.ShardMap.QueuesEntryR\x06queues\x12\x17\n" +
-	"\anode_id\x18\x05 \x01(\x04R\x06nodeId\x1a9\n" +
+	"\anode_id\x18\x05 \x01(\x04R\x06nodeId\x126\n" +
+	"\x06pinned\x18\x06 \x03(\v2\x1e.raftq.v1.ShardMap.PinnedEntryR\x06pinned\x12'\n" +
+	"\x0frouting_version\x18\a \x01(\x04R\x0eroutingVersion\x1a9\n" +
 	"\vQueuesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1a9\n" +
+	"\vPinnedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"_\n" +
 	"\aBackoff\x12\x1d\n" +
@@ -2893,7 +2919,7 @@ func file_raftq_v1_queue_proto_rawDescGZIP() []byte {
 }
 
 var file_raftq_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_raftq_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_raftq_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_raftq_v1_queue_proto_goTypes = []any{
 	(JobState)(0),                 // 0: raftq.v1.JobState
 	(*GetShardMapRequest)(nil),    // 1: raftq.v1.GetShardMapRequest
@@ -2937,86 +2963,88 @@ var file_raftq_v1_queue_proto_goTypes = []any{
 	(*DeadSelector)(nil),          // 39: raftq.v1.DeadSelector
 	(*CountResponse)(nil),         // 40: raftq.v1.CountResponse
 	nil,                           // 41: raftq.v1.ShardMap.QueuesEntry
-	nil,                           // 42: raftq.v1.NewJob.HeadersEntry
-	nil,                           // 43: raftq.v1.Job.HeadersEntry
+	nil,                           // 42: raftq.v1.ShardMap.PinnedEntry
+	nil,                           // 43: raftq.v1.NewJob.HeadersEntry
+	nil,                           // 44: raftq.v1.Job.HeadersEntry
 }
 var file_raftq_v1_queue_proto_depIdxs = []int32{
 	2,  // 0: raftq.v1.ShardMap.shards:type_name -> raftq.v1.ShardRoute
 	3,  // 1: raftq.v1.ShardMap.nodes:type_name -> raftq.v1.NodeAddress
 	41, // 2: raftq.v1.ShardMap.queues:type_name -> raftq.v1.ShardMap.QueuesEntry
-	42, // 3: raftq.v1.NewJob.headers:type_name -> raftq.v1.NewJob.HeadersEntry
-	5,  // 4: raftq.v1.NewJob.backoff:type_name -> raftq.v1.Backoff
-	6,  // 5: raftq.v1.EnqueueRequest.jobs:type_name -> raftq.v1.NewJob
-	43, // 6: raftq.v1.Job.headers:type_name -> raftq.v1.Job.HeadersEntry
-	0,  // 7: raftq.v1.Job.state:type_name -> raftq.v1.JobState
-	9,  // 8: raftq.v1.LeasedJob.job:type_name -> raftq.v1.Job
-	10, // 9: raftq.v1.LeasedJob.token:type_name -> raftq.v1.LeaseToken
-	11, // 10: raftq.v1.FetchResponse.jobs:type_name -> raftq.v1.LeasedJob
-	10, // 11: raftq.v1.TokenResult.token:type_name -> raftq.v1.LeaseToken
-	10, // 12: raftq.v1.AckRequest.tokens:type_name -> raftq.v1.LeaseToken
-	14, // 13: raftq.v1.AckResponse.results:type_name -> raftq.v1.TokenResult
-	10, // 14: raftq.v1.NackItem.token:type_name -> raftq.v1.LeaseToken
-	17, // 15: raftq.v1.NackRequest.items:type_name -> raftq.v1.NackItem
-	14, // 16: raftq.v1.NackResponse.results:type_name -> raftq.v1.TokenResult
-	10, // 17: raftq.v1.ExtendLeaseRequest.tokens:type_name -> raftq.v1.LeaseToken
-	14, // 18: raftq.v1.ExtendLeaseResponse.results:type_name -> raftq.v1.TokenResult
-	22, // 19: raftq.v1.WorkerFrame.open:type_name -> raftq.v1.WorkerOpen
-	10, // 20: raftq.v1.WorkerFrame.acks:type_name -> raftq.v1.LeaseToken
-	17, // 21: raftq.v1.WorkerFrame.nacks:type_name -> raftq.v1.NackItem
-	10, // 22: raftq.v1.WorkerFrame.extends:type_name -> raftq.v1.LeaseToken
-	11, // 23: raftq.v1.ServerFrame.jobs:type_name -> raftq.v1.LeasedJob
-	14, // 24: raftq.v1.ServerFrame.results:type_name -> raftq.v1.TokenResult
-	5,  // 25: raftq.v1.QueueConfig.default_backoff:type_name -> raftq.v1.Backoff
-	26, // 26: raftq.v1.QueueInfo.config:type_name -> raftq.v1.QueueConfig
-	5,  // 27: raftq.v1.SetQueueConfigRequest.default_backoff:type_name -> raftq.v1.Backoff
-	30, // 28: raftq.v1.StatsResponse.queues:type_name -> raftq.v1.QueueStats
-	9,  // 29: raftq.v1.CancelJobResponse.job:type_name -> raftq.v1.Job
-	0,  // 30: raftq.v1.ListJobsRequest.state:type_name -> raftq.v1.JobState
-	9,  // 31: raftq.v1.ListJobsResponse.jobs:type_name -> raftq.v1.Job
-	9,  // 32: raftq.v1.ListDeadResponse.jobs:type_name -> raftq.v1.Job
-	7,  // 33: raftq.v1.Queue.Enqueue:input_type -> raftq.v1.EnqueueRequest
-	12, // 34: raftq.v1.Queue.Fetch:input_type -> raftq.v1.FetchRequest
-	15, // 35: raftq.v1.Queue.Ack:input_type -> raftq.v1.AckRequest
-	18, // 36: raftq.v1.Queue.Nack:input_type -> raftq.v1.NackRequest
-	20, // 37: raftq.v1.Queue.ExtendLease:input_type -> raftq.v1.ExtendLeaseRequest
-	23, // 38: raftq.v1.Queue.WorkerStream:input_type -> raftq.v1.WorkerFrame
-	1,  // 39: raftq.v1.Queue.GetShardMap:input_type -> raftq.v1.GetShardMapRequest
-	29, // 40: raftq.v1.QueueAdmin.Stats:input_type -> raftq.v1.StatsRequest
-	25, // 41: raftq.v1.QueueAdmin.PauseQueue:input_type -> raftq.v1.QueueRef
-	25, // 42: raftq.v1.QueueAdmin.ResumeQueue:input_type -> raftq.v1.QueueRef
-	25, // 43: raftq.v1.QueueAdmin.PurgeQueue:input_type -> raftq.v1.QueueRef
-	28, // 44: raftq.v1.QueueAdmin.SetQueueConfig:input_type -> raftq.v1.SetQueueConfigRequest
-	25, // 45: raftq.v1.QueueAdmin.GetQueue:input_type -> raftq.v1.QueueRef
-	33, // 46: raftq.v1.QueueAdmin.GetJob:input_type -> raftq.v1.JobRef
-	35, // 47: raftq.v1.QueueAdmin.ListJobs:input_type -> raftq.v1.ListJobsRequest
-	33, // 48: raftq.v1.QueueAdmin.CancelJob:input_type -> raftq.v1.JobRef
-	37, // 49: raftq.v1.QueueAdmin.ListDead:input_type -> raftq.v1.ListDeadRequest
-	39, // 50: raftq.v1.QueueAdmin.RequeueDead:input_type -> raftq.v1.DeadSelector
-	39, // 51: raftq.v1.QueueAdmin.PurgeDead:input_type -> raftq.v1.DeadSelector
-	8,  // 52: raftq.v1.Queue.Enqueue:output_type -> raftq.v1.EnqueueResponse
-	13, // 53: raftq.v1.Queue.Fetch:output_type -> raftq.v1.FetchResponse
-	16, // 54: raftq.v1.Queue.Ack:output_type -> raftq.v1.AckResponse
-	19, // 55: raftq.v1.Queue.Nack:output_type -> raftq.v1.NackResponse
-	21, // 56: raftq.v1.Queue.ExtendLease:output_type -> raftq.v1.ExtendLeaseResponse
-	24, // 57: raftq.v1.Queue.WorkerStream:output_type -> raftq.v1.ServerFrame
-	4,  // 58: raftq.v1.Queue.GetShardMap:output_type -> raftq.v1.ShardMap
-	31, // 59: raftq.v1.QueueAdmin.Stats:output_type -> raftq.v1.StatsResponse
-	27, // 60: raftq.v1.QueueAdmin.PauseQueue:output_type -> raftq.v1.QueueInfo
-	27, // 61: raftq.v1.QueueAdmin.ResumeQueue:output_type -> raftq.v1.QueueInfo
-	32, // 62: raftq.v1.QueueAdmin.PurgeQueue:output_type -> raftq.v1.PurgeResponse
-	27, // 63: raftq.v1.QueueAdmin.SetQueueConfig:output_type -> raftq.v1.QueueInfo
-	27, // 64: raftq.v1.QueueAdmin.GetQueue:output_type -> raftq.v1.QueueInfo
-	9,  // 65: raftq.v1.QueueAdmin.GetJob:output_type -> raftq.v1.Job
-	36, // 66: raftq.v1.QueueAdmin.ListJobs:output_type -> raftq.v1.ListJobsResponse
-	34, // 67: raftq.v1.QueueAdmin.CancelJob:output_type -> raftq.v1.CancelJobResponse
-	38, // 68: raftq.v1.QueueAdmin.ListDead:output_type -> raftq.v1.ListDeadResponse
-	40, // 69: raftq.v1.QueueAdmin.RequeueDead:output_type -> raftq.v1.CountResponse
-	40, // 70: raftq.v1.QueueAdmin.PurgeDead:output_type -> raftq.v1.CountResponse
-	52, // [52:71] is the sub-list for method output_type
-	33, // [33:52] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	42, // 3: raftq.v1.ShardMap.pinned:type_name -> raftq.v1.ShardMap.PinnedEntry
+	43, // 4: raftq.v1.NewJob.headers:type_name -> raftq.v1.NewJob.HeadersEntry
+	5,  // 5: raftq.v1.NewJob.backoff:type_name -> raftq.v1.Backoff
+	6,  // 6: raftq.v1.EnqueueRequest.jobs:type_name -> raftq.v1.NewJob
+	44, // 7: raftq.v1.Job.headers:type_name -> raftq.v1.Job.HeadersEntry
+	0,  // 8: raftq.v1.Job.state:type_name -> raftq.v1.JobState
+	9,  // 9: raftq.v1.LeasedJob.job:type_name -> raftq.v1.Job
+	10, // 10: raftq.v1.LeasedJob.token:type_name -> raftq.v1.LeaseToken
+	11, // 11: raftq.v1.FetchResponse.jobs:type_name -> raftq.v1.LeasedJob
+	10, // 12: raftq.v1.TokenResult.token:type_name -> raftq.v1.LeaseToken
+	10, // 13: raftq.v1.AckRequest.tokens:type_name -> raftq.v1.LeaseToken
+	14, // 14: raftq.v1.AckResponse.results:type_name -> raftq.v1.TokenResult
+	10, // 15: raftq.v1.NackItem.token:type_name -> raftq.v1.LeaseToken
+	17, // 16: raftq.v1.NackRequest.items:type_name -> raftq.v1.NackItem
+	14, // 17: raftq.v1.NackResponse.results:type_name -> raftq.v1.TokenResult
+	10, // 18: raftq.v1.ExtendLeaseRequest.tokens:type_name -> raftq.v1.LeaseToken
+	14, // 19: raftq.v1.ExtendLeaseResponse.results:type_name -> raftq.v1.TokenResult
+	22, // 20: raftq.v1.WorkerFrame.open:type_name -> raftq.v1.WorkerOpen
+	10, // 21: raftq.v1.WorkerFrame.acks:type_name -> raftq.v1.LeaseToken
+	17, // 22: raftq.v1.WorkerFrame.nacks:type_name -> raftq.v1.NackItem
+	10, // 23: raftq.v1.WorkerFrame.extends:type_name -> raftq.v1.LeaseToken
+	11, // 24: raftq.v1.ServerFrame.jobs:type_name -> raftq.v1.LeasedJob
+	14, // 25: raftq.v1.ServerFrame.results:type_name -> raftq.v1.TokenResult
+	5,  // 26: raftq.v1.QueueConfig.default_backoff:type_name -> raftq.v1.Backoff
+	26, // 27: raftq.v1.QueueInfo.config:type_name -> raftq.v1.QueueConfig
+	5,  // 28: raftq.v1.SetQueueConfigRequest.default_backoff:type_name -> raftq.v1.Backoff
+	30, // 29: raftq.v1.StatsResponse.queues:type_name -> raftq.v1.QueueStats
+	9,  // 30: raftq.v1.CancelJobResponse.job:type_name -> raftq.v1.Job
+	0,  // 31: raftq.v1.ListJobsRequest.state:type_name -> raftq.v1.JobState
+	9,  // 32: raftq.v1.ListJobsResponse.jobs:type_name -> raftq.v1.Job
+	9,  // 33: raftq.v1.ListDeadResponse.jobs:type_name -> raftq.v1.Job
+	7,  // 34: raftq.v1.Queue.Enqueue:input_type -> raftq.v1.EnqueueRequest
+	12, // 35: raftq.v1.Queue.Fetch:input_type -> raftq.v1.FetchRequest
+	15, // 36: raftq.v1.Queue.Ack:input_type -> raftq.v1.AckRequest
+	18, // 37: raftq.v1.Queue.Nack:input_type -> raftq.v1.NackRequest
+	20, // 38: raftq.v1.Queue.ExtendLease:input_type -> raftq.v1.ExtendLeaseRequest
+	23, // 39: raftq.v1.Queue.WorkerStream:input_type -> raftq.v1.WorkerFrame
+	1,  // 40: raftq.v1.Queue.GetShardMap:input_type -> raftq.v1.GetShardMapRequest
+	29, // 41: raftq.v1.QueueAdmin.Stats:input_type -> raftq.v1.StatsRequest
+	25, // 42: raftq.v1.QueueAdmin.PauseQueue:input_type -> raftq.v1.QueueRef
+	25, // 43: raftq.v1.QueueAdmin.ResumeQueue:input_type -> raftq.v1.QueueRef
+	25, // 44: raftq.v1.QueueAdmin.PurgeQueue:input_type -> raftq.v1.QueueRef
+	28, // 45: raftq.v1.QueueAdmin.SetQueueConfig:input_type -> raftq.v1.SetQueueConfigRequest
+	25, // 46: raftq.v1.QueueAdmin.GetQueue:input_type -> raftq.v1.QueueRef
+	33, // 47: raftq.v1.QueueAdmin.GetJob:input_type -> raftq.v1.JobRef
+	35, // 48: raftq.v1.QueueAdmin.ListJobs:input_type -> raftq.v1.ListJobsRequest
+	33, // 49: raftq.v1.QueueAdmin.CancelJob:input_type -> raftq.v1.JobRef
+	37, // 50: raftq.v1.QueueAdmin.ListDead:input_type -> raftq.v1.ListDeadRequest
+	39, // 51: raftq.v1.QueueAdmin.RequeueDead:input_type -> raftq.v1.DeadSelector
+	39, // 52: raftq.v1.QueueAdmin.PurgeDead:input_type -> raftq.v1.DeadSelector
+	8,  // 53: raftq.v1.Queue.Enqueue:output_type -> raftq.v1.EnqueueResponse
+	13, // 54: raftq.v1.Queue.Fetch:output_type -> raftq.v1.FetchResponse
+	16, // 55: raftq.v1.Queue.Ack:output_type -> raftq.v1.AckResponse
+	19, // 56: raftq.v1.Queue.Nack:output_type -> raftq.v1.NackResponse
+	21, // 57: raftq.v1.Queue.ExtendLease:output_type -> raftq.v1.ExtendLeaseResponse
+	24, // 58: raftq.v1.Queue.WorkerStream:output_type -> raftq.v1.ServerFrame
+	4,  // 59: raftq.v1.Queue.GetShardMap:output_type -> raftq.v1.ShardMap
+	31, // 60: raftq.v1.QueueAdmin.Stats:output_type -> raftq.v1.StatsResponse
+	27, // 61: raftq.v1.QueueAdmin.PauseQueue:output_type -> raftq.v1.QueueInfo
+	27, // 62: raftq.v1.QueueAdmin.ResumeQueue:output_type -> raftq.v1.QueueInfo
+	32, // 63: raftq.v1.QueueAdmin.PurgeQueue:output_type -> raftq.v1.PurgeResponse
+	27, // 64: raftq.v1.QueueAdmin.SetQueueConfig:output_type -> raftq.v1.QueueInfo
+	27, // 65: raftq.v1.QueueAdmin.GetQueue:output_type -> raftq.v1.QueueInfo
+	9,  // 66: raftq.v1.QueueAdmin.GetJob:output_type -> raftq.v1.Job
+	36, // 67: raftq.v1.QueueAdmin.ListJobs:output_type -> raftq.v1.ListJobsResponse
+	34, // 68: raftq.v1.QueueAdmin.CancelJob:output_type -> raftq.v1.CancelJobResponse
+	38, // 69: raftq.v1.QueueAdmin.ListDead:output_type -> raftq.v1.ListDeadResponse
+	40, // 70: raftq.v1.QueueAdmin.RequeueDead:output_type -> raftq.v1.CountResponse
+	40, // 71: raftq.v1.QueueAdmin.PurgeDead:output_type -> raftq.v1.CountResponse
+	53, // [53:72] is the sub-list for method output_type
+	34, // [34:53] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_raftq_v1_queue_proto_init() }
@@ -3036,7 +3064,7 @@ func file_raftq_v1_queue_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftq_v1_queue_proto_rawDesc), len(file_raftq_v1_queue_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   43,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

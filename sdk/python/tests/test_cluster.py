@@ -4,6 +4,7 @@ under a running worker, and calls routed straight to shard leaders."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import threading
 import time
 import urllib.request
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import DevCerts, Node, free_port, spawn_cluster, wait_for, wait_serving
+from conftest import DevCerts, Node, binary, free_port, spawn_cluster, wait_for, wait_serving
 
 from raftq import TLS, Client, Job, NewJob, RaftqError, RetryPolicy, Worker, shard_of
 from raftq._proto.raftq.v1 import queue_pb2 as pb
@@ -197,6 +198,61 @@ def test_calls_go_straight_to_the_shard_leaders(tmp_path: Path) -> None:
         status = nodes[0].status()
         led = sum(1 for s in status.shards if s.role == "leader") if status else 0
         assert forwarded(http_addrs) - before == shards - led
+    finally:
+        for n in nodes:
+            n.kill()
+
+
+def test_queues_are_routed_to_their_shards_after_the_shard_count_grows(tmp_path: Path) -> None:
+    """Queues that held jobs when the count grew stay on their shard (the
+    map pins them); the SDK sends them there, and new queues by the new
+    hash, with nothing forwarded."""
+    peers = [free_port() for _ in range(3)]
+    http_addrs = [free_port() for _ in range(3)]
+    members = ",".join(f"{i + 1}={p}" for i, p in enumerate(peers))
+    extra = ["--shards", "2", "--replication-factor", "3"]
+    nodes = [
+        Node(i + 1, free_port(), peers[i], tmp_path / f"n{i + 1}", members, [*extra, "--http-listen", http_addrs[i]])
+        for i in range(3)
+    ]
+    for n in nodes:
+        n.start()
+    try:
+        for n in nodes:
+            wait_serving(n)
+        moving = [q for q in (f"parked-{i}" for i in range(200)) if shard_of(q, 2) != shard_of(q, 4)][:8]
+        with Client(nodes[0].addr) as client:
+            for queue in moving:
+                client.producer().enqueue(queue, "before")
+            grown = subprocess.run(
+                [str(binary("raftq")), "--peer-addr", peers[1], "cluster", "grow-shards", "4"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert grown.returncode == 0, grown.stderr
+            # The client's map is from before: a new queue on a new shard
+            # still lands there (the node's answer makes it read the map).
+            fresh = queue_on(3, 4, "fresh")
+            assert client.producer().enqueue(fresh, "x").startswith("3-")
+
+            def complete() -> bool | None:
+                request = pb.GetShardMapRequest(queues=moving)
+                shard_map = client.queue.GetShardMap(request, metadata=client.metadata)
+                if shard_map.shard_count != 4 or any(not s.leader_addr for s in shard_map.shards):
+                    return None
+                return True
+
+            wait_for("every node to know the 4 shards' leaders", complete)
+            client.refresh_shard_map()
+            before = forwarded(http_addrs)
+            for queue in moving:
+                job_id = client.producer().enqueue(queue, "after")
+                assert job_id.startswith(f"{shard_of(queue, 2)}-"), (queue, job_id)
+            for shard in range(4):
+                job_id = client.producer().enqueue(queue_on(shard, 4, "new"), "x")
+                assert job_id.startswith(f"{shard}-"), job_id
+            assert forwarded(http_addrs) == before, "a routing client has no request forwarded"
     finally:
         for n in nodes:
             n.kill()

@@ -34,6 +34,9 @@ interface Route {
 
 export class Router {
   private shardCount = 0;
+  /** Queues that stayed on their shard when the shard count grew. */
+  private pinned = new Map<string, number>();
+  private routingVersion = 0n;
   private readonly leaders = new Map<number, Route>();
   private readonly clients = new Map<string, QueueClient>();
   private readonly unreachable = new Map<string, number>();
@@ -43,7 +46,12 @@ export class Router {
 
   /** Takes a map; a route older (lower term) than one known is ignored. */
   learnMap(map: ShardMap): void {
-    this.shardCount = map.shardCount;
+    const version = BigInt(map.routingVersion);
+    if (version >= this.routingVersion) {
+      this.shardCount = map.shardCount;
+      this.pinned = new Map(Object.entries(map.pinned));
+      this.routingVersion = version;
+    }
     for (const route of map.shards) {
       if (route.leaderAddr === "") continue;
       const known = this.leaders.get(route.shard);
@@ -62,6 +70,10 @@ export class Router {
     const shard = first("x-raftq-leader-shard");
     const term = first("x-raftq-leader-term");
     if (shard === undefined || term === undefined) return false;
+    // The shard count grew since the map was read: queues may live
+    // elsewhere now.
+    const version = first("x-raftq-routing-version");
+    if (version !== undefined && BigInt(version) > this.routingVersion) return false;
     const addr = first("x-raftq-leader-addr");
     if (addr === undefined || addr === "") {
       this.leaders.delete(Number(shard));
@@ -88,7 +100,7 @@ export class Router {
   /** The leader of `queue`'s shard and a client for it, when known. */
   leader(queue: string): { addr: string; queue: QueueClient } | undefined {
     if (this.shardCount === 0) return undefined;
-    const route = this.leaders.get(shardOf(queue, this.shardCount));
+    const route = this.leaders.get(this.pinned.get(queue) ?? shardOf(queue, this.shardCount));
     if (route === undefined) return undefined;
     const since = this.unreachable.get(route.addr);
     if (since !== undefined) {

@@ -130,7 +130,7 @@ export class Node {
   status(): Promise<ClusterStatus | undefined> {
     const client = new ClusterAdminClient(this.peerAddr, credentials.createInsecure());
     return new Promise((resolve) => {
-      client.status({}, new Metadata(), { deadline: Date.now() + 2000 }, (error, value) => {
+      client.status({ routingVersion: 0 }, new Metadata(), { deadline: Date.now() + 2000 }, (error, value) => {
         client.close();
         resolve(error === null ? value : undefined);
       });

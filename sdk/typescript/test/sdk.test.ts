@@ -1,6 +1,7 @@
 // The TypeScript SDK against real queue-node processes.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { spawnSync } from "node:child_process";
 import { appendFileSync, readFileSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import { credentials, status } from "@grpc/grpc-js";
@@ -10,7 +11,7 @@ import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from "
 import { join } from "node:path";
 import { Client, JobFailed, JobState, RaftqError, RetryPolicy, shardOf, Worker, type Job, type QueueStats } from "../src/index.js";
 import type { ShardMap } from "../src/gen/raftq/v1/queue.js";
-import { devCerts, freeAddr, Node, spawnCluster, tempDir, waitFor } from "./harness.js";
+import { binary, devCerts, freeAddr, Node, spawnCluster, tempDir, waitFor } from "./harness.js";
 
 async function stats(client: Client, queue: string): Promise<QueueStats | undefined> {
   return (await client.stats(queue)).find((q) => q.queue === queue);
@@ -285,6 +286,23 @@ test("a worker carries on when the leader dies", async () => {
   }
 });
 
+/** The sum of raftq_forwarded_requests_total over the nodes. */
+async function forwardedTotal(http: string[]): Promise<number> {
+  let total = 0;
+  for (const addr of http) {
+    const text = await (await fetch(`http://${addr}/metrics`)).text();
+    for (const line of text.split("\n")) {
+      if (line.startsWith("raftq_forwarded_requests_total{")) total += Number(line.split(" ").at(-1));
+    }
+  }
+  return total;
+}
+
+/** A queue name that lands on `shard` of `shards`. */
+function queueOnShard(shard: number, shards: number, tag: string): string {
+  for (let i = 0; ; i++) if (shardOf(`${tag}-${i}`, shards) === shard) return `${tag}-${i}`;
+}
+
 test("calls go straight to the shard leaders", async () => {
   const shards = 4;
   const root = tempDir();
@@ -296,19 +314,8 @@ test("calls go straight to the shard leaders", async () => {
     (p, i) => new Node(i + 1, addrs[i], p, join(root, `n${i + 1}`), members, ["--shards", `${shards}`, "--http-listen", http[i]]),
   );
   for (const n of nodes) n.start();
-  const forwarded = async () => {
-    let total = 0;
-    for (const addr of http) {
-      const text = await (await fetch(`http://${addr}/metrics`)).text();
-      for (const line of text.split("\n")) {
-        if (line.startsWith("raftq_forwarded_requests_total{")) total += Number(line.split(" ").at(-1));
-      }
-    }
-    return total;
-  };
-  const queueOn = (shard: number, tag: string) => {
-    for (let i = 0; ; i++) if (shardOf(`${tag}-${i}`, shards) === shard) return `${tag}-${i}`;
-  };
+  const forwarded = () => forwardedTotal(http);
+  const queueOn = (shard: number, tag: string) => queueOnShard(shard, shards, tag);
   try {
     for (const n of nodes) await n.waitServing();
     // Every node knows every leader's client address; the SDK's hash is the nodes'.
@@ -343,6 +350,56 @@ test("calls go straight to the shard leaders", async () => {
     const led = ((await nodes[0].status())?.shards ?? []).filter((s) => s.role === "leader").length;
     assert.equal((await forwarded()) - before, shards - led);
     plain.close();
+    client.close();
+  } finally {
+    for (const n of nodes) await n.kill();
+  }
+});
+
+test("queues are routed to their shards after the shard count grows", async () => {
+  // Queues that held jobs when the count grew stay on their shard (the
+  // map pins them); the SDK sends them there, and new queues by the new
+  // hash, with nothing forwarded.
+  const root = tempDir();
+  const peers = await Promise.all(Array.from({ length: 3 }, freeAddr));
+  const addrs = await Promise.all(Array.from({ length: 3 }, freeAddr));
+  const http = await Promise.all(Array.from({ length: 3 }, freeAddr));
+  const members = peers.map((p, i) => `${i + 1}=${p}`).join(",");
+  const nodes = peers.map(
+    (p, i) =>
+      new Node(i + 1, addrs[i], p, join(root, `n${i + 1}`), members, ["--shards", "2", "--replication-factor", "3", "--http-listen", http[i]]),
+  );
+  for (const n of nodes) n.start();
+  try {
+    for (const n of nodes) await n.waitServing();
+    const moving = Array.from({ length: 200 }, (_, i) => `parked-${i}`)
+      .filter((q) => shardOf(q, 2) !== shardOf(q, 4))
+      .slice(0, 8);
+    const client = new Client({ address: nodes[0].addr });
+    for (const queue of moving) await client.producer().enqueue(queue, "before");
+    const grown = spawnSync(binary("raftq"), ["--peer-addr", peers[1], "cluster", "grow-shards", "4"], { encoding: "utf8", timeout: 120_000 });
+    assert.equal(grown.status, 0, grown.stderr);
+    // The client's map is from before: a new queue on a new shard still
+    // lands there (the node's answer makes it read the map).
+    const fresh = await client.producer().enqueue(queueOnShard(3, 4, "fresh"), "x");
+    assert.ok(fresh.startsWith("3-"), fresh);
+    await waitFor("every node to know the 4 shards' leaders", async () => {
+      const map = await new Promise<ShardMap | undefined>((resolve) =>
+        client.queue.getShardMap({ queues: moving }, client.metadata(), (error, value) => resolve(error === null ? value : undefined)),
+      );
+      return map !== undefined && map.shardCount === 4 && map.shards.every((s) => s.leaderAddr !== "");
+    });
+    await client.refreshShardMap();
+    const before = await forwardedTotal(http);
+    for (const queue of moving) {
+      const id = await client.producer().enqueue(queue, "after");
+      assert.ok(id.startsWith(`${shardOf(queue, 2)}-`), `${queue} → ${id}`);
+    }
+    for (let shard = 0; shard < 4; shard++) {
+      const id = await client.producer().enqueue(queueOnShard(shard, 4, "new"), "x");
+      assert.ok(id.startsWith(`${shard}-`), id);
+    }
+    assert.equal(await forwardedTotal(http), before, "a routing client has no request forwarded");
     client.close();
   } finally {
     for (const n of nodes) await n.kill();

@@ -51,6 +51,9 @@ class Router:
         self._dial = dial
         self._lock = threading.Lock()
         self._shard_count = 0
+        # Queues that stayed on their shard when the shard count grew.
+        self._pinned: dict[str, int] = {}
+        self._routing_version = 0
         self._leaders: dict[int, tuple[str, int]] = {}
         self._channels: dict[str, Any] = {}
         self._unreachable: dict[str, float] = {}
@@ -59,7 +62,10 @@ class Router:
     def learn_map(self, shard_map: pb.ShardMap) -> None:
         """Takes a map; a route older (lower term) than one known is ignored."""
         with self._lock:
-            self._shard_count = shard_map.shard_count
+            if shard_map.routing_version >= self._routing_version:
+                self._shard_count = shard_map.shard_count
+                self._pinned = dict(shard_map.pinned)
+                self._routing_version = shard_map.routing_version
             for route in shard_map.shards:
                 if not route.leader_addr:
                     continue
@@ -75,7 +81,12 @@ class Router:
         if shard is None or term is None:
             return False
         addr = values.get("x-raftq-leader-addr", "")
+        version = values.get("x-raftq-routing-version")
         with self._lock:
+            # The shard count grew since the map was read: queues may live
+            # elsewhere now.
+            if version is not None and int(version) > self._routing_version:
+                return False
             if not addr:
                 self._leaders.pop(int(shard), None)
                 return False
@@ -103,7 +114,10 @@ class Router:
         with self._lock:
             if self._shard_count == 0:
                 return None
-            route = self._leaders.get(shard_of(queue, self._shard_count))
+            shard = self._pinned.get(queue)
+            if shard is None:
+                shard = shard_of(queue, self._shard_count)
+            route = self._leaders.get(shard)
             if route is None:
                 return None
             addr = route[0]

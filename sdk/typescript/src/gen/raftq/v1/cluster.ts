@@ -30,6 +30,48 @@ export const protobufFileName = "raftq/v1/cluster.proto";
  * and the node-to-node Raft transport.
  */
 
+export interface GrowShardsRequest {
+  /** The new shard count (at most 64). */
+  shardCount: number;
+}
+
+export interface GrowProgress {
+  /** create_shards, fence, route, done. */
+  step: string;
+  /** What the step did or waits for, for a person. */
+  detail: string;
+}
+
+export interface FenceShardRequest {
+  shard: number;
+  shardCount: number;
+}
+
+export interface FenceShardResponse {
+  /** Queues the shard keeps although they hash to another shard. */
+  pinned: string[];
+}
+
+/**
+ * Which shard each queue lives on: the hash of its name among
+ * shard_count shards, unless pinned.
+ */
+export interface QueueRouting {
+  /** Grows with every change; 0: never changed. */
+  version: number;
+  shardCount: number;
+  /**
+   * Queue → shard, for queues that stayed where they were when the shard
+   * count grew and that the new hash sends elsewhere.
+   */
+  pins: { [key: string]: number };
+}
+
+export interface QueueRouting_PinsEntry {
+  key: string;
+  value: number;
+}
+
 export interface NodeSpec {
   nodeId: number;
   /** Its peer address. */
@@ -117,6 +159,12 @@ export interface MoveProgress {
 
 export interface OpenReplicaRequest {
   shard: number;
+  /**
+   * For a shard that is new (the shard count grows): the voters of its
+   * Raft group, this node among them. The group is created with them
+   * when this replica has no membership yet; sent to one voter only.
+   */
+  createWith: Member[];
 }
 
 export interface OpenReplicaResponse {
@@ -164,6 +212,11 @@ export interface ShardStatus {
 }
 
 export interface ClusterStatusRequest {
+  /**
+   * The version of the queue routing the asker has: the answer carries
+   * the routing when this node has a newer one.
+   */
+  routingVersion: number;
 }
 
 export interface ClusterStatus {
@@ -173,6 +226,10 @@ export interface ClusterStatus {
   shards: ShardStatus[];
   /** Where clients reach this node (its client port). */
   clientAddr: string;
+  /** The version of the queue routing this node has. */
+  routingVersion: number;
+  /** That routing, when it is newer than the asker's. */
+  routing: QueueRouting | undefined;
 }
 
 export interface InitializeRequest {
@@ -261,6 +318,475 @@ export interface RaftMessage {
    */
   format: number;
 }
+
+function createBaseGrowShardsRequest(): GrowShardsRequest {
+  return { shardCount: 0 };
+}
+
+export const GrowShardsRequest: MessageFns<GrowShardsRequest> = {
+  encode(message: GrowShardsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.shardCount !== 0) {
+      writer.uint32(8).uint32(message.shardCount);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GrowShardsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGrowShardsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.shardCount = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GrowShardsRequest {
+    return {
+      shardCount: isSet(object.shardCount)
+        ? globalThis.Number(object.shardCount)
+        : isSet(object.shard_count)
+        ? globalThis.Number(object.shard_count)
+        : 0,
+    };
+  },
+
+  toJSON(message: GrowShardsRequest): unknown {
+    const obj: any = {};
+    if (message.shardCount !== 0) {
+      obj.shardCount = Math.round(message.shardCount);
+    }
+    return obj;
+  },
+};
+
+function createBaseGrowProgress(): GrowProgress {
+  return { step: "", detail: "" };
+}
+
+export const GrowProgress: MessageFns<GrowProgress> = {
+  encode(message: GrowProgress, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.step !== "") {
+      writer.uint32(10).string(message.step);
+    }
+    if (message.detail !== "") {
+      writer.uint32(18).string(message.detail);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GrowProgress {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGrowProgress();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.step = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.detail = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GrowProgress {
+    return {
+      step: isSet(object.step) ? globalThis.String(object.step) : "",
+      detail: isSet(object.detail) ? globalThis.String(object.detail) : "",
+    };
+  },
+
+  toJSON(message: GrowProgress): unknown {
+    const obj: any = {};
+    if (message.step !== "") {
+      obj.step = message.step;
+    }
+    if (message.detail !== "") {
+      obj.detail = message.detail;
+    }
+    return obj;
+  },
+};
+
+function createBaseFenceShardRequest(): FenceShardRequest {
+  return { shard: 0, shardCount: 0 };
+}
+
+export const FenceShardRequest: MessageFns<FenceShardRequest> = {
+  encode(message: FenceShardRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.shard !== 0) {
+      writer.uint32(8).uint32(message.shard);
+    }
+    if (message.shardCount !== 0) {
+      writer.uint32(16).uint32(message.shardCount);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FenceShardRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFenceShardRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.shard = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.shardCount = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FenceShardRequest {
+    return {
+      shard: isSet(object.shard) ? globalThis.Number(object.shard) : 0,
+      shardCount: isSet(object.shardCount)
+        ? globalThis.Number(object.shardCount)
+        : isSet(object.shard_count)
+        ? globalThis.Number(object.shard_count)
+        : 0,
+    };
+  },
+
+  toJSON(message: FenceShardRequest): unknown {
+    const obj: any = {};
+    if (message.shard !== 0) {
+      obj.shard = Math.round(message.shard);
+    }
+    if (message.shardCount !== 0) {
+      obj.shardCount = Math.round(message.shardCount);
+    }
+    return obj;
+  },
+};
+
+function createBaseFenceShardResponse(): FenceShardResponse {
+  return { pinned: [] };
+}
+
+export const FenceShardResponse: MessageFns<FenceShardResponse> = {
+  encode(message: FenceShardResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.pinned) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FenceShardResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFenceShardResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.pinned.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FenceShardResponse {
+    return {
+      pinned: globalThis.Array.isArray(object?.pinned) ? object.pinned.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: FenceShardResponse): unknown {
+    const obj: any = {};
+    if (message.pinned?.length) {
+      obj.pinned = message.pinned;
+    }
+    return obj;
+  },
+};
+
+function createBaseQueueRouting(): QueueRouting {
+  return { version: 0, shardCount: 0, pins: {} };
+}
+
+export const QueueRouting: MessageFns<QueueRouting> = {
+  encode(message: QueueRouting, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.version !== 0) {
+      writer.uint32(8).uint64(message.version);
+    }
+    if (message.shardCount !== 0) {
+      writer.uint32(16).uint32(message.shardCount);
+    }
+    globalThis.Object.entries(message.pins).forEach(([key, value]: [string, number]) => {
+      QueueRouting_PinsEntry.encode({ key: key as any, value }, writer.uint32(26).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): QueueRouting {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseQueueRouting();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.version = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.shardCount = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            const entry3 = QueueRouting_PinsEntry.decode(reader, reader.uint32());
+            if (entry3.value !== undefined) {
+              message.pins[entry3.key] = entry3.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): QueueRouting {
+    return {
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      shardCount: isSet(object.shardCount)
+        ? globalThis.Number(object.shardCount)
+        : isSet(object.shard_count)
+        ? globalThis.Number(object.shard_count)
+        : 0,
+      pins: isObject(object.pins)
+        ? (globalThis.Object.entries(object.pins) as [string, any][]).reduce(
+          (acc: { [key: string]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: QueueRouting): unknown {
+    const obj: any = {};
+    if (message.version !== 0) {
+      obj.version = Math.round(message.version);
+    }
+    if (message.shardCount !== 0) {
+      obj.shardCount = Math.round(message.shardCount);
+    }
+    if (message.pins) {
+      const entries = globalThis.Object.entries(message.pins) as [string, number][];
+      if (entries.length > 0) {
+        obj.pins = {};
+        entries.forEach(([k, v]) => {
+          obj.pins[k] = Math.round(v);
+        });
+      }
+    }
+    return obj;
+  },
+};
+
+function createBaseQueueRouting_PinsEntry(): QueueRouting_PinsEntry {
+  return { key: "", value: 0 };
+}
+
+export const QueueRouting_PinsEntry: MessageFns<QueueRouting_PinsEntry> = {
+  encode(message: QueueRouting_PinsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== 0) {
+      writer.uint32(16).uint32(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): QueueRouting_PinsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseQueueRouting_PinsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.value = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): QueueRouting_PinsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+    };
+  },
+
+  toJSON(message: QueueRouting_PinsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== 0) {
+      obj.value = Math.round(message.value);
+    }
+    return obj;
+  },
+};
 
 function createBaseNodeSpec(): NodeSpec {
   return { nodeId: 0, addr: "", zone: "", draining: false };
@@ -1050,13 +1576,16 @@ export const MoveProgress: MessageFns<MoveProgress> = {
 };
 
 function createBaseOpenReplicaRequest(): OpenReplicaRequest {
-  return { shard: 0 };
+  return { shard: 0, createWith: [] };
 }
 
 export const OpenReplicaRequest: MessageFns<OpenReplicaRequest> = {
   encode(message: OpenReplicaRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.shard !== 0) {
       writer.uint32(8).uint32(message.shard);
+    }
+    for (const v of message.createWith) {
+      Member.encode(v!, writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -1082,6 +1611,14 @@ export const OpenReplicaRequest: MessageFns<OpenReplicaRequest> = {
             message.shard = reader.uint32();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.createWith.push(Member.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1095,13 +1632,23 @@ export const OpenReplicaRequest: MessageFns<OpenReplicaRequest> = {
   },
 
   fromJSON(object: any): OpenReplicaRequest {
-    return { shard: isSet(object.shard) ? globalThis.Number(object.shard) : 0 };
+    return {
+      shard: isSet(object.shard) ? globalThis.Number(object.shard) : 0,
+      createWith: globalThis.Array.isArray(object?.createWith)
+        ? object.createWith.map((e: any) => Member.fromJSON(e))
+        : globalThis.Array.isArray(object?.create_with)
+        ? object.create_with.map((e: any) => Member.fromJSON(e))
+        : [],
+    };
   },
 
   toJSON(message: OpenReplicaRequest): unknown {
     const obj: any = {};
     if (message.shard !== 0) {
       obj.shard = Math.round(message.shard);
+    }
+    if (message.createWith?.length) {
+      obj.createWith = message.createWith.map((e) => Member.toJSON(e));
     }
     return obj;
   },
@@ -1623,11 +2170,14 @@ export const ShardStatus: MessageFns<ShardStatus> = {
 };
 
 function createBaseClusterStatusRequest(): ClusterStatusRequest {
-  return {};
+  return { routingVersion: 0 };
 }
 
 export const ClusterStatusRequest: MessageFns<ClusterStatusRequest> = {
-  encode(_: ClusterStatusRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: ClusterStatusRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.routingVersion !== 0) {
+      writer.uint32(8).uint64(message.routingVersion);
+    }
     return writer;
   },
 
@@ -1644,6 +2194,14 @@ export const ClusterStatusRequest: MessageFns<ClusterStatusRequest> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.routingVersion = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1656,18 +2214,27 @@ export const ClusterStatusRequest: MessageFns<ClusterStatusRequest> = {
     }
   },
 
-  fromJSON(_: any): ClusterStatusRequest {
-    return {};
+  fromJSON(object: any): ClusterStatusRequest {
+    return {
+      routingVersion: isSet(object.routingVersion)
+        ? globalThis.Number(object.routingVersion)
+        : isSet(object.routing_version)
+        ? globalThis.Number(object.routing_version)
+        : 0,
+    };
   },
 
-  toJSON(_: ClusterStatusRequest): unknown {
+  toJSON(message: ClusterStatusRequest): unknown {
     const obj: any = {};
+    if (message.routingVersion !== 0) {
+      obj.routingVersion = Math.round(message.routingVersion);
+    }
     return obj;
   },
 };
 
 function createBaseClusterStatus(): ClusterStatus {
-  return { nodeId: 0, addr: "", shards: [], clientAddr: "" };
+  return { nodeId: 0, addr: "", shards: [], clientAddr: "", routingVersion: 0, routing: undefined };
 }
 
 export const ClusterStatus: MessageFns<ClusterStatus> = {
@@ -1683,6 +2250,12 @@ export const ClusterStatus: MessageFns<ClusterStatus> = {
     }
     if (message.clientAddr !== "") {
       writer.uint32(34).string(message.clientAddr);
+    }
+    if (message.routingVersion !== 0) {
+      writer.uint32(40).uint64(message.routingVersion);
+    }
+    if (message.routing !== undefined) {
+      QueueRouting.encode(message.routing, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -1732,6 +2305,22 @@ export const ClusterStatus: MessageFns<ClusterStatus> = {
             message.clientAddr = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.routingVersion = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.routing = QueueRouting.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1758,6 +2347,12 @@ export const ClusterStatus: MessageFns<ClusterStatus> = {
         : isSet(object.client_addr)
         ? globalThis.String(object.client_addr)
         : "",
+      routingVersion: isSet(object.routingVersion)
+        ? globalThis.Number(object.routingVersion)
+        : isSet(object.routing_version)
+        ? globalThis.Number(object.routing_version)
+        : 0,
+      routing: isSet(object.routing) ? QueueRouting.fromJSON(object.routing) : undefined,
     };
   },
 
@@ -1774,6 +2369,12 @@ export const ClusterStatus: MessageFns<ClusterStatus> = {
     }
     if (message.clientAddr !== "") {
       obj.clientAddr = message.clientAddr;
+    }
+    if (message.routingVersion !== 0) {
+      obj.routingVersion = Math.round(message.routingVersion);
+    }
+    if (message.routing !== undefined) {
+      obj.routing = QueueRouting.toJSON(message.routing);
     }
     return obj;
   },
@@ -2786,6 +3387,40 @@ export const ClusterAdminService = {
     responseSerialize: (value: PlacementStatus): Buffer => Buffer.from(PlacementStatus.encode(value).finish()),
     responseDeserialize: (value: Buffer): PlacementStatus => PlacementStatus.decode(value),
   },
+  /**
+   * Grows the shard count (never shrinks it), without downtime: the new
+   * shards' Raft groups are created on nodes the placement picks, every
+   * shard is fenced for the new count (from then on it takes a queue it
+   * holds nothing of only if the queue hashes to it among the new count),
+   * and the queue routing (in shard 0's Raft log) is replaced: a queue
+   * that holds anything stays on its shard; a queue with nothing stored
+   * follows the new hash, so new queues spread over every shard. Only for
+   * a cluster with a replication factor. Served by the node that leads
+   * shard 0 (others forward it); streams each step; safe to repeat after
+   * an interruption.
+   */
+  growShards: {
+    path: "/raftq.v1.ClusterAdmin/GrowShards" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: GrowShardsRequest): Buffer => Buffer.from(GrowShardsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GrowShardsRequest => GrowShardsRequest.decode(value),
+    responseSerialize: (value: GrowProgress): Buffer => Buffer.from(GrowProgress.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GrowProgress => GrowProgress.decode(value),
+  },
+  /**
+   * Fences one shard for a shard count (a step of GrowShards, on the
+   * shard's leader): answers the queues it keeps that hash elsewhere.
+   */
+  fenceShard: {
+    path: "/raftq.v1.ClusterAdmin/FenceShard" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: FenceShardRequest): Buffer => Buffer.from(FenceShardRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): FenceShardRequest => FenceShardRequest.decode(value),
+    responseSerialize: (value: FenceShardResponse): Buffer => Buffer.from(FenceShardResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): FenceShardResponse => FenceShardResponse.decode(value),
+  },
 } as const;
 
 export interface ClusterAdminServer extends UntypedServiceImplementation {
@@ -2861,6 +3496,24 @@ export interface ClusterAdminServer extends UntypedServiceImplementation {
    * (answered by the coordinator).
    */
   getPlacement: handleUnaryCall<GetPlacementRequest, PlacementStatus>;
+  /**
+   * Grows the shard count (never shrinks it), without downtime: the new
+   * shards' Raft groups are created on nodes the placement picks, every
+   * shard is fenced for the new count (from then on it takes a queue it
+   * holds nothing of only if the queue hashes to it among the new count),
+   * and the queue routing (in shard 0's Raft log) is replaced: a queue
+   * that holds anything stays on its shard; a queue with nothing stored
+   * follows the new hash, so new queues spread over every shard. Only for
+   * a cluster with a replication factor. Served by the node that leads
+   * shard 0 (others forward it); streams each step; safe to repeat after
+   * an interruption.
+   */
+  growShards: handleServerStreamingCall<GrowShardsRequest, GrowProgress>;
+  /**
+   * Fences one shard for a shard count (a step of GrowShards, on the
+   * shard's leader): answers the queues it keeps that hash elsewhere.
+   */
+  fenceShard: handleUnaryCall<FenceShardRequest, FenceShardResponse>;
 }
 
 export interface ClusterAdminClient extends Client {
@@ -3081,6 +3734,43 @@ export interface ClusterAdminClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PlacementStatus) => void,
   ): ClientUnaryCall;
+  /**
+   * Grows the shard count (never shrinks it), without downtime: the new
+   * shards' Raft groups are created on nodes the placement picks, every
+   * shard is fenced for the new count (from then on it takes a queue it
+   * holds nothing of only if the queue hashes to it among the new count),
+   * and the queue routing (in shard 0's Raft log) is replaced: a queue
+   * that holds anything stays on its shard; a queue with nothing stored
+   * follows the new hash, so new queues spread over every shard. Only for
+   * a cluster with a replication factor. Served by the node that leads
+   * shard 0 (others forward it); streams each step; safe to repeat after
+   * an interruption.
+   */
+  growShards(request: GrowShardsRequest, options?: Partial<CallOptions>): ClientReadableStream<GrowProgress>;
+  growShards(
+    request: GrowShardsRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<GrowProgress>;
+  /**
+   * Fences one shard for a shard count (a step of GrowShards, on the
+   * shard's leader): answers the queues it keeps that hash elsewhere.
+   */
+  fenceShard(
+    request: FenceShardRequest,
+    callback: (error: ServiceError | null, response: FenceShardResponse) => void,
+  ): ClientUnaryCall;
+  fenceShard(
+    request: FenceShardRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: FenceShardResponse) => void,
+  ): ClientUnaryCall;
+  fenceShard(
+    request: FenceShardRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: FenceShardResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const ClusterAdminClient = makeGenericClientConstructor(
@@ -3244,6 +3934,10 @@ function longToNumber(int64: { toString(): string }): number {
     throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
   }
   return num;
+}
+
+function isObject(value: any): boolean {
+  return typeof value === "object" && value !== null;
 }
 
 function isSet(value: any): boolean {

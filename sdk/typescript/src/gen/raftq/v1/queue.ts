@@ -132,9 +132,23 @@ export interface ShardMap {
   queues: { [key: string]: number };
   /** The node that answered. */
   nodeId: number;
+  /**
+   * Queues that do not live where the hash of their name among
+   * shard_count shards says (they stayed on their shard when the count
+   * grew): queue → shard. Route these by this map, every other queue by
+   * the hash.
+   */
+  pinned: { [key: string]: number };
+  /** Grows with every change of shard_count or pinned. */
+  routingVersion: number;
 }
 
 export interface ShardMap_QueuesEntry {
+  key: string;
+  value: number;
+}
+
+export interface ShardMap_PinnedEntry {
   key: string;
   value: number;
 }
@@ -752,7 +766,7 @@ export const NodeAddress: MessageFns<NodeAddress> = {
 };
 
 function createBaseShardMap(): ShardMap {
-  return { shardCount: 0, shards: [], nodes: [], queues: {}, nodeId: 0 };
+  return { shardCount: 0, shards: [], nodes: [], queues: {}, nodeId: 0, pinned: {}, routingVersion: 0 };
 }
 
 export const ShardMap: MessageFns<ShardMap> = {
@@ -771,6 +785,12 @@ export const ShardMap: MessageFns<ShardMap> = {
     });
     if (message.nodeId !== 0) {
       writer.uint32(40).uint64(message.nodeId);
+    }
+    globalThis.Object.entries(message.pinned).forEach(([key, value]: [string, number]) => {
+      ShardMap_PinnedEntry.encode({ key: key as any, value }, writer.uint32(50).fork()).join();
+    });
+    if (message.routingVersion !== 0) {
+      writer.uint32(56).uint64(message.routingVersion);
     }
     return writer;
   },
@@ -831,6 +851,25 @@ export const ShardMap: MessageFns<ShardMap> = {
             message.nodeId = longToNumber(reader.uint64());
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            const entry6 = ShardMap_PinnedEntry.decode(reader, reader.uint32());
+            if (entry6.value !== undefined) {
+              message.pinned[entry6.key] = entry6.value;
+            }
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.routingVersion = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -871,6 +910,25 @@ export const ShardMap: MessageFns<ShardMap> = {
         : isSet(object.node_id)
         ? globalThis.Number(object.node_id)
         : 0,
+      pinned: isObject(object.pinned)
+        ? (globalThis.Object.entries(object.pinned) as [string, any][]).reduce(
+          (acc: { [key: string]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+      routingVersion: isSet(object.routingVersion)
+        ? globalThis.Number(object.routingVersion)
+        : isSet(object.routing_version)
+        ? globalThis.Number(object.routing_version)
+        : 0,
     };
   },
 
@@ -896,6 +954,18 @@ export const ShardMap: MessageFns<ShardMap> = {
     }
     if (message.nodeId !== 0) {
       obj.nodeId = Math.round(message.nodeId);
+    }
+    if (message.pinned) {
+      const entries = globalThis.Object.entries(message.pinned) as [string, number][];
+      if (entries.length > 0) {
+        obj.pinned = {};
+        entries.forEach(([k, v]) => {
+          obj.pinned[k] = Math.round(v);
+        });
+      }
+    }
+    if (message.routingVersion !== 0) {
+      obj.routingVersion = Math.round(message.routingVersion);
     }
     return obj;
   },
@@ -965,6 +1035,81 @@ export const ShardMap_QueuesEntry: MessageFns<ShardMap_QueuesEntry> = {
   },
 
   toJSON(message: ShardMap_QueuesEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== 0) {
+      obj.value = Math.round(message.value);
+    }
+    return obj;
+  },
+};
+
+function createBaseShardMap_PinnedEntry(): ShardMap_PinnedEntry {
+  return { key: "", value: 0 };
+}
+
+export const ShardMap_PinnedEntry: MessageFns<ShardMap_PinnedEntry> = {
+  encode(message: ShardMap_PinnedEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== 0) {
+      writer.uint32(16).uint32(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ShardMap_PinnedEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseShardMap_PinnedEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.value = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ShardMap_PinnedEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+    };
+  },
+
+  toJSON(message: ShardMap_PinnedEntry): unknown {
     const obj: any = {};
     if (message.key !== "") {
       obj.key = message.key;

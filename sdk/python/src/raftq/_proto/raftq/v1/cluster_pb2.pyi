@@ -6,6 +6,51 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class GrowShardsRequest(_message.Message):
+    __slots__ = ("shard_count",)
+    SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    shard_count: int
+    def __init__(self, shard_count: _Optional[int] = ...) -> None: ...
+
+class GrowProgress(_message.Message):
+    __slots__ = ("step", "detail")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    detail: str
+    def __init__(self, step: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class FenceShardRequest(_message.Message):
+    __slots__ = ("shard", "shard_count")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    shard_count: int
+    def __init__(self, shard: _Optional[int] = ..., shard_count: _Optional[int] = ...) -> None: ...
+
+class FenceShardResponse(_message.Message):
+    __slots__ = ("pinned",)
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    pinned: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, pinned: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class QueueRouting(_message.Message):
+    __slots__ = ("version", "shard_count", "pins")
+    class PinsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PINS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    shard_count: int
+    pins: _containers.ScalarMap[str, int]
+    def __init__(self, version: _Optional[int] = ..., shard_count: _Optional[int] = ..., pins: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
 class NodeSpec(_message.Message):
     __slots__ = ("node_id", "addr", "zone", "draining")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -91,10 +136,12 @@ class MoveProgress(_message.Message):
     def __init__(self, phase: _Optional[str] = ..., detail: _Optional[str] = ..., learner_lag: _Optional[int] = ...) -> None: ...
 
 class OpenReplicaRequest(_message.Message):
-    __slots__ = ("shard",)
+    __slots__ = ("shard", "create_with")
     SHARD_FIELD_NUMBER: _ClassVar[int]
+    CREATE_WITH_FIELD_NUMBER: _ClassVar[int]
     shard: int
-    def __init__(self, shard: _Optional[int] = ...) -> None: ...
+    create_with: _containers.RepeatedCompositeFieldContainer[Member]
+    def __init__(self, shard: _Optional[int] = ..., create_with: _Optional[_Iterable[_Union[Member, _Mapping]]] = ...) -> None: ...
 
 class OpenReplicaResponse(_message.Message):
     __slots__ = ("opened",)
@@ -151,20 +198,26 @@ class ShardStatus(_message.Message):
     def __init__(self, shard: _Optional[int] = ..., leader_id: _Optional[int] = ..., has_leader: _Optional[bool] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., last_log_index: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., role: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class ClusterStatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("routing_version",)
+    ROUTING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    routing_version: int
+    def __init__(self, routing_version: _Optional[int] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
-    __slots__ = ("node_id", "addr", "shards", "client_addr")
+    __slots__ = ("node_id", "addr", "shards", "client_addr", "routing_version", "routing")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDR_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ADDR_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     addr: str
     shards: _containers.RepeatedCompositeFieldContainer[ShardStatus]
     client_addr: str
-    def __init__(self, node_id: _Optional[int] = ..., addr: _Optional[str] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., client_addr: _Optional[str] = ...) -> None: ...
+    routing_version: int
+    routing: QueueRouting
+    def __init__(self, node_id: _Optional[int] = ..., addr: _Optional[str] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., client_addr: _Optional[str] = ..., routing_version: _Optional[int] = ..., routing: _Optional[_Union[QueueRouting, _Mapping]] = ...) -> None: ...
 
 class InitializeRequest(_message.Message):
     __slots__ = ("bootstrap_joining_node",)

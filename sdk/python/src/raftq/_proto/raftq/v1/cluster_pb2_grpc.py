@@ -89,6 +89,16 @@ class ClusterAdminStub:
                 request_serializer=raftq_dot_v1_dot_cluster__pb2.GetPlacementRequest.SerializeToString,
                 response_deserializer=raftq_dot_v1_dot_cluster__pb2.PlacementStatus.FromString,
                 _registered_method=True)
+        self.GrowShards = channel.unary_stream(
+                '/raftq.v1.ClusterAdmin/GrowShards',
+                request_serializer=raftq_dot_v1_dot_cluster__pb2.GrowShardsRequest.SerializeToString,
+                response_deserializer=raftq_dot_v1_dot_cluster__pb2.GrowProgress.FromString,
+                _registered_method=True)
+        self.FenceShard = channel.unary_unary(
+                '/raftq.v1.ClusterAdmin/FenceShard',
+                request_serializer=raftq_dot_v1_dot_cluster__pb2.FenceShardRequest.SerializeToString,
+                response_deserializer=raftq_dot_v1_dot_cluster__pb2.FenceShardResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterAdminServicer:
@@ -201,6 +211,30 @@ class ClusterAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GrowShards(self, request, context):
+        """Grows the shard count (never shrinks it), without downtime: the new
+        shards' Raft groups are created on nodes the placement picks, every
+        shard is fenced for the new count (from then on it takes a queue it
+        holds nothing of only if the queue hashes to it among the new count),
+        and the queue routing (in shard 0's Raft log) is replaced: a queue
+        that holds anything stays on its shard; a queue with nothing stored
+        follows the new hash, so new queues spread over every shard. Only for
+        a cluster with a replication factor. Served by the node that leads
+        shard 0 (others forward it); streams each step; safe to repeat after
+        an interruption.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FenceShard(self, request, context):
+        """Fences one shard for a shard count (a step of GrowShards, on the
+        shard's leader): answers the queues it keeps that hash elsewhere.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -258,6 +292,16 @@ def add_ClusterAdminServicer_to_server(servicer, server):
                     servicer.GetPlacement,
                     request_deserializer=raftq_dot_v1_dot_cluster__pb2.GetPlacementRequest.FromString,
                     response_serializer=raftq_dot_v1_dot_cluster__pb2.PlacementStatus.SerializeToString,
+            ),
+            'GrowShards': grpc.unary_stream_rpc_method_handler(
+                    servicer.GrowShards,
+                    request_deserializer=raftq_dot_v1_dot_cluster__pb2.GrowShardsRequest.FromString,
+                    response_serializer=raftq_dot_v1_dot_cluster__pb2.GrowProgress.SerializeToString,
+            ),
+            'FenceShard': grpc.unary_unary_rpc_method_handler(
+                    servicer.FenceShard,
+                    request_deserializer=raftq_dot_v1_dot_cluster__pb2.FenceShardRequest.FromString,
+                    response_serializer=raftq_dot_v1_dot_cluster__pb2.FenceShardResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -557,6 +601,60 @@ class ClusterAdmin:
             '/raftq.v1.ClusterAdmin/GetPlacement',
             raftq_dot_v1_dot_cluster__pb2.GetPlacementRequest.SerializeToString,
             raftq_dot_v1_dot_cluster__pb2.PlacementStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrowShards(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/raftq.v1.ClusterAdmin/GrowShards',
+            raftq_dot_v1_dot_cluster__pb2.GrowShardsRequest.SerializeToString,
+            raftq_dot_v1_dot_cluster__pb2.GrowProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FenceShard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftq.v1.ClusterAdmin/FenceShard',
+            raftq_dot_v1_dot_cluster__pb2.FenceShardRequest.SerializeToString,
+            raftq_dot_v1_dot_cluster__pb2.FenceShardResponse.FromString,
             options,
             channel_credentials,
             insecure,

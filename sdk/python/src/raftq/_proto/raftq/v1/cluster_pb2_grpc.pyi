@@ -95,6 +95,22 @@ class ClusterAdminStub:
     """The declared nodes, where replicas are now, and the moves under way
     (answered by the coordinator).
     """
+    GrowShards: _grpc.UnaryStreamMultiCallable[_cluster_pb2.GrowShardsRequest, _cluster_pb2.GrowProgress]
+    """Grows the shard count (never shrinks it), without downtime: the new
+    shards' Raft groups are created on nodes the placement picks, every
+    shard is fenced for the new count (from then on it takes a queue it
+    holds nothing of only if the queue hashes to it among the new count),
+    and the queue routing (in shard 0's Raft log) is replaced: a queue
+    that holds anything stays on its shard; a queue with nothing stored
+    follows the new hash, so new queues spread over every shard. Only for
+    a cluster with a replication factor. Served by the node that leads
+    shard 0 (others forward it); streams each step; safe to repeat after
+    an interruption.
+    """
+    FenceShard: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.FenceShardRequest, _cluster_pb2.FenceShardResponse]
+    """Fences one shard for a shard count (a step of GrowShards, on the
+    shard's leader): answers the queues it keeps that hash elsewhere.
+    """
 
 @_typing.type_check_only
 class ClusterAdminAsyncStub(ClusterAdminStub):
@@ -160,6 +176,22 @@ class ClusterAdminAsyncStub(ClusterAdminStub):
     GetPlacement: _aio.UnaryUnaryMultiCallable[_cluster_pb2.GetPlacementRequest, _cluster_pb2.PlacementStatus]  # type: ignore[assignment]
     """The declared nodes, where replicas are now, and the moves under way
     (answered by the coordinator).
+    """
+    GrowShards: _aio.UnaryStreamMultiCallable[_cluster_pb2.GrowShardsRequest, _cluster_pb2.GrowProgress]  # type: ignore[assignment]
+    """Grows the shard count (never shrinks it), without downtime: the new
+    shards' Raft groups are created on nodes the placement picks, every
+    shard is fenced for the new count (from then on it takes a queue it
+    holds nothing of only if the queue hashes to it among the new count),
+    and the queue routing (in shard 0's Raft log) is replaced: a queue
+    that holds anything stays on its shard; a queue with nothing stored
+    follows the new hash, so new queues spread over every shard. Only for
+    a cluster with a replication factor. Served by the node that leads
+    shard 0 (others forward it); streams each step; safe to repeat after
+    an interruption.
+    """
+    FenceShard: _aio.UnaryUnaryMultiCallable[_cluster_pb2.FenceShardRequest, _cluster_pb2.FenceShardResponse]  # type: ignore[assignment]
+    """Fences one shard for a shard count (a step of GrowShards, on the
+    shard's leader): answers the queues it keeps that hash elsewhere.
     """
 
 class ClusterAdminServicer(metaclass=_abc_1.ABCMeta):
@@ -289,6 +321,34 @@ class ClusterAdminServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_cluster_pb2.PlacementStatus, _abc.Awaitable[_cluster_pb2.PlacementStatus]]:
         """The declared nodes, where replicas are now, and the moves under way
         (answered by the coordinator).
+        """
+
+    @_abc_1.abstractmethod
+    def GrowShards(
+        self,
+        request: _cluster_pb2.GrowShardsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_cluster_pb2.GrowProgress], _abc.AsyncIterator[_cluster_pb2.GrowProgress]]:
+        """Grows the shard count (never shrinks it), without downtime: the new
+        shards' Raft groups are created on nodes the placement picks, every
+        shard is fenced for the new count (from then on it takes a queue it
+        holds nothing of only if the queue hashes to it among the new count),
+        and the queue routing (in shard 0's Raft log) is replaced: a queue
+        that holds anything stays on its shard; a queue with nothing stored
+        follows the new hash, so new queues spread over every shard. Only for
+        a cluster with a replication factor. Served by the node that leads
+        shard 0 (others forward it); streams each step; safe to repeat after
+        an interruption.
+        """
+
+    @_abc_1.abstractmethod
+    def FenceShard(
+        self,
+        request: _cluster_pb2.FenceShardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.FenceShardResponse, _abc.Awaitable[_cluster_pb2.FenceShardResponse]]:
+        """Fences one shard for a shard count (a step of GrowShards, on the
+        shard's leader): answers the queues it keeps that hash elsewhere.
         """
 
 def add_ClusterAdminServicer_to_server(servicer: ClusterAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

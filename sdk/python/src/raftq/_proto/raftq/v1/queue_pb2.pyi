@@ -51,8 +51,15 @@ class NodeAddress(_message.Message):
     def __init__(self, node_id: _Optional[int] = ..., client_addr: _Optional[str] = ...) -> None: ...
 
 class ShardMap(_message.Message):
-    __slots__ = ("shard_count", "shards", "nodes", "queues", "node_id")
+    __slots__ = ("shard_count", "shards", "nodes", "queues", "node_id", "pinned", "routing_version")
     class QueuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class PinnedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -64,12 +71,16 @@ class ShardMap(_message.Message):
     NODES_FIELD_NUMBER: _ClassVar[int]
     QUEUES_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_VERSION_FIELD_NUMBER: _ClassVar[int]
     shard_count: int
     shards: _containers.RepeatedCompositeFieldContainer[ShardRoute]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeAddress]
     queues: _containers.ScalarMap[str, int]
     node_id: int
-    def __init__(self, shard_count: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardRoute, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeAddress, _Mapping]]] = ..., queues: _Optional[_Mapping[str, int]] = ..., node_id: _Optional[int] = ...) -> None: ...
+    pinned: _containers.ScalarMap[str, int]
+    routing_version: int
+    def __init__(self, shard_count: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardRoute, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeAddress, _Mapping]]] = ..., queues: _Optional[_Mapping[str, int]] = ..., node_id: _Optional[int] = ..., pinned: _Optional[_Mapping[str, int]] = ..., routing_version: _Optional[int] = ...) -> None: ...
 
 class Backoff(_message.Message):
     __slots__ = ("initial_ms", "max_ms", "multiplier")

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.auth) || !has(self.auth.enabled) || self.auth.enabled || (has(self.tls) && has(self.tls.allowInsecure) && self.tls.allowInsecure)").message("auth.enabled: false lets anyone who reaches the client port do anything; set tls.allowInsecure: true to accept that"))]
 #[x_kube(validation = Rule::new("has(self.replicationFactor) ? self.replicas >= self.replicationFactor : self.replicas % 2 == 1 && self.replicas <= 7").message("without replicationFactor every node holds every shard, so replicas must be odd (1, 3, 5 or 7: Raft needs a majority); with it, replicas must be at least replicationFactor"))]
+#[x_kube(validation = Rule::new("self.shards == oldSelf.shards || (has(self.replicationFactor) && self.shards > oldSelf.shards)").message("shards can only grow, and only with replicationFactor (a queue without one has its data laid out by shard for good)"))]
 #[x_kube(validation = Rule::new("has(self.replicationFactor) == has(oldSelf.replicationFactor) && (!has(self.replicationFactor) || self.replicationFactor == oldSelf.replicationFactor)").message("replicationFactor is fixed at creation: it can be neither added, removed nor changed later (each shard keeps its number of voters)"))]
 pub struct JobQueueSpec {
     /// Queue nodes. Without `replicationFactor`, odd (at most 7) so that a
@@ -42,11 +43,12 @@ pub struct JobQueueSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self == 1 || self == 3 || self == 5").message("replicationFactor must be 1, 3 or 5"))]
     pub replication_factor: Option<i32>,
-    /// Raft groups per node; queues are spread over them by name. Fixed at
-    /// creation: the nodes' data is laid out by shard.
+    /// Raft groups; queues are spread over them by name. With
+    /// `replicationFactor` it may grow (never shrink): new shards are
+    /// created, queues that hold jobs stay on their shard, and new queues
+    /// spread over all of them. Without, fixed at creation.
     #[serde(default = "default_shards")]
     #[schemars(range(min = 1, max = 64))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("shards cannot change after creation: the stored data is laid out by shard"))]
     pub shards: i32,
     #[serde(default)]
     pub batching: Batching,
@@ -387,6 +389,11 @@ pub struct JobQueueStatus {
     /// join, and get replicas by moves).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_members: Option<i32>,
+    /// With `replicationFactor`: the shard count the cluster was created
+    /// with (every pod's config keeps it; the count grows through the
+    /// cluster's own routing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_shards: Option<i32>,
     /// With `replicationFactor`: the replica moves under way.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub moves: Vec<MoveStatus>,

@@ -85,6 +85,16 @@ impl Observed {
         best.into_values().map(|(_, _, v)| v).collect()
     }
 
+    /// The shard count as the nodes' queue routing has it, once it grew
+    /// (`None` while it is the one the cluster was created with).
+    pub fn grown_shard_count(&self) -> Option<u32> {
+        self.nodes
+            .values()
+            .filter_map(|n| n.routing.as_ref())
+            .map(|r| r.shard_count)
+            .max()
+    }
+
     /// The highest node id that is a member (voter or learner) of any shard.
     pub fn highest_member(&self) -> Option<u64> {
         self.shards()
@@ -106,6 +116,8 @@ pub enum Step {
     /// Declare the nodes a placed queue's replicas go on (node id →
     /// draining); the queue's coordinator moves them.
     DeclareNodes { nodes: BTreeMap<u64, bool> },
+    /// Grow a placed queue's shard count.
+    GrowShards { shard_count: u32 },
 }
 
 /// Why no step is taken now.
@@ -143,14 +155,15 @@ pub enum Layout {
     Grown,
     /// Each shard on `replicationFactor` nodes: the pods start with the
     /// whole membership and create the cluster themselves; the operator
-    /// only watches.
-    Placed { shards: u32 },
+    /// declares the nodes and grows the shard count to `shards` (it was
+    /// `initial` at creation).
+    Placed { shards: u32, initial: u32 },
 }
 
 /// [`plan`] for a queue laid out as `layout` says.
 pub fn plan_for(layout: Layout, replicas: i32, bootstrapped: bool, observed: &Observed) -> Plan {
-    if let Layout::Placed { shards } = layout {
-        return plan_placed(replicas, shards, observed);
+    if let Layout::Placed { shards, initial } = layout {
+        return plan_placed(replicas, shards, initial, observed);
     }
     let replicas = replicas.max(1);
     let wanted: BTreeSet<u64> = (1..=replicas as u64).collect();
@@ -291,6 +304,13 @@ pub trait NodeAdmin: Send + Sync {
         addr: &str,
         nodes: Vec<pb::NodeSpec>,
     ) -> Result<pb::PlacementStatus, tonic::Status>;
+    /// Grows the shard count; returns once the growth is done.
+    async fn grow_shards(
+        &self,
+        queue: &QueueRef,
+        addr: &str,
+        shard_count: u32,
+    ) -> Result<(), tonic::Status>;
 }
 
 /// Identifies one JobQueue for address lookups, with how to reach its
@@ -382,6 +402,12 @@ pub async fn execute(
                 .set_voters(queue, &admin.addr(queue, via), voters)
                 .await
                 .map(drop)
+        }
+        Step::GrowShards { shard_count } => {
+            let via = some_member(observed);
+            admin
+                .grow_shards(queue, &admin.addr(queue, via), *shard_count)
+                .await
         }
         Step::DeclareNodes { nodes } => {
             let via = some_member(observed);
@@ -578,12 +604,38 @@ impl NodeAdmin for GrpcNodeAdmin {
             .await?
             .into_inner())
     }
+
+    async fn grow_shards(
+        &self,
+        queue: &QueueRef,
+        addr: &str,
+        shard_count: u32,
+    ) -> Result<(), tonic::Status> {
+        let mut client = self.client(queue, addr, self.change_timeout).await?;
+        let mut steps = client
+            .grow_shards(pb::GrowShardsRequest { shard_count })
+            .await?
+            .into_inner();
+        let mut last = String::new();
+        while let Some(step) = steps.message().await? {
+            tracing::info!(queue = %queue.name, step = %step.step, detail = %step.detail, "growing the shard count");
+            last = step.step;
+        }
+        if last == "done" {
+            Ok(())
+        } else {
+            Err(tonic::Status::unavailable(format!(
+                "growing to {shard_count} shards ended at step {last:?}; it resumes at the next reconcile"
+            )))
+        }
+    }
 }
 
 /// A placed queue's nodes need no step: they wait for each other and
 /// elect leaders. Until every shard has a leader the plan waits.
-fn plan_placed(replicas: i32, shards: u32, observed: &Observed) -> Plan {
+fn plan_placed(replicas: i32, shards: u32, initial: u32, observed: &Observed) -> Plan {
     let replicas = replicas.max(1);
+    let current = observed.grown_shard_count().unwrap_or(initial);
     let seen = observed.shards();
     // Pods above `replicas` keep running while they hold replicas: they
     // are drained first.
@@ -610,7 +662,7 @@ fn plan_placed(replicas: i32, shards: u32, observed: &Observed) -> Plan {
     if let Some(s) = seen.iter().find(|s| s.leader == 0) {
         return wait(format!("shard {} has no leader yet", s.shard));
     }
-    if let Some(missing) = (0..shards).find(|id| seen.iter().all(|s| s.shard != *id)) {
+    if let Some(missing) = (0..current).find(|id| seen.iter().all(|s| s.shard != *id)) {
         return wait(format!(
             "no node that answers holds shard {missing}: waiting for its nodes"
         ));
@@ -638,6 +690,22 @@ fn plan_placed(replicas: i32, shards: u32, observed: &Observed) -> Plan {
         }
         return Plan {
             next: Ok(Step::DeclareNodes { nodes: wanted }),
+            stateful_set_replicas: size,
+        };
+    }
+    if shards < current {
+        return Plan {
+            next: Err(Hold::Refused(format!(
+                "spec.shards is {shards} but the cluster has {current} shards: the shard count only grows; set it to {current} or more"
+            ))),
+            stateful_set_replicas: size,
+        };
+    }
+    if shards > current {
+        return Plan {
+            next: Ok(Step::GrowShards {
+                shard_count: shards,
+            }),
             stateful_set_replicas: size,
         };
     }

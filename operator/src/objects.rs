@@ -206,6 +206,17 @@ pub fn initial_member_count(jq: &JobQueue) -> i32 {
         .max(1)
 }
 
+/// The shard count a placed queue was created with: every pod's config
+/// keeps it (the count grows through the cluster's own routing, so a pod
+/// restarted after a growth starts the same way and learns it).
+pub fn initial_shard_count(jq: &JobQueue) -> i32 {
+    jq.status
+        .as_ref()
+        .and_then(|s| s.initial_shards)
+        .unwrap_or(jq.spec.shards)
+        .max(1)
+}
+
 /// Node id → peer address of each pod the cluster was created with, as
 /// each pod advertises itself.
 fn initial_members(jq: &JobQueue) -> serde_yaml::Mapping {
@@ -237,7 +248,7 @@ pub fn node_config_yaml(jq: &JobQueue) -> Result<String, Error> {
         "http_listen": format!("0.0.0.0:{HTTP_PORT}"),
         // The operator bootstraps and grows the cluster through the admin API.
         "join": true,
-        "shards": s.shards,
+        "shards": initial_shard_count(jq),
         "durability": match s.durability {
             Durability::Fsync => "fsync",
             Durability::Async => "async",

@@ -443,6 +443,7 @@ fn step_name(step: &Step) -> &'static str {
         Step::AddLearner { .. } => "NodeAdded",
         Step::SetVoters { .. } => "VotersChanged",
         Step::DeclareNodes { .. } => "NodesDeclared",
+        Step::GrowShards { .. } => "ShardsGrown",
     }
 }
 
@@ -454,6 +455,9 @@ fn describe(step: &Step) -> String {
             id - 1
         ),
         Step::SetVoters { voters } => format!("set the voters of every shard to {voters:?}"),
+        Step::GrowShards { shard_count } => format!(
+            "grew the shard count to {shard_count}: queues that hold jobs stay on their shard, new queues spread over all of them"
+        ),
         Step::DeclareNodes { nodes } => {
             let take: Vec<u64> = nodes
                 .iter()
@@ -483,6 +487,7 @@ fn layout(jq: &JobQueue) -> membership::Layout {
     match jq.spec.replication_factor {
         Some(_) => membership::Layout::Placed {
             shards: jq.spec.shards.max(1) as u32,
+            initial: crate::objects::initial_shard_count(jq) as u32,
         },
         None => membership::Layout::Grown,
     }

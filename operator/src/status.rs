@@ -76,6 +76,12 @@ pub fn compute(jq: &JobQueue, seen: &Observation<'_>, now: &str) -> JobQueueStat
             "ChangingVoters",
             format!("setting the voters of every shard to {voters:?}"),
         ),
+        Ok(Step::GrowShards { shard_count }) => (
+            "Scaling",
+            true,
+            "GrowingShards",
+            format!("growing the shard count to {shard_count}"),
+        ),
         Ok(Step::DeclareNodes { nodes }) => (
             "Scaling",
             true,
@@ -248,6 +254,10 @@ pub fn compute(jq: &JobQueue, seen: &Observation<'_>, now: &str) -> JobQueueStat
             .spec
             .replication_factor
             .map(|_| objects::initial_member_count(jq)),
+        initial_shards: jq
+            .spec
+            .replication_factor
+            .map(|_| objects::initial_shard_count(jq)),
         moves: seen
             .observed
             .placement
@@ -342,6 +352,18 @@ pub fn check_spec(jq: &JobQueue) -> Result<(), String> {
         .as_ref()
         .is_some_and(|st| st.shards.iter().any(|sh| sh.shard >= s.shards));
     let differs = s.replication_factor.is_none() && running > 0 && running != s.shards as usize;
+    if beyond && s.replication_factor.is_some() {
+        let count = jq
+            .status
+            .as_ref()
+            .and_then(|st| st.shards.iter().map(|sh| sh.shard + 1).max())
+            .unwrap_or(0);
+        return Err(format!(
+            "spec.shards is {} but the cluster has {count} shards: the shard count only grows; \
+             set it to {count} or more",
+            s.shards
+        ));
+    }
     if beyond || differs {
         return Err(format!(
             "spec.shards changed from {running} to {}: the nodes' data is laid out by shard; \

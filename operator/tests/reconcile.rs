@@ -154,6 +154,8 @@ struct NodesModel {
     declared: Vec<(u64, bool)>,
     /// The nodes run without TLS (`tls.mode: disabled`).
     plaintext: bool,
+    /// The queue routing once the shard count grew.
+    routing: Option<pb::QueueRouting>,
 }
 
 struct FakeNodes(Mutex<NodesModel>);
@@ -209,7 +211,8 @@ impl FakeNodes {
                     ..pb::ShardStatus::default()
                 })
                 .collect(),
-            ..pb::ClusterStatus::default()
+            routing_version: m.routing.as_ref().map_or(0, |r| r.version),
+            routing: m.routing.clone(),
         }
     }
 }
@@ -306,6 +309,25 @@ impl NodeAdmin for FakeNodes {
         let call = format!("set_nodes {:?}", m.declared);
         m.calls.push(call);
         Ok(m.placement())
+    }
+
+    async fn grow_shards(
+        &self,
+        queue: &QueueRef,
+        _addr: &str,
+        shard_count: u32,
+    ) -> Result<(), tonic::Status> {
+        let mut m = self.model();
+        m.check_credentials(queue)?;
+        m.calls.push(format!("grow_shards {shard_count}"));
+        m.shards = shard_count;
+        let version = m.routing.as_ref().map_or(0, |r| r.version) + 1;
+        m.routing = Some(pb::QueueRouting {
+            version,
+            shard_count,
+            pins: Default::default(),
+        });
+        Ok(())
     }
 }
 
@@ -833,6 +855,53 @@ async fn a_bad_spec_that_got_past_the_schema_is_refused_with_a_reason() {
 }
 
 #[tokio::test]
+async fn a_placed_queue_grows_its_shard_count_and_refuses_to_shrink_it() {
+    let (client, api) = mock_client();
+    let nodes = FakeNodes::new([1, 2, 3], 2);
+    nodes.model().voters = [1, 2, 3].into();
+    let ctx = context(client, nodes.clone());
+    mark_ready(&api, 3);
+    let mut placed = finalized(queue(3, 2));
+    placed.spec.replication_factor = Some(3);
+    let jq = settle(placed, &ctx, &api).await;
+    assert_eq!(jq.status.as_ref().unwrap().initial_shards, Some(2));
+
+    let mut grown = jq.clone();
+    grown.spec.shards = 4;
+    let grown = settle(grown, &ctx, &api).await;
+    assert!(
+        nodes.model().calls.contains(&"grow_shards 4".to_string()),
+        "{:?}",
+        nodes.model().calls
+    );
+    let status = grown.status.clone().unwrap();
+    assert_eq!(status.shards.len(), 4, "{status:?}");
+    assert_eq!(status.initial_shards, Some(2));
+    assert!(event_reasons(&api.lock().unwrap().sent).contains(&"ShardsGrown".to_string()));
+    // Every pod's config keeps the count the queue was created with.
+    let sent = api.lock().unwrap().sent.clone();
+    let last_config: Vec<Sent> = sent
+        .iter()
+        .rev()
+        .filter(|s| s.path.ends_with("/configmaps/orders-config"))
+        .take(1)
+        .cloned()
+        .collect();
+    let yaml = applied_node_yaml(&last_config);
+    assert!(yaml.contains("shards: 2"), "{yaml}");
+
+    // Fewer shards than the cluster has: refused with a reason, no call.
+    let calls = nodes.model().calls.len();
+    let mut shrunk = grown.clone();
+    shrunk.spec.shards = 3;
+    reconcile(Arc::new(shrunk), ctx).await.expect("reconcile");
+    let status = last_status(&api.lock().unwrap().sent);
+    let degraded = condition(&status, "Degraded");
+    assert!(degraded.message.contains("only grows"), "{degraded:?}");
+    assert_eq!(nodes.model().calls.len(), calls);
+}
+
+#[tokio::test]
 async fn a_shard_count_change_is_refused_and_the_cluster_left_alone() {
     let (client, api) = mock_client();
     let nodes = FakeNodes::new([1], 2);
@@ -884,9 +953,10 @@ fn a_bad_spec_is_rejected_by_the_schema_with_a_reason() {
         .to_string()
         .contains("must be 1, 3 or 5"));
     assert_eq!(spec["shards"]["maximum"].as_f64(), Some(64.0));
-    assert!(spec["shards"]["x-kubernetes-validations"]
-        .to_string()
-        .contains("oldSelf"));
+    assert!(
+        spec_rules.contains("shards can only grow, and only with replicationFactor"),
+        "{spec_rules}"
+    );
     assert_eq!(spec["durability"]["enum"], json!(["fsync", "async"]));
 }
 

@@ -121,7 +121,10 @@ fn declare(nodes: &[(u64, bool)]) -> Result<Step, Hold> {
 
 #[test]
 fn a_placed_queue_declares_its_nodes_then_settles() {
-    let layout = Layout::Placed { shards: 2 };
+    let layout = Layout::Placed {
+        shards: 2,
+        initial: 2,
+    };
     let on: [&[u64]; 2] = [&[1, 2, 3], &[2, 3, 4]];
     let fresh = placed(&[1, 2, 3, 4], on, &[], true);
     let p = plan_for(layout, 4, true, &fresh);
@@ -149,7 +152,10 @@ fn a_placed_queue_declares_its_nodes_then_settles() {
 
 #[test]
 fn a_placed_queue_grows_once_its_new_pods_answer() {
-    let layout = Layout::Placed { shards: 2 };
+    let layout = Layout::Placed {
+        shards: 2,
+        initial: 2,
+    };
     let on: [&[u64]; 2] = [&[1, 2, 3], &[1, 2, 3]];
     let three = [(1, false), (2, false), (3, false)];
     let before = placed(&[1, 2, 3], on, &three, true);
@@ -168,7 +174,10 @@ fn a_placed_queue_grows_once_its_new_pods_answer() {
 
 #[test]
 fn a_placed_queue_drains_the_highest_pods_before_it_shrinks() {
-    let layout = Layout::Placed { shards: 2 };
+    let layout = Layout::Placed {
+        shards: 2,
+        initial: 2,
+    };
     let five: Vec<(u64, bool)> = (1..=5).map(|id| (id, false)).collect();
     let spread: [&[u64]; 2] = [&[1, 4, 5], &[2, 3, 5]];
     let p = plan_for(

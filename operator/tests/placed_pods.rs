@@ -240,6 +240,80 @@ async fn a_placed_jobqueue_creates_itself_and_spreads_its_shards() {
         "every job is still there: {stats:?}"
     );
 
+    // The shard count grows: 2 new shards, placed on the 4 nodes; the jobs
+    // stay where they were, a new queue lands on a new shard. Fewer
+    // shards are refused by the API server, with the reason.
+    let grown_shards = SHARDS + 2;
+    queues
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "shards": grown_shards } })),
+        )
+        .await
+        .expect("grow the shard count");
+    let grown = wait_for("6 shards, each led, even over 4 nodes", STAGE, || async {
+        let jq = queues.get(NAME).await.ok()?;
+        let status = jq.status?;
+        let total: i32 = status.nodes.iter().map(|n| n.replicas).sum();
+        let lowest = status.nodes.iter().map(|n| n.replicas).min()?;
+        let highest = status.nodes.iter().map(|n| n.replicas).max()?;
+        (status.phase == "Running"
+            && status.shards.len() == grown_shards as usize
+            && status.shards.iter().all(|s| s.leader != 0)
+            && total == 3 * grown_shards as i32
+            && highest - lowest <= 1)
+            .then_some(status)
+    })
+    .await;
+    assert_eq!(grown.initial_shards, Some(SHARDS as i32), "{grown:?}");
+    let on_new_shard = (0..)
+        .map(|i| format!("after-growth-{i}"))
+        .find(|q| raftq_api::shard_of(q, grown_shards) == grown_shards - 1)
+        .unwrap_or_default();
+    let id = wait_for(
+        "an enqueue on a new shard",
+        Duration::from_secs(60),
+        || async {
+            first
+                .producer()
+                .enqueue(&on_new_shard, JobSpec::new("new"))
+                .await
+                .ok()
+        },
+    )
+    .await;
+    assert!(id.starts_with(&format!("{}-", grown_shards - 1)), "{id}");
+    let stats = last
+        .admin()
+        .stats(pb::StatsRequest::default())
+        .await
+        .expect("stats after the growth")
+        .into_inner();
+    let ready: u64 = stats
+        .queues
+        .iter()
+        .filter(|q| queue_names.contains(&q.queue))
+        .map(|q| q.ready)
+        .sum();
+    assert_eq!(
+        ready,
+        u64::from(SHARDS),
+        "every job is still there: {stats:?}"
+    );
+    let refused = queues
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "shards": SHARDS } })),
+        )
+        .await
+        .expect_err("fewer shards were accepted");
+    assert!(
+        refused.to_string().contains("shards can only grow"),
+        "{refused}"
+    );
+
     // The replication factor is fixed: a change is refused with the reason.
     let refused = queues
         .patch(

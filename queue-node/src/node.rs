@@ -448,7 +448,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             "joining an existing cluster: waiting to be added, or for replicas to be moved here"
         );
     } else {
-        bootstrap(&context, &config, &advertise).await?;
+        bootstrap(&context, &config, &advertise, &store).await?;
     }
     let coordinator = context.layout.replication_factor.map(|_| {
         let ctx = context.clone();
@@ -508,19 +508,30 @@ fn initial_voters(config: &NodeConfig, advertise: Option<&str>) -> BTreeMap<Node
 
 /// Initialises each shard of a brand-new cluster exactly once: from the
 /// lowest-id voter the layout placed it on (this node alone when no
-/// initial members are given).
+/// initial members are given). Only the layout's shards, and only until it
+/// has once succeeded: a replica opened later for a move or a new shard
+/// is empty until its group fills it, and initialising it at a restart
+/// would make it a second group of its own.
 async fn bootstrap(
     context: &NodeContext,
     config: &NodeConfig,
     advertise: &str,
+    store: &Store,
 ) -> anyhow::Result<()> {
+    if store.bootstrapped()? {
+        return Ok(());
+    }
     for shard in context.held().iter() {
-        let members: BTreeMap<NodeId, BasicNode> = match context.layout.voters.get(&shard.id) {
-            Some(voters) if !config.initial_members.is_empty() => voters
+        let Some(voters) = context.layout.voters.get(&shard.id) else {
+            continue;
+        };
+        let members: BTreeMap<NodeId, BasicNode> = if config.initial_members.is_empty() {
+            [(config.node_id, BasicNode::new(advertise))].into()
+        } else {
+            voters
                 .iter()
                 .map(|(id, addr)| (*id, BasicNode::new(addr)))
-                .collect(),
-            _ => [(config.node_id, BasicNode::new(advertise))].into(),
+                .collect()
         };
         if members.keys().next() != Some(&config.node_id) {
             continue;
@@ -538,5 +549,6 @@ async fn bootstrap(
             Err(e) => return Err(e).context("initialising the cluster"),
         }
     }
+    store.put_bootstrapped()?;
     Ok(())
 }

@@ -68,6 +68,10 @@ const NODE_REPLICATION_KEY: &[u8] = b"\xff\xff\xff\xffreplication";
 /// The shards this node holds a replica of (big-endian u32s): fixed by the
 /// layout at creation, changed by moves.
 const NODE_HELD_KEY: &[u8] = b"\xff\xff\xff\xffheld";
+/// Set once this node has initialised the shards the layout gave it: a
+/// replica opened later (a move, a new shard) is never initialised at a
+/// restart as if the cluster were new.
+const NODE_BOOTSTRAPPED_KEY: &[u8] = b"\xff\xff\xff\xffbootstrapped";
 
 /// What RocksDB may hold in memory.
 #[derive(Debug, Clone, Copy)]
@@ -328,6 +332,18 @@ impl Store {
                 source,
             }),
         }
+    }
+
+    /// Whether this node has initialised the shards its layout gave it.
+    pub fn bootstrapped(&self) -> Result<bool, OpenError> {
+        Ok(self
+            .node_record(NODE_BOOTSTRAPPED_KEY, "bootstrapped")?
+            .is_some())
+    }
+
+    /// Records that this node has initialised its layout's shards.
+    pub fn put_bootstrapped(&self) -> Result<(), OpenError> {
+        self.put_node_record(NODE_BOOTSTRAPPED_KEY, 1)
     }
 
     /// A node-wide number stored under `key` (`what` names it in errors).

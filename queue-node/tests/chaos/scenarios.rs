@@ -81,7 +81,7 @@ pub struct Scenario {
     pub needs_root: bool,
 }
 
-pub const ALL: [Scenario; 15] = [
+pub const ALL: [Scenario; 16] = [
     Scenario {
         name: "kill-leader",
         what: "SIGKILL the leader of a shard, restart it, repeat",
@@ -126,6 +126,14 @@ pub const ALL: [Scenario; 15] = [
         name: "scale-out-in",
         what: "3 nodes (4 shards, RF 3) grow to 6: three nodes join and the coordinator moves replicas onto them; then the three are drained and leave",
         nodes: 3,
+        shards: 4,
+        replication_factor: Some(3),
+        needs_root: false,
+    },
+    Scenario {
+        name: "grow-shards",
+        what: "grow 4 shards to 8, then 12 (4 nodes, RF 3), SIGKILLing shard 0's leader (which runs the growth), then another node, once the new shards are being created; each growth is asked again until it ends",
+        nodes: 4,
         shards: 4,
         replication_factor: Some(3),
         needs_root: false,
@@ -261,6 +269,7 @@ async fn run_on(s: &Scenario, size: Size, cluster: &mut Cluster) -> anyhow::Resu
         "kill-follower" => kill_follower(cluster, size).await?,
         "move-replicas" => move_replicas(cluster, size, s.shards).await?,
         "scale-out-in" => scale_out_in(cluster, s.shards).await?,
+        "grow-shards" => grow_shards(cluster, size, s.shards).await?,
         "kill-all" => kill_all(cluster, size).await?,
         "partition-leader" => partition_leader(cluster, size).await?,
         "partition-split" => partition_split(cluster, size).await?,
@@ -512,6 +521,85 @@ async fn scale_out_in(c: &mut Cluster, shards: u32) -> anyhow::Result<usize> {
     c.recount_held().await;
     c.wait_serving(&c.ids(), Duration::from_secs(60)).await?;
     Ok(2)
+}
+
+/// Grows the shard count twice (to twice, then three times `shards`);
+/// once the new shards are being created, SIGKILLs shard 0's leader (it
+/// runs the growth), then in the second round another node; restarts it
+/// and asks for the growth again until it is done.
+async fn grow_shards(c: &mut Cluster, size: Size, shards: u32) -> anyhow::Result<usize> {
+    for round in 0..2u32 {
+        let count = shards * (round + 2);
+        let coordinator = leader(c, 0).await?;
+        let victim = if round == 0 {
+            coordinator
+        } else {
+            c.ids()
+                .into_iter()
+                .find(|id| *id != coordinator)
+                .ok_or_else(|| anyhow::anyhow!("one node only"))?
+        };
+        let asker = c
+            .ids()
+            .into_iter()
+            .find(|id| *id != victim)
+            .ok_or_else(|| anyhow::anyhow!("one node only"))?;
+        let client = c
+            .admin(asker)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("node {asker} does not answer"))?;
+        let request = raftq_client::proto::GrowShardsRequest { shard_count: count };
+        let mut steps = client.cluster().grow_shards(request).await?.into_inner();
+        // Killed once the first new shard's group exists.
+        while let Ok(Some(step)) = steps.message().await {
+            if step.step == "create_shards" {
+                break;
+            }
+        }
+        c.kill(victim);
+        hold(size.hold / 2).await;
+        c.start_node(victim)?;
+        c.wait_answering(victim, Duration::from_secs(60)).await?;
+        drop(steps);
+        finish_growth(c, asker, count).await?;
+        c.recount_held().await;
+        c.wait_serving(&c.ids(), Duration::from_secs(60)).await?;
+    }
+    Ok(2)
+}
+
+/// Asks `node` for a growth to `count` shards until one run ends `done`.
+async fn finish_growth(c: &mut Cluster, node: NodeId, count: u32) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let Some(client) = c.admin(node).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let request = raftq_client::proto::GrowShardsRequest { shard_count: count };
+        match client.cluster().grow_shards(request).await {
+            Ok(steps) => {
+                let mut steps = steps.into_inner();
+                loop {
+                    match steps.message().await {
+                        Ok(Some(step)) => last = format!("{}: {}", step.step, step.detail),
+                        Ok(None) => break,
+                        Err(e) => {
+                            last = format!("stopped: {}", e.message());
+                            break;
+                        }
+                    }
+                }
+                if last.starts_with("done") {
+                    return Ok(());
+                }
+            }
+            Err(e) => last = format!("refused: {}", e.message()),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    anyhow::bail!("growing to {count} shards did not end in 120 s; last: {last}")
 }
 
 /// `SetNodes` through the first node, retried while shard 0 elects.

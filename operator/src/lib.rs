@@ -20,5 +20,6 @@ pub mod objects;
 pub mod reconcile;
 pub mod secrets;
 pub mod status;
+pub mod zones;
 
 pub use error::Error;

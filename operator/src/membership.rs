@@ -32,6 +32,9 @@ pub struct ShardView {
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
     pub nodes: BTreeMap<u64, pb::ClusterStatus>,
+    /// Node id → zone of the pods bound to a Kubernetes Node with a zone
+    /// label (placed queues).
+    pub zones: BTreeMap<u64, String>,
     /// A placed queue's declared nodes and moves, from its coordinator.
     pub placement: Option<pb::PlacementStatus>,
 }
@@ -114,8 +117,12 @@ pub enum Step {
     /// Set the voters of every shard.
     SetVoters { voters: BTreeSet<u64> },
     /// Declare the nodes a placed queue's replicas go on (node id →
-    /// draining); the queue's coordinator moves them.
-    DeclareNodes { nodes: BTreeMap<u64, bool> },
+    /// draining), with the zones of those that have one; the queue's
+    /// coordinator moves them.
+    DeclareNodes {
+        nodes: BTreeMap<u64, bool>,
+        zones: BTreeMap<u64, String>,
+    },
     /// Grow a placed queue's shard count.
     GrowShards { shard_count: u32 },
 }
@@ -409,14 +416,14 @@ pub async fn execute(
                 .grow_shards(queue, &admin.addr(queue, via), *shard_count)
                 .await
         }
-        Step::DeclareNodes { nodes } => {
+        Step::DeclareNodes { nodes, zones } => {
             let via = some_member(observed);
             let specs = nodes
                 .iter()
                 .map(|(id, draining)| pb::NodeSpec {
                     node_id: *id,
                     addr: admin.addr(queue, *id),
-                    zone: String::new(),
+                    zone: zones.get(id).cloned().unwrap_or_default(),
                     draining: *draining,
                 })
                 .collect();
@@ -672,12 +679,24 @@ fn plan_placed(replicas: i32, shards: u32, initial: u32, observed: &Observed) ->
     };
     // Nodes 1..=replicas take replicas; the ones above drain.
     let wanted: BTreeMap<u64, bool> = (1..=holding).map(|id| (id, id > replicas as u64)).collect();
+    let zones: BTreeMap<u64, String> = observed
+        .zones
+        .iter()
+        .filter(|(id, _)| wanted.contains_key(id))
+        .map(|(id, zone)| (*id, zone.clone()))
+        .collect();
     let declared: BTreeMap<u64, bool> = placement
         .declared
         .iter()
         .map(|n| (n.node_id, n.draining))
         .collect();
-    if declared != wanted {
+    let declared_zones: BTreeMap<u64, String> = placement
+        .declared
+        .iter()
+        .filter(|n| !n.zone.is_empty())
+        .map(|n| (n.node_id, n.zone.clone()))
+        .collect();
+    if declared != wanted || declared_zones != zones {
         if let Some(down) = wanted
             .iter()
             .find(|(id, draining)| !**draining && !observed.reachable(**id))
@@ -689,7 +708,10 @@ fn plan_placed(replicas: i32, shards: u32, initial: u32, observed: &Observed) ->
             ));
         }
         return Plan {
-            next: Ok(Step::DeclareNodes { nodes: wanted }),
+            next: Ok(Step::DeclareNodes {
+                nodes: wanted,
+                zones,
+            }),
             stateful_set_replicas: size,
         };
     }

@@ -190,6 +190,14 @@ async fn apply(jq: &JobQueue, ctx: &Context) -> Result<Action, Error> {
                 membership::observe(ctx.nodes.as_ref(), &queue, jq.spec.replicas).await;
             if jq.spec.replication_factor.is_some() {
                 membership::observe_placement(ctx.nodes.as_ref(), &queue, &mut observed).await;
+                // Without them the replicas are still placed, only not
+                // spread by zone: the queue keeps running.
+                match crate::zones::observe(&ctx.client, jq).await {
+                    Ok(zones) => observed.zones = zones,
+                    Err(e) => {
+                        tracing::warn!(queue = %queue.name, error = %e, "cannot read the pods' zones (RBAC: pods list, nodes get); replicas are placed without them")
+                    }
+                }
             }
             let plan = membership::plan_for(
                 layout(jq),
@@ -458,7 +466,7 @@ fn describe(step: &Step) -> String {
         Step::GrowShards { shard_count } => format!(
             "grew the shard count to {shard_count}: queues that hold jobs stay on their shard, new queues spread over all of them"
         ),
-        Step::DeclareNodes { nodes } => {
+        Step::DeclareNodes { nodes, zones } => {
             let take: Vec<u64> = nodes
                 .iter()
                 .filter(|(_, d)| !**d)
@@ -469,10 +477,15 @@ fn describe(step: &Step) -> String {
                 .filter(|(_, d)| **d)
                 .map(|(id, _)| *id)
                 .collect();
-            if drain.is_empty() {
-                format!("declared nodes {take:?}: replicas are moved until they are even over them")
+            let zones = if zones.is_empty() {
+                String::new()
             } else {
-                format!("declared nodes {take:?} and drained {drain:?}: their replicas are moved away before the pods are removed")
+                format!(" (zones {zones:?}: each shard's replicas spread over them)")
+            };
+            if drain.is_empty() {
+                format!("declared nodes {take:?}{zones}: replicas are moved until they are even over them")
+            } else {
+                format!("declared nodes {take:?}{zones} and drained {drain:?}: their replicas are moved away before the pods are removed")
             }
         }
     }

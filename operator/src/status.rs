@@ -82,7 +82,7 @@ pub fn compute(jq: &JobQueue, seen: &Observation<'_>, now: &str) -> JobQueueStat
             "GrowingShards",
             format!("growing the shard count to {shard_count}"),
         ),
-        Ok(Step::DeclareNodes { nodes }) => (
+        Ok(Step::DeclareNodes { nodes, .. }) => (
             "Scaling",
             true,
             "DeclaringNodes",

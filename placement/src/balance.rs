@@ -49,6 +49,7 @@ pub fn target(cluster: &Cluster) -> Result<Target, Refusal> {
         layout.trim(shard, rf);
         layout.fill(shard, rf);
     }
+    layout.spread_out();
     layout.even_out();
     let leaders = leaders(cluster, &layout.voters, &active);
     Ok(Target {
@@ -135,6 +136,40 @@ impl<'a> Layout<'a> {
                 return;
             };
             self.add(shard, pick);
+        }
+    }
+
+    /// Swaps voters until every shard spans as many zones as it can: a
+    /// voter that shares its zone with another (the fullest node first)
+    /// for the emptiest node of a zone the shard lacks. Zones may be
+    /// declared after the shards were placed. Each swap raises one shard's
+    /// spread, so this ends.
+    fn spread_out(&mut self) {
+        let shards: Vec<ShardId> = self.voters.keys().copied().collect();
+        for shard in shards {
+            loop {
+                let members = &self.voters[&shard];
+                let present: BTreeSet<Option<&str>> = members
+                    .iter()
+                    .map(|&m| self.cluster.zone_of(m))
+                    .collect();
+                let to = self
+                    .counts
+                    .keys()
+                    .copied()
+                    .filter(|&n| !present.contains(&self.cluster.zone_of(n)))
+                    .min_by_key(|&n| (self.counts[&n], n));
+                let from = members
+                    .iter()
+                    .copied()
+                    .filter(|&m| self.zone_crowd(members, m) > 1)
+                    .max_by_key(|&m| (self.zone_crowd(members, m), self.counts[&m], m));
+                let (Some(from), Some(to)) = (from, to) else {
+                    break;
+                };
+                self.remove(shard, from);
+                self.add(shard, to);
+            }
         }
     }
 

@@ -348,10 +348,7 @@ impl NodeContext {
     /// Like [`NodeContext::route_queue`], for a request that arrived as
     /// `arrival` says.
     pub fn route_queue_as(&self, queue: &str, arrival: forward::Arrival) -> Result<Route, Status> {
-        let (shard, pinned_away) = {
-            let routing = self.routing.get();
-            (routing.shard_of(queue), routing.is_pinned_away(queue))
-        };
+        let (shard, pinned_away) = self.routing.place(queue);
         // A client routing by the hash alone sent a pinned queue to the
         // wrong shard's leader: telling it where that shard's leader is
         // would not change where it sends the retry, so it is forwarded.

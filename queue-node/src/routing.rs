@@ -109,6 +109,13 @@ impl RoutingCell {
         self.read().shard_of(queue)
     }
 
+    /// The shard `queue` lives on, and whether a client routing by the
+    /// hash alone would miss it (see [`Routing::is_pinned_away`]).
+    pub fn place(&self, queue: &str) -> (u32, bool) {
+        let routing = self.read();
+        (routing.shard_of(queue), routing.is_pinned_away(queue))
+    }
+
     pub fn shard_count(&self) -> u32 {
         self.read().shard_count
     }

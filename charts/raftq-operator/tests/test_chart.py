@@ -34,6 +34,11 @@ def env_of(container):
     return {e["name"]: e.get("value") for e in container.get("env", [])}
 
 
+def main_cluster_role(objects):
+    """The ClusterRole with the operator's rules (not the Nodes' zones)."""
+    return [r for r in by_kind(objects, "ClusterRole") if not r["metadata"]["name"].endswith("node-zones")][0]
+
+
 class ChartTest(unittest.TestCase):
     def test_lint_is_clean_in_strict_mode(self):
         report = helm.lint(str(CHART), strict=True)
@@ -45,7 +50,16 @@ class ChartTest(unittest.TestCase):
         kinds = sorted(o["kind"] for o in objects)
         self.assertEqual(
             kinds,
-            ["ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding", "ServiceAccount"],
+            [
+                "ClusterRole",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "ClusterRoleBinding",
+                "Deployment",
+                "Role",
+                "RoleBinding",
+                "ServiceAccount",
+            ],
         )
         deployment = by_kind(objects, "Deployment")[0]
         self.assertEqual(deployment["metadata"]["namespace"], "raftq-system")
@@ -64,7 +78,7 @@ class ChartTest(unittest.TestCase):
 
     def test_rbac_is_least_privilege(self):
         objects, _ = render()
-        rules = by_kind(objects, "ClusterRole")[0]["rules"]
+        rules = main_cluster_role(objects)["rules"]
         granted = {(g, r, v) for rule in rules for g in rule["apiGroups"]
                    for r in rule["resources"] for v in rule["verbs"]}
         for rule in rules:
@@ -82,13 +96,18 @@ class ChartTest(unittest.TestCase):
         for kind in ("configmaps", "services"):
             self.assertIn(("", kind, "watch"), granted)
         self.assertIn(("policy", "poddisruptionbudgets", "watch"), granted)
-        self.assertFalse(any(r in ("pods", "persistentvolumeclaims") for _, r, _ in granted))
+        # Pods are listed (for the Node each runs on: its zone), nothing
+        # more; Nodes are read by name, in a role of their own.
+        self.assertEqual({v for _, r, v in granted if r == "pods"}, {"list"})
+        self.assertFalse(any(r == "persistentvolumeclaims" for _, r, _ in granted))
+        zones = [r for r in by_kind(objects, "ClusterRole") if r["metadata"]["name"].endswith("node-zones")]
+        self.assertEqual(zones[0]["rules"], [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}])
         self.assertNotIn(("apps", "statefulsets", "delete"), granted)
         self.assertFalse(any(g == "cert-manager.io" for g, _, _ in granted))
 
     def test_cert_manager_support_grants_certificates_only_when_on(self):
         objects, files = render({"certManager": {"enabled": True}})
-        rules = by_kind(objects, "ClusterRole")[0]["rules"]
+        rules = main_cluster_role(objects)["rules"]
         granted = {(g, r, v) for rule in rules for g in rule["apiGroups"]
                    for r in rule["resources"] for v in rule["verbs"]}
         self.assertIn(("cert-manager.io", "certificates", "create"), granted)
@@ -100,7 +119,10 @@ class ChartTest(unittest.TestCase):
 
     def test_watched_namespaces_get_roles_not_a_cluster_role(self):
         objects, _ = render({"watchNamespaces": ["team-a", "team-b"], "logLevel": "debug"})
-        self.assertEqual(by_kind(objects, "ClusterRole"), [])
+        # Only the Nodes' zones, which are cluster-wide.
+        self.assertEqual(
+            [r["metadata"]["name"] for r in by_kind(objects, "ClusterRole")], ["raftq-raftq-operator-node-zones"]
+        )
         namespaces = sorted(r["metadata"]["namespace"] for r in by_kind(objects, "Role")
                             if not r["metadata"]["name"].endswith("leader-election"))
         self.assertEqual(namespaces, ["team-a", "team-b"])

@@ -45,6 +45,7 @@ fn observed(nodes: Vec<pb::ClusterStatus>) -> Observed {
     Observed {
         nodes: nodes.into_iter().map(|n| (n.node_id, n)).collect(),
         placement: None,
+        zones: BTreeMap::new(),
     }
 }
 
@@ -94,6 +95,7 @@ fn placed(
         .collect();
     Observed {
         nodes,
+        zones: BTreeMap::new(),
         placement: Some(pb::PlacementStatus {
             coordinator: 1,
             replication_factor: 3,
@@ -116,6 +118,7 @@ fn placed(
 fn declare(nodes: &[(u64, bool)]) -> Result<Step, Hold> {
     Ok(Step::DeclareNodes {
         nodes: nodes.iter().copied().collect(),
+        zones: BTreeMap::new(),
     })
 }
 
@@ -320,4 +323,82 @@ fn the_leaders_view_wins_over_a_stale_follower() {
     stale.shards[0].applied_index = 99;
     let p = plan(3, true, &observed(vec![stale, leader]));
     assert_eq!(p.next, Err(Hold::Settled));
+}
+
+#[test]
+fn a_placed_queue_declares_its_pods_zones_and_again_when_they_change() {
+    let layout = Layout::Placed {
+        shards: 2,
+        initial: 2,
+    };
+    let on: [&[u64]; 2] = [&[1, 2, 3], &[1, 2, 3]];
+    let three = [(1, false), (2, false), (3, false)];
+    let mut observed = placed(&[1, 2, 3], on, &three, true);
+    // Node 3's pod is on a Node without a zone label.
+    observed.zones = BTreeMap::from([(1, "a".to_string()), (2, "b".to_string())]);
+    let p = plan_for(layout, 3, true, &observed);
+    assert_eq!(
+        p.next,
+        Ok(Step::DeclareNodes {
+            nodes: three.into_iter().collect(),
+            zones: observed.zones.clone(),
+        })
+    );
+    // Declared with those zones: settled.
+    if let Some(placement) = observed.placement.as_mut() {
+        for n in &mut placement.declared {
+            n.zone = observed.zones.get(&n.node_id).cloned().unwrap_or_default();
+        }
+    }
+    assert_eq!(
+        plan_for(layout, 3, true, &observed).next,
+        Err(Hold::Settled)
+    );
+    // A pod rescheduled into another zone is declared again.
+    observed.zones.insert(2, "c".to_string());
+    assert!(matches!(
+        plan_for(layout, 3, true, &observed).next,
+        Ok(Step::DeclareNodes { zones, .. }) if zones.get(&2).map(String::as_str) == Some("c")
+    ));
+}
+
+#[test]
+fn a_placed_queue_grows_its_shard_count_once_its_nodes_are_declared() {
+    let on: [&[u64]; 2] = [&[1, 2, 3], &[1, 2, 3]];
+    let three = [(1, false), (2, false), (3, false)];
+    let grow = Layout::Placed {
+        shards: 4,
+        initial: 2,
+    };
+    let undeclared = placed(&[1, 2, 3], on, &[], true);
+    assert_eq!(plan_for(grow, 3, true, &undeclared).next, declare(&three));
+    let declared = placed(&[1, 2, 3], on, &three, true);
+    assert_eq!(
+        plan_for(grow, 3, true, &declared).next,
+        Ok(Step::GrowShards { shard_count: 4 })
+    );
+    // Grown: the nodes' routing says 4 shards, and shards 2 and 3 answer.
+    let mut grown = declared.clone();
+    for node in grown.nodes.values_mut() {
+        node.routing = Some(pb::QueueRouting {
+            version: 1,
+            shard_count: 4,
+            pins: Default::default(),
+        });
+        let mut extra = node.shards.clone();
+        for (i, s) in extra.iter_mut().enumerate() {
+            s.shard = 2 + i as u32;
+        }
+        node.shards.extend(extra);
+    }
+    assert_eq!(plan_for(grow, 3, true, &grown).next, Err(Hold::Settled));
+    // Asked for fewer than it has: refused, with the reason.
+    let shrink = Layout::Placed {
+        shards: 3,
+        initial: 2,
+    };
+    assert!(matches!(
+        plan_for(shrink, 3, true, &grown).next,
+        Err(Hold::Refused(why)) if why.contains("only grows")
+    ));
 }

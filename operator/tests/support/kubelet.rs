@@ -70,6 +70,9 @@ struct Shared {
     terminating: Mutex<BTreeSet<String>>,
     /// Pods started, by name (a restarted container counts again).
     starts: Mutex<BTreeMap<String, u32>>,
+    /// The Nodes it runs pods on, each in its own zone (one Node without
+    /// a zone when none are given): pod ordinal i goes to Node i mod n.
+    nodes: Vec<(String, Option<String>)>,
 }
 
 struct Running {
@@ -114,6 +117,25 @@ impl Kubelet {
     /// Starts serving `namespace`. `Err` says why this machine cannot host
     /// pods (no writable `/etc/hosts`).
     pub async fn start(client: Client, namespace: &str, bin: PathBuf) -> Result<Kubelet, String> {
+        Kubelet::start_in_zones(client, namespace, bin, &[]).await
+    }
+
+    /// Like [`Kubelet::start`], with one Node per zone of `zones`, each
+    /// labelled `topology.kubernetes.io/zone`.
+    pub async fn start_in_zones(
+        client: Client,
+        namespace: &str,
+        bin: PathBuf,
+        zones: &[&str],
+    ) -> Result<Kubelet, String> {
+        let nodes: Vec<(String, Option<String>)> = if zones.is_empty() {
+            vec![(NODE.to_string(), None)]
+        } else {
+            zones
+                .iter()
+                .map(|z| (format!("{NODE}-{z}"), Some(z.to_string())))
+                .collect()
+        };
         let hosts = HostsBlock::claim()?;
         let root = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
         let pid = std::process::id();
@@ -128,8 +150,11 @@ impl Kubelet {
             running: Mutex::default(),
             terminating: Mutex::default(),
             starts: Mutex::default(),
+            nodes,
         });
-        register_node(&shared.client).await?;
+        for (node, zone) in &shared.nodes {
+            register_node(&shared.client, node, zone.as_deref()).await?;
+        }
         let task = tokio::spawn(run(shared.clone()));
         Ok(Kubelet {
             shared,
@@ -197,11 +222,13 @@ fn now() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
 }
 
-async fn register_node(client: &Client) -> Result<(), String> {
+async fn register_node(client: &Client, name: &str, zone: Option<&str>) -> Result<(), String> {
     let nodes: Api<Node> = Api::all(client.clone());
     let node = Node {
         metadata: ObjectMeta {
-            name: Some(NODE.into()),
+            name: Some(name.into()),
+            labels: zone
+                .map(|z| [("topology.kubernetes.io/zone".to_string(), z.to_string())].into()),
             ..ObjectMeta::default()
         },
         ..Node::default()
@@ -209,14 +236,14 @@ async fn register_node(client: &Client) -> Result<(), String> {
     match nodes.create(&PostParams::default(), &node).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => return Err(format!("register Node {NODE}: {e}")),
+        Err(e) => return Err(format!("register Node {name}: {e}")),
     }
-    heartbeat(client).await
+    heartbeat(client, name).await
 }
 
 /// The Node's Ready condition, renewed so the node lifecycle controller
 /// never evicts the Pods.
-async fn heartbeat(client: &Client) -> Result<(), String> {
+async fn heartbeat(client: &Client, node: &str) -> Result<(), String> {
     let nodes: Api<Node> = Api::all(client.clone());
     let at = now();
     let status = serde_json::json!({"status": {"conditions": [{
@@ -224,9 +251,9 @@ async fn heartbeat(client: &Client) -> Result<(), String> {
         "message": "raftq test kubelet", "lastHeartbeatTime": at, "lastTransitionTime": at,
     }]}});
     nodes
-        .patch_status(NODE, &PatchParams::default(), &Patch::Merge(&status))
+        .patch_status(node, &PatchParams::default(), &Patch::Merge(&status))
         .await
-        .map_err(|e| format!("Node {NODE} status: {e}"))?;
+        .map_err(|e| format!("Node {node} status: {e}"))?;
     Ok(())
 }
 
@@ -237,8 +264,10 @@ async fn run(shared: Arc<Shared>) {
             eprintln!("test kubelet: {e}");
         }
         if last_beat.elapsed() >= HEARTBEAT_EVERY {
-            if let Err(e) = heartbeat(&shared.client).await {
-                eprintln!("test kubelet: {e}");
+            for (node, _) in &shared.nodes {
+                if let Err(e) = heartbeat(&shared.client, node).await {
+                    eprintln!("test kubelet: {e}");
+                }
             }
             last_beat = tokio::time::Instant::now();
         }
@@ -511,6 +540,12 @@ async fn start(shared: &Arc<Shared>, pod: &Pod) -> Result<(), String> {
 /// Schedules the Pod onto this kubelet's Node.
 async fn bind(shared: &Shared, name: &str) -> Result<(), String> {
     let pods: Api<Pod> = Api::namespaced(shared.client.clone(), &shared.namespace);
+    // Pod ordinal i on Node i mod n.
+    let ordinal: usize = name
+        .rsplit_once('-')
+        .and_then(|(_, o)| o.parse().ok())
+        .unwrap_or(0);
+    let node = &shared.nodes[ordinal % shared.nodes.len()].0;
     let binding = Binding {
         metadata: ObjectMeta {
             name: Some(name.into()),
@@ -519,7 +554,7 @@ async fn bind(shared: &Shared, name: &str) -> Result<(), String> {
         target: ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Node".into()),
-            name: Some(NODE.into()),
+            name: Some(node.clone()),
             ..ObjectReference::default()
         },
     };

@@ -82,6 +82,27 @@ fn replicas_spread_over_zones() {
 }
 
 #[test]
+fn zones_declared_after_placement_spread_the_replicas_out() {
+    // Placed evenly without zones (3 replicas each on 4 nodes); then the
+    // nodes turn out to be in zones a, b, c, a.
+    let placed = reached(fresh(4, 3, 4), &target(&fresh(4, 3, 4)).expect("target"));
+    let mut zoned = placed.clone();
+    for (id, node) in zoned.nodes.iter_mut() {
+        node.zone = Some(["a", "b", "c"][(*id as usize - 1) % 3].to_string());
+    }
+    let t = target(&zoned).expect("target");
+    for voters in t.voters.values() {
+        assert_eq!(spread(&zoned, voters), 3, "{voters:?}");
+    }
+    // Nodes 2 and 3 are alone in their zones: every shard needs them.
+    let counts = reached(zoned.clone(), &t).replicas_per_node();
+    assert_eq!(counts, [(1, 2), (2, 4), (3, 4), (4, 2)].into());
+    // Reached, the target stays.
+    let again = reached(zoned, &t);
+    assert_eq!(target(&again).expect("target").voters, t.voters);
+}
+
+#[test]
 fn too_few_nodes_or_a_bad_factor_is_refused() {
     let mut c = fresh(3, 3, 4);
     c.nodes.get_mut(&3).expect("node 3").draining = true;

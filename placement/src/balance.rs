@@ -149,10 +149,8 @@ impl<'a> Layout<'a> {
         for shard in shards {
             loop {
                 let members = &self.voters[&shard];
-                let present: BTreeSet<Option<&str>> = members
-                    .iter()
-                    .map(|&m| self.cluster.zone_of(m))
-                    .collect();
+                let present: BTreeSet<Option<&str>> =
+                    members.iter().map(|&m| self.cluster.zone_of(m)).collect();
                 let to = self
                     .counts
                     .keys()

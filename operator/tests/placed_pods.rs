@@ -51,6 +51,21 @@ async fn user(client: &kube::Client) -> ConnectOptions {
         .token(token)
 }
 
+/// The ready jobs of `queues`, as `client`'s node counts them.
+async fn ready_in(client: &Client, queues: &[String]) -> Result<u64, tonic::Status> {
+    let stats = client
+        .admin()
+        .stats(pb::StatsRequest::default())
+        .await?
+        .into_inner();
+    Ok(stats
+        .queues
+        .iter()
+        .filter(|q| queues.contains(&q.queue))
+        .map(|q| q.ready)
+        .sum())
+}
+
 /// A queue name on `shard`.
 fn queue_on(shard: u32) -> String {
     (0..)
@@ -222,23 +237,10 @@ async fn a_placed_jobqueue_creates_itself_and_spreads_its_shards() {
     })
     .await;
     assert!(shrunk.nodes.iter().all(|n| n.replicas == 3), "{shrunk:?}");
-    let stats = last
-        .admin()
-        .stats(pb::StatsRequest::default())
+    let ready = ready_in(&last, &queue_names)
         .await
-        .expect("stats after the moves")
-        .into_inner();
-    let ready: u64 = stats
-        .queues
-        .iter()
-        .filter(|q| queue_names.contains(&q.queue))
-        .map(|q| q.ready)
-        .sum();
-    assert_eq!(
-        ready,
-        u64::from(SHARDS),
-        "every job is still there: {stats:?}"
-    );
+        .expect("stats after the moves");
+    assert_eq!(ready, u64::from(SHARDS), "every job is still there");
 
     // The shard count grows: 2 new shards, placed on the 4 nodes; the jobs
     // stay where they were, a new queue lands on a new shard. Fewer
@@ -284,23 +286,10 @@ async fn a_placed_jobqueue_creates_itself_and_spreads_its_shards() {
     )
     .await;
     assert!(id.starts_with(&format!("{}-", grown_shards - 1)), "{id}");
-    let stats = last
-        .admin()
-        .stats(pb::StatsRequest::default())
+    let ready = ready_in(&last, &queue_names)
         .await
-        .expect("stats after the growth")
-        .into_inner();
-    let ready: u64 = stats
-        .queues
-        .iter()
-        .filter(|q| queue_names.contains(&q.queue))
-        .map(|q| q.ready)
-        .sum();
-    assert_eq!(
-        ready,
-        u64::from(SHARDS),
-        "every job is still there: {stats:?}"
-    );
+        .expect("stats after the growth");
+    assert_eq!(ready, u64::from(SHARDS), "every job is still there");
     let refused = queues
         .patch(
             NAME,

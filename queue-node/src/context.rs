@@ -72,6 +72,8 @@ pub struct NodeContext {
     forwarded: Box<[std::sync::atomic::AtomicU64]>,
     /// The replica moves run from this node now.
     pub moves: crate::mover::MovesUnderWay,
+    /// Held while a growth of the shard count runs here: one at a time.
+    pub growing: tokio::sync::Mutex<()>,
     /// The moves this node starts while it leads the metadata shard.
     pub coordinator: crate::coordinator::Coordinator,
     /// Which shard each queue lives on, and how many shards there are.
@@ -163,6 +165,7 @@ impl NodeContext {
             peers: Mutex::new(HashMap::new()),
             forwarded: (0..MAX_SHARDS).map(|_| Default::default()).collect(),
             moves: Default::default(),
+            growing: Default::default(),
             coordinator: Default::default(),
             routing: RoutingCell::new(Routing::initial(layout_shards)),
         }

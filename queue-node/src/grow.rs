@@ -123,6 +123,9 @@ impl Grower<'_> {
     }
 
     async fn grow(&self, meta: &ShardHandle, shard_count: u32) -> Result<(), Status> {
+        // Two growths at once would fence for one count and route by the
+        // other: the second waits, then starts from what the first did.
+        let _one_at_a_time = self.ctx.growing.lock().await;
         let current = self.current_routing(meta).await?;
         if shard_count < current.shard_count {
             return Err(Status::failed_precondition(format!(
@@ -159,6 +162,11 @@ impl Grower<'_> {
         };
         match submit(meta, op).await? {
             OpResult::RoutingSet => {}
+            OpResult::Failed(e) => {
+                return Err(Status::aborted(format!(
+                    "{e}; run the growth again: it starts from the routing in force"
+                )))
+            }
             other => return Err(Status::internal(format!("unexpected result {other:?}"))),
         }
         self.ctx.routing.offer(routing);

@@ -314,6 +314,8 @@ pub enum OpError {
         shard: u32,
         shard_count: u32,
     },
+    #[error("the queue routing is at version {held}; version {offered} does not follow it (another growth ran meanwhile)")]
+    RoutingChanged { held: u64, offered: u64 },
 }
 
 fn describe_now(state: JobState, attempt: u32) -> String {

@@ -158,19 +158,21 @@ impl ShardState {
             }
             Op::Fence { shard_count } => OpResult::Pinned(self.fence_at(*shard_count, sink)),
             Op::SetRouting { routing } => {
-                // An older table (a retried proposal) never replaces a
-                // newer one.
-                if self
-                    .routing
-                    .as_ref()
-                    .is_none_or(|held| routing.version > held.version)
-                {
-                    sink.put(
-                        &keys::named_key(self.shard, keys::ROUTING, b"routing"),
-                        routing,
-                    );
-                    self.routing = Some(routing.clone());
+                // Only the successor of the table in force: a growth that
+                // started from an older one (another ran meanwhile, or this
+                // is a retried proposal) changes nothing.
+                let held = self.routing.as_ref().map_or(0, |r| r.version);
+                if routing.version != held + 1 {
+                    return OpResult::Failed(OpError::RoutingChanged {
+                        held,
+                        offered: routing.version,
+                    });
                 }
+                sink.put(
+                    &keys::named_key(self.shard, keys::ROUTING, b"routing"),
+                    routing,
+                );
+                self.routing = Some(routing.clone());
                 OpResult::RoutingSet
             }
             Op::Release { tokens } => {

@@ -225,6 +225,16 @@ fn a_fenced_shard_keeps_its_queues_and_takes_only_new_ones_that_hash_to_it() {
         routing: routing.clone(),
     });
     assert_eq!(h.state.routing(), Some(&routing));
+    // A table that does not follow the one in force changes nothing.
+    let stale = crate::routing::Routing::initial(2).grown(8, []);
+    assert_eq!(
+        h.one(Op::SetRouting { routing: stale }),
+        OpResult::Failed(OpError::RoutingChanged {
+            held: 1,
+            offered: 1
+        })
+    );
+    assert_eq!(h.state.routing(), Some(&routing));
     h.assert_rebuilds();
 }
 

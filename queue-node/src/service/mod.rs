@@ -44,6 +44,7 @@ pub(crate) fn op_code(e: &OpError) -> tonic::Code {
         OpError::LeaseLost { .. } | OpError::Leased { .. } => tonic::Code::FailedPrecondition,
         // The node routed by an older table; the retry goes by the newer.
         OpError::WrongShard { .. } => tonic::Code::Unavailable,
+        OpError::RoutingChanged { .. } => tonic::Code::Aborted,
     }
 }
 

@@ -559,7 +559,14 @@ async fn grow_shards(c: &mut Cluster, size: Size, shards: u32) -> anyhow::Result
         c.kill(victim);
         hold(size.hold / 2).await;
         c.start_node(victim)?;
-        c.wait_answering(victim, Duration::from_secs(60)).await?;
+        // Up, but maybe holding an empty replica of a new shard whose
+        // group only the resumed growth creates: not every shard it holds
+        // has a leader yet.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while c.status(victim).await.is_none() {
+            anyhow::ensure!(Instant::now() < deadline, "node {victim} did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         drop(steps);
         finish_growth(c, asker, count).await?;
         c.recount_held().await;

@@ -319,7 +319,7 @@ async fn four_shards_grow_to_eight_under_load() {
         "{out:?}"
     );
 
-    load.finish(100).await;
+    load.finish(50).await;
 
     // With the load stopped: the client routes the pinned queues to their
     // shards' leaders itself, and nothing is forwarded.

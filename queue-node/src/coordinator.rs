@@ -287,6 +287,19 @@ pub async fn observe(ctx: &NodeContext, declared: &[NodeRecord]) -> Seen {
     }
 }
 
+/// The declared nodes as placement sees them.
+pub fn placement_nodes(declared: &[NodeRecord]) -> BTreeMap<NodeId, Node> {
+    declared
+        .iter()
+        .map(|n| {
+            let mut node = Node::new(n.id);
+            node.zone = n.zone.clone();
+            node.draining = n.draining;
+            (n.id, node)
+        })
+        .collect()
+}
+
 /// The cluster as placement sees it, once every shard's leader answered.
 fn cluster_of(
     ctx: &NodeContext,
@@ -297,15 +310,7 @@ fn cluster_of(
     if shards.len() < ctx.shard_count() as usize {
         return None;
     }
-    let nodes = declared
-        .iter()
-        .map(|n| {
-            let mut node = Node::new(n.id);
-            node.zone = n.zone.clone();
-            node.draining = n.draining;
-            (n.id, node)
-        })
-        .collect();
+    let nodes = placement_nodes(declared);
     Some(Cluster {
         nodes,
         shards: shards.clone(),

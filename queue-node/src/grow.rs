@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use raftq_api::v1 as pb;
 use raftq_api::v1::cluster_admin_client::ClusterAdminClient;
-use raftq_placement::{Cluster, Node, Shard};
+use raftq_placement::{Cluster, Shard};
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -241,15 +241,7 @@ impl Grower<'_> {
             shards.entry(shard).or_default();
         }
         let cluster = Cluster {
-            nodes: nodes
-                .iter()
-                .map(|n| {
-                    let mut node = Node::new(n.id);
-                    node.zone = n.zone.clone();
-                    node.draining = n.draining;
-                    (n.id, node)
-                })
-                .collect(),
+            nodes: crate::coordinator::placement_nodes(&nodes),
             shards,
             replication_factor: factor,
         };
@@ -299,7 +291,7 @@ impl Grower<'_> {
                 };
                 let req = pb::OpenReplicaRequest { shard, create_with };
                 let mut client = ClusterAdminClient::new(self.ctx.peer(&member.addr)?);
-                within(client.open_replica(forwarded(req, &self.caller)))
+                crate::mover::call(client.open_replica(forwarded(req, &self.caller)))
                     .await
                     .map_err(|e| {
                         Status::new(
@@ -390,7 +382,7 @@ pub async fn fence_shard(
 
 /// Proposes one op on a shard this node leads.
 async fn submit(shard: &ShardHandle, op: Op) -> Result<OpResult, Status> {
-    let results = within(async {
+    let results = crate::mover::call(async {
         shard
             .batcher
             .submit(vec![op])
@@ -402,13 +394,4 @@ async fn submit(shard: &ShardHandle, op: Op) -> Result<OpResult, Status> {
         .into_iter()
         .next()
         .ok_or_else(|| Status::internal("no result for the op"))
-}
-
-async fn within<T>(f: impl std::future::Future<Output = Result<T, Status>>) -> Result<T, Status> {
-    match tokio::time::timeout(STEP_TIMEOUT, f).await {
-        Ok(result) => result,
-        Err(_) => Err(Status::deadline_exceeded(format!(
-            "no answer within {STEP_TIMEOUT:?}"
-        ))),
-    }
 }

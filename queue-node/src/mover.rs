@@ -500,7 +500,9 @@ pub fn shard_of(view: &pb::ShardStatus) -> Shard {
 }
 
 /// Awaits one action, for at most [`ACTION_TIMEOUT`].
-async fn call<T>(f: impl std::future::Future<Output = Result<T, Status>>) -> Result<T, Status> {
+pub(crate) async fn call<T>(
+    f: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
     match tokio::time::timeout(ACTION_TIMEOUT, f).await {
         Ok(result) => result,
         Err(_) => Err(Status::deadline_exceeded(format!(
